@@ -1,0 +1,46 @@
+"""``python -m sdxl_server`` / ``sdxl-server``: settings from the environment and flags, then serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, parse_args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, settings = _settings_or_exit(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.check_model:
+        from .check_model import check_model
+
+        return check_model(settings)
+
+    from aiohttp import web
+
+    from .app import create_app
+    from .engine import resolve_runtime
+
+    try:
+        resolve_runtime(settings)  # a bad DEVICE/DTYPE/option combination stops here, in one line
+    except ConfigError as exc:
+        print(f"sdxl-server: error: {exc}", file=sys.stderr)
+        return 2
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=logging.getLogger("sdxl_server").info)
+    return 0
+
+
+def _settings_or_exit(argv: Sequence[str] | None):
+    try:
+        return parse_args(argv, os.environ)
+    except ConfigError as exc:
+        print(f"sdxl-server: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

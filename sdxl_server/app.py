@@ -1,0 +1,89 @@
+"""The application factory: routes, middleware, static files, and the state's life cycle.
+
+State is created and torn down side by side in cleanup contexts and kept under the typed keys
+of :mod:`sdxl_server.keys`. The engine comes from ``engine_factory`` so tests can inject faults;
+the default factory imports torch lazily, so this module never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sysconfig
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import keys, views
+from .config import Settings
+from .jobs import JobQueue
+from .middleware import error_middleware
+from .schemas import generate_request_schema
+from .storage import OutputStore
+from .worker import GenerationWork
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Settings], Any]
+
+
+def default_engine_factory(settings: Settings) -> Any:
+    from .engine import Engine  # torch is imported here, once, not by the HTTP layer
+
+    return Engine(settings)
+
+
+def find_static_dir() -> Path:
+    """``static/`` beside the package in a checkout, or where ``pip install`` put it."""
+    checkout = Path(__file__).resolve().parent.parent / "static"
+    if checkout.is_dir():
+        return checkout
+    return Path(sysconfig.get_path("data")) / "share" / "sdxl-server" / "static"
+
+
+def create_app(settings: Settings, engine_factory: EngineFactory | None = None) -> web.Application:
+    """Build the aiohttp application for ``settings``."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[keys.SETTINGS] = settings
+    app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
+    app[keys.STATIC_DIR] = find_static_dir()
+    factory = engine_factory or default_engine_factory
+
+    async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = OutputStore(settings.output_dir)
+        store.prepare()
+        app[keys.STORE] = store
+        yield
+
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-worker")
+        engine = factory(settings)
+        app[keys.EXECUTOR], app[keys.ENGINE] = executor, engine
+        yield
+        await asyncio.get_running_loop().run_in_executor(executor, engine.close)
+        executor.shutdown(wait=True)
+
+    async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
+        queue = JobQueue(
+            GenerationWork(app[keys.ENGINE], app[keys.STORE]),
+            app[keys.EXECUTOR],
+            capacity=settings.queue_size,
+            preload=settings.preload,
+        )
+        app[keys.QUEUE] = queue
+        queue.start()
+        yield
+        await queue.stop()
+
+    app.cleanup_ctx.extend([storage_ctx, engine_ctx, queue_ctx])
+
+    app.router.add_get("/", views.index)
+    app.router.add_get("/health", views.health)
+    app.router.add_post("/api/v1/generate", views.generate)
+    app.router.add_get(r"/outputs/{folder}/{filename}", views.output_file)
+    if app[keys.STATIC_DIR].is_dir():
+        app.router.add_static("/static/", app[keys.STATIC_DIR], follow_symlinks=False)
+    return app

@@ -1,0 +1,88 @@
+"""The errors a client can see: one stable shape, ``{"error": code, "message": ..., "fields": ...}``.
+
+Raised anywhere (handlers, the queue, the engine); :mod:`sdxl_server.middleware` is the one place
+that turns them into responses. Nothing here imports aiohttp or torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable machine-readable code and a human message."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        fields: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.fields:
+            body["fields"] = self.fields
+        return body
+
+
+class InvalidBody(ApiError):
+    status, code = 400, "invalid_body"
+
+
+class ValidationFailed(ApiError):
+    status, code = 422, "validation_error"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class QueueFull(ApiError):
+    status, code = 429, "queue_full"
+
+
+class ModelUnavailable(ApiError):
+    """The model failed to load; the message says why and how to fix it."""
+
+    status, code = 503, "model_unavailable"
+
+
+class OutOfMemory(ApiError):
+    """The device ran out of memory for this request; smaller sizes or fewer images may fit."""
+
+    status, code = 503, "out_of_memory"
+
+
+class GenerationFailed(ApiError):
+    status, code = 500, "generation_failed"
+
+
+class StorageFailed(ApiError):
+    status, code = 500, "storage_failed"
+
+
+class JobCancelled(ApiError):
+    """Raised inside the pipeline's step callback to stop a job; a blocking request sees 409."""
+
+    status, code = 409, "cancelled"
+
+
+class ShuttingDown(ApiError):
+    status, code = 503, "shutting_down"

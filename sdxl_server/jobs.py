@@ -1,0 +1,382 @@
+"""Jobs and the queue: order, positions, estimates, cancellation, and the worker coroutine.
+
+One worker coroutine takes jobs in order and runs each on the single executor thread that owns
+the pipeline. The thread reports steps back only through ``loop.call_soon_threadsafe``; all job
+state is changed on the event loop. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import ApiError, Conflict, GenerationFailed, JobCancelled, NotFound, QueueFull, ShuttingDown
+from .params import GenerationParams
+
+log = logging.getLogger(__name__)
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+StepReporter = Callable[[int, int, Any], None]
+
+
+class Work(Protocol):
+    """The worker-thread side of a job (see :mod:`sdxl_server.worker`)."""
+
+    def load(self) -> None: ...
+
+    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> dict[str, Any]: ...
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's life. Changed only on the event loop; the worker thread reads ``id``,
+    ``params`` and ``created_at`` and polls :meth:`cancel_requested`."""
+
+    params: GenerationParams
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    total_steps: int = 0
+    result: dict[str, Any] | None = None
+    error: ApiError | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _step_started: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.total_steps = self.total_steps or self.params.steps
+
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def progress(self) -> float:
+        if self.status is JobStatus.SUCCEEDED:
+            return 1.0
+        return round(self.step / self.total_steps, 4) if self.total_steps else 0.0
+
+    async def wait(self) -> None:
+        """Until the job is succeeded, failed or cancelled."""
+        await self._done.wait()
+
+
+class ThroughputEstimate:
+    """Seconds per denoising step per megapixel, and fixed seconds per job per megapixel
+    (text encoding, decoding, saving), each a moving average measured on this machine."""
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        self.alpha = alpha
+        self.step_s_per_mpx: float | None = None
+        self.overhead_s_per_mpx: float | None = None
+
+    @staticmethod
+    def _mpx(params: GenerationParams) -> float:
+        return params.pixels / 1e6
+
+    def _blend(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.alpha * (new - old)
+
+    def record_step(self, params: GenerationParams, seconds: float) -> None:
+        self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / self._mpx(params))
+
+    def record_job(self, params: GenerationParams, seconds: float, steps_done: int) -> None:
+        if self.step_s_per_mpx is None:
+            return
+        overhead = max(0.0, seconds - steps_done * self.step_s_per_mpx * self._mpx(params))
+        self.overhead_s_per_mpx = self._blend(self.overhead_s_per_mpx, overhead / self._mpx(params))
+
+    def job_seconds(self, params: GenerationParams) -> float | None:
+        if self.step_s_per_mpx is None:
+            return None
+        mpx = self._mpx(params)
+        return params.steps * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+
+    def remaining_seconds(self, job: Job, now: float) -> float | None:
+        """Seconds until ``job`` (running) finishes."""
+        if self.step_s_per_mpx is None:
+            return None
+        mpx = self._mpx(job.params)
+        left = (job.total_steps - job.step) * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+        if job.step == 0 and job.started_at is not None:
+            left -= now - job.started_at  # still encoding the prompt: part of the overhead is spent
+        return max(0.0, left)
+
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+class JobQueue:
+    """A bounded FIFO of jobs run one at a time on ``executor`` by :meth:`run`.
+
+    ``capacity`` jobs may wait behind the running one; :meth:`submit` raises :class:`QueueFull`
+    beyond that. Finished jobs are remembered (newest ``history`` of them) for lookups.
+    """
+
+    def __init__(
+        self,
+        work: Work,
+        executor: Executor,
+        *,
+        capacity: int,
+        history: int = 1000,
+        publish: Publish | None = None,
+        preload: bool = True,
+    ) -> None:
+        self._work = work
+        self._executor = executor
+        self.capacity = capacity
+        self._history = history
+        self._publish = publish or (lambda event: None)
+        self._preload = preload
+        self._waiting: deque[Job] = deque()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._wakeup = asyncio.Event()
+        self.running: Job | None = None
+        self.accepting = True
+        self.estimate = ThroughputEstimate()
+        self._task: asyncio.Task | None = None
+        self.ready = asyncio.Event()  # set once the preload (if any) has finished, loaded or failed
+
+    # -- client side --------------------------------------------------------------
+
+    def submit(self, params: GenerationParams) -> Job:
+        """Queue a job; raise :class:`QueueFull` (with ``Retry-After``) when ``capacity`` wait already."""
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down and accepts no new jobs")
+        if len(self._waiting) >= self.capacity:
+            wait = self.eta_seconds(None)
+            retry = max(1, int(wait or 10))
+            raise QueueFull(
+                f"the queue is full ({self.capacity} waiting): retry later", headers={"Retry-After": str(retry)}
+            )
+        job = Job(params=params)
+        self._jobs[job.id] = job
+        self._waiting.append(job)
+        self._forget_old()
+        self._wakeup.set()
+        self._publish(self.event(job, "queued"))
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return job
+
+    def recent(self, limit: int) -> list[Job]:
+        """Newest first."""
+        return list(reversed(self._jobs.values()))[:limit]
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel one job: a queued one leaves the queue now, a running one stops at its next step."""
+        job = self.get(job_id)
+        if job.status.terminal:
+            raise Conflict(f"job {job_id} already {job.status.value}")
+        job._cancel.set()
+        if job.status is JobStatus.QUEUED:
+            self._waiting.remove(job)
+            self._finish(job, JobStatus.CANCELLED)
+            self._announce_positions()
+        return job
+
+    def position(self, job: Job) -> int | None:
+        """1 for the next job to run, 0 for the running one, None once finished."""
+        if job.status is JobStatus.RUNNING:
+            return 0
+        if job.status is JobStatus.QUEUED:
+            return self._waiting.index(job) + 1
+        return None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def eta_seconds(self, job: Job | None) -> float | None:
+        """Seconds until ``job`` finishes (None: until the whole queue drains); None if unknown yet."""
+        now = time.time()
+        total = 0.0
+        if self.running is not None:
+            left = self.estimate.remaining_seconds(self.running, now)
+            if left is None:
+                return None
+            total += left
+            if job is self.running:
+                return total
+        for queued in self._waiting:
+            seconds = self.estimate.job_seconds(queued.params)
+            if seconds is None:
+                return None
+            total += seconds
+            if queued is job:
+                return total
+        return total
+
+    def describe(self, job: Job) -> dict[str, Any]:
+        """The job as a client sees it (``GET /api/v1/jobs/{id}``)."""
+        body: dict[str, Any] = {
+            "id": job.id,
+            "status": job.status.value,
+            "position": self.position(job),
+            "step": job.step,
+            "total_steps": job.total_steps,
+            "progress": job.progress,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "params": job.params.to_dict(),
+        }
+        if not job.status.terminal:
+            eta = self.eta_seconds(job)
+            body["eta_s"] = None if eta is None else round(eta, 2)
+            if job.status is JobStatus.QUEUED and eta is not None:
+                own = self.estimate.job_seconds(job.params) or 0.0
+                body["estimated_start_at"] = round(time.time() + eta - own, 3)
+            body["estimated_finish_at"] = None if eta is None else round(time.time() + eta, 3)
+        if job.result is not None:
+            body.update(job.result)
+        if job.error is not None:
+            body["error"] = job.error.to_dict()
+        return body
+
+    def event(self, job: Job, kind: str, **extra: Any) -> dict[str, Any]:
+        event: dict[str, Any] = {"type": kind, "id": job.id, "status": job.status.value}
+        if kind in ("queued", "position"):
+            event["position"] = self.position(job)
+            eta = self.eta_seconds(job)
+            event["eta_s"] = None if eta is None else round(eta, 2)
+        event.update(extra)
+        return event
+
+    # -- worker side --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The worker coroutine: load the model (if preloading), then run jobs until cancelled."""
+        loop = asyncio.get_running_loop()
+        if self._preload:
+            try:
+                await loop.run_in_executor(self._executor, self._work.load)
+            except ApiError:
+                pass  # recorded by the engine; shown on /health and in each refused request
+        self.ready.set()
+        while True:
+            while not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            job = self._waiting.popleft()
+            await self._run_one(job)
+
+    async def _run_one(self, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        job.status = JobStatus.RUNNING
+        job.started_at = job._step_started = time.time()
+        self.running = job
+        self._publish(self.event(job, "started", started_at=job.started_at, total_steps=job.total_steps))
+        self._announce_positions()
+
+        def on_step(step: int, total: int, extra: Any = None) -> None:
+            # Worker thread: never touch job state here, hand it to the loop.
+            loop.call_soon_threadsafe(self._on_step, job, step, total, time.time(), extra)
+
+        try:
+            result = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
+        except JobCancelled:
+            self._finish(job, JobStatus.CANCELLED)
+        except ApiError as exc:
+            self._finish(job, JobStatus.FAILED, error=exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the worker
+            log.exception("job %s failed", job.id)
+            self._finish(job, JobStatus.FAILED, error=GenerationFailed(f"generation failed: {exc}"))
+        else:
+            self.estimate.record_job(job.params, time.time() - job.started_at, job.step)
+            self._finish(job, JobStatus.SUCCEEDED, result=result)
+        finally:
+            self.running = None
+
+    def _on_step(self, job: Job, step: int, total: int, at: float, extra: Any) -> None:
+        if job.status is not JobStatus.RUNNING:
+            return
+        if job._step_started is not None and step == job.step + 1 and step > 1:
+            self.estimate.record_step(job.params, at - job._step_started)
+        job._step_started = at
+        job.step, job.total_steps = step, total
+        eta = self.estimate.remaining_seconds(job, at)
+        self._publish(
+            self.event(
+                job, "progress", step=step, total_steps=total, progress=job.progress,
+                elapsed_s=round(at - (job.started_at or at), 3), eta_s=None if eta is None else round(eta, 2),
+            )
+        )
+        if extra is not None:
+            self._publish(self.event(job, "preview", step=step, image=extra))
+
+    def _finish(self, job: Job, status: JobStatus, *, result: dict | None = None, error: ApiError | None = None) -> None:
+        job.status = status
+        job.finished_at = time.time()
+        job.result, job.error = result, error
+        job._done.set()
+        if status is JobStatus.SUCCEEDED:
+            self._publish(self.event(job, "completed", **(result or {})))
+        elif status is JobStatus.FAILED:
+            self._publish(self.event(job, "failed", error=error.to_dict() if error else None))
+        else:
+            self._publish(self.event(job, "cancelled"))
+
+    def _announce_positions(self) -> None:
+        for job in self._waiting:
+            self._publish(self.event(job, "position"))
+
+    def _forget_old(self) -> None:
+        while len(self._jobs) > self._history:
+            oldest = next(iter(self._jobs.values()))
+            if not oldest.status.terminal:
+                break
+            self._jobs.popitem(last=False)
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker coroutine on the running loop."""
+        self._task = asyncio.create_task(self.run(), name="sdxl-queue-worker")
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Refuse new jobs, cancel the waiting ones, give the running one ``grace_s`` seconds to
+        finish, then cancel it at its next step, and stop the worker."""
+        self.accepting = False
+        while self._waiting:
+            self._finish(self._waiting.popleft(), JobStatus.CANCELLED)
+        running = self.running
+        if running is not None:
+            if grace_s > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(running.wait(), grace_s)
+            running._cancel.set()
+            await running.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,22 @@
+"""The typed keys of everything the application holds (created in ``app.py``'s cleanup contexts)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema
+
+from .config import Settings
+from .jobs import JobQueue
+from .storage import OutputStore
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", OutputStore)
+ENGINE = web.AppKey("engine", Any)  # sdxl_server.engine.Engine, or a test double; typed loosely to keep torch out
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+QUEUE = web.AppKey("queue", JobQueue)
+GENERATE_SCHEMA = web.AppKey("generate_schema", Schema)
+STATIC_DIR = web.AppKey("static_dir", Path)

@@ -1,0 +1,60 @@
+"""The worker-thread side of a job: run the engine, then write the outputs.
+
+Called by :class:`sdxl_server.jobs.JobQueue` on its single executor thread. Knows the engine only
+by its methods (so tests can wrap it) and never imports aiohttp.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from .jobs import Job, StepReporter
+from .params import SCHEDULERS
+from .storage import OutputStore
+
+
+class GenerationWork:
+    """Generate one job's image with ``engine`` and save it with ``store``."""
+
+    def __init__(self, engine: Any, store: OutputStore) -> None:
+        self.engine = engine
+        self.store = store
+
+    def load(self) -> None:
+        self.engine.load()
+
+    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> dict[str, Any]:
+        params = job.params
+        started = time.time()
+
+        def step(step: int, total: int, latents: Any) -> None:
+            on_step(step, total, None)
+
+        generation = self.engine.generate(params, step, cancelled)
+        runtime = self.engine.runtime
+        meta: dict[str, Any] = {
+            "id": job.id,
+            "model_id": self.engine.model_id,
+            **params.to_dict(),
+            "sampler_name": generation.info.get("sampler", SCHEDULERS[params.scheduler]),
+            "device": runtime.device,
+            "dtype": runtime.dtype,
+            "attention": self.engine.options.get("attention"),
+            "vae_upcast": generation.info.get("vae_upcast", False),
+            "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
+            "timings": {
+                "queue_s": round(started - job.created_at, 4),
+                "inference_s": generation.info.get("inference_s"),
+                "decode_s": generation.info.get("decode_s"),
+                "total_s": round(time.time() - job.created_at, 4),
+            },
+        }
+        self.store.write_outputs(job.id, generation.images[0], meta)
+        return {
+            "image_url": self.store.image_url(job.id),
+            "meta_url": self.store.meta_url(job.id),
+            "meta": meta,
+        }

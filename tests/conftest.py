@@ -1,0 +1,67 @@
+"""Shared fixtures: the tiny model (built once per session) and a running app around it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sdxl_server import keys
+from sdxl_server.app import create_app
+from sdxl_server.config import Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """Where the tiny model is built once for the whole session (or ``TINY_CACHE`` if set)."""
+    from sdxl_server.tiny import ensure_tiny_model
+
+    root = Path(os.environ["TINY_CACHE"]) if os.environ.get("TINY_CACHE") else tmp_path_factory.mktemp("tiny")
+    ensure_tiny_model(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_cache) -> Path:
+    from sdxl_server.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(tiny_cache)
+
+
+@pytest.fixture
+def settings(tiny_cache, tmp_path) -> Settings:
+    """Tiny model, small defaults, one torch thread, outputs in a fresh folder."""
+    return Settings(
+        model_id="tiny",
+        tiny_cache=tiny_cache,
+        output_dir=tmp_path / "outputs",
+        model_dir=tmp_path / "no-model-here",
+        default_width=64,
+        default_height=64,
+        default_steps=3,
+        max_width=512,
+        max_height=512,
+        queue_size=2,
+        torch_threads=1,
+    )
+
+
+@pytest.fixture
+def make_client(aiohttp_client):
+    """Start an app for ``settings`` (and an optional engine factory); wait for the model load."""
+
+    async def start(settings: Settings, engine_factory=None):
+        app = create_app(settings, engine_factory=engine_factory)
+        client = await aiohttp_client(app)
+        await app[keys.QUEUE].ready.wait()
+        return client
+
+    return start
+
+
+@pytest.fixture
+async def client(make_client, settings):
+    return await make_client(settings)

@@ -1,0 +1,142 @@
+"""POST /api/v1/generate, GET /, GET /health and the output files, as a client sees them."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image
+
+SEED_REQUEST = {
+    "prompt": "a beautiful landscape with mountains and a lake, sunset, highly detailed",
+    "negative_prompt": "blurry, low quality, distorted",
+    "width": 128,
+    "height": 64,
+    "steps": 3,
+    "guidance_scale": 7.0,
+    "seed": 42,
+}
+
+
+async def generate(client, **body):
+    resp = await client.post("/api/v1/generate", json=body)
+    return resp.status, await resp.json()
+
+
+async def fetch_png(client, url: str) -> Image.Image:
+    resp = await client.get(url)
+    assert resp.status == 200
+    assert resp.content_type == "image/png"
+    image = Image.open(io.BytesIO(await resp.read()))
+    image.load()
+    return image
+
+
+async def test_seed_request_returns_png_and_metadata(client, settings):
+    status, body = await generate(client, **SEED_REQUEST)
+    assert status == 200
+    assert set(body) == {"id", "image_url", "meta_url", "meta"}
+    assert body["image_url"] == f"/outputs/images/{body['id']}.png"
+    assert body["meta_url"] == f"/outputs/metadata/{body['id']}.json"
+    meta = body["meta"]
+    for key, value in SEED_REQUEST.items():
+        assert meta[key] == value
+    assert meta["model_id"] == "tiny"
+    assert meta["device"] == "cpu" and meta["dtype"] == "float32"
+    assert meta["scheduler"] == "default" and meta["sampler_name"] == "Euler"
+    assert meta["vae_upcast"] is False
+    assert meta["created_at"].endswith("+00:00")
+    assert meta["timings"]["inference_s"] > 0 and meta["timings"]["total_s"] >= meta["timings"]["inference_s"]
+
+    image = await fetch_png(client, body["image_url"])
+    assert image.size == (128, 64)
+    parameters = image.text["parameters"]
+    assert parameters.startswith(SEED_REQUEST["prompt"] + "\nNegative prompt: blurry")
+    assert "Steps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 42, Size: 128x64, Model: tiny" in parameters
+
+    resp = await client.get(body["meta_url"])
+    assert resp.status == 200
+    assert json.loads(await resp.read()) == meta
+    assert (settings.output_dir / "images" / f"{body['id']}.png").is_file()
+    assert (settings.output_dir / "metadata" / f"{body['id']}.json").is_file()
+
+
+async def test_defaults_come_from_settings(client, settings):
+    status, body = await generate(client, prompt="defaults")
+    assert status == 200
+    meta = body["meta"]
+    assert (meta["width"], meta["height"], meta["steps"]) == (64, 64, 3)
+    assert meta["guidance_scale"] == settings.default_guidance
+
+
+async def test_same_seed_same_pixels_and_missing_seed_is_drawn(client):
+    _, first = await generate(client, prompt="repeat", seed=7)
+    _, second = await generate(client, prompt="repeat", seed=7)
+    _, other = await generate(client, prompt="repeat", seed=8)
+    a, b, c = [await fetch_png(client, r["image_url"]) for r in (first, second, other)]
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+
+    _, drawn = await generate(client, prompt="repeat")
+    seed = drawn["meta"]["seed"]
+    assert 0 <= seed <= 2**32 - 1
+    _, again = await generate(client, prompt="repeat", seed=seed)
+    assert (await fetch_png(client, drawn["image_url"])).tobytes() == (await fetch_png(client, again["image_url"])).tobytes()
+
+    _, random_again = await generate(client, prompt="repeat", seed=-1)
+    assert random_again["meta"]["seed"] >= 0
+
+
+async def test_every_scheduler_generates(client):
+    from sdxl_server.params import SCHEDULERS
+
+    images = {}
+    for name, label in SCHEDULERS.items():
+        status, body = await generate(client, prompt="samplers", scheduler=name, seed=3, steps=2)
+        assert status == 200, body
+        assert body["meta"]["scheduler"] == name
+        if name != "default":
+            assert body["meta"]["sampler_name"] == label
+        images[name] = (await fetch_png(client, body["image_url"])).tobytes()
+    assert images["euler"] == images["default"]  # SDXL's own scheduler is Euler
+    assert images["euler_a"] != images["euler"]
+
+
+async def test_health_reports_model_device_and_queue(client):
+    resp = await client.get("/health")
+    assert resp.status == 200
+    health = await resp.json()
+    assert health["status"] == "ok"
+    assert health["cuda_available"] is False
+    assert (health["device"], health["dtype"]) == ("cpu", "float32")
+    assert health["model"]["id"] == "tiny" and health["model"]["source"] == "tiny"
+    assert health["model"]["loaded"] is True and health["model"]["tiny"] is True
+    assert health["attention"] == "sdpa"
+    assert health["options"]["vae_tiling"] is False and health["options"]["cpu_offload"] == "none"
+    assert health["queue"] == {"running": None, "waiting": 0, "capacity": 2, "eta_s": 0.0}
+
+
+async def test_index_is_html_for_browsers_and_json_otherwise(client):
+    resp = await client.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "<form" in await resp.text()
+
+    resp = await client.get("/", headers={"Accept": "application/json"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "ok" and body["model"] == "tiny"
+    assert body["endpoints"]["generate"] == "POST /api/v1/generate"
+
+    resp = await client.get("/static/app.js")
+    assert resp.status == 200
+
+
+async def test_unknown_routes_and_methods_are_json_errors(client):
+    resp = await client.get("/api/v1/nothing")
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "not_found"
+    resp = await client.get("/api/v1/generate")
+    assert resp.status == 405
+    body = await resp.json()
+    assert body["error"] == "method_not_allowed" and "POST" in body["message"]
+    assert resp.headers["Allow"] == "POST"
