@@ -282,14 +282,14 @@ class Engine:
         dtype = self.runtime.torch_dtype
         path = Path(location).expanduser()
         if path.suffix == ".safetensors" or path.is_file():
-            return AutoencoderKL.from_single_file(str(path), config=config_source, subfolder="vae", torch_dtype=dtype)
-        return AutoencoderKL.from_pretrained(str(path) if path.exists() else location, torch_dtype=dtype)
+            return AutoencoderKL.from_single_file(str(path), config=config_source, subfolder="vae", dtype=dtype)
+        return AutoencoderKL.from_pretrained(str(path) if path.exists() else location, dtype=dtype)
 
     def _load_pipeline(self):
         from diffusers import StableDiffusionXLPipeline
 
         source, dtype = self.source, self.runtime.torch_dtype
-        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype}
         if source.kind == "single_file":
             config = self.settings.model_config or DEFAULT_HUB_MODEL
             if source.vae:
@@ -359,7 +359,8 @@ class Engine:
 
     def close(self) -> None:
         """Release the pipeline and its device memory."""
-        self._free()
+        if self.pipe is not None:
+            self._free()
         self.state = "not_loaded"
 
     # -- generation -------------------------------------------------------------

@@ -7,6 +7,7 @@ Nothing here imports torch or aiohttp.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -87,14 +88,17 @@ class OutputStore:
             raise ValueError(f"not an output id: {output_id!r}")
         chunk = PngImagePlugin.PngInfo()
         chunk.add_text("parameters", parameters_text(meta))
+        body = json.dumps(meta, ensure_ascii=False, indent=2).encode("utf-8")  # fails before any file exists
         image_path = self.image_path(output_id)
         try:
             self._write_atomic(image_path, lambda f: image.save(f, format="PNG", pnginfo=chunk))
-            body = json.dumps(meta, ensure_ascii=False, indent=2).encode("utf-8")
             self._write_atomic(self.metadata_path(output_id), lambda f: f.write(body))
-        except OSError as exc:
-            image_path.unlink(missing_ok=True)
-            raise StorageFailed(f"could not write the output to {self.root}: {exc.strerror or exc}") from exc
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                image_path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StorageFailed(f"could not write the output to {self.root}: {exc.strerror or exc}") from exc
+            raise
 
     @staticmethod
     def _write_atomic(path: Path, write) -> None:

@@ -1,0 +1,106 @@
+"""Settings from the environment and flags, and start-up refusing what cannot work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdxl_server.config import ConfigError, Settings, load_settings, parse_args
+from sdxl_server.engine import resolve_runtime
+
+
+def test_defaults_are_the_seed_readme_table():
+    s = load_settings({})
+    assert s.model_id is None
+    assert (s.device, s.dtype) == ("auto", "auto")
+    assert (s.default_width, s.default_height, s.default_steps, s.default_guidance) == (1024, 1024, 25, 7.0)
+    assert (s.max_width, s.max_height, s.max_steps, s.max_concurrency) == (1280, 1280, 50, 1)
+    assert (s.host, s.port, s.output_dir) == ("0.0.0.0", 8001, Path("outputs"))
+    assert s.preload is True
+
+
+def test_environment_then_flags():
+    env = {"MODEL_ID": "tiny", "MAX_STEPS": "30", "DTYPE": "fp32", "PRELOAD": "no", "PORT": "9000"}
+    _, s = parse_args(["--port", "9001", "--vae-tiling", "on"], env)
+    assert s.model_id == "tiny" and s.max_steps == 30 and s.dtype == "float32" and s.preload is False
+    assert s.port == 9001  # the flag wins
+    assert s.vae_tiling == "on"
+
+
+def test_every_setting_has_a_flag_and_a_variable():
+    import argparse
+
+    from sdxl_server.config import add_arguments, settings_fields
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {action.dest for action in parser._actions}
+    for f in settings_fields():
+        assert f.name in flags
+        assert f.metadata["env"] == f.name.upper()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEVICE": "gpu"}, "DEVICE='gpu' is not valid: expected auto, cpu, cuda, cuda:N or mps"),
+        ({"DTYPE": "float64"}, "DTYPE='float64' is not valid: expected auto, float16, bfloat16 or float32"),
+        ({"PORT": "eighty"}, "PORT='eighty' is not valid: expected a whole number from 0 to 65535"),
+        ({"MAX_CONCURRENCY": "2"}, "MAX_CONCURRENCY='2' is not valid: expected 1: one GPU runs one generation"),
+        ({"DEFAULT_GUIDANCE": "nan"}, "DEFAULT_GUIDANCE='nan' is not valid: expected a number from 0 to 30"),
+        ({"PRELOAD": "maybe"}, "PRELOAD='maybe' is not valid: expected true or false"),
+        ({"CPU_OFFLOAD": "all"}, "CPU_OFFLOAD='all' is not valid: expected one of none, model, sequential"),
+        ({"DEFAULT_WIDTH": "2048"}, "DEFAULT_WIDTH=2048 is above MAX_WIDTH=1280"),
+        ({"MAX_WIDTH": "1300"}, "MAX_WIDTH=1300 is not a multiple of 8"),
+    ],
+)
+def test_bad_values_name_the_variable_and_what_it_accepts(env, message):
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_auto_is_cpu_float32_without_cuda():
+    runtime = resolve_runtime(Settings())
+    assert (runtime.device, runtime.dtype, runtime.cuda_available) == ("cpu", "float32", False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"device": "cuda"}, "DEVICE=cuda but CUDA is not available"),
+        ({"device": "cuda:1"}, "DEVICE=cuda:1 but CUDA is not available"),
+        ({"cpu_offload": "model"}, "CPU_OFFLOAD=model needs CUDA"),
+        ({"attention": "xformers"}, "ATTENTION=xformers needs CUDA"),
+    ],
+)
+def test_options_that_need_cuda_are_refused_without_it(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_runtime(Settings(**changes))
+
+
+def _run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "sdxl_server", *args], env=environ, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        ((), {"DEVICE": "cuda"}, "DEVICE=cuda but CUDA is not available"),
+        ((), {"MAX_CONCURRENCY": "4"}, "MAX_CONCURRENCY='4' is not valid"),
+        (("--dtype", "int8"), {}, "--dtype='int8' is not valid"),
+    ],
+)
+def test_start_up_stops_with_one_line(args, env, needle):
+    done = _run_cli(*args, **env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
