@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sysconfig
+import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from . import keys, views
+from . import keys, views, websocket
 from .config import Settings
+from .events import EventHub
 from .jobs import JobQueue
 from .middleware import error_middleware
 from .schemas import generate_request_schema
@@ -67,22 +69,31 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         executor.shutdown(wait=True)
 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
-        queue = JobQueue(
-            GenerationWork(app[keys.ENGINE], app[keys.STORE]),
-            app[keys.EXECUTOR],
-            capacity=settings.queue_size,
-            preload=settings.preload,
+        hub = EventHub()
+        work = GenerationWork(
+            app[keys.ENGINE], app[keys.STORE], previews_wanted=hub.wants_previews, preview_every=settings.preview_every
         )
+        queue = JobQueue(
+            work, app[keys.EXECUTOR], capacity=settings.queue_size, preload=settings.preload, publish=hub.publish
+        )
+        app[keys.HUB] = hub
         app[keys.QUEUE] = queue
         queue.start()
         yield
         await queue.stop()
 
     app.cleanup_ctx.extend([storage_ctx, engine_ctx, queue_ctx])
+    app[keys.WEBSOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(websocket.close_all)
 
     app.router.add_get("/", views.index)
     app.router.add_get("/health", views.health)
     app.router.add_post("/api/v1/generate", views.generate)
+    app.router.add_post("/api/v1/jobs", views.submit_job)
+    app.router.add_get("/api/v1/jobs", views.list_jobs)
+    app.router.add_get("/api/v1/jobs/{job_id}", views.get_job)
+    app.router.add_delete("/api/v1/jobs/{job_id}", views.cancel_job)
+    app.router.add_get("/api/v1/ws", websocket.websocket)
     app.router.add_get(r"/outputs/{folder}/{filename}", views.output_file)
     if app[keys.STATIC_DIR].is_dir():
         app.router.add_static("/static/", app[keys.STATIC_DIR], follow_symlinks=False)

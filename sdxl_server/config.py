@@ -187,6 +187,14 @@ class Settings:
     max_prompt_length: int = _setting("MAX_PROMPT_LENGTH", 2000, _int_range(1, 100_000), "characters per prompt")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 65536, _int_range(1024, 16 * 1024 * 1024), "request body size")
 
+    # Progress
+    preview_every: int = _setting(
+        "PREVIEW_EVERY", 2, _int_range(1, 1000), "steps between live previews sent to websocket clients that ask"
+    )
+    ws_heartbeat: float = _setting(
+        "WS_HEARTBEAT", 30.0, _float_range(1.0, 3600.0), "seconds between websocket pings (dead peers are closed)"
+    )
+
     # Server
     host: str = _setting("HOST", "0.0.0.0", lambda raw: raw.strip() or "0.0.0.0", "address to listen on")
     port: int = _setting("PORT", 8001, _int_range(0, 65535), "port to listen on")

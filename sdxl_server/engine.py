@@ -265,7 +265,7 @@ class Engine:
             self.state = "failed"
             self.error = (
                 f"could not load {self.source.kind.replace('_', ' ')} model {self.source.location!r} "
-                f"(chosen by {self.source.origin}): {_short(exc)}. Fix: {_FIX}"
+                f"(chosen by {self.source.origin}): {_short(exc)}. Fix: {self._fix()}"
             )
             log.error("%s", self.error)
             self._free()
@@ -275,6 +275,14 @@ class Engine:
         self.load_seconds = time.perf_counter() - started
         self.state = "ready"
         log.info("model ready in %.1fs: %s", self.load_seconds, self.options)
+
+    def _fix(self) -> str:
+        if self.source.kind == "single_file" and not self.settings.model_config:
+            return (
+                "a single-file checkpoint needs SDXL's component configs: set MODEL_CONFIG to a local "
+                f"diffusers SDXL folder (or allow the download of {DEFAULT_HUB_MODEL}'s configs); or {_FIX}"
+            )
+        return _FIX
 
     def _load_vae(self, location: str, config_source: str):
         from diffusers import AutoencoderKL

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import threading
 import time
@@ -188,9 +189,14 @@ class JobQueue:
             raise NotFound(f"no job with id {job_id!r}")
         return job
 
-    def recent(self, limit: int) -> list[Job]:
-        """Newest first."""
-        return list(reversed(self._jobs.values()))[:limit]
+    def recent(self, limit: int, status: JobStatus | None = None) -> list[Job]:
+        """Newest first, optionally only those with ``status``."""
+        jobs = (job for job in reversed(self._jobs.values()) if status is None or job.status is status)
+        return list(itertools.islice(jobs, limit))
+
+    def active(self) -> list[Job]:
+        """The running job, then the waiting ones in order."""
+        return ([self.running] if self.running else []) + list(self._waiting)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel one job: a queued one leaves the queue now, a running one stops at its next step."""
@@ -257,6 +263,8 @@ class JobQueue:
                 own = self.estimate.job_seconds(job.params) or 0.0
                 body["estimated_start_at"] = round(time.time() + eta - own, 3)
             body["estimated_finish_at"] = None if eta is None else round(time.time() + eta, 3)
+        if job.status is JobStatus.RUNNING and job.cancel_requested():
+            body["cancel_requested"] = True
         if job.result is not None:
             body.update(job.result)
         if job.error is not None:
@@ -295,7 +303,7 @@ class JobQueue:
         job.status = JobStatus.RUNNING
         job.started_at = job._step_started = time.time()
         self.running = job
-        self._publish(self.event(job, "started", started_at=job.started_at, total_steps=job.total_steps))
+        self._publish(self.event(job, "started", position=0, started_at=job.started_at, total_steps=job.total_steps))
         self._announce_positions()
 
         def on_step(step: int, total: int, extra: Any = None) -> None:

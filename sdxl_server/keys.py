@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from aiohttp import web
 from marshmallow import Schema
 
 from .config import Settings
+from .events import EventHub
 from .jobs import JobQueue
 from .storage import OutputStore
 
@@ -20,3 +22,5 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 QUEUE = web.AppKey("queue", JobQueue)
 GENERATE_SCHEMA = web.AppKey("generate_schema", Schema)
 STATIC_DIR = web.AppKey("static_dir", Path)
+HUB = web.AppKey("hub", EventHub)
+WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)

@@ -117,6 +117,15 @@ def to_params(data: dict[str, Any], rng: random.Random | None = None) -> Generat
     return GenerationParams(**values)
 
 
+class JobListQuerySchema(Schema):
+    """Query of ``GET /api/v1/jobs``."""
+
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    status = fields.String(
+        load_default=None, validate=validate.OneOf(["queued", "running", "succeeded", "failed", "cancelled"])
+    )
+
+
 class ErrorSchema(Schema):
     error = fields.String(required=True, metadata={"description": "Stable machine-readable code."})
     message = fields.String(required=True, metadata={"description": "What went wrong and what to do."})

@@ -69,7 +69,8 @@ def build_tiny_pipeline(seed: int = 0):
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
     )
     # SDXL: CLIP ViT-L (768 wide, quick_gelu) and OpenCLIP bigG (1280 wide, 32 layers, gelu, projected).
-    # The second encoder keeps 10 layers so single-file checkpoints are recognised as SDXL base.
+    # Different widths let the single-file loader tell the two apart; 10 layers in the second let
+    # diffusers recognise a checkpoint of this model as SDXL base when no config folder is given.
     text_encoder = CLIPTextModel(
         CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, hidden_act="quick_gelu", **text_common)
     )

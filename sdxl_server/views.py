@@ -5,16 +5,20 @@ Errors are raised, never formatted here (see :mod:`sdxl_server.middleware`). Nev
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
 
 from . import keys
-from .errors import JobCancelled, NotFound
+from .errors import Conflict, JobCancelled, NotFound
 from .jobs import Job, JobStatus
-from .schemas import to_params
-from .validation import load_body
+from .schemas import JobListQuerySchema, to_params
+from .validation import load_body, validate
+
+CANCEL_WAIT_S = 10.0
 
 
 def _version() -> str:
@@ -78,6 +82,8 @@ async def index(request: web.Request) -> web.StreamResponse:
             "model": health_body["model"]["id"],
             "endpoints": {
                 "generate": "POST /api/v1/generate",
+                "jobs": "POST /api/v1/jobs, GET /api/v1/jobs, GET|DELETE /api/v1/jobs/{id}",
+                "websocket": "GET /api/v1/ws?job={id}&preview=1",
                 "health": "GET /health",
                 "images": "GET /outputs/images/{id}.png",
                 "metadata": "GET /outputs/metadata/{id}.json",
@@ -101,6 +107,39 @@ async def generate(request: web.Request) -> web.Response:
     job = request.app[keys.QUEUE].submit(to_params(data))
     await job.wait()
     return web.json_response(_result_or_raise(job))
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    """Queue a job and answer at once: 202 with the job and its ``Location``."""
+    data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
+    queue = request.app[keys.QUEUE]
+    job = queue.submit(to_params(data))
+    return web.json_response(queue.describe(job), status=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    queue = request.app[keys.QUEUE]
+    return web.json_response(queue.describe(queue.get(request.match_info["job_id"])))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """Recent jobs, newest first (``?limit=20&status=succeeded``)."""
+    query = validate(JobListQuerySchema(), dict(request.query))
+    queue = request.app[keys.QUEUE]
+    status = JobStatus(query["status"]) if query["status"] else None
+    return web.json_response({"jobs": [queue.describe(job) for job in queue.recent(query["limit"], status)]})
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """Cancel one job. A queued job is cancelled at once; a running one at its next step, which
+    this waits for (up to ``CANCEL_WAIT_S``; after that 202 with ``cancel_requested``)."""
+    queue = request.app[keys.QUEUE]
+    job = queue.cancel(request.match_info["job_id"])
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(job.wait()), CANCEL_WAIT_S)
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise Conflict(f"job {job.id} {job.status.value} before it could be cancelled")
+    return web.json_response(queue.describe(job), status=200 if job.status.terminal else 202)
 
 
 async def output_file(request: web.Request) -> web.FileResponse:

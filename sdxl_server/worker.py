@@ -19,9 +19,18 @@ from .storage import OutputStore
 class GenerationWork:
     """Generate one job's image with ``engine`` and save it with ``store``."""
 
-    def __init__(self, engine: Any, store: OutputStore) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        store: OutputStore,
+        *,
+        previews_wanted: Callable[[str], bool] = lambda job_id: False,
+        preview_every: int = 2,
+    ) -> None:
         self.engine = engine
         self.store = store
+        self.previews_wanted = previews_wanted
+        self.preview_every = preview_every
 
     def load(self) -> None:
         self.engine.load()
@@ -31,7 +40,12 @@ class GenerationWork:
         started = time.time()
 
         def step(step: int, total: int, latents: Any) -> None:
-            on_step(step, total, None)
+            preview = None
+            if (step % self.preview_every == 0 or step == total) and self.previews_wanted(job.id):
+                from .preview import preview_data_url  # torch-side, on this thread only
+
+                preview = preview_data_url(latents)
+            on_step(step, total, preview)
 
         generation = self.engine.generate(params, step, cancelled)
         runtime = self.engine.runtime

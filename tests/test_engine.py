@@ -137,3 +137,66 @@ async def test_vae_tiling_takes_effect_at_1024(make_client, settings):
     assert image.size == (1024, 1024)
     # 512 px tiles are 64 latents; with 25% overlap a 128-latent image takes 3 x 3 of them.
     assert len(shapes) == 9 and max(shapes) == (64, 64)
+
+
+def _max_pixel_difference(a: Image.Image, b: Image.Image) -> int:
+    return max(abs(x - y) for x, y in zip(a.tobytes(), b.tobytes()))
+
+
+@pytest.fixture(scope="module")
+def single_files(tiny_model_dir, tmp_path_factory):
+    """The tiny model as people download SDXL: one original-layout checkpoint, and a VAE file."""
+    from diffusers import StableDiffusionXLPipeline
+    from sdxl_checkpoint import save_original_checkpoint, save_original_vae
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+    checkpoint = save_original_checkpoint(pipe, folder / "sd_xl_base_1.0.safetensors")
+    vae = save_original_vae(pipe.vae, folder / "sdxl.vae.safetensors")
+    return checkpoint, vae
+
+
+async def test_single_file_checkpoint_loads_offline_with_a_local_config(make_client, settings, tiny_model_dir, single_files):
+    checkpoint, _ = single_files
+    body = {"prompt": "one file", "seed": 4}
+    reference = await make_client(settings)
+    _, expected = await _png(reference, body)
+    await reference.close()
+
+    client = await make_client(settings.replace(model_id=str(checkpoint), model_config=str(tiny_model_dir)))
+    health = await (await client.get("/health")).json()
+    assert health["model"]["source"] == "single_file" and health["model"]["loaded"], health["model"]["error"]
+    data, image = await _png(client, body)
+    assert data["meta"]["model_id"] == str(checkpoint)
+    assert _max_pixel_difference(image, expected) <= 1  # same weights; float rounding may move a level
+
+
+async def test_seed_layout_with_its_vae_file(make_client, settings, tiny_model_dir, single_files, tmp_path):
+    checkpoint, vae = single_files
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for file in (checkpoint, vae):
+        (folder / file.name).symlink_to(file)
+    (folder / "sd_xl_refiner_1.0.safetensors").write_bytes(b"not loaded")
+    client = await make_client(settings.replace(model_id=None, model_dir=folder, model_config=str(tiny_model_dir)))
+    health = await (await client.get("/health")).json()
+    assert health["model"]["loaded"], health["model"]["error"]
+    assert health["model"]["origin"] == "MODEL_DIR" and health["model"]["vae"] == str(folder / "sdxl.vae.safetensors")
+    await _png(client, {"prompt": "seed layout"})
+
+
+async def test_replacement_vae_from_a_single_file(make_client, settings, single_files):
+    _, vae = single_files
+    client = await make_client(settings.replace(vae_id=str(vae)))
+    health = await (await client.get("/health")).json()
+    assert health["model"]["loaded"], health["model"]["error"]
+    await _png(client, {"prompt": "vae file"})
+
+
+async def test_single_file_without_a_local_config_fails_offline_with_the_fix(make_client, settings, single_files):
+    checkpoint, _ = single_files
+    client = await make_client(settings.replace(model_id=str(checkpoint)))
+    resp = await client.get("/health")
+    assert resp.status == 503
+    error = (await resp.json())["model"]["error"]
+    assert "single file model" in error and "Fix:" in error and "set MODEL_CONFIG to a local" in error
