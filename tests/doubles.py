@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
@@ -10,7 +11,8 @@ from sdxl_server.engine import Engine
 
 
 class GatedEngine(Engine):
-    """A real engine whose generations wait at the start until the test opens the gate."""
+    """A real engine whose generations wait at the start until the test opens the gate (or the
+    job is cancelled)."""
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -19,9 +21,17 @@ class GatedEngine(Engine):
 
     def generate(self, params, on_step, cancelled):
         self.entered.release()
-        if not self.gate.wait(timeout=60):
-            raise TimeoutError("the test never opened the gate")
+        _wait_until(lambda: self.gate.is_set() or cancelled())
         return super().generate(params, on_step, cancelled)
+
+
+def _wait_until(condition, limit_s: float = 60) -> None:
+    """Worker-thread side of a double: poll ``condition`` (tests themselves never sleep)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never released the worker")
+        time.sleep(0.005)
 
 
 class FaultyUnetEngine(Engine):
@@ -55,3 +65,20 @@ class OverflowingVaeEngine(Engine):
 
 def cuda_out_of_memory() -> BaseException:
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 8.00 GiB total capacity)")
+
+
+class PausingEngine(Engine):
+    """A real engine that, after reporting step ``pause_after``, waits until its job is cancelled
+    (so a test can cancel a running job at a known step)."""
+
+    def __init__(self, settings, pause_after: int = 2):
+        super().__init__(settings)
+        self.pause_after = pause_after
+
+    def generate(self, params, on_step, cancelled):
+        def pausing(step, total, latents):
+            on_step(step, total, latents)
+            if step == self.pause_after:
+                _wait_until(cancelled)
+
+        return super().generate(params, pausing, cancelled)

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from doubles import FaultyUnetEngine, GatedEngine, cuda_out_of_memory
+from wsclient import events_until
 
 from sdxl_server import keys
 
@@ -21,12 +22,13 @@ async def _entered(engine) -> None:
 async def test_full_queue_answers_429_with_retry_after(make_client, settings):
     client = await make_client(settings.replace(queue_size=1), engine_factory=GatedEngine)
     engine = client.app[keys.ENGINE]
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()  # snapshot
     running = asyncio.create_task(client.post("/api/v1/generate", json={"prompt": "one"}))
     await _entered(engine)  # the first job is on the worker thread
+    await events_until(ws, lambda e: e["type"] == "started")
     waiting = asyncio.create_task(client.post("/api/v1/generate", json={"prompt": "two"}))
-    queue = client.app[keys.QUEUE]
-    while queue.waiting < 1:  # let the second request reach the queue
-        await asyncio.sleep(0)
+    await events_until(ws, lambda e: e["type"] == "queued")  # the second job waits
 
     resp = await client.post("/api/v1/generate", json={"prompt": "three"})
     assert resp.status == 429

@@ -1,0 +1,27 @@
+"""A websocket client that reads events the way a user's client would."""
+
+from __future__ import annotations
+
+from aiohttp import WSMsgType
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+async def next_event(ws) -> dict:
+    message = await ws.receive(timeout=60)
+    assert message.type == WSMsgType.TEXT, f"expected an event, got {message.type} {message.data!r} {message.extra!r}"
+    return message.json()
+
+
+async def events_until(ws, predicate) -> list[dict]:
+    """Read events until one satisfies ``predicate`` (included)."""
+    events = []
+    while True:
+        event = await next_event(ws)
+        events.append(event)
+        if predicate(event):
+            return events
+
+
+async def events_until_terminal(ws, job_id: str) -> list[dict]:
+    return await events_until(ws, lambda e: e["id"] == job_id and e["type"] in TERMINAL)
