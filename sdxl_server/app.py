@@ -88,6 +88,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
 
     app.router.add_get("/", views.index)
     app.router.add_get("/health", views.health)
+    app.router.add_get("/api/v1/info", views.server_info)
     app.router.add_post("/api/v1/generate", views.generate)
     app.router.add_post("/api/v1/jobs", views.submit_job)
     app.router.add_get("/api/v1/jobs", views.list_jobs)

@@ -15,7 +15,8 @@ from aiohttp import web
 from . import keys
 from .errors import Conflict, JobCancelled, NotFound
 from .jobs import Job, JobStatus
-from .schemas import JobListQuerySchema, to_params
+from .params import MAX_SEED, SCHEDULERS
+from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
 from .validation import load_body, validate
 
 CANCEL_WAIT_S = 10.0
@@ -82,12 +83,44 @@ async def index(request: web.Request) -> web.StreamResponse:
             "model": health_body["model"]["id"],
             "endpoints": {
                 "generate": "POST /api/v1/generate",
+                "info": "GET /api/v1/info",
                 "jobs": "POST /api/v1/jobs, GET /api/v1/jobs, GET|DELETE /api/v1/jobs/{id}",
                 "websocket": "GET /api/v1/ws?job={id}&preview=1",
                 "health": "GET /health",
                 "images": "GET /outputs/images/{id}.png",
                 "metadata": "GET /outputs/metadata/{id}.json",
             },
+        }
+    )
+
+
+async def server_info(request: web.Request) -> web.Response:
+    """What a client needs to build a form: the model, the limits, the defaults, the samplers."""
+    settings = request.app[keys.SETTINGS]
+    model = request.app[keys.ENGINE].describe()["model"]
+    return web.json_response(
+        {
+            "version": VERSION,
+            "model": {"id": model["id"], "tiny": model["tiny"], "state": model["state"], "source": model["source"]},
+            "limits": {
+                "min_size": MIN_SIZE,
+                "size_multiple": 8,
+                "max_width": settings.max_width,
+                "max_height": settings.max_height,
+                "max_steps": settings.max_steps,
+                "guidance_scale": [GUIDANCE_MIN, GUIDANCE_MAX],
+                "max_prompt_length": settings.max_prompt_length,
+                "max_seed": MAX_SEED,
+                "queue_size": settings.queue_size,
+            },
+            "defaults": {
+                "width": settings.default_width,
+                "height": settings.default_height,
+                "steps": settings.default_steps,
+                "guidance_scale": settings.default_guidance,
+                "scheduler": "default",
+            },
+            "schedulers": SCHEDULERS,
         }
     )
 

@@ -140,3 +140,15 @@ async def test_unknown_routes_and_methods_are_json_errors(client):
     body = await resp.json()
     assert body["error"] == "method_not_allowed" and "POST" in body["message"]
     assert resp.headers["Allow"] == "POST"
+
+
+async def test_info_gives_what_a_form_needs(client, settings):
+    resp = await client.get("/api/v1/info")
+    assert resp.status == 200
+    info = await resp.json()
+    assert info["model"] == {"id": "tiny", "tiny": True, "state": "ready", "source": "tiny"}
+    assert info["limits"]["max_width"] == settings.max_width == 512
+    assert info["limits"]["max_steps"] == settings.max_steps
+    assert info["limits"]["min_size"] == 64 and info["limits"]["size_multiple"] == 8
+    assert info["defaults"] == {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.0, "scheduler": "default"}
+    assert info["schedulers"]["euler_a"] == "Euler a"
