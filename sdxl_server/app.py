@@ -23,6 +23,7 @@ from .config import Settings
 from .events import EventHub
 from .jobs import JobQueue
 from .middleware import error_middleware
+from .security import add_cors_headers, auth_middleware, cors_middleware
 from .schemas import generate_request_schema
 from .storage import OutputStore
 from .worker import GenerationWork
@@ -48,7 +49,10 @@ def find_static_dir() -> Path:
 
 def create_app(settings: Settings, engine_factory: EngineFactory | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, cors_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+    )
+    app.on_response_prepare.append(add_cors_headers)
     app[keys.SETTINGS] = settings
     app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
     app[keys.STATIC_DIR] = find_static_dir()

@@ -92,6 +92,19 @@ def _path(raw: str) -> Path:
     return Path(raw.strip()).expanduser()
 
 
+_ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN_RE.match(origin):
+            raise ValueError(_origins.accepts)  # type: ignore[attr-defined]
+    return origins
+
+
+_origins.accepts = "a comma-separated list of origins like https://app.example.com or http://localhost:3000, or *"  # type: ignore[attr-defined]
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -193,6 +206,28 @@ class Settings:
     )
     ws_heartbeat: float = _setting(
         "WS_HEARTBEAT", 30.0, _float_range(1.0, 3600.0), "seconds between websocket pings (dead peers are closed)"
+    )
+
+    # Exposure
+    api_key: str | None = _setting(
+        "API_KEY", None, _optional_str,
+        "when set, every API route and the websocket need it (Authorization: Bearer KEY; websocket: ?token=KEY)",
+    )
+    outputs_need_key: bool = _setting(
+        "OUTPUTS_NEED_KEY", False, _bool, "with API_KEY: /outputs/ needs the key too (header or ?token=)"
+    )
+    cors_origins: tuple[str, ...] = _setting(
+        "CORS_ORIGINS", (), _origins, "comma-separated origins allowed to call the API from a browser ('*': any)"
+    )
+    ws_max_messages: int = _setting(
+        "WS_MAX_MESSAGES", 1000, _int_range(1, 10_000_000), "messages a websocket client may send per connection"
+    )
+    ws_max_message_bytes: int = _setting(
+        "WS_MAX_MESSAGE_BYTES", 4096, _int_range(64, 1024 * 1024), "largest message a websocket client may send"
+    )
+    shutdown_grace: float = _setting(
+        "SHUTDOWN_GRACE", 30.0, _float_range(0.0, 3600.0),
+        "seconds a running job may take to finish on SIGTERM/SIGINT before it is cancelled",
     )
 
     # Server

@@ -23,7 +23,7 @@ from .events import Subscription
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0
-MAX_CLIENT_MESSAGE_BYTES = 4096
+PROTOCOL = "sdxl-server"  # offered beside "bearer.KEY" by browsers, which cannot set headers
 TOO_SLOW = "too slow: events were not read in time"
 
 
@@ -61,7 +61,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     queue, hub = app[keys.QUEUE], app[keys.HUB]
     job_id = request.query.get("job") or None
     followed = queue.get(job_id) if job_id else None  # 404 before upgrading
-    ws = web.WebSocketResponse(heartbeat=app[keys.SETTINGS].ws_heartbeat, max_msg_size=MAX_CLIENT_MESSAGE_BYTES)
+    settings = app[keys.SETTINGS]
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_heartbeat, max_msg_size=settings.ws_max_message_bytes, protocols=(PROTOCOL,)
+    )
     await ws.prepare(request)
     app[keys.WEBSOCKETS].add(ws)
 
@@ -71,8 +74,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     else:
         subscription.offer({"type": "snapshot", "id": None, "jobs": [queue.describe(j) for j in queue.active()]})
     writer = asyncio.create_task(_send_events(ws, subscription))
+    received = 0
     try:
         async for message in ws:
+            received += 1
+            if received > settings.ws_max_messages:
+                await _close(ws, WSCloseCode.POLICY_VIOLATION, "too many messages")
+                break
             if message.type == WSMsgType.TEXT and message.data.strip() in ('{"type":"ping"}', "ping"):
                 subscription.offer({"type": "pong", "id": job_id})
     finally:

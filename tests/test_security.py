@@ -1,0 +1,148 @@
+"""API key and cross-origin rules, as a client on the network sees them."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+KEY = "s3cret-key"
+BEARER = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.replace(api_key=KEY, cors_origins=("http://localhost:3000",), preload=False)
+
+
+PROTECTED = [
+    ("POST", "/api/v1/generate"),
+    ("POST", "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs/0123456789abcdef0123456789abcdef"),
+    ("DELETE", "/api/v1/jobs/0123456789abcdef0123456789abcdef"),
+    ("GET", "/api/v1/info"),
+    ("GET", "/api/v1/ws"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": "Basic czNjcmV0"}]
+)
+async def test_api_routes_need_the_key(client, method, path, headers):
+    resp = await client.request(method, path, headers=headers, json={"prompt": "x"})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    body = await resp.json()
+    assert body["error"] == "unauthorized" and "Authorization: Bearer" in body["message"]
+
+
+async def test_the_key_opens_the_api(client):
+    resp = await client.post("/api/v1/generate", json={"prompt": "authorised", "steps": 1}, headers=BEARER)
+    assert resp.status == 200
+    resp = await client.get("/api/v1/jobs", headers={"X-API-Key": KEY})
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/static/app.js"])
+async def test_page_and_health_stay_public(client, path):
+    assert (await client.get(path)).status == 200
+
+
+async def test_query_token_only_where_headers_cannot_be_sent(client):
+    assert (await client.get(f"/api/v1/jobs?token={KEY}")).status == 401  # keys in URLs only where needed
+    ws = await client.ws_connect(f"/api/v1/ws?token={KEY}")
+    assert (await ws.receive_json())["type"] == "snapshot"
+    await ws.close()
+    ws = await client.ws_connect("/api/v1/ws", protocols=("sdxl-server", f"bearer.{KEY}"))
+    assert ws.protocol == "sdxl-server"
+    assert (await ws.receive_json())["type"] == "snapshot"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/api/v1/ws?token=wrong")
+    assert info.value.status == 401
+
+
+async def test_outputs_need_the_key_only_when_configured(make_client, settings):
+    for need, anonymous in ((False, 200), (True, 401)):
+        client = await make_client(settings.replace(outputs_need_key=need))
+        resp = await client.post("/api/v1/generate", json={"prompt": "o", "steps": 1}, headers=BEARER)
+        url = (await resp.json())["image_url"]
+        assert (await client.get(url)).status == anonymous
+        assert (await client.get(url, headers=BEARER)).status == 200
+        assert (await client.get(f"{url}?token={KEY}")).status == 200
+        await client.close()
+
+
+async def test_cors_preflight_for_allowed_origins_on_every_api_route(client):
+    for method, path in PROTECTED[:-1]:
+        resp = await client.options(
+            path,
+            headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": method,
+                     "Access-Control-Request-Headers": "authorization, content-type"},
+        )
+        assert resp.status == 204, path
+        assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert method in resp.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+
+
+async def test_cors_refuses_other_origins(client):
+    resp = await client.options(
+        "/api/v1/generate", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert resp.status == 403
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    assert (await resp.json())["error"] == "forbidden_origin"
+    resp = await client.get("/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_cors_headers_on_answers_and_errors_so_browsers_can_read_them(client):
+    origin = {"Origin": "http://localhost:3000"}
+    resp = await client.post("/api/v1/generate", json={"prompt": ""}, headers={**BEARER, **origin})
+    assert resp.status == 422
+    assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    resp = await client.post("/api/v1/jobs", json={"prompt": "x", "steps": 1}, headers={**BEARER, **origin})
+    assert resp.status == 202
+    assert "Location" in resp.headers["Access-Control-Expose-Headers"]
+    resp = await client.get("/api/v1/jobs", headers=origin)
+    assert resp.status == 401 and resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+
+
+async def test_cors_is_off_by_default(make_client, settings):
+    client = await make_client(settings.replace(cors_origins=(), api_key=None))
+    resp = await client.options(
+        "/api/v1/generate", headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
+    )
+    assert resp.status == 403
+    resp = await client.get("/api/v1/jobs", headers={"Origin": "http://localhost:3000"})
+    assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_websocket_origin_is_checked(client):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(f"/api/v1/ws?token={KEY}", origin="https://evil.example")
+    assert info.value.status == 403
+    ws = await client.ws_connect(f"/api/v1/ws?token={KEY}", origin="http://localhost:3000")
+    assert (await ws.receive_json())["type"] == "snapshot"
+    own = f"http://{client.host}:{client.port}"
+    ws = await client.ws_connect(f"/api/v1/ws?token={KEY}", origin=own)
+    assert (await ws.receive_json())["type"] == "snapshot"
+
+
+async def test_websocket_message_limits(make_client, settings):
+    client = await make_client(settings.replace(api_key=None, ws_max_messages=3, ws_max_message_bytes=128))
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    for _ in range(3):
+        await ws.send_str("ping")
+        assert (await ws.receive_json())["type"] == "pong"
+    await ws.send_str("ping")
+    message = await ws.receive(timeout=30)
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    await ws.send_str("x" * 500)
+    message = await ws.receive(timeout=30)
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
