@@ -22,6 +22,7 @@ from . import keys, views, websocket
 from .config import Settings
 from .events import EventHub
 from .jobs import JobQueue
+from .metrics import Metrics
 from .middleware import error_middleware
 from .security import add_cors_headers, auth_middleware, cors_middleware
 from .schemas import generate_request_schema
@@ -77,10 +78,21 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         work = GenerationWork(
             app[keys.ENGINE], app[keys.STORE], previews_wanted=hub.wants_previews, preview_every=settings.preview_every
         )
-        queue = JobQueue(
-            work, app[keys.EXECUTOR], capacity=settings.queue_size, preload=settings.preload, publish=hub.publish
+        engine = app[keys.ENGINE]
+
+        def publish(event: dict) -> None:
+            metrics.observe(event)
+            hub.publish(event)
+
+        queue = JobQueue(work, app[keys.EXECUTOR], capacity=settings.queue_size, preload=settings.preload, publish=publish)
+        metrics = Metrics(
+            queue_depth=lambda: queue.waiting,
+            running=lambda: 1 if queue.running else 0,
+            websockets=lambda: len(app[keys.WEBSOCKETS]),
+            model_load_seconds=lambda: engine.load_seconds or 0.0,
+            gpu_memory=engine.gpu_memory_allocated if engine.runtime.on_cuda else None,
         )
-        app[keys.HUB] = hub
+        app[keys.HUB], app[keys.METRICS] = hub, metrics
         app[keys.QUEUE] = queue
         queue.start()
         yield
@@ -92,6 +104,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
 
     app.router.add_get("/", views.index)
     app.router.add_get("/health", views.health)
+    app.router.add_get("/metrics", views.metrics)
     app.router.add_get("/api/v1/info", views.server_info)
     app.router.add_post("/api/v1/generate", views.generate)
     app.router.add_post("/api/v1/jobs", views.submit_job)

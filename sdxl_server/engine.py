@@ -467,6 +467,12 @@ class Engine:
 
     # -- reporting --------------------------------------------------------------
 
+    def gpu_memory_allocated(self) -> float:
+        """Bytes held by torch tensors on the CUDA device (0 elsewhere)."""
+        if not self.runtime.on_cuda:
+            return 0.0
+        return float(torch.cuda.memory_allocated(torch.device(self.runtime.device)))
+
     def describe(self) -> dict[str, Any]:
         """What /health shows about the model and device (safe to call from the event loop)."""
         gpu: dict[str, Any] | None = None

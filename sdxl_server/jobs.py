@@ -303,7 +303,12 @@ class JobQueue:
         job.status = JobStatus.RUNNING
         job.started_at = job._step_started = time.time()
         self.running = job
-        self._publish(self.event(job, "started", position=0, started_at=job.started_at, total_steps=job.total_steps))
+        self._publish(
+            self.event(
+                job, "started", position=0, started_at=job.started_at, total_steps=job.total_steps,
+                queued_s=round(job.started_at - job.created_at, 4),
+            )
+        )
         self._announce_positions()
 
         def on_step(step: int, total: int, extra: Any = None) -> None:
@@ -347,12 +352,13 @@ class JobQueue:
         job.finished_at = time.time()
         job.result, job.error = result, error
         job._done.set()
+        run_s = None if job.started_at is None else round(job.finished_at - job.started_at, 4)
         if status is JobStatus.SUCCEEDED:
-            self._publish(self.event(job, "completed", **(result or {})))
+            self._publish(self.event(job, "completed", run_s=run_s, **(result or {})))
         elif status is JobStatus.FAILED:
-            self._publish(self.event(job, "failed", error=error.to_dict() if error else None))
+            self._publish(self.event(job, "failed", run_s=run_s, error=error.to_dict() if error else None))
         else:
-            self._publish(self.event(job, "cancelled"))
+            self._publish(self.event(job, "cancelled", run_s=run_s))
 
     def _announce_positions(self) -> None:
         for job in self._waiting:

@@ -13,6 +13,7 @@ from marshmallow import Schema
 from .config import Settings
 from .events import EventHub
 from .jobs import JobQueue
+from .metrics import Metrics
 from .storage import OutputStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -24,3 +25,4 @@ GENERATE_SCHEMA = web.AppKey("generate_schema", Schema)
 STATIC_DIR = web.AppKey("static_dir", Path)
 HUB = web.AppKey("hub", EventHub)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+METRICS = web.AppKey("metrics", Metrics)

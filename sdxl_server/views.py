@@ -15,6 +15,7 @@ from aiohttp import web
 from . import keys
 from .errors import Conflict, JobCancelled, NotFound
 from .jobs import Job, JobStatus
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .params import MAX_SEED, SCHEDULERS
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
 from .validation import load_body, validate
@@ -62,6 +63,11 @@ async def health(request: web.Request) -> web.Response:
     """Readiness: 200 when the model is loaded (or loads on demand), 503 while loading or after a failure."""
     status, body = _health(request.app)
     return web.json_response(body, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    return web.Response(body=request.app[keys.METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 def _wants_html(request: web.Request) -> bool:
