@@ -48,6 +48,13 @@ def find_static_dir() -> Path:
     return Path(sysconfig.get_path("data")) / "share" / "sdxl-server" / "static"
 
 
+async def drain(app: web.Application) -> None:
+    """On SIGTERM/SIGINT: refuse new jobs, let the running one finish within SHUTDOWN_GRACE (else
+    cancel it), then close the websockets with 1001 so clients see the job's last event first."""
+    await app[keys.QUEUE].stop(app[keys.SETTINGS].shutdown_grace)
+    await websocket.close_all(app)
+
+
 def create_app(settings: Settings, engine_factory: EngineFactory | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``."""
     app = web.Application(
@@ -96,11 +103,11 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         app[keys.QUEUE] = queue
         queue.start()
         yield
-        await queue.stop()
+        await queue.stop()  # already stopped by drain() when the app was shut down
 
     app.cleanup_ctx.extend([storage_ctx, engine_ctx, queue_ctx])
     app[keys.WEBSOCKETS] = weakref.WeakSet()
-    app.on_shutdown.append(websocket.close_all)
+    app.on_shutdown.append(drain)
 
     app.router.add_get("/", views.index)
     app.router.add_get("/health", views.health)

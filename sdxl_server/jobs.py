@@ -65,6 +65,7 @@ class Job:
     total_steps: int = 0
     result: dict[str, Any] | None = None
     error: ApiError | None = None
+    cancel_reason: ApiError | None = None  # why it was cancelled, when not by a client's DELETE
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _step_started: float | None = field(default=None, repr=False)
@@ -318,7 +319,7 @@ class JobQueue:
         try:
             result = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
         except JobCancelled:
-            self._finish(job, JobStatus.CANCELLED)
+            self._finish(job, JobStatus.CANCELLED, error=job.cancel_reason)
         except ApiError as exc:
             self._finish(job, JobStatus.FAILED, error=exc)
         except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the worker
@@ -358,7 +359,8 @@ class JobQueue:
         elif status is JobStatus.FAILED:
             self._publish(self.event(job, "failed", run_s=run_s, error=error.to_dict() if error else None))
         else:
-            self._publish(self.event(job, "cancelled", run_s=run_s))
+            reason = {"error": error.to_dict()} if error else {}
+            self._publish(self.event(job, "cancelled", run_s=run_s, **reason))
 
     def _announce_positions(self) -> None:
         for job in self._waiting:
@@ -379,18 +381,24 @@ class JobQueue:
 
     async def stop(self, grace_s: float = 0.0) -> None:
         """Refuse new jobs, cancel the waiting ones, give the running one ``grace_s`` seconds to
-        finish, then cancel it at its next step, and stop the worker."""
+        finish, then cancel it at its next step, and stop the worker. Safe to call twice."""
         self.accepting = False
+        reason = ShuttingDown("the server is shutting down: the job was cancelled before it could finish")
         while self._waiting:
-            self._finish(self._waiting.popleft(), JobStatus.CANCELLED)
+            job = self._waiting.popleft()
+            job.cancel_reason = reason
+            self._finish(job, JobStatus.CANCELLED, error=reason)
         running = self.running
         if running is not None:
             if grace_s > 0:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(running.wait(), grace_s)
-            running._cancel.set()
-            await running.wait()
+                    await asyncio.wait_for(asyncio.shield(running.wait()), grace_s)
+            if not running.status.terminal:
+                running.cancel_reason = reason
+                running._cancel.set()
+                await running.wait()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None

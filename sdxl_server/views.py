@@ -135,7 +135,7 @@ def _result_or_raise(job: Job) -> dict[str, Any]:
     if job.status is JobStatus.SUCCEEDED:
         return {"id": job.id, **(job.result or {})}
     if job.status is JobStatus.CANCELLED:
-        raise JobCancelled(f"job {job.id} was cancelled before it finished")
+        raise job.error or JobCancelled(f"job {job.id} was cancelled before it finished")
     assert job.error is not None
     raise job.error
 

@@ -1,0 +1,90 @@
+"""SIGTERM: stop taking jobs, let the running one finish within the grace period (or cancel it),
+close websockets with 1001, leave no partial file, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import aiohttp
+import pytest
+from live_server import LiveServer
+from wsclient import events_until
+
+
+@pytest.fixture
+def server(tiny_cache, tmp_path, request):
+    live = LiveServer(tiny_cache, tmp_path / "outputs", **request.param).wait_ready()
+    yield live
+    live.stop()
+
+
+def _files(output_dir) -> list[str]:
+    return sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
+
+
+async def _start_two_jobs(session, url):
+    ws = await session.ws_connect(f"{url}/api/v1/ws")
+    await ws.receive_json()
+    first = (await (await session.post(f"{url}/api/v1/jobs", json={"prompt": "long", "steps": 40, "width": 256, "height": 256})).json())
+    second = (await (await session.post(f"{url}/api/v1/jobs", json={"prompt": "waiting", "steps": 2})).json())
+    await events_until(ws, lambda e: e["type"] == "progress" and e["id"] == first["id"])
+    return ws, first, second
+
+
+async def _rest(ws) -> tuple[list[dict], int | None]:
+    events = []
+    while True:
+        message = await ws.receive(timeout=120)
+        if message.type == aiohttp.WSMsgType.TEXT:
+            events.append(message.json())
+        else:
+            return events, ws.close_code
+
+
+@pytest.mark.parametrize("server", [{"SHUTDOWN_GRACE": "120"}], indirect=True)
+async def test_sigterm_lets_the_running_job_finish(server):
+    async with aiohttp.ClientSession() as session:
+        ws, first, second = await _start_two_jobs(session, server.url)
+        server.process.send_signal(signal.SIGTERM)
+        events, close_code = await _rest(ws)
+    ends = {e["id"]: e for e in events if e["type"] in ("completed", "failed", "cancelled")}
+    assert ends[first["id"]]["type"] == "completed"
+    assert ends[second["id"]]["type"] == "cancelled"
+    assert ends[second["id"]]["error"]["error"] == "shutting_down"
+    assert close_code == aiohttp.WSCloseCode.GOING_AWAY
+    assert server.exit_code() == 0
+    assert _files(server.output_dir) == [f"images/{first['id']}.png", f"metadata/{first['id']}.json"]
+
+
+@pytest.mark.parametrize("server", [{"SHUTDOWN_GRACE": "0"}], indirect=True)
+async def test_sigterm_without_grace_cancels_cleanly(server):
+    async with aiohttp.ClientSession() as session:
+        ws, first, _ = await _start_two_jobs(session, server.url)
+        server.process.send_signal(signal.SIGTERM)
+        events, close_code = await _rest(ws)
+        with pytest.raises(aiohttp.ClientConnectionError):  # no longer listening
+            await session.post(f"{server.url}/api/v1/jobs", json={"prompt": "late"})
+    ends = [e for e in events if e["type"] in ("completed", "failed", "cancelled")]
+    assert [e["type"] for e in ends] == ["cancelled", "cancelled"]
+    assert close_code == aiohttp.WSCloseCode.GOING_AWAY
+    assert server.exit_code() == 0
+    assert _files(server.output_dir) == []
+
+
+async def test_jobs_submitted_during_the_grace_period_get_503(make_client, settings):
+    client = await make_client(settings.replace(shutdown_grace=60))
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    resp = await client.post("/api/v1/jobs", json={"prompt": "finishing", "steps": 30, "width": 256, "height": 256})
+    job_id = (await resp.json())["id"]
+    await events_until(ws, lambda e: e["type"] == "progress")
+    draining = asyncio.create_task(client.app.shutdown())  # runs before the request below reaches the server
+    resp = await client.post("/api/v1/generate", json={"prompt": "too late"})
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "shutting_down"
+    health = await client.get("/health")
+    assert health.status == 503 and (await health.json())["status"] == "shutting_down"
+    await draining
+    job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert job["status"] == "succeeded"
