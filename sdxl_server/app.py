@@ -24,6 +24,7 @@ from .events import EventHub
 from .jobs import JobQueue
 from .metrics import Metrics
 from .middleware import error_middleware
+from .openapi import build_spec
 from .security import add_cors_headers, auth_middleware, cors_middleware
 from .schemas import generate_request_schema
 from .storage import OutputStore
@@ -64,6 +65,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
     app[keys.SETTINGS] = settings
     app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
     app[keys.STATIC_DIR] = find_static_dir()
+    app[keys.OPENAPI] = build_spec(settings, views.VERSION)
     factory = engine_factory or default_engine_factory
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -112,6 +114,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
     app.router.add_get("/", views.index)
     app.router.add_get("/health", views.health)
     app.router.add_get("/metrics", views.metrics)
+    app.router.add_get("/openapi.json", views.openapi)
     app.router.add_get("/api/v1/info", views.server_info)
     app.router.add_post("/api/v1/generate", views.generate)
     app.router.add_post("/api/v1/jobs", views.submit_job)
@@ -119,7 +122,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
     app.router.add_get("/api/v1/jobs/{job_id}", views.get_job)
     app.router.add_delete("/api/v1/jobs/{job_id}", views.cancel_job)
     app.router.add_get("/api/v1/ws", websocket.websocket)
-    app.router.add_get(r"/outputs/{folder}/{filename}", views.output_file)
+    app.router.add_get("/outputs/images/{filename}", views.output_image)
+    app.router.add_get("/outputs/metadata/{filename}", views.output_metadata)
     if app[keys.STATIC_DIR].is_dir():
         app.router.add_static("/static/", app[keys.STATIC_DIR], follow_symlinks=False)
     return app

@@ -20,12 +20,14 @@ MIN_SIZE = 64
 
 
 class StrictInteger(fields.Integer):
-    """A JSON integer: no strings, no booleans, no floats (``512.0`` included)."""
+    """A JSON integer: no strings, no booleans, no fractions. ``512.0`` is 512, as JSON Schema says."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(strict=True, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
@@ -54,6 +56,13 @@ class StrictString(fields.String):
         return text
 
 
+# The same rules as StrictString and _not_blank, for the OpenAPI spec (ECMA and Python regex alike;
+# lone surrogates, also refused, cannot be expressed in every regex engine and are left out).
+_CONTROL = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F"
+TEXT_PATTERN = rf"^[^{_CONTROL}]*$"
+PROMPT_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"  # and not only whitespace
+
+
 def _not_blank(value: str) -> None:
     if not value.strip():
         raise ValidationError("Must not be empty or only whitespace.")
@@ -73,9 +82,12 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
     text = validate.Length(max=settings.max_prompt_length)
     return {
         "prompt": StrictString(
-            required=True, validate=[_not_blank, text], metadata={"description": "What to draw.", "example": "a lighthouse at dusk"}
+            required=True, validate=[_not_blank, text],
+            metadata={"description": "What to draw.", "example": "a lighthouse at dusk", "pattern": PROMPT_PATTERN},
         ),
-        "negative_prompt": StrictString(load_default="", validate=text, metadata={"description": "What to avoid."}),
+        "negative_prompt": StrictString(
+            load_default="", validate=text, metadata={"description": "What to avoid.", "pattern": TEXT_PATTERN}
+        ),
         "width": StrictInteger(
             load_default=settings.default_width, validate=_size(settings.max_width),
             metadata={"description": f"Pixels; a multiple of 8 from {MIN_SIZE} to {settings.max_width}.", "multipleOf": 8},
@@ -160,3 +172,92 @@ class GenerateResponseSchema(Schema):
     image_url = fields.String(required=True)
     meta_url = fields.String(required=True)
     meta = fields.Nested(MetaSchema, required=True)
+
+
+class ParamsSchema(Schema):
+    prompt = fields.String(required=True)
+    negative_prompt = fields.String(required=True)
+    width = fields.Integer(required=True)
+    height = fields.Integer(required=True)
+    steps = fields.Integer(required=True)
+    guidance_scale = fields.Float(required=True)
+    seed = fields.Integer(required=True)
+    scheduler = fields.String(required=True)
+
+
+JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobSchema(Schema):
+    id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    position = fields.Integer(required=True, allow_none=True, metadata={"description": "1: next to run; 0: running; null: finished."})
+    step = fields.Integer(required=True, metadata={"description": "Completed denoising steps."})
+    total_steps = fields.Integer(required=True)
+    progress = fields.Float(required=True, metadata={"description": "0 to 1."})
+    created_at = fields.Float(required=True, metadata={"description": "Unix seconds."})
+    started_at = fields.Float(required=True, allow_none=True)
+    finished_at = fields.Float(required=True, allow_none=True)
+    params = fields.Nested(ParamsSchema, required=True)
+    eta_s = fields.Float(allow_none=True, metadata={"description": "Seconds until the job finishes (null: not measured yet)."})
+    estimated_start_at = fields.Float(allow_none=True)
+    estimated_finish_at = fields.Float(allow_none=True)
+    cancel_requested = fields.Boolean()
+    image_url = fields.String()
+    meta_url = fields.String()
+    meta = fields.Nested(MetaSchema)
+    error = fields.Nested(ErrorSchema)
+
+
+class JobListSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+
+
+class HealthModelSchema(Schema):
+    id = fields.String(required=True)
+    source = fields.String(required=True, validate=validate.OneOf(["tiny", "hub", "folder", "single_file"]))
+    location = fields.String(required=True)
+    origin = fields.String(required=True, validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default"]))
+    vae = fields.String(required=True, allow_none=True)
+    tiny = fields.Boolean(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(["not_loaded", "loading", "ready", "failed"]))
+    loaded = fields.Boolean(required=True)
+    load_seconds = fields.Float(required=True, allow_none=True)
+    error = fields.String(required=True, allow_none=True, metadata={"description": "Why loading failed, and the fix."})
+
+
+class HealthQueueSchema(Schema):
+    running = fields.String(required=True, allow_none=True)
+    waiting = fields.Integer(required=True)
+    capacity = fields.Integer(required=True)
+    eta_s = fields.Float(required=True, allow_none=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "loading", "error", "shutting_down"]))
+    version = fields.String(required=True)
+    cuda_available = fields.Boolean(required=True)
+    device = fields.String(required=True)
+    dtype = fields.String(required=True)
+    gpu = fields.Dict(required=True, allow_none=True)
+    model = fields.Nested(HealthModelSchema, required=True)
+    attention = fields.String(required=True, allow_none=True)
+    options = fields.Dict(required=True)
+    versions = fields.Dict(required=True)
+    queue = fields.Nested(HealthQueueSchema, required=True)
+
+
+class InfoSchema(Schema):
+    version = fields.String(required=True)
+    model = fields.Dict(required=True)
+    limits = fields.Dict(required=True)
+    defaults = fields.Dict(required=True)
+    schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+class IndexSchema(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    status = fields.String(required=True)
+    model = fields.String(required=True)
+    endpoints = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

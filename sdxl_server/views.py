@@ -65,6 +65,10 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body, status=status)
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[keys.OPENAPI])
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
     return web.Response(body=request.app[keys.METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
@@ -181,9 +185,18 @@ async def cancel_job(request: web.Request) -> web.Response:
     return web.json_response(queue.describe(job), status=200 if job.status.terminal else 202)
 
 
-async def output_file(request: web.Request) -> web.FileResponse:
-    """``/outputs/images/{id}.png`` and ``/outputs/metadata/{id}.json``; nothing else under OUTPUT_DIR."""
-    path = request.app[keys.STORE].servable(request.match_info["folder"], request.match_info["filename"])
+async def _output_file(request: web.Request, folder: str) -> web.FileResponse:
+    path = request.app[keys.STORE].servable(folder, request.match_info["filename"])
     if path is None:
         raise NotFound("no such output")
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+async def output_image(request: web.Request) -> web.FileResponse:
+    """``/outputs/images/{id}.png``; nothing else under OUTPUT_DIR is ever served."""
+    return await _output_file(request, "images")
+
+
+async def output_metadata(request: web.Request) -> web.FileResponse:
+    """``/outputs/metadata/{id}.json``."""
+    return await _output_file(request, "metadata")

@@ -10,7 +10,8 @@ HTTP_LAYER = [
     "sdxl_server.app", "sdxl_server.views", "sdxl_server.middleware", "sdxl_server.validation",
     "sdxl_server.schemas", "sdxl_server.jobs", "sdxl_server.keys", "sdxl_server.config",
     "sdxl_server.storage", "sdxl_server.errors", "sdxl_server.worker", "sdxl_server.__main__",
-    "sdxl_server.events", "sdxl_server.websocket",
+    "sdxl_server.events", "sdxl_server.websocket", "sdxl_server.security", "sdxl_server.metrics",
+    "sdxl_server.openapi",
 ]
 PIPELINE_LAYER = ["sdxl_server.engine", "sdxl_server.tiny", "sdxl_server.preview"]
 

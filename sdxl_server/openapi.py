@@ -1,0 +1,146 @@
+"""The OpenAPI 3.1 document (``GET /openapi.json``), generated from the marshmallow schemas.
+
+Built once per application with apispec's MarshmallowPlugin, so limits (``MAX_WIDTH``...) and
+the security scheme (only when ``API_KEY`` is set) match the running server. Every route the
+router serves is listed in :data:`OPERATIONS`; a test checks the two agree. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
+
+from . import schemas
+from .config import Settings
+
+JSON = "application/json"
+ERRORS = {
+    400: "The body is empty, not UTF-8, not JSON, or not a JSON object",
+    401: "A valid API key is needed (when API_KEY is set)",
+    403: "The origin is not allowed (CORS_ORIGINS)",
+    404: "No such resource",
+    409: "The job finished, or was cancelled",
+    413: "The body is larger than MAX_BODY_BYTES",
+    415: "The body is not JSON",
+    422: "Invalid fields; `fields` names every one",
+    429: "QUEUE_SIZE jobs already wait; see Retry-After",
+    500: "The generation or the output write failed",
+    503: "The model is unavailable, out of memory, or the server is shutting down",
+}
+_BODY_ERRORS = (400, 413, 415, 422)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    responses: dict[int, Any]  # status -> schema name, (content type, description) or None for an error
+    body: str | None = None
+    query: type[Schema] | None = None
+    public: bool = False
+    tags: tuple[str, ...] = ()
+    path_params: tuple[str, ...] = field(default=())
+
+
+def _errors(*statuses: int) -> dict[int, Any]:
+    return {status: None for status in statuses}
+
+
+OPERATIONS: list[Operation] = [
+    Operation("get", "/", "The web page (Accept: text/html) or a JSON status", {
+        200: ("text/html", "The web page; JSON (`Index`) for non-browser clients", "Index"),
+    }, public=True, tags=("server",)),
+    Operation("get", "/health", "Readiness: model, device, queue", {
+        200: "Health", 503: ("application/json", "Loading, failed to load, or shutting down", "Health"),
+    }, public=True, tags=("server",)),
+    Operation("get", "/metrics", "Prometheus metrics", {
+        200: ("text/plain", "Prometheus text format", None), **_errors(401),
+    }, tags=("server",)),
+    Operation("get", "/openapi.json", "This document", {200: (JSON, "OpenAPI 3.1", None)}, public=True, tags=("server",)),
+    Operation("get", "/api/v1/info", "Model, limits, defaults and samplers", {200: "Info", **_errors(401)}, tags=("server",)),
+    Operation("post", "/api/v1/generate", "Generate an image and wait for it", {
+        200: "GenerateResponse", **_errors(*_BODY_ERRORS, 401, 409, 429, 500, 503),
+    }, body="GenerateRequest", tags=("generate",)),
+    Operation("post", "/api/v1/jobs", "Queue a generation; answer at once", {
+        202: "Job", **_errors(*_BODY_ERRORS, 401, 429, 503),
+    }, body="GenerateRequest", tags=("jobs",)),
+    Operation("get", "/api/v1/jobs", "Recent jobs, newest first", {200: "JobList", **_errors(401, 422)},
+              query=schemas.JobListQuerySchema, tags=("jobs",)),
+    Operation("get", "/api/v1/jobs/{job_id}", "One job", {200: "Job", **_errors(401, 404)},
+              path_params=("job_id",), tags=("jobs",)),
+    Operation("delete", "/api/v1/jobs/{job_id}", "Cancel one job", {
+        200: "Job", 202: ("application/json", "Still stopping (cancel_requested)", "Job"), **_errors(401, 404, 409),
+    }, path_params=("job_id",), tags=("jobs",)),
+    Operation("get", "/api/v1/ws", "Websocket of live job events (see the README for the protocol)", {
+        101: ("", "Switching protocols", None), **_errors(400, 401, 403, 404),
+    }, tags=("jobs",)),
+    Operation("get", "/outputs/images/{filename}", "A generated image: `{id}.png`", {
+        200: ("image/png", "The PNG, with a `parameters` text chunk", None), **_errors(401, 404),
+    }, path_params=("filename",), tags=("outputs",)),
+    Operation("get", "/outputs/metadata/{filename}", "A generated image's metadata: `{id}.json`", {
+        200: ("application/json", "The metadata", "Meta"), **_errors(401, 404),
+    }, path_params=("filename",), tags=("outputs",)),
+]
+
+
+def _response(spec_status: int, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {"description": ERRORS[spec_status], "content": {JSON: {"schema": "Error"}}}
+    if isinstance(value, str):
+        return {"description": "OK", "content": {JSON: {"schema": value}}}
+    content_type, description, schema = value
+    if not content_type:
+        return {"description": description}
+    content: dict[str, Any] = {content_type: {"schema": schema} if schema else {}}
+    if content_type == "text/html" and schema:
+        content = {"text/html": {"schema": {"type": "string"}}, JSON: {"schema": schema}}
+    return {"description": description, "content": content}
+
+
+def build_spec(settings: Settings, version: str) -> dict[str, Any]:
+    """The OpenAPI document for a server with ``settings``."""
+    spec = APISpec(
+        title="sdxl_server",
+        version=version,
+        openapi_version="3.1.0",
+        plugins=[MarshmallowPlugin()],
+        info={"description": "Self-hosted Stable Diffusion XL text-to-image server with live websocket progress."},
+    )
+    spec.components.schema("Error", schema=schemas.ErrorSchema)
+    spec.components.schema("GenerateRequest", schema=schemas.generate_request_schema(settings))
+    for name, schema in (
+        ("Meta", schemas.MetaSchema), ("GenerateResponse", schemas.GenerateResponseSchema), ("Job", schemas.JobSchema),
+        ("JobList", schemas.JobListSchema), ("Health", schemas.HealthSchema), ("Info", schemas.InfoSchema),
+        ("Index", schemas.IndexSchema),
+    ):
+        spec.components.schema(name, schema=schema)
+    if settings.api_key:
+        spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+
+    for op in OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": op.summary,
+            "tags": list(op.tags),
+            "responses": {str(status): _response(status, value) for status, value in op.responses.items()},
+        }
+        if op.body:
+            operation["requestBody"] = {"required": True, "content": {JSON: {"schema": op.body}}}
+        parameters: list[dict[str, Any]] = [
+            {"in": "path", "name": name, "required": True, "schema": {"type": "string"}} for name in op.path_params
+        ]
+        if op.query is not None:
+            parameters.append({"in": "query", "schema": op.query})
+        if parameters:
+            operation["parameters"] = parameters
+        needs_key = not op.public and (not op.path.startswith("/outputs/") or settings.outputs_need_key)
+        if settings.api_key and needs_key:
+            operation["security"] = [{"bearer": []}]
+        else:
+            operation["responses"].pop("401", None)
+        spec.path(path=op.path, operations={op.method: operation})
+    return spec.to_dict()
