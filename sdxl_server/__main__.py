@@ -24,13 +24,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .app import create_app
     from .engine import resolve_runtime
+    from .security import RedactingAccessLogger
 
     try:
         resolve_runtime(settings)  # a bad DEVICE/DTYPE/option combination stops here, in one line
     except ConfigError as exc:
         print(f"sdxl-server: error: {exc}", file=sys.stderr)
         return 2
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=logging.getLogger("sdxl_server").info)
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port,
+        access_log_class=RedactingAccessLogger, print=logging.getLogger("sdxl_server").info,
+    )
     return 0
 
 

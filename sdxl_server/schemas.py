@@ -236,6 +236,7 @@ class HealthQueueSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ok", "loading", "error", "shutting_down"]))
     version = fields.String(required=True)
+    auth_required = fields.Boolean(required=True, metadata={"description": "Whether API routes need API_KEY."})
     cuda_available = fields.Boolean(required=True)
     device = fields.String(required=True)
     dtype = fields.String(required=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 
 from aiohttp import hdrs, web
+from aiohttp.web_log import AccessLogger
 
 from . import keys
 from .errors import ApiError
@@ -117,3 +118,15 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
     response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
     response.headers.add(hdrs.VARY, "Origin")
+
+
+class RedactingAccessLogger(AccessLogger):
+    """aiohttp's access log, with any ``token`` query parameter (an API key) replaced by ``***``."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request is not None and "token" in request.query:
+            query = {name: ("***" if name == "token" else value) for name, value in request.query.items()}
+            request = request.clone(rel_url=request.rel_url.with_query(query))
+        super().log(request, response, time)
+
+

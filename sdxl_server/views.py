@@ -48,6 +48,7 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
     body = {
         "status": status,
         "version": VERSION,
+        "auth_required": bool(app[keys.SETTINGS].api_key),
         **info,
         "queue": {
             "running": queue.running.id if queue.running else None,

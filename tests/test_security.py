@@ -44,9 +44,12 @@ async def test_the_key_opens_the_api(client):
     assert resp.status == 200
 
 
-@pytest.mark.parametrize("path", ["/", "/health", "/static/app.js"])
+@pytest.mark.parametrize("path", ["/", "/health", "/static/app.js", "/openapi.json"])
 async def test_page_and_health_stay_public(client, path):
-    assert (await client.get(path)).status == 200
+    resp = await client.get(path)
+    assert resp.status in (200, 503)  # /health: 503 until the (lazily loaded) model is ready
+    if path == "/health":
+        assert (await resp.json())["auth_required"] is True
 
 
 async def test_query_token_only_where_headers_cannot_be_sent(client):
@@ -146,3 +149,26 @@ async def test_websocket_message_limits(make_client, settings):
     await ws.send_str("x" * 500)
     message = await ws.receive(timeout=30)
     assert message.type == aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+
+def test_the_access_log_never_shows_a_key():
+    import logging
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from sdxl_server.security import RedactingAccessLogger
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test-access")
+    logger.addHandler(Collect())
+    logger.setLevel(logging.INFO)
+    access = RedactingAccessLogger(logger, '%r %s')
+    response = type("Response", (), {"status": 101, "body_length": 0, "headers": {}})()
+    access.log(make_mocked_request("GET", f"/api/v1/ws?job=abc&token={KEY}"), response, 0.1)
+    access.log(make_mocked_request("GET", "/outputs/images/x.png"), response, 0.1)
+    assert records == ["GET /api/v1/ws?job=abc&token=*** HTTP/1.1 101", "GET /outputs/images/x.png HTTP/1.1 101"]
