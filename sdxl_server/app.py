@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import keys, views, websocket
+from . import a1111, keys, openai_api, views, websocket
 from .config import Settings
 from .events import EventHub
 from .jobs import JobQueue
@@ -66,6 +66,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
     app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
     app[keys.STATIC_DIR] = find_static_dir()
     app[keys.OPENAPI] = build_spec(settings, views.VERSION)
+    app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     factory = engine_factory or default_engine_factory
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -85,7 +86,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         hub = EventHub()
         work = GenerationWork(
-            app[keys.ENGINE], app[keys.STORE], previews_wanted=hub.wants_previews, preview_every=settings.preview_every
+            app[keys.ENGINE], app[keys.STORE], preview_every=settings.preview_every,
+            previews_wanted=lambda job_id: hub.wants_previews(job_id) or a1111.progress_polled_recently(app),
         )
         engine = app[keys.ENGINE]
 
@@ -122,6 +124,16 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
     app.router.add_get("/api/v1/jobs/{job_id}", views.get_job)
     app.router.add_delete("/api/v1/jobs/{job_id}", views.cancel_job)
     app.router.add_get("/api/v1/ws", websocket.websocket)
+    app.router.add_post("/v1/images/generations", openai_api.images_generations)
+    app.router.add_get("/v1/models", openai_api.models)
+    app.router.add_post("/sdapi/v1/txt2img", a1111.txt2img)
+    app.router.add_get("/sdapi/v1/progress", a1111.progress)
+    app.router.add_post("/sdapi/v1/interrupt", a1111.interrupt)
+    app.router.add_get("/sdapi/v1/sd-models", a1111.sd_models)
+    app.router.add_get("/sdapi/v1/samplers", a1111.samplers)
+    app.router.add_get("/sdapi/v1/schedulers", a1111.schedulers)
+    app.router.add_get("/sdapi/v1/options", a1111.get_options)
+    app.router.add_post("/sdapi/v1/options", a1111.set_options)
     app.router.add_get("/outputs/images/{filename}", views.output_image)
     app.router.add_get("/outputs/metadata/{filename}", views.output_metadata)
     if app[keys.STATIC_DIR].is_dir():

@@ -193,6 +193,7 @@ class Settings:
     max_width: int = _setting("MAX_WIDTH", 1280, _int_range(64, 8192), "largest width a request may ask for")
     max_height: int = _setting("MAX_HEIGHT", 1280, _int_range(64, 8192), "largest height a request may ask for")
     max_steps: int = _setting("MAX_STEPS", 50, _int_range(1, 1000), "most steps a request may ask for")
+    max_batch: int = _setting("MAX_BATCH", 4, _int_range(1, 64), "most images one request may ask for")
     max_concurrency: int = _setting(
         "MAX_CONCURRENCY", 1, _concurrency, "generations at once: 1 (one GPU runs one; queue more with QUEUE_SIZE)"
     )

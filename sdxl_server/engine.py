@@ -6,11 +6,12 @@ only exception is :func:`resolve_runtime`, called once at start-up. Never import
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from .config import DEFAULT_HUB_MODEL, ConfigError, Settings
 from .errors import GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemory
-from .params import SCHEDULERS, GenerationParams
+from .params import MAX_SEED, SCHEDULERS, GenerationParams
 from .tiny import TINY_MODEL_NAME, ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -382,21 +383,37 @@ class Engine:
         return self._schedulers[name]
 
     def generate(self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool]) -> Generation:
-        """Run one request. Raises :class:`JobCancelled` (checked every step and before decoding),
+        """Run one request: ``params.num_images`` images in one pipeline call, or one at a time if
+        the batch runs out of memory. Image ``i`` uses seed ``seed + i``, so each can be redone
+        alone. Raises :class:`JobCancelled` (checked every step and before decoding),
         :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
         self.ensure_loaded()
+        self.pipe.scheduler = self._scheduler(params.scheduler)
+        try:
+            return self._generate_in_batches(params, [params.num_images], on_step, cancelled)
+        except OutOfMemory:
+            if params.num_images == 1:
+                raise
+            log.warning("a batch of %d ran out of memory; generating one image at a time", params.num_images)
+            return self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled)
+
+    def _generate_in_batches(
+        self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool]
+    ) -> Generation:
         pipe = self.pipe
-        pipe.scheduler = self._scheduler(params.scheduler)
+        images: list[Any] = []
+        seeds = [(params.seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
+        upcast, inference_s, decode_s, steps_done = False, 0.0, 0.0, 0
 
         def step_end(pipeline, index: int, timestep, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancelled():
                 raise JobCancelled("the job was cancelled")
-            on_step(index + 1, pipeline.num_timesteps, tensors["latents"])
+            on_step(steps_done + index + 1, pipeline.num_timesteps * len(batches), tensors["latents"])
             return {}
 
-        started = time.perf_counter()
-        try:
-            with torch.inference_mode():
+        for size in batches:
+            started = time.perf_counter()
+            with self._failures_translated(params), torch.inference_mode():
                 latents = pipe(
                     prompt=params.prompt,
                     negative_prompt=params.negative_prompt or None,
@@ -404,37 +421,50 @@ class Engine:
                     height=params.height,
                     num_inference_steps=params.steps,
                     guidance_scale=params.guidance_scale,
-                    # A CPU generator gives the same noise for a seed on every device.
-                    generator=torch.Generator("cpu").manual_seed(params.seed),
+                    num_images_per_prompt=size,
+                    # CPU generators give the same noise for a seed on every device.
+                    generator=[torch.Generator("cpu").manual_seed(seeds[len(images) + i]) for i in range(size)],
                     output_type="latent",
                     callback_on_step_end=step_end,
                 ).images
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
                 denoised = time.perf_counter()
-                images, upcast = self._decode(latents)
-        except JobCancelled:
+                decoded, batch_upcast = self._decode(latents)
+            images.extend(decoded)
+            upcast = upcast or batch_upcast
+            steps_done += pipe.num_timesteps
+            inference_s += denoised - started
+            decode_s += time.perf_counter() - denoised
+        info = {
+            "sampler": _sampler_label(params.scheduler, pipe.scheduler),
+            "seeds": seeds,
+            "vae_upcast": upcast,
+            "inference_s": round(inference_s, 4),
+            "decode_s": round(decode_s, 4),
+        }
+        return Generation(images=images, info=info)
+
+    @contextlib.contextmanager
+    def _failures_translated(self, params: GenerationParams) -> Iterator[None]:
+        """Turn what the pipeline raises into the errors a client sees; free memory after OOM."""
+        try:
+            yield
+        except (JobCancelled, OutOfMemory):
             raise
         except Exception as exc:
             if _is_out_of_memory(exc):
                 self._recover_memory()
                 raise OutOfMemory(
-                    f"the {self.runtime.device} device ran out of memory at {params.width}x{params.height}: "
-                    "try a smaller size (e.g. 768x768), enable VAE_TILING or CPU_OFFLOAD=model, or close other GPU programs"
+                    f"the {self.runtime.device} device ran out of memory at {params.width}x{params.height}"
+                    f"{f' x{params.num_images}' if params.num_images > 1 else ''}: try a smaller size "
+                    "(e.g. 768x768) or fewer images, enable VAE_TILING or CPU_OFFLOAD=model, or close other GPU programs"
                 ) from exc
             log.exception("generation failed")
             raise GenerationFailed(f"generation failed: {_short(exc)}") from exc
         finally:
             if self.pipe is not None and hasattr(self.pipe, "maybe_free_model_hooks"):
                 self.pipe.maybe_free_model_hooks()
-        finished = time.perf_counter()
-        info = {
-            "sampler": _sampler_label(params.scheduler, pipe.scheduler),
-            "vae_upcast": upcast,
-            "inference_s": round(denoised - started, 4),
-            "decode_s": round(finished - denoised, 4),
-        }
-        return Generation(images=images, info=info)
 
     def _recover_memory(self) -> None:
         gc.collect()

@@ -66,6 +66,7 @@ class Job:
     result: dict[str, Any] | None = None
     error: ApiError | None = None
     cancel_reason: ApiError | None = None  # why it was cancelled, when not by a client's DELETE
+    preview: str | None = field(default=None, repr=False)  # the latest preview (a JPEG data URL), if any was made
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _step_started: float | None = field(default=None, repr=False)
@@ -85,6 +86,16 @@ class Job:
     async def wait(self) -> None:
         """Until the job is succeeded, failed or cancelled."""
         await self._done.wait()
+
+    def outcome(self) -> dict[str, Any]:
+        """A finished job's result, or the error a waiting client should get."""
+        if self.status is JobStatus.SUCCEEDED:
+            return {"id": self.id, **(self.result or {})}
+        if self.status is JobStatus.CANCELLED:
+            raise self.error or JobCancelled(f"job {self.id} was cancelled before it finished")
+        if self.error is None:
+            raise GenerationFailed(f"job {self.id} has not finished")
+        raise self.error
 
 
 class ThroughputEstimate:
@@ -183,6 +194,12 @@ class JobQueue:
         self._wakeup.set()
         self._publish(self.event(job, "queued"))
         return job
+
+    async def generate(self, params: GenerationParams) -> dict[str, Any]:
+        """Submit a job and wait for it: its result, or its error raised."""
+        job = self.submit(params)
+        await job.wait()
+        return job.outcome()
 
     def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
@@ -346,6 +363,7 @@ class JobQueue:
             )
         )
         if extra is not None:
+            job.preview = extra
             self._publish(self.event(job, "preview", step=step, image=extra))
 
     def _finish(self, job: Job, status: JobStatus, *, result: dict | None = None, error: ApiError | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,3 +28,14 @@ HUB = web.AppKey("hub", EventHub)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", dict)
+
+
+@dataclass
+class LastPoll:
+    """When ``/sdapi/v1/progress`` was last polled (``time.monotonic()``); mutable, so it can
+    change while the app runs."""
+
+    at: float = float("-inf")
+
+
+A1111_PROGRESS_POLL = web.AppKey("a1111_progress_poll", LastPoll)

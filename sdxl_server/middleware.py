@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .errors import ApiError
+from .openai_api import error_body as openai_error_body
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,15 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, body: dict, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    request: web.Request, status: int, body: dict, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The error as JSON, in the shape the client's API family expects: OpenAI's under ``/v1/``,
+    ours plus A1111's ``detail`` under ``/sdapi/``, ours everywhere else."""
+    if request.path.startswith("/v1/"):
+        status, body = openai_error_body(status, body)
+    elif request.path.startswith("/sdapi/"):
+        body = {**body, "detail": body["message"]}
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -50,12 +59,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.to_dict(), exc.headers)
+        return error_response(request, exc.status, exc.to_dict(), exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
-        return error_response(exc.status, _http_error_body(exc), headers)
+        return error_response(request, exc.status, _http_error_body(exc), headers)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, {"error": "internal_error", "message": "an unexpected error occurred; see the server log"})
+        return error_response(
+            request, 500, {"error": "internal_error", "message": "an unexpected error occurred; see the server log"}
+        )

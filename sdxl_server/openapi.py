@@ -14,7 +14,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
-from . import schemas
+from . import a1111, openai_api, schemas
 from .config import Settings
 
 JSON = "application/json"
@@ -45,10 +45,18 @@ class Operation:
     public: bool = False
     tags: tuple[str, ...] = ()
     path_params: tuple[str, ...] = field(default=())
+    error_schema: str = "Error"
 
 
 def _errors(*statuses: int) -> dict[int, Any]:
     return {status: None for status in statuses}
+
+
+def _array(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}}
+
+
+NULL = {"type": "null"}
 
 
 OPERATIONS: list[Operation] = [
@@ -79,6 +87,35 @@ OPERATIONS: list[Operation] = [
     Operation("get", "/api/v1/ws", "Websocket of live job events (see the README for the protocol)", {
         101: ("", "Switching protocols", None), **_errors(400, 401, 403, 404),
     }, tags=("jobs",)),
+    Operation("post", "/v1/images/generations", "OpenAI Images API: generate images", {
+        200: "OpenAIImagesResponse", **_errors(400, 401, 409, 413, 415, 429, 500, 503),
+    }, body="OpenAIImagesRequest", error_schema="OpenAIError", tags=("openai",)),
+    Operation("get", "/v1/models", "OpenAI API: the loaded model", {200: "OpenAIModelList", **_errors(401)},
+              error_schema="OpenAIError", tags=("openai",)),
+    Operation("post", "/sdapi/v1/txt2img", "AUTOMATIC1111 API: text to image", {
+        200: "Txt2ImgResponse", **_errors(400, 401, 409, 413, 415, 422, 429, 500, 503),
+    }, body="Txt2ImgRequest", error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/progress", "AUTOMATIC1111 API: the running job's progress", {
+        200: "ProgressResponse", **_errors(401, 422),
+    }, query=a1111.ProgressQuerySchema, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/interrupt", "AUTOMATIC1111 API: cancel the running job", {
+        200: (JSON, "Done (null)", NULL), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/sd-models", "AUTOMATIC1111 API: the loaded model", {
+        200: (JSON, "One model", _array("SDModel")), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/samplers", "AUTOMATIC1111 API: samplers", {
+        200: (JSON, "Samplers", _array("Sampler")), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/schedulers", "AUTOMATIC1111 API: schedule types", {
+        200: (JSON, "Schedule types", _array("ScheduleType")), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/options", "AUTOMATIC1111 API: options", {
+        200: (JSON, "At least sd_model_checkpoint", {"type": "object"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/options", "AUTOMATIC1111 API: set options (sd_model_checkpoint must be the loaded model)", {
+        200: (JSON, "Done (null)", NULL), **_errors(400, 401, 413, 415, 422),
+    }, body="A1111Options", error_schema="A1111Error", tags=("a1111",)),
     Operation("get", "/outputs/images/{filename}", "A generated image: `{id}.png`", {
         200: ("image/png", "The PNG, with a `parameters` text chunk", None), **_errors(401, 404),
     }, path_params=("filename",), tags=("outputs",)),
@@ -88,9 +125,9 @@ OPERATIONS: list[Operation] = [
 ]
 
 
-def _response(spec_status: int, value: Any) -> dict[str, Any]:
+def _response(spec_status: int, value: Any, error_schema: str) -> dict[str, Any]:
     if value is None:
-        return {"description": ERRORS[spec_status], "content": {JSON: {"schema": "Error"}}}
+        return {"description": ERRORS[spec_status], "content": {JSON: {"schema": error_schema}}}
     if isinstance(value, str):
         return {"description": "OK", "content": {JSON: {"schema": value}}}
     content_type, description, schema = value
@@ -117,6 +154,13 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         ("Meta", schemas.MetaSchema), ("GenerateResponse", schemas.GenerateResponseSchema), ("Job", schemas.JobSchema),
         ("JobList", schemas.JobListSchema), ("Health", schemas.HealthSchema), ("Info", schemas.InfoSchema),
         ("Index", schemas.IndexSchema),
+        ("OpenAIImagesRequest", openai_api.request_schema_for_spec(settings)),
+        ("OpenAIImagesResponse", schemas.OpenAIImagesResponseSchema), ("OpenAIModelList", schemas.OpenAIModelListSchema),
+        ("OpenAIError", schemas.OpenAIErrorSchema), ("A1111Error", schemas.A1111ErrorSchema),
+        ("Txt2ImgRequest", a1111.request_schema_for_spec(settings)), ("Txt2ImgResponse", schemas.Txt2ImgResponseSchema),
+        ("ProgressResponse", schemas.ProgressResponseSchema), ("SDModel", schemas.SDModelSchema),
+        ("Sampler", schemas.SamplerSchema), ("ScheduleType", schemas.ScheduleTypeSchema),
+        ("A1111Options", a1111.OptionsSchema),
     ):
         spec.components.schema(name, schema=schema)
     if settings.api_key:
@@ -126,7 +170,9 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         operation: dict[str, Any] = {
             "summary": op.summary,
             "tags": list(op.tags),
-            "responses": {str(status): _response(status, value) for status, value in op.responses.items()},
+            "responses": {
+                str(status): _response(status, value, op.error_schema) for status, value in op.responses.items()
+            },
         }
         if op.body:
             operation["requestBody"] = {"required": True, "content": {JSON: {"schema": op.body}}}

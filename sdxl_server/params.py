@@ -35,10 +35,12 @@ class GenerationParams:
     guidance_scale: float
     seed: int
     scheduler: str = "default"
+    num_images: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def pixels(self) -> int:
-        return self.width * self.height
+        """Pixels the job makes (all its images): what its cost scales with."""
+        return self.width * self.height * self.num_images

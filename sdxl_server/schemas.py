@@ -112,6 +112,10 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             load_default="default", validate=validate.OneOf(list(SCHEDULERS)),
             metadata={"description": "Sampler; 'default' keeps the model's own."},
         ),
+        "num_images": StrictInteger(
+            load_default=1, validate=validate.Range(min=1, max=settings.max_batch),
+            metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
+        ),
     }
 
 
@@ -165,13 +169,23 @@ class MetaSchema(Schema):
     vae_upcast = fields.Boolean(metadata={"description": "True when a half-precision VAE decode overflowed and was redone in float32."})
     created_at = fields.String()
     timings = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
+    job_id = fields.String()
+    index = fields.Integer(metadata={"description": "This image's place in its job's batch, from 0."})
+    num_images = fields.Integer()
 
 
-class GenerateResponseSchema(Schema):
+class ImageSchema(Schema):
     id = fields.String(required=True)
     image_url = fields.String(required=True)
     meta_url = fields.String(required=True)
     meta = fields.Nested(MetaSchema, required=True)
+
+
+class GenerateResponseSchema(ImageSchema):
+    """The first image at the top level (the seed README's shape); with ``num_images`` > 1, every
+    image in ``images``."""
+
+    images = fields.List(fields.Nested(ImageSchema))
 
 
 class ParamsSchema(Schema):
@@ -183,6 +197,7 @@ class ParamsSchema(Schema):
     guidance_scale = fields.Float(required=True)
     seed = fields.Integer(required=True)
     scheduler = fields.String(required=True)
+    num_images = fields.Integer(required=True)
 
 
 JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
@@ -206,6 +221,7 @@ class JobSchema(Schema):
     image_url = fields.String()
     meta_url = fields.String()
     meta = fields.Nested(MetaSchema)
+    images = fields.List(fields.Nested(ImageSchema))
     error = fields.Nested(ErrorSchema)
 
 
@@ -262,3 +278,80 @@ class IndexSchema(Schema):
     status = fields.String(required=True)
     model = fields.String(required=True)
     endpoints = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+# --- compatible APIs (documentation of their bodies, for the OpenAPI spec) -------------------
+
+
+class OpenAIErrorDetailSchema(Schema):
+    message = fields.String(required=True)
+    type = fields.String(required=True)
+    param = fields.String(required=True, allow_none=True)
+    code = fields.String(required=True, allow_none=True)
+
+
+class OpenAIErrorSchema(Schema):
+    error = fields.Nested(OpenAIErrorDetailSchema, required=True)
+
+
+class OpenAIImageSchema(Schema):
+    url = fields.String(metadata={"description": "With response_format=url (the default)."})
+    b64_json = fields.String(metadata={"description": "With response_format=b64_json: the PNG, base64."})
+
+
+class OpenAIImagesResponseSchema(Schema):
+    created = fields.Integer(required=True)
+    data = fields.List(fields.Nested(OpenAIImageSchema), required=True)
+
+
+class OpenAIModelSchema(Schema):
+    id = fields.String(required=True)
+    object = fields.String(required=True)
+    created = fields.Integer(required=True)
+    owned_by = fields.String(required=True)
+
+
+class OpenAIModelListSchema(Schema):
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(OpenAIModelSchema), required=True)
+
+
+class A1111ErrorSchema(ErrorSchema):
+    detail = fields.String(required=True, metadata={"description": "The message again, where A1111 clients look for it."})
+
+
+class Txt2ImgResponseSchema(Schema):
+    images = fields.List(fields.String(), required=True, metadata={"description": "PNG images, base64."})
+    parameters = fields.Dict(required=True)
+    info = fields.String(required=True, metadata={"description": "JSON text: seed, all_seeds, infotexts, ..."})
+
+
+class ProgressResponseSchema(Schema):
+    progress = fields.Float(required=True)
+    eta_relative = fields.Float(required=True)
+    state = fields.Dict(required=True)
+    current_image = fields.String(required=True, allow_none=True, metadata={"description": "JPEG preview, base64."})
+    textinfo = fields.String(required=True, allow_none=True)
+
+
+class SDModelSchema(Schema):
+    title = fields.String(required=True)
+    model_name = fields.String(required=True)
+    hash = fields.String(required=True, allow_none=True)
+    sha256 = fields.String(required=True, allow_none=True)
+    filename = fields.String(required=True)
+    config = fields.String(required=True, allow_none=True)
+
+
+class SamplerSchema(Schema):
+    name = fields.String(required=True)
+    aliases = fields.List(fields.String(), required=True)
+    options = fields.Dict(required=True)
+
+
+class ScheduleTypeSchema(Schema):
+    name = fields.String(required=True)
+    label = fields.String(required=True)
+    aliases = fields.List(fields.String(), required=True, allow_none=True)
+    default_rho = fields.Float(required=True, allow_none=True)
+    need_inner_model = fields.Boolean(required=True)

@@ -46,14 +46,18 @@ def _json_type(value: Any) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
-def validate(schema: Schema, body: dict[str, Any]) -> dict[str, Any]:
-    """Load ``body`` with ``schema``; raise :class:`ValidationFailed` naming every bad field."""
+def validate(schema: Schema, body: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Load ``body`` with ``schema``; raise :class:`ValidationFailed` naming every bad field.
+
+    ``names`` maps our field names to a client's own (``guidance_scale`` -> ``cfg_scale``) when a
+    compatible API's body was translated into ours, so errors name what that client sent.
+    """
     try:
         return schema.load(body)
     except ValidationError as exc:
         problems = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        names = ", ".join(sorted(problems))
-        raise ValidationFailed(f"invalid request: check {names}", fields=problems) from None
+        problems = {(names or {}).get(name, name): messages for name, messages in problems.items()}
+        raise ValidationFailed(f"invalid request: check {', '.join(sorted(problems))}", fields=problems) from None
 
 
 async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from . import keys
-from .errors import Conflict, JobCancelled, NotFound
-from .jobs import Job, JobStatus
+from .errors import Conflict, NotFound
+from .jobs import JobStatus
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .params import MAX_SEED, SCHEDULERS
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
@@ -136,21 +136,10 @@ async def server_info(request: web.Request) -> web.Response:
     )
 
 
-def _result_or_raise(job: Job) -> dict[str, Any]:
-    if job.status is JobStatus.SUCCEEDED:
-        return {"id": job.id, **(job.result or {})}
-    if job.status is JobStatus.CANCELLED:
-        raise job.error or JobCancelled(f"job {job.id} was cancelled before it finished")
-    assert job.error is not None
-    raise job.error
-
-
 async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``."""
     data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
-    job = request.app[keys.QUEUE].submit(to_params(data))
-    await job.wait()
-    return web.json_response(_result_or_raise(job))
+    return web.json_response(await request.app[keys.QUEUE].generate(to_params(data)))
 
 
 async def submit_job(request: web.Request) -> web.Response:

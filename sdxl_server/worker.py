@@ -49,8 +49,7 @@ class GenerationWork:
 
         generation = self.engine.generate(params, step, cancelled)
         runtime = self.engine.runtime
-        meta: dict[str, Any] = {
-            "id": job.id,
+        common: dict[str, Any] = {
             "model_id": self.engine.model_id,
             **params.to_dict(),
             "sampler_name": generation.info.get("sampler", SCHEDULERS[params.scheduler]),
@@ -66,9 +65,17 @@ class GenerationWork:
                 "total_s": round(time.time() - job.created_at, 4),
             },
         }
-        self.store.write_outputs(job.id, generation.images[0], meta)
-        return {
-            "image_url": self.store.image_url(job.id),
-            "meta_url": self.store.meta_url(job.id),
-            "meta": meta,
-        }
+        seeds = generation.info.get("seeds") or [params.seed]
+        images = []
+        for index, image in enumerate(generation.images):
+            output_id = job.id if index == 0 else f"{job.id}-{index}"
+            meta = {"id": output_id, "job_id": job.id, "index": index, **common, "seed": seeds[index]}
+            self.store.write_outputs(output_id, image, meta)
+            images.append(
+                {"id": output_id, "image_url": self.store.image_url(output_id), "meta_url": self.store.meta_url(output_id), "meta": meta}
+            )
+        first = images[0]
+        result = {"image_url": first["image_url"], "meta_url": first["meta_url"], "meta": first["meta"]}
+        if len(images) > 1:  # the seed README's shape is kept exactly for single images
+            result["images"] = images
+        return result

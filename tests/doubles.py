@@ -82,3 +82,18 @@ class PausingEngine(Engine):
                 _wait_until(cancelled)
 
         return super().generate(params, pausing, cancelled)
+
+
+class SmallMemoryEngine(Engine):
+    """A real engine whose UNet runs out of memory for more than one image at a time."""
+
+    def load(self):
+        super().load()
+        forward = self.pipe.unet.forward
+
+        def forward_one_image(sample, *args, **kwargs):
+            if sample.shape[0] > 2:  # one image with classifier-free guidance is a batch of 2
+                raise cuda_out_of_memory()
+            return forward(sample, *args, **kwargs)
+
+        self.pipe.unet.forward = forward_one_image

@@ -152,3 +152,41 @@ async def test_info_gives_what_a_form_needs(client, settings):
     assert info["limits"]["min_size"] == 64 and info["limits"]["size_multiple"] == 8
     assert info["defaults"] == {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.0, "scheduler": "default"}
     assert info["schedulers"]["euler_a"] == "Euler a"
+
+
+async def test_several_images_in_one_request_each_with_its_own_files(client, settings):
+    status, body = await generate(client, prompt="batch", num_images=3, seed=100, steps=2)
+    assert status == 200
+    images = body["images"]
+    assert [i["id"] for i in images] == [body["id"], f"{body['id']}-1", f"{body['id']}-2"]
+    assert [i["meta"]["seed"] for i in images] == [100, 101, 102]
+    assert [i["meta"]["index"] for i in images] == [0, 1, 2]
+    assert body["image_url"] == images[0]["image_url"] and body["meta"] == images[0]["meta"]
+    pixels = [(await fetch_png(client, i["image_url"])).tobytes() for i in images]
+    assert len(set(pixels)) == 3
+    for image in images:
+        resp = await client.get(image["meta_url"])
+        assert json.loads(await resp.read()) == image["meta"]
+    # Image i is seed + i on its own: it can be redone alone (batched arithmetic may round differently).
+    _, alone = await generate(client, prompt="batch", seed=101, steps=2)
+    redone = (await fetch_png(client, alone["image_url"])).tobytes()
+    assert max(abs(a - b) for a, b in zip(redone, pixels[1])) <= 2
+
+    status, body = await generate(client, prompt="too many", num_images=settings.max_batch + 1)
+    assert status == 422 and "num_images" in body["fields"]
+
+
+async def test_a_batch_that_runs_out_of_memory_is_made_one_at_a_time(make_client, settings):
+    from doubles import SmallMemoryEngine
+
+    client = await make_client(settings, engine_factory=SmallMemoryEngine)
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    status, body = await generate(client, prompt="fallback", num_images=2, seed=5, steps=2)
+    assert status == 200
+    assert [i["meta"]["seed"] for i in body["images"]] == [5, 6]
+    from wsclient import events_until_terminal
+
+    events = await events_until_terminal(ws, body["id"])
+    steps = [(e["step"], e["total_steps"]) for e in events if e["type"] == "progress"]
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]

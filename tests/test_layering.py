@@ -11,7 +11,7 @@ HTTP_LAYER = [
     "sdxl_server.schemas", "sdxl_server.jobs", "sdxl_server.keys", "sdxl_server.config",
     "sdxl_server.storage", "sdxl_server.errors", "sdxl_server.worker", "sdxl_server.__main__",
     "sdxl_server.events", "sdxl_server.websocket", "sdxl_server.security", "sdxl_server.metrics",
-    "sdxl_server.openapi",
+    "sdxl_server.openapi", "sdxl_server.openai_api", "sdxl_server.a1111", "sdxl_server.loadtest",
 ]
 PIPELINE_LAYER = ["sdxl_server.engine", "sdxl_server.tiny", "sdxl_server.preview"]
 

@@ -1,0 +1,109 @@
+"""Requests shaped as AUTOMATIC1111's API documents them, round-tripping through /sdapi/v1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+
+from doubles import PausingEngine
+from PIL import Image
+from wsclient import events_until
+
+from sdxl_server import keys
+
+TXT2IMG = {  # field names as A1111's StableDiffusionTxt2ImgProcessingAPI documents them
+    "prompt": "a lighthouse, oil painting",
+    "negative_prompt": "blurry",
+    "width": 64,
+    "height": 128,
+    "steps": 2,
+    "cfg_scale": 6.5,
+    "seed": -1,
+    "sampler_name": "Euler a",
+    "batch_size": 2,
+    "n_iter": 1,
+    "restore_faces": False,
+    "tiling": False,
+    "enable_hr": False,
+    "override_settings": {},
+    "alwayson_scripts": {},
+}
+
+
+async def test_txt2img_returns_images_parameters_and_info(client, settings):
+    resp = await client.post("/sdapi/v1/txt2img", json=TXT2IMG)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in body["images"]]
+    assert [image.size for image in images] == [(64, 128), (64, 128)]
+    info = json.loads(body["info"])
+    assert info["seed"] >= 0 and info["all_seeds"] == [info["seed"], info["seed"] + 1]
+    assert info["sampler_name"] == "Euler a" and info["cfg_scale"] == 6.5 and info["steps"] == 2
+    assert info["infotexts"][1].startswith("a lighthouse, oil painting\nNegative prompt: blurry\n")
+    assert f"Seed: {info['seed'] + 1}" in images[1].text["parameters"]
+    assert body["parameters"]["seed"] == info["seed"] and body["parameters"]["prompt"] == TXT2IMG["prompt"]
+    # The same queue and outputs as our own API.
+    jobs = await (await client.get("/api/v1/jobs")).json()
+    assert jobs["jobs"][0]["params"]["scheduler"] == "euler_a" and jobs["jobs"][0]["params"]["num_images"] == 2
+    assert len(list((settings.output_dir / "images").iterdir())) == 2
+
+
+async def test_samplers_karras_and_seed(client):
+    body = {**TXT2IMG, "batch_size": 1, "seed": 1234, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
+    info = json.loads((await (await client.post("/sdapi/v1/txt2img", json=body)).json())["info"])
+    assert info["seed"] == 1234 and info["sampler_name"] == "DPM++ 2M Karras"
+    samplers = await (await client.get("/sdapi/v1/samplers")).json()
+    assert {"Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"} <= {s["name"] for s in samplers}
+    for sampler in samplers:
+        resp = await client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": sampler["name"], "scheduler": None, "steps": 1})
+        assert resp.status == 200, sampler
+
+
+async def test_a1111_errors_name_a1111_fields(client, settings):
+    for field, value in (("cfg_scale", 99), ("width", 100), ("sampler_name", "Heun++ 9000")):
+        resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, field: value})
+        assert resp.status == 422
+        body = await resp.json()
+        assert field in body["fields"] and body["detail"] == body["message"]
+    resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "batch_size": 2, "n_iter": 3})
+    assert resp.status == 422 and "batch_size" in (await resp.json())["fields"]
+
+
+async def test_models_options_and_interrupt_when_idle(client):
+    models = await (await client.get("/sdapi/v1/sd-models")).json()
+    assert models[0]["title"] == "tiny" and models[0]["model_name"] == "tiny"
+    options = await (await client.get("/sdapi/v1/options")).json()
+    assert options["sd_model_checkpoint"] == "tiny"
+    resp = await client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny", "CLIP_stop_at_last_layers": 1})
+    assert resp.status == 200 and await resp.json() is None
+    resp = await client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "other.safetensors"})
+    assert resp.status == 422 and "serves one model" in (await resp.json())["detail"]
+    assert (await client.post("/sdapi/v1/interrupt")).status == 200
+    idle = await (await client.get("/sdapi/v1/progress")).json()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
+    schedulers = await (await client.get("/sdapi/v1/schedulers")).json()
+    assert [s["label"] for s in schedulers] == ["Automatic", "Karras"]
+
+
+async def test_progress_while_a_job_runs_then_interrupt(make_client, settings):
+    client = await make_client(settings, engine_factory=lambda s: PausingEngine(s, pause_after=2))
+    await client.get("/sdapi/v1/progress")  # a poller is watching: previews are made
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    running = asyncio.create_task(client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "steps": 4, "batch_size": 1}))
+    await events_until(ws, lambda e: e["type"] == "progress" and e["step"] == 2)  # the job now waits
+    progress = await (await client.get("/sdapi/v1/progress")).json()
+    assert progress["progress"] == 0.5
+    assert progress["state"]["sampling_step"] == 2 and progress["state"]["sampling_steps"] == 4
+    assert progress["state"]["job"] == client.app[keys.QUEUE].running.id and progress["state"]["job_count"] == 1
+    assert progress["eta_relative"] >= 0
+    preview = Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
+    assert preview.size == (8, 16)
+    skipped = await (await client.get("/sdapi/v1/progress?skip_current_image=true")).json()
+    assert skipped["current_image"] is None
+
+    assert (await client.post("/sdapi/v1/interrupt")).status == 200
+    resp = await running
+    assert resp.status == 409 and (await resp.json())["error"] == "cancelled"

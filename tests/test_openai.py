@@ -1,0 +1,80 @@
+"""The real ``openai`` package, pointed at this server, generates images."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import openai
+import pytest
+from PIL import Image
+from yarl import URL
+
+KEY = "sk-local-test"
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.replace(api_key=KEY)
+
+
+@pytest.fixture
+async def ai(client):
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0) as ai:
+        yield ai
+
+
+async def test_url_response(ai, client):
+    result = await ai.images.generate(prompt="a red fox", size="128x64", model="dall-e-3", quality="hd", style="vivid", user="u1")
+    assert len(result.data) == 1 and result.created > 0
+    url = result.data[0].url
+    assert url.startswith(str(client.make_url("/outputs/images/")))
+    resp = await client.get(URL(url).path)
+    assert resp.status == 200
+    image = Image.open(io.BytesIO(await resp.read()))
+    assert image.size == (128, 64)
+
+
+async def test_b64_json_with_several_images(ai):
+    result = await ai.images.generate(prompt="two foxes", n=2, size="64x64", response_format="b64_json")
+    assert len(result.data) == 2
+    images = [Image.open(io.BytesIO(base64.b64decode(item.b64_json))) for item in result.data]
+    assert all(image.format == "PNG" and image.size == (64, 64) for image in images)
+    assert images[0].tobytes() != images[1].tobytes()
+    assert "Seed:" in images[0].text["parameters"]
+
+
+async def test_bad_size_is_an_openai_shaped_400(ai):
+    for size in ("100x100", "4096x4096", "big"):
+        with pytest.raises(openai.BadRequestError) as info:
+            await ai.images.generate(prompt="x", size=size)
+        assert info.value.status_code == 400
+        assert info.value.param == "size" and info.value.type == "invalid_request_error"
+        assert info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.generate(prompt="x", n=99)
+    assert info.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.generate(prompt="x", extra_body={"colour": "red"})
+    assert "Unrecognized request argument supplied: colour" in info.value.message
+
+
+async def test_bad_key_is_an_authentication_error(client):
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="wrong", max_retries=0) as ai:
+        with pytest.raises(openai.AuthenticationError) as info:
+            await ai.images.generate(prompt="x")
+    assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
+
+
+async def test_models_lists_the_loaded_model(ai):
+    models = await ai.models.list()
+    assert [model.id for model in models.data] == ["tiny"]
+
+
+async def test_our_own_fields_pass_through(ai):
+    result = await ai.images.generate(
+        prompt="extended", size="64x64", response_format="b64_json",
+        extra_body={"seed": 77, "steps": 2, "negative_prompt": "blur", "scheduler": "euler_a"},
+    )
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert "Seed: 77" in image.text["parameters"] and "Steps: 2, Sampler: Euler a" in image.text["parameters"]
