@@ -31,10 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sdxl-server: error: {exc}", file=sys.stderr)
         return 2
-    web.run_app(
-        create_app(settings), host=settings.host, port=settings.port,
-        access_log_class=RedactingAccessLogger, print=logging.getLogger("sdxl_server").info,
-    )
+    try:
+        web.run_app(
+            create_app(settings), host=settings.host, port=settings.port,
+            access_log_class=RedactingAccessLogger, print=logging.getLogger("sdxl_server").info,
+        )
+    except (ConfigError, OSError) as exc:  # the job store, OUTPUT_DIR or the port cannot be used
+        print(f"sdxl-server: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -175,7 +175,7 @@ async def txt2img(request: web.Request) -> web.Response:
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
         "styles": [],
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime(app[keys.QUEUE].get(result["id"]).created_at)),
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(result["id"])).created_at)),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
         "version": "sdxl_server",
@@ -230,7 +230,7 @@ async def interrupt(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/interrupt``: cancel the running job (if any) at its next step."""
     queue = request.app[keys.QUEUE]
     if queue.running is not None:
-        queue.cancel(queue.running.id)
+        await queue.cancel(queue.running.id)
     return web.json_response(None)
 
 

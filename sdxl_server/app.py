@@ -8,6 +8,7 @@ the default factory imports torch lazily, so this module never does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sysconfig
 import weakref
@@ -21,7 +22,9 @@ from aiohttp import web
 from . import a1111, keys, openai_api, views, websocket
 from .config import Settings
 from .events import EventHub
+from .housekeeping import enforce_retention, recover
 from .jobs import JobQueue
+from .jobstore import JobStore
 from .metrics import Metrics
 from .middleware import error_middleware
 from .openapi import build_spec
@@ -47,6 +50,20 @@ def find_static_dir() -> Path:
     if checkout.is_dir():
         return checkout
     return Path(sysconfig.get_path("data")) / "share" / "sdxl-server" / "static"
+
+
+RETENTION_INTERVAL_S = 600.0
+
+
+async def _retention_loop(app: web.Application) -> None:
+    """Apply RETENTION_DAYS / RETENTION_COUNT at start-up and every ten minutes."""
+    settings = app[keys.SETTINGS]
+    while True:
+        try:
+            await enforce_retention(app[keys.JOB_STORE], app[keys.STORE], settings.retention_days, settings.retention_count)
+        except Exception:  # noqa: BLE001 - housekeeping must never take the server down
+            log.exception("retention failed; trying again later")
+        await asyncio.sleep(RETENTION_INTERVAL_S)
 
 
 async def drain(app: web.Application) -> None:
@@ -95,7 +112,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
             metrics.observe(event)
             hub.publish(event)
 
-        queue = JobQueue(work, app[keys.EXECUTOR], capacity=settings.queue_size, preload=settings.preload, publish=publish)
+        queue = JobQueue(
+            work, app[keys.EXECUTOR], app[keys.JOB_STORE],
+            capacity=settings.queue_size, preload=settings.preload, publish=publish,
+        )
         metrics = Metrics(
             queue_depth=lambda: queue.waiting,
             running=lambda: 1 if queue.running else 0,
@@ -105,11 +125,24 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         )
         app[keys.HUB], app[keys.METRICS] = hub, metrics
         app[keys.QUEUE] = queue
+        report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)
+        queue.restore(report.requeued)
         queue.start()
+        retention = asyncio.create_task(_retention_loop(app), name="sdxl-retention")
         yield
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
         await queue.stop()  # already stopped by drain() when the app was shut down
 
-    app.cleanup_ctx.extend([storage_ctx, engine_ctx, queue_ctx])
+    async def job_store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = JobStore(settings.jobs_db_path)
+        await store.open()
+        app[keys.JOB_STORE] = store
+        yield
+        await store.close()
+
+    app.cleanup_ctx.extend([storage_ctx, job_store_ctx, engine_ctx, queue_ctx])
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app.on_shutdown.append(drain)
 

@@ -231,6 +231,22 @@ class Settings:
         "seconds a running job may take to finish on SIGTERM/SIGINT before it is cancelled",
     )
 
+    # Durability
+    jobs_db: Path | None = _setting(
+        "JOBS_DB", None, lambda raw: _path(raw) if raw.strip() else None,
+        "the SQLite job store (default OUTPUT_DIR/jobs.sqlite3)",
+    )
+    restart_running: str = _setting(
+        "RESTART_RUNNING", "requeue", _choice("requeue", "fail"),
+        "after a crash, the job that was running: requeue (run it again, first) or fail",
+    )
+    retention_days: float = _setting(
+        "RETENTION_DAYS", 0.0, _float_range(0.0, 36500.0), "delete finished jobs and their files after this many days (0: keep)"
+    )
+    retention_count: int = _setting(
+        "RETENTION_COUNT", 0, _int_range(0, 10_000_000), "keep at most this many finished jobs and their files (0: all)"
+    )
+
     # Server
     host: str = _setting("HOST", "0.0.0.0", lambda raw: raw.strip() or "0.0.0.0", "address to listen on")
     port: int = _setting("PORT", 8001, _int_range(0, 65535), "port to listen on")
@@ -248,6 +264,10 @@ class Settings:
             value = getattr(self, name.lower())
             if value % 8:
                 raise ConfigError(f"{name}={value} is not a multiple of 8: SDXL sizes are multiples of 8")
+
+    @property
+    def jobs_db_path(self) -> Path:
+        return self.jobs_db or self.output_dir / "jobs.sqlite3"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated again)."""

@@ -7,6 +7,7 @@ only exception is :func:`resolve_runtime`, called once at start-up. Never import
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib.util
 import logging
@@ -429,6 +430,8 @@ class Engine:
                 ).images
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
+                if self.runtime.on_cuda:
+                    torch.cuda.synchronize()  # so the inference/decode split is true on a GPU
                 denoised = time.perf_counter()
                 decoded, batch_upcast = self._decode(latents)
             images.extend(decoded)
@@ -536,6 +539,7 @@ class Engine:
         }
 
 
+@functools.cache
 def _version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 

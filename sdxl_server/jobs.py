@@ -21,7 +21,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ApiError, Conflict, GenerationFailed, JobCancelled, NotFound, QueueFull, ShuttingDown
+from .errors import ApiError, Conflict, GenerationFailed, JobCancelled, NotFound, QueueFull, ShuttingDown, StorageFailed
+from .jobstore import JobStore
 from .params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class Job:
     total_steps: int = 0
     result: dict[str, Any] | None = None
     error: ApiError | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    attempts: int = 0  # starts so far, counting any interrupted by a crash
     cancel_reason: ApiError | None = None  # why it was cancelled, when not by a client's DELETE
     preview: str | None = field(default=None, repr=False)  # the latest preview (a JPEG data URL), if any was made
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -76,6 +80,30 @@ class Job:
 
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
+
+    def to_record(self) -> dict[str, Any]:
+        """The job as the job store keeps it."""
+        return {
+            "id": self.id, "status": self.status.value, "params": self.params.to_dict(),
+            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+            "step": self.step, "total_steps": self.total_steps, "result": self.result,
+            "error": self.error.to_dict() if self.error else None,
+            "idempotency_key": self.idempotency_key, "request_hash": self.request_hash, "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Job:
+        """A job read back from the job store."""
+        job = cls(
+            params=GenerationParams(**record["params"]), id=record["id"], status=JobStatus(record["status"]),
+            created_at=record["created_at"], started_at=record["started_at"], finished_at=record["finished_at"],
+            step=record["step"], total_steps=record["total_steps"], result=record["result"],
+            error=StoredError(record["error"]) if record["error"] else None,
+            idempotency_key=record["idempotency_key"], request_hash=record["request_hash"], attempts=record["attempts"],
+        )
+        if job.status.terminal:
+            job._done.set()
+        return job
 
     @property
     def progress(self) -> float:
@@ -96,6 +124,21 @@ class Job:
         if self.error is None:
             raise GenerationFailed(f"job {self.id} has not finished")
         raise self.error
+
+
+class StoredError(ApiError):
+    """An error read back from the job store, with its original code and status."""
+
+    _STATUSES = {"out_of_memory": 503, "model_unavailable": 503, "shutting_down": 503, "cancelled": 409}
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message", ""), fields=body.get("fields"))
+        self.code = body.get("error", "internal_error")  # type: ignore[misc]
+        self.status = self._STATUSES.get(self.code, 500)  # type: ignore[misc]
+
+
+class IdempotencyConflict(ApiError):
+    status, code = 422, "idempotency_conflict"
 
 
 class ThroughputEstimate:
@@ -154,20 +197,23 @@ class JobQueue:
         self,
         work: Work,
         executor: Executor,
+        store: JobStore,
         *,
         capacity: int,
-        history: int = 1000,
+        history: int = 200,
         publish: Publish | None = None,
         preload: bool = True,
     ) -> None:
         self._work = work
         self._executor = executor
+        self._store = store
         self.capacity = capacity
         self._history = history
         self._publish = publish or (lambda event: None)
         self._preload = preload
         self._waiting: deque[Job] = deque()
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()  # active jobs and the most recent finished ones
+        self._by_key: dict[str, Job] = {}
         self._wakeup = asyncio.Event()
         self.running: Job | None = None
         self.accepting = True
@@ -177,48 +223,105 @@ class JobQueue:
 
     # -- client side --------------------------------------------------------------
 
-    def submit(self, params: GenerationParams) -> Job:
-        """Queue a job; raise :class:`QueueFull` (with ``Retry-After``) when ``capacity`` wait already."""
+    async def submit(
+        self, params: GenerationParams, *, idempotency_key: str | None = None, request_hash: str | None = None
+    ) -> tuple[Job, bool]:
+        """Queue a job once it is safely in the job store; return it and whether it is a replay.
+
+        The same ``idempotency_key`` with the same ``request_hash`` returns the first job (a
+        replay); with another hash it raises :class:`IdempotencyConflict`. Raises
+        :class:`QueueFull` (with ``Retry-After``) when ``capacity`` jobs wait already.
+        """
+        if idempotency_key is not None:
+            existing = self._by_key.get(idempotency_key)
+            if existing is None:
+                record = await self._store.by_idempotency_key(idempotency_key)
+                existing = self._by_key.get(idempotency_key) or (
+                    self._jobs.get(record["id"]) or Job.from_record(record) if record else None
+                )
+            if existing is not None:
+                if existing.request_hash != request_hash:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different request: use a new key for a new request",
+                        fields={"Idempotency-Key": ["Used before with a different body."]},
+                    )
+                return existing, True
         if not self.accepting:
             raise ShuttingDown("the server is shutting down and accepts no new jobs")
         if len(self._waiting) >= self.capacity:
             wait = self.eta_seconds(None)
-            retry = max(1, int(wait or 10))
             raise QueueFull(
-                f"the queue is full ({self.capacity} waiting): retry later", headers={"Retry-After": str(retry)}
+                f"the queue is full ({self.capacity} waiting): retry later",
+                headers={"Retry-After": str(max(1, int(wait or 10)))},
             )
-        job = Job(params=params)
-        self._jobs[job.id] = job
+        job = Job(params=params, idempotency_key=idempotency_key, request_hash=request_hash)
+        self._remember(job)
         self._waiting.append(job)
-        self._forget_old()
+        try:
+            await self._store.save_soon(job.to_record())  # durable before it is acknowledged
+        except Exception as exc:
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._jobs.pop(job.id, None)
+            self._by_key.pop(idempotency_key or "", None)
+            raise StorageFailed(f"the job could not be recorded: {exc}") from exc
         self._wakeup.set()
         self._publish(self.event(job, "queued"))
-        return job
+        return job, False
 
-    async def generate(self, params: GenerationParams) -> dict[str, Any]:
-        """Submit a job and wait for it: its result, or its error raised."""
-        job = self.submit(params)
+    def _remember(self, job: Job) -> None:
+        self._jobs[job.id] = job
+        if job.idempotency_key:
+            self._by_key[job.idempotency_key] = job
+        while len(self._jobs) > self._history + len(self._waiting) + 1:
+            oldest = next((j for j in self._jobs.values() if j.status.terminal), None)
+            if oldest is None:
+                break
+            del self._jobs[oldest.id]
+            if oldest.idempotency_key:
+                self._by_key.pop(oldest.idempotency_key, None)
+
+    def _persist(self, job: Job) -> None:
+        saving = self._store.save_soon(job.to_record())
+        saving.add_done_callback(lambda done: done.exception() and log.error("could not record job %s: %s", job.id, done.exception()))
+
+    async def generate(self, params: GenerationParams, **idempotency: Any) -> dict[str, Any]:
+        """Submit a job (or find its replay) and wait for it: its result, or its error raised."""
+        job, _ = await self.submit(params, **idempotency)
         await job.wait()
         return job.outcome()
 
     def get(self, job_id: str) -> Job:
+        """A job in memory (active or recent); raises :class:`NotFound`."""
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job with id {job_id!r}")
         return job
 
-    def recent(self, limit: int, status: JobStatus | None = None) -> list[Job]:
-        """Newest first, optionally only those with ``status``."""
-        jobs = (job for job in reversed(self._jobs.values()) if status is None or job.status is status)
-        return list(itertools.islice(jobs, limit))
+    async def find(self, job_id: str) -> Job:
+        """Any job this server has accepted, from memory or the job store; raises :class:`NotFound`."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            record = await self._store.get(job_id)
+            if record is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            job = Job.from_record(record)
+        return job
+
+    async def page(self, limit: int, status: JobStatus | None = None, before: int | None = None) -> tuple[list[Job], int | None]:
+        """Newest first from the job store, live jobs as they are now; and the cursor of the next page."""
+        records = await self._store.page(limit, status.value if status else None, before)
+        jobs = [self._jobs.get(r["id"]) or Job.from_record(r) for r in records]
+        cursor = records[-1]["seq"] if len(records) == limit else None
+        return jobs, cursor
 
     def active(self) -> list[Job]:
         """The running job, then the waiting ones in order."""
         return ([self.running] if self.running else []) + list(self._waiting)
 
-    def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str) -> Job:
         """Cancel one job: a queued one leaves the queue now, a running one stops at its next step."""
-        job = self.get(job_id)
+        job = await self.find(job_id)
         if job.status.terminal:
             raise Conflict(f"job {job_id} already {job.status.value}")
         job._cancel.set()
@@ -320,7 +423,9 @@ class JobQueue:
         loop = asyncio.get_running_loop()
         job.status = JobStatus.RUNNING
         job.started_at = job._step_started = time.time()
+        job.step, job.attempts = 0, job.attempts + 1
         self.running = job
+        self._persist(job)
         self._publish(
             self.event(
                 job, "started", position=0, started_at=job.started_at, total_steps=job.total_steps,
@@ -336,7 +441,10 @@ class JobQueue:
         try:
             result = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
         except JobCancelled:
-            self._finish(job, JobStatus.CANCELLED, error=job.cancel_reason)
+            if isinstance(job.cancel_reason, ShuttingDown):
+                self._suspend(job)
+            else:
+                self._finish(job, JobStatus.CANCELLED, error=job.cancel_reason)
         except ApiError as exc:
             self._finish(job, JobStatus.FAILED, error=exc)
         except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the worker
@@ -371,6 +479,7 @@ class JobQueue:
         job.finished_at = time.time()
         job.result, job.error = result, error
         job._done.set()
+        self._persist(job)
         run_s = None if job.started_at is None else round(job.finished_at - job.started_at, 4)
         if status is JobStatus.SUCCEEDED:
             self._publish(self.event(job, "completed", run_s=run_s, **(result or {})))
@@ -384,12 +493,26 @@ class JobQueue:
         for job in self._waiting:
             self._publish(self.event(job, "position"))
 
-    def _forget_old(self) -> None:
-        while len(self._jobs) > self._history:
-            oldest = next(iter(self._jobs.values()))
-            if not oldest.status.terminal:
-                break
-            self._jobs.popitem(last=False)
+    def _suspend(self, job: Job) -> None:
+        """At shutdown: the job stays queued in the job store and runs when the server starts
+        again; whoever waits on it now is told so."""
+        job.status, job.step = JobStatus.QUEUED, 0
+        job.error = ShuttingDown(
+            "the server is shutting down: this job stays queued and runs when the server starts again"
+        )
+        self._persist(job)
+        job._done.set()
+        self._publish(self.event(job, "suspended", error=job.error.to_dict()))
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Queue again, in this order, jobs a previous run accepted but did not finish."""
+        for record in records:
+            job = Job.from_record({**record, "status": JobStatus.QUEUED.value, "step": 0})
+            self._remember(job)
+            self._waiting.append(job)
+        if records:
+            self._wakeup.set()
+            log.info("queued again %d job(s) left by the previous run", len(records))
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -401,11 +524,9 @@ class JobQueue:
         """Refuse new jobs, cancel the waiting ones, give the running one ``grace_s`` seconds to
         finish, then cancel it at its next step, and stop the worker. Safe to call twice."""
         self.accepting = False
-        reason = ShuttingDown("the server is shutting down: the job was cancelled before it could finish")
+        reason = ShuttingDown("the server is shutting down")
         while self._waiting:
-            job = self._waiting.popleft()
-            job.cancel_reason = reason
-            self._finish(job, JobStatus.CANCELLED, error=reason)
+            self._suspend(self._waiting.popleft())
         running = self.running
         if running is not None:
             if grace_s > 0:
@@ -420,3 +541,4 @@ class JobQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._store.flush()

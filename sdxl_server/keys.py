@@ -14,6 +14,7 @@ from marshmallow import Schema
 from .config import Settings
 from .events import EventHub
 from .jobs import JobQueue
+from .jobstore import JobStore
 from .metrics import Metrics
 from .storage import OutputStore
 
@@ -22,6 +23,7 @@ STORE = web.AppKey("store", OutputStore)
 ENGINE = web.AppKey("engine", Any)  # sdxl_server.engine.Engine, or a test double; typed loosely to keep torch out
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 QUEUE = web.AppKey("queue", JobQueue)
+JOB_STORE = web.AppKey("job_store", JobStore)
 GENERATE_SCHEMA = web.AppKey("generate_schema", Schema)
 STATIC_DIR = web.AppKey("static_dir", Path)
 HUB = web.AppKey("hub", EventHub)

@@ -110,7 +110,7 @@ async def images_generations(request: web.Request) -> web.Response:
         data = [{"b64_json": base64.b64encode(blob).decode("ascii")} for blob in blobs]
     else:
         data = [{"url": str(request.url.join(URL(image["image_url"])))} for image in images]
-    created = int(app[keys.QUEUE].get(result["id"]).created_at)
+    created = int((await app[keys.QUEUE].find(result["id"])).created_at)
     return web.json_response({"created": created, "data": data})
 
 

@@ -137,6 +137,10 @@ class JobListQuerySchema(Schema):
     """Query of ``GET /api/v1/jobs``."""
 
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    before = fields.Integer(
+        load_default=None, validate=validate.Range(min=1),
+        metadata={"description": "The previous page's next_before: jobs older than that."},
+    )
     status = fields.String(
         load_default=None, validate=validate.OneOf(["queued", "running", "succeeded", "failed", "cancelled"])
     )
@@ -227,6 +231,9 @@ class JobSchema(Schema):
 
 class JobListSchema(Schema):
     jobs = fields.List(fields.Nested(JobSchema), required=True)
+    next_before = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "Pass as ?before= for the next page; null on the last."}
+    )
 
 
 class HealthModelSchema(Schema):

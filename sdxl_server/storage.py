@@ -114,6 +114,31 @@ class OutputStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def outputs_of(self, job_id: str) -> list[Path]:
+        """Every file of a job: its images (``{id}.png``, ``{id}-N.png``) and their metadata."""
+        found = []
+        for folder, suffix in ((self.images_dir, ".png"), (self.metadata_dir, ".json")):
+            found += [p for p in (folder / f"{job_id}{suffix}",) if p.exists() or p.is_symlink()]
+            found += sorted(folder.glob(f"{job_id}-*{suffix}"))
+        return found
+
+    def all_output_ids(self) -> set[str]:
+        """The job ids of every output file on disk."""
+        ids = set()
+        for folder in (self.images_dir, self.metadata_dir):
+            for path in folder.iterdir():
+                stem = path.name.rsplit(".", 1)[0]
+                if self.is_output_id(stem):
+                    ids.add(stem[:32])
+        return ids
+
+    def remove_outputs(self, job_id: str) -> int:
+        """Delete a job's files; return how many there were."""
+        paths = self.outputs_of(job_id)
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return len(paths)
+
     def servable(self, folder: str, filename: str) -> Path | None:
         """The file to serve for ``/outputs/{folder}/{filename}``, or None.
 

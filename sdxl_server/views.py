@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
 
 from . import keys
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, ValidationFailed
 from .jobs import JobStatus
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .params import MAX_SEED, SCHEDULERS
@@ -136,38 +138,61 @@ async def server_info(request: web.Request) -> web.Response:
     )
 
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | None]:
+    """The ``Idempotency-Key`` header and a hash of the validated request it must come with."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return {}
+    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise ValidationFailed(
+            f"{IDEMPOTENCY_KEY} must be 1 to 255 printable ASCII characters",
+            fields={IDEMPOTENCY_KEY: ["Not a usable key."]},
+        )
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
+
+
 async def generate(request: web.Request) -> web.Response:
-    """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``."""
+    """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
+    With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
     data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
-    return web.json_response(await request.app[keys.QUEUE].generate(to_params(data)))
+    result = await request.app[keys.QUEUE].generate(to_params(data), **_idempotency(request, data))
+    return web.json_response(result)
 
 
 async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
     data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
     queue = request.app[keys.QUEUE]
-    job = queue.submit(to_params(data))
-    return web.json_response(queue.describe(job), status=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+    job, replayed = await queue.submit(to_params(data), **_idempotency(request, data))
+    headers = {"Location": f"/api/v1/jobs/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return web.json_response(queue.describe(job), status=200 if replayed else 202, headers=headers)
 
 
 async def get_job(request: web.Request) -> web.Response:
     queue = request.app[keys.QUEUE]
-    return web.json_response(queue.describe(queue.get(request.match_info["job_id"])))
+    return web.json_response(queue.describe(await queue.find(request.match_info["job_id"])))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    """Recent jobs, newest first (``?limit=20&status=succeeded``)."""
+    """Jobs, newest first, a page at a time (``?limit=20&status=succeeded&before=<next_before>``)."""
     query = validate(JobListQuerySchema(), dict(request.query))
     queue = request.app[keys.QUEUE]
     status = JobStatus(query["status"]) if query["status"] else None
-    return web.json_response({"jobs": [queue.describe(job) for job in queue.recent(query["limit"], status)]})
+    jobs, cursor = await queue.page(query["limit"], status, query["before"])
+    return web.json_response({"jobs": [queue.describe(job) for job in jobs], "next_before": cursor})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel one job. A queued job is cancelled at once; a running one at its next step, which
     this waits for (up to ``CANCEL_WAIT_S``; after that 202 with ``cancel_requested``)."""
     queue = request.app[keys.QUEUE]
-    job = queue.cancel(request.match_info["job_id"])
+    job = await queue.cancel(request.match_info["job_id"])
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(job.wait()), CANCEL_WAIT_S)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):

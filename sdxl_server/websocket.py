@@ -60,7 +60,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     queue, hub = app[keys.QUEUE], app[keys.HUB]
     job_id = request.query.get("job") or None
-    followed = queue.get(job_id) if job_id else None  # 404 before upgrading
+    followed = await queue.find(job_id) if job_id else None  # 404 before upgrading
     settings = app[keys.SETTINGS]
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat, max_msg_size=settings.ws_max_message_bytes, protocols=(PROTOCOL,)

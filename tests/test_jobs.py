@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from files import output_files
 from doubles import GatedEngine, PausingEngine
 from wsclient import events_until, events_until_terminal
 
@@ -11,7 +12,7 @@ from sdxl_server import keys
 
 
 def _files(settings):
-    return sorted(p.name for p in settings.output_dir.rglob("*") if p.is_file())
+    return sorted(name.split("/")[1] for name in output_files(settings.output_dir))
 
 
 async def _submit(client, **body):

@@ -12,8 +12,9 @@ HTTP_LAYER = [
     "sdxl_server.storage", "sdxl_server.errors", "sdxl_server.worker", "sdxl_server.__main__",
     "sdxl_server.events", "sdxl_server.websocket", "sdxl_server.security", "sdxl_server.metrics",
     "sdxl_server.openapi", "sdxl_server.openai_api", "sdxl_server.a1111", "sdxl_server.loadtest",
+    "sdxl_server.jobstore", "sdxl_server.housekeeping",
 ]
-PIPELINE_LAYER = ["sdxl_server.engine", "sdxl_server.tiny", "sdxl_server.preview"]
+PIPELINE_LAYER = ["sdxl_server.engine", "sdxl_server.tiny", "sdxl_server.preview", "sdxl_server.fullsize"]
 
 
 def _imports(modules: list[str], forbidden: str) -> list[str]:

@@ -8,6 +8,7 @@ import signal
 
 import aiohttp
 import pytest
+from files import output_files
 from live_server import LiveServer
 from wsclient import events_until
 
@@ -20,7 +21,7 @@ def server(tiny_cache, tmp_path, request):
 
 
 def _files(output_dir) -> list[str]:
-    return sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
+    return output_files(output_dir)
 
 
 async def _start_two_jobs(session, url):
@@ -48,9 +49,10 @@ async def test_sigterm_lets_the_running_job_finish(server):
         ws, first, second = await _start_two_jobs(session, server.url)
         server.process.send_signal(signal.SIGTERM)
         events, close_code = await _rest(ws)
-    ends = {e["id"]: e for e in events if e["type"] in ("completed", "failed", "cancelled")}
+        await ws.close()
+    ends = {e["id"]: e for e in events if e["type"] in ("completed", "failed", "cancelled", "suspended")}
     assert ends[first["id"]]["type"] == "completed"
-    assert ends[second["id"]]["type"] == "cancelled"
+    assert ends[second["id"]]["type"] == "suspended"  # kept queued in the job store for the next start
     assert ends[second["id"]]["error"]["error"] == "shutting_down"
     assert close_code == aiohttp.WSCloseCode.GOING_AWAY
     assert server.exit_code() == 0
@@ -58,18 +60,33 @@ async def test_sigterm_lets_the_running_job_finish(server):
 
 
 @pytest.mark.parametrize("server", [{"SHUTDOWN_GRACE": "0"}], indirect=True)
-async def test_sigterm_without_grace_cancels_cleanly(server):
+async def test_sigterm_without_grace_stops_cleanly_and_the_jobs_resume(server, tiny_cache):
     async with aiohttp.ClientSession() as session:
-        ws, first, _ = await _start_two_jobs(session, server.url)
+        ws, first, second = await _start_two_jobs(session, server.url)
         server.process.send_signal(signal.SIGTERM)
         events, close_code = await _rest(ws)
+        await ws.close()
         with pytest.raises(aiohttp.ClientConnectionError):  # no longer listening
             await session.post(f"{server.url}/api/v1/jobs", json={"prompt": "late"})
-    ends = [e for e in events if e["type"] in ("completed", "failed", "cancelled")]
-    assert [e["type"] for e in ends] == ["cancelled", "cancelled"]
+    ends = [e for e in events if e["type"] in ("completed", "failed", "cancelled", "suspended")]
+    assert [(e["id"], e["type"]) for e in ends] == [(second["id"], "suspended"), (first["id"], "suspended")]
     assert close_code == aiohttp.WSCloseCode.GOING_AWAY
     assert server.exit_code() == 0
     assert _files(server.output_dir) == []
+
+    again = LiveServer(tiny_cache, server.output_dir).wait_ready()  # the same OUTPUT_DIR: both jobs run now
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"{again.url}/api/v1/ws")
+            snapshot = await ws.receive_json()
+            assert [job["id"] for job in snapshot["jobs"]] == [first["id"], second["id"]]  # the original order
+            await events_until(ws, lambda e: e["id"] == second["id"] and e["type"] == "completed")
+            for job in (first, second):
+                done = await (await session.get(f"{again.url}/api/v1/jobs/{job['id']}")).json()
+                assert done["status"] == "succeeded"
+            await ws.close()
+    finally:
+        again.stop()
 
 
 async def test_jobs_submitted_during_the_grace_period_get_503(make_client, settings):

@@ -1,0 +1,186 @@
+"""The benchmark tools: the full-size model's architecture, the bench CLI end to end with the
+tiny model, and the GPU check's CPU smoke mode. Structure and sanity only, never speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdxl_server.bench import SECTIONS, linear_fit, percentile, settings_environment, summarize
+from sdxl_server.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(tiny_cache: Path, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "MODEL_ID": "tiny", "TINY_CACHE": str(tiny_cache), "TORCH_THREADS": "1", "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        # our own code must not leave sockets, files or processes unclosed
+        "PYTHONWARNINGS": "error::ResourceWarning",
+        **extra,
+    }
+    for name in ("MODEL_DIR", "DEVICE", "DTYPE", "API_KEY", "OUTPUT_DIR"):
+        env.pop(name, None)
+    return env
+
+
+# --------------------------------------------------------------------------- full-size model
+
+
+def test_fullsize_parameter_counts_on_meta():
+    """SDXL base 1.0's published sizes, built on the meta device (no memory, a few seconds)."""
+    import torch
+
+    from sdxl_server.fullsize import EXPECTED_PARAMETERS, build_fullsize_pipeline, parameter_counts
+
+    pipe = build_fullsize_pipeline("meta", torch.float16)
+    counts = parameter_counts(pipe)
+    assert counts == EXPECTED_PARAMETERS
+    # and, independently, the rounded figures SDXL's documentation gives
+    assert counts["unet"] == pytest.approx(2.567e9, rel=1e-3)
+    assert counts["text_encoder"] == pytest.approx(123.06e6, rel=1e-3)
+    assert counts["text_encoder_2"] == pytest.approx(694.7e6, rel=1e-3)
+    assert counts["vae"] == pytest.approx(83.65e6, rel=1e-3)
+    for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        params = list(getattr(pipe, name).parameters())
+        assert {p.device.type for p in params} == {"meta"}
+        assert {p.dtype for p in params} == {torch.float16}
+    unet = pipe.unet.config
+    assert tuple(unet.block_out_channels) == (320, 640, 1280)
+    assert tuple(unet.transformer_layers_per_block) == (1, 2, 10)
+    assert unet.cross_attention_dim == 2048 and unet.projection_class_embeddings_input_dim == 2816
+    assert pipe.text_encoder.config.hidden_act == "quick_gelu" and pipe.text_encoder_2.config.hidden_act == "gelu"
+    assert pipe.text_encoder_2.config.projection_dim == 1280
+    assert pipe.vae.config.scaling_factor == 0.13025 and pipe.vae.config.force_upcast
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert pipe.scheduler.config.timestep_spacing == "leading" and pipe.scheduler.config.steps_offset == 1
+    # the byte tokenizer's ids fit in CLIP's vocabulary, and its end token is the pooled one
+    ids = pipe.tokenizer("a lighthouse").input_ids
+    assert max(ids) < pipe.text_encoder.config.vocab_size
+    assert pipe.text_encoder_2.config.eos_token_id == ids[-1]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_statistics_helpers():
+    assert percentile([3, 1, 2, 4], 50) == 2.5
+    assert percentile([1.0], 99) == 1.0
+    assert math.isnan(percentile([], 50))
+    s = summarize([0.001, 0.002, 0.003], scale=1000)
+    assert (s["n"], s["median"], s["min"], s["max"]) == (3, 2.0, 1.0, 3.0)
+    assert summarize([])["median"] is None
+    slope, intercept = linear_fit([(0, 1.0), (1, 3.0), (2, 5.0)])
+    assert slope == pytest.approx(2.0) and intercept == pytest.approx(1.0)
+
+
+def test_settings_survive_the_environment(tmp_path):
+    """A cold-start child reads the same settings as the parent, through the environment."""
+    settings = Settings(model_id="tiny", tiny_cache=tmp_path, output_dir=tmp_path / "o", cors_origins=("http://a.test",),
+                        vae_slicing=False, default_guidance=5.5)
+    assert load_settings(settings_environment(settings)) == settings
+    assert load_settings(settings_environment(Settings())) == Settings()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@pytest.mark.slow
+def test_bench_cli_end_to_end(tiny_cache, tmp_path):
+    report_path = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "sdxl_server.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
+         "--progress-runs", "2", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
+         "--json", str(report_path)],
+        cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = done.stdout
+    for title in ("server overhead", "event loop", "progress", "memory", "cold start", "ratio server/direct"):
+        assert title in table, table
+    assert "FAILED" not in table
+
+    report = json.loads(report_path.read_text())
+    assert list(report["sections"]) == list(SECTIONS)
+    assert report["environment"]["model_id"] == "tiny" and report["environment"]["device"] == "cpu"
+    assert report["params"]["width"] == 64 and report["params"]["steps"] == 3
+
+    overhead = report["sections"]["overhead"]
+    for key in ("direct_s", "server_s", "ratio", "pair_ratio", "overhead_ms", "outside_pipeline_ms", "s_per_image",
+                "it_per_s", "vae_upcast", "warmup_s"):
+        assert key in overhead
+    assert overhead["direct_s"]["n"] == overhead["server_s"]["n"] == 3
+    assert 0 < overhead["direct_s"]["min"] <= overhead["direct_s"]["median"] <= overhead["direct_s"]["max"]
+    assert overhead["server_s"]["median"] > 0 and overhead["it_per_s"] > 0
+    assert math.isfinite(overhead["ratio"]) and overhead["ratio"] > 0
+    assert overhead["outside_pipeline_ms"]["median"] > 0  # HTTP and the PNG are never free
+
+    loop = report["sections"]["loop"]
+    assert loop["idle_ms"]["n"] == 20 and loop["busy_ms"]["n"] > 0
+    assert 0 < loop["idle_ms"]["median"] <= loop["idle_ms"]["p99"]
+    assert 0 < loop["busy_ms"]["median"] <= loop["busy_ms"]["p99"]
+
+    progress = report["sections"]["progress"]
+    assert set(progress["by_clients"]) == {"1", "10"}
+    for clients, result in progress["by_clients"].items():
+        events = result["progress_events"]
+        assert events["expected"] == int(clients) * 2 * 3  # clients x jobs x steps
+        assert 0 < events["received"] <= events["expected"]
+        assert result["latency_ms"]["median"] > 0 and result["latency_ms"]["p99"] >= result["latency_ms"]["median"]
+    assert math.isfinite(progress["slowdown"]) and progress["slowdown"] > 0
+
+    memory = report["sections"]["memory"]
+    assert memory["jobs"] == 20 and len(memory["samples"]) >= 2
+    assert memory["rss_mb"]["start"] > 0 and memory["rss_mb"]["max"] >= memory["rss_mb"]["end"] > 0
+    assert math.isfinite(memory["growth_kb_per_job"])
+    assert memory["peak_gpu_bytes"] is None and memory["it_per_s"] > 0
+
+    cold = report["sections"]["coldstart"]
+    for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):
+        assert cold[key] > 0, key
+    assert cold["ready_s"] < cold["first_image_s"] <= cold["process_s"]
+
+
+def test_bench_refuses_bad_options(tiny_cache, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "sdxl_server.bench", "--only", "overhead,nonsense"],
+        cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and "choose from overhead,loop,progress,memory,coldstart" in done.stderr
+
+
+# --------------------------------------------------------------------------- the GPU check
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
+    report_path = tmp_path / "gpu_check.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--cpu-smoke", "--json", str(report_path)],
+        cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["check"]["mode"] == "cpu-smoke"
+    configs = report["configs"]
+    assert set(configs) == {"fp32_sdpa", "fp32_xformers", "fp32_sdpa_tiling", "fp32_sdpa_tiling_offload", "fp32_sdpa_compile"}
+    for name in ("fp32_sdpa", "fp32_sdpa_tiling"):
+        result = configs[name]
+        assert "error" not in result, result
+        assert result["s_per_image"] > 0 and result["it_per_s"] > 0 and math.isfinite(result["ratio"])
+    assert configs["fp32_sdpa_tiling"]["options"]["vae_tiling"] is True
+    assert configs["fp32_sdpa"]["progress"]["by_clients"]["10"]["progress_events"]["received"] > 0
+    for name in ("fp32_xformers", "fp32_sdpa_tiling_offload", "fp32_sdpa_compile"):
+        assert "skipped" in configs[name]
+    cold = report["coldstart"]
+    assert "error" not in cold, cold
+    assert cold["model_load_s"] > 0 and cold["folder_bytes"] > 0
+    assert "GPU check (cpu-smoke" in done.stdout

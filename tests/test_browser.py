@@ -1,0 +1,426 @@
+"""The web page in a real Chromium (Playwright), against a real server on a loopback port.
+
+Needs Debian's chromium (``/usr/bin/chromium``, or ``CHROMIUM_PATH``) and the ``playwright``
+package; no ``playwright install`` (no download). Skipped with the reason when either is missing.
+A screenshot of the finished page is saved to ``test-artifacts/web-page.png`` for review.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from live_server import LiveServer, stop_all
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (pip install playwright)")
+expect = sync_api.expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+FIELD_LABELS = ["Prompt", "Negative prompt", "Width", "Height", "Steps", "Guidance", "Seed", "Scheduler"]
+SHORT = 10_000  # ms: the page's own reactions
+LONG = 60_000  # ms: a generation on a slow CI CPU
+
+expect.set_options(timeout=SHORT)
+
+
+# On top of LiveServer's tiny-model defaults.
+SERVER_SETTINGS = {"DEFAULT_STEPS": "4", "MAX_WIDTH": "512", "MAX_HEIGHT": "512"}
+
+
+API_KEY = "s3cret-key"
+
+
+def server_has_api_keys() -> bool:
+    from sdxl_server.config import Settings
+
+    return "api_key" in Settings.__dataclass_fields__
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_cache, tmp_path_factory):
+    """The module's servers, started side by side (each takes seconds to import torch and load)."""
+    root = tmp_path_factory.mktemp("browser-servers")
+    procs: dict[str, LiveServer] = {}
+    try:
+        procs["open"] = LiveServer(tiny_cache, root / "open", **SERVER_SETTINGS)
+        if server_has_api_keys():
+            procs["keyed"] = LiveServer(
+                tiny_cache, root / "keyed", **SERVER_SETTINGS, API_KEY=API_KEY, OUTPUTS_NEED_KEY="true"
+            )
+        yield procs
+    finally:
+        stop_all(procs.values())
+    for name, proc in procs.items():
+        assert "Traceback" not in proc.log_text(), f"the {name} server logged an error:\n{proc.log_tail()}"
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> LiveServer:
+    servers["open"].wait_ready()
+    return servers["open"]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(servers) -> LiveServer:
+    if "keyed" not in servers:
+        pytest.skip("this server has no API_KEY setting")
+    servers["keyed"].wait_ready()
+    return servers["keyed"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(servers, browser, server):  # this order launches Chromium while the servers start
+    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_page(page) -> None:
+    """Load the page and wait until the form is built from /api/v1/info."""
+    page.goto("/")
+    wait_for_form(page)
+
+
+def wait_for_form(page) -> None:
+    expect(page.locator("#scheduler option")).not_to_have_count(1)
+    expect(page.get_by_label("Width", exact=True)).not_to_have_value("")
+
+
+def fill_form(page, *, prompt: str, width: int, height: int, steps: int, seed: int | None = None) -> None:
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_label("Width", exact=True).fill(str(width))
+    page.get_by_label("Height", exact=True).fill(str(height))
+    page.get_by_label("Steps", exact=True).fill(str(steps))
+    page.get_by_label("Seed", exact=True).fill("" if seed is None else str(seed))
+
+
+# Records what the page showed, however briefly (a poll could miss it).
+RECORD_PROGRESS = """() => {
+  window.__seen = {progress: [], connection: [], previews: 0};
+  for (const [id, list] of [['progress-text', 'progress'], ['connection', 'connection']]) {
+    new MutationObserver((records) => {
+      for (const r of records) for (const n of r.addedNodes) window.__seen[list].push(n.textContent);
+    }).observe(document.getElementById(id), {childList: true});
+  }
+  new MutationObserver(() => {
+    if ((document.getElementById('preview').getAttribute('src') || '').startsWith('data:image/')) window.__seen.previews++;
+  }).observe(document.getElementById('preview'), {attributes: true, attributeFilter: ['src']});
+}"""
+
+
+def test_generate_shows_progress_preview_and_the_image(page, server):
+    open_page(page)
+    expect(page.locator("#model-status")).to_contain_text("tiny test model — random weights, images are noise")
+    width = page.get_by_label("Width", exact=True)
+    assert width.get_attribute("max") == "512" and width.get_attribute("step") == "8"  # from /api/v1/info
+    assert page.get_by_label("Steps", exact=True).get_attribute("max") == "50"
+
+    fill_form(page, prompt="a lighthouse at dusk", width=256, height=192, steps=12, seed=1234)
+    page.get_by_label("Negative prompt", exact=True).fill("blurry")
+    page.evaluate(RECORD_PROGRESS)
+    page.get_by_role("button", name="Generate", exact=True).click()
+
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    image = page.locator("#result-image")
+    expect(image).to_be_visible()
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 256")
+
+    seen = page.evaluate("window.__seen")
+    steps = [int(m.group(1)) for text in seen["progress"] if (m := re.match(r"step (\d+)/12\b", text))]
+    assert len(set(steps)) >= 2 and steps == sorted(steps), seen["progress"]
+    assert seen["previews"] >= 1, "no live preview was shown"
+
+    params = page.locator("#result-params")
+    for text in ("a lighthouse at dusk", "blurry", "256 × 192", "1234"):
+        expect(params).to_contain_text(text)
+    download, meta = page.get_by_role("link", name="Download PNG"), page.get_by_role("link", name="Metadata (JSON)")
+    assert download.get_attribute("download")
+    response = page.request.get(download.get_attribute("href"))
+    assert response.status == 200 and response.headers["content-type"] == "image/png"
+    response = page.request.get(meta.get_attribute("href"))
+    assert response.status == 200
+    assert response.json()["seed"] == 1234 and response.json()["prompt"] == "a lighthouse at dusk"
+    expect(page.get_by_role("button", name="Reuse last seed")).to_be_enabled()
+    expect(page.locator("#gallery button").first).to_contain_text("a lighthouse at dusk")
+
+
+def test_cancel_stops_the_running_job(page, server):
+    status, blocker = server.request(
+        "POST", "/api/v1/jobs", {"prompt": "someone else's job", "width": 512, "height": 512, "steps": 50}
+    )
+    assert status == 202, blocker
+    open_page(page)
+    fill_form(page, prompt="a long one to cancel", width=512, height=512, steps=50)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text(re.compile(r"Queued: position 1 in the queue; done in about \d+"))
+    expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_enabled()
+    assert server.request("DELETE", f"/api/v1/jobs/{blocker['id']}")[0] in (200, 202)  # ours moves up and runs
+
+    expect(page.locator("#progress-text")).to_contain_text(re.compile(r"step [1-9]\d*/50"), timeout=LONG)
+    job_id = page.locator("#job").get_attribute("data-job-id")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-page-progress.png"), full_page=True)  # for a reviewer: a job under way
+
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Cancelled")
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#preview")).to_be_hidden()
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
+    expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_disabled()
+    status, job = server.get_json(f"/api/v1/jobs/{job_id}")
+    assert status == 200 and job["status"] == "cancelled"
+
+
+def test_validation_errors_show_next_to_their_field(page, server):
+    open_page(page)
+    page.get_by_label("Prompt", exact=True).fill("a size the server refuses")
+    width = page.get_by_label("Width", exact=True)
+    width.fill("100")
+    width.press("Enter")  # Enter in a field submits
+
+    expect(page.locator("#width-error")).to_contain_text("Must be a multiple of 8 (got 100; try 96)")
+    expect(width).to_have_attribute("aria-invalid", "true")
+    expect(width).to_have_accessible_description(re.compile("multiple of 8"))
+    expect(width).to_be_focused()
+    expect(page.get_by_role("alert")).to_contain_text("see the messages next to the fields")
+    expect(page.get_by_label("Height", exact=True)).not_to_have_attribute("aria-invalid", "true")
+
+    width.fill("96")  # fixed: the next submission clears the error
+    page.get_by_label("Steps", exact=True).fill("2")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    expect(page.locator("#width-error")).to_be_empty()
+    expect(width).not_to_have_attribute("aria-invalid", "true")
+
+
+def make_image(server, **params) -> dict:
+    status, made = server.request("POST", "/api/v1/generate", {"width": 64, "height": 64, "steps": 2, **params})
+    assert status == 200, made
+    return made
+
+
+def test_gallery_survives_a_reload_and_restores_settings(page, server):
+    make_image(server, prompt="gallery: an earlier one")
+    made = make_image(server, prompt="gallery: a red fox", width=128, height=96, steps=3, seed=4242,
+                      guidance_scale=5.5, scheduler="euler_a", negative_prompt="fog")
+
+    open_page(page)
+    page.reload()
+    wait_for_form(page)
+    item = page.get_by_role("button", name=re.compile("gallery: a red fox"))
+    expect(item).to_have_count(1)
+    expect(page.get_by_role("button", name=re.compile("gallery: an earlier one"))).to_have_count(1)
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].some(i => i.naturalWidth === 128)")
+
+    item.focus()
+    page.keyboard.press("Enter")  # keyboard-usable
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("gallery: a red fox")
+    expect(page.get_by_label("Negative prompt", exact=True)).to_have_value("fog")
+    expect(page.get_by_label("Width", exact=True)).to_have_value("128")
+    expect(page.get_by_label("Height", exact=True)).to_have_value("96")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("3")
+    expect(page.get_by_label("Guidance", exact=True)).to_have_value("5.5")
+    expect(page.get_by_label("Seed", exact=True)).to_have_value("4242")
+    expect(page.get_by_label("Scheduler", exact=True)).to_have_value("euler_a")
+    expect(page.locator("#result-image")).to_have_attribute("src", made["image_url"])
+
+
+def test_phone_sized_screen_has_no_horizontal_scroll_and_labelled_controls(browser, server):
+    make_image(server, prompt="a phone-sized check with a long prompt " * 3)
+    context = browser.new_context(base_url=server.url, viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = context.new_page()
+        open_page(page)
+        page.locator("#gallery button").first.click()  # a result and the gallery on screen too
+        expect(page.locator("#result-image")).to_be_visible()
+        for label in FIELD_LABELS:
+            expect(page.get_by_label(label, exact=True)).to_be_visible()
+        for name in ("Generate", "Cancel", "Reuse last seed"):
+            expect(page.get_by_role("button", name=name, exact=True)).to_have_count(1)
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= 390
+        layout = page.evaluate(
+            "() => [document.getElementById('generate-form'), document.getElementById('output')]"
+            ".map(e => e.getBoundingClientRect()).map(r => [r.left, r.top])"
+        )
+        assert layout[0][0] == layout[1][0] and layout[1][1] > layout[0][1], "not a single column"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-page-phone.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_screenshot_of_the_finished_page(page, server):
+    open_page(page)
+    fill_form(page, prompt="a lighthouse at dusk, oil painting", width=384, height=288, steps=4, seed=7)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth > 0")
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "web-page.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+
+
+def test_api_key_is_asked_for_stored_and_sent(browser, keyed_server):
+    context = browser.new_context(base_url=keyed_server.url)
+    try:
+        page = context.new_page()
+        sockets: list[dict] = []
+
+        def on_socket(ws) -> None:
+            record = {"url": ws.url, "frames": []}
+            sockets.append(record)
+            ws.on("framereceived", lambda payload: record["frames"].append(payload))
+
+        page.on("websocket", on_socket)
+        page.goto("/")
+        key = page.get_by_label("API key", exact=True)
+        expect(key).to_be_visible()
+        expect(key).to_have_attribute("type", "password")
+        expect(page.locator("#model-status")).to_contain_text("tiny test model")  # /health stays public
+
+        key.fill("wrong")
+        key.press("Enter")
+        expect(page.locator("#auth-error")).to_contain_text("refused")
+        key.fill(API_KEY)
+        page.get_by_role("button", name="Save key").click()
+        expect(key).to_be_hidden()
+        expect(page.get_by_label("Width", exact=True)).to_have_value("64")  # /api/v1/info with the key
+        assert page.evaluate("localStorage.getItem('sdxl_server.apiKey')") == API_KEY
+
+        fill_form(page, prompt="behind a key", width=64, height=64, steps=2)
+        page.get_by_role("button", name="Generate", exact=True).click()  # POST with the header, ws with ?token=
+        expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+        page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 64")  # ?token= too
+        assert sockets and f"token={API_KEY}" in sockets[0]["url"]
+        assert any('"type":"snapshot"' in frame for frame in sockets[0]["frames"]), sockets
+
+        page.reload()  # the key was kept: no prompt, the gallery loads
+        expect(page.get_by_role("button", name=re.compile("behind a key"))).to_have_count(1)
+        expect(key).to_be_hidden()
+    finally:
+        context.close()
+
+
+def test_a_dropped_websocket_reconnects_and_resumes(page, server):
+    """The server closes a slow client with 1008; the page reconnects and picks up from the snapshot."""
+    connections: list[str] = []
+
+    def route(ws) -> None:
+        connections.append(ws.url)
+        upstream = ws.connect_to_server()
+        if len(connections) > 1:
+            return  # later connections pass through untouched
+
+        def from_server(message) -> None:
+            ws.send(message)
+            if '"type":"progress"' in str(message) and '"step":3,' in str(message):
+                ws.close(code=1008, reason="too slow: events were not read in time")
+                upstream.close()
+
+        upstream.on_message(from_server)
+
+    page.route_web_socket(re.compile(r"/api/v1/ws"), route)
+    open_page(page)
+    fill_form(page, prompt="dropped and resumed", width=256, height=256, steps=24)
+    page.evaluate(RECORD_PROGRESS)
+    page.get_by_label("Prompt", exact=True).press("Enter")  # Enter in the prompt generates
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    assert any("reconnecting" in text for text in page.evaluate("window.__seen.connection"))
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 256")
+    assert len(connections) == 2, connections
+    expect(page.locator("#connection")).to_be_empty()
+
+
+HEALTH = {
+    "loading": (
+        {"status": "loading", "model": {"id": "stabilityai/stable-diffusion-xl-base-1.0", "tiny": False, "state": "loading"}},
+        "Model: stabilityai/stable-diffusion-xl-base-1.0 — loading",
+    ),
+    "failed": (
+        {"status": "error", "model": {"id": "/models/sdxl", "tiny": False, "state": "failed",
+                                      "error": "no model at /models/sdxl: set MODEL_ID"}},
+        "Model: /models/sdxl — failed: no model at /models/sdxl: set MODEL_ID",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HEALTH, ids=list(HEALTH))
+def test_model_loading_and_failed_states_are_shown(page, server, case):
+    body, text = HEALTH[case]
+    page.route("**/health", lambda route: route.fulfill(status=503, json=body))
+    page.goto("/")
+    expect(page.locator("#model-status")).to_have_text(re.compile(re.escape(text)))
+
+
+ERRORS = {
+    "queue full": (
+        {"status": 429, "headers": {"Retry-After": "12"},
+         "json": {"error": "queue_full", "message": "8 jobs are already waiting"}},
+        "The queue is full. Try again in 12 seconds.",
+    ),
+    "model unavailable": (
+        {"status": 503, "json": {"error": "model_unavailable", "message": "the model failed to load: no network"}},
+        "The model is not available: the model failed to load: no network.",
+    ),
+    "out of memory": (
+        {"status": 503, "json": {"error": "out_of_memory", "message": "CUDA out of memory"}},
+        "Try a smaller size",
+    ),
+    "not JSON": ({"status": 502, "body": "<html>Bad gateway</html>", "content_type": "text/html"}, "The server answered 502"),
+    "network": (None, "Cannot reach the server (network error)"),
+}
+
+
+@pytest.mark.parametrize("case", ERRORS, ids=list(ERRORS))
+def test_other_errors_are_readable_messages(page, server, case):
+    reply, message = ERRORS[case]
+
+    def route(request_route) -> None:
+        if request_route.request.method != "POST":
+            request_route.continue_()
+        elif reply is None:
+            request_route.abort("internetdisconnected")
+        else:
+            request_route.fulfill(**reply)
+
+    page.route("**/api/v1/jobs", route)
+    open_page(page)
+    page.get_by_label("Prompt", exact=True).fill("anything")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text(message)
+    assert "{" not in alert.inner_text()  # never raw JSON
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()

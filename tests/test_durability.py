@@ -1,0 +1,242 @@
+"""Nothing is lost when the server stops, crashes or is retried."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from files import output_files
+from live_server import LiveServer, free_port
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from wsclient import events_until
+
+from sdxl_server.jobstore import SCHEMA_VERSION
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+async def _succeeded_total(session, url) -> float:
+    text = await (await session.get(f"{url}/metrics")).text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sdxl_jobs_total" and sample.labels.get("status") == "succeeded":
+                return sample.value
+    return 0.0
+
+
+async def _crash_with_jobs_in_flight(tiny_cache, output_dir, **env):
+    """One finished job, one running and three waiting when the server is killed (SIGKILL)."""
+    server = LiveServer(tiny_cache, output_dir, **env).wait_ready()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = server.url
+            done = await (await session.post(f"{url}/api/v1/generate", json={"prompt": "before", "steps": 1})).json()
+            ws = await session.ws_connect(f"{url}/api/v1/ws")
+            await ws.receive_json()
+            body = {"prompt": "in flight", "steps": 30, "width": 256, "height": 256}
+            running = await (await session.post(f"{url}/api/v1/jobs", json=body)).json()
+            waiting = [await (await session.post(f"{url}/api/v1/jobs", json={"prompt": f"w{n}", "steps": 2})).json()
+                       for n in range(3)]
+            await events_until(ws, lambda e: e["type"] == "progress" and e["id"] == running["id"])
+            server.process.kill()  # no shutdown hook runs
+            await ws.close()
+        assert server.exit_code() == -9
+    finally:
+        server.stop()
+    return done, running, waiting
+
+
+async def test_sigkill_then_restart_loses_nothing_and_repeats_nothing(tiny_cache, tmp_path):
+    output_dir = tmp_path / "outputs"
+    done, running, waiting = await _crash_with_jobs_in_flight(tiny_cache, output_dir)
+    (output_dir / "images" / ".partial-crash").write_bytes(b"half a png")  # as a crash mid-write leaves
+
+    server = LiveServer(tiny_cache, output_dir).wait_ready()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = server.url
+            ws = await session.ws_connect(f"{url}/api/v1/ws")
+            snapshot = await ws.receive_json()
+            unfinished = [running["id"]] + [job["id"] for job in waiting]
+            assert [job["id"] for job in snapshot["jobs"]] == unfinished  # the running one first, then in order
+            ends: dict[str, list[str]] = {}
+            while len(ends) < len(unfinished):
+                event = await ws.receive_json(timeout=120)
+                if event["type"] in TERMINAL:
+                    ends.setdefault(event["id"], []).append(event["type"])
+            assert ends == {job_id: ["completed"] for job_id in unfinished}
+            assert await _succeeded_total(session, url) == len(unfinished)  # the job finished before was not redone
+
+            listed = await (await session.get(f"{url}/api/v1/jobs?limit=100")).json()
+            assert [job["id"] for job in listed["jobs"]] == [*unfinished[::-1], done["id"]]
+            assert all(job["status"] == "succeeded" for job in listed["jobs"])
+            for job in listed["jobs"]:
+                image = await session.get(f"{url}{job['image_url']}")
+                Image.open(io.BytesIO(await image.read())).verify()
+            restarted = await (await session.get(f"{url}/api/v1/jobs/{running['id']}")).json()
+            assert restarted["status"] == "succeeded"
+            await ws.close()
+    finally:
+        server.stop()
+    files = output_files(output_dir)
+    assert ".partial-crash" not in " ".join(files)
+    assert len(files) == 2 * 5  # one image and one metadata file per job, nothing twice
+
+
+async def test_the_running_job_can_be_marked_failed_instead(tiny_cache, tmp_path):
+    output_dir = tmp_path / "outputs"
+    _, running, waiting = await _crash_with_jobs_in_flight(tiny_cache, output_dir)
+    server = LiveServer(tiny_cache, output_dir, RESTART_RUNNING="fail").wait_ready()
+    try:
+        async with aiohttp.ClientSession() as session:
+            failed = await (await session.get(f"{server.url}/api/v1/jobs/{running['id']}")).json()
+            assert failed["status"] == "failed" and failed["error"]["error"] == "interrupted"
+            assert "submit it again" in failed["error"]["message"]
+            ws = await session.ws_connect(f"{server.url}/api/v1/ws?job={waiting[-1]['id']}")
+            await events_until(ws, lambda e: e["type"] == "completed" or e.get("job", {}).get("status") == "succeeded")
+            await ws.close()
+    finally:
+        server.stop()
+
+
+async def test_same_idempotency_key_same_job_even_across_restarts(make_client, settings):
+    headers = {"Idempotency-Key": "order-42"}
+    client = await make_client(settings)
+    first = await client.post("/api/v1/jobs", json={"prompt": "once", "steps": 1}, headers=headers)
+    assert first.status == 202
+    job = await first.json()
+    again = await client.post("/api/v1/jobs", json={"prompt": "once", "steps": 1}, headers=headers)
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.json())["id"] == job["id"]
+    blocking = await client.post("/api/v1/generate", json={"prompt": "once", "steps": 1}, headers=headers)
+    assert blocking.status == 200 and (await blocking.json())["id"] == job["id"]
+    other = await client.post("/api/v1/jobs", json={"prompt": "different", "steps": 1}, headers=headers)
+    assert other.status == 422
+    body = await other.json()
+    assert body["error"] == "idempotency_conflict" and "Idempotency-Key" in body["fields"]
+    await client.close()
+
+    restarted = await make_client(settings)  # the same OUTPUT_DIR
+    replay = await restarted.post("/api/v1/generate", json={"prompt": "once", "steps": 1}, headers=headers)
+    assert replay.status == 200 and (await replay.json())["id"] == job["id"]
+    jobs = await (await restarted.get("/api/v1/jobs")).json()
+    assert [j["id"] for j in jobs["jobs"]] == [job["id"]]  # generated once, in all
+    for bad in ("", "x" * 256, "tab\tkey"):
+        resp = await restarted.post("/api/v1/jobs", json={"prompt": "k"}, headers={"Idempotency-Key": bad})
+        assert resp.status == 422
+
+
+async def test_history_pages_through_many_jobs(make_client, settings):
+    client = await make_client(settings.replace(queue_size=50))
+    ids = []
+    for n in range(25):
+        resp = await client.post("/api/v1/jobs", json={"prompt": f"p{n}", "steps": 1, "width": 64, "height": 64})
+        ids.append((await resp.json())["id"])
+    await (await client.post("/api/v1/generate", json={"prompt": "last", "steps": 1})).json()
+    seen, before = [], None
+    while True:
+        query = f"/api/v1/jobs?limit=10{f'&before={before}' if before else ''}"
+        page = await (await client.get(query)).json()
+        seen += [job["id"] for job in page["jobs"]]
+        before = page["next_before"]
+        if before is None:
+            break
+    assert seen[1:] == ids[::-1] and len(seen) == len(set(seen)) == 26
+
+
+async def test_retention_removes_exactly_the_oldest_finished_jobs(make_client, settings):
+    client = await make_client(settings)
+    ids = [(await (await client.post("/api/v1/generate", json={"prompt": f"r{n}", "steps": 1})).json())["id"] for n in range(4)]
+    await client.close()
+    client = await make_client(settings.replace(retention_count=2))  # applied at start-up
+    jobs = await (await client.get("/api/v1/jobs")).json()
+    assert [job["id"] for job in jobs["jobs"]] == ids[:1:-1]
+    assert output_files(settings.output_dir) == sorted(
+        [f"images/{i}.png" for i in ids[2:]] + [f"metadata/{i}.json" for i in ids[2:]]
+    )
+    for gone in ids[:2]:
+        assert (await client.get(f"/api/v1/jobs/{gone}")).status == 404
+        assert (await client.get(f"/outputs/images/{gone}.png")).status == 404
+
+
+async def test_missing_files_and_stray_files_are_repaired_at_start(make_client, settings):
+    client = await make_client(settings)
+    body = await (await client.post("/api/v1/generate", json={"prompt": "lost", "steps": 1})).json()
+    kept = await (await client.post("/api/v1/generate", json={"prompt": "kept", "steps": 1})).json()
+    await client.close()
+    (settings.output_dir / "images" / f"{body['id']}.png").unlink()
+    stray = settings.output_dir / "images" / ("f" * 32 + ".png")
+    stray.write_bytes(b"not ours")
+    client = await make_client(settings)
+    lost = await (await client.get(f"/api/v1/jobs/{body['id']}")).json()
+    assert lost["status"] == "failed" and lost["error"]["error"] == "output_missing"
+    assert (await client.get(body["meta_url"])).status == 404  # never served half
+    assert not stray.exists()
+    assert (await (await client.get(f"/api/v1/jobs/{kept['id']}")).json())["status"] == "succeeded"
+
+
+def _start(tiny_cache, output_dir) -> subprocess.CompletedProcess:
+    env = {"MODEL_ID": "tiny", "TINY_CACHE": str(tiny_cache), "OUTPUT_DIR": str(output_dir), "PORT": str(free_port()),
+           "HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "sdxl_server"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_damaged_database_is_a_clear_start_up_error(tmp_path, tiny_cache):
+    output_dir = tmp_path / "outputs"
+    output_dir.mkdir()
+    (output_dir / "jobs.sqlite3").write_bytes(b"this is not a database" * 100)
+    done = _start(tiny_cache, output_dir)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sdxl-server: error: the job database") and "is damaged" in last and "move it aside" in last
+
+
+def test_a_database_from_a_newer_release_is_refused(tmp_path, tiny_cache):
+    output_dir = tmp_path / "outputs"
+    output_dir.mkdir()
+    with sqlite3.connect(output_dir / "jobs.sqlite3") as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    done = _start(tiny_cache, output_dir)
+    assert done.returncode == 2 and "is from a newer release" in done.stderr
+
+
+def test_a_second_server_on_the_same_output_dir_is_refused(tmp_path, tiny_cache):
+    output_dir = tmp_path / "outputs"
+    output_dir.mkdir()
+    with open(output_dir / "jobs.sqlite3.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running server holds it
+        done = _start(tiny_cache, output_dir)
+    assert done.returncode == 2 and "another sdxl-server is already using" in done.stderr
+
+
+def test_a_database_locked_by_another_program_is_a_clear_error(tmp_path, tiny_cache):
+    output_dir = tmp_path / "outputs"
+    output_dir.mkdir()
+    other = sqlite3.connect(output_dir / "jobs.sqlite3", isolation_level=None)
+    other.execute("PRAGMA journal_mode=DELETE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        done = _start(tiny_cache, output_dir)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert done.returncode == 2 and "is locked by another program" in done.stderr
+
+
+async def test_an_older_schema_is_migrated(make_client, settings):
+    settings.output_dir.mkdir(parents=True)
+    sqlite3.connect(settings.output_dir / "jobs.sqlite3").close()  # an empty database: schema version 0
+    client = await make_client(settings)
+    assert (await client.post("/api/v1/generate", json={"prompt": "migrated", "steps": 1})).status == 200
+    with sqlite3.connect(settings.output_dir / "jobs.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert json.loads(db.execute("SELECT params FROM jobs").fetchone()[0])["prompt"] == "migrated"
