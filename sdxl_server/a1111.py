@@ -9,8 +9,6 @@ Never imports torch.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import time
 from typing import Any
@@ -65,8 +63,8 @@ class Txt2ImgSchema(Schema):
     sampler_name = fields.String(load_default=None, allow_none=True)
     sampler_index = fields.String(load_default=None, allow_none=True, metadata={"description": "Older name of sampler_name."})
     scheduler = fields.String(load_default=None, allow_none=True, metadata={"description": "'Automatic' or 'Karras'."})
-    batch_size = StrictInteger(load_default=1)
-    n_iter = StrictInteger(load_default=1)
+    batch_size = StrictInteger(load_default=1, validate=validate_.Range(min=1))
+    n_iter = StrictInteger(load_default=1, validate=validate_.Range(min=1))
     send_images = fields.Boolean(load_default=True)
 
 
@@ -131,10 +129,6 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     return core, request
 
 
-def _title(engine: Any) -> str:
-    return engine.model_id
-
-
 async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
@@ -143,11 +137,7 @@ async def txt2img(request: web.Request) -> web.Response:
     result = await app[keys.QUEUE].generate(params)
     images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
     metas = [image["meta"] for image in images]
-    encoded: list[str] = []
-    if original["send_images"]:
-        loop, store = asyncio.get_running_loop(), app[keys.STORE]
-        blobs = await asyncio.gather(*(loop.run_in_executor(None, store.image_path(i["id"]).read_bytes) for i in images))
-        encoded = [base64.b64encode(blob).decode("ascii") for blob in blobs]
+    encoded = await app[keys.STORE].images_base64([i["id"] for i in images]) if original["send_images"] else []
     first = metas[0]
     info = {
         "prompt": params.prompt,
@@ -237,7 +227,7 @@ async def interrupt(request: web.Request) -> web.Response:
 async def sd_models(request: web.Request) -> web.Response:
     engine = request.app[keys.ENGINE]
     source = engine.source
-    name = _title(engine)
+    name = engine.model_id
     return web.json_response(
         [{"title": name, "model_name": name.rsplit("/", 1)[-1], "hash": None, "sha256": None,
           "filename": source.location, "config": None}]
@@ -258,7 +248,7 @@ async def schedulers(request: web.Request) -> web.Response:
 
 
 async def get_options(request: web.Request) -> web.Response:
-    return web.json_response({"sd_model_checkpoint": _title(request.app[keys.ENGINE]), "samples_format": "png"})
+    return web.json_response({"sd_model_checkpoint": request.app[keys.ENGINE].model_id, "samples_format": "png"})
 
 
 async def set_options(request: web.Request) -> web.Response:
@@ -266,9 +256,9 @@ async def set_options(request: web.Request) -> web.Response:
     options are accepted and have no effect."""
     wanted = validate(OptionsSchema(), await read_json_object(request)).get("sd_model_checkpoint")
     engine = request.app[keys.ENGINE]
-    if wanted is not None and wanted not in (_title(engine), engine.model_id.rsplit("/", 1)[-1], engine.source.location):
+    if wanted is not None and wanted not in (engine.model_id, engine.model_id.rsplit("/", 1)[-1], engine.source.location):
         raise ValidationFailed(
-            f"this server serves one model, {_title(engine)!r}; restart it with MODEL_ID={wanted} to switch",
+            f"this server serves one model, {engine.model_id!r}; restart it with MODEL_ID={wanted} to switch",
             fields={"sd_model_checkpoint": ["Not the loaded model."]},
         )
     return web.json_response(None)

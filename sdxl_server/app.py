@@ -60,7 +60,10 @@ async def _retention_loop(app: web.Application) -> None:
     settings = app[keys.SETTINGS]
     while True:
         try:
-            await enforce_retention(app[keys.JOB_STORE], app[keys.STORE], settings.retention_days, settings.retention_count)
+            deleted = await enforce_retention(
+                app[keys.JOB_STORE], app[keys.STORE], settings.retention_days, settings.retention_count
+            )
+            app[keys.QUEUE].forget(deleted)
         except Exception:  # noqa: BLE001 - housekeeping must never take the server down
             log.exception("retention failed; trying again later")
         await asyncio.sleep(RETENTION_INTERVAL_S)
@@ -107,6 +110,14 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
             previews_wanted=lambda job_id: hub.wants_previews(job_id) or a1111.progress_polled_recently(app),
         )
         engine = app[keys.ENGINE]
+        queue: JobQueue  # the gauges below read it once it exists
+        metrics = Metrics(
+            queue_depth=lambda: queue.waiting,
+            running=lambda: 1 if queue.running else 0,
+            websockets=lambda: len(app[keys.WEBSOCKETS]),
+            model_load_seconds=lambda: engine.load_seconds or 0.0,
+            gpu_memory=engine.gpu_memory_allocated if engine.runtime.on_cuda else None,
+        )
 
         def publish(event: dict) -> None:
             metrics.observe(event)
@@ -115,13 +126,6 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         queue = JobQueue(
             work, app[keys.EXECUTOR], app[keys.JOB_STORE],
             capacity=settings.queue_size, preload=settings.preload, publish=publish,
-        )
-        metrics = Metrics(
-            queue_depth=lambda: queue.waiting,
-            running=lambda: 1 if queue.running else 0,
-            websockets=lambda: len(app[keys.WEBSOCKETS]),
-            model_load_seconds=lambda: engine.load_seconds or 0.0,
-            gpu_memory=engine.gpu_memory_allocated if engine.runtime.on_cuda else None,
         )
         app[keys.HUB], app[keys.METRICS] = hub, metrics
         app[keys.QUEUE] = queue

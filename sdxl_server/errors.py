@@ -33,6 +33,10 @@ class ApiError(Exception):
             body["fields"] = self.fields
         return body
 
+    def to_record(self) -> dict[str, Any]:
+        """As the job store keeps it: the body, and the status to answer with."""
+        return {**self.to_dict(), "status": self.status}
+
 
 class InvalidBody(ApiError):
     status, code = 400, "invalid_body"
@@ -76,6 +80,37 @@ class GenerationFailed(ApiError):
 
 class StorageFailed(ApiError):
     status, code = 500, "storage_failed"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class ForbiddenOrigin(ApiError):
+    status, code = 403, "forbidden_origin"
+
+
+class IdempotencyConflict(ApiError):
+    status, code = 422, "idempotency_conflict"
+
+
+class Interrupted(ApiError):
+    """The server stopped (a crash) while the job ran."""
+
+    status, code = 500, "interrupted"
+
+
+class OutputMissing(ApiError):
+    status, code = 500, "output_missing"
+
+
+class StoredError(ApiError):
+    """An error read back from the job store, with the code and status it was stored with."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message", ""), fields=body.get("fields"))
+        self.code = body.get("error", "internal_error")  # type: ignore[misc]
+        self.status = body.get("status", 500)  # type: ignore[misc]
 
 
 class JobCancelled(ApiError):

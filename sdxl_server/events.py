@@ -47,7 +47,8 @@ class Subscription:
         key: Any = next(self._counter)
         if event["type"] in COALESCED and len(self._pending) >= self._coalesce_after:
             key = (event["type"], event.get("id"))
-        self._pending[key] = event  # an existing key is replaced in place: the latest wins, order is kept
+        self._pending.pop(key, None)  # a stale event of the same kind and job gives way to this one,
+        self._pending[key] = event  # which goes last, so events never arrive out of order
         if len(self._pending) > self._max_pending:
             self.too_slow = True
             self._pending.clear()
@@ -95,6 +96,3 @@ class EventHub:
         a stale answer only costs or skips one preview)."""
         return any(s.previews and s.job_id in (None, job_id) for s in list(self._subscriptions))
 
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscriptions)

@@ -10,19 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ApiError
+from .errors import Interrupted, OutputMissing
 from .jobstore import JobStore
 from .storage import OutputStore
 
 log = logging.getLogger(__name__)
 
-
-class Interrupted(ApiError):
-    status, code = 500, "interrupted"
-
-
-class OutputMissing(ApiError):
-    status, code = 500, "output_missing"
+MAX_ATTEMPTS = 2  # a job that was running at two crashes in a row is failed, not run a third time
 
 
 @dataclass
@@ -46,11 +40,11 @@ async def recover(store: JobStore, outputs: OutputStore, restart_running: str) -
     report = RecoveryReport()
     now = time.time()
     for record in await store.with_status("running", "queued"):
-        if record["status"] == "running" and restart_running == "fail":
-            error = Interrupted(
-                "the server stopped while this job ran (a crash or power loss); submit it again",
-            )
-            await store.save({**record, "status": "failed", "finished_at": now, "error": error.to_dict()})
+        crashed = record["status"] == "running"
+        if crashed and (restart_running == "fail" or record["attempts"] >= MAX_ATTEMPTS):
+            again = " again" if record["attempts"] >= MAX_ATTEMPTS else ""
+            error = Interrupted(f"the server stopped{again} while this job ran (a crash or power loss); submit it again")
+            await store.save({**record, "status": "failed", "finished_at": now, "error": error.to_record()})
             report.failed_running.append(record["id"])
         else:
             report.requeued.append(record)
@@ -64,7 +58,7 @@ async def recover(store: JobStore, outputs: OutputStore, restart_running: str) -
             kept.add(record["id"])
             continue
         error = OutputMissing("this job's output files are missing from OUTPUT_DIR (deleted or lost in a crash)")
-        await store.save({**record, "status": "failed", "error": error.to_dict()})
+        await store.save({**record, "status": "failed", "error": error.to_record()})
         report.missing_outputs.append(record["id"])
         await loop.run_in_executor(None, outputs.remove_outputs, record["id"])
     for job_id in await loop.run_in_executor(None, outputs.all_output_ids):
@@ -80,18 +74,18 @@ async def recover(store: JobStore, outputs: OutputStore, restart_running: str) -
     return report
 
 
-async def enforce_retention(store: JobStore, outputs: OutputStore, days: float, count: int) -> int:
+async def enforce_retention(store: JobStore, outputs: OutputStore, days: float, count: int) -> list[str]:
     """Delete finished jobs older than ``days`` or beyond the newest ``count`` (0: no limit), with
-    their files; queued and running jobs are never touched. Returns how many were deleted."""
+    their files; queued and running jobs are never touched. Returns the deleted jobs' ids."""
     if not days and not count:
-        return 0
+        return []
     expired = await store.expired(time.time() - days * 86400 if days else None, count or None)
     if not expired:
-        return 0
+        return []
     ids = [record["id"] for record in expired]
     await store.delete(ids)  # rows first: a crash now leaves files with no row, removed at the next start
     loop = asyncio.get_running_loop()
     for job_id in ids:
         await loop.run_in_executor(None, outputs.remove_outputs, job_id)
     log.info("retention: deleted %d finished job(s) and their files", len(ids))
-    return len(ids)
+    return ids

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
-import itertools
 import logging
 import threading
 import time
@@ -21,7 +21,18 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ApiError, Conflict, GenerationFailed, JobCancelled, NotFound, QueueFull, ShuttingDown, StorageFailed
+from .errors import (
+    ApiError,
+    Conflict,
+    GenerationFailed,
+    IdempotencyConflict,
+    JobCancelled,
+    NotFound,
+    QueueFull,
+    ShuttingDown,
+    StorageFailed,
+    StoredError,
+)
 from .jobstore import JobStore
 from .params import GenerationParams
 
@@ -87,7 +98,7 @@ class Job:
             "id": self.id, "status": self.status.value, "params": self.params.to_dict(),
             "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
             "step": self.step, "total_steps": self.total_steps, "result": self.result,
-            "error": self.error.to_dict() if self.error else None,
+            "error": self.error.to_record() if self.error else None,
             "idempotency_key": self.idempotency_key, "request_hash": self.request_hash, "attempts": self.attempts,
         }
 
@@ -124,21 +135,6 @@ class Job:
         if self.error is None:
             raise GenerationFailed(f"job {self.id} has not finished")
         raise self.error
-
-
-class StoredError(ApiError):
-    """An error read back from the job store, with its original code and status."""
-
-    _STATUSES = {"out_of_memory": 503, "model_unavailable": 503, "shutting_down": 503, "cancelled": 409}
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        super().__init__(body.get("message", ""), fields=body.get("fields"))
-        self.code = body.get("error", "internal_error")  # type: ignore[misc]
-        self.status = self._STATUSES.get(self.code, 500)  # type: ignore[misc]
-
-
-class IdempotencyConflict(ApiError):
-    status, code = 422, "idempotency_conflict"
 
 
 class ThroughputEstimate:
@@ -214,6 +210,7 @@ class JobQueue:
         self._waiting: deque[Job] = deque()
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # active jobs and the most recent finished ones
         self._by_key: dict[str, Job] = {}
+        self._reserved = 0  # submissions being recorded: they count against the capacity
         self._wakeup = asyncio.Event()
         self.running: Job | None = None
         self.accepting = True
@@ -248,23 +245,25 @@ class JobQueue:
                 return existing, True
         if not self.accepting:
             raise ShuttingDown("the server is shutting down and accepts no new jobs")
-        if len(self._waiting) >= self.capacity:
+        if len(self._waiting) + self._reserved >= self.capacity:
             wait = self.eta_seconds(None)
             raise QueueFull(
                 f"the queue is full ({self.capacity} waiting): retry later",
                 headers={"Retry-After": str(max(1, int(wait or 10)))},
             )
         job = Job(params=params, idempotency_key=idempotency_key, request_hash=request_hash)
-        self._remember(job)
-        self._waiting.append(job)
+        if idempotency_key is not None:
+            self._by_key[idempotency_key] = job  # a concurrent retry finds it while it is recorded
+        self._reserved += 1
         try:
-            await self._store.save_soon(job.to_record())  # durable before it is acknowledged
+            await self._store.save_soon(job.to_record())  # durable before it is queued or acknowledged
         except Exception as exc:
-            if job in self._waiting:
-                self._waiting.remove(job)
-            self._jobs.pop(job.id, None)
             self._by_key.pop(idempotency_key or "", None)
             raise StorageFailed(f"the job could not be recorded: {exc}") from exc
+        finally:
+            self._reserved -= 1
+        self._remember(job)
+        self._waiting.append(job)
         self._wakeup.set()
         self._publish(self.event(job, "queued"))
         return job, False
@@ -281,9 +280,28 @@ class JobQueue:
             if oldest.idempotency_key:
                 self._by_key.pop(oldest.idempotency_key, None)
 
-    def _persist(self, job: Job) -> None:
-        saving = self._store.save_soon(job.to_record())
-        saving.add_done_callback(lambda done: done.exception() and log.error("could not record job %s: %s", job.id, done.exception()))
+    def _persist(self, job: Job, record: dict[str, Any] | None = None) -> asyncio.Future:
+        """Record the job's state; the write is queued at once, in order, and may be awaited."""
+        saving = self._store.save_soon(record or job.to_record())
+        saving.add_done_callback(
+            lambda done: done.exception() and log.error("could not record job %s: %s", job.id, done.exception())
+        )
+        return saving
+
+    async def _change(self, job: Job, **changes: Any) -> None:
+        """Record a change of state first, then make it: no client sees a state that a crash
+        could take back (a failed write is logged, and the change made all the same)."""
+        with contextlib.suppress(Exception):
+            await self._persist(job, dataclasses.replace(job, **changes).to_record())
+        for name, value in changes.items():
+            setattr(job, name, value)
+
+    def forget(self, job_ids: list[str]) -> None:
+        """Drop deleted jobs (retention) from memory too."""
+        for job_id in job_ids:
+            job = self._jobs.pop(job_id, None)
+            if job is not None and job.idempotency_key:
+                self._by_key.pop(job.idempotency_key, None)
 
     async def generate(self, params: GenerationParams, **idempotency: Any) -> dict[str, Any]:
         """Submit a job (or find its replay) and wait for it: its result, or its error raised."""
@@ -291,20 +309,13 @@ class JobQueue:
         await job.wait()
         return job.outcome()
 
-    def get(self, job_id: str) -> Job:
-        """A job in memory (active or recent); raises :class:`NotFound`."""
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no job with id {job_id!r}")
-        return job
-
     async def find(self, job_id: str) -> Job:
         """Any job this server has accepted, from memory or the job store; raises :class:`NotFound`."""
         job = self._jobs.get(job_id)
         if job is None:
             record = await self._store.get(job_id)
             if record is None:
-                raise NotFound(f"no job with id {job_id!r}")
+                raise NotFound(f"no job with id {job_id[:64]!r}")
             job = Job.from_record(record)
         return job
 
@@ -325,9 +336,10 @@ class JobQueue:
         if job.status.terminal:
             raise Conflict(f"job {job_id} already {job.status.value}")
         job._cancel.set()
-        if job.status is JobStatus.QUEUED:
-            self._waiting.remove(job)
-            self._finish(job, JobStatus.CANCELLED)
+        if job.status is JobStatus.QUEUED:  # waiting, or suspended by a shutdown in progress
+            if job in self._waiting:
+                self._waiting.remove(job)
+            await self._finish(job, JobStatus.CANCELLED)
             self._announce_positions()
         return job
 
@@ -335,9 +347,9 @@ class JobQueue:
         """1 for the next job to run, 0 for the running one, None once finished."""
         if job.status is JobStatus.RUNNING:
             return 0
-        if job.status is JobStatus.QUEUED:
+        if job in self._waiting:
             return self._waiting.index(job) + 1
-        return None
+        return None  # finished, or suspended by a shutdown
 
     @property
     def waiting(self) -> int:
@@ -423,7 +435,7 @@ class JobQueue:
         loop = asyncio.get_running_loop()
         job.status = JobStatus.RUNNING
         job.started_at = job._step_started = time.time()
-        job.step, job.attempts = 0, job.attempts + 1
+        job.step, job.attempts, job.error = 0, job.attempts + 1, None
         self.running = job
         self._persist(job)
         self._publish(
@@ -442,17 +454,17 @@ class JobQueue:
             result = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
         except JobCancelled:
             if isinstance(job.cancel_reason, ShuttingDown):
-                self._suspend(job)
+                await self._suspend(job)
             else:
-                self._finish(job, JobStatus.CANCELLED, error=job.cancel_reason)
+                await self._finish(job, JobStatus.CANCELLED, error=job.cancel_reason)
         except ApiError as exc:
-            self._finish(job, JobStatus.FAILED, error=exc)
+            await self._finish(job, JobStatus.FAILED, error=exc)
         except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the worker
             log.exception("job %s failed", job.id)
-            self._finish(job, JobStatus.FAILED, error=GenerationFailed(f"generation failed: {exc}"))
+            await self._finish(job, JobStatus.FAILED, error=GenerationFailed(f"generation failed: {exc}"))
         else:
             self.estimate.record_job(job.params, time.time() - job.started_at, job.step)
-            self._finish(job, JobStatus.SUCCEEDED, result=result)
+            await self._finish(job, JobStatus.SUCCEEDED, result=result)
         finally:
             self.running = None
 
@@ -474,12 +486,13 @@ class JobQueue:
             job.preview = extra
             self._publish(self.event(job, "preview", step=step, image=extra))
 
-    def _finish(self, job: Job, status: JobStatus, *, result: dict | None = None, error: ApiError | None = None) -> None:
-        job.status = status
-        job.finished_at = time.time()
-        job.result, job.error = result, error
+    async def _finish(
+        self, job: Job, status: JobStatus, *, result: dict | None = None, error: ApiError | None = None
+    ) -> None:
+        await self._change(
+            job, status=status, finished_at=time.time(), result=result, error=error, preview=None
+        )  # a client told "succeeded" finds it so after any crash
         job._done.set()
-        self._persist(job)
         run_s = None if job.started_at is None else round(job.finished_at - job.started_at, 4)
         if status is JobStatus.SUCCEEDED:
             self._publish(self.event(job, "completed", run_s=run_s, **(result or {})))
@@ -493,21 +506,18 @@ class JobQueue:
         for job in self._waiting:
             self._publish(self.event(job, "position"))
 
-    def _suspend(self, job: Job) -> None:
+    async def _suspend(self, job: Job) -> None:
         """At shutdown: the job stays queued in the job store and runs when the server starts
         again; whoever waits on it now is told so."""
-        job.status, job.step = JobStatus.QUEUED, 0
-        job.error = ShuttingDown(
-            "the server is shutting down: this job stays queued and runs when the server starts again"
-        )
-        self._persist(job)
+        error = ShuttingDown("the server is shutting down: this job stays queued and runs when the server starts again")
+        await self._change(job, status=JobStatus.QUEUED, step=0, preview=None, error=error)
         job._done.set()
         self._publish(self.event(job, "suspended", error=job.error.to_dict()))
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Queue again, in this order, jobs a previous run accepted but did not finish."""
         for record in records:
-            job = Job.from_record({**record, "status": JobStatus.QUEUED.value, "step": 0})
+            job = Job.from_record({**record, "status": JobStatus.QUEUED.value, "step": 0, "error": None})
             self._remember(job)
             self._waiting.append(job)
         if records:
@@ -526,14 +536,15 @@ class JobQueue:
         self.accepting = False
         reason = ShuttingDown("the server is shutting down")
         while self._waiting:
-            self._suspend(self._waiting.popleft())
+            await self._suspend(self._waiting.popleft())
         running = self.running
         if running is not None:
             if grace_s > 0:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(running.wait()), grace_s)
             if not running.status.terminal:
-                running.cancel_reason = reason
+                if not running.cancel_requested():  # a client's own cancel stands
+                    running.cancel_reason = reason
                 running._cancel.set()
                 await running.wait()
         if self._task is not None:

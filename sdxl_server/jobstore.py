@@ -90,7 +90,7 @@ class JobStore:
             db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=FULL")  # a job acknowledged survives a power cut too
             db.execute("PRAGMA foreign_keys=ON")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":

@@ -64,6 +64,8 @@ class Metrics:
             if previous is not None and event["step"] == previous[0] + 1:
                 self.step_seconds.observe(max(0.0, event["elapsed_s"] - previous[1]))
             self._last_step[job_id] = (event["step"], event["elapsed_s"])
+        elif kind == "suspended":
+            self._last_step.pop(job_id, None)
         elif kind in ("completed", "failed", "cancelled"):
             self._last_step.pop(job_id, None)
             self.jobs.labels(status=event["status"]).inc()

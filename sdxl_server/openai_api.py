@@ -8,8 +8,6 @@ validated by the same schema, so the limits, queue and outputs are the server's.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import re
 from typing import Any
 
@@ -72,11 +70,7 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValidationFailed(f"Unrecognized request argument supplied: {unknown[0]}", fields={unknown[0]: ["Unknown field."]})
-    try:
-        request = ImagesRequestSchema().load({k: v for k, v in body.items() if k not in IGNORED and k not in EXTENSIONS})
-    except ValidationError as exc:
-        problems = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise ValidationFailed(f"invalid request: check {', '.join(sorted(problems))}", fields=problems) from None
+    request = validate_fields(ImagesRequestSchema(), {k: v for k, v in body.items() if k not in IGNORED and k not in EXTENSIONS})
     core: dict[str, Any] = {"prompt": request["prompt"], "num_images": request["n"]}
     core.update({name: body[name] for name in EXTENSIONS if name in body})
     if request["size"] != "auto":
@@ -101,13 +95,8 @@ async def images_generations(request: web.Request) -> web.Response:
     params = to_params(validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES))
     result = await app[keys.QUEUE].generate(params)
     images = result.get("images") or [{"id": result["id"], "image_url": result["image_url"]}]
-    store = app[keys.STORE]
     if response_format == "b64_json":
-        loop = asyncio.get_running_loop()
-        blobs = await asyncio.gather(
-            *(loop.run_in_executor(None, store.image_path(image["id"]).read_bytes) for image in images)
-        )
-        data = [{"b64_json": base64.b64encode(blob).decode("ascii")} for blob in blobs]
+        data = [{"b64_json": blob} for blob in await app[keys.STORE].images_base64([image["id"] for image in images])]
     else:
         data = [{"url": str(request.url.join(URL(image["image_url"])))} for image in images]
     created = int((await app[keys.QUEUE].find(result["id"])).created_at)

@@ -138,7 +138,7 @@ class JobListQuerySchema(Schema):
 
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     before = fields.Integer(
-        load_default=None, validate=validate.Range(min=1),
+        load_default=None, validate=validate.Range(min=1, max=2**63 - 1),
         metadata={"description": "The previous page's next_before: jobs older than that."},
     )
     status = fields.String(

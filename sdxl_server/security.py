@@ -16,7 +16,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_log import AccessLogger
 
 from . import keys
-from .errors import ApiError
+from .errors import ForbiddenOrigin, Unauthorized
 from .middleware import Handler
 
 PROTECTED_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/metrics")
@@ -24,14 +24,6 @@ WS_TOKEN_PROTOCOL = "bearer."
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-API-Key"
 EXPOSED_HEADERS = "Location, Retry-After"
-
-
-class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
-
-
-class ForbiddenOrigin(ApiError):
-    status, code = 403, "forbidden_origin"
 
 
 def _needs_key(request: web.Request) -> bool:

@@ -7,6 +7,8 @@ Nothing here imports torch or aiohttp.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -138,6 +140,12 @@ class OutputStore:
         for path in paths:
             path.unlink(missing_ok=True)
         return len(paths)
+
+    async def images_base64(self, output_ids: list[str]) -> list[str]:
+        """The PNGs, base64-encoded (read off the event loop), for APIs that return images inline."""
+        loop = asyncio.get_running_loop()
+        blobs = await asyncio.gather(*(loop.run_in_executor(None, self.image_path(i).read_bytes) for i in output_ids))
+        return [base64.b64encode(blob).decode("ascii") for blob in blobs]
 
     def servable(self, folder: str, filename: str) -> Path | None:
         """The file to serve for ``/outputs/{folder}/{filename}``, or None.

@@ -37,6 +37,10 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise InvalidBody(f"unknown charset {request.charset!r}") from None
     except json.JSONDecodeError as exc:
         raise InvalidBody(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidBody("the request body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with thousands of digits
+        raise InvalidBody(f"the request body holds a value that cannot be read: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidBody(f"the request body must be a JSON object, not {_json_type(body)}")
     return body

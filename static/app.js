@@ -759,6 +759,13 @@ function onEvent(event) {
       job.status = "cancelled";
       finishJob(job);
       break;
+    case "suspended":
+      // The server is restarting: the job stays queued and runs when it is back; the socket
+      // closes next and the page reconnects to the job's snapshot.
+      Object.assign(job, { status: "queued", position: null, eta_s: null });
+      renderJob();
+      el.connection.textContent = "The server is restarting: this job stays queued and runs when it is back.";
+      break;
     default:
       break;
   }

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import aiohttp
-import pytest
 from files import output_files
 from live_server import LiveServer, free_port
 from PIL import Image
@@ -240,3 +239,27 @@ async def test_an_older_schema_is_migrated(make_client, settings):
     with sqlite3.connect(settings.output_dir / "jobs.sqlite3") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert json.loads(db.execute("SELECT params FROM jobs").fetchone()[0])["prompt"] == "migrated"
+
+
+async def test_a_success_is_recorded_before_the_client_hears_of_it(make_client, settings):
+    client = await make_client(settings)
+    body = await (await client.post("/api/v1/generate", json={"prompt": "recorded", "steps": 1})).json()
+    with sqlite3.connect(settings.output_dir / "jobs.sqlite3") as db:
+        status, result = db.execute("SELECT status, result FROM jobs WHERE id = ?", (body["id"],)).fetchone()
+    assert status == "succeeded" and json.loads(result)["image_url"] == body["image_url"]
+
+
+async def test_a_job_running_at_two_crashes_is_not_run_a_third_time(make_client, settings):
+    from sdxl_server.jobstore import JobStore
+
+    store = JobStore(settings.jobs_db_path)
+    await store.open()
+    params = {"prompt": "crashes the server", "negative_prompt": "", "width": 64, "height": 64, "steps": 1,
+              "guidance_scale": 7.0, "seed": 1, "scheduler": "default", "num_images": 1}
+    await store.save({"id": "c" * 32, "status": "running", "params": params, "created_at": 1.0, "started_at": 2.0,
+                      "step": 0, "total_steps": 1, "attempts": 2})
+    await store.close()
+    client = await make_client(settings)
+    job = await (await client.get(f"/api/v1/jobs/{'c' * 32}")).json()
+    assert job["status"] == "failed" and job["error"]["error"] == "interrupted"
+    assert "stopped again" in job["error"]["message"]

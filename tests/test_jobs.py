@@ -63,7 +63,7 @@ async def test_list_is_newest_first_with_limit_and_status(client):
     assert [j["id"] for j in limited["jobs"]] == ids[:0:-1]
     none = await (await client.get("/api/v1/jobs?status=failed")).json()
     assert none["jobs"] == []
-    for bad in ("limit=0", "limit=101", "limit=x", "status=done", "other=1"):
+    for bad in ("limit=0", "limit=101", "limit=x", "status=done", "other=1", "before=99999999999999999999999"):
         resp = await client.get(f"/api/v1/jobs?{bad}")
         assert resp.status == 422
         assert bad.split("=")[0] in (await resp.json())["fields"]

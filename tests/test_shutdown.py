@@ -95,6 +95,7 @@ async def test_jobs_submitted_during_the_grace_period_get_503(make_client, setti
     await ws.receive_json()
     resp = await client.post("/api/v1/jobs", json={"prompt": "finishing", "steps": 30, "width": 256, "height": 256})
     job_id = (await resp.json())["id"]
+    waiting = await (await client.post("/api/v1/jobs", json={"prompt": "suspended", "steps": 1})).json()
     await events_until(ws, lambda e: e["type"] == "progress")
     draining = asyncio.create_task(client.app.shutdown())  # runs before the request below reaches the server
     resp = await client.post("/api/v1/generate", json={"prompt": "too late"})
@@ -102,6 +103,11 @@ async def test_jobs_submitted_during_the_grace_period_get_503(make_client, setti
     assert (await resp.json())["error"] == "shutting_down"
     health = await client.get("/health")
     assert health.status == 503 and (await health.json())["status"] == "shutting_down"
+    suspended = await client.get(f"/api/v1/jobs/{waiting['id']}")  # kept queued for the next start
+    assert suspended.status == 200
+    assert (await suspended.json())["status"] == "queued" and (await suspended.json())["position"] is None
+    cancelled = await client.delete(f"/api/v1/jobs/{waiting['id']}")  # a client may still give it up
+    assert cancelled.status == 200 and (await cancelled.json())["status"] == "cancelled"
     await draining
     job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
     assert job["status"] == "succeeded"

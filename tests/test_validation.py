@@ -105,6 +105,8 @@ async def test_non_finite_numbers_are_refused(client, raw):
         ("{prompt: 'x'}", "not valid JSON"),
         ("", "empty"),
         (b'{"prompt": "\xff\xfe"}', "not valid UTF-8"),
+        ("[" * 30000 + "]" * 30000, "nested too deeply"),
+        ('{"prompt": "x", "seed": ' + "9" * 5000 + "}", "cannot be read"),
     ],
 )
 async def test_bodies_that_are_not_json_objects_are_400(client, raw, needle):

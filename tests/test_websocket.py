@@ -150,3 +150,19 @@ async def test_heartbeat_closes_a_dead_peer(make_client, settings):
         assert message.type == WSMsgType.PING
         pings += 1
     assert pings >= 1
+
+
+async def test_coalesced_events_never_arrive_out_of_order():
+    from sdxl_server.events import EventHub
+
+    hub = EventHub(coalesce_after=2, max_pending=50)
+    sub = hub.subscribe()
+    received = []
+    for step in range(1, 9):
+        hub.publish({"type": "progress", "id": "a", "step": step})
+        if step == 4:
+            received.append(await sub.next())  # the client reads one, then falls behind again
+    while sub.pending:
+        received.append(await sub.next())
+    steps = [e["step"] for e in received]
+    assert steps == sorted(steps) and steps[-1] == 8
