@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+
+from sdxl_server.check_model import check_model
 
 
 def _check(tiny_cache, **env: str) -> subprocess.CompletedProcess:
@@ -24,14 +27,20 @@ def test_reports_a_loadable_model(tiny_cache, tiny_model_dir, tmp_path):
     assert "result:  loaded in" in out and "unet" in out and "default: 1024px" in out
 
 
-def test_reports_why_a_model_does_not_load(tiny_cache, tmp_path):
-    done = _check(tiny_cache, MODEL_ID=str(tmp_path / "missing"))
-    assert done.returncode == 1
-    assert "chosen:  by MODEL_ID" in done.stdout
-    assert "result:  FAILED: could not load folder model" in done.stdout and "MODEL_ID=tiny" in done.stdout
+def test_reports_why_a_model_does_not_load(settings, tmp_path):
+    out = io.StringIO()
+    assert check_model(settings.replace(model_id=str(tmp_path / "missing")), out) == 1
+    assert "chosen:  by MODEL_ID" in out.getvalue()
+    assert "result:  FAILED: could not load folder model" in out.getvalue() and "MODEL_ID=tiny" in out.getvalue()
 
 
-def test_tiny(tiny_cache):
-    done = _check(tiny_cache, MODEL_ID="tiny")
-    assert done.returncode == 0, done.stderr
-    assert "model:   tiny" in done.stdout and "kind:    tiny" in done.stdout
+def test_tiny(settings):
+    out = io.StringIO()
+    assert check_model(settings, out) == 0
+    assert "model:   tiny" in out.getvalue() and "kind:    tiny" in out.getvalue()
+
+
+def test_bad_settings_are_reported(settings):
+    out = io.StringIO()
+    assert check_model(settings.replace(device="cuda"), out) == 2
+    assert "error: DEVICE=cuda but CUDA is not available" in out.getvalue()
