@@ -926,24 +926,19 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace, settings: Settings) -> BenchOptions:
     tiny = (settings.model_id or "").lower() == "tiny"
     width = args.width or (512 if tiny else settings.default_width)
+    derived = {"width", "height", "steps", "guidance_scale"}  # defaults that depend on the model
+    copied = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(BenchOptions)
+        if f.name not in derived and hasattr(args, f.name)
+    }
     return BenchOptions(
+        **copied,
+        timeout_s=args.timeout,
         width=width,
         height=args.height or (512 if tiny and not args.width else (args.width or settings.default_height)),
         steps=args.steps or (10 if tiny else settings.default_steps),
         guidance_scale=settings.default_guidance if args.guidance is None else args.guidance,
-        prompt=args.prompt,
-        scheduler=args.scheduler,
-        runs=args.runs,
-        loop_jobs=args.loop_jobs,
-        health_interval_ms=args.health_interval_ms,
-        idle_samples=args.idle_samples,
-        clients=args.clients,
-        progress_runs=args.progress_runs,
-        memory_jobs=args.memory_jobs,
-        memory_size=args.memory_size,
-        memory_steps=args.memory_steps,
-        coldstart_runs=args.coldstart_runs,
-        timeout_s=args.timeout,
     )
 
 

@@ -263,3 +263,29 @@ async def test_a_job_running_at_two_crashes_is_not_run_a_third_time(make_client,
     job = await (await client.get(f"/api/v1/jobs/{'c' * 32}")).json()
     assert job["status"] == "failed" and job["error"]["error"] == "interrupted"
     assert "stopped again" in job["error"]["message"]
+
+
+async def test_retention_by_age_never_touches_queued_jobs(make_client, settings):
+    from sdxl_server.jobstore import JobStore
+
+    client = await make_client(settings)
+    old = (await (await client.post("/api/v1/generate", json={"prompt": "old", "steps": 1})).json())["id"]
+    recent = (await (await client.post("/api/v1/generate", json={"prompt": "recent", "steps": 1})).json())["id"]
+    await client.close()
+    store = JobStore(settings.jobs_db_path)
+    await store.open()
+    ten_days_ago = 1_000_000.0
+    record = await store.get(old)
+    await store.save({**record, "created_at": ten_days_ago, "finished_at": ten_days_ago})
+    params = {**record["params"], "prompt": "queued long ago"}
+    await store.save({"id": "a" * 32, "status": "queued", "params": params, "created_at": ten_days_ago,
+                      "step": 0, "total_steps": 1})
+    await store.close()
+
+    client = await make_client(settings.replace(retention_days=1))  # applied at start-up
+    assert (await client.get(f"/api/v1/jobs/{old}")).status == 404
+    assert not (settings.output_dir / "images" / f"{old}.png").exists()
+    assert (await (await client.get(f"/api/v1/jobs/{recent}")).json())["status"] == "succeeded"
+    ws = await client.ws_connect(f"/api/v1/ws?job={'a' * 32}")
+    await events_until(ws, lambda e: e["type"] == "completed" or e.get("job", {}).get("status") == "succeeded")
+    assert (await (await client.get(f"/api/v1/jobs/{'a' * 32}")).json())["status"] == "succeeded"
