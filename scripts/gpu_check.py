@@ -2,8 +2,8 @@
 """GPU check: SDXL's speed and memory through this server, on one CUDA GPU, in one short call.
 
 It builds the full-size SDXL base 1.0 architecture with random weights straight on the GPU
-(:mod:`sdxl_server.fullsize`; no download, no network) and, for each configuration, serves it
-with the real application on loopback (:mod:`sdxl_server.bench`), then times 1024x1024, 25 steps,
+(:mod:`sdxl_server.pipeline.fullsize`; no download, no network) and, for each configuration, serves it
+with the real application on loopback (:mod:`sdxl_server.tools.bench`), then times 1024x1024, 25 steps,
 batch 1, interleaving ``Engine.generate`` called directly and ``POST /api/v1/generate``:
 
 =========================  ===================================================================
@@ -54,11 +54,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accid
 
 import torch  # noqa: E402
 
-from sdxl_server.bench import (  # noqa: E402
-    BenchOptions, Client, InProcessServer, TimedEngine, coldstart_once, section_loop, section_overhead,
-    section_progress,
-)
 from sdxl_server.config import Settings  # noqa: E402
+from sdxl_server.tools.bench.client import Client  # noqa: E402
+from sdxl_server.tools.bench.coldstart import coldstart_once  # noqa: E402
+from sdxl_server.tools.bench.options import BenchOptions  # noqa: E402
+from sdxl_server.tools.bench.sections import section_loop, section_overhead, section_progress  # noqa: E402
+from sdxl_server.tools.bench.server import InProcessServer  # noqa: E402
+from sdxl_server.tools.bench.timed import TimedEngine  # noqa: E402
 
 GIB = 2**30
 
@@ -198,7 +200,7 @@ def run_config(
         if config.get("compile"):
             # Compile on this (main) thread while the server is idle: torch.compile's first call
             # takes minutes, and the worker thread then reuses the compiled graphs.
-            from sdxl_server.bench import params_from_body
+            from sdxl_server.tools.bench.options import params_from_body
 
             log(f"{config['name']}: compiling the UNet (first call)")
             started = time.perf_counter()
@@ -311,12 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if smoke:
-        from sdxl_server.tiny import build_tiny_pipeline
+        from sdxl_server.pipeline.tiny import build_tiny_pipeline
 
         def factory() -> Any:
             return build_tiny_pipeline()
     else:
-        from sdxl_server.fullsize import build_fullsize_pipeline
+        from sdxl_server.pipeline.fullsize import build_fullsize_pipeline
 
         def factory() -> Any:
             started = time.perf_counter()
@@ -357,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cold start: saving the model as a diffusers folder ({budget.left():.0f}s left)")
         started = time.perf_counter()
         try:
-            from sdxl_server.fullsize import save_fullsize_model
+            from sdxl_server.pipeline.fullsize import save_fullsize_model
 
             folder = Path(scratch.name) / "model"
             pipe = factory()

@@ -16,15 +16,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.check_model:
-        from .check_model import check_model
+        from .tools.check_model import check_model
 
         return check_model(settings)
 
     from aiohttp import web
 
-    from .app import create_app
-    from .engine import resolve_runtime
-    from .security import RedactingAccessLogger
+    from .api.app import create_app
+    from .api.security import RedactingAccessLogger
+    from .pipeline.runtime import resolve_runtime
 
     try:
         resolve_runtime(settings)  # a bad DEVICE/DTYPE/option combination stops here, in one line

@@ -279,7 +279,7 @@ def _flag(f: dataclasses.Field) -> str:
 
 
 def settings_fields() -> list[dataclasses.Field]:
-    """The settings, in the order the README's configuration table lists them."""
+    """The settings, in the order docs/configuration.md's table lists them."""
     return list(dataclasses.fields(Settings))
 
 

@@ -1,6 +1,6 @@
 """The errors a client can see: one stable shape, ``{"error": code, "message": ..., "fields": ...}``.
 
-Raised anywhere (handlers, the queue, the engine); :mod:`sdxl_server.middleware` is the one place
+Raised anywhere (handlers, the queue, the engine); :mod:`sdxl_server.api.middleware` is the one place
 that turns them into responses. Nothing here imports aiohttp or torch.
 """
 
@@ -121,3 +121,9 @@ class JobCancelled(ApiError):
 
 class ShuttingDown(ApiError):
     status, code = 503, "shutting_down"
+
+
+def short_message(exc: BaseException, limit: int = 300) -> str:
+    """``exc`` as one line of at most ``limit`` characters, for logs and client-facing errors."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_server import keys
-from sdxl_server.app import create_app
+from sdxl_server.api import keys
+from sdxl_server.api.app import create_app
 from sdxl_server.config import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """Where the tiny model is built once for the whole session (or ``TINY_CACHE`` if set)."""
-    from sdxl_server.tiny import ensure_tiny_model
+    from sdxl_server.pipeline.tiny import ensure_tiny_model
 
     root = Path(os.environ["TINY_CACHE"]) if os.environ.get("TINY_CACHE") else tmp_path_factory.mktemp("tiny")
     ensure_tiny_model(root)
@@ -26,7 +26,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_cache) -> Path:
-    from sdxl_server.tiny import ensure_tiny_model
+    from sdxl_server.pipeline.tiny import ensure_tiny_model
 
     return ensure_tiny_model(tiny_cache)
 

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from sdxl_server.engine import Engine
+from sdxl_server.pipeline.engine import Engine
 
 
 class GatedEngine(Engine):

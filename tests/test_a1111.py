@@ -11,7 +11,7 @@ from doubles import PausingEngine
 from PIL import Image
 from wsclient import events_until
 
-from sdxl_server import keys
+from sdxl_server.api import keys
 
 TXT2IMG = {  # field names as A1111's StableDiffusionTxt2ImgProcessingAPI documents them
     "prompt": "a lighthouse, oil painting",

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_server.bench import SECTIONS, linear_fit, percentile, settings_environment, summarize
 from sdxl_server.config import Settings, load_settings
+from sdxl_server.tools.bench.options import SECTIONS, settings_environment
+from sdxl_server.tools.bench.stats import linear_fit, percentile, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +40,7 @@ def test_fullsize_parameter_counts_on_meta():
     """SDXL base 1.0's published sizes, built on the meta device (no memory, a few seconds)."""
     import torch
 
-    from sdxl_server.fullsize import EXPECTED_PARAMETERS, build_fullsize_pipeline, parameter_counts
+    from sdxl_server.pipeline.fullsize import EXPECTED_PARAMETERS, build_fullsize_pipeline, parameter_counts
 
     pipe = build_fullsize_pipeline("meta", torch.float16)
     counts = parameter_counts(pipe)
@@ -97,7 +98,7 @@ def test_settings_survive_the_environment(tmp_path):
 def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     report_path = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "sdxl_server.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
+        [sys.executable, "-m", "sdxl_server.tools.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
          "--progress-runs", "2", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
          "--json", str(report_path)],
         cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
@@ -151,7 +152,7 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
 
 def test_bench_refuses_bad_options(tiny_cache, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "sdxl_server.bench", "--only", "overhead,nonsense"],
+        [sys.executable, "-m", "sdxl_server.tools.bench", "--only", "overhead,nonsense"],
         cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2 and "choose from overhead,loop,progress,memory,coldstart" in done.stderr

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from sdxl_server.check_model import check_model
+from sdxl_server.tools.check_model import check_model
 
 
 def _check(tiny_cache, **env: str) -> subprocess.CompletedProcess:

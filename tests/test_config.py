@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdxl_server.config import ConfigError, Settings, load_settings, parse_args
-from sdxl_server.engine import resolve_runtime
+from sdxl_server.pipeline.runtime import resolve_runtime
 
 
 def test_defaults_are_the_seed_readme_table():

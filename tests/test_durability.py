@@ -17,9 +17,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from wsclient import events_until
 
-from sdxl_server.jobstore import SCHEMA_VERSION
-
-TERMINAL = ("completed", "failed", "cancelled")
+from sdxl_server.jobs.states import TERMINAL_EVENTS as TERMINAL
+from sdxl_server.jobs.store import SCHEMA_VERSION
 
 
 async def _succeeded_total(session, url) -> float:
@@ -250,7 +249,7 @@ async def test_a_success_is_recorded_before_the_client_hears_of_it(make_client, 
 
 
 async def test_a_job_running_at_two_crashes_is_not_run_a_third_time(make_client, settings):
-    from sdxl_server.jobstore import JobStore
+    from sdxl_server.jobs.store import JobStore
 
     store = JobStore(settings.jobs_db_path)
     await store.open()
@@ -266,7 +265,7 @@ async def test_a_job_running_at_two_crashes_is_not_run_a_third_time(make_client,
 
 
 async def test_retention_by_age_never_touches_queued_jobs(make_client, settings):
-    from sdxl_server.jobstore import JobStore
+    from sdxl_server.jobs.store import JobStore
 
     client = await make_client(settings)
     old = (await (await client.post("/api/v1/generate", json={"prompt": "old", "steps": 1})).json())["id"]

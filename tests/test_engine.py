@@ -6,13 +6,12 @@ import io
 import shutil
 
 import pytest
+from doubles import OverflowingVaeEngine
 from PIL import Image
 
-from sdxl_server import keys
+from sdxl_server.api import keys
 from sdxl_server.config import DEFAULT_HUB_MODEL
-from sdxl_server.engine import resolve_model_source
-
-from doubles import OverflowingVaeEngine
+from sdxl_server.pipeline.sources import resolve_model_source
 
 
 def test_resolution_order_model_id_then_model_dir_then_hub(settings, tiny_model_dir, tmp_path):

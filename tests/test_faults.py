@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-
 from doubles import GatedEngine
 from wsclient import events_until, events_until_terminal, next_event
 
-from sdxl_server import keys
+from sdxl_server.api import keys
 
 
 async def test_a_client_leaving_a_blocking_generate_does_not_lose_the_image(make_client, settings):

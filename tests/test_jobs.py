@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from files import output_files
 from doubles import GatedEngine, PausingEngine
+from files import output_files
 from wsclient import events_until, events_until_terminal
 
-from sdxl_server import keys
+from sdxl_server.api import keys
 
 
 def _files(settings):

@@ -1,11 +1,11 @@
-"""The bounded load test (``python -m sdxl_server.loadtest``) against a real server on loopback."""
+"""The bounded load test (``python -m sdxl_server.tools.loadtest``) against a real server on loopback."""
 
 from __future__ import annotations
 
 import pytest
 from live_server import LiveServer
 
-from sdxl_server.loadtest import main, run_load
+from sdxl_server.tools.loadtest import main, run_load
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from files import output_files
 from doubles import FaultyUnetEngine, GatedEngine, cuda_out_of_memory
+from files import output_files
 from wsclient import events_until
 
-from sdxl_server import keys
+from sdxl_server.api import keys
 
 
 def _outputs(settings):
@@ -84,7 +84,7 @@ async def test_unwritable_output_dir_is_a_clear_error_and_leaves_nothing(client,
 
 
 async def test_a_batch_that_cannot_be_saved_leaves_none_of_its_images(client, settings, monkeypatch):
-    from sdxl_server.storage import OutputStore
+    from sdxl_server.jobs.outputs import OutputStore
 
     write, calls = OutputStore._write_atomic, []
 

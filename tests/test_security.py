@@ -156,7 +156,7 @@ def test_the_access_log_never_shows_a_key():
 
     from aiohttp.test_utils import make_mocked_request
 
-    from sdxl_server.security import RedactingAccessLogger
+    from sdxl_server.api.security import RedactingAccessLogger
 
     records: list[str] = []
 

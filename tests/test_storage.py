@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sdxl_server.errors import StorageFailed
-from sdxl_server.storage import OutputStore
+from sdxl_server.jobs.outputs import OutputStore
 
 OUTPUT_ID = "0123456789abcdef0123456789abcdef"
 

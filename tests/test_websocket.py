@@ -11,7 +11,7 @@ from doubles import GatedEngine
 from PIL import Image
 from wsclient import TERMINAL, events_until_terminal, next_event
 
-from sdxl_server import keys
+from sdxl_server.api import keys
 
 
 async def test_events_in_order_with_exactly_one_terminal(client):
@@ -116,7 +116,7 @@ async def test_a_client_too_far_behind_is_closed_with_policy_violation(client):
 
 
 async def test_stale_progress_is_coalesced_but_terminal_events_kept():
-    from sdxl_server.events import EventHub
+    from sdxl_server.jobs.events import EventHub
 
     hub = EventHub(coalesce_after=2, max_pending=50)
     sub = hub.subscribe()
@@ -153,7 +153,7 @@ async def test_heartbeat_closes_a_dead_peer(make_client, settings):
 
 
 async def test_coalesced_events_never_arrive_out_of_order():
-    from sdxl_server.events import EventHub
+    from sdxl_server.jobs.events import EventHub
 
     hub = EventHub(coalesce_after=2, max_pending=50)
     sub = hub.subscribe()

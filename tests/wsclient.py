@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import WSMsgType
 
-TERMINAL = {"completed", "failed", "cancelled"}
+from sdxl_server.jobs.states import TERMINAL_EVENTS as TERMINAL
 
 
 async def next_event(ws) -> dict:

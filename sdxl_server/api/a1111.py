@@ -1,0 +1,269 @@
+"""A subset of AUTOMATIC1111's web UI API (``/sdapi/v1/...``), for tools written against it.
+
+``txt2img`` is translated into our own request and validated by the same schema, so limits,
+queue and outputs are shared; ``progress`` reports the running job; ``interrupt`` cancels it.
+Model switching, hires fix, refiners, scripts, face restoration and styles are not supported:
+their fields are accepted and ignored, as A1111 itself ignores fields it does not know.
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+from marshmallow import EXCLUDE, Schema, fields
+from marshmallow import validate as validate_
+
+from ..errors import ValidationFailed
+from ..jobs.outputs import parameters_text
+from ..params import SCHEDULERS
+from . import keys
+from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
+from .validation import read_json_object, validate
+
+PROGRESS_PREVIEW_WINDOW_S = 30.0  # previews are made while someone polled /progress this recently
+
+# The k-diffusion aliases A1111 clients may send for each of our schedulers; the A1111 sampler
+# name is the scheduler's label in SCHEDULERS.
+SAMPLER_ALIASES: dict[str, tuple[str, ...]] = {
+    "euler": ("k_euler",),
+    "euler_a": ("k_euler_a", "k_euler_ancestral"),
+    "dpmpp_2m": ("k_dpmpp_2m",),
+    "dpmpp_2m_karras": ("k_dpmpp_2m_ka",),
+    "dpmpp_2m_sde": ("k_dpmpp_2m_sde",),
+    "dpmpp_2m_sde_karras": ("k_dpmpp_2m_sde_ka",),
+    "ddim": ("ddim",),
+    "unipc": ("unipc",),
+    "deis": ("deis",),
+}
+# A1111 sampler name -> (our scheduler, its aliases)
+SAMPLERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    SCHEDULERS[name]: (name, aliases) for name, aliases in SAMPLER_ALIASES.items()
+}
+_BY_NAME = {
+    key.lower(): scheduler
+    for label, (scheduler, aliases) in SAMPLERS.items()
+    for key in (label, scheduler, *aliases)
+}
+SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
+NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size"}
+
+
+class Txt2ImgSchema(Schema):
+    """The A1111 ``txt2img`` fields this server uses; any other field is ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    prompt = fields.String(load_default="")
+    negative_prompt = fields.String(load_default="")
+    width = StrictInteger(load_default=None, allow_none=True)
+    height = StrictInteger(load_default=None, allow_none=True)
+    steps = StrictInteger(load_default=None, allow_none=True)
+    cfg_scale = StrictFloat(load_default=None, allow_none=True)
+    seed = StrictInteger(load_default=-1)
+    sampler_name = fields.String(load_default=None, allow_none=True)
+    sampler_index = fields.String(load_default=None, allow_none=True, metadata={"description": "Older name of sampler_name."})
+    scheduler = fields.String(load_default=None, allow_none=True, metadata={"description": "'Automatic' or 'Karras'."})
+    batch_size = StrictInteger(load_default=1, validate=validate_.Range(min=1))
+    n_iter = StrictInteger(load_default=1, validate=validate_.Range(min=1))
+    send_images = fields.Boolean(load_default=True)
+
+
+class ProgressQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    skip_current_image = fields.Boolean(load_default=False, metadata={"description": "Leave out the preview."})
+
+
+class OptionsSchema(Schema):
+    """``POST /sdapi/v1/options``: ``sd_model_checkpoint`` (the loaded model); other options are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    sd_model_checkpoint = fields.String()
+
+
+def request_schema_for_spec(settings) -> Schema:
+    """The txt2img fields with the server's limits, for the OpenAPI document (other fields are
+    accepted and ignored; ``batch_size`` x ``n_iter`` may be at most ``MAX_BATCH``)."""
+    core = generate_request_fields(settings)
+    spec_fields = {
+        **Txt2ImgSchema().fields,
+        **{name: core[name] for name in ("prompt", "negative_prompt", "width", "height", "steps", "seed")},
+        "cfg_scale": core["guidance_scale"],
+        "batch_size": StrictInteger(load_default=1, validate=validate_.Range(min=1, max=settings.max_batch)),
+        "n_iter": StrictInteger(load_default=1, validate=validate_.Range(min=1, max=settings.max_batch)),
+        "sampler_name": fields.String(
+            load_default=None, allow_none=True, validate=validate_.OneOf([*SAMPLERS, *_BY_NAME]),
+        ),
+    }
+    return Schema.from_dict(spec_fields, name="Txt2ImgRequest")(unknown=EXCLUDE)
+
+
+def _scheduler(sampler: str | None, schedule: str | None) -> str:
+    if not sampler:
+        return "default"
+    scheduler = _BY_NAME.get(sampler.strip().lower())
+    if scheduler is None:
+        raise ValidationFailed(
+            f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}", fields={"sampler_name": ["Unknown sampler."]}
+        )
+    if (schedule or "").strip().lower() == "karras" and f"{scheduler}_karras" in SCHEDULERS:
+        scheduler = f"{scheduler}_karras"
+    return scheduler
+
+
+def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    request = validate(Txt2ImgSchema(), body)
+    core: dict[str, Any] = {
+        "prompt": request["prompt"],
+        "negative_prompt": request["negative_prompt"],
+        "seed": request["seed"],
+        "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"]),
+        "num_images": request["batch_size"] * request["n_iter"],
+    }
+    for ours, theirs in (("width", "width"), ("height", "height"), ("steps", "steps"), ("guidance_scale", "cfg_scale")):
+        if request[theirs] is not None:
+            core[ours] = request[theirs]
+    return core, request
+
+
+async def txt2img(request: web.Request) -> web.Response:
+    """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
+    app = request.app
+    core, original = _core_request(await read_json_object(request))
+    params = to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES))
+    result = await app[keys.QUEUE].generate(params)
+    images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
+    metas = [image["meta"] for image in images]
+    encoded = await app[keys.STORE].images_base64([i["id"] for i in images]) if original["send_images"] else []
+    first = metas[0]
+    info = {
+        "prompt": params.prompt,
+        "all_prompts": [params.prompt] * len(metas),
+        "negative_prompt": params.negative_prompt,
+        "all_negative_prompts": [params.negative_prompt] * len(metas),
+        "seed": first["seed"],
+        "all_seeds": [meta["seed"] for meta in metas],
+        "subseed": -1,
+        "all_subseeds": [-1] * len(metas),
+        "subseed_strength": 0,
+        "width": params.width,
+        "height": params.height,
+        "sampler_name": first["sampler_name"],
+        "cfg_scale": params.guidance_scale,
+        "steps": params.steps,
+        "batch_size": original["batch_size"],
+        "restore_faces": False,
+        "sd_model_name": first["model_id"],
+        "sd_model_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": 0,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": [parameters_text(meta) for meta in metas],
+        "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(result["id"])).created_at)),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": "sdxl_server",
+    }
+    parameters = {
+        **{k: v for k, v in original.items()},
+        "width": params.width, "height": params.height, "steps": params.steps, "cfg_scale": params.guidance_scale,
+        "seed": first["seed"], "sampler_name": first["sampler_name"],
+    }
+    return web.json_response({"images": encoded, "parameters": parameters, "info": json.dumps(info)})
+
+
+def progress_polled_recently(app: web.Application) -> bool:
+    """Whether previews should be made for ``/progress`` pollers (read from the worker thread)."""
+    return app[keys.A1111_PROGRESS_POLL].at > time.monotonic() - PROGRESS_PREVIEW_WINDOW_S
+
+
+async def progress(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/progress``: the running job's progress, ETA and latest preview."""
+    app = request.app
+    app[keys.A1111_PROGRESS_POLL].at = time.monotonic()
+    queue = app[keys.QUEUE]
+    job = queue.running
+    skip_image = validate(ProgressQuerySchema(), dict(request.query))["skip_current_image"]
+    state = {
+        "skipped": False,
+        "interrupted": bool(job and job.cancel_requested()),
+        "stopping_generation": False,
+        "job": job.id if job else "",
+        "job_count": (1 if job else 0) + queue.waiting,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime(job.created_at)) if job else "0",
+        "job_no": 0,
+        "sampling_step": job.step if job else 0,
+        "sampling_steps": job.total_steps if job else 0,
+    }
+    eta = queue.eta_seconds(job) if job else None
+    image = None
+    if job and job.preview and not skip_image:
+        image = job.preview.split(",", 1)[1]  # base64 of the JPEG, without the data-URL prefix
+    return web.json_response(
+        {
+            "progress": job.progress if job else 0.0,
+            "eta_relative": round(eta, 2) if eta is not None else 0.0,
+            "state": state,
+            "current_image": image,
+            "textinfo": None,
+        }
+    )
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    """``POST /sdapi/v1/interrupt``: cancel the running job (if any) at its next step."""
+    queue = request.app[keys.QUEUE]
+    if queue.running is not None:
+        await queue.cancel(queue.running.id)
+    return web.json_response(None)
+
+
+async def sd_models(request: web.Request) -> web.Response:
+    engine = request.app[keys.ENGINE]
+    source = engine.source
+    name = engine.model_id
+    return web.json_response(
+        [{"title": name, "model_name": name.rsplit("/", 1)[-1], "hash": None, "sha256": None,
+          "filename": source.location, "config": None}]
+    )
+
+
+async def samplers(request: web.Request) -> web.Response:
+    return web.json_response(
+        [{"name": label, "aliases": [scheduler, *aliases], "options": {}} for label, (scheduler, aliases) in SAMPLERS.items()]
+    )
+
+
+async def schedulers(request: web.Request) -> web.Response:
+    return web.json_response(
+        [{"name": name, "label": label, "aliases": None, "default_rho": None, "need_inner_model": False}
+         for name, label in SCHEDULE_TYPES.items()]
+    )
+
+
+async def get_options(request: web.Request) -> web.Response:
+    return web.json_response({"sd_model_checkpoint": request.app[keys.ENGINE].model_id, "samples_format": "png"})
+
+
+async def set_options(request: web.Request) -> web.Response:
+    """Accepts ``sd_model_checkpoint`` naming the loaded model (this server serves one); other
+    options are accepted and have no effect."""
+    wanted = validate(OptionsSchema(), await read_json_object(request)).get("sd_model_checkpoint")
+    engine = request.app[keys.ENGINE]
+    if wanted is not None and wanted not in (engine.model_id, engine.model_id.rsplit("/", 1)[-1], engine.source.location):
+        raise ValidationFailed(
+            f"this server serves one model, {engine.model_id!r}; restart it with MODEL_ID={wanted} to switch",
+            fields={"sd_model_checkpoint": ["Not the loaded model."]},
+        )
+    return web.json_response(None)

@@ -1,0 +1,115 @@
+"""The application's state, created and torn down side by side: one cleanup context each.
+
+They run in order at start-up (and in reverse at shutdown): output files, the job store, the
+engine and its worker thread, the queue with its event hub and metrics, then retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from ..jobs.events import EventHub
+from ..jobs.housekeeping import enforce_retention, recover
+from ..jobs.outputs import OutputStore
+from ..jobs.queue import JobQueue
+from ..jobs.store import JobStore
+from ..jobs.work import GenerationWork
+from . import a1111, keys
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S = 600.0
+
+
+async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = OutputStore(app[keys.SETTINGS].output_dir)
+    store.prepare()
+    app[keys.STORE] = store
+    yield
+
+
+async def job_store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = JobStore(app[keys.SETTINGS].jobs_db_path)
+    await store.open()
+    app[keys.JOB_STORE] = store
+    yield
+    await store.close()
+
+
+async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The engine and the one worker thread that owns its pipeline."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-worker")
+    engine = app[keys.ENGINE_FACTORY](app[keys.SETTINGS])
+    app[keys.EXECUTOR], app[keys.ENGINE] = executor, engine
+    yield
+    await asyncio.get_running_loop().run_in_executor(executor, engine.close)
+    executor.shutdown(wait=True)
+
+
+def _metrics(app: web.Application, queue: JobQueue) -> Metrics:
+    engine = app[keys.ENGINE]
+    return Metrics(
+        queue_depth=lambda: queue.waiting,
+        running=lambda: 1 if queue.running else 0,
+        websockets=lambda: len(app[keys.WEBSOCKETS]),
+        model_load_seconds=lambda: engine.load_seconds or 0.0,
+        gpu_memory=engine.gpu_memory_allocated if engine.runtime.on_cuda else None,
+    )
+
+
+async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The queue, fed by recovery, publishing to the event hub and the metrics."""
+    settings = app[keys.SETTINGS]
+    hub = EventHub()
+    work = GenerationWork(
+        app[keys.ENGINE], app[keys.STORE], preview_every=settings.preview_every,
+        previews_wanted=lambda job_id: hub.wants_previews(job_id) or a1111.progress_polled_recently(app),
+    )
+
+    def publish(event: dict) -> None:
+        metrics.observe(event)
+        hub.publish(event)
+
+    queue = JobQueue(
+        work, app[keys.EXECUTOR], app[keys.JOB_STORE],
+        capacity=settings.queue_size, preload=settings.preload, publish=publish,
+    )
+    metrics = _metrics(app, queue)
+    app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
+    report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)
+    queue.restore(report.requeued)
+    queue.start()
+    yield
+    await queue.stop()  # already stopped by drain() when the app was shut down
+
+
+async def _retention_loop(app: web.Application) -> None:
+    """Apply RETENTION_DAYS / RETENTION_COUNT at start-up and every ten minutes."""
+    settings = app[keys.SETTINGS]
+    while True:
+        try:
+            deleted = await enforce_retention(
+                app[keys.JOB_STORE], app[keys.STORE], settings.retention_days, settings.retention_count
+            )
+            app[keys.QUEUE].forget(deleted)
+        except Exception:  # noqa: BLE001 - housekeeping must never take the server down
+            log.exception("retention failed; trying again later")
+        await asyncio.sleep(RETENTION_INTERVAL_S)
+
+
+async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    retention = asyncio.create_task(_retention_loop(app), name="sdxl-retention")
+    yield
+    retention.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await retention
+
+
+CONTEXTS = [outputs_ctx, job_store_ctx, engine_ctx, queue_ctx, retention_ctx]

@@ -1,0 +1,47 @@
+"""The typed keys of everything the application holds (created in :mod:`.contexts` and :func:`.app.create_app`)."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema
+
+from ..config import Settings
+from ..jobs.events import EventHub
+from ..jobs.outputs import OutputStore
+from ..jobs.queue import JobQueue
+from ..jobs.store import JobStore
+from .metrics import Metrics
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", OutputStore)
+EngineFactory = Callable[[Settings], Any]
+
+ENGINE_FACTORY = web.AppKey("engine_factory", Callable)
+ENGINE = web.AppKey("engine", Any)  # sdxl_server.pipeline.engine.Engine, or a test double; typed loosely to keep torch out
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+QUEUE = web.AppKey("queue", JobQueue)
+JOB_STORE = web.AppKey("job_store", JobStore)
+GENERATE_SCHEMA = web.AppKey("generate_schema", Schema)
+STATIC_DIR = web.AppKey("static_dir", Path)
+HUB = web.AppKey("hub", EventHub)
+WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+METRICS = web.AppKey("metrics", Metrics)
+OPENAPI = web.AppKey("openapi", dict)
+
+
+@dataclass
+class LastPoll:
+    """When ``/sdapi/v1/progress`` was last polled (``time.monotonic()``); mutable, so it can
+    change while the app runs."""
+
+    at: float = float("-inf")
+
+
+A1111_PROGRESS_POLL = web.AppKey("a1111_progress_poll", LastPoll)

@@ -1,0 +1,72 @@
+"""The one place errors become responses: ``{"error": code, "message": ..., "fields"?: ...}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..errors import ApiError
+from .openai import error_body as openai_error_body
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own HTTP errors, given stable codes.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+def error_response(
+    request: web.Request, status: int, body: dict, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The error as JSON, in the shape the client's API family expects: OpenAI's under ``/v1/``,
+    ours plus A1111's ``detail`` under ``/sdapi/``, ours everywhere else."""
+    if request.path.startswith("/v1/"):
+        status, body = openai_error_body(status, body)
+    elif request.path.startswith("/sdapi/"):
+        body = {**body, "detail": body["message"]}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _http_error_body(exc: web.HTTPException) -> dict:
+    code = _HTTP_CODES.get(exc.status, "http_error")
+    if exc.status == 404:
+        message = "no such resource"
+    elif exc.status == 405:
+        message = f"method {getattr(exc, 'method', '')} is not allowed here; allowed: {', '.join(sorted(exc.allowed_methods))}"
+    else:
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 413:
+            message = f"the request body is too large: {message}"
+    return {"error": code, "message": message}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn :class:`ApiError`, aiohttp HTTP errors and unexpected exceptions into JSON responses."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(request, exc.status, exc.to_dict(), exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+        return error_response(request, exc.status, _http_error_body(exc), headers)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(
+            request, 500, {"error": "internal_error", "message": "an unexpected error occurred; see the server log"}
+        )

@@ -1,0 +1,192 @@
+"""The OpenAPI 3.1 document (``GET /openapi.json``), generated from the marshmallow schemas.
+
+Built once per application with apispec's MarshmallowPlugin, so limits (``MAX_WIDTH``...) and
+the security scheme (only when ``API_KEY`` is set) match the running server. Every route the
+router serves is listed in :data:`OPERATIONS`; a test checks the two agree. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
+
+from ..config import Settings
+from . import a1111, openai, schemas
+
+JSON = "application/json"
+ERRORS = {
+    400: "The body is empty, not UTF-8, not JSON, or not a JSON object",
+    401: "A valid API key is needed (when API_KEY is set)",
+    403: "The origin is not allowed (CORS_ORIGINS)",
+    404: "No such resource",
+    409: "The job finished, or was cancelled",
+    413: "The body is larger than MAX_BODY_BYTES",
+    415: "The body is not JSON",
+    422: "Invalid fields; `fields` names every one",
+    429: "QUEUE_SIZE jobs already wait; see Retry-After",
+    500: "The generation or the output write failed",
+    503: "The model is unavailable, out of memory, or the server is shutting down",
+}
+_BODY_ERRORS = (400, 413, 415, 422)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    responses: dict[int, Any]  # status -> schema name, (content type, description) or None for an error
+    body: str | None = None
+    query: type[Schema] | None = None
+    public: bool = False
+    tags: tuple[str, ...] = ()
+    path_params: tuple[str, ...] = field(default=())
+    error_schema: str = "Error"
+
+
+def _errors(*statuses: int) -> dict[int, Any]:
+    return {status: None for status in statuses}
+
+
+def _array(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}}
+
+
+NULL = {"type": "null"}
+
+
+OPERATIONS: list[Operation] = [
+    Operation("get", "/", "The web page (Accept: text/html) or a JSON status", {
+        200: ("text/html", "The web page; JSON (`Index`) for non-browser clients", "Index"),
+    }, public=True, tags=("server",)),
+    Operation("get", "/health", "Readiness: model, device, queue", {
+        200: "Health", 503: ("application/json", "Loading, failed to load, or shutting down", "Health"),
+    }, public=True, tags=("server",)),
+    Operation("get", "/metrics", "Prometheus metrics", {
+        200: ("text/plain", "Prometheus text format", None), **_errors(401),
+    }, tags=("server",)),
+    Operation("get", "/openapi.json", "This document", {200: (JSON, "OpenAPI 3.1", None)}, public=True, tags=("server",)),
+    Operation("get", "/api/v1/info", "Model, limits, defaults and samplers", {200: "Info", **_errors(401)}, tags=("server",)),
+    Operation("post", "/api/v1/generate", "Generate an image and wait for it", {
+        200: "GenerateResponse", **_errors(*_BODY_ERRORS, 401, 409, 429, 500, 503),
+    }, body="GenerateRequest", tags=("generate",)),
+    Operation("post", "/api/v1/jobs", "Queue a generation; answer at once", {
+        202: "Job", **_errors(*_BODY_ERRORS, 401, 429, 503),
+    }, body="GenerateRequest", tags=("jobs",)),
+    Operation("get", "/api/v1/jobs", "Recent jobs, newest first", {200: "JobList", **_errors(401, 422)},
+              query=schemas.JobListQuerySchema, tags=("jobs",)),
+    Operation("get", "/api/v1/jobs/{job_id}", "One job", {200: "Job", **_errors(401, 404)},
+              path_params=("job_id",), tags=("jobs",)),
+    Operation("delete", "/api/v1/jobs/{job_id}", "Cancel one job", {
+        200: "Job", 202: ("application/json", "Still stopping (cancel_requested)", "Job"), **_errors(401, 404, 409),
+    }, path_params=("job_id",), tags=("jobs",)),
+    Operation("get", "/api/v1/ws", "Websocket of live job events (the protocol: docs/api.md)", {
+        101: ("", "Switching protocols", None), **_errors(400, 401, 403, 404),
+    }, tags=("jobs",)),
+    Operation("post", "/v1/images/generations", "OpenAI Images API: generate images", {
+        200: "OpenAIImagesResponse", **_errors(400, 401, 409, 413, 415, 429, 500, 503),
+    }, body="OpenAIImagesRequest", error_schema="OpenAIError", tags=("openai",)),
+    Operation("get", "/v1/models", "OpenAI API: the loaded model", {200: "OpenAIModelList", **_errors(401)},
+              error_schema="OpenAIError", tags=("openai",)),
+    Operation("post", "/sdapi/v1/txt2img", "AUTOMATIC1111 API: text to image", {
+        200: "Txt2ImgResponse", **_errors(400, 401, 409, 413, 415, 422, 429, 500, 503),
+    }, body="Txt2ImgRequest", error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/progress", "AUTOMATIC1111 API: the running job's progress", {
+        200: "ProgressResponse", **_errors(401, 422),
+    }, query=a1111.ProgressQuerySchema, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/interrupt", "AUTOMATIC1111 API: cancel the running job", {
+        200: (JSON, "Done (null)", NULL), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/sd-models", "AUTOMATIC1111 API: the loaded model", {
+        200: (JSON, "One model", _array("SDModel")), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/samplers", "AUTOMATIC1111 API: samplers", {
+        200: (JSON, "Samplers", _array("Sampler")), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/schedulers", "AUTOMATIC1111 API: schedule types", {
+        200: (JSON, "Schedule types", _array("ScheduleType")), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/options", "AUTOMATIC1111 API: options", {
+        200: (JSON, "At least sd_model_checkpoint", {"type": "object"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/options", "AUTOMATIC1111 API: set options (sd_model_checkpoint must be the loaded model)", {
+        200: (JSON, "Done (null)", NULL), **_errors(400, 401, 413, 415, 422),
+    }, body="A1111Options", error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/outputs/images/{filename}", "A generated image: `{id}.png`", {
+        200: ("image/png", "The PNG, with a `parameters` text chunk", None), **_errors(401, 404),
+    }, path_params=("filename",), tags=("outputs",)),
+    Operation("get", "/outputs/metadata/{filename}", "A generated image's metadata: `{id}.json`", {
+        200: ("application/json", "The metadata", "Meta"), **_errors(401, 404),
+    }, path_params=("filename",), tags=("outputs",)),
+]
+
+
+def _response(spec_status: int, value: Any, error_schema: str) -> dict[str, Any]:
+    if value is None:
+        return {"description": ERRORS[spec_status], "content": {JSON: {"schema": error_schema}}}
+    if isinstance(value, str):
+        return {"description": "OK", "content": {JSON: {"schema": value}}}
+    content_type, description, schema = value
+    if not content_type:
+        return {"description": description}
+    content: dict[str, Any] = {content_type: {"schema": schema} if schema else {}}
+    if content_type == "text/html" and schema:
+        content = {"text/html": {"schema": {"type": "string"}}, JSON: {"schema": schema}}
+    return {"description": description, "content": content}
+
+
+def build_spec(settings: Settings, version: str) -> dict[str, Any]:
+    """The OpenAPI document for a server with ``settings``."""
+    spec = APISpec(
+        title="sdxl_server",
+        version=version,
+        openapi_version="3.1.0",
+        plugins=[MarshmallowPlugin()],
+        info={"description": "Self-hosted Stable Diffusion XL text-to-image server with live websocket progress."},
+    )
+    spec.components.schema("Error", schema=schemas.ErrorSchema)
+    spec.components.schema("GenerateRequest", schema=schemas.generate_request_schema(settings))
+    for name, schema in (
+        ("Meta", schemas.MetaSchema), ("GenerateResponse", schemas.GenerateResponseSchema), ("Job", schemas.JobSchema),
+        ("JobList", schemas.JobListSchema), ("Health", schemas.HealthSchema), ("Info", schemas.InfoSchema),
+        ("Index", schemas.IndexSchema),
+        ("OpenAIImagesRequest", openai.request_schema_for_spec(settings)),
+        ("OpenAIImagesResponse", schemas.OpenAIImagesResponseSchema), ("OpenAIModelList", schemas.OpenAIModelListSchema),
+        ("OpenAIError", schemas.OpenAIErrorSchema), ("A1111Error", schemas.A1111ErrorSchema),
+        ("Txt2ImgRequest", a1111.request_schema_for_spec(settings)), ("Txt2ImgResponse", schemas.Txt2ImgResponseSchema),
+        ("ProgressResponse", schemas.ProgressResponseSchema), ("SDModel", schemas.SDModelSchema),
+        ("Sampler", schemas.SamplerSchema), ("ScheduleType", schemas.ScheduleTypeSchema),
+        ("A1111Options", a1111.OptionsSchema),
+    ):
+        spec.components.schema(name, schema=schema)
+    if settings.api_key:
+        spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+
+    for op in OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": op.summary,
+            "tags": list(op.tags),
+            "responses": {
+                str(status): _response(status, value, op.error_schema) for status, value in op.responses.items()
+            },
+        }
+        if op.body:
+            operation["requestBody"] = {"required": True, "content": {JSON: {"schema": op.body}}}
+        parameters: list[dict[str, Any]] = [
+            {"in": "path", "name": name, "required": True, "schema": {"type": "string"}} for name in op.path_params
+        ]
+        if op.query is not None:
+            parameters.append({"in": "query", "schema": op.query})
+        if parameters:
+            operation["parameters"] = parameters
+        needs_key = not op.public and (not op.path.startswith("/outputs/") or settings.outputs_need_key)
+        if settings.api_key and needs_key:
+            operation["security"] = [{"bearer": []}]
+        else:
+            operation["responses"].pop("401", None)
+        spec.path(path=op.path, operations={op.method: operation})
+    return spec.to_dict()

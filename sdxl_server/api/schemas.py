@@ -1,0 +1,366 @@
+"""Request and response schemas (marshmallow). They validate every body and feed the OpenAPI spec.
+
+The request schema carries the server's limits (``MAX_WIDTH`` and friends), so it is built per
+application by :func:`generate_request_schema`. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import random
+import unicodedata
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from ..config import Settings
+from ..jobs.states import JOB_STATUSES
+from ..params import MAX_SEED, SCHEDULERS, GenerationParams
+
+GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
+MIN_SIZE = 64
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: no strings, no booleans, no fractions. ``512.0`` is 512, as JSON Schema says."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictFloat(fields.Float):
+    """A finite JSON number: no strings, no booleans, no NaN or infinity."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_nan=False, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictString(fields.String):
+    """A JSON string without control characters (newlines and tabs allowed)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        for char in text:
+            if char not in "\n\r\t" and unicodedata.category(char) in ("Cc", "Cs"):
+                raise ValidationError(f"Contains a control character (U+{ord(char):04X}).")
+        return text
+
+
+# The same rules as StrictString and _not_blank, for the OpenAPI spec (ECMA and Python regex alike;
+# lone surrogates, also refused, cannot be expressed in every regex engine and are left out).
+_CONTROL = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F"
+TEXT_PATTERN = rf"^[^{_CONTROL}]*$"
+PROMPT_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"  # and not only whitespace
+
+
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be empty or only whitespace.")
+
+
+def _multiple_of_8(value: int) -> None:
+    if value % 8:
+        raise ValidationError(f"Must be a multiple of 8 (got {value}; try {max(MIN_SIZE, value // 8 * 8)}).")
+
+
+def _size(maximum: int) -> list:
+    return [validate.Range(min=MIN_SIZE, max=maximum), _multiple_of_8]
+
+
+def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
+    """The fields of a generation request, with this server's limits and defaults."""
+    text = validate.Length(max=settings.max_prompt_length)
+    return {
+        "prompt": StrictString(
+            required=True, validate=[_not_blank, text],
+            metadata={"description": "What to draw.", "example": "a lighthouse at dusk", "pattern": PROMPT_PATTERN},
+        ),
+        "negative_prompt": StrictString(
+            load_default="", validate=text, metadata={"description": "What to avoid.", "pattern": TEXT_PATTERN}
+        ),
+        "width": StrictInteger(
+            load_default=settings.default_width, validate=_size(settings.max_width),
+            metadata={"description": f"Pixels; a multiple of 8 from {MIN_SIZE} to {settings.max_width}.", "multipleOf": 8},
+        ),
+        "height": StrictInteger(
+            load_default=settings.default_height, validate=_size(settings.max_height),
+            metadata={"description": f"Pixels; a multiple of 8 from {MIN_SIZE} to {settings.max_height}.", "multipleOf": 8},
+        ),
+        "steps": StrictInteger(
+            load_default=settings.default_steps, validate=validate.Range(min=1, max=settings.max_steps),
+            metadata={"description": "Denoising steps."},
+        ),
+        "guidance_scale": StrictFloat(
+            load_default=settings.default_guidance, validate=validate.Range(min=GUIDANCE_MIN, max=GUIDANCE_MAX),
+            metadata={"description": "Classifier-free guidance (CFG) scale; SDXL works best from 5 to 9."},
+        ),
+        "seed": StrictInteger(
+            load_default=None, allow_none=True, validate=validate.Range(min=-1, max=MAX_SEED),
+            metadata={"description": f"0 to {MAX_SEED}; null, -1 or absent draws one at random (returned in meta)."},
+        ),
+        "scheduler": fields.String(
+            load_default="default", validate=validate.OneOf(list(SCHEDULERS)),
+            metadata={"description": "Sampler; 'default' keeps the model's own."},
+        ),
+        "num_images": StrictInteger(
+            load_default=1, validate=validate.Range(min=1, max=settings.max_batch),
+            metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
+        ),
+    }
+
+
+def generate_request_schema(settings: Settings) -> Schema:
+    """A schema instance for ``POST /api/v1/generate`` (unknown fields are refused)."""
+    cls = Schema.from_dict(generate_request_fields(settings), name="GenerateRequest")
+    return cls(unknown=RAISE)
+
+
+def to_params(data: dict[str, Any], rng: random.Random | None = None) -> GenerationParams:
+    """Turn a loaded request into :class:`GenerationParams`, drawing a seed if none was given."""
+    values = dict(data)
+    if values.get("seed") in (None, -1):
+        values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    return GenerationParams(**values)
+
+
+class JobListQuerySchema(Schema):
+    """Query of ``GET /api/v1/jobs``."""
+
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    before = fields.Integer(
+        load_default=None, validate=validate.Range(min=1, max=2**63 - 1),
+        metadata={"description": "The previous page's next_before: jobs older than that."},
+    )
+    status = fields.String(
+        load_default=None, validate=validate.OneOf(JOB_STATUSES)
+    )
+
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "Stable machine-readable code."})
+    message = fields.String(required=True, metadata={"description": "What went wrong and what to do."})
+    fields_ = fields.Dict(
+        data_key="fields", keys=fields.String(), values=fields.Raw(),
+        metadata={"description": "Per-field problems, for validation errors."},
+    )
+
+
+class MetaSchema(Schema):
+    id = fields.String()
+    model_id = fields.String()
+    prompt = fields.String()
+    negative_prompt = fields.String()
+    width = fields.Integer()
+    height = fields.Integer()
+    steps = fields.Integer()
+    guidance_scale = fields.Float()
+    seed = fields.Integer()
+    scheduler = fields.String()
+    sampler_name = fields.String()
+    device = fields.String()
+    dtype = fields.String()
+    attention = fields.String(allow_none=True)
+    vae_upcast = fields.Boolean(metadata={"description": "True when a half-precision VAE decode overflowed and was redone in float32."})
+    created_at = fields.String()
+    timings = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
+    job_id = fields.String()
+    index = fields.Integer(metadata={"description": "This image's place in its job's batch, from 0."})
+    num_images = fields.Integer()
+
+
+class ImageSchema(Schema):
+    id = fields.String(required=True)
+    image_url = fields.String(required=True)
+    meta_url = fields.String(required=True)
+    meta = fields.Nested(MetaSchema, required=True)
+
+
+class GenerateResponseSchema(ImageSchema):
+    """The first image at the top level (the seed README's shape); with ``num_images`` > 1, every
+    image in ``images``."""
+
+    images = fields.List(fields.Nested(ImageSchema))
+
+
+class ParamsSchema(Schema):
+    prompt = fields.String(required=True)
+    negative_prompt = fields.String(required=True)
+    width = fields.Integer(required=True)
+    height = fields.Integer(required=True)
+    steps = fields.Integer(required=True)
+    guidance_scale = fields.Float(required=True)
+    seed = fields.Integer(required=True)
+    scheduler = fields.String(required=True)
+    num_images = fields.Integer(required=True)
+
+
+class JobSchema(Schema):
+    id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    position = fields.Integer(required=True, allow_none=True, metadata={"description": "1: next to run; 0: running; null: finished."})
+    step = fields.Integer(required=True, metadata={"description": "Completed denoising steps."})
+    total_steps = fields.Integer(required=True)
+    progress = fields.Float(required=True, metadata={"description": "0 to 1."})
+    created_at = fields.Float(required=True, metadata={"description": "Unix seconds."})
+    started_at = fields.Float(required=True, allow_none=True)
+    finished_at = fields.Float(required=True, allow_none=True)
+    params = fields.Nested(ParamsSchema, required=True)
+    eta_s = fields.Float(allow_none=True, metadata={"description": "Seconds until the job finishes (null: not measured yet)."})
+    estimated_start_at = fields.Float(allow_none=True)
+    estimated_finish_at = fields.Float(allow_none=True)
+    cancel_requested = fields.Boolean()
+    image_url = fields.String()
+    meta_url = fields.String()
+    meta = fields.Nested(MetaSchema)
+    images = fields.List(fields.Nested(ImageSchema))
+    error = fields.Nested(ErrorSchema)
+
+
+class JobListSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+    next_before = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "Pass as ?before= for the next page; null on the last."}
+    )
+
+
+class HealthModelSchema(Schema):
+    id = fields.String(required=True)
+    source = fields.String(required=True, validate=validate.OneOf(["tiny", "hub", "folder", "single_file"]))
+    location = fields.String(required=True)
+    origin = fields.String(required=True, validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default"]))
+    vae = fields.String(required=True, allow_none=True)
+    tiny = fields.Boolean(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(["not_loaded", "loading", "ready", "failed"]))
+    loaded = fields.Boolean(required=True)
+    load_seconds = fields.Float(required=True, allow_none=True)
+    error = fields.String(required=True, allow_none=True, metadata={"description": "Why loading failed, and the fix."})
+
+
+class HealthQueueSchema(Schema):
+    running = fields.String(required=True, allow_none=True)
+    waiting = fields.Integer(required=True)
+    capacity = fields.Integer(required=True)
+    eta_s = fields.Float(required=True, allow_none=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "loading", "error", "shutting_down"]))
+    version = fields.String(required=True)
+    auth_required = fields.Boolean(required=True, metadata={"description": "Whether API routes need API_KEY."})
+    cuda_available = fields.Boolean(required=True)
+    device = fields.String(required=True)
+    dtype = fields.String(required=True)
+    gpu = fields.Dict(required=True, allow_none=True)
+    model = fields.Nested(HealthModelSchema, required=True)
+    attention = fields.String(required=True, allow_none=True)
+    options = fields.Dict(required=True)
+    versions = fields.Dict(required=True)
+    queue = fields.Nested(HealthQueueSchema, required=True)
+
+
+class InfoSchema(Schema):
+    version = fields.String(required=True)
+    model = fields.Dict(required=True)
+    limits = fields.Dict(required=True)
+    defaults = fields.Dict(required=True)
+    schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    job_statuses = fields.List(fields.String(), required=True, metadata={"description": "Every status a job can have."})
+    terminal_statuses = fields.List(
+        fields.String(), required=True, metadata={"description": "The statuses a job ends in (it never changes again)."}
+    )
+
+
+class IndexSchema(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    status = fields.String(required=True)
+    model = fields.String(required=True)
+    endpoints = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+# --- compatible APIs (documentation of their bodies, for the OpenAPI spec) -------------------
+
+
+class OpenAIErrorDetailSchema(Schema):
+    message = fields.String(required=True)
+    type = fields.String(required=True)
+    param = fields.String(required=True, allow_none=True)
+    code = fields.String(required=True, allow_none=True)
+
+
+class OpenAIErrorSchema(Schema):
+    error = fields.Nested(OpenAIErrorDetailSchema, required=True)
+
+
+class OpenAIImageSchema(Schema):
+    url = fields.String(metadata={"description": "With response_format=url (the default)."})
+    b64_json = fields.String(metadata={"description": "With response_format=b64_json: the PNG, base64."})
+
+
+class OpenAIImagesResponseSchema(Schema):
+    created = fields.Integer(required=True)
+    data = fields.List(fields.Nested(OpenAIImageSchema), required=True)
+
+
+class OpenAIModelSchema(Schema):
+    id = fields.String(required=True)
+    object = fields.String(required=True)
+    created = fields.Integer(required=True)
+    owned_by = fields.String(required=True)
+
+
+class OpenAIModelListSchema(Schema):
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(OpenAIModelSchema), required=True)
+
+
+class A1111ErrorSchema(ErrorSchema):
+    detail = fields.String(required=True, metadata={"description": "The message again, where A1111 clients look for it."})
+
+
+class Txt2ImgResponseSchema(Schema):
+    images = fields.List(fields.String(), required=True, metadata={"description": "PNG images, base64."})
+    parameters = fields.Dict(required=True)
+    info = fields.String(required=True, metadata={"description": "JSON text: seed, all_seeds, infotexts, ..."})
+
+
+class ProgressResponseSchema(Schema):
+    progress = fields.Float(required=True)
+    eta_relative = fields.Float(required=True)
+    state = fields.Dict(required=True)
+    current_image = fields.String(required=True, allow_none=True, metadata={"description": "JPEG preview, base64."})
+    textinfo = fields.String(required=True, allow_none=True)
+
+
+class SDModelSchema(Schema):
+    title = fields.String(required=True)
+    model_name = fields.String(required=True)
+    hash = fields.String(required=True, allow_none=True)
+    sha256 = fields.String(required=True, allow_none=True)
+    filename = fields.String(required=True)
+    config = fields.String(required=True, allow_none=True)
+
+
+class SamplerSchema(Schema):
+    name = fields.String(required=True)
+    aliases = fields.List(fields.String(), required=True)
+    options = fields.Dict(required=True)
+
+
+class ScheduleTypeSchema(Schema):
+    name = fields.String(required=True)
+    label = fields.String(required=True)
+    aliases = fields.List(fields.String(), required=True, allow_none=True)
+    default_rho = fields.Float(required=True, allow_none=True)
+    need_inner_model = fields.Boolean(required=True)

@@ -1,0 +1,124 @@
+"""Who may call what: the API key and cross-origin (CORS) rules, as two middlewares.
+
+- ``API_KEY``: every API route (``/api/``, ``/v1/``, ``/sdapi/``, ``/metrics``) and the websocket
+  need the key, compared in constant time; ``/``, ``/health``, ``/static/`` and ``/openapi.json``
+  stay public, and ``/outputs/`` needs the key only with ``OUTPUTS_NEED_KEY``.
+- ``CORS_ORIGINS``: browsers on those origins may call the API; preflight ``OPTIONS`` is answered
+  for every route; a websocket's ``Origin`` must be the server's own or on the list.
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import hdrs, web
+from aiohttp.web_log import AccessLogger
+
+from ..errors import ForbiddenOrigin, Unauthorized
+from . import keys
+from .middleware import Handler
+
+PROTECTED_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/metrics")
+WS_TOKEN_PROTOCOL = "bearer."
+ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
+ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-API-Key"
+EXPOSED_HEADERS = "Location, Retry-After"
+
+
+def _needs_key(request: web.Request) -> bool:
+    path = request.path
+    if path.startswith(PROTECTED_PREFIXES):
+        return True
+    return path.startswith("/outputs/") and request.app[keys.SETTINGS].outputs_need_key
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The key a client sent: a bearer token, an ``X-API-Key`` header, or, where headers cannot
+    be set (browser websockets, ``<img>`` URLs), a ``bearer.KEY`` websocket subprotocol or ``?token=``."""
+    authorization = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if request.headers.get("X-API-Key"):
+        return request.headers["X-API-Key"]
+    if _is_websocket(request):
+        for protocol in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(","):
+            if protocol.strip().startswith(WS_TOKEN_PROTOCOL):
+                return protocol.strip()[len(WS_TOKEN_PROTOCOL):]
+    if _is_websocket(request) or request.path.startswith("/outputs/"):
+        return request.query.get("token")
+    return None
+
+
+def key_matches(presented: str | None, expected: str) -> bool:
+    """Constant-time comparison, so response timing says nothing about the key."""
+    return hmac.compare_digest((presented or "").encode(), expected.encode())
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    expected = request.app[keys.SETTINGS].api_key
+    if expected and request.method != "OPTIONS" and _needs_key(request):
+        if not key_matches(presented_key(request), expected):
+            raise Unauthorized(
+                "this server needs an API key: send 'Authorization: Bearer <API_KEY>'",
+                headers={"WWW-Authenticate": 'Bearer realm="sdxl_server"'},
+            )
+    return await handler(request)
+
+
+def _origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    return "*" in allowed or origin.rstrip("/") in allowed
+
+
+def _own_origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer preflights for allowed origins and check websocket origins (headers: :func:`add_cors_headers`)."""
+    allowed = request.app[keys.SETTINGS].cors_origins
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin and _is_websocket(request) and origin != _own_origin(request) and not _origin_allowed(origin, allowed):
+        raise ForbiddenOrigin(f"websocket connections from {origin} are not allowed: add it to CORS_ORIGINS")
+    if origin and request.method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
+        if not allowed or not _origin_allowed(origin, allowed):
+            raise ForbiddenOrigin(f"cross-origin requests from {origin} are not allowed: add it to CORS_ORIGINS")
+        return web.Response(
+            status=204,
+            headers={
+                hdrs.ACCESS_CONTROL_ALLOW_METHODS: ALLOWED_METHODS,
+                hdrs.ACCESS_CONTROL_ALLOW_HEADERS: ALLOWED_HEADERS,
+                hdrs.ACCESS_CONTROL_MAX_AGE: "600",
+            },
+        )
+    return await handler(request)
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response to an allowed origin (errors included, so browsers can read them)."""
+    allowed = request.app[keys.SETTINGS].cors_origins
+    origin = request.headers.get(hdrs.ORIGIN)
+    if not origin or not allowed or not _origin_allowed(origin, allowed):
+        return
+    response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+    response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
+    response.headers.add(hdrs.VARY, "Origin")
+
+
+class RedactingAccessLogger(AccessLogger):
+    """aiohttp's access log, with any ``token`` query parameter (an API key) replaced by ``***``."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request is not None and "token" in request.query:
+            query = {name: ("***" if name == "token" else value) for name, value in request.query.items()}
+            request = request.clone(rel_url=request.rel_url.with_query(query))
+        super().log(request, response, time)
+
+

@@ -1,0 +1,69 @@
+"""Reading a JSON request body and validating it with a marshmallow schema.
+
+Every way a body can be wrong ends here as an :class:`~sdxl_server.errors.ApiError`: 415 for a
+non-JSON content type, 400 for bytes that are not a JSON object, 413 (from aiohttp) for an
+oversized body, 422 naming every invalid field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, ValidationError
+
+from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json"))
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a dict; raises for anything else (``client_max_size`` bounds its size)."""
+    if not _is_json(request.content_type):
+        raise UnsupportedMediaType(
+            f"send the body as JSON with 'Content-Type: application/json' (got {request.content_type!r})"
+        )
+    raw = await request.read()
+    if not raw.strip():
+        raise InvalidBody("the request body is empty: send a JSON object")
+    try:
+        body = json.loads(raw.decode(request.charset or "utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidBody("the request body is not valid UTF-8") from None
+    except LookupError:
+        raise InvalidBody(f"unknown charset {request.charset!r}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidBody(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidBody("the request body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with thousands of digits
+        raise InvalidBody(f"the request body holds a value that cannot be read: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidBody(f"the request body must be a JSON object, not {_json_type(body)}")
+    return body
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def validate(schema: Schema, body: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Load ``body`` with ``schema``; raise :class:`ValidationFailed` naming every bad field.
+
+    ``names`` maps our field names to a client's own (``guidance_scale`` -> ``cfg_scale``) when a
+    compatible API's body was translated into ours, so errors name what that client sent.
+    """
+    try:
+        return schema.load(body)
+    except ValidationError as exc:
+        problems = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        problems = {(names or {}).get(name, name): messages for name, messages in problems.items()}
+        raise ValidationFailed(f"invalid request: check {', '.join(sorted(problems))}", fields=problems) from None
+
+
+async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
+    """Read and validate the request body in one call."""
+    return validate(schema, await read_json_object(request))

@@ -1,0 +1,212 @@
+"""HTTP handlers: thin, they validate, call the queue or the store, and shape the reply.
+
+Errors are raised, never formatted here (see :mod:`sdxl_server.api.middleware`). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..errors import Conflict, NotFound, ValidationFailed
+from ..jobs.describe import describe
+from ..jobs.states import JOB_STATUSES, JobStatus
+from ..params import MAX_SEED, SCHEDULERS
+from . import keys
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
+from .validation import load_body, validate
+
+CANCEL_WAIT_S = 10.0
+
+
+
+
+def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
+    engine, queue = app[keys.ENGINE], app[keys.QUEUE]
+    info = engine.describe()
+    state = info["model"]["state"]
+    if state == "failed":
+        status = "error"
+    elif state == "loading" or (state == "not_loaded" and app[keys.SETTINGS].preload):
+        status = "loading"
+    elif not queue.accepting:
+        status = "shutting_down"
+    else:
+        status = "ok"
+    body = {
+        "status": status,
+        "version": __version__,
+        "auth_required": bool(app[keys.SETTINGS].api_key),
+        **info,
+        "queue": {
+            "running": queue.running.id if queue.running else None,
+            "waiting": queue.waiting,
+            "capacity": queue.capacity,
+            "eta_s": queue.eta_seconds(None),
+        },
+    }
+    return (200 if status == "ok" else 503), body
+
+
+async def health(request: web.Request) -> web.Response:
+    """Readiness: 200 when the model is loaded (or loads on demand), 503 while loading or after a failure."""
+    status, body = _health(request.app)
+    return web.json_response(body, status=status)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[keys.OPENAPI])
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    return web.Response(body=request.app[keys.METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def _wants_html(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The web page for browsers; a JSON status for everything else."""
+    static_dir = request.app[keys.STATIC_DIR]
+    if _wants_html(request) and (static_dir / "index.html").is_file():
+        return web.FileResponse(static_dir / "index.html")
+    _, health_body = _health(request.app)
+    return web.json_response(
+        {
+            "name": "sdxl_server",
+            "version": __version__,
+            "status": health_body["status"],
+            "model": health_body["model"]["id"],
+            "endpoints": {
+                "generate": "POST /api/v1/generate",
+                "info": "GET /api/v1/info",
+                "jobs": "POST /api/v1/jobs, GET /api/v1/jobs, GET|DELETE /api/v1/jobs/{id}",
+                "websocket": "GET /api/v1/ws?job={id}&preview=1",
+                "health": "GET /health",
+                "images": "GET /outputs/images/{id}.png",
+                "metadata": "GET /outputs/metadata/{id}.json",
+            },
+        }
+    )
+
+
+async def server_info(request: web.Request) -> web.Response:
+    """What a client needs to build a form: the model, the limits, the defaults, the samplers."""
+    settings = request.app[keys.SETTINGS]
+    model = request.app[keys.ENGINE].describe()["model"]
+    return web.json_response(
+        {
+            "version": __version__,
+            "model": {"id": model["id"], "tiny": model["tiny"], "state": model["state"], "source": model["source"]},
+            "limits": {
+                "min_size": MIN_SIZE,
+                "size_multiple": 8,
+                "max_width": settings.max_width,
+                "max_height": settings.max_height,
+                "max_steps": settings.max_steps,
+                "guidance_scale": [GUIDANCE_MIN, GUIDANCE_MAX],
+                "max_prompt_length": settings.max_prompt_length,
+                "max_seed": MAX_SEED,
+                "queue_size": settings.queue_size,
+            },
+            "defaults": {
+                "width": settings.default_width,
+                "height": settings.default_height,
+                "steps": settings.default_steps,
+                "guidance_scale": settings.default_guidance,
+                "scheduler": "default",
+            },
+            "schedulers": SCHEDULERS,
+            "job_statuses": JOB_STATUSES,
+            "terminal_statuses": [status.value for status in JobStatus if status.terminal],
+        }
+    )
+
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | None]:
+    """The ``Idempotency-Key`` header and a hash of the validated request it must come with."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return {}
+    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise ValidationFailed(
+            f"{IDEMPOTENCY_KEY} must be 1 to 255 printable ASCII characters",
+            fields={IDEMPOTENCY_KEY: ["Not a usable key."]},
+        )
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
+
+
+async def generate(request: web.Request) -> web.Response:
+    """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
+    With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
+    data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
+    result = await request.app[keys.QUEUE].generate(to_params(data), **_idempotency(request, data))
+    return web.json_response(result)
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    """Queue a job and answer at once: 202 with the job and its ``Location``."""
+    data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
+    queue = request.app[keys.QUEUE]
+    job, replayed = await queue.submit(to_params(data), **_idempotency(request, data))
+    headers = {"Location": f"/api/v1/jobs/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return web.json_response(describe(queue, job), status=200 if replayed else 202, headers=headers)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    queue = request.app[keys.QUEUE]
+    return web.json_response(describe(queue, await queue.find(request.match_info["job_id"])))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """Jobs, newest first, a page at a time (``?limit=20&status=succeeded&before=<next_before>``)."""
+    query = validate(JobListQuerySchema(), dict(request.query))
+    queue = request.app[keys.QUEUE]
+    status = JobStatus(query["status"]) if query["status"] else None
+    jobs, cursor = await queue.page(query["limit"], status, query["before"])
+    return web.json_response({"jobs": [describe(queue, job) for job in jobs], "next_before": cursor})
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """Cancel one job. A queued job is cancelled at once; a running one at its next step, which
+    this waits for (up to ``CANCEL_WAIT_S``; after that 202 with ``cancel_requested``)."""
+    queue = request.app[keys.QUEUE]
+    job = await queue.cancel(request.match_info["job_id"])
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(job.wait()), CANCEL_WAIT_S)
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise Conflict(f"job {job.id} {job.status.value} before it could be cancelled")
+    return web.json_response(describe(queue, job), status=200 if job.status.terminal else 202)
+
+
+async def _output_file(request: web.Request, folder: str) -> web.FileResponse:
+    path = request.app[keys.STORE].servable(folder, request.match_info["filename"])
+    if path is None:
+        raise NotFound("no such output")
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+async def output_image(request: web.Request) -> web.FileResponse:
+    """``/outputs/images/{id}.png``; nothing else under OUTPUT_DIR is ever served."""
+    return await _output_file(request, "images")
+
+
+async def output_metadata(request: web.Request) -> web.FileResponse:
+    """``/outputs/metadata/{id}.json``."""
+    return await _output_file(request, "metadata")

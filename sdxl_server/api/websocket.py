@@ -1,0 +1,100 @@
+"""``GET /api/v1/ws``: live job events over a websocket.
+
+On connect the client gets a ``snapshot`` of the job it follows (``?job=<id>``) or of every active
+job, then each event as JSON text. A writer task per connection drains the connection's bounded
+:class:`~sdxl_server.jobs.events.Subscription`; a client that falls too far behind, or whose socket
+stops taking data, is closed with 1008 (policy violation) and can reconnect to a fresh snapshot.
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..jobs.describe import describe
+from ..jobs.events import Subscription
+from . import keys
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_S = 10.0
+PROTOCOL = "sdxl-server"  # offered beside "bearer.KEY" by browsers, which cannot set headers
+TOO_SLOW = "too slow: events were not read in time"
+
+
+def _dumps(event: Any) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(code=code, message=reason.encode()), SEND_TIMEOUT_S)
+
+
+async def _send_events(ws: web.WebSocketResponse, subscription: Subscription) -> None:
+    while True:
+        event = await subscription.next()
+        if event is None:
+            await _close(ws, WSCloseCode.POLICY_VIOLATION, TOO_SLOW)
+            return
+        try:
+            await asyncio.wait_for(ws.send_str(_dumps(event)), SEND_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await _close(ws, WSCloseCode.POLICY_VIOLATION, TOO_SLOW)
+            return
+        except ConnectionError:
+            return
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Follow one job (``?job=<id>``) or all; ``?preview=1`` adds JPEG previews every few steps."""
+    app = request.app
+    queue, hub = app[keys.QUEUE], app[keys.HUB]
+    job_id = request.query.get("job") or None
+    followed = await queue.find(job_id) if job_id else None  # 404 before upgrading
+    settings = app[keys.SETTINGS]
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_heartbeat, max_msg_size=settings.ws_max_message_bytes, protocols=(PROTOCOL,)
+    )
+    await ws.prepare(request)
+    app[keys.WEBSOCKETS].add(ws)
+
+    subscription = hub.subscribe(job_id, previews=_flag(request.query.get("preview")))
+    if followed is not None:
+        subscription.offer({"type": "snapshot", "id": followed.id, "job": describe(queue, followed)})
+    else:
+        subscription.offer({"type": "snapshot", "id": None, "jobs": [describe(queue, j) for j in queue.active()]})
+    writer = asyncio.create_task(_send_events(ws, subscription))
+    received = 0
+    try:
+        async for message in ws:
+            received += 1
+            if received > settings.ws_max_messages:
+                await _close(ws, WSCloseCode.POLICY_VIOLATION, "too many messages")
+                break
+            if message.type == WSMsgType.TEXT and message.data.strip() in ('{"type":"ping"}', "ping"):
+                subscription.offer({"type": "pong", "id": job_id})
+    finally:
+        hub.unsubscribe(subscription)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        app[keys.WEBSOCKETS].discard(ws)
+    return ws
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown: close every websocket with 1001 (going away)."""
+    await asyncio.gather(
+        *(_close(ws, WSCloseCode.GOING_AWAY, "server shutdown") for ws in list(app[keys.WEBSOCKETS])),
+    )

@@ -1,0 +1,48 @@
+"""The ETA model: how long a step and a job take here, measured as jobs run."""
+
+from __future__ import annotations
+
+from ..params import GenerationParams
+from .job import Job
+
+
+class ThroughputEstimate:
+    """Seconds per denoising step per megapixel, and fixed seconds per job per megapixel
+    (text encoding, decoding, saving), each a moving average measured on this machine."""
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        self.alpha = alpha
+        self.step_s_per_mpx: float | None = None
+        self.overhead_s_per_mpx: float | None = None
+
+    @staticmethod
+    def _mpx(params: GenerationParams) -> float:
+        return params.pixels / 1e6
+
+    def _blend(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.alpha * (new - old)
+
+    def record_step(self, params: GenerationParams, seconds: float) -> None:
+        self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / self._mpx(params))
+
+    def record_job(self, params: GenerationParams, seconds: float, steps_done: int) -> None:
+        if self.step_s_per_mpx is None:
+            return
+        overhead = max(0.0, seconds - steps_done * self.step_s_per_mpx * self._mpx(params))
+        self.overhead_s_per_mpx = self._blend(self.overhead_s_per_mpx, overhead / self._mpx(params))
+
+    def job_seconds(self, params: GenerationParams) -> float | None:
+        if self.step_s_per_mpx is None:
+            return None
+        mpx = self._mpx(params)
+        return params.steps * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+
+    def remaining_seconds(self, job: Job, now: float) -> float | None:
+        """Seconds until ``job`` (running) finishes."""
+        if self.step_s_per_mpx is None:
+            return None
+        mpx = self._mpx(job.params)
+        left = (job.total_steps - job.step) * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+        if job.step == 0 and job.started_at is not None:
+            left -= now - job.started_at  # still encoding the prompt: part of the overhead is spent
+        return max(0.0, left)

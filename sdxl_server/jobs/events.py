@@ -1,0 +1,99 @@
+"""Fan-out of job events to websocket subscribers, each with its own bounded send queue.
+
+The queue publishes on the event loop; :class:`EventHub` hands each event to the subscribers that
+follow its job. A subscriber's pending events are bounded: once more than ``coalesce_after`` wait,
+a new ``progress`` or ``preview`` event replaces the pending one of the same job (the latest
+wins), other events (``queued``, ``started``, terminal ones) are always kept, and a subscriber
+with more than ``max_pending`` events waiting is marked too slow, for its connection to close.
+Publishing never waits, so one slow client never slows generation or the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict
+from typing import Any
+
+from .states import TERMINAL_EVENTS
+
+Event = dict[str, Any]
+
+COALESCED = ("progress", "preview", "position")
+
+
+class Subscription:
+    """One connection's view: which job it follows (None: all), whether it wants previews,
+    and its pending events."""
+
+    def __init__(self, job_id: str | None, previews: bool, *, coalesce_after: int, max_pending: int) -> None:
+        self.job_id = job_id
+        self.previews = previews
+        self._coalesce_after = coalesce_after
+        self._max_pending = max_pending
+        self._pending: OrderedDict[Any, Event] = OrderedDict()
+        self._counter = itertools.count()
+        self._ready = asyncio.Event()
+        self.too_slow = False
+
+    def wants(self, event: Event) -> bool:
+        if event["type"] == "preview" and not self.previews:
+            return False
+        return self.job_id is None or event.get("id") == self.job_id
+
+    def offer(self, event: Event) -> None:
+        """Queue ``event`` without ever waiting."""
+        if self.too_slow:
+            return
+        key: Any = next(self._counter)
+        if event["type"] in COALESCED and len(self._pending) >= self._coalesce_after:
+            key = (event["type"], event.get("id"))
+        self._pending.pop(key, None)  # a stale event of the same kind and job gives way to this one,
+        self._pending[key] = event  # which goes last, so events never arrive out of order
+        if len(self._pending) > self._max_pending:
+            self.too_slow = True
+            self._pending.clear()
+        self._ready.set()
+
+    async def next(self) -> Event | None:
+        """The oldest pending event; None once the subscriber is too slow."""
+        while not self._pending and not self.too_slow:
+            self._ready.clear()
+            await self._ready.wait()
+        if self.too_slow:
+            return None
+        return self._pending.popitem(last=False)[1]
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+class EventHub:
+    """Subscribers and the events published to them (all on the event loop)."""
+
+    def __init__(self, *, coalesce_after: int = 8, max_pending: int = 256) -> None:
+        self._subscriptions: set[Subscription] = set()
+        self._coalesce_after = coalesce_after
+        self._max_pending = max_pending
+
+    def subscribe(self, job_id: str | None = None, previews: bool = False) -> Subscription:
+        subscription = Subscription(
+            job_id, previews, coalesce_after=self._coalesce_after, max_pending=self._max_pending
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    def publish(self, event: Event) -> None:
+        for subscription in self._subscriptions:
+            if subscription.wants(event):
+                subscription.offer(event)
+
+    def wants_previews(self, job_id: str) -> bool:
+        """Whether anyone would receive a preview of ``job_id`` (read from the worker thread:
+        a stale answer only costs or skips one preview)."""
+        return any(s.previews and s.job_id in (None, job_id) for s in list(self._subscriptions))
+

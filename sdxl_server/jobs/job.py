@@ -1,0 +1,104 @@
+"""One job: its parameters, its state, and what a waiting client gets when it ends.
+
+A job is changed only on the event loop; the worker thread reads ``id``, ``params`` and
+``created_at`` and polls :meth:`Job.cancel_requested`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import ApiError, GenerationFailed, JobCancelled, StoredError
+from ..params import GenerationParams
+from .states import JobStatus
+
+StepReporter = Callable[[int, int, Any], None]
+
+
+class Work(Protocol):
+    """The worker-thread side of a job (see :mod:`sdxl_server.jobs.work`)."""
+
+    def load(self) -> None: ...
+
+    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> dict[str, Any]: ...
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's life. Changed only on the event loop; the worker thread reads ``id``,
+    ``params`` and ``created_at`` and polls :meth:`cancel_requested`."""
+
+    params: GenerationParams
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    total_steps: int = 0
+    result: dict[str, Any] | None = None
+    error: ApiError | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    attempts: int = 0  # starts so far, counting any interrupted by a crash
+    cancel_reason: ApiError | None = None  # why it was cancelled, when not by a client's DELETE
+    preview: str | None = field(default=None, repr=False)  # the latest preview (a JPEG data URL), if any was made
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _step_started: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.total_steps = self.total_steps or self.params.steps
+
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def to_record(self) -> dict[str, Any]:
+        """The job as the job store keeps it."""
+        return {
+            "id": self.id, "status": self.status.value, "params": self.params.to_dict(),
+            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+            "step": self.step, "total_steps": self.total_steps, "result": self.result,
+            "error": self.error.to_record() if self.error else None,
+            "idempotency_key": self.idempotency_key, "request_hash": self.request_hash, "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Job:
+        """A job read back from the job store."""
+        job = cls(
+            params=GenerationParams(**record["params"]), id=record["id"], status=JobStatus(record["status"]),
+            created_at=record["created_at"], started_at=record["started_at"], finished_at=record["finished_at"],
+            step=record["step"], total_steps=record["total_steps"], result=record["result"],
+            error=StoredError(record["error"]) if record["error"] else None,
+            idempotency_key=record["idempotency_key"], request_hash=record["request_hash"], attempts=record["attempts"],
+        )
+        if job.status.terminal:
+            job._done.set()
+        return job
+
+    @property
+    def progress(self) -> float:
+        if self.status is JobStatus.SUCCEEDED:
+            return 1.0
+        return round(self.step / self.total_steps, 4) if self.total_steps else 0.0
+
+    async def wait(self) -> None:
+        """Until the job is succeeded, failed or cancelled."""
+        await self._done.wait()
+
+    def outcome(self) -> dict[str, Any]:
+        """A finished job's result, or the error a waiting client should get."""
+        if self.status is JobStatus.SUCCEEDED:
+            return {"id": self.id, **(self.result or {})}
+        if self.status is JobStatus.CANCELLED:
+            raise self.error or JobCancelled(f"job {self.id} was cancelled before it finished")
+        if self.error is None:
+            raise GenerationFailed(f"job {self.id} has not finished")
+        raise self.error

@@ -1,0 +1,100 @@
+"""Loading a pipeline from its source, and the memory options applied to it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import DEFAULT_HUB_MODEL, Settings
+from ..errors import short_message
+from .runtime import Runtime, xformers_importable
+from .sources import ModelSource
+from .tiny import ensure_tiny_model
+
+log = logging.getLogger(__name__)
+
+# Tiles of 512 px (64 latents) so tiling takes effect at SDXL's native 1024x1024; diffusers'
+# default tile is the VAE's sample_size (1024), which would never tile a 1024 image.
+VAE_TILE_PX = 512
+
+
+def load_vae(location: str, config_source: str, dtype: torch.dtype):
+    """A VAE from a single file or a diffusers folder (or Hub id)."""
+    from diffusers import AutoencoderKL
+
+    path = Path(location).expanduser()
+    if path.suffix == ".safetensors" or path.is_file():
+        return AutoencoderKL.from_single_file(str(path), config=config_source, subfolder="vae", dtype=dtype)
+    return AutoencoderKL.from_pretrained(str(path) if path.exists() else location, dtype=dtype)
+
+
+def load_pipeline(settings: Settings, runtime: Runtime, source: ModelSource):
+    """The SDXL pipeline ``source`` names, in ``runtime``'s precision (not yet on its device)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    dtype = runtime.torch_dtype
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if source.kind == "single_file":
+        config = settings.model_config or DEFAULT_HUB_MODEL
+        if source.vae:
+            kwargs["vae"] = load_vae(source.vae, config, dtype)
+        return StableDiffusionXLPipeline.from_single_file(source.location, config=config, **kwargs)
+    location = source.location
+    if source.kind == "tiny":
+        location = str(ensure_tiny_model(settings.tiny_cache))
+    elif source.kind == "folder" and not Path(location).is_dir():
+        raise FileNotFoundError(f"no such folder: {location}")
+    if source.vae:
+        kwargs["vae"] = load_vae(source.vae, location, dtype)
+    if source.kind == "hub" and runtime.dtype == "float16":
+        try:  # half the download where the repository publishes fp16 weights
+            return StableDiffusionXLPipeline.from_pretrained(location, variant="fp16", **kwargs)
+        except ValueError as exc:
+            if "variant" not in str(exc):
+                raise
+    return StableDiffusionXLPipeline.from_pretrained(location, **kwargs)
+
+
+def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime) -> dict[str, Any]:
+    """Attention, VAE tiling and slicing, offload or device placement; returns what was chosen."""
+    attention = settings.attention
+    if attention == "auto":
+        attention = "xformers" if runtime.on_cuda and xformers_importable() else "sdpa"
+    if attention == "xformers":
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+        except Exception as exc:  # noqa: BLE001 - auto mode falls back to SDPA, which is as fast
+            if settings.attention == "xformers":
+                raise
+            log.warning("xFormers could not be enabled (%s); using PyTorch SDPA", short_message(exc))
+            attention = "sdpa"
+    elif attention == "slicing":
+        # Only on request: stacked on SDPA/xFormers it saves little memory and costs speed.
+        pipe.enable_attention_slicing()
+
+    tiling = settings.vae_tiling == "on" or (settings.vae_tiling == "auto" and runtime.on_cuda)
+    if tiling:
+        pipe.vae.enable_tiling()
+        pipe.vae.tile_sample_min_size = VAE_TILE_PX
+        pipe.vae.tile_latent_min_size = VAE_TILE_PX // pipe.vae_scale_factor
+    if settings.vae_slicing:
+        pipe.vae.enable_slicing()
+
+    if settings.cpu_offload == "model":
+        pipe.enable_model_cpu_offload(device=runtime.device)
+    elif settings.cpu_offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=runtime.device)
+    else:
+        pipe.to(runtime.device)
+    pipe.set_progress_bar_config(disable=True)  # the server reports progress itself
+    return {
+        "attention": attention,
+        "vae_tiling": tiling,
+        "vae_tile_px": VAE_TILE_PX if tiling else None,
+        "vae_slicing": settings.vae_slicing,
+        "cpu_offload": settings.cpu_offload,
+        "torch_threads": torch.get_num_threads(),
+    }

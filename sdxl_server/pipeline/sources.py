@@ -1,0 +1,84 @@
+"""Where a model comes from: the seed's resolution order as plain path logic (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DEFAULT_HUB_MODEL, Settings
+
+TINY_MODEL_NAME = "tiny"
+
+_FIX = (
+    "put a diffusers SDXL folder (with model_index.json) in MODEL_DIR, point MODEL_ID at a local "
+    "folder or .safetensors file, or set MODEL_ID=tiny to run offline with random weights"
+)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which model to load and where it comes from.
+
+    ``kind`` is ``tiny``, ``hub``, ``folder`` or ``single_file``; ``origin`` is the setting that
+    chose it (``MODEL_ID``, ``MODEL_DIR``, or ``default``).
+    """
+
+    kind: str
+    location: str
+    origin: str
+    vae: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        return TINY_MODEL_NAME if self.kind == "tiny" else self.location
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~", "\\")) or (len(value) > 1 and value[1] == ":") or Path(value).exists()
+
+
+def _single_file_in(folder: Path) -> tuple[Path | None, Path | None]:
+    """The seed's loose layout: an SDXL checkpoint (and perhaps a VAE) as .safetensors in a folder."""
+    files = sorted(folder.glob("*.safetensors"))
+    vaes = [f for f in files if "vae" in f.name.lower()]
+    checkpoints = [f for f in files if f not in vaes and "refiner" not in f.name.lower()]
+    if len(checkpoints) > 1:
+        checkpoints = [f for f in checkpoints if "base" in f.name.lower()] or checkpoints[:0]
+    return (checkpoints[0] if len(checkpoints) == 1 else None), (vaes[0] if len(vaes) == 1 else None)
+
+
+def _local_source(path: Path, origin: str, vae: str | None) -> ModelSource | None:
+    if path.is_file() or path.suffix in (".safetensors", ".ckpt"):
+        return ModelSource("single_file", str(path), origin, vae)
+    if (path / "model_index.json").is_file():
+        return ModelSource("folder", str(path), origin, vae)
+    if path.is_dir():
+        checkpoint, folder_vae = _single_file_in(path)
+        if checkpoint is not None:
+            return ModelSource("single_file", str(checkpoint), origin, vae or (str(folder_vae) if folder_vae else None))
+    return None
+
+
+def resolve_model_source(settings: Settings) -> ModelSource:
+    """The seed's order: ``MODEL_ID``, then the local ``MODEL_DIR``, then the Hub default."""
+    vae = settings.vae_id
+    model_id = settings.model_id
+    if model_id:
+        if model_id.lower() == TINY_MODEL_NAME:
+            return ModelSource("tiny", TINY_MODEL_NAME, "MODEL_ID", vae)
+        if _looks_local(model_id):
+            path = Path(model_id).expanduser()
+            return _local_source(path, "MODEL_ID", vae) or ModelSource("folder", str(path), "MODEL_ID", vae)
+        return ModelSource("hub", model_id, "MODEL_ID", vae)
+    local = _local_source(settings.model_dir, "MODEL_DIR", vae) if settings.model_dir.is_dir() else None
+    return local or ModelSource("hub", DEFAULT_HUB_MODEL, "default", vae)
+
+
+def fix_hint(source: ModelSource, settings: Settings) -> str:
+    """What to do when ``source`` does not load."""
+    if source.kind == "single_file" and not settings.model_config:
+        return (
+            "a single-file checkpoint needs SDXL's component configs: set MODEL_CONFIG to a local "
+            f"diffusers SDXL folder (or allow the download of {DEFAULT_HUB_MODEL}'s configs); or {_FIX}"
+        )
+    return _FIX

@@ -1,0 +1,129 @@
+"""A tiny SDXL-shaped pipeline with random weights, for running offline and in tests.
+
+It has every component SDXL has (two CLIP text encoders of different widths, a UNet with SDXL's
+``text_time`` conditioning, a 4-level VAE, Euler scheduler) at a size that runs 25 steps at 64x64
+in well under a second on a CPU. It is built once with a fixed seed, saved with
+``save_pretrained`` and then loaded through ``from_pretrained`` like any real model, so the server
+exercises the same code path. Its images are noise: only the plumbing is real.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Bump when the architecture below changes, so old caches are not reused.
+TINY_VERSION = 1
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sdxl_server"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's (and GPT-2's) reversible byte -> printable character table.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def write_byte_tokenizer(folder: Path) -> None:
+    """A CLIP tokenizer whose vocabulary is the 256 bytes (and their word-final forms): no download."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab = {symbol: i for i, symbol in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+
+def build_tiny_pipeline(seed: int = 0):
+    """Build the tiny pipeline in memory (random weights from ``seed``)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_byte_tokenizer(Path(tmp))
+        tokenizer = CLIPTokenizer(f"{tmp}/vocab.json", f"{tmp}/merges.txt", model_max_length=77)
+    vocab_size = len(tokenizer)
+    text_common = dict(
+        vocab_size=vocab_size, max_position_embeddings=77, num_attention_heads=2, projection_dim=32,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    # SDXL: CLIP ViT-L (768 wide, quick_gelu) and OpenCLIP bigG (1280 wide, 32 layers, gelu, projected).
+    # Different widths let the single-file loader tell the two apart; 10 layers in the second let
+    # diffusers recognise a checkpoint of this model as SDXL base when no config folder is given.
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, hidden_act="quick_gelu", **text_common)
+    )
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=10, hidden_act="gelu", **text_common)
+    )
+    # Three levels like SDXL; attention only at the lowest one keeps 1024x1024 affordable on a CPU.
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(8, 16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=1, attention_head_dim=(2, 4, 8), norm_num_groups=8,
+        cross_attention_dim=32 + 48, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8, sample_size=1024, scaling_factor=0.13025, force_upcast=True,
+        mid_block_add_attention=False,
+    )
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+    )
+
+
+def ensure_tiny_model(cache_root: Path | None = None) -> Path:
+    """Return the folder of the saved tiny pipeline, building it there first if needed.
+
+    The folder appears atomically (built aside, then renamed), so a crash never leaves a half
+    model that a later start would try to load.
+    """
+    root = cache_root or default_cache_root()
+    folder = root / f"tiny-sdxl-v{TINY_VERSION}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    log.info("building the tiny random-weights SDXL pipeline in %s", folder)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
+    try:
+        build_tiny_pipeline().save_pretrained(staging)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "model_index.json").is_file():  # another process did not win the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

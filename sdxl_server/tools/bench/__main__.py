@@ -1,0 +1,7 @@
+"""``python -m sdxl_server.tools.bench``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

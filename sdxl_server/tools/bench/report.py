@@ -1,0 +1,134 @@
+"""The report as a plain-text table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def _spread(summary: dict[str, Any], fmt: Callable[[float | None], str]) -> str:
+    if not summary.get("n"):
+        return "no samples"
+    return (f"median {fmt(summary['median'])}  IQR {fmt(summary['q1'])}-{fmt(summary['q3'])}  "
+            f"min {fmt(summary['min'])}  max {fmt(summary['max'])}  (n={summary['n']})")
+
+
+def _gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def _title(rows: list[tuple[str, str]], title: str) -> None:
+    rows.append(("", ""))
+    rows.append((title, ""))
+
+
+def _overhead_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    _title(rows, f"server overhead ({result['runs']} interleaved runs each)")
+    rows.append(("  Engine.generate (direct)", _spread(result["direct_s"], _s)))
+    rows.append(("  POST /api/v1/generate", _spread(result["server_s"], _s)))
+    pr = result["pair_ratio"]
+    rows.append(("  ratio server/direct", f"{result['ratio']:.3f} (medians); per pair median {pr['median']:.3f}, "
+                                         f"min {pr['min']:.3f}, max {pr['max']:.3f}"))
+    rows.append(("  server minus direct", _spread(result["overhead_ms"], _ms)))
+    rows.append(("  outside the pipeline", _spread(result["outside_pipeline_ms"], _ms)
+                 + "  [HTTP, queue, events, PNG + metadata]"))
+    its = "-" if result["it_per_s"] is None else f"{result['it_per_s']:.2f} it/s"
+    rows.append(("  s/image, it/s", f"{_s(result['s_per_image'])}, {its}"
+                 + ("  (VAE decode redone in float32)" if result["vae_upcast"] else "")))
+    return rows
+
+
+def _loop_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    _title(rows, f"event loop: GET /health every {result['interval_ms']:g} ms")
+    idle, busy = result["idle_ms"], result["busy_ms"]
+    rows.append(("  idle", f"median {_ms(idle['median'])}, p99 {_ms(idle['p99'])}, max {_ms(idle['max'])} (n={idle['n']})"))
+    rows.append((f"  during {result['jobs']} generation(s)",
+                 f"median {_ms(busy['median'])}, p99 {_ms(busy['p99'])}, max {_ms(busy['max'])} (n={busy['n']})"))
+    return rows
+
+
+def _progress_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    _title(rows, f"progress: step callback -> websocket client ({result['runs']} jobs each)")
+    for n, r in result["by_clients"].items():
+        lat, ev = r["latency_ms"], r["progress_events"]
+        rows.append((f"  {n} client{'s' if n != '1' else ''}",
+                     f"median {_ms(lat['median'])}, p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}; "
+                     f"{ev['received']}/{ev['expected']} events; generation {_s(r['generation_s']['median'])}"))
+    rows.append(("  generation slowdown", f"{result['slowdown']:.3f}x with {list(result['by_clients'])[-1]} clients vs 1"))
+    return rows
+
+
+def _memory_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    jp = result["job_params"]
+    _title(rows, f"memory: {result['jobs']} jobs at {jp['width']}x{jp['height']}, {jp['steps']} step(s)")
+    rss = result["rss_mb"]
+    rows.append(("  resident memory", f"start {rss['start']:.1f} MB, end {rss['end']:.1f} MB, max {rss['max']:.1f} MB"))
+    rows.append(("  growth", f"{result['growth_kb_per_job']:.2f} KB/job (linear fit), "
+                             f"{result['rss_growth_mb']:+.2f} MB over the run; {result['jobs_per_s']:.1f} jobs/s"))
+    size = result["size"]
+    rows.append((f"  at {size['width']}x{size['height']}, {size['steps']} steps",
+                 f"peak GPU memory {_gib(result['peak_gpu_bytes'])}"
+                 + (f" (reserved {_gib(result['peak_gpu_reserved_bytes'])})" if result["peak_gpu_bytes"] else
+                    f" (no CUDA: {result['device']})")
+                 + f"; {'-' if result['it_per_s'] is None else format(result['it_per_s'], '.2f')} it/s, "
+                 f"{_s(result['s_per_image'])}/image"))
+    return rows
+
+
+def _coldstart_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    _title(rows, f"cold start: fresh process ({result['runs']} run(s), median)")
+    rows.append(("  interpreter", _s(result["interpreter_s"])))
+    rows.append(("  imports", _s(result["imports_s"]) + "  [torch, diffusers, the server's modules]"))
+    rows.append(("  model load", _s(result["model_load_s"])))
+    rows.append(("  first generation", _s(result["first_generation_s"])
+                 + f"  (second: {_s(result['second_generation_s'])})"))
+    rows.append(("  ready (start -> loaded)", _s(result["ready_s"])))
+    rows.append(("  first image (start -> image)", _s(result["first_image_s"])))
+    return rows
+
+
+_SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
+    "overhead": _overhead_rows,
+    "loop": _loop_rows,
+    "progress": _progress_rows,
+    "memory": _memory_rows,
+    "coldstart": _coldstart_rows,
+}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a plain-text table."""
+    env = report.get("environment") or {}
+    p = report["params"]
+    lines = [
+        f"sdxl_server bench: model {env.get('model_id')} ({env.get('model_source')}) on "
+        f"{env.get('device')}/{env.get('dtype')}"
+        + (f" [{env['gpu']['name']}]" if env.get("gpu") else f", {env.get('torch_threads')} torch threads")
+        + f"; torch {env.get('torch')}, diffusers {env.get('diffusers')}",
+        f"size {p['width']}x{p['height']}, {p['steps']} steps, guidance {p['guidance_scale']}, "
+        f"scheduler {p['scheduler']}; attention {env.get('options', {}).get('attention')}",
+    ]
+    rows: list[tuple[str, str]] = []
+    for name, result in report["sections"].items():
+        if "error" in result:
+            _title(rows, name)
+            rows.append(("  FAILED", result["error"]))
+        else:
+            rows.extend(_SECTION_ROWS[name](result))
+    width = max((len(label) for label, value in rows if value), default=0) + 2
+    for label, value in rows:
+        lines.append(f"{label:<{width}}{value}".rstrip() if value else label)
+    return "\n".join(lines)
