@@ -26,7 +26,7 @@ a watchdog ends the process at the budget), and the JSON report is rewritten aft
 with the tiny model at 64x64 (what the test suite runs).
 
 Run it through ``scripts/gpu_check.sh``, which installs the wheels carried with the working tree
-first (see ``scripts/README-gpu.md``).
+first (see ``docs/performance.md``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one call: install the wheels carried with the working tree (no network),
-# then run scripts/gpu_check.py (arguments are passed on). See scripts/README-gpu.md.
+# then run scripts/gpu_check.py (arguments are passed on). See docs/performance.md.
 #
 #   bash scripts/gpu_check.sh                  # on a CUDA machine: ~5-8 minutes, report in $OUT
 #   bash scripts/gpu_check.sh --cpu-smoke      # the plumbing on a CPU, tiny model (~30 s)
@@ -18,7 +18,7 @@ if ! "$PYTHON" -c "import diffusers, marshmallow, apispec, prometheus_client, ai
   fi
   if [ -z "$WHEELS" ]; then
     echo "gpu_check: diffusers/marshmallow/apispec are missing and no wheels were found in .whl/ or wheels/;" >&2
-    echo "prepare them where pip works (see scripts/README-gpu.md) and carry the folder along" >&2
+    echo "prepare them where pip works (see docs/performance.md) and carry the folder along" >&2
     exit 2
   fi
   SITE=${GPU_CHECK_SITE:-/tmp/gpu_check_site}
