@@ -197,7 +197,7 @@ class Settings:
     max_concurrency: int = _setting(
         "MAX_CONCURRENCY", 1, _concurrency, "generations at once: 1 (one GPU runs one; queue more with QUEUE_SIZE)"
     )
-    queue_size: int = _setting("QUEUE_SIZE", 8, _int_range(0, 10_000), "jobs that may wait behind the running one")
+    queue_size: int = _setting("QUEUE_SIZE", 8, _int_range(0, 10_000), "jobs that may wait behind the running one (0: none)")
     max_prompt_length: int = _setting("MAX_PROMPT_LENGTH", 2000, _int_range(1, 100_000), "characters per prompt")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 65536, _int_range(1024, 16 * 1024 * 1024), "request body size")
 

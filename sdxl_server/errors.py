@@ -82,6 +82,14 @@ class StorageFailed(ApiError):
     status, code = 500, "storage_failed"
 
 
+class JobStoreUnavailable(ApiError):
+    status, code = 503, "job_store_unavailable"
+
+
+class WorkerStopped(ApiError):
+    status, code = 503, "worker_stopped"
+
+
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 

@@ -50,6 +50,7 @@ def test_prepare_removes_partial_files_from_a_crash(tmp_path):
     partial.write_bytes(b"half a png")
     kept = store.image_path(OUTPUT_ID)
     kept.write_bytes(b"whole")
+    store.close()  # the server stopped (or crashed: the lock goes with the process)
     OutputStore(tmp_path / "out").prepare()
     assert not partial.exists() and kept.exists()
 

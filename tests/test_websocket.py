@@ -124,7 +124,7 @@ async def test_stale_progress_is_coalesced_but_terminal_events_kept():
     for step in range(1, 21):
         hub.publish({"type": "progress", "id": "a", "step": step})
     hub.publish({"type": "completed", "id": "a"})
-    received = [await sub.next() for _ in range(sub.pending)]
+    received = [(await sub.next()).event for _ in range(sub.pending)]
     assert [e["type"] for e in received] == ["started", "progress", "progress", "completed"]
     assert [e["step"] for e in received if e["type"] == "progress"] == [1, 20]  # the latest wins
 
@@ -161,8 +161,8 @@ async def test_coalesced_events_never_arrive_out_of_order():
     for step in range(1, 9):
         hub.publish({"type": "progress", "id": "a", "step": step})
         if step == 4:
-            received.append(await sub.next())  # the client reads one, then falls behind again
+            received.append((await sub.next()).event)  # the client reads one, then falls behind again
     while sub.pending:
-        received.append(await sub.next())
+        received.append((await sub.next()).event)
     steps = [e["step"] for e in received]
     assert steps == sorted(steps) and steps[-1] == 8

@@ -7,6 +7,10 @@ factory imports the pipeline (and torch) lazily, so the HTTP layer never does.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import signal
 import sysconfig
 import weakref
 from pathlib import Path
@@ -39,11 +43,33 @@ def find_static_dir() -> Path:
     return Path(sysconfig.get_path("data")) / "share" / "sdxl-server" / "static"
 
 
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 async def drain(app: web.Application) -> None:
-    """On SIGTERM/SIGINT: refuse new jobs, let the running one finish within SHUTDOWN_GRACE (else
-    cancel it), then close the websockets with 1001 so clients see the job's last event first."""
-    await app[keys.QUEUE].stop(app[keys.SETTINGS].shutdown_grace)
-    await websocket.close_all(app)
+    """On SIGTERM/SIGINT: refuse new jobs, let the running one finish within SHUTDOWN_GRACE (or
+    until a second signal), else stop it at its next step and keep it queued for the next start;
+    then close the websockets with 1001 so clients see the job's last event first.
+
+    A second signal (Ctrl-C twice) only ends the grace period: it replaces aiohttp's handler,
+    which would abort the drain and exit with code 1, leaving the running job recorded as running."""
+    urgent = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
+            loop.add_signal_handler(sig, urgent.set)
+            handled.append(sig)
+    grace = app[keys.SETTINGS].shutdown_grace
+    log.info("shutting down: the running job has %ss to finish (a second signal ends the wait)", grace)
+    try:
+        await app[keys.QUEUE].stop(grace, urgent)
+        await websocket.close_all(app)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
 
 
 def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = None) -> web.Application:

@@ -33,6 +33,7 @@ async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
     store.prepare()
     app[keys.STORE] = store
     yield
+    store.close()
 
 
 async def job_store_ctx(app: web.Application) -> AsyncIterator[None]:

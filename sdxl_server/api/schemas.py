@@ -252,6 +252,10 @@ class HealthQueueSchema(Schema):
     waiting = fields.Integer(required=True)
     capacity = fields.Integer(required=True)
     eta_s = fields.Float(required=True, allow_none=True)
+    problem = fields.String(
+        required=True, allow_none=True,
+        metadata={"description": "Why jobs cannot run now (the job store cannot be written, the worker stopped)."},
+    )
 
 
 class HealthSchema(Schema):

@@ -32,7 +32,7 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
     engine, queue = app[keys.ENGINE], app[keys.QUEUE]
     info = engine.describe()
     state = info["model"]["state"]
-    if state == "failed":
+    if state == "failed" or queue.problem:
         status = "error"
     elif state == "loading" or (state == "not_loaded" and app[keys.SETTINGS].preload):
         status = "loading"
@@ -50,6 +50,7 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
             "waiting": queue.waiting,
             "capacity": queue.capacity,
             "eta_s": queue.eta_seconds(None),
+            "problem": queue.problem,
         },
     }
     return (200 if status == "ok" else 503), body

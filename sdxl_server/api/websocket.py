@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -28,10 +26,6 @@ PROTOCOL = "sdxl-server"  # offered beside "bearer.KEY" by browsers, which canno
 TOO_SLOW = "too slow: events were not read in time"
 
 
-def _dumps(event: Any) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-
-
 def _flag(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
 
@@ -43,12 +37,12 @@ async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
 
 async def _send_events(ws: web.WebSocketResponse, subscription: Subscription) -> None:
     while True:
-        event = await subscription.next()
-        if event is None:
+        message = await subscription.next()
+        if message is None:
             await _close(ws, WSCloseCode.POLICY_VIOLATION, TOO_SLOW)
             return
         try:
-            await asyncio.wait_for(ws.send_str(_dumps(event)), SEND_TIMEOUT_S)
+            await asyncio.wait_for(ws.send_str(message.text), SEND_TIMEOUT_S)
         except asyncio.TimeoutError:
             await _close(ws, WSCloseCode.POLICY_VIOLATION, TOO_SLOW)
             return

@@ -1,25 +1,44 @@
 """Fan-out of job events to websocket subscribers, each with its own bounded send queue.
 
-The queue publishes on the event loop; :class:`EventHub` hands each event to the subscribers that
-follow its job. A subscriber's pending events are bounded: once more than ``coalesce_after`` wait,
-a new ``progress`` or ``preview`` event replaces the pending one of the same job (the latest
-wins), other events (``queued``, ``started``, terminal ones) are always kept, and a subscriber
-with more than ``max_pending`` events waiting is marked too slow, for its connection to close.
-Publishing never waits, so one slow client never slows generation or the others.
+The queue publishes on the event loop; :class:`EventHub` encodes each event once and hands it to
+the subscribers that follow its job. A subscriber's pending events are bounded: a ``position``
+event always replaces the pending one of the same job (so a subscriber holds at most one per
+waiting job, whatever QUEUE_SIZE is, and they never count as falling behind); once more than
+``coalesce_after`` wait, a new ``progress`` or ``preview`` event replaces the pending one of the
+same job too (the latest wins); other events (``queued``, ``started``, terminal ones) are always
+kept, and a subscriber with more than ``max_pending`` of them waiting is marked too slow, for its
+connection to close. Publishing never waits, so one slow client never slows generation or the
+others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections import OrderedDict
 from typing import Any
 
-from .states import TERMINAL_EVENTS
-
 Event = dict[str, Any]
 
-COALESCED = ("progress", "preview", "position")
+COALESCED = ("progress", "preview")  # once a subscriber falls behind
+REPLACED = ("position",)  # always: the latest position is all that matters
+
+
+class Message:
+    """An event and its JSON text, encoded once however many subscribers send it."""
+
+    __slots__ = ("event", "_text")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = json.dumps(self.event, separators=(",", ":"), ensure_ascii=False)
+        return self._text
 
 
 class Subscription:
@@ -31,7 +50,8 @@ class Subscription:
         self.previews = previews
         self._coalesce_after = coalesce_after
         self._max_pending = max_pending
-        self._pending: OrderedDict[Any, Event] = OrderedDict()
+        self._pending: OrderedDict[Any, Message] = OrderedDict()
+        self._replaceable = 0  # pending events that never count as falling behind
         self._counter = itertools.count()
         self._ready = asyncio.Event()
         self.too_slow = False
@@ -41,28 +61,36 @@ class Subscription:
             return False
         return self.job_id is None or event.get("id") == self.job_id
 
-    def offer(self, event: Event) -> None:
-        """Queue ``event`` without ever waiting."""
+    def offer(self, message: Message | Event) -> None:
+        """Queue an event without ever waiting."""
         if self.too_slow:
             return
+        if not isinstance(message, Message):
+            message = Message(message)
+        kind = message.event["type"]
         key: Any = next(self._counter)
-        if event["type"] in COALESCED and len(self._pending) >= self._coalesce_after:
-            key = (event["type"], event.get("id"))
-        self._pending.pop(key, None)  # a stale event of the same kind and job gives way to this one,
-        self._pending[key] = event  # which goes last, so events never arrive out of order
-        if len(self._pending) > self._max_pending:
+        if kind in REPLACED or (kind in COALESCED and len(self._pending) - self._replaceable >= self._coalesce_after):
+            key = (kind, message.event.get("id"))
+        stale = self._pending.pop(key, None)  # a stale event of the same kind and job gives way to this one,
+        self._pending[key] = message  # which goes last, so events never arrive out of order
+        if kind in REPLACED and stale is None:
+            self._replaceable += 1
+        if len(self._pending) - self._replaceable > self._max_pending:
             self.too_slow = True
             self._pending.clear()
         self._ready.set()
 
-    async def next(self) -> Event | None:
+    async def next(self) -> Message | None:
         """The oldest pending event; None once the subscriber is too slow."""
         while not self._pending and not self.too_slow:
             self._ready.clear()
             await self._ready.wait()
         if self.too_slow:
             return None
-        return self._pending.popitem(last=False)[1]
+        key, message = self._pending.popitem(last=False)
+        if isinstance(key, tuple) and key[0] in REPLACED:
+            self._replaceable -= 1
+        return message
 
     @property
     def pending(self) -> int:
@@ -88,9 +116,10 @@ class EventHub:
         self._subscriptions.discard(subscription)
 
     def publish(self, event: Event) -> None:
+        message = Message(event)  # encoded at most once, when the first subscriber sends it
         for subscription in self._subscriptions:
             if subscription.wants(event):
-                subscription.offer(event)
+                subscription.offer(message)
 
     def wants_previews(self, job_id: str) -> bool:
         """Whether anyone would receive a preview of ``job_id`` (read from the worker thread:

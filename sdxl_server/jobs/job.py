@@ -52,6 +52,8 @@ class Job:
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _step_started: float | None = field(default=None, repr=False)
+    _settled: bool = field(default=False, repr=False)  # it has ended (or is ending): no second end event
+    _suspended: bool = field(default=False, repr=False)  # kept queued by a shutdown: it may still be cancelled
 
     def __post_init__(self) -> None:
         self.total_steps = self.total_steps or self.params.steps

@@ -2,7 +2,8 @@
 
 Each file is written beside its final name and renamed into place, image first and metadata
 last, so a reader never sees half a file and a metadata file always means its image is whole.
-Nothing here imports torch or aiohttp.
+The server holds a lock on the folder while it runs (one server per OUTPUT_DIR), and never deletes
+a finished image except by retention or an explicit request. Nothing here imports torch or aiohttp.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass, field
+
 from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
+from .locking import hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 OUTPUT_ID = r"[0-9a-f]{32}(?:-[0-9]{1,3})?"
 _OUTPUT_ID_RE = re.compile(rf"^{OUTPUT_ID}$")
 _TMP_PREFIX = ".partial-"
+LOCK_NAME = ".sdxl-server.lock"
 
 
 def parameters_text(meta: dict[str, Any]) -> str:
@@ -54,14 +59,26 @@ class OutputStore:
         self.root = Path(root)
         self.images_dir = self.root / "images"
         self.metadata_dir = self.root / "metadata"
+        self._lock: Any = None
 
     def prepare(self) -> None:
-        """Create the folders and remove temporary files a crash may have left; raise ``OSError``."""
+        """Lock the folder (:class:`~.locking.AlreadyInUse` if another server has it), create the
+        folders and remove the temporary files an interrupted write left; raise ``OSError``."""
+        self._lock = hold_lock(
+            self.root / LOCK_NAME,
+            f"another sdxl-server is already using OUTPUT_DIR {self.root}: stop it, or give this one its own OUTPUT_DIR",
+        )
         for folder in (self.images_dir, self.metadata_dir):
             folder.mkdir(parents=True, exist_ok=True)
             for stale in folder.glob(f"{_TMP_PREFIX}*"):
                 log.warning("removing a partial file left by an interrupted write: %s", stale)
                 stale.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Let another server have the folder."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @staticmethod
     def is_output_id(value: str) -> bool:
@@ -124,15 +141,45 @@ class OutputStore:
             found += sorted(folder.glob(f"{job_id}-*{suffix}"))
         return found
 
-    def all_output_ids(self) -> set[str]:
-        """The job ids of every output file on disk."""
-        ids = set()
-        for folder in (self.images_dir, self.metadata_dir):
-            for path in folder.iterdir():
-                stem = path.name.rsplit(".", 1)[0]
-                if self.is_output_id(stem):
-                    ids.add(stem[:32])
-        return ids
+    def scan(self) -> OutputScan:
+        """What is on disk: each job's readable outputs (an image with its metadata), and the
+        files that cannot be matched to one (a missing or unreadable sidecar, not a file)."""
+        found = OutputScan()
+        for image in sorted(self.images_dir.iterdir()):
+            output_id = image.name.removesuffix(".png")
+            if not image.name.endswith(".png") or not self.is_output_id(output_id):
+                continue
+            sidecar = self.metadata_path(output_id)
+            try:
+                if not image.is_file() or image.is_symlink():
+                    raise OSError("not a regular file")
+                meta = json.loads(sidecar.read_text(encoding="utf-8"))
+                if not isinstance(meta, dict) or meta.get("id") != output_id:
+                    raise ValueError("the metadata is not this image's")
+            except (OSError, ValueError) as exc:
+                found.unmatched.append(f"{image.name} ({getattr(exc, 'strerror', None) or exc})")
+                continue
+            found.outputs.setdefault(output_id[:32], []).append(meta)
+        for sidecar in sorted(self.metadata_dir.iterdir()):
+            output_id = sidecar.name.removesuffix(".json")
+            if self.is_output_id(output_id) and not self.image_path(output_id).exists():
+                found.unmatched.append(f"{sidecar.name} (its image is missing)")
+        for metas in found.outputs.values():
+            metas.sort(key=lambda meta: meta.get("index", 0))
+        return found
+
+    def result_of(self, metas: list[dict[str, Any]]) -> dict[str, Any]:
+        """A succeeded job's result from its images' metadata (index order): the first image at
+        the top level (the seed README's shape) and, for a batch, every image under ``images``."""
+        images = [
+            {"id": meta["id"], "image_url": self.image_url(meta["id"]), "meta_url": self.meta_url(meta["id"]), "meta": meta}
+            for meta in metas
+        ]
+        first = images[0]
+        result = {"image_url": first["image_url"], "meta_url": first["meta_url"], "meta": first["meta"]}
+        if len(images) > 1:
+            result["images"] = images
+        return result
 
     def remove_outputs(self, job_id: str) -> int:
         """Delete a job's files; return how many there were."""
@@ -163,8 +210,23 @@ class OutputStore:
         try:
             if path.is_symlink() or not path.is_file():
                 return None
+            if folder == "metadata" and not self.image_path(output_id).is_file():
+                return None  # metadata without its image (deleted outside the server) is never served alone
             if not path.resolve().is_relative_to(self.root.resolve()):
                 return None
         except OSError:
             return None
         return path
+
+
+@dataclass
+class OutputScan:
+    """:meth:`OutputStore.scan`'s answer."""
+
+    outputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # job id -> its images' metadata
+    unmatched: list[str] = field(default_factory=list)  # files left alone, with why
+
+    def complete(self, job_id: str) -> bool:
+        """Whether every image of the job is on disk with its metadata."""
+        metas = self.outputs.get(job_id)
+        return bool(metas) and len(metas) == int(metas[0].get("num_images") or 1)

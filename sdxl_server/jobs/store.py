@@ -3,7 +3,7 @@
 One database file (``OUTPUT_DIR/jobs.sqlite3`` by default) in WAL mode, used only from its own
 single thread: the event loop awaits it, never blocks on it. The schema is versioned with
 ``PRAGMA user_version`` and migrated forward on open. A lock file keeps a second server off the
-same ``OUTPUT_DIR``. Never imports torch or aiohttp.
+same database. Never imports torch or aiohttp.
 """
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from .locking import hold_lock
 from .states import TERMINAL_STATUSES
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one server per OUTPUT_DIR is then up to the user
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +105,10 @@ class JobStore:
             ) from None
 
     def _lock(self) -> None:
-        if fcntl is None:
-            return
-        handle = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 - held until close
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise StoreError(
-                f"another sdxl-server is already using {self.path.parent}: stop it, or give this one its own OUTPUT_DIR"
-            ) from None
-        self._lock_file = handle
+        self._lock_file = hold_lock(
+            self.path.with_name(self.path.name + ".lock"),
+            f"another sdxl-server is already using the job database {self.path}: stop it, or give this one its own JOBS_DB",
+        )
 
     def _migrate(self) -> None:
         db = self._db
@@ -147,7 +136,7 @@ class JobStore:
             self._db.close()
             self._db = None
         if self._lock_file is not None:
-            self._lock_file.close()
+            self._lock_file.release()
             self._lock_file = None
 
     # -- access ----------------------------------------------------------------------

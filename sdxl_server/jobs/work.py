@@ -66,21 +66,14 @@ class GenerationWork:
             },
         }
         seeds = generation.info.get("seeds") or [params.seed]
-        images = []
+        metas = []
         try:
             for index, image in enumerate(generation.images):
                 output_id = job.id if index == 0 else f"{job.id}-{index}"
                 meta = {"id": output_id, "job_id": job.id, "index": index, **common, "seed": seeds[index]}
                 self.store.write_outputs(output_id, image, meta)
-                images.append({
-                    "id": output_id, "image_url": self.store.image_url(output_id),
-                    "meta_url": self.store.meta_url(output_id), "meta": meta,
-                })
+                metas.append(meta)
         except BaseException:
             self.store.remove_outputs(job.id)  # a failed job leaves no image of its batch behind
             raise
-        first = images[0]
-        result = {"image_url": first["image_url"], "meta_url": first["meta_url"], "meta": first["meta"]}
-        if len(images) > 1:  # the seed README's shape is kept exactly for single images
-            result["images"] = images
-        return result
+        return self.store.result_of(metas)

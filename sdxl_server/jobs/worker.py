@@ -1,0 +1,190 @@
+"""The worker coroutine: takes jobs from the queue in order and runs each on the single executor
+thread that owns the pipeline, supervised so that a bug in it never leaves jobs waiting forever.
+
+The thread reports steps back only through ``loop.call_soon_threadsafe``; all job state is
+changed on the event loop. Never imports torch or aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ApiError, GenerationFailed, JobCancelled, JobStoreUnavailable, ShuttingDown
+from .job import Job, Work
+from .states import JobStatus
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
+log = logging.getLogger(__name__)
+
+RESTARTS = 3  # the worker is restarted after a failure, up to this many times ...
+RESTART_WINDOW_S = 60.0  # ... within this many seconds; then the queue reports it stopped
+STOP_WAIT_S = 30.0  # at shutdown, how long a cancelled job may take to reach its next step
+
+
+class Worker:
+    """Runs the queue's jobs, one at a time."""
+
+    def __init__(self, queue: JobQueue, work: Work, executor: Executor, *, preload: bool) -> None:
+        self.queue = queue
+        self._work = work
+        self._executor = executor
+        self._preload = preload
+        self._task: asyncio.Task | None = None
+        self._failures: deque[float] = deque(maxlen=RESTARTS)
+        self._stopping = False
+        self.stop_wait_s = STOP_WAIT_S
+        self.problem: str | None = None  # why the worker no longer runs jobs
+        self.ready = asyncio.Event()  # set once the preload (if any) has finished, loaded or failed
+
+    # -- supervision ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sdxl-queue-worker")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or self._stopping:
+            return
+        log.error("the queue's worker stopped unexpectedly", exc_info=exc)
+        now = time.monotonic()
+        self._failures.append(now)
+        asyncio.ensure_future(self._fail_running(exc))
+        if len(self._failures) == RESTARTS and now - self._failures[0] < RESTART_WINDOW_S:
+            self.problem = f"the worker stopped {RESTARTS} times in a minute ({exc!r}); restart the server"
+            self.ready.set()
+            return
+        self.start()
+
+    async def _fail_running(self, exc: BaseException | None) -> None:
+        job = self.queue.running
+        if job is not None and not job._settled:
+            self.queue.running = None
+            with contextlib.suppress(JobStoreUnavailable):
+                await self.queue.finish(job, JobStatus.FAILED, error=GenerationFailed(f"the worker failed: {exc!r}"))
+
+    # -- running jobs ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Load the model (if preloading), then run jobs until cancelled."""
+        loop = asyncio.get_running_loop()
+        if self._preload:  # at start, and again after a restart
+            try:
+                await loop.run_in_executor(self._executor, self._work.load)
+            except ApiError:
+                pass  # recorded by the engine; shown on /health and in each refused request
+        self.ready.set()  # (after a bug in the load, only once the restarts succeed or give up)
+        while True:
+            job = self.queue.take()
+            if job is None:
+                self.queue.wakeup.clear()
+                await self.queue.wakeup.wait()
+                continue
+            try:
+                await self._run_one(job)
+            finally:
+                if self.queue.running is job:
+                    self.queue.running = None
+
+    async def _run_one(self, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.time()
+        await self.queue.recorder.change(
+            job, status=JobStatus.RUNNING, started_at=started, step=0, attempts=job.attempts + 1, error=None
+        )  # recorded before anyone is told it started
+        job._step_started = started
+        self.queue.publish(
+            self.queue.event(
+                job, "started", position=0, started_at=started, total_steps=job.total_steps,
+                queued_s=round(started - job.created_at, 4),
+            )
+        )
+        self.queue.announce_positions()
+        if job.cancel_requested() and job.cancel_reason is None:
+            await self.queue.finish(job, JobStatus.CANCELLED)
+            return
+
+        def on_step(step: int, total: int, extra: Any = None) -> None:
+            # Worker thread: never touch job state here, hand it to the loop (unless it has closed).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_step, job, step, total, time.time(), extra)
+
+        try:
+            result = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
+        except JobCancelled:
+            if isinstance(job.cancel_reason, ShuttingDown):
+                await self.queue.suspend(job)
+            else:
+                await self.queue.finish(job, JobStatus.CANCELLED, error=job.cancel_reason)
+        except ApiError as exc:
+            await self.queue.finish(job, JobStatus.FAILED, error=exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the worker
+            log.exception("job %s failed", job.id)
+            await self.queue.finish(job, JobStatus.FAILED, error=GenerationFailed(f"generation failed: {exc}"))
+        else:
+            self.queue.estimate.record_job(job.params, time.time() - started, job.step)
+            await self.queue.finish(job, JobStatus.SUCCEEDED, result=result)
+
+    def _on_step(self, job: Job, step: int, total: int, at: float, extra: Any) -> None:
+        if job.status is not JobStatus.RUNNING or job._settled:
+            return
+        if job._step_started is not None and step == job.step + 1 and step > 1:
+            self.queue.estimate.record_step(job.params, at - job._step_started)
+        job._step_started = at
+        job.step, job.total_steps = step, total
+        eta = self.queue.estimate.remaining_seconds(job, at)
+        self.queue.publish(
+            self.queue.event(
+                job, "progress", step=step, total_steps=total, progress=job.progress,
+                elapsed_s=round(at - (job.started_at or at), 3), eta_s=None if eta is None else round(eta, 2),
+            )
+        )
+        if extra is not None:
+            job.preview = extra
+            self.queue.publish(self.queue.event(job, "preview", step=step, image=extra))
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def stop(self, grace_s: float, urgent: asyncio.Event | None) -> None:
+        """Let the running job finish within ``grace_s`` (or until ``urgent`` is set), then
+        cancel it at its next step and suspend it; waits at most ``STOP_WAIT_S`` for that step,
+        then records it suspended anyway. Then stops the coroutine."""
+        self._stopping = True
+        running = self.queue.running
+        task = self._task
+        if running is not None and not running._done.is_set():
+            await _first_of(grace_s, running.wait(), *([urgent.wait()] if urgent else []))
+            self.queue.recorder.give_up()  # from now on a change that cannot be recorded is not made
+            if not running._done.is_set():
+                if not running.cancel_requested():  # a client's own cancel stands
+                    running.cancel_reason = ShuttingDown("the server is shutting down")
+                running._cancel.set()
+                await _first_of(self.stop_wait_s, running.wait(), *([task] if task else []))
+            if not running._done.is_set():
+                log.warning("job %s did not stop in time; recording it suspended", running.id)
+                with contextlib.suppress(JobStoreUnavailable):
+                    await self.queue.suspend(running)
+        self.queue.recorder.give_up()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+
+async def _first_of(timeout: float, *awaitables: Any) -> None:
+    """Until the first of ``awaitables`` is done, or ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
