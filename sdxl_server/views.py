@@ -134,6 +134,8 @@ async def server_info(request: web.Request) -> web.Response:
                 "scheduler": "default",
             },
             "schedulers": SCHEDULERS,
+            "job_statuses": [s.value for s in JobStatus],
+            "terminal_statuses": [s.value for s in JobStatus if s.terminal],
         }
     )
 

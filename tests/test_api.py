@@ -127,7 +127,7 @@ async def test_index_is_html_for_browsers_and_json_otherwise(client):
     assert body["status"] == "ok" and body["model"] == "tiny"
     assert body["endpoints"]["generate"] == "POST /api/v1/generate"
 
-    resp = await client.get("/static/app.js")
+    resp = await client.get("/static/js/main.js")
     assert resp.status == 200
 
 
@@ -152,6 +152,8 @@ async def test_info_gives_what_a_form_needs(client, settings):
     assert info["limits"]["min_size"] == 64 and info["limits"]["size_multiple"] == 8
     assert info["defaults"] == {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.0, "scheduler": "default"}
     assert info["schedulers"]["euler_a"] == "Euler a"
+    assert info["job_statuses"] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    assert info["terminal_statuses"] == ["succeeded", "failed", "cancelled"]
 
 
 async def test_several_images_in_one_request_each_with_its_own_files(client, settings):
