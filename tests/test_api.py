@@ -127,7 +127,7 @@ async def test_index_is_html_for_browsers_and_json_otherwise(client):
     assert body["status"] == "ok" and body["model"] == "tiny"
     assert body["endpoints"]["generate"] == "POST /api/v1/generate"
 
-    resp = await client.get("/static/app.js")
+    resp = await client.get("/static/js/main.js")
     assert resp.status == 200
 
 

@@ -320,18 +320,73 @@ def test_api_key_is_asked_for_stored_and_sent(browser, keyed_server):
         expect(page.get_by_label("Width", exact=True)).to_have_value("64")  # /api/v1/info with the key
         assert page.evaluate("localStorage.getItem('sdxl_server.apiKey')") == API_KEY
 
-        fill_form(page, prompt="behind a key", width=64, height=64, steps=2)
-        page.get_by_role("button", name="Generate", exact=True).click()  # POST with the header, ws with ?token=
+        fill_form(page, prompt="behind a key", width=64, height=64, steps=4)
+        page.evaluate(RECORD_PROGRESS)
+        page.get_by_role("button", name="Generate", exact=True).click()  # POST with the header
         expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
-        page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 64")  # ?token= too
-        assert sockets and f"token={API_KEY}" in sockets[0]["url"]
+        page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 64")  # ?token=
+        # The websocket carries the key as its "bearer.KEY" subprotocol, never in its URL...
+        assert sockets and all("token" not in record["url"] and API_KEY not in record["url"] for record in sockets)
+        # ...and the server took it: the snapshot, the progress, and the page showed the steps.
         assert any('"type":"snapshot"' in frame for frame in sockets[0]["frames"]), sockets
+        assert any('"type":"progress"' in frame for frame in sockets[0]["frames"]), sockets
+        assert any(re.match(r"step [1-4]/4\b", text) for text in page.evaluate("window.__seen.progress"))
 
         page.reload()  # the key was kept: no prompt, the gallery loads
         expect(page.get_by_role("button", name=re.compile("behind a key"))).to_have_count(1)
         expect(key).to_be_hidden()
     finally:
         context.close()
+
+
+SOCKET_ADDRESS = """async (keys) => {
+  const { socketAddress } = await import('/static/js/socket.js');
+  return keys.map((key) => socketAddress('job-1', key));
+}"""
+
+
+def test_the_websocket_key_goes_in_the_url_only_when_it_cannot_be_a_subprotocol(page, server):
+    """A subprotocol must be an HTTP token: other keys (base64's '/', '=', spaces, non-ASCII) use ?token=."""
+    open_page(page)
+    plain, symbols, base64, spaced, accented, none = page.evaluate(
+        SOCKET_ADDRESS, ["s3cret-key", "a!#$%&'*+-.^_`|~Z9", "ab/cd+ef==", "two words", "clé", ""]
+    )
+    for address, key in ((plain, "s3cret-key"), (symbols, "a!#$%&'*+-.^_`|~Z9")):
+        assert address["protocols"] == ["sdxl-server", f"bearer.{key}"] and "token" not in address["url"], address
+    assert base64["protocols"] == ["sdxl-server"] and base64["url"].endswith("&token=ab%2Fcd%2Bef%3D%3D"), base64
+    assert spaced["protocols"] == ["sdxl-server"] and "token=two+words" in spaced["url"], spaced
+    assert accented["protocols"] == ["sdxl-server"] and "token=cl%C3%A9" in accented["url"], accented
+    assert none == {"protocols": ["sdxl-server"], "url": f"{server.url.replace('http', 'ws')}/api/v1/ws?job=job-1&preview=1"}
+
+
+def test_the_page_takes_the_final_statuses_from_the_server(page, server):
+    open_page(page)
+    final = page.evaluate("""async () => {
+      const { isTerminal } = await import('/static/js/info.js');
+      return ['queued', 'running', 'succeeded', 'failed', 'cancelled'].filter(isTerminal);
+    }""")
+    status, info = server.get_json("/api/v1/info")
+    assert status == 200 and final == info["terminal_statuses"] == ["succeeded", "failed", "cancelled"]
+
+
+def test_a_reload_resumes_following_the_job(page, server):
+    open_page(page)
+    fill_form(page, prompt="followed across a reload", width=512, height=512, steps=50)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#progress-text")).to_contain_text(re.compile(r"step [1-9]\d*/50"), timeout=LONG)
+    job_id = page.locator("#job").get_attribute("data-job-id")
+
+    page.reload()
+    expect(page.locator("#job")).to_have_attribute("data-job-id", job_id)  # this tab's job, from sessionStorage
+    expect(page.locator("#progress-text")).to_contain_text(re.compile(r"step [1-9]\d*/50"), timeout=LONG)
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_disabled()
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Cancelled")
+    assert server.get_json(f"/api/v1/jobs/{job_id}")[1]["status"] == "cancelled"
+    page.reload()  # an ended job is not resumed
+    wait_for_form(page)
+    expect(page.locator("#job")).to_be_hidden()
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
 
 
 def test_a_dropped_websocket_reconnects_and_resumes(page, server):
@@ -346,7 +401,8 @@ def test_a_dropped_websocket_reconnects_and_resumes(page, server):
 
         def from_server(message) -> None:
             ws.send(message)
-            if '"type":"progress"' in str(message) and '"step":3,' in str(message):
+            # The first progress event this connection sees (a busy machine may connect after step 3).
+            if '"type":"progress"' in str(message):
                 ws.close(code=1008, reason="too slow: events were not read in time")
                 upstream.close()
 

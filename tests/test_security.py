@@ -44,7 +44,7 @@ async def test_the_key_opens_the_api(client):
     assert resp.status == 200
 
 
-@pytest.mark.parametrize("path", ["/", "/health", "/static/app.js", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/", "/health", "/static/js/main.js", "/openapi.json"])
 async def test_page_and_health_stay_public(client, path):
     resp = await client.get(path)
     assert resp.status in (200, 503)  # /health: 503 until the (lazily loaded) model is ready
