@@ -9,6 +9,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from aiohttp import web
 from marshmallow import EXCLUDE, Schema, fields
 from marshmallow import validate as validate_
 
-from ..errors import ValidationFailed
+from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS
 from . import keys
@@ -225,7 +226,8 @@ async def interrupt(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/interrupt``: cancel the running job (if any) at its next step."""
     queue = request.app[keys.QUEUE]
     if queue.running is not None:
-        await queue.cancel(queue.running.id)
+        with contextlib.suppress(Conflict):  # interrupting twice is fine, as in A1111
+            await queue.cancel(queue.running.id)
     return web.json_response(None)
 
 
