@@ -79,11 +79,11 @@ async def test_a_second_server_on_the_same_output_dir_is_refused_whatever_its_jo
         first.stop()
 
 
-async def _start_long_job(server: LiveServer) -> str:
+async def _start_long_job(server: LiveServer, **changes) -> str:
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{server.url}/api/v1/ws")
         await ws.receive_json()
-        job = await (await session.post(f"{server.url}/api/v1/jobs", json=LONG_JOB)).json()
+        job = await (await session.post(f"{server.url}/api/v1/jobs", json={**LONG_JOB, **changes})).json()
         await events_until(ws, lambda e: e["type"] == "progress" and e["id"] == job["id"])
         await ws.close()
     return job["id"]
@@ -125,9 +125,9 @@ async def test_a_suspension_is_not_an_attempt(tiny_cache, tmp_path):
 
 async def test_a_second_sigterm_ends_the_grace_period_cleanly(tiny_cache, tmp_path):
     output_dir = tmp_path / "outputs"
-    server = LiveServer(tiny_cache, output_dir, SHUTDOWN_GRACE="600").wait_ready()
+    server = LiveServer(tiny_cache, output_dir, SHUTDOWN_GRACE="600", MAX_STEPS="1000").wait_ready()
     try:
-        job_id = await _start_long_job(server)
+        job_id = await _start_long_job(server, steps=1000)  # far longer than the test: it never finishes
         server.process.send_signal(signal.SIGTERM)
         server.wait_for_log(r"shutting down: .*a second signal", timeout=60)
         server.process.send_signal(signal.SIGTERM)  # Ctrl-C twice: do not wait 600 s

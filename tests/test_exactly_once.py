@@ -23,6 +23,16 @@ async def _entered(engine) -> None:
     await asyncio.get_running_loop().run_in_executor(None, engine.entered.acquire)
 
 
+async def _until(condition, limit_s: float = 30) -> None:
+    """Let the loop run until ``condition()`` holds (a failure, not a hang, if it never does)."""
+
+    async def poll():
+        while not condition():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), limit_s)
+
+
 async def test_concurrent_cancels_of_a_queued_job_end_it_once(make_client, settings):
     client = await make_client(settings, engine_factory=GatedEngine)
     engine = client.app[keys.ENGINE]
@@ -66,10 +76,8 @@ async def test_a_job_store_that_cannot_be_written_tells_no_client_anything_it_do
     store = client.app[keys.JOB_STORE]
     store.broken = True  # the disk fills up while the job runs
     engine.gate.set()
+    await _until(lambda: client.app[keys.QUEUE].problem is not None)  # the worker reaches the "succeeded" write
     health = await client.get("/health")
-    while (await health.json())["queue"]["problem"] is None:  # the worker reaches the "succeeded" write
-        await asyncio.sleep(0)
-        health = await client.get("/health")
     assert health.status == 503 and "job store cannot be written" in (await health.json())["queue"]["problem"]
     refused = await client.post("/api/v1/jobs", json={"prompt": "new"})
     assert refused.status == 503 and (await refused.json())["error"] == "job_store_unavailable"
@@ -91,8 +99,7 @@ async def test_a_job_whose_success_was_never_recorded_is_not_run_again(make_clie
     await _entered(engine)
     client.app[keys.JOB_STORE].broken = True
     engine.gate.set()
-    while client.app[keys.QUEUE].problem is None:
-        await asyncio.sleep(0)
+    await _until(lambda: client.app[keys.QUEUE].problem is not None)
     await client.close()  # the server stops (the record says "running"; the images are on disk)
     assert _row(settings, submitted["id"]) == "running"
 
@@ -107,6 +114,70 @@ async def test_a_job_whose_success_was_never_recorded_is_not_run_again(make_clie
     job = await (await client.get(f"/api/v1/jobs/{submitted['id']}")).json()
     assert job["status"] == "succeeded" and job["image_url"].endswith(f"{submitted['id']}.png")
     assert runs == [] and _row(settings, submitted["id"]) == "succeeded"
+
+
+async def test_stop_does_not_hang_while_the_job_store_cannot_be_written(make_client, settings, monkeypatch):
+    monkeypatch.setattr("sdxl_server.api.contexts.JobStore", BreakableJobStore)
+    client = await make_client(settings.replace(queue_size=3), engine_factory=GatedEngine)
+    engine, queue = client.app[keys.ENGINE], client.app[keys.QUEUE]
+    await client.post("/api/v1/jobs", json={"prompt": "running"})
+    await _entered(engine)
+    for n in range(3):
+        await client.post("/api/v1/jobs", json={"prompt": f"waiting {n}"})
+    client.app[keys.JOB_STORE].broken = True
+    queue.worker.stop_wait_s = 0.5
+    urgent = asyncio.Event()
+    urgent.set()  # Ctrl-C twice
+    await asyncio.wait_for(queue.stop(grace_s=600, urgent=urgent), 30)
+    engine.gate.set()
+
+
+async def test_a_retry_of_a_request_that_could_not_be_recorded_is_refused_too(make_client, settings, monkeypatch):
+    monkeypatch.setattr("sdxl_server.api.contexts.JobStore", BreakableJobStore)
+    client = await make_client(settings)
+    client.app[keys.JOB_STORE].broken = True
+    headers = {"Idempotency-Key": "same"}
+    answers = await asyncio.gather(
+        *(client.post("/api/v1/jobs", json={"prompt": "twice"}, headers=headers) for _ in range(2))
+    )
+    assert [resp.status for resp in answers] == [503, 503]  # no client holds a job that does not exist
+    client.app[keys.JOB_STORE].broken = False
+    again = await client.post("/api/v1/jobs", json={"prompt": "twice"}, headers=headers)
+    assert again.status == 202
+
+
+async def test_a_worker_crash_during_a_job_ends_that_job_and_the_next_one_runs(make_client, settings):
+    client = await make_client(settings)
+    queue = client.app[keys.QUEUE]
+    announce = queue.announce_positions
+
+    def crash_once():
+        queue.announce_positions = announce
+        raise RuntimeError("a bug in the worker coroutine")
+
+    queue.announce_positions = crash_once  # runs right after the "started" event
+    first = await client.post("/api/v1/generate", json={"prompt": "hit by the bug"})
+    assert first.status == 500 and "the worker failed" in (await first.json())["message"]
+    second = await client.post("/api/v1/generate", json={"prompt": "after the restart"})
+    assert second.status == 200
+
+
+async def test_one_server_per_job_database(settings, tmp_path):
+    from sdxl_server.jobs.locking import AlreadyInUse
+
+    first = JobStore(settings.jobs_db_path)
+    await first.open()
+    try:
+        second = JobStore(settings.jobs_db_path)  # another OUTPUT_DIR, the same JOBS_DB
+        try:
+            await second.open()
+            raise AssertionError("a second server opened the same job database")
+        except AlreadyInUse as exc:
+            assert "already using the job database" in str(exc)
+        finally:
+            await second.close()
+    finally:
+        await first.close()
 
 
 class FirstLoadCrashes(Engine):

@@ -13,6 +13,7 @@ import logging
 import signal
 import sysconfig
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +57,26 @@ async def drain(app: web.Application) -> None:
     A second signal (Ctrl-C twice) only ends the grace period: it replaces aiohttp's handler,
     which would abort the drain and exit with code 1, leaving the running job recorded as running."""
     urgent = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in SIGNALS:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
-            loop.add_signal_handler(sig, urgent.set)
-            handled.append(sig)
+    _on_second_signal(urgent.set)
     grace = app[keys.SETTINGS].shutdown_grace
     log.info("shutting down: the running job has %ss to finish (a second signal ends the wait)", grace)
-    try:
-        await app[keys.QUEUE].stop(grace, urgent)
-        await websocket.close_all(app)
-    finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+    await app[keys.QUEUE].stop(grace, urgent)
+    await websocket.close_all(app)
+
+
+def _on_second_signal(callback: Callable[[], None]) -> None:
+    """Route SIGINT/SIGTERM to ``callback`` for the rest of the shutdown (aiohttp removes the
+    loop's handlers when its cleanup ends). Where the loop cannot take signal handlers (Windows),
+    plain ``signal.signal`` handlers hand the call to the loop; off the main thread, nothing."""
+    loop = asyncio.get_running_loop()
+    for sig in SIGNALS:
+        try:
+            loop.add_signal_handler(sig, callback)
+        except NotImplementedError:
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(callback))
+        except (RuntimeError, ValueError):
+            pass  # not the main thread (the bench serves the app from a thread)
 
 
 def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = None) -> web.Application:

@@ -26,6 +26,7 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 600.0
+CLOSE_WAIT_S = 30.0  # how long the engine's release may wait for the worker thread at shutdown
 
 
 async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -50,7 +51,12 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = app[keys.ENGINE_FACTORY](app[keys.SETTINGS])
     app[keys.EXECUTOR], app[keys.ENGINE] = executor, engine
     yield
-    await asyncio.get_running_loop().run_in_executor(executor, engine.close)
+    try:  # behind a generation that ignored its cancel, this could wait for ever: it may not
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, engine.close), CLOSE_WAIT_S)
+    except asyncio.TimeoutError:
+        log.warning("the worker thread is still busy after %.0fs; not waiting for it", CLOSE_WAIT_S)
+        executor.shutdown(wait=False, cancel_futures=True)
+        return
     executor.shutdown(wait=True)
 
 

@@ -94,12 +94,16 @@ async def recover(store: JobStore, outputs: OutputStore, restart_running: str) -
             report.requeued.append(requeued)
     for record in await store.with_status("succeeded"):
         known.add(record["id"])
-        if all(image_id[:32] in scan.outputs and any(m["id"] == image_id for m in scan.outputs[image_id[:32]])
-               for image_id in _image_ids(record)):
+        expected = _image_ids(record)
+        present = [meta for meta in scan.outputs.get(record["id"], []) if meta["id"] in expected]
+        if len(present) == len(expected):
+            continue
+        report.missing_outputs.append(record["id"])
+        if present:  # part of a batch was deleted: the rest keeps its links
+            await store.save({**record, "result": outputs.result_of(present)})
             continue
         error = OutputMissing("this job's output files are missing from OUTPUT_DIR (deleted or lost in a crash)")
         await store.save({**record, "status": "failed", "result": None, "error": error.to_record()})
-        report.missing_outputs.append(record["id"])
     known.update(record["id"] for record in await store.with_status("failed", "cancelled"))
     unknown = sorted((job_id for job_id in scan.outputs if job_id not in known),
                      key=lambda job_id: _timestamp(scan.outputs[job_id][0].get("created_at"), now))
@@ -118,7 +122,7 @@ def _log_report(report: RecoveryReport) -> None:
     if report.failed_running:
         log.warning("marked failed %d job(s) that were running when the server stopped", len(report.failed_running))
     if report.missing_outputs:
-        log.warning("marked failed %d finished job(s) whose files are missing: %s", len(report.missing_outputs),
+        log.warning("%d finished job(s) have missing files (failed if none is left): %s", len(report.missing_outputs),
                     ", ".join(report.missing_outputs[:5]))
     if report.adopted:
         log.warning("adopted %d job(s) from images in OUTPUT_DIR that the job database did not know", len(report.adopted))

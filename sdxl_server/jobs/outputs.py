@@ -19,11 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
+from ..params import GenerationParams
 from .locking import hold_lock
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,7 @@ class OutputStore:
                 meta = json.loads(sidecar.read_text(encoding="utf-8"))
                 if not isinstance(meta, dict) or meta.get("id") != output_id:
                     raise ValueError("the metadata is not this image's")
+                _check_metadata(meta)
             except (OSError, ValueError) as exc:
                 found.unmatched.append(f"{image.name} ({getattr(exc, 'strerror', None) or exc})")
                 continue
@@ -217,6 +220,17 @@ class OutputStore:
         except OSError:
             return None
         return path
+
+
+def _check_metadata(meta: dict[str, Any]) -> None:
+    """Raise ``ValueError`` unless ``meta`` describes a generation this server could have made."""
+    names = [f.name for f in dataclasses.fields(GenerationParams)]
+    try:
+        GenerationParams(**{name: meta[name] for name in names if name in meta})
+    except TypeError as exc:
+        raise ValueError(f"the metadata lacks the generation's parameters ({exc})") from None
+    if not isinstance(meta.get("index", 0), int) or not isinstance(meta.get("timings") or {}, dict):
+        raise ValueError("the metadata is not in this server's format")
 
 
 @dataclass

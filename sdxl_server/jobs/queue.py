@@ -8,6 +8,7 @@ one terminal status, one terminal event. All of it runs on the event loop. Never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -65,6 +66,7 @@ class JobQueue:
         self._waiting: deque[Job] = deque()
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # active jobs and the most recent finished ones
         self._by_key: dict[str, Job] = {}
+        self._recording: dict[str, asyncio.Future] = {}  # idempotency key -> its first job's insert
         self._reserved = 0  # submissions being recorded: they count against the capacity
         self.wakeup = asyncio.Event()
         self.running: Job | None = None  # set from the moment the worker takes a job
@@ -99,17 +101,26 @@ class JobQueue:
                 return existing, True
         self._check_admission()
         job = Job(params=params, idempotency_key=idempotency_key, request_hash=request_hash)
+        recorded: asyncio.Future = asyncio.get_running_loop().create_future()  # None, or why not
         if idempotency_key is not None:
-            self._by_key[idempotency_key] = job  # a concurrent retry finds it while it is recorded
+            self._by_key[idempotency_key] = job  # a concurrent retry finds it, and waits until it is recorded
+            self._recording[idempotency_key] = recorded
         self._reserved += 1
         try:
             await self.recorder.insert(job)  # durable before it is queued or acknowledged
-        except ApiError:
+        except ApiError as exc:
             self._by_key.pop(idempotency_key or "", None)
+            recorded.set_result(exc)
             raise
+        else:
+            recorded.set_result(None)
         finally:
             self._reserved -= 1
+            self._recording.pop(idempotency_key or "", None)
         self._remember(job)
+        if not self.accepting:  # the drain began while it was recorded: keep it for the next start
+            await self.suspend(job)
+            return job, False
         self._waiting.append(job)
         self.wakeup.set()
         self._publish(self.event(job, "queued"))
@@ -125,6 +136,10 @@ class JobQueue:
                 "this Idempotency-Key was used with a different request: use a new key for a new request",
                 fields={"Idempotency-Key": ["Used before with a different body."]},
             )
+        if existing is not None and key in self._recording:  # the first request is still being recorded
+            failed = await asyncio.shield(self._recording[key])
+            if failed is not None:
+                raise failed
         return existing
 
     def _check_admission(self) -> None:
@@ -238,8 +253,8 @@ class JobQueue:
         self, job: Job, status: JobStatus, *, result: dict | None = None, error: ApiError | None = None
     ) -> None:
         """End a job: record its terminal state, then tell its waiters and subscribers, once."""
-        if job._settled:
-            return
+        if job._settled or (job._suspended and status is not JobStatus.CANCELLED):
+            return  # it ended already, or a shutdown kept it queued (only a client may still cancel it)
         job._settled = True  # before the first await: a concurrent ending finds it taken
         try:
             await self.recorder.change(
@@ -262,10 +277,21 @@ class JobQueue:
             return
         job._suspended = True
         error = ShuttingDown("the server is shutting down: this job stays queued and runs when the server starts again")
-        attempts = max(0, job.attempts - 1) if job.status is JobStatus.RUNNING else job.attempts
-        await self.recorder.change(job, status=JobStatus.QUEUED, step=0, preview=None, error=error, attempts=attempts)
+        if job.status is JobStatus.RUNNING:  # a waiting job's row says queued already: nothing to write
+            await self.recorder.change(
+                job, status=JobStatus.QUEUED, step=0, preview=None, error=error, attempts=max(0, job.attempts - 1)
+            )
+        job.error = error
         job._done.set()
         self._publish(self.event(job, "suspended", error=error.to_dict()))
+
+    async def fail_waiting(self, error: ApiError) -> None:
+        """The worker cannot run jobs any more: end every waiting one with ``error``."""
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        for job in waiting:
+            with contextlib.suppress(JobStoreUnavailable):
+                await self.finish(job, JobStatus.FAILED, error=error)
 
     # -- positions and estimates ----------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 from typing import Any
 
 from ..errors import JobStoreUnavailable
@@ -53,7 +54,7 @@ class Recorder:
             try:
                 await self.store.save_soon(record)
                 break
-            except Exception as exc:  # noqa: BLE001
+            except (sqlite3.OperationalError, OSError) as exc:  # disk full, size limit, locked: may pass
                 if self.problem is None:
                     log.error("could not record job %s (%s); retrying until the job store works again", job.id, exc)
                 self.problem = f"the job store cannot be written ({exc}): free disk space or fix JOBS_DB"

@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ApiError, GenerationFailed, JobCancelled, JobStoreUnavailable, ShuttingDown
+from ..errors import ApiError, GenerationFailed, JobCancelled, JobStoreUnavailable, ShuttingDown, WorkerStopped
 from .job import Job, Work
 from .states import JobStatus
 
@@ -40,6 +40,7 @@ class Worker:
         self._task: asyncio.Task | None = None
         self._failures: deque[float] = deque(maxlen=RESTARTS)
         self._stopping = False
+        self._cleanup: asyncio.Future | None = None
         self.stop_wait_s = STOP_WAIT_S
         self.problem: str | None = None  # why the worker no longer runs jobs
         self.ready = asyncio.Event()  # set once the preload (if any) has finished, loaded or failed
@@ -57,19 +58,19 @@ class Worker:
         log.error("the queue's worker stopped unexpectedly", exc_info=exc)
         now = time.monotonic()
         self._failures.append(now)
-        asyncio.ensure_future(self._fail_running(exc))
         if len(self._failures) == RESTARTS and now - self._failures[0] < RESTART_WINDOW_S:
             self.problem = f"the worker stopped {RESTARTS} times in a minute ({exc!r}); restart the server"
             self.ready.set()
+            self._cleanup = asyncio.ensure_future(self.queue.fail_waiting(WorkerStopped(self.problem)))
             return
         self.start()
 
-    async def _fail_running(self, exc: BaseException | None) -> None:
-        job = self.queue.running
-        if job is not None and not job._settled:
-            self.queue.running = None
-            with contextlib.suppress(JobStoreUnavailable):
-                await self.queue.finish(job, JobStatus.FAILED, error=GenerationFailed(f"the worker failed: {exc!r}"))
+    async def _fail(self, job: Job, exc: BaseException) -> None:
+        """End the job the worker was running when a bug stopped it (once)."""
+        try:
+            await self.queue.finish(job, JobStatus.FAILED, error=GenerationFailed(f"the worker failed: {exc!r}"))
+        except Exception:  # noqa: BLE001 - the job store is failing too: the next start recovers it
+            log.exception("could not record job %s as failed", job.id)
 
     # -- running jobs ---------------------------------------------------------------------
 
@@ -90,6 +91,9 @@ class Worker:
                 continue
             try:
                 await self._run_one(job)
+            except Exception as exc:
+                await self._fail(job, exc)
+                raise  # the supervisor logs it and starts the worker again
             finally:
                 if self.queue.running is job:
                     self.queue.running = None
