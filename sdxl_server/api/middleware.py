@@ -9,10 +9,13 @@ from aiohttp import web
 
 from ..errors import ApiError
 from .openai import error_body as openai_error_body
+from .validation import ClientDisconnected, UnreadableBody
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 # aiohttp's own HTTP errors, given stable codes.
 _HTTP_CODES = {
@@ -58,8 +61,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn :class:`ApiError`, aiohttp HTTP errors and unexpected exceptions into JSON responses."""
     try:
         return await handler(request)
+    except ClientDisconnected as exc:
+        log.info("%s", exc)  # one line: nobody is left to answer, and it is not the server's fault
+        return web.Response(status=CLIENT_CLOSED_REQUEST)  # never sent; the access log shows it
     except ApiError as exc:
-        return error_response(request, exc.status, exc.to_dict(), exc.headers)
+        response = error_response(request, exc.status, exc.to_dict(), exc.headers)
+        if isinstance(exc, UnreadableBody):
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
