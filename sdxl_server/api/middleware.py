@@ -1,4 +1,8 @@
-"""The one place errors become responses: ``{"error": code, "message": ..., "fields"?: ...}``."""
+"""The one place errors become responses: ``{"error": code, "message": ..., "fields"?: ...}``.
+
+:func:`error_middleware` formats what handlers raise; :func:`protocol_error` what aiohttp refuses
+before any handler runs (used by :mod:`.server`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    ContentEncodingError,
+    HttpProcessingError,
+    LineTooLong,
+)
 
-from ..errors import ApiError
+from ..errors import ApiError, short_message
 from .openai import error_body as openai_error_body
 from .validation import ClientDisconnected, UnreadableBody
 
@@ -54,6 +63,29 @@ def _http_error_body(exc: web.HTTPException) -> dict:
         if exc.status == 413:
             message = f"the request body is too large: {message}"
     return {"error": code, "message": message}
+
+
+def protocol_error(status: int, exc: BaseException | None) -> tuple[int, dict]:
+    """The status and body for a request aiohttp refused before the application saw it (a bad
+    request line or header, a line too long, a ``Content-Encoding`` it cannot decode)."""
+    if status >= 500:
+        return status, {"error": "internal_error", "message": "an unexpected error occurred; see the server log"}
+    if isinstance(exc, ContentEncodingError):  # a coding with no decoder here (br without Brotli, zstd ...)
+        detail = exc.message.split(". Please install")[0]
+        return 415, {
+            "error": "unsupported_media_type",
+            "message": f"this server cannot decode the request's Content-Encoding ({detail}): "
+                       "send the body uncompressed, or compressed with gzip or deflate",
+        }
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else "8190"
+        message = f"the request line or a header is too long: at most {limit} bytes each"
+    elif isinstance(exc, HttpProcessingError):
+        detail = (exc.message or "").strip().splitlines()
+        message = "malformed HTTP request" + (f": {detail[0].rstrip(':')}" if detail else "")
+    else:
+        message = "malformed HTTP request"
+    return status, {"error": _HTTP_CODES.get(status, "http_error"), "message": short_message(message)}
 
 
 @web.middleware

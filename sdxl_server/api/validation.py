@@ -1,7 +1,7 @@
 """Reading a JSON request body and validating it with a marshmallow schema.
 
 Every way a body can be wrong ends here as an :class:`~sdxl_server.errors.ApiError`: 415 for a
-non-JSON content type, 400 for bytes that are not a JSON object (or do not decompress), 413 (from
+non-JSON content type or a content coding nothing decodes, 400 for bytes that are not a JSON object (or do not decompress), 413 (from
 aiohttp) for an oversized body, 422 naming every invalid field. A client that disconnects while
 sending the body raises :class:`ClientDisconnected`, which the middleware logs in one line.
 """
@@ -16,6 +16,10 @@ from marshmallow import Schema, ValidationError
 
 from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed, short_message
 
+# The codings aiohttp decodes: br and zstd only where their decoder is installed; without it
+# aiohttp refuses the request before the app sees it (415 from .server).
+DECODED = ("identity", "gzip", "deflate", "br", "zstd")
+
 
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json"))
@@ -26,6 +30,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not _is_json(request.content_type):
         raise UnsupportedMediaType(
             f"send the body as JSON with 'Content-Type: application/json' (got {request.content_type!r})"
+        )
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in DECODED:  # aiohttp would pass these bytes on undecoded
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed, or compressed with gzip or deflate"
         )
     raw = await _read(request)
     if not raw.strip():
