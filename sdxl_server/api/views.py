@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from .. import __version__
 from ..errors import Conflict, NotFound, ValidationFailed
@@ -76,10 +76,12 @@ def _wants_html(request: web.Request) -> bool:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    """The web page for browsers; a JSON status for everything else."""
+    """The web page for browsers; a JSON status for everything else (``Vary: Accept`` on both, so
+    a cache never gives one to a client that asked for the other)."""
     static_dir = request.app[keys.STATIC_DIR]
+    vary = {hdrs.VARY: "Accept"}
     if _wants_html(request) and (static_dir / "index.html").is_file():
-        return web.FileResponse(static_dir / "index.html")
+        return web.FileResponse(static_dir / "index.html", headers=vary)
     _, health_body = _health(request.app)
     return web.json_response(
         {
@@ -96,7 +98,8 @@ async def index(request: web.Request) -> web.StreamResponse:
                 "images": "GET /outputs/images/{id}.png",
                 "metadata": "GET /outputs/metadata/{id}.json",
             },
-        }
+        },
+        headers=vary,
     )
 
 
