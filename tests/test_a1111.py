@@ -107,3 +107,11 @@ async def test_progress_while_a_job_runs_then_interrupt(make_client, settings):
     assert (await client.post("/sdapi/v1/interrupt")).status == 200
     resp = await running
     assert resp.status == 409 and (await resp.json())["error"] == "cancelled"
+
+
+async def test_a_null_seed_is_random_as_in_a1111(client):
+    resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "seed": None, "batch_size": 1, "steps": 1})
+    assert resp.status == 200, await resp.text()
+    info = json.loads((await resp.json())["info"])
+    assert 0 <= info["seed"] <= 2**32 - 1
+

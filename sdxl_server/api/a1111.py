@@ -64,7 +64,7 @@ class Txt2ImgSchema(Schema):
     height = StrictInteger(load_default=None, allow_none=True)
     steps = StrictInteger(load_default=None, allow_none=True)
     cfg_scale = StrictFloat(load_default=None, allow_none=True)
-    seed = StrictInteger(load_default=-1)
+    seed = StrictInteger(load_default=-1, allow_none=True, metadata={"description": "-1 or null: random."})
     sampler_name = fields.String(load_default=None, allow_none=True)
     sampler_index = fields.String(load_default=None, allow_none=True, metadata={"description": "Older name of sampler_name."})
     scheduler = fields.String(load_default=None, allow_none=True, metadata={"description": "'Automatic' or 'Karras'."})
@@ -124,7 +124,7 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     core: dict[str, Any] = {
         "prompt": request["prompt"],
         "negative_prompt": request["negative_prompt"],
-        "seed": request["seed"],
+        "seed": -1 if request["seed"] is None else request["seed"],
         "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"]),
         "num_images": request["batch_size"] * request["n_iter"],
     }
