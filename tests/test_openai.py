@@ -79,3 +79,9 @@ async def test_our_own_fields_pass_through(ai):
     image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
     assert "Seed: 77" in image.text["parameters"] and "Steps: 2, Sampler: Euler a" in image.text["parameters"]
 
+
+async def test_a_prompt_of_zero_width_characters_is_empty(ai):
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.generate(prompt="\u200b\u200c\u200d\u2060\ufeff", size="64x64")
+    assert info.value.param == "prompt" and info.value.type == "invalid_request_error"
+

@@ -22,6 +22,8 @@ INVALID_FIELDS = [
     ({}, "prompt"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": "   \n\t"}, "prompt"),
+    ({"prompt": "\u200b\u200c\u200d\u2060\ufeff"}, "prompt"),
+    ({"prompt": " \u200b\n\u200b "}, "prompt"),
     ({"prompt": None}, "prompt"),
     ({"prompt": 42}, "prompt"),
     ({"prompt": ["a", "b"]}, "prompt"),
