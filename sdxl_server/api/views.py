@@ -149,6 +149,8 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
             f"{IDEMPOTENCY_KEY} must be 1 to 255 printable ASCII characters",
             fields={IDEMPOTENCY_KEY: ["Not a usable key."]},
         )
+    if data.get("seed") == -1:
+        data = {**data, "seed": None}  # -1, null and absent all mean "random": one request
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
 
