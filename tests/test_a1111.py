@@ -115,3 +115,9 @@ async def test_a_null_seed_is_random_as_in_a1111(client):
     info = json.loads((await resp.json())["info"])
     assert 0 <= info["seed"] <= 2**32 - 1
 
+
+async def test_a_model_that_failed_to_load_is_not_listed(make_client, settings):
+    client = await make_client(settings.replace(model_id="/nonexistent/sdxl-model"))
+    assert (await (await client.get("/health")).json())["model"]["state"] == "failed"
+    resp = await client.get("/sdapi/v1/sd-models")
+    assert resp.status == 200 and await resp.json() == []

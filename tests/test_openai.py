@@ -85,3 +85,9 @@ async def test_a_prompt_of_zero_width_characters_is_empty(ai):
         await ai.images.generate(prompt="\u200b\u200c\u200d\u2060\ufeff", size="64x64")
     assert info.value.param == "prompt" and info.value.type == "invalid_request_error"
 
+
+async def test_a_model_that_failed_to_load_is_not_listed(make_client, settings):
+    client = await make_client(settings.replace(model_id="/nonexistent/sdxl-model"))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0) as ai:
+        models = await ai.models.list()
+    assert models.data == []

@@ -21,6 +21,7 @@ from ..errors import ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS
 from . import keys
+from .openai import model_usable
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object, validate
 
@@ -230,7 +231,10 @@ async def interrupt(request: web.Request) -> web.Response:
 
 
 async def sd_models(request: web.Request) -> web.Response:
+    """The one model, loaded or able to load; an empty list when it failed to load."""
     engine = request.app[keys.ENGINE]
+    if not model_usable(engine):
+        return web.json_response([])
     source = engine.source
     name = engine.model_id
     return web.json_response(

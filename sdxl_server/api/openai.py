@@ -104,11 +104,15 @@ async def images_generations(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: the one loaded model."""
+    """``GET /v1/models``: the one model, loaded or able to load; none when it failed to load."""
     engine = request.app[keys.ENGINE]
-    return web.json_response(
-        {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": 0, "owned_by": "sdxl_server"}]}
-    )
+    data = [{"id": engine.model_id, "object": "model", "created": 0, "owned_by": "sdxl_server"}]
+    return web.json_response({"object": "list", "data": data if model_usable(engine) else []})
+
+
+def model_usable(engine: Any) -> bool:
+    """Whether the engine's model is loaded or can load (not when loading it failed)."""
+    return engine.describe()["model"]["state"] != "failed"
 
 
 _TYPES = {401: "invalid_request_error", 429: "rate_limit_error"}
