@@ -108,3 +108,17 @@ async def test_progress_while_a_job_runs_then_interrupt(make_client, settings):
     assert [r.status for r in interrupts] == [200, 200]  # twice is fine (Ctrl-C happy clients)
     resp = await running
     assert resp.status == 409 and (await resp.json())["error"] == "cancelled"
+
+
+async def test_a_null_seed_is_random_as_in_a1111(client):
+    resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "seed": None, "batch_size": 1, "steps": 1})
+    assert resp.status == 200, await resp.text()
+    info = json.loads((await resp.json())["info"])
+    assert 0 <= info["seed"] <= 2**32 - 1
+
+
+async def test_a_model_that_failed_to_load_is_not_listed(make_client, settings):
+    client = await make_client(settings.replace(model_id="/nonexistent/sdxl-model"))
+    assert (await (await client.get("/health")).json())["model"]["state"] == "failed"
+    resp = await client.get("/sdapi/v1/sd-models")
+    assert resp.status == 200 and await resp.json() == []

@@ -131,6 +131,14 @@ async def test_index_is_html_for_browsers_and_json_otherwise(client):
     assert resp.status == 200
 
 
+async def test_index_tells_caches_it_depends_on_accept(client):
+    for accept in ("text/html", "application/json", "*/*"):
+        resp = await client.get("/", headers={"Accept": accept})
+        assert resp.status == 200
+        varies = [name.strip().lower() for header in resp.headers.getall("Vary", []) for name in header.split(",")]
+        assert "accept" in varies, (accept, varies)
+
+
 async def test_unknown_routes_and_methods_are_json_errors(client):
     resp = await client.get("/api/v1/nothing")
     assert resp.status == 404

@@ -131,6 +131,17 @@ async def test_same_idempotency_key_same_job_even_across_restarts(make_client, s
         assert resp.status == 422
 
 
+async def test_a_seed_of_minus_one_and_no_seed_are_the_same_request(client):
+    first = await client.post("/api/v1/jobs", json={"prompt": "any seed", "steps": 1}, headers={"Idempotency-Key": "r-1"})
+    assert first.status == 202
+    for seed in (-1, None):
+        again = await client.post(
+            "/api/v1/jobs", json={"prompt": "any seed", "steps": 1, "seed": seed}, headers={"Idempotency-Key": "r-1"}
+        )
+        assert again.status == 200, await again.text()
+        assert (await again.json())["id"] == (await first.json())["id"]
+
+
 async def test_history_pages_through_many_jobs(make_client, settings):
     client = await make_client(settings.replace(queue_size=50))
     ids = []

@@ -45,7 +45,7 @@ async def test_b64_json_with_several_images(ai):
 
 
 async def test_bad_size_is_an_openai_shaped_400(ai):
-    for size in ("100x100", "4096x4096", "big"):
+    for size in ("100x100", "4096x4096", "big", "\u0666\u0664x\u0666\u0664", "６４x６４", "64x64\n", "64x64 "):
         with pytest.raises(openai.BadRequestError) as info:
             await ai.images.generate(prompt="x", size=size)
         assert info.value.status_code == 400
@@ -78,3 +78,16 @@ async def test_our_own_fields_pass_through(ai):
     )
     image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
     assert "Seed: 77" in image.text["parameters"] and "Steps: 2, Sampler: Euler a" in image.text["parameters"]
+
+
+async def test_a_prompt_of_zero_width_characters_is_empty(ai):
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.generate(prompt="\u200b\u200c\u200d\u2060\ufeff", size="64x64")
+    assert info.value.param == "prompt" and info.value.type == "invalid_request_error"
+
+
+async def test_a_model_that_failed_to_load_is_not_listed(make_client, settings):
+    client = await make_client(settings.replace(model_id="/nonexistent/sdxl-model"))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0) as ai:
+        models = await ai.models.list()
+    assert models.data == []

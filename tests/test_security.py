@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+import rawhttp
 
 KEY = "s3cret-key"
 BEARER = {"Authorization": f"Bearer {KEY}"}
@@ -172,3 +173,13 @@ def test_the_access_log_never_shows_a_key():
     access.log(make_mocked_request("GET", f"/api/v1/ws?job=abc&token={KEY}"), response, 0.1)
     access.log(make_mocked_request("GET", "/outputs/images/x.png"), response, 0.1)
     assert records == ["GET /api/v1/ws?job=abc&token=*** HTTP/1.1 101", "GET /outputs/images/x.png HTTP/1.1 101"]
+
+
+@pytest.mark.parametrize(
+    "header", [b"Authorization: Bearer s3cr\xe9t-key", b"Authorization: Bearer \xff\xfe", b"X-API-Key: \xe9t\xe9"]
+)
+async def test_a_key_that_is_not_utf8_is_refused_not_a_crash(client, header):
+    name, _, value = header.partition(b": ")
+    resp = await rawhttp.exchange(client.host, client.port, rawhttp.request("GET", "/api/v1/jobs", {name.decode(): value}))
+    assert resp.status == 401
+    assert resp.json()["error"] == "unauthorized"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
+import zlib
 
 import pytest
 
@@ -19,6 +22,8 @@ INVALID_FIELDS = [
     ({}, "prompt"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": "   \n\t"}, "prompt"),
+    ({"prompt": "\u200b\u200c\u200d\u2060\ufeff"}, "prompt"),
+    ({"prompt": " \u200b\n\u200b "}, "prompt"),
     ({"prompt": None}, "prompt"),
     ({"prompt": 42}, "prompt"),
     ({"prompt": ["a", "b"]}, "prompt"),
@@ -136,3 +141,25 @@ async def test_unicode_prompts_within_limits_are_accepted(client):
     resp = await client.post("/api/v1/generate", json={"prompt": "산과 호수, 일몰 🌅 — «détaillé»\nnew line", "steps": 1})
     assert resp.status == 200
     assert (await resp.json())["meta"]["prompt"].startswith("산과 호수")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_does_not_decompress_is_400(client, encoding, caplog):
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+    resp = await client.post("/api/v1/generate", data=b"\x1f\x8b\x08 these bytes are not compressed", headers=headers)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"] == "invalid_body" and f"Content-Encoding: {encoding}" in body["message"]
+    resp = await client.post("/v1/images/generations", data=b"\x00 not compressed either", headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]  # a client's mistake, not ours
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)])
+async def test_a_compressed_body_is_read(client, encoding, compress):
+    resp = await client.post(
+        "/api/v1/generate", data=compress(b'{"prompt": ""}'),
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+    )
+    assert resp.status == 422 and "prompt" in (await resp.json())["fields"]

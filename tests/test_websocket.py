@@ -166,3 +166,21 @@ async def test_coalesced_events_never_arrive_out_of_order():
         received.append((await sub.next()).event)
     steps = [e["step"] for e in received]
     assert steps == sorted(steps) and steps[-1] == 8
+
+
+async def test_a_ping_is_answered_however_its_json_is_formatted(client):
+    ws = await client.ws_connect("/api/v1/ws")
+    await next_event(ws)
+
+    async def reply() -> dict:  # the pong comes at once (next_event's wait restarts at each heartbeat)
+        message = await ws.receive(timeout=15)
+        assert message.type == WSMsgType.TEXT, message
+        return message.json()
+
+    for ping in ('{"type":"ping"}', '{"type": "ping"}', '{ "type" : "ping" }\n', '{"id": null, "type": "ping"}', "ping"):
+        await ws.send_str(ping)
+        assert await reply() == {"type": "pong", "id": None}, ping
+    for not_a_ping in ('{"type": "pong"}', '["ping"]', "[" * 2000, '{"type": "ping"'):
+        await ws.send_str(not_a_ping)
+    await ws.send_str('{"type": "ping"}')
+    assert await reply() == {"type": "pong", "id": None}  # the others were ignored, the socket is fine

@@ -22,6 +22,7 @@ from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS
 from . import keys
+from .openai import model_usable
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object, validate
 
@@ -65,7 +66,7 @@ class Txt2ImgSchema(Schema):
     height = StrictInteger(load_default=None, allow_none=True)
     steps = StrictInteger(load_default=None, allow_none=True)
     cfg_scale = StrictFloat(load_default=None, allow_none=True)
-    seed = StrictInteger(load_default=-1)
+    seed = StrictInteger(load_default=-1, allow_none=True, metadata={"description": "-1 or null: random."})
     sampler_name = fields.String(load_default=None, allow_none=True)
     sampler_index = fields.String(load_default=None, allow_none=True, metadata={"description": "Older name of sampler_name."})
     scheduler = fields.String(load_default=None, allow_none=True, metadata={"description": "'Automatic' or 'Karras'."})
@@ -125,7 +126,7 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     core: dict[str, Any] = {
         "prompt": request["prompt"],
         "negative_prompt": request["negative_prompt"],
-        "seed": request["seed"],
+        "seed": -1 if request["seed"] is None else request["seed"],
         "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"]),
         "num_images": request["batch_size"] * request["n_iter"],
     }
@@ -232,7 +233,10 @@ async def interrupt(request: web.Request) -> web.Response:
 
 
 async def sd_models(request: web.Request) -> web.Response:
+    """The one model, loaded or able to load; an empty list when it failed to load."""
     engine = request.app[keys.ENGINE]
+    if not model_usable(engine):
+        return web.json_response([])
     source = engine.source
     name = engine.model_id
     return web.json_response(

@@ -28,6 +28,7 @@ from .openapi import build_spec
 from .routes import add_routes
 from .schemas import generate_request_schema
 from .security import add_cors_headers, auth_middleware, cors_middleware
+from .server import Application
 
 
 def default_engine_factory(settings: Settings) -> Any:
@@ -81,7 +82,7 @@ def _on_second_signal(callback: Callable[[], None]) -> None:
 
 def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``."""
-    app = web.Application(
+    app = Application(
         middlewares=[error_middleware, cors_middleware, auth_middleware], client_max_size=settings.max_body_bytes
     )
     app.on_response_prepare.append(add_cors_headers)

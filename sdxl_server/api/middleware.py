@@ -1,4 +1,8 @@
-"""The one place errors become responses: ``{"error": code, "message": ..., "fields"?: ...}``."""
+"""The one place errors become responses: ``{"error": code, "message": ..., "fields"?: ...}``.
+
+:func:`error_middleware` formats what handlers raise; :func:`protocol_error` what aiohttp refuses
+before any handler runs (used by :mod:`.server`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,21 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    ContentEncodingError,
+    HttpProcessingError,
+    LineTooLong,
+)
 
-from ..errors import ApiError
+from ..errors import ApiError, short_message
 from .openai import error_body as openai_error_body
+from .validation import ClientDisconnected, UnreadableBody
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 # aiohttp's own HTTP errors, given stable codes.
 _HTTP_CODES = {
@@ -53,13 +65,42 @@ def _http_error_body(exc: web.HTTPException) -> dict:
     return {"error": code, "message": message}
 
 
+def protocol_error(status: int, exc: BaseException | None) -> tuple[int, dict]:
+    """The status and body for a request aiohttp refused before the application saw it (a bad
+    request line or header, a line too long, a ``Content-Encoding`` it cannot decode)."""
+    if status >= 500:
+        return status, {"error": "internal_error", "message": "an unexpected error occurred; see the server log"}
+    if isinstance(exc, ContentEncodingError):  # a coding with no decoder here (br without Brotli, zstd ...)
+        detail = exc.message.split(". Please install")[0]
+        return 415, {
+            "error": "unsupported_media_type",
+            "message": f"this server cannot decode the request's Content-Encoding ({detail}): "
+                       "send the body uncompressed, or compressed with gzip or deflate",
+        }
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else "8190"
+        message = f"the request line or a header is too long: at most {limit} bytes each"
+    elif isinstance(exc, HttpProcessingError):
+        detail = (exc.message or "").strip().splitlines()
+        message = "malformed HTTP request" + (f": {detail[0].rstrip(':')}" if detail else "")
+    else:
+        message = "malformed HTTP request"
+    return status, {"error": _HTTP_CODES.get(status, "http_error"), "message": short_message(message)}
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn :class:`ApiError`, aiohttp HTTP errors and unexpected exceptions into JSON responses."""
     try:
         return await handler(request)
+    except ClientDisconnected as exc:
+        log.info("%s", exc)  # one line: nobody is left to answer, and it is not the server's fault
+        return web.Response(status=CLIENT_CLOSED_REQUEST)  # never sent; the access log shows it
     except ApiError as exc:
-        return error_response(request, exc.status, exc.to_dict(), exc.headers)
+        response = error_response(request, exc.status, exc.to_dict(), exc.headers)
+        if isinstance(exc, UnreadableBody):
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -21,7 +21,7 @@ from .schemas import StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object
 from .validation import validate as validate_fields
 
-SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # fullmatch: ASCII digits only, no trailing newline
 # Documented fields that mean nothing here; accepted and ignored so clients need no change.
 IGNORED = ("quality", "style", "user", "background", "moderation", "output_format", "output_compression", "partial_images")
 # Our own fields a client may add (an extension): passed through to the core request.
@@ -74,7 +74,7 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     core: dict[str, Any] = {"prompt": request["prompt"], "num_images": request["n"]}
     core.update({name: body[name] for name in EXTENSIONS if name in body})
     if request["size"] != "auto":
-        match = SIZE.match(request["size"])
+        match = SIZE.fullmatch(request["size"])
         if not match:
             raise ValidationFailed(
                 f"size must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto', not {request['size']!r}",
@@ -104,11 +104,15 @@ async def images_generations(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: the one loaded model."""
+    """``GET /v1/models``: the one model, loaded or able to load; none when it failed to load."""
     engine = request.app[keys.ENGINE]
-    return web.json_response(
-        {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": 0, "owned_by": "sdxl_server"}]}
-    )
+    data = [{"id": engine.model_id, "object": "model", "created": 0, "owned_by": "sdxl_server"}]
+    return web.json_response({"object": "list", "data": data if model_usable(engine) else []})
+
+
+def model_usable(engine: Any) -> bool:
+    """Whether the engine's model is loaded or can load (not when loading it failed)."""
+    return engine.describe()["model"]["state"] != "failed"
 
 
 _TYPES = {401: "invalid_request_error", 429: "rate_limit_error"}

@@ -60,13 +60,15 @@ class StrictString(fields.String):
 # The same rules as StrictString and _not_blank, for the OpenAPI spec (ECMA and Python regex alike;
 # lone surrogates, also refused, cannot be expressed in every regex engine and are left out).
 _CONTROL = r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F"
+_ZERO_WIDTH = r"\u200B-\u200D\u2060\uFEFF"  # zero-width space, (non-)joiner, word joiner, BOM
 TEXT_PATTERN = rf"^[^{_CONTROL}]*$"
-PROMPT_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"  # and not only whitespace
+PROMPT_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}{_ZERO_WIDTH}][^{_CONTROL}]*$"  # and something visible
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))  # the same zero-width characters
 
 
 def _not_blank(value: str) -> None:
-    if not value.strip():
-        raise ValidationError("Must not be empty or only whitespace.")
+    if not value.translate(_INVISIBLE).strip():
+        raise ValidationError("Must not be empty or only whitespace and zero-width characters.")
 
 
 def _multiple_of_8(value: int) -> None:

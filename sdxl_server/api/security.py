@@ -56,8 +56,15 @@ def presented_key(request: web.Request) -> str | None:
 
 
 def key_matches(presented: str | None, expected: str) -> bool:
-    """Constant-time comparison, so response timing says nothing about the key."""
-    return hmac.compare_digest((presented or "").encode(), expected.encode())
+    """Constant-time comparison, so response timing says nothing about the key.
+
+    Compared as the bytes that were sent: a header that is not UTF-8 (aiohttp keeps such bytes as
+    surrogates) is simply a wrong key, never an error."""
+    return hmac.compare_digest(_raw(presented or ""), _raw(expected))
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # any str encodes, each to its own bytes
 
 
 @web.middleware

@@ -1,8 +1,9 @@
 """Reading a JSON request body and validating it with a marshmallow schema.
 
 Every way a body can be wrong ends here as an :class:`~sdxl_server.errors.ApiError`: 415 for a
-non-JSON content type, 400 for bytes that are not a JSON object, 413 (from aiohttp) for an
-oversized body, 422 naming every invalid field.
+non-JSON content type or a content coding nothing decodes, 400 for bytes that are not a JSON object (or do not decompress), 413 (from
+aiohttp) for an oversized body, 422 naming every invalid field. A client that disconnects while
+sending the body raises :class:`ClientDisconnected`, which the middleware logs in one line.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from marshmallow import Schema, ValidationError
 
-from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed
+from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed, short_message
+
+# The codings aiohttp decodes: br and zstd only where their decoder is installed; without it
+# aiohttp refuses the request before the app sees it (415 from .server).
+DECODED = ("identity", "gzip", "deflate", "br", "zstd")
 
 
 def _is_json(content_type: str) -> bool:
@@ -26,7 +31,12 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise UnsupportedMediaType(
             f"send the body as JSON with 'Content-Type: application/json' (got {request.content_type!r})"
         )
-    raw = await request.read()
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in DECODED:  # aiohttp would pass these bytes on undecoded
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed, or compressed with gzip or deflate"
+        )
+    raw = await _read(request)
     if not raw.strip():
         raise InvalidBody("the request body is empty: send a JSON object")
     try:
@@ -44,6 +54,34 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidBody(f"the request body must be a JSON object, not {_json_type(body)}")
     return body
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request was read; there is no one to answer."""
+
+
+class UnreadableBody(InvalidBody):
+    """The body's bytes do not decode (``Content-Encoding``) or its framing is broken. aiohttp stops
+    reading such a body at the bad bytes, so the connection cannot carry another request: the
+    middleware closes it after answering."""
+
+
+async def _read(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.RequestPayloadError as exc:
+        # Nothing more of this body will come; say so, or aiohttp tries to read the rest after the
+        # answer and logs the same error again as an unhandled one.
+        request.content.feed_eof()
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+        if encoding:
+            raise UnreadableBody(
+                f"the request body could not be decoded as Content-Encoding: {encoding}: "
+                "send it compressed that way, or uncompressed without the header"
+            ) from None
+        raise UnreadableBody(f"the request body could not be read: {short_message(exc.__cause__ or exc)}") from None
+    except ConnectionResetError:
+        raise ClientDisconnected(f"the client disconnected before sending the whole body of {request.method} {request.path}") from None
 
 
 def _json_type(value: Any) -> str:

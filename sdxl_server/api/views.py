@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from .. import __version__
 from ..errors import Conflict, NotFound, ValidationFailed
@@ -77,10 +77,12 @@ def _wants_html(request: web.Request) -> bool:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    """The web page for browsers; a JSON status for everything else."""
+    """The web page for browsers; a JSON status for everything else (``Vary: Accept`` on both, so
+    a cache never gives one to a client that asked for the other)."""
     static_dir = request.app[keys.STATIC_DIR]
+    vary = {hdrs.VARY: "Accept"}
     if _wants_html(request) and (static_dir / "index.html").is_file():
-        return web.FileResponse(static_dir / "index.html")
+        return web.FileResponse(static_dir / "index.html", headers=vary)
     _, health_body = _health(request.app)
     return web.json_response(
         {
@@ -97,7 +99,8 @@ async def index(request: web.Request) -> web.StreamResponse:
                 "images": "GET /outputs/images/{id}.png",
                 "metadata": "GET /outputs/metadata/{id}.json",
             },
-        }
+        },
+        headers=vary,
     )
 
 
@@ -147,6 +150,8 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
             f"{IDEMPOTENCY_KEY} must be 1 to 255 printable ASCII characters",
             fields={IDEMPOTENCY_KEY: ["Not a usable key."]},
         )
+    if data.get("seed") == -1:
+        data = {**data, "seed": None}  # -1, null and absent all mean "random": one request
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
 

@@ -30,6 +30,18 @@ def _flag(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
 
 
+def _is_ping(text: str) -> bool:
+    """``ping``, or a JSON object whose ``type`` is ``"ping"`` however it is formatted; anything
+    else a client sends is ignored (messages are at most WS_MAX_MESSAGE_BYTES)."""
+    if text.strip() == "ping":
+        return True
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(message, dict) and message.get("type") == "ping"
+
+
 async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(code=code, message=reason.encode()), SEND_TIMEOUT_S)
@@ -76,7 +88,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if received > settings.ws_max_messages:
                 await _close(ws, WSCloseCode.POLICY_VIOLATION, "too many messages")
                 break
-            if message.type == WSMsgType.TEXT and message.data.strip() in ('{"type":"ping"}', "ping"):
+            if message.type == WSMsgType.TEXT and _is_ping(message.data):
                 subscription.offer({"type": "pong", "id": job_id})
     finally:
         hub.unsubscribe(subscription)

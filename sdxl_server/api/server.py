@@ -1,0 +1,58 @@
+"""The HTTP server under the application: JSON for the errors aiohttp answers by itself.
+
+aiohttp's low-level server refuses a request it cannot parse (a bad request line or header, a line
+or headers too long, a ``Content-Encoding`` it cannot decode) with a ``text/plain`` 400 before any
+middleware runs. :class:`Application` is aiohttp's, with a server whose request handler answers
+those in JSON instead (:func:`.middleware.protocol_error`), so every error a client sees has the
+same shape, whatever runs the app (``web.run_app``, the test server, the bench). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from aiohttp import web
+
+from .middleware import error_response, protocol_error
+
+
+class JsonErrorRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler; only :meth:`handle_error` differs."""
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        else:  # the client's mistake: one line, no traceback
+            detail = " ".join((message or str(exc or status)).split())[:300]
+            self.logger.info("refused a malformed request from %s: %s", request.remote, detail)
+        if request.writer.output_size > 0:  # as aiohttp: an answer has begun, the connection is broken
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        status, body = protocol_error(status, exc)
+        response = error_response(request, status, body)  # type: ignore[arg-type]
+        response.force_close()
+        return response
+
+
+class JsonErrorServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+with warnings.catch_warnings():
+    # aiohttp 3 discourages subclassing its Application (aiohttp 4 forbids it; setup.cfg pins < 4).
+    # Building the server is the one thing changed, and the app is the one object every runner
+    # (web.run_app, the test server) asks for its server.
+    warnings.simplefilter("ignore", DeprecationWarning)
+
+    class Application(web.Application):
+        """``web.Application`` whose server answers malformed requests in JSON."""
+
+        def _make_handler(self, **kwargs: Any) -> web.Server:
+            server = super()._make_handler(**kwargs)
+            return JsonErrorServer(
+                server.request_handler, request_factory=server.request_factory,
+                handler_cancellation=server.handler_cancellation, **server._kwargs,
+            )
