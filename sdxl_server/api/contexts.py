@@ -45,8 +45,8 @@ async def job_store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The engine and the one worker thread that owns its pipeline."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-worker")
+    """The engine and the worker thread that owns its pipeline (on Ray: one thread per replica)."""
+    executor = ThreadPoolExecutor(max_workers=app[keys.SETTINGS].concurrency, thread_name_prefix="sdxl-worker")
     engine = app[keys.ENGINE_FACTORY](app[keys.SETTINGS])
     app[keys.EXECUTOR], app[keys.ENGINE] = executor, engine
     yield
@@ -58,7 +58,7 @@ def _metrics(app: web.Application, queue: JobQueue) -> Metrics:
     engine = app[keys.ENGINE]
     return Metrics(
         queue_depth=lambda: queue.waiting,
-        running=lambda: 1 if queue.running else 0,
+        running=lambda: len(queue.running_jobs),
         websockets=lambda: len(app[keys.WEBSOCKETS]),
         model_load_seconds=lambda: engine.load_seconds or 0.0,
         gpu_memory=engine.gpu_memory_allocated if engine.runtime.on_cuda else None,
@@ -80,7 +80,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 
     queue = JobQueue(
         work, app[keys.EXECUTOR], app[keys.JOB_STORE],
-        capacity=settings.queue_size, preload=settings.preload, publish=publish,
+        capacity=settings.queue_size, preload=settings.preload, publish=publish, concurrency=settings.concurrency,
     )
     metrics = _metrics(app, queue)
     app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
