@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from ..jobs.events import EventHub
+from ..jobs.job import Work
 from ..jobs.housekeeping import enforce_retention, recover
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
@@ -48,6 +49,8 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     """The engine and the worker thread that owns its pipeline (on Ray: one thread per replica)."""
     executor = ThreadPoolExecutor(max_workers=app[keys.SETTINGS].concurrency, thread_name_prefix="sdxl-worker")
     engine = app[keys.ENGINE_FACTORY](app[keys.SETTINGS])
+    if app[keys.SETTINGS].backend == "ray":
+        engine.connect()  # on the main thread, before any request: an unreachable cluster stops start-up
     app[keys.EXECUTOR], app[keys.ENGINE] = executor, engine
     yield
     await asyncio.get_running_loop().run_in_executor(executor, engine.close)
@@ -69,10 +72,15 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     """The queue, fed by recovery, publishing to the event hub and the metrics."""
     settings = app[keys.SETTINGS]
     hub = EventHub()
-    work = GenerationWork(
-        app[keys.ENGINE], app[keys.STORE], preview_every=settings.preview_every,
-        previews_wanted=lambda job_id: hub.wants_previews(job_id) or a1111.progress_polled_recently(app),
-    )
+    previews_wanted = lambda job_id: hub.wants_previews(job_id) or a1111.progress_polled_recently(app)  # noqa: E731
+    if settings.backend == "ray":
+        from ..jobs.ray_backend import RayWork
+
+        work: Work = RayWork(app[keys.ENGINE], app[keys.STORE], previews_wanted=previews_wanted)
+    else:
+        work = GenerationWork(
+            app[keys.ENGINE], app[keys.STORE], preview_every=settings.preview_every, previews_wanted=previews_wanted
+        )
 
     def publish(event: dict) -> None:
         metrics.observe(event)
@@ -81,6 +89,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     queue = JobQueue(
         work, app[keys.EXECUTOR], app[keys.JOB_STORE],
         capacity=settings.queue_size, preload=settings.preload, publish=publish, concurrency=settings.concurrency,
+        requeue_interrupted=settings.restart_running == "requeue",
     )
     metrics = _metrics(app, queue)
     app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..params import GenerationParams
 from .eta import ThroughputEstimate
+from .housekeeping import MAX_ATTEMPTS
 from .job import Job, Work
 from .recording import Recorder
 from .states import END_EVENT, JobStatus
@@ -59,6 +60,7 @@ class JobQueue:
         publish: Publish | None = None,
         preload: bool = True,
         concurrency: int = 1,
+        requeue_interrupted: bool = True,
     ) -> None:
         self._store = store
         self.recorder = Recorder(store)
@@ -71,6 +73,7 @@ class JobQueue:
         self._reserved = 0  # submissions being recorded: they count against the capacity
         self.wakeup = asyncio.Event()
         self.concurrency = concurrency
+        self.requeue_interrupted = requeue_interrupted  # RESTART_RUNNING, for a job whose worker was lost
         self._running: list[Job] = []  # from the moment the worker takes a job, oldest first
         self.accepting = True
         self.estimate = ThroughputEstimate()
@@ -274,6 +277,25 @@ class JobQueue:
         if error is not None:
             extra["error"] = error.to_dict()
         self._publish(self.event(job, END_EVENT[status], run_s=run_s, **extra))
+
+    async def interrupted(self, job: Job, error: ApiError) -> None:
+        """The worker running ``job`` was lost (a Ray replica died): by the crash rules, it is
+        queued again first (``RESTART_RUNNING=requeue``, fewer than ``MAX_ATTEMPTS`` starts) or
+        failed. Either way it ends, or waits again, exactly once."""
+        if job._settled or job._suspended:
+            return
+        if not self.accepting:
+            await self.suspend(job)
+        elif not self.requeue_interrupted or job.attempts >= MAX_ATTEMPTS:
+            await self.finish(job, JobStatus.FAILED, error=error)
+        else:
+            await self.recorder.change(job, status=JobStatus.QUEUED, step=0, preview=None, error=None)
+            self.release(job)
+            self._waiting.appendleft(job)
+            log.warning("job %s queued again (attempt %d was interrupted: %s)", job.id, job.attempts, error.message)
+            self._publish(self.event(job, "queued", error=error.to_dict()))
+            self.announce_positions()
+            self.wakeup.set()
 
     async def suspend(self, job: Job) -> None:
         """At shutdown: the job stays queued in the job store and runs when the server starts

@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ApiError, GenerationFailed, JobCancelled, JobStoreUnavailable, ShuttingDown
+from ..errors import ApiError, GenerationFailed, Interrupted, JobCancelled, JobStoreUnavailable, ShuttingDown
 from .job import Job, Work
 from .states import JobStatus
 
@@ -129,6 +129,8 @@ class Worker:
 
         try:
             result = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
+        except Interrupted as exc:  # its worker was lost (a Ray replica died): the crash rules
+            await self.queue.interrupted(job, exc)
         except JobCancelled:
             if isinstance(job.cancel_reason, ShuttingDown):
                 await self.queue.suspend(job)

@@ -1,0 +1,186 @@
+"""``python -m sdxl_server.tools.bench.scaleout``: BACKEND=ray against BACKEND=local, measured.
+
+Starts the real application in this process twice (the same settings; ``local``, then ``ray``
+with ``--replicas`` CPU replicas on a local Ray, or on ``RAY_ADDRESS``) and measures, through
+HTTP and the websocket as a client sees them:
+
+- one job at a time (idle server): its end-to-end time; the difference is the latency Ray adds;
+- a burst of ``--jobs`` jobs submitted at once: the time until the last ends, and the throughput;
+- per-step event latency on Ray: replica -> front end (the replica's clock to the lane's thread)
+  and front end -> websocket client, and their sum.
+
+Prints a table (and ``--json`` writes the figures). The model and settings come from the
+environment like the server's (``MODEL_ID=tiny`` by default here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ...api.app import default_engine_factory
+from ...config import ConfigError, Settings, load_settings
+from ...jobs.states import TERMINAL_EVENTS
+from .server import InProcessServer
+from .stats import percentile
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sdxl_server.tools.bench.scaleout", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20, help="jobs in the burst (default 20)")
+    parser.add_argument("--replicas", type=int, default=2, help="Ray replicas (default 2)")
+    parser.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default 0: CPU replicas)")
+    parser.add_argument("--size", type=int, default=256, help="width and height (default 256)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per job (default 10)")
+    parser.add_argument("--single-runs", type=int, default=5, help="one-at-a-time jobs per backend (default 5)")
+    parser.add_argument("--output-dir", type=Path, default=Path("bench-scaleout"), help="where both servers write")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
+    return parser
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    async with session.post(f"{url}/api/v1/generate", json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"generate answered {resp.status}: {await resp.text()}")
+    return time.perf_counter() - started
+
+
+async def _burst(session: aiohttp.ClientSession, url: str, body: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """Submit ``jobs`` at once; follow them on the websocket until the last ends."""
+    ws_latency: list[float] = []
+    started_at: dict[str, float] = {}
+    async with session.ws_connect(f"{url}/api/v1/ws") as ws:
+        await ws.receive_json()  # snapshot
+        began = time.perf_counter()
+        answers = await asyncio.gather(*(session.post(f"{url}/api/v1/jobs", json=body) for _ in range(jobs)))
+        ids = set()
+        for answer in answers:
+            if answer.status != 202:
+                raise RuntimeError(f"submit answered {answer.status}: {await answer.text()}")
+            ids.add((await answer.json())["id"])
+        left = set(ids)
+        while left:
+            event = await ws.receive_json(timeout=600)
+            now = time.time()
+            if event["type"] == "started":
+                started_at[event["id"]] = event["started_at"]
+            elif event["type"] == "progress" and event["id"] in started_at:
+                ws_latency.append(now - (started_at[event["id"]] + event["elapsed_s"]))
+            elif event["type"] in TERMINAL_EVENTS and event["id"] in left:
+                if event["type"] != "completed":
+                    raise RuntimeError(f"job {event['id']} ended {event['type']}")
+                left.discard(event["id"])
+        wall = time.perf_counter() - began
+    return {"wall_s": wall, "jobs_per_s": jobs / wall, "ws_latency": ws_latency}
+
+
+async def _measure(server: InProcessServer, args: argparse.Namespace) -> dict[str, Any]:
+    body = {"prompt": "a lighthouse at dusk", "width": args.size, "height": args.size, "steps": args.steps}
+    async with aiohttp.ClientSession() as session:
+        await _one(session, server.url, body)  # warm-up
+        single = [await _one(session, server.url, body) for _ in range(args.single_runs)]
+        burst = await _burst(session, server.url, body, args.jobs)
+    return {"single_s": statistics.median(single), **burst}
+
+
+def _serve(settings: Settings, engine: Any) -> InProcessServer:
+    return InProcessServer(settings, engine).start()
+
+
+def run(args: argparse.Namespace, base: Settings) -> dict[str, Any]:
+    common = base.replace(queue_size=max(base.queue_size, args.jobs), output_dir=args.output_dir, max_width=max(
+        base.max_width, args.size), max_height=max(base.max_height, args.size), max_steps=max(base.max_steps, args.steps))
+    figures: dict[str, Any] = {}
+    local = common.replace(backend="local", max_concurrency=0)
+    server = _serve(local, default_engine_factory(local))
+    try:
+        figures["local"] = asyncio.run(_measure(server, args))
+    finally:
+        server.stop()
+
+    import ray  # the ray extra; started here, on the main thread
+
+    from ...jobs.ray_backend import RayCluster
+
+    remote = common.replace(backend="ray", ray_replicas=args.replicas, ray_gpus_per_replica=args.gpus_per_replica,
+                            max_concurrency=0)
+    cluster = RayCluster(remote)
+    cluster.connect()
+    server = _serve(remote, cluster)
+    try:
+        figures["ray"] = asyncio.run(_measure(server, args))
+        figures["ray"]["replica_latency"] = list(cluster.step_latency_s)
+    finally:
+        server.stop()
+        cluster.close()
+        if ray.is_initialized():
+            ray.shutdown()
+    return figures
+
+
+def report(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    local, ray_ = figures["local"], figures["ray"]
+    ms = lambda values, q=50: round(1000 * percentile(values, q), 2) if values else None  # noqa: E731
+    summary = {
+        "setup": {"jobs": args.jobs, "replicas": args.replicas, "size": args.size, "steps": args.steps,
+                  "gpus_per_replica": args.gpus_per_replica},
+        "local": {"single_job_s": round(local["single_s"], 3), "burst_s": round(local["wall_s"], 2),
+                  "jobs_per_s": round(local["jobs_per_s"], 3)},
+        "ray": {"single_job_s": round(ray_["single_s"], 3), "burst_s": round(ray_["wall_s"], 2),
+                "jobs_per_s": round(ray_["jobs_per_s"], 3)},
+        "speedup": round(ray_["jobs_per_s"] / local["jobs_per_s"], 2),
+        "added_latency_per_job_ms": round(1000 * (ray_["single_s"] - local["single_s"]), 1),
+        "step_event_ms": {
+            "replica_to_front_end_p50": ms(ray_["replica_latency"]),
+            "front_end_to_websocket_p50": ms(ray_["ws_latency"]),
+            "replica_to_websocket_p50": (ms(ray_["replica_latency"]) or 0) + (ms(ray_["ws_latency"]) or 0),
+            "replica_to_front_end_p95": ms(ray_["replica_latency"], 95),
+            "local_front_end_to_websocket_p50": ms(local["ws_latency"]),
+        },
+    }
+    return summary
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    s, lo, ra, st = summary["setup"], summary["local"], summary["ray"], summary["step_event_ms"]
+    return "\n".join([
+        f"scale-out: {s['jobs']} jobs of {s['size']}x{s['size']}, {s['steps']} steps; ray: {s['replicas']} replicas "
+        f"({s['gpus_per_replica']:g} GPU each)",
+        "| backend | one job (s) | burst (s) | jobs/s |",
+        "|---|---|---|---|",
+        f"| local | {lo['single_job_s']} | {lo['burst_s']} | {lo['jobs_per_s']} |",
+        f"| ray | {ra['single_job_s']} | {ra['burst_s']} | {ra['jobs_per_s']} |",
+        f"throughput ray/local: {summary['speedup']}x; added latency per job: {summary['added_latency_per_job_ms']} ms",
+        f"step event p50: replica -> front end {st['replica_to_front_end_p50']} ms (p95 {st['replica_to_front_end_p95']}), "
+        f"front end -> websocket {st['front_end_to_websocket_p50']} ms (local: {st['local_front_end_to_websocket_p50']} ms), "
+        f"replica -> websocket {st['replica_to_websocket_p50']:.2f} ms",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        base = load_settings({"MODEL_ID": "tiny", "TORCH_THREADS": "1", **os.environ})
+    except ConfigError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    summary = report(run(args, base), args)
+    print(format_report(summary))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
