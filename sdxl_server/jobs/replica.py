@@ -83,6 +83,8 @@ class Replica:
         def run() -> dict[str, Any]:
             try:
                 work(job, on_step, cancel.is_set)
+                for _, _, meta in outputs.outputs:
+                    meta["replica"] = self.place  # which process on which node made it
                 return {"type": "outputs", "outputs": outputs.outputs}
             except ApiError as exc:
                 return {"type": "error", "error": exc.to_record(), "cancelled": cancel.is_set()}
