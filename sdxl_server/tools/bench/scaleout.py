@@ -7,7 +7,10 @@ HTTP and the websocket as a client sees them:
 - one job at a time (idle server): its end-to-end time; the difference is the latency Ray adds;
 - a burst of ``--jobs`` jobs submitted at once: the time until the last ends, and the throughput;
 - per-step event latency on Ray: replica -> front end (the replica's clock to the lane's thread)
-  and front end -> websocket client, and their sum.
+  and front end -> websocket client, and their sum;
+- one 1024x1024 PNG's way to ``OUTPUT_DIR``: encoded on a Ray worker, then either returned to the
+  front end and written there (what the server does) or written by the worker itself (a shared
+  ``OUTPUT_DIR``).
 
 Prints a table (and ``--json`` writes the figures). The model and settings come from the
 environment like the server's (``MODEL_ID=tiny`` by default here).
@@ -44,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=10, help="steps per job (default 10)")
     parser.add_argument("--single-runs", type=int, default=5, help="one-at-a-time jobs per backend (default 5)")
     parser.add_argument("--output-dir", type=Path, default=Path("bench-scaleout"), help="where both servers write")
+    parser.add_argument("--png-runs", type=int, default=5, help="1024x1024 PNGs for the output transfer (default 5)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
     return parser
 
@@ -94,6 +98,61 @@ async def _measure(server: InProcessServer, args: argparse.Namespace) -> dict[st
     return {"single_s": statistics.median(single), **burst}
 
 
+def _png_1024(seed: int) -> Any:
+    """A 1024x1024 image about as hard to compress as a generated one (smooth, with grain)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:1024, 0:1024] / 1024.0
+    base = np.stack([np.sin(6 * x + seed), np.cos(5 * y), np.sin(4 * (x + y))], axis=-1) * 100 + 128
+    return Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype("uint8"))
+
+
+def _encoded_on_worker(seed: int, shared_dir: str | None) -> tuple[bytes, float, float]:
+    """On a Ray worker: encode (timed); write it into ``shared_dir`` (timed) or return it."""
+    from ...jobs.outputs import OutputStore, encode_png
+
+    image, meta = _png_1024(seed), {"prompt": "bench", "steps": 1, "scheduler": "default", "guidance_scale": 1.0,
+                                     "seed": seed, "width": 1024, "height": 1024, "model_id": "bench"}
+    started = time.perf_counter()
+    png = encode_png(image, meta)
+    encoded = time.perf_counter()
+    if shared_dir is None:
+        return png, encoded - started, 0.0
+    OutputStore(Path(shared_dir)).write_outputs(f"{seed:032x}", png, meta)
+    return b"", encoded - started, time.perf_counter() - encoded
+
+
+def _outputs(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
+    import ray
+
+    from ...jobs.outputs import OutputStore
+
+    task = ray.remote(num_cpus=1)(_encoded_on_worker)
+    ray.get(task.remote(0, None))  # warm-up: a worker with the imports
+    store = OutputStore(output_dir)
+    encode, via_front_end, written, via_shared, shared_write, sizes = [], [], [], [], [], []
+    for run in range(1, args.png_runs + 1):  # each path: from the call until the file is on disk
+        started = time.perf_counter()
+        png, encode_s, _ = ray.get(task.remote(run, None))
+        received = time.perf_counter()
+        store.write_outputs(f"{run:032x}", png, {"id": f"{run:032x}", "prompt": "bench"})
+        done = time.perf_counter()
+        via_front_end.append(done - started)
+        written.append(done - received)
+        encode.append(encode_s)
+        sizes.append(len(png))
+        started = time.perf_counter()
+        _, _, write_s = ray.get(task.remote(run + 1000, str(output_dir)))
+        via_shared.append(time.perf_counter() - started)
+        shared_write.append(write_s)
+    med = lambda values: round(1000 * statistics.median(values), 1)  # noqa: E731
+    return {"png_kb": round(statistics.median(sizes) / 1024), "encode_ms": med(encode),
+            "via_front_end_ms": med(via_front_end), "front_end_write_ms": med(written),
+            "via_shared_dir_ms": med(via_shared), "shared_dir_write_ms": med(shared_write)}
+
+
 def _serve(settings: Settings, engine: Any) -> InProcessServer:
     return InProcessServer(settings, engine).start()
 
@@ -121,6 +180,7 @@ def run(args: argparse.Namespace, base: Settings) -> dict[str, Any]:
     try:
         figures["ray"] = asyncio.run(_measure(server, args))
         figures["ray"]["replica_latency"] = list(cluster.step_latency_s)
+        figures["outputs"] = _outputs(args, args.output_dir)  # while Ray runs (stopping the server stops it)
     finally:
         server.stop()
         cluster.close()
@@ -139,6 +199,7 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                   "jobs_per_s": round(local["jobs_per_s"], 3)},
         "ray": {"single_job_s": round(ray_["single_s"], 3), "burst_s": round(ray_["wall_s"], 2),
                 "jobs_per_s": round(ray_["jobs_per_s"], 3)},
+        "outputs": figures["outputs"],
         "speedup": round(ray_["jobs_per_s"] / local["jobs_per_s"], 2),
         "added_latency_per_job_ms": round(1000 * (ray_["single_s"] - local["single_s"]), 1),
         "step_event_ms": {
@@ -165,6 +226,10 @@ def format_report(summary: dict[str, Any]) -> str:
         f"step event p50: replica -> front end {st['replica_to_front_end_p50']} ms (p95 {st['replica_to_front_end_p95']}), "
         f"front end -> websocket {st['front_end_to_websocket_p50']} ms (local: {st['local_front_end_to_websocket_p50']} ms), "
         f"replica -> websocket {st['replica_to_websocket_p50']:.2f} ms",
+        "one 1024x1024 PNG ({png_kb} KB, encoded on the worker in {encode_ms} ms), call to file on disk: "
+        "returned and written by the front end {via_front_end_ms} ms (the write {front_end_write_ms} ms), "
+        "written by the worker to a shared OUTPUT_DIR {via_shared_dir_ms} ms (the write {shared_dir_write_ms} ms)"
+        .format(**summary["outputs"]),
     ])
 
 
