@@ -38,17 +38,23 @@ from .server import InProcessServer
 from .stats import percentile
 
 
+OPTIONS = [  # flag, type, default, help
+    ("--jobs", int, 20, "jobs in the burst (default 20)"),
+    ("--replicas", int, 2, "Ray replicas (default 2)"),
+    ("--gpus-per-replica", float, 0.0, "GPUs per replica (default 0: CPU replicas)"),
+    ("--size", int, 256, "width and height (default 256)"),
+    ("--steps", int, 10, "steps per job (default 10)"),
+    ("--single-runs", int, 5, "one-at-a-time jobs per backend (default 5)"),
+    ("--png-runs", int, 5, "1024x1024 PNGs for the output transfer (default 5)"),
+    ("--output-dir", Path, Path("bench-scaleout"), "where both servers write"),
+    ("--json", Path, None, "also write the figures as JSON"),
+]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdxl_server.tools.bench.scaleout", description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=20, help="jobs in the burst (default 20)")
-    parser.add_argument("--replicas", type=int, default=2, help="Ray replicas (default 2)")
-    parser.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default 0: CPU replicas)")
-    parser.add_argument("--size", type=int, default=256, help="width and height (default 256)")
-    parser.add_argument("--steps", type=int, default=10, help="steps per job (default 10)")
-    parser.add_argument("--single-runs", type=int, default=5, help="one-at-a-time jobs per backend (default 5)")
-    parser.add_argument("--output-dir", type=Path, default=Path("bench-scaleout"), help="where both servers write")
-    parser.add_argument("--png-runs", type=int, default=5, help="1024x1024 PNGs for the output transfer (default 5)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
+    for flag, kind, default, help in OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=help)
     return parser
 
 
