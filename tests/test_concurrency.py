@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sdxl_server.errors import QueueFull
+from sdxl_server.errors import Interrupted, QueueFull
 from sdxl_server.jobs.queue import JobQueue
 from sdxl_server.jobs.store import JobStore
 from sdxl_server.params import GenerationParams
@@ -49,12 +49,14 @@ def _params(prompt: str) -> GenerationParams:
 async def queue_of(tmp_path):
     made = []
 
-    async def make(concurrency: int, capacity: int) -> tuple[JobQueue, GatedWork, list[dict]]:
+    async def make(concurrency: int, capacity: int, work=None, **options) -> tuple[JobQueue, GatedWork, list[dict]]:
         store = JobStore(tmp_path / "jobs.sqlite3")
         await store.open()
-        work, events = GatedWork(), []
+        work, events = work or GatedWork(), []
         executor = ThreadPoolExecutor(max_workers=concurrency)
-        queue = JobQueue(work, executor, store, capacity=capacity, publish=events.append, concurrency=concurrency)
+        queue = JobQueue(
+            work, executor, store, capacity=capacity, publish=events.append, concurrency=concurrency, **options
+        )
         queue.start()
         made.append((queue, work, executor, store))
         return queue, work, events
@@ -111,3 +113,41 @@ async def test_eta_of_a_waiting_job_is_when_the_first_slot_frees_plus_its_own_ti
     assert etas == pytest.approx([3.0, 4.0, 5.0], abs=0.05)  # slot A: 1+2, slot B: 2+2, slot A again: 3+2
     assert queue.eta_seconds(None) == pytest.approx(5.0, abs=0.05)  # when the last slot frees
     assert [e["eta_s"] for e in [queue.event(job, "position") for job in waiting]] == pytest.approx([3.0, 4.0, 5.0], abs=0.05)
+
+
+class LosesItsWorker(GatedWork):
+    """The first ``losses`` starts of each job end as if its Ray replica died mid-job."""
+
+    def __init__(self, losses: int) -> None:
+        super().__init__()
+        self.losses, self.starts = losses, {}
+
+    def __call__(self, job, on_step, cancelled):
+        self.starts[job.id] = self.starts.get(job.id, 0) + 1
+        if self.starts[job.id] <= self.losses:
+            on_step(1, job.params.steps, None)
+            raise Interrupted("the Ray replica running this job was lost")
+        self.gate(job.params.prompt).set()
+        return super().__call__(job, on_step, cancelled)
+
+
+@pytest.mark.parametrize(
+    ("losses", "requeue", "status", "starts"),
+    [(1, True, "succeeded", 2), (5, True, "failed", 2), (1, False, "failed", 1)],
+    ids=["requeued-then-done", "failed-after-two-starts", "failed-with-restart-running-fail"],
+)
+async def test_a_job_whose_worker_is_lost_is_requeued_or_failed_once_by_the_crash_rules(
+    queue_of, losses, requeue, status, starts
+):
+    work = LosesItsWorker(losses)
+    queue, _, events = await queue_of(concurrency=2, capacity=4, work=work, requeue_interrupted=requeue)
+    job, _ = await queue.submit(_params("lost"))
+    await job.wait()
+    assert job.status.value == status and work.starts[job.id] == starts == job.attempts
+    mine = [e for e in events if e["id"] == job.id]
+    assert [e["type"] for e in mine if e["type"] in ("completed", "failed", "cancelled")] == [
+        "completed" if status == "succeeded" else "failed"]  # one end
+    requeued = [e for e in mine if e["type"] == "queued" and "error" in e]
+    assert len(requeued) == starts - 1 and all(e["error"]["error"] == "interrupted" for e in requeued)
+    if status == "failed":
+        assert job.error.code == "interrupted"
