@@ -92,7 +92,7 @@ async def test_two_slots_run_two_jobs_at_once_and_the_third_takes_the_first_free
 
 
 async def test_admission_counts_every_free_slot(queue_of):
-    queue, work, _ = await queue_of(concurrency=2, capacity=1)
+    queue, _, _ = await queue_of(concurrency=2, capacity=1)
     await queue.submit(_params("one"))
     await queue.submit(_params("two"))  # both slots are free: neither waits
     await queue.submit(_params("three"))  # waits behind them: the queue's one place

@@ -16,15 +16,15 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="BACKEND=ray needs the ray extra: pip install -e '.[ray]'")
 
-import doubles  # noqa: E402
-import ray  # noqa: E402
-from doubles import FileGatedEngine  # noqa: E402
-from files import output_files  # noqa: E402
-from live_server import LiveServer  # noqa: E402
-from wsclient import TERMINAL, events_until, next_event  # noqa: E402
+import doubles
+import ray
+from doubles import FileGatedEngine
+from files import output_files
+from live_server import LiveServer
+from wsclient import TERMINAL, events_until, next_event
 
-from sdxl_server.api import keys  # noqa: E402
-from sdxl_server.jobs.ray_backend import RayCluster  # noqa: E402
+from sdxl_server.api import keys
+from sdxl_server.jobs.ray_backend import RayCluster
 
 pytestmark = pytest.mark.ray
 
@@ -165,13 +165,15 @@ async def test_a_replica_killed_mid_job_ends_that_job_exactly_once_and_the_next_
 def test_an_unreachable_cluster_stops_start_up_with_one_clear_line_and_exit_2(tmp_path):
     environ = {**os.environ, "BACKEND": "ray", "RAY_ADDRESS": "127.0.0.1:9", "MODEL_ID": "tiny",
                "OUTPUT_DIR": str(tmp_path / "outputs"), "PORT": "0"}
-    done = subprocess.run([sys.executable, "-m", "sdxl_server"], env=environ, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "sdxl_server"], env=environ, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
-    assert errors == [
+    assert errors == [(
         "sdxl-server: error: RAY_ADDRESS=127.0.0.1:9: no Ray cluster answers at 127.0.0.1:9 within 5s "
         "(Connection refused); start one (ray start --head) or fix the address"
-    ]
+    )]
 
 
 def _descendants(pid: int) -> set[int]:

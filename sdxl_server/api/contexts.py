@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from ..jobs.events import EventHub
-from ..jobs.job import Work
 from ..jobs.housekeeping import enforce_retention, recover
+from ..jobs.job import Work
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
 from ..jobs.store import JobStore
@@ -72,7 +72,10 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     """The queue, fed by recovery, publishing to the event hub and the metrics."""
     settings = app[keys.SETTINGS]
     hub = EventHub()
-    previews_wanted = lambda job_id: hub.wants_previews(job_id) or a1111.progress_polled_recently(app)  # noqa: E731
+
+    def previews_wanted(job_id: str) -> bool:
+        return hub.wants_previews(job_id) or a1111.progress_polled_recently(app)
+
     if settings.backend == "ray":
         from ..jobs.ray_backend import RayWork
 

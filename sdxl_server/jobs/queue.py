@@ -9,8 +9,8 @@ one terminal status, one terminal event. All of it runs on the event loop. Never
 from __future__ import annotations
 
 import asyncio
-import logging
 import heapq
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable

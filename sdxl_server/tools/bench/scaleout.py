@@ -37,7 +37,6 @@ from ...jobs.states import TERMINAL_EVENTS
 from .server import InProcessServer
 from .stats import percentile
 
-
 OPTIONS = [  # flag, type, default, help
     ("--jobs", int, 20, "jobs in the burst (default 20)"),
     ("--replicas", int, 2, "Ray replicas (default 2)"),
@@ -153,7 +152,7 @@ def _outputs(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
         _, _, write_s = ray.get(task.remote(run + 1000, str(output_dir)))
         via_shared.append(time.perf_counter() - started)
         shared_write.append(write_s)
-    med = lambda values: round(1000 * statistics.median(values), 1)  # noqa: E731
+    med = lambda values: round(1000 * statistics.median(values), 1)
     return {"png_kb": round(statistics.median(sizes) / 1024), "encode_ms": med(encode),
             "via_front_end_ms": med(via_front_end), "front_end_write_ms": med(written),
             "via_shared_dir_ms": med(via_shared), "shared_dir_write_ms": med(shared_write)}
@@ -197,7 +196,7 @@ def run(args: argparse.Namespace, base: Settings) -> dict[str, Any]:
 
 def report(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     local, ray_ = figures["local"], figures["ray"]
-    ms = lambda values, q=50: round(1000 * percentile(values, q), 2) if values else None  # noqa: E731
+    ms = lambda values, q=50: round(1000 * percentile(values, q), 2) if values else None
     summary = {
         "setup": {"jobs": args.jobs, "replicas": args.replicas, "size": args.size, "steps": args.steps,
                   "gpus_per_replica": args.gpus_per_replica},
@@ -222,20 +221,20 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 def format_report(summary: dict[str, Any]) -> str:
     s, lo, ra, st = summary["setup"], summary["local"], summary["ray"], summary["step_event_ms"]
     return "\n".join([
-        f"scale-out: {s['jobs']} jobs of {s['size']}x{s['size']}, {s['steps']} steps; ray: {s['replicas']} replicas "
-        f"({s['gpus_per_replica']:g} GPU each)",
+        (f"scale-out: {s['jobs']} jobs of {s['size']}x{s['size']}, {s['steps']} steps; ray: {s['replicas']} replicas "
+         f"({s['gpus_per_replica']:g} GPU each)"),
         "| backend | one job (s) | burst (s) | jobs/s |",
         "|---|---|---|---|",
         f"| local | {lo['single_job_s']} | {lo['burst_s']} | {lo['jobs_per_s']} |",
         f"| ray | {ra['single_job_s']} | {ra['burst_s']} | {ra['jobs_per_s']} |",
         f"throughput ray/local: {summary['speedup']}x; added latency per job: {summary['added_latency_per_job_ms']} ms",
-        f"step event p50: replica -> front end {st['replica_to_front_end_p50']} ms (p95 {st['replica_to_front_end_p95']}), "
-        f"front end -> websocket {st['front_end_to_websocket_p50']} ms (local: {st['local_front_end_to_websocket_p50']} ms), "
-        f"replica -> websocket {st['replica_to_websocket_p50']:.2f} ms",
-        "one 1024x1024 PNG ({png_kb} KB, encoded on the worker in {encode_ms} ms), call to file on disk: "
-        "returned and written by the front end {via_front_end_ms} ms (the write {front_end_write_ms} ms), "
-        "written by the worker to a shared OUTPUT_DIR {via_shared_dir_ms} ms (the write {shared_dir_write_ms} ms)"
-        .format(**summary["outputs"]),
+        (f"step event p50: replica -> front end {st['replica_to_front_end_p50']} ms "
+         f"(p95 {st['replica_to_front_end_p95']}), front end -> websocket {st['front_end_to_websocket_p50']} ms "
+         f"(local: {st['local_front_end_to_websocket_p50']} ms), replica -> websocket {st['replica_to_websocket_p50']:.2f} ms"),
+        ("one 1024x1024 PNG ({png_kb} KB, encoded on the worker in {encode_ms} ms), call to file on disk: "
+         "returned and written by the front end {via_front_end_ms} ms (the write {front_end_write_ms} ms), "
+         "written by the worker to a shared OUTPUT_DIR {via_shared_dir_ms} ms (the write {shared_dir_write_ms} ms)"
+         ).format(**summary["outputs"]),
     ])
 
 
