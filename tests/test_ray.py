@@ -55,11 +55,15 @@ def gate(tmp_path):
     return tmp_path / "gate"
 
 
+async def _ray_client(make_client, settings, gate):
+    factory = functools.partial(FileGatedEngine, gate=str(gate), hold_at=HOLD_AT)
+    return await make_client(settings, engine_factory=lambda s: RayCluster(s, replica_engine=factory))
+
+
 @pytest.fixture
 async def ray_client(make_client, ray_settings, gate):
-    factory = functools.partial(FileGatedEngine, gate=str(gate), hold_at=HOLD_AT)
-    client = await make_client(ray_settings, engine_factory=lambda s: RayCluster(s, replica_engine=factory))
-    assert client.app[keys.ENGINE].state == "ready"
+    client = await _ray_client(make_client, ray_settings, gate)
+    assert client.app[keys.ENGINE].state == "ready"  # deployed at start-up (PRELOAD)
     return client
 
 
@@ -118,7 +122,10 @@ async def test_two_jobs_run_at_once_with_their_progress_in_order_and_a_burst_bey
     assert max(starts) < min(ends)  # their running intervals overlap
 
 
-async def test_cancel_stops_the_replica_within_a_few_steps_and_it_takes_the_next_job(ray_client, gate):
+async def test_cancel_stops_the_replica_within_a_few_steps_and_it_takes_the_next_job(make_client, ray_settings, gate):
+    ray_client = await _ray_client(make_client, ray_settings.replace(preload=False), gate)
+    health = await ray_client.get("/health")
+    assert health.status == 200 and (await health.json())["model"]["state"] == "not_loaded"  # deployed on first use
     ws = await ray_client.ws_connect("/api/v1/ws")
     await next_event(ws)
     cancelled, kept = await _submit(ray_client, "hold cancelled"), await _submit(ray_client, "hold kept")

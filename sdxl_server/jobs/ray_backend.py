@@ -80,7 +80,9 @@ class RayCluster:
         self.step_latency_s: deque[float] = deque(maxlen=10_000)  # replica step -> front end, for the bench
         self._replica_engine = replica_engine
         self._remote: dict[str, Any] = {}
-        self._started_ray = False
+        self._joined_ray = False  # this process called ray.init (and disconnects at close)
+        self._started_ray = False  # ... and that started a local Ray (stopped at close)
+        self._loading = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -111,6 +113,7 @@ class RayCluster:
                     ray.init(address="local", num_cpus=cpus, namespace=APP_NAME, include_dashboard=False,
                              log_to_driver=False)
                     self._started_ray = True
+                self._joined_ray = True
             serve.start(proxy_location="Disabled")  # the aiohttp server is the only API
         except ConfigError:
             raise
@@ -146,6 +149,15 @@ class RayCluster:
             options["num_replicas"] = settings.ray_replicas
         return serve.deployment(Replica).options(**options).bind(settings, self._replica_engine)
 
+    def ensure_loaded(self) -> None:
+        """Deploy on the first job (``PRELOAD=false``); raise :class:`ModelUnavailable` if it failed."""
+        with self._loading:  # several lanes may ask at once: one deploys
+            if self.state == "ready":
+                return
+            if self.state == "failed":
+                raise ModelUnavailable(self.error or "the pipeline could not be deployed on Ray Serve")
+            self.load()
+
     def load(self) -> None:
         """Deploy the replicas (each loads the model) and wait until they serve."""
         from ray import serve
@@ -178,10 +190,10 @@ class RayCluster:
             if self._started_ray:
                 serve.shutdown()
             elif self.handle is not None:
-                serve.delete(APP_NAME)
+                serve.delete(APP_NAME)  # a cluster's Ray and Serve stay up for others
         finally:
-            if self._started_ray:
-                ray.shutdown()
+            if self._joined_ray:
+                ray.shutdown()  # stops a local Ray; leaves a cluster
         self.handle, self.state = None, "not_loaded"
 
     # -- what /health shows -------------------------------------------------------------
@@ -231,8 +243,7 @@ class RayWork:
         self.cluster.load()
 
     def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> dict[str, Any]:
-        if self.cluster.state != "ready":
-            raise ModelUnavailable(self.cluster.error or "the pipeline is not deployed on Ray Serve")
+        self.cluster.ensure_loaded()
         request = {"id": job.id, "params": job.params.to_dict(), "created_at": job.created_at, "previews": True}
         try:
             end = self._stream(job, request, on_step, cancelled)
