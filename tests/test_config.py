@@ -114,3 +114,20 @@ def test_start_up_stops_with_one_line(args, env, needle):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
+
+
+def test_ray_address_is_checked_with_a_timeout_in_each_form():
+    import socket
+
+    from sdxl_server.jobs.ray_backend import check_reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")  # a cluster's GCS port answers
+        check_reachable(f"ray://127.0.0.1:{port}")  # Ray Client's form
+    for address in ("127.0.0.1:9", "ray://127.0.0.1:9"):
+        with pytest.raises(ConfigError, match=rf"^RAY_ADDRESS={address}: no Ray cluster answers at 127\.0\.0\.1:9 within 1s"):
+            check_reachable(address, timeout_s=1)
+    check_reachable("auto")  # Ray finds the cluster itself
