@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .pipeline.runtime import resolve_runtime
 
     try:
-        resolve_runtime(settings)  # a bad DEVICE/DTYPE/option combination stops here, in one line
+        if settings.backend == "local":  # on Ray, each replica checks its own device
+            resolve_runtime(settings)  # a bad DEVICE/DTYPE/option combination stops here, in one line
     except ConfigError as exc:
         print(f"sdxl-server: error: {exc}", file=sys.stderr)
         return 2

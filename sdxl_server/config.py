@@ -132,14 +132,18 @@ _dtype.accepts = "auto, float16, bfloat16 or float32"  # type: ignore[attr-defin
 
 
 def _concurrency(raw: str) -> int:
-    if raw.strip() != "1":
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(_concurrency.accepts) from None  # type: ignore[attr-defined]
+    if value < 0:
         raise ValueError(_concurrency.accepts)  # type: ignore[attr-defined]
-    return 1
+    return value
 
 
 _concurrency.accepts = (  # type: ignore[attr-defined]
-    "1: one GPU runs one generation at a time, and a second in parallel only slows both and risks "
-    "out-of-memory; let more requests wait with QUEUE_SIZE"
+    "0 (auto) or 1: one GPU runs one generation at a time, and a second in parallel only slows both and "
+    "risks out-of-memory; let more requests wait with QUEUE_SIZE, or use BACKEND=ray for more GPUs"
 )
 
 
@@ -195,7 +199,8 @@ class Settings:
     max_steps: int = _setting("MAX_STEPS", 50, _int_range(1, 1000), "most steps a request may ask for")
     max_batch: int = _setting("MAX_BATCH", 4, _int_range(1, 64), "most images one request may ask for")
     max_concurrency: int = _setting(
-        "MAX_CONCURRENCY", 1, _concurrency, "generations at once: 1 (one GPU runs one; queue more with QUEUE_SIZE)"
+        "MAX_CONCURRENCY", 0, _concurrency,
+        "generations at once (0: auto): 1 with BACKEND=local; with BACKEND=ray up to the replicas' total (the default)",
     )
     queue_size: int = _setting("QUEUE_SIZE", 8, _int_range(0, 10_000), "jobs that may wait behind the running one (0: none)")
     max_prompt_length: int = _setting("MAX_PROMPT_LENGTH", 2000, _int_range(1, 100_000), "characters per prompt")
@@ -255,7 +260,27 @@ class Settings:
         "LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "logging level"
     )
 
+    # Scale-out (docs/scaling-out.md)
+    backend: str = _setting(
+        "BACKEND", "local", _choice("local", "ray"),
+        "local: one worker thread runs the pipeline; ray: a Ray Serve deployment, one replica per GPU",
+    )
+    ray_address: str | None = _setting(
+        "RAY_ADDRESS", None, _optional_str, "an existing Ray cluster (host:port or ray://host:port); unset: start a local Ray"
+    )
+    ray_replicas: int = _setting("RAY_REPLICAS", 1, _int_range(1, 4096), "replicas of the pipeline (without autoscaling)")
+    ray_min_replicas: int = _setting(
+        "RAY_MIN_REPLICAS", 0, _int_range(0, 4096), "with RAY_MAX_REPLICAS: autoscale from this many replicas"
+    )
+    ray_max_replicas: int = _setting(
+        "RAY_MAX_REPLICAS", 0, _int_range(0, 4096), "autoscale up to this many replicas (0: no autoscaling, RAY_REPLICAS)"
+    )
+    ray_gpus_per_replica: float = _setting(
+        "RAY_GPUS_PER_REPLICA", 1.0, _float_range(0.0, 64.0), "GPUs each replica holds (0: CPU replicas, for tests)"
+    )
+
     def __post_init__(self) -> None:
+        self._check_concurrency()
         for name, limit in (("DEFAULT_WIDTH", "MAX_WIDTH"), ("DEFAULT_HEIGHT", "MAX_HEIGHT"), ("DEFAULT_STEPS", "MAX_STEPS")):
             value, maximum = getattr(self, name.lower()), getattr(self, limit.lower())
             if value > maximum:
@@ -264,6 +289,34 @@ class Settings:
             value = getattr(self, name.lower())
             if value % 8:
                 raise ConfigError(f"{name}={value} is not a multiple of 8: SDXL sizes are multiples of 8")
+
+    def _check_concurrency(self) -> None:
+        if self.ray_max_replicas and self.ray_min_replicas > self.ray_max_replicas:
+            raise ConfigError(
+                f"RAY_MIN_REPLICAS={self.ray_min_replicas} is above RAY_MAX_REPLICAS={self.ray_max_replicas}"
+            )
+        if self.backend == "local" and self.max_concurrency > 1:
+            raise ConfigError(
+                f"MAX_CONCURRENCY={self.max_concurrency} needs BACKEND=ray: one GPU runs one generation at a time "
+                "(a second in parallel only slows both and risks out-of-memory); queue more with QUEUE_SIZE"
+            )
+        if self.backend == "ray" and self.max_concurrency > self.replicas_total:
+            raise ConfigError(
+                f"MAX_CONCURRENCY={self.max_concurrency} is above the {self.replicas_total} Ray replica(s): "
+                "each replica runs one generation at a time; raise RAY_REPLICAS (or RAY_MAX_REPLICAS)"
+            )
+
+    @property
+    def replicas_total(self) -> int:
+        """The most Ray replicas that may run (RAY_MAX_REPLICAS when autoscaling, else RAY_REPLICAS)."""
+        return self.ray_max_replicas or self.ray_replicas
+
+    @property
+    def concurrency(self) -> int:
+        """Jobs that run at once: MAX_CONCURRENCY, or (0) 1 locally and the replicas' total on Ray."""
+        if self.backend == "local":
+            return 1
+        return self.max_concurrency or self.replicas_total
 
     @property
     def jobs_db_path(self) -> Path:

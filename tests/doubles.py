@@ -97,3 +97,23 @@ class SmallMemoryEngine(Engine):
             return forward(sample, *args, **kwargs)
 
         self.pipe.unet.forward = forward_one_image
+
+
+class FileGatedEngine(Engine):
+    """A real engine that holds jobs whose prompt starts with "hold" after step ``hold_at`` until
+    the file ``gate`` exists (or the job is cancelled): a gate that works across processes, for
+    Ray replicas."""
+
+    def __init__(self, settings, gate: str, hold_at: int = 2):
+        super().__init__(settings)
+        self.gate, self.hold_at = gate, hold_at
+
+    def generate(self, params, on_step, cancelled):
+        def step(index, total, latents):
+            on_step(index, total, latents)
+            if index == self.hold_at and params.prompt.startswith("hold"):
+                import os
+
+                _wait_until(lambda: os.path.exists(self.gate) or cancelled(), limit_s=120)
+
+        return super().generate(params, step, cancelled)

@@ -113,7 +113,9 @@ async def test_health_reports_model_device_and_queue(client):
     assert health["model"]["loaded"] is True and health["model"]["tiny"] is True
     assert health["attention"] == "sdpa"
     assert health["options"]["vae_tiling"] is False and health["options"]["cpu_offload"] == "none"
-    assert health["queue"] == {"running": None, "waiting": 0, "capacity": 2, "eta_s": 0.0, "problem": None}
+    assert health["queue"] == {
+        "running": None, "running_jobs": [], "concurrency": 1, "waiting": 0, "capacity": 2, "eta_s": 0.0, "problem": None
+    }
 
 
 async def test_index_is_html_for_browsers_and_json_otherwise(client):

@@ -18,9 +18,15 @@ def test_defaults_are_the_seed_readme_table():
     assert s.model_id is None
     assert (s.device, s.dtype) == ("auto", "auto")
     assert (s.default_width, s.default_height, s.default_steps, s.default_guidance) == (1024, 1024, 25, 7.0)
-    assert (s.max_width, s.max_height, s.max_steps, s.max_concurrency) == (1280, 1280, 50, 1)
+    assert (s.max_width, s.max_height, s.max_steps, s.max_concurrency, s.concurrency) == (1280, 1280, 50, 0, 1)
     assert (s.host, s.port, s.output_dir) == ("0.0.0.0", 8001, Path("outputs"))
     assert s.preload is True
+
+
+def test_on_ray_the_jobs_that_run_at_once_default_to_the_replicas_total():
+    assert load_settings({"BACKEND": "ray", "RAY_REPLICAS": "2"}).concurrency == 2
+    assert load_settings({"BACKEND": "ray", "RAY_MIN_REPLICAS": "1", "RAY_MAX_REPLICAS": "4"}).concurrency == 4
+    assert load_settings({"BACKEND": "ray", "RAY_REPLICAS": "3", "MAX_CONCURRENCY": "2"}).concurrency == 2
 
 
 def test_environment_then_flags():
@@ -50,7 +56,11 @@ def test_every_setting_has_a_flag_and_a_variable():
         ({"DEVICE": "gpu"}, "DEVICE='gpu' is not valid: expected auto, cpu, cuda, cuda:N or mps"),
         ({"DTYPE": "float64"}, "DTYPE='float64' is not valid: expected auto, float16, bfloat16 or float32"),
         ({"PORT": "eighty"}, "PORT='eighty' is not valid: expected a whole number from 0 to 65535"),
-        ({"MAX_CONCURRENCY": "2"}, "MAX_CONCURRENCY='2' is not valid: expected 1: one GPU runs one generation"),
+        ({"MAX_CONCURRENCY": "2"}, "MAX_CONCURRENCY=2 needs BACKEND=ray: one GPU runs one generation at a time"),
+        ({"MAX_CONCURRENCY": "many"}, "MAX_CONCURRENCY='many' is not valid: expected 0 (auto) or 1"),
+        ({"BACKEND": "ray", "RAY_REPLICAS": "2", "MAX_CONCURRENCY": "3"}, "MAX_CONCURRENCY=3 is above the 2 Ray replica(s)"),
+        ({"RAY_MIN_REPLICAS": "3", "RAY_MAX_REPLICAS": "2"}, "RAY_MIN_REPLICAS=3 is above RAY_MAX_REPLICAS=2"),
+        ({"BACKEND": "dask"}, "BACKEND='dask' is not valid: expected one of local, ray"),
         ({"DEFAULT_GUIDANCE": "nan"}, "DEFAULT_GUIDANCE='nan' is not valid: expected a number from 0 to 30"),
         ({"PRELOAD": "maybe"}, "PRELOAD='maybe' is not valid: expected true or false"),
         ({"CPU_OFFLOAD": "all"}, "CPU_OFFLOAD='all' is not valid: expected one of none, model, sequential"),
@@ -95,7 +105,7 @@ def _run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     ("args", "env", "needle"),
     [
         ((), {"DEVICE": "cuda"}, "DEVICE=cuda but CUDA is not available"),
-        ((), {"MAX_CONCURRENCY": "4"}, "MAX_CONCURRENCY='4' is not valid"),
+        ((), {"MAX_CONCURRENCY": "4"}, "MAX_CONCURRENCY=4 needs BACKEND=ray"),
         (("--dtype", "int8"), {}, "--dtype='int8' is not valid"),
     ],
 )
@@ -104,3 +114,20 @@ def test_start_up_stops_with_one_line(args, env, needle):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
+
+
+def test_ray_address_is_checked_with_a_timeout_in_each_form():
+    import socket
+
+    from sdxl_server.jobs.ray_backend import check_reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")  # a cluster's GCS port answers
+        check_reachable(f"ray://127.0.0.1:{port}")  # Ray Client's form
+    for address in ("127.0.0.1:9", "ray://127.0.0.1:9"):
+        with pytest.raises(ConfigError, match=rf"^RAY_ADDRESS={address}: no Ray cluster answers at 127\.0\.0\.1:9 within 1s"):
+            check_reachable(address, timeout_s=1)
+    check_reachable("auto")  # Ray finds the cluster itself

@@ -81,3 +81,25 @@ def test_the_server_entry_point_imports_no_torch_before_it_serves():
 def test_the_check_can_fail():
     """The checker itself sees a forbidden import when there is one."""
     assert imported_by(["sdxl_server.pipeline.engine"], ["torch"]) == {"sdxl_server.pipeline.engine": ["torch"]}
+
+
+def test_the_default_install_and_backend_local_never_import_ray(settings):
+    """Ray is an optional extra: a BACKEND=local server that starts and runs a job never imports it."""
+    code = (
+        "import asyncio, json, sys\n"
+        "from aiohttp.test_utils import TestClient, TestServer\n"
+        "from sdxl_server.api.app import create_app\n"
+        "from sdxl_server.config import load_settings\n"
+        "import sdxl_server.jobs.ray_backend, sdxl_server.jobs.replica\n"  # the backend's own modules import it lazily
+        f"settings = load_settings({{'MODEL_ID': 'tiny', 'OUTPUT_DIR': {str(settings.output_dir)!r}, "
+        f"'TINY_CACHE': {str(settings.tiny_cache)!r}}})\n"
+        "async def main():\n"
+        "    async with TestClient(TestServer(create_app(settings))) as client:\n"
+        "        done = await client.post('/api/v1/generate', json={'prompt': 'x', 'steps': 1, 'width': 64, 'height': 64})\n"
+        "        assert done.status == 200, done.status\n"
+        "asyncio.run(main())\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -32,6 +32,10 @@ from .server import Application
 
 
 def default_engine_factory(settings: Settings) -> Any:
+    if settings.backend == "ray":  # the replicas own the pipelines; ray is imported only here
+        from ..jobs.ray_backend import RayCluster
+
+        return RayCluster(settings)
     from ..pipeline.engine import Engine  # torch is imported here, once, not by the HTTP layer
 
     return Engine(settings)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..jobs.events import EventHub
 from ..jobs.housekeeping import enforce_retention, recover
+from ..jobs.job import Work
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
 from ..jobs.store import JobStore
@@ -46,9 +47,11 @@ async def job_store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The engine and the one worker thread that owns its pipeline."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-worker")
+    """The engine and the worker thread that owns its pipeline (on Ray: one thread per replica)."""
+    executor = ThreadPoolExecutor(max_workers=app[keys.SETTINGS].concurrency, thread_name_prefix="sdxl-worker")
     engine = app[keys.ENGINE_FACTORY](app[keys.SETTINGS])
+    if app[keys.SETTINGS].backend == "ray":
+        engine.connect()  # on the main thread, before any request: an unreachable cluster stops start-up
     app[keys.EXECUTOR], app[keys.ENGINE] = executor, engine
     yield
     try:  # behind a generation that ignored its cancel, this could wait for ever: it may not
@@ -64,7 +67,7 @@ def _metrics(app: web.Application, queue: JobQueue) -> Metrics:
     engine = app[keys.ENGINE]
     return Metrics(
         queue_depth=lambda: queue.waiting,
-        running=lambda: 1 if queue.running else 0,
+        running=lambda: len(queue.running_jobs),
         websockets=lambda: len(app[keys.WEBSOCKETS]),
         model_load_seconds=lambda: engine.load_seconds or 0.0,
         gpu_memory=engine.gpu_memory_allocated if engine.runtime.on_cuda else None,
@@ -75,10 +78,18 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     """The queue, fed by recovery, publishing to the event hub and the metrics."""
     settings = app[keys.SETTINGS]
     hub = EventHub()
-    work = GenerationWork(
-        app[keys.ENGINE], app[keys.STORE], preview_every=settings.preview_every,
-        previews_wanted=lambda job_id: hub.wants_previews(job_id) or a1111.progress_polled_recently(app),
-    )
+
+    def previews_wanted(job_id: str) -> bool:
+        return hub.wants_previews(job_id) or a1111.progress_polled_recently(app)
+
+    if settings.backend == "ray":
+        from ..jobs.ray_backend import RayWork
+
+        work: Work = RayWork(app[keys.ENGINE], app[keys.STORE], previews_wanted=previews_wanted)
+    else:
+        work = GenerationWork(
+            app[keys.ENGINE], app[keys.STORE], preview_every=settings.preview_every, previews_wanted=previews_wanted
+        )
 
     def publish(event: dict) -> None:
         metrics.observe(event)
@@ -86,7 +97,8 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 
     queue = JobQueue(
         work, app[keys.EXECUTOR], app[keys.JOB_STORE],
-        capacity=settings.queue_size, preload=settings.preload, publish=publish,
+        capacity=settings.queue_size, preload=settings.preload, publish=publish, concurrency=settings.concurrency,
+        requeue_interrupted=settings.restart_running == "requeue",
     )
     metrics = _metrics(app, queue)
     app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue

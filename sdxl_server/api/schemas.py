@@ -250,7 +250,9 @@ class HealthModelSchema(Schema):
 
 
 class HealthQueueSchema(Schema):
-    running = fields.String(required=True, allow_none=True)
+    running = fields.String(required=True, allow_none=True, metadata={"description": "The job running longest."})
+    running_jobs = fields.List(fields.String(), required=True, metadata={"description": "Every running job, oldest first."})
+    concurrency = fields.Integer(required=True, metadata={"description": "Jobs that may run at once (MAX_CONCURRENCY)."})
     waiting = fields.Integer(required=True)
     capacity = fields.Integer(required=True)
     eta_s = fields.Float(required=True, allow_none=True)
@@ -273,6 +275,9 @@ class HealthSchema(Schema):
     options = fields.Dict(required=True)
     versions = fields.Dict(required=True)
     queue = fields.Nested(HealthQueueSchema, required=True)
+    backend = fields.Dict(
+        metadata={"description": "BACKEND=ray only: name, address, replicas (or min/max_replicas), gpus_per_replica."}
+    )
 
 
 class InfoSchema(Schema):

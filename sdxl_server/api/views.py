@@ -47,6 +47,8 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
         **info,
         "queue": {
             "running": queue.running.id if queue.running else None,
+            "running_jobs": [job.id for job in queue.running_jobs],
+            "concurrency": queue.concurrency,
             "waiting": queue.waiting,
             "capacity": queue.capacity,
             "eta_s": queue.eta_seconds(None),

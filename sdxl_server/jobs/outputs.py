@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import logging
 import os
@@ -52,6 +53,19 @@ def parameters_text(meta: dict[str, Any]) -> str:
     ]
     lines.append(", ".join(f"{key}: {value}" for key, value in details))
     return "\n".join(lines)
+
+
+def _save_png(image: Image.Image, meta: dict[str, Any], file: Any) -> None:
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("parameters", parameters_text(meta))
+    image.save(file, format="PNG", pnginfo=chunk)
+
+
+def encode_png(image: Image.Image, meta: dict[str, Any]) -> bytes:
+    """The PNG file :meth:`OutputStore.write_outputs` writes for ``image``, as bytes."""
+    buffer = io.BytesIO()
+    _save_png(image, meta, buffer)
+    return buffer.getvalue()
 
 
 class OutputStore:
@@ -100,19 +114,21 @@ class OutputStore:
     def meta_url(output_id: str) -> str:
         return f"/outputs/metadata/{output_id}.json"
 
-    def write_outputs(self, output_id: str, image: Image.Image, meta: dict[str, Any]) -> None:
+    def write_outputs(self, output_id: str, image: Image.Image | bytes, meta: dict[str, Any]) -> None:
         """Write the PNG (with its parameters chunk) and then the metadata JSON, each atomically.
+        ``image`` is a PIL image, or a PNG already encoded by :func:`encode_png` (on a Ray replica).
 
         On failure nothing of this output is left behind and :class:`StorageFailed` is raised.
         """
         if not self.is_output_id(output_id):
             raise ValueError(f"not an output id: {output_id!r}")
-        chunk = PngImagePlugin.PngInfo()
-        chunk.add_text("parameters", parameters_text(meta))
         body = json.dumps(meta, ensure_ascii=False, indent=2).encode("utf-8")  # fails before any file exists
         image_path = self.image_path(output_id)
         try:
-            self._write_atomic(image_path, lambda f: image.save(f, format="PNG", pnginfo=chunk))
+            if isinstance(image, bytes):
+                self._write_atomic(image_path, lambda f: f.write(image))
+            else:
+                self._write_atomic(image_path, lambda f: _save_png(image, meta, f))
             self._write_atomic(self.metadata_path(output_id), lambda f: f.write(body))
         except BaseException as exc:
             with contextlib.suppress(OSError):

@@ -1,6 +1,7 @@
 """The queue: admission, order, positions, estimates, cancellation, and how a job ends.
 
-Jobs wait here in order; :class:`~.worker.Worker` takes them one at a time. Every change of state
+Jobs wait here in order; :class:`~.worker.Worker` runs up to ``concurrency`` of them at once (1
+locally; one per replica on Ray). Every change of state
 is recorded before it is made or announced (:mod:`.recording`), and every job ends exactly once:
 one terminal status, one terminal event. All of it runs on the event loop. Never imports torch.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections import OrderedDict, deque
@@ -28,6 +30,7 @@ from ..errors import (
 )
 from ..params import GenerationParams
 from .eta import ThroughputEstimate
+from .housekeeping import MAX_ATTEMPTS
 from .job import Job, Work
 from .recording import Recorder
 from .states import END_EVENT, JobStatus
@@ -40,9 +43,9 @@ Publish = Callable[[dict[str, Any]], None]
 
 
 class JobQueue:
-    """A bounded FIFO of jobs, run one at a time on ``executor`` by its :class:`~.worker.Worker`.
+    """A bounded FIFO of jobs, run ``concurrency`` at a time on ``executor`` by its :class:`~.worker.Worker`.
 
-    ``capacity`` jobs may wait behind the running one (0: a job is accepted only when none runs);
+    ``capacity`` jobs may wait behind the running ones (0: a job is accepted only when a slot is free);
     :meth:`submit` raises :class:`QueueFull` beyond that. Finished jobs are remembered (newest
     ``history`` of them) for lookups; older ones are read back from the job store.
     """
@@ -57,6 +60,8 @@ class JobQueue:
         history: int = 200,
         publish: Publish | None = None,
         preload: bool = True,
+        concurrency: int = 1,
+        requeue_interrupted: bool = True,
     ) -> None:
         self._store = store
         self.recorder = Recorder(store)
@@ -69,7 +74,9 @@ class JobQueue:
         self._recording: dict[str, asyncio.Future] = {}  # idempotency key -> its first job's insert
         self._reserved = 0  # submissions being recorded: they count against the capacity
         self.wakeup = asyncio.Event()
-        self.running: Job | None = None  # set from the moment the worker takes a job
+        self.concurrency = concurrency
+        self.requeue_interrupted = requeue_interrupted  # RESTART_RUNNING, for a job whose worker was lost
+        self._running: list[Job] = []  # from the moment the worker takes a job, oldest first
         self.accepting = True
         self.estimate = ThroughputEstimate()
         self.worker = Worker(self, work, executor, preload=preload)
@@ -149,8 +156,8 @@ class JobQueue:
             raise JobStoreUnavailable(self.recorder.problem, headers={"Retry-After": "10"})
         if self.worker.problem:
             raise WorkerStopped(self.worker.problem)
-        idle = self.running is None  # the worker takes the first waiting job at once
-        behind_running = len(self._waiting) + self._reserved + 1 - (1 if idle else 0)
+        free = max(0, self.concurrency - len(self._running))  # the worker takes as many at once
+        behind_running = len(self._waiting) + self._reserved + 1 - free
         if behind_running > self.capacity:
             wait = self.eta_seconds(None)
             raise QueueFull(
@@ -162,7 +169,7 @@ class JobQueue:
         self._jobs[job.id] = job
         if job.idempotency_key:
             self._by_key[job.idempotency_key] = job
-        while len(self._jobs) > self._history + len(self._waiting) + 1:
+        while len(self._jobs) > self._history + len(self._waiting) + self.concurrency:
             oldest = next((j for j in self._jobs.values() if j.status.terminal), None)
             if oldest is None:
                 break
@@ -213,15 +220,31 @@ class JobQueue:
         return jobs, cursor
 
     def active(self) -> list[Job]:
-        """The running job, then the waiting ones in order."""
-        return ([self.running] if self.running else []) + list(self._waiting)
+        """The running jobs, then the waiting ones in order."""
+        return self.running_jobs + list(self._waiting)
+
+    @property
+    def running(self) -> Job | None:
+        """The job running longest (the only one with ``concurrency`` 1), or None."""
+        return self._running[0] if self._running else None
+
+    @property
+    def running_jobs(self) -> list[Job]:
+        """Every running job, oldest first."""
+        return list(self._running)
 
     def take(self) -> Job | None:
-        """The next job to run, now the running one (for the worker)."""
-        if not self._waiting or not self.accepting:
+        """The next job to run, now a running one (for the worker); None if none waits or no slot is free."""
+        if not self._waiting or not self.accepting or len(self._running) >= self.concurrency:
             return None
-        self.running = self._waiting.popleft()
-        return self.running
+        job = self._waiting.popleft()
+        self._running.append(job)
+        return job
+
+    def release(self, job: Job) -> None:
+        """The worker no longer runs ``job`` (it ended, or went back to the queue)."""
+        if job in self._running:
+            self._running.remove(job)
 
     @property
     def waiting(self) -> int:
@@ -238,7 +261,7 @@ class JobQueue:
         if job.cancel_requested():
             raise Conflict(f"job {job_id} is being cancelled already")
         job._cancel.set()
-        if job is not self.running:  # waiting, or suspended by a shutdown in progress
+        if job not in self._running:  # waiting, or suspended by a shutdown in progress
             if job in self._waiting:
                 self._waiting.remove(job)
             try:
@@ -270,6 +293,25 @@ class JobQueue:
             extra["error"] = error.to_dict()
         self._publish(self.event(job, END_EVENT[status], run_s=run_s, **extra))
 
+    async def interrupted(self, job: Job, error: ApiError) -> None:
+        """The worker running ``job`` was lost (a Ray replica died): by the crash rules, it is
+        queued again first (``RESTART_RUNNING=requeue``, fewer than ``MAX_ATTEMPTS`` starts) or
+        failed. Either way it ends, or waits again, exactly once."""
+        if job._settled or job._suspended:
+            return
+        if not self.accepting:
+            await self.suspend(job)
+        elif not self.requeue_interrupted or job.attempts >= MAX_ATTEMPTS:
+            await self.finish(job, JobStatus.FAILED, error=error)
+        else:
+            await self.recorder.change(job, status=JobStatus.QUEUED, step=0, preview=None, error=None)
+            self.release(job)
+            self._waiting.appendleft(job)
+            log.warning("job %s queued again (attempt %d was interrupted: %s)", job.id, job.attempts, error.message)
+            self._publish(self.event(job, "queued", error=error.to_dict()))
+            self.announce_positions()
+            self.wakeup.set()
+
     async def suspend(self, job: Job) -> None:
         """At shutdown: the job stays queued in the job store and runs when the server starts
         again; whoever waits on it now is told so. A suspension is not an attempt."""
@@ -297,7 +339,7 @@ class JobQueue:
 
     def position(self, job: Job) -> int | None:
         """1 for the next job to run, 0 for the running one, None once finished."""
-        if job is self.running and job.status is JobStatus.RUNNING:
+        if job in self._running and job.status is JobStatus.RUNNING:
             return 0
         if job in self._waiting:
             return self._waiting.index(job) + 1
@@ -306,24 +348,37 @@ class JobQueue:
     def schedule(self) -> list[tuple[Job, float | None]]:
         """Each waiting job in order with the seconds until it finishes (None: not known yet),
         in one pass."""
+        return self._plan()[0]
+
+    def _plan(self) -> tuple[list[tuple[Job, float | None]], list[float] | None]:
+        """The schedule, and when each slot is free once the queue has drained (None: unknown).
+
+        Each waiting job goes to the slot that frees first, as the worker takes them."""
         now = time.time()
-        total: float | None = 0.0
-        if self.running is not None:
-            total = self.estimate.remaining_seconds(self.running, now)
-        planned = []
+        remaining = [self.estimate.remaining_seconds(job, now) for job in self._running]
+        slots: list[float] | None = None if None in remaining else [
+            *remaining, *[0.0] * max(0, self.concurrency - len(remaining))]  # type: ignore[list-item]
+        if slots is not None:
+            heapq.heapify(slots)
+        planned: list[tuple[Job, float | None]] = []
         for job in self._waiting:
             seconds = self.estimate.job_seconds(job.params)
-            total = None if total is None or seconds is None else total + seconds
-            planned.append((job, total))
-        return planned
+            if slots is None or seconds is None:
+                slots = None
+                planned.append((job, None))
+                continue
+            finish = heapq.heappop(slots) + seconds
+            heapq.heappush(slots, finish)
+            planned.append((job, finish))
+        return planned, slots
 
     def eta_seconds(self, job: Job | None) -> float | None:
         """Seconds until ``job`` finishes (None: until the whole queue drains); None if unknown yet."""
-        if job is not None and job is self.running:
+        if job is not None and job in self._running:
             return self.estimate.remaining_seconds(job, time.time())
-        planned = self.schedule()
+        planned, slots = self._plan()
         if job is None:
-            return planned[-1][1] if planned else (self.eta_seconds(self.running) if self.running else 0.0)
+            return None if slots is None else max(slots, default=0.0)
         return next((eta for queued, eta in planned if queued is job), None)
 
     def event(self, job: Job, kind: str, **extra: Any) -> dict[str, Any]:
@@ -353,7 +408,7 @@ class JobQueue:
         self.worker.start()
 
     async def stop(self, grace_s: float = 0.0, urgent: asyncio.Event | None = None) -> None:
-        """Refuse new jobs, suspend the waiting ones, give the running one ``grace_s`` seconds to
+        """Refuse new jobs, suspend the waiting ones, give the running ones ``grace_s`` seconds to
         finish (less if ``urgent`` is set: a second signal), then stop it at its next step, and
         stop the worker. Safe to call twice."""
         self.accepting = False

@@ -1,5 +1,7 @@
-"""The worker coroutine: takes jobs from the queue in order and runs each on the single executor
-thread that owns the pipeline, supervised so that a bug in it never leaves jobs waiting forever.
+"""The worker coroutines: take jobs from the queue in order and run each on the executor, supervised
+so that a bug in them never leaves jobs waiting forever. One coroutine (a *lane*) per job that may
+run at once (``MAX_CONCURRENCY``): one lane on the single thread that owns the local pipeline, or
+one per Ray Serve replica (:mod:`.ray_backend`), each lane's thread waiting on its replica.
 
 The thread reports steps back only through ``loop.call_soon_threadsafe``; all job state is
 changed on the event loop. Never imports torch or aiohttp.
@@ -15,7 +17,15 @@ from collections import deque
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ApiError, GenerationFailed, JobCancelled, JobStoreUnavailable, ShuttingDown, WorkerStopped
+from ..errors import (
+    ApiError,
+    GenerationFailed,
+    Interrupted,
+    JobCancelled,
+    JobStoreUnavailable,
+    ShuttingDown,
+    WorkerStopped,
+)
 from .job import Job, Work
 from .states import JobStatus
 
@@ -30,14 +40,15 @@ STOP_WAIT_S = 30.0  # at shutdown, how long a cancelled job may take to reach it
 
 
 class Worker:
-    """Runs the queue's jobs, one at a time."""
+    """Runs the queue's jobs, ``queue.concurrency`` at a time (one per lane)."""
 
     def __init__(self, queue: JobQueue, work: Work, executor: Executor, *, preload: bool) -> None:
         self.queue = queue
         self._work = work
         self._executor = executor
         self._preload = preload
-        self._task: asyncio.Task | None = None
+        self._tasks: dict[int, asyncio.Task] = {}  # lane -> its coroutine
+        self._current: dict[int, Job] = {}  # lane -> the job it runs
         self._failures: deque[float] = deque(maxlen=RESTARTS)
         self._stopping = False
         self._cleanup: asyncio.Future | None = None
@@ -48,10 +59,15 @@ class Worker:
     # -- supervision ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sdxl-queue-worker")
-        self._task.add_done_callback(self._ended)
+        for lane in range(self.queue.concurrency):
+            self._start_lane(lane)
 
-    def _ended(self, task: asyncio.Task) -> None:
+    def _start_lane(self, lane: int) -> None:
+        task = asyncio.create_task(self._run(lane), name=f"sdxl-queue-worker-{lane}")
+        task.add_done_callback(lambda done: self._ended(lane, done))
+        self._tasks[lane] = task
+
+    def _ended(self, lane: int, task: asyncio.Task) -> None:
         exc = None if task.cancelled() else task.exception()
         if task.cancelled() or self._stopping:
             return
@@ -63,7 +79,7 @@ class Worker:
             self.ready.set()
             self._cleanup = asyncio.ensure_future(self.queue.fail_waiting(WorkerStopped(self.problem)))
             return
-        self.start()
+        self._start_lane(lane)
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
         """End the job the worker was running when a bug stopped it (once)."""
@@ -74,10 +90,12 @@ class Worker:
 
     # -- running jobs ---------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        """Load the model (if preloading), then run jobs until cancelled."""
+    async def _run(self, lane: int) -> None:
+        """Load the model (if preloading; the first lane), then run jobs until cancelled."""
         loop = asyncio.get_running_loop()
-        if self._preload:  # at start, and again after a restart
+        if lane:
+            await self.ready.wait()
+        elif self._preload:  # at start, and again after a restart
             try:
                 await loop.run_in_executor(self._executor, self._work.load)
             except ApiError:
@@ -89,14 +107,15 @@ class Worker:
                 self.queue.wakeup.clear()
                 await self.queue.wakeup.wait()
                 continue
+            self._current[lane] = job
             try:
                 await self._run_one(job)
             except Exception as exc:
                 await self._fail(job, exc)
                 raise  # the supervisor logs it and starts the worker again
             finally:
-                if self.queue.running is job:
-                    self.queue.running = None
+                self.queue.release(job)
+                self._current.pop(lane, None)
 
     async def _run_one(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
@@ -123,6 +142,8 @@ class Worker:
 
         try:
             result = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
+        except Interrupted as exc:  # its worker was lost (a Ray replica died): the crash rules
+            await self.queue.interrupted(job, exc)
         except JobCancelled:
             if isinstance(job.cancel_reason, ShuttingDown):
                 await self.queue.suspend(job)
@@ -158,30 +179,37 @@ class Worker:
     # -- shutdown -------------------------------------------------------------------------
 
     async def stop(self, grace_s: float, urgent: asyncio.Event | None) -> None:
-        """Let the running job finish within ``grace_s`` (or until ``urgent`` is set), then
-        cancel it at its next step and suspend it; waits at most ``STOP_WAIT_S`` for that step,
-        then records it suspended anyway. Then stops the coroutine."""
+        """Let the running jobs finish within ``grace_s`` (or until ``urgent`` is set), then
+        cancel them at their next step and suspend them; waits at most ``STOP_WAIT_S`` for that
+        step, then records them suspended anyway. Then stops the coroutines."""
         self._stopping = True
-        running = self.queue.running
-        task = self._task
-        if running is not None and not running._done.is_set():
-            await _first_of(grace_s, running.wait(), *([urgent.wait()] if urgent else []))
+        running = [job for job in self.queue.running_jobs if not job._done.is_set()]
+        tasks = list(self._tasks.values())
+        if running:
+            await _first_of(grace_s, _all_done(running), *([urgent.wait()] if urgent else []))
             self.queue.recorder.give_up()  # from now on a change that cannot be recorded is not made
-            if not running._done.is_set():
-                if not running.cancel_requested():  # a client's own cancel stands
-                    running.cancel_reason = ShuttingDown("the server is shutting down")
-                running._cancel.set()
-                await _first_of(self.stop_wait_s, running.wait(), *([task] if task else []))
-            if not running._done.is_set():
-                log.warning("job %s did not stop in time; recording it suspended", running.id)
-                with contextlib.suppress(JobStoreUnavailable):
-                    await self.queue.suspend(running)
+            running = [job for job in running if not job._done.is_set()]
+            for job in running:
+                if not job.cancel_requested():  # a client's own cancel stands
+                    job.cancel_reason = ShuttingDown("the server is shutting down")
+                job._cancel.set()
+            if running:
+                await _first_of(self.stop_wait_s, _all_done(running), *tasks)
+            for job in running:
+                if not job._done.is_set():
+                    log.warning("job %s did not stop in time; recording it suspended", job.id)
+                    with contextlib.suppress(JobStoreUnavailable):
+                        await self.queue.suspend(job)
         self.queue.recorder.give_up()
-        if self._task is not None:
-            self._task.cancel()
+        for task in list(self._tasks.values()):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+                await task
+        self._tasks.clear()
+
+
+async def _all_done(jobs: list[Job]) -> None:
+    await asyncio.gather(*(job.wait() for job in jobs))
 
 
 async def _first_of(timeout: float, *awaitables: Any) -> None:
