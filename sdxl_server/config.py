@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_HUB_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 
@@ -104,6 +106,59 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 
 _origins.accepts = "a comma-separated list of origins like https://app.example.com or http://localhost:3000, or *"  # type: ignore[attr-defined]
+
+
+class Networks(tuple):
+    """IP networks (``TRUSTED_PROXIES``), written back the way they are configured."""
+
+    def __str__(self) -> str:
+        return ",".join(
+            str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net) for net in self
+        )
+
+    def covers(self, address: str | None) -> bool:
+        """Whether ``address`` (an IP address as text; anything else is not) is in one of them."""
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        if getattr(ip, "ipv4_mapped", None):
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        return any(ip in net for net in self)
+
+
+def _networks(raw: str) -> Networks:
+    try:
+        return Networks(ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(_networks.accepts) from None  # type: ignore[attr-defined]
+
+
+_networks.accepts = (  # type: ignore[attr-defined]
+    "a comma-separated list of IP addresses or networks like 10.0.0.0/8 or ::1 (host bits unset), or nothing"
+)
+
+
+def _public_url(raw: str) -> str | None:
+    text = raw.strip().rstrip("/")
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if (
+        parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.username is not None
+        or parts.query or parts.fragment
+    ):
+        raise ValueError(_public_url.accepts)  # type: ignore[attr-defined]
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(_public_url.accepts) from None  # type: ignore[attr-defined]
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, "", ""))
+
+
+_public_url.accepts = (  # type: ignore[attr-defined]
+    "an http:// or https:// URL like https://images.example.com or https://example.com/sdxl (no query)"
+)
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
@@ -225,6 +280,14 @@ class Settings:
     cors_origins: tuple[str, ...] = _setting(
         "CORS_ORIGINS", (), _origins, "comma-separated origins allowed to call the API from a browser ('*': any)"
     )
+    trusted_proxies: Networks = _setting(
+        "TRUSTED_PROXIES", Networks(ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1")), _networks,
+        "comma-separated proxy IPs/networks whose X-Forwarded-Proto/-Host and Forwarded headers are believed",
+    )
+    public_url: str | None = _setting(
+        "PUBLIC_URL", None, _public_url,
+        "the server's public base URL (e.g. https://images.example.com), for absolute URLs and the origin check",
+    )
     ws_max_messages: int = _setting(
         "WS_MAX_MESSAGES", 1000, _int_range(1, 10_000_000), "messages a websocket client may send per connection"
     )
@@ -281,6 +344,16 @@ class Settings:
 
     def __post_init__(self) -> None:
         self._check_concurrency()
+        # Given in code (Settings(...), replace()) rather than parsed: the same forms as parsed.
+        for name, parse in (("trusted_proxies", _networks), ("public_url", _public_url)):
+            value = getattr(self, name)
+            if value is None or isinstance(value, Networks):
+                continue
+            text = value if isinstance(value, str) else ",".join(map(str, value))
+            try:
+                object.__setattr__(self, name, parse(text))
+            except ValueError:
+                raise ConfigError(f"{name.upper()}={text!r} is not valid: expected {parse.accepts}") from None  # type: ignore[attr-defined]
         for name, limit in (("DEFAULT_WIDTH", "MAX_WIDTH"), ("DEFAULT_HEIGHT", "MAX_HEIGHT"), ("DEFAULT_STEPS", "MAX_STEPS")):
             value, maximum = getattr(self, name.lower()), getattr(self, limit.lower())
             if value > maximum:

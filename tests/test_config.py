@@ -66,6 +66,11 @@ def test_every_setting_has_a_flag_and_a_variable():
         ({"CPU_OFFLOAD": "all"}, "CPU_OFFLOAD='all' is not valid: expected one of none, model, sequential"),
         ({"DEFAULT_WIDTH": "2048"}, "DEFAULT_WIDTH=2048 is above MAX_WIDTH=1280"),
         ({"MAX_WIDTH": "1300"}, "MAX_WIDTH=1300 is not a multiple of 8"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8,proxy.lan"}, "TRUSTED_PROXIES='10.0.0.0/8,proxy.lan' is not valid: expected"),
+        ({"TRUSTED_PROXIES": "10.0.0.1/8"}, "TRUSTED_PROXIES='10.0.0.1/8' is not valid: expected"),
+        ({"PUBLIC_URL": "images.example.com"}, "PUBLIC_URL='images.example.com' is not valid: expected"),
+        ({"PUBLIC_URL": "ftp://images.example.com"}, "PUBLIC_URL='ftp://images.example.com' is not valid: expected"),
+        ({"PUBLIC_URL": "https://images.example.com/?a=1"}, "PUBLIC_URL='https://images.example.com/?a=1' is not valid"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_it_accepts(env, message):
@@ -73,6 +78,18 @@ def test_bad_values_name_the_variable_and_what_it_accepts(env, message):
         load_settings(env)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+def test_trusted_proxies_and_public_url():
+    default = load_settings({}).trusted_proxies
+    assert str(default) == "127.0.0.0/8,::1"
+    assert all(default.covers(a) for a in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"))
+    assert not any(default.covers(a) for a in ("10.0.0.1", "::2", "localhost", "", None))
+    s = load_settings({"TRUSTED_PROXIES": " 10.0.0.0/8, 192.168.1.7 ,fd00::/8", "PUBLIC_URL": "https://Images.example.com/sdxl/"})
+    assert str(s.trusted_proxies) == "10.0.0.0/8,192.168.1.7,fd00::/8"
+    assert s.public_url == "https://images.example.com/sdxl"
+    assert load_settings({"TRUSTED_PROXIES": ""}).trusted_proxies == ()  # trust no proxy
+    assert load_settings({"PUBLIC_URL": ""}).public_url is None
 
 
 def test_auto_is_cpu_float32_without_cuda():

@@ -91,3 +91,33 @@ async def test_a_model_that_failed_to_load_is_not_listed(make_client, settings):
     async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0) as ai:
         models = await ai.models.list()
     assert models.data == []
+
+
+async def _image_url(client, headers=None) -> str:
+    resp = await client.post(
+        "/v1/images/generations", json={"prompt": "where am I", "size": "64x64", "steps": 1},
+        headers={"Authorization": f"Bearer {KEY}", **(headers or {})},
+    )
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["data"][0]["url"]
+
+
+async def test_public_url_makes_image_urls_whatever_the_host_header(make_client, settings):
+    client = await make_client(settings.replace(public_url="https://images.example.com/sdxl/"))
+    url = await _image_url(client, {"Host": "attacker.example", "X-Forwarded-Host": "attacker.example"})
+    assert url.startswith("https://images.example.com/sdxl/outputs/images/") and url.endswith(".png")
+    resp = await client.get(URL(url).path.removeprefix("/sdxl"))
+    assert resp.status == 200
+
+
+async def test_image_urls_follow_a_trusted_proxy_and_only_a_trusted_one(make_client, settings):
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "images.example.com"}
+    client = await make_client(settings)  # the test client is on loopback: trusted by default
+    assert (await _image_url(client, forwarded)).startswith("https://images.example.com/outputs/images/")
+    rfc7239 = {"Forwarded": "for=198.51.100.7;host=images.example.com:8443;proto=https"}
+    assert (await _image_url(client, rfc7239)).startswith("https://images.example.com:8443/outputs/images/")
+    await client.close()
+
+    client = await make_client(settings.replace(trusted_proxies=()))
+    url = await _image_url(client, forwarded)
+    assert url.startswith(f"http://{client.host}:{client.port}/outputs/images/")

@@ -183,3 +183,75 @@ async def test_a_key_that_is_not_utf8_is_refused_not_a_crash(client, header):
     resp = await rawhttp.exchange(client.host, client.port, rawhttp.request("GET", "/api/v1/jobs", {name.decode(): value}))
     assert resp.status == 401
     assert resp.json()["error"] == "unauthorized"
+
+
+BEHIND_TLS_PROXY = [  # what a TLS-terminating proxy on loopback adds (default TRUSTED_PROXIES)
+    {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "images.example.com"},
+    {"Forwarded": 'for=203.0.113.9;proto=https;host="images.example.com"'},
+    {"Forwarded": "for=203.0.113.9;proto=https;host=images.example.com, for=127.0.0.1;proto=http;host=internal:8001"},
+]
+
+
+@pytest.mark.parametrize("forwarded", BEHIND_TLS_PROXY)
+async def test_the_pages_own_websocket_works_behind_a_trusted_https_proxy(client, forwarded):
+    ws = await client.ws_connect(f"/api/v1/ws?token={KEY}", origin="https://images.example.com", headers=forwarded)
+    assert (await ws.receive_json())["type"] == "snapshot"
+    await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:  # still only the public origin
+        await client.ws_connect(f"/api/v1/ws?token={KEY}", origin="https://other.example.com", headers=forwarded)
+    assert info.value.status == 403
+
+
+@pytest.mark.parametrize("forwarded", BEHIND_TLS_PROXY)
+async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(make_client, settings, forwarded):
+    client = await make_client(settings.replace(trusted_proxies=()))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(f"/api/v1/ws?token={KEY}", origin="https://images.example.com", headers=forwarded)
+    assert info.value.status == 403
+    own = f"http://{client.host}:{client.port}"
+    ws = await client.ws_connect(f"/api/v1/ws?token={KEY}", origin=own, headers=forwarded)
+    assert (await ws.receive_json())["type"] == "snapshot"
+
+
+async def test_public_url_is_an_own_origin(make_client, settings):
+    client = await make_client(settings.replace(public_url="https://images.example.com"))
+    ws = await client.ws_connect(f"/api/v1/ws?token={KEY}", origin="https://images.example.com")
+    assert (await ws.receive_json())["type"] == "snapshot"
+
+
+CHAINS = [  # (headers from the proxy on loopback, an origin that is the client's own, one that is not)
+    (  # two proxies, both trusted: the outer one's view
+        {"X-Forwarded-For": "203.0.113.9, 127.0.0.2", "X-Forwarded-Proto": "https, http",
+         "X-Forwarded-Host": "images.example.com, internal:8001"},
+        "https://images.example.com", "http://internal:8001",
+    ),
+    (  # the outer hop is not trusted: only what the trusted one saw
+        {"X-Forwarded-For": "203.0.113.9, 198.51.100.1", "X-Forwarded-Proto": "https, http",
+         "X-Forwarded-Host": "images.example.com, internal:8001"},
+        "http://internal:8001", "https://images.example.com",
+    ),
+    (  # one value each, as nginx's proxy_set_header sends them; a default port is no port
+        {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "HTTPS", "X-Forwarded-Host": "Images.Example.com:443"},
+        "https://images.example.com", "http://images.example.com",
+    ),
+    (  # a host that is not one is ignored
+        {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "images.example.com/evil"},
+        "https://{own}", "https://images.example.com",
+    ),
+    (  # RFC 7239 wins over X-Forwarded-*, and its IPv6 nodes are understood
+        {"Forwarded": 'for="[2001:db8::1]:4711";proto=https;host=images.example.com, for="[::1]";host=internal',
+         "X-Forwarded-Host": "other.example.com"},
+        "https://images.example.com", "https://other.example.com",
+    ),
+]
+
+
+@pytest.mark.parametrize(("headers", "own", "other"), CHAINS)
+async def test_which_forwarded_values_count(client, headers, own, other):
+    host = f"{client.host}:{client.port}"
+    ws = await client.ws_connect(f"/api/v1/ws?token={KEY}", origin=own.format(own=host), headers=headers)
+    assert (await ws.receive_json())["type"] == "snapshot"
+    await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(f"/api/v1/ws?token={KEY}", origin=other, headers=headers)
+    assert info.value.status == 403

@@ -13,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
-from yarl import URL
 
 from ..errors import ValidationFailed
 from . import keys
+from .forwarded import public_base
 from .schemas import StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object
 from .validation import validate as validate_fields
@@ -98,7 +98,8 @@ async def images_generations(request: web.Request) -> web.Response:
     if response_format == "b64_json":
         data = [{"b64_json": blob} for blob in await app[keys.STORE].images_base64([image["id"] for image in images])]
     else:
-        data = [{"url": str(request.url.join(URL(image["image_url"])))} for image in images]
+        base = public_base(request)  # PUBLIC_URL, else the scheme and host as trusted proxies forward them
+        data = [{"url": base + image["image_url"]} for image in images]
     created = int((await app[keys.QUEUE].find(result["id"])).created_at)
     return web.json_response({"created": created, "data": data})
 

@@ -4,7 +4,8 @@
   need the key, compared in constant time; ``/``, ``/health``, ``/static/`` and ``/openapi.json``
   stay public, and ``/outputs/`` needs the key only with ``OUTPUTS_NEED_KEY``.
 - ``CORS_ORIGINS``: browsers on those origins may call the API; preflight ``OPTIONS`` is answered
-  for every route; a websocket's ``Origin`` must be the server's own or on the list.
+  for every route; a websocket's ``Origin`` must be the server's own (as a trusted proxy forwards
+  it, or ``PUBLIC_URL``) or on the list.
 Never imports torch.
 """
 
@@ -16,7 +17,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_log import AccessLogger
 
 from ..errors import ForbiddenOrigin, Unauthorized
-from . import keys
+from . import forwarded, keys
 from .middleware import Handler
 
 PROTECTED_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/metrics")
@@ -83,8 +84,13 @@ def _origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     return "*" in allowed or origin.rstrip("/") in allowed
 
 
-def _own_origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
+def _is_own_origin(request: web.Request, origin: str) -> bool:
+    """The page's own origin: where this request came in (through trusted proxies, see
+    :mod:`.forwarded`), or ``PUBLIC_URL``."""
+    own = {forwarded.origin(f"{request.scheme}://{request.host}")}
+    if request.app[keys.SETTINGS].public_url:
+        own.add(forwarded.origin(request.app[keys.SETTINGS].public_url))
+    return forwarded.origin(origin) in own - {None}
 
 
 @web.middleware
@@ -92,7 +98,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Answer preflights for allowed origins and check websocket origins (headers: :func:`add_cors_headers`)."""
     allowed = request.app[keys.SETTINGS].cors_origins
     origin = request.headers.get(hdrs.ORIGIN)
-    if origin and _is_websocket(request) and origin != _own_origin(request) and not _origin_allowed(origin, allowed):
+    if origin and _is_websocket(request) and not _is_own_origin(request, origin) and not _origin_allowed(origin, allowed):
         raise ForbiddenOrigin(f"websocket connections from {origin} are not allowed: add it to CORS_ORIGINS")
     if origin and request.method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
         if not allowed or not _origin_allowed(origin, allowed):
