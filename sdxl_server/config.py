@@ -201,6 +201,16 @@ class Settings:
     max_prompt_length: int = _setting("MAX_PROMPT_LENGTH", 2000, _int_range(1, 100_000), "characters per prompt")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 65536, _int_range(1024, 16 * 1024 * 1024), "request body size")
 
+    # Prompts and LoRAs
+    prompt_syntax: str = _setting(
+        "PROMPT_SYNTAX", "a1111", _choice("a1111", "plain"),
+        "a1111: (word:1.3) weights, BREAK and <lora:name:weight>; plain: the prompt is literal text. "
+        "Both encode past 77 tokens in 75-token chunks",
+    )
+    lora_dir: Path = _setting("LORA_DIR", Path("loras"), _path, "folder of LoRA .safetensors files (kohya/A1111 or diffusers layout)")
+    lora_cache: int = _setting("LORA_CACHE", 4, _int_range(1, 256), "LoRAs kept loaded (least recently used unloaded first)")
+    max_loras: int = _setting("MAX_LORAS", 5, _int_range(1, 64), "most LoRAs one request may use")
+
     # Progress
     preview_every: int = _setting(
         "PREVIEW_EVERY", 2, _int_range(1, 1000), "steps between live previews sent to websocket clients that ask"

@@ -22,6 +22,7 @@ from ..errors import GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemo
 from ..params import MAX_SEED, GenerationParams
 from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
+from .prompt_encoding import encode_request_prompts
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
 from .sources import fix_hint, resolve_model_source
@@ -158,8 +159,7 @@ class Engine:
             started = time.perf_counter()
             with self._failures_translated(params), torch.inference_mode():
                 latents = pipe(
-                    prompt=params.prompt,
-                    negative_prompt=params.negative_prompt or None,
+                    **encode_request_prompts(pipe, params, self.settings.prompt_syntax),
                     width=params.width,
                     height=params.height,
                     num_inference_steps=params.steps,
