@@ -21,6 +21,7 @@ from ..errors import ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS
 from . import keys
+from .loras import with_loras
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object, validate
 
@@ -138,7 +139,7 @@ async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
     core, original = _core_request(await read_json_object(request))
-    params = to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES))
+    params = await with_loras(app, to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES)))
     result = await app[keys.QUEUE].generate(params)
     images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
     metas = [image["meta"] for image in images]

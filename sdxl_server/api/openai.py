@@ -17,6 +17,7 @@ from yarl import URL
 
 from ..errors import ValidationFailed
 from . import keys
+from .loras import with_loras
 from .schemas import StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object
 from .validation import validate as validate_fields
@@ -92,7 +93,7 @@ async def images_generations(request: web.Request) -> web.Response:
     app = request.app
     body = await read_json_object(request)
     core, response_format = _core_request(body)
-    params = to_params(validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES))
+    params = await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES)))
     result = await app[keys.QUEUE].generate(params)
     images = result.get("images") or [{"id": result["id"], "image_url": result["image_url"]}]
     if response_format == "b64_json":

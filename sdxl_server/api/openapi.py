@@ -116,6 +116,16 @@ OPERATIONS: list[Operation] = [
     Operation("post", "/sdapi/v1/options", "AUTOMATIC1111 API: set options (sd_model_checkpoint must be the loaded model)", {
         200: (JSON, "Done (null)", NULL), **_errors(400, 401, 413, 415, 422),
     }, body="A1111Options", error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/api/v1/loras", "The LoRAs in LORA_DIR, usable or not (and why)", {200: "LoraList", **_errors(401)},
+              tags=("loras",)),
+    Operation("post", "/api/v1/loras/refresh", "Scan LORA_DIR again; the new list", {200: "LoraList", **_errors(401)},
+              tags=("loras",)),
+    Operation("get", "/sdapi/v1/loras", "AUTOMATIC1111 API: the usable LoRAs", {
+        200: (JSON, "LoRAs", _array("A1111Lora")), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/refresh-loras", "AUTOMATIC1111 API: scan LORA_DIR again", {
+        200: (JSON, "Done (null)", NULL), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
     Operation("get", "/outputs/images/{filename}", "A generated image: `{id}.png`", {
         200: ("image/png", "The PNG, with a `parameters` text chunk", None), **_errors(401, 404),
     }, path_params=("filename",), tags=("outputs",)),
@@ -161,6 +171,7 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         ("ProgressResponse", schemas.ProgressResponseSchema), ("SDModel", schemas.SDModelSchema),
         ("Sampler", schemas.SamplerSchema), ("ScheduleType", schemas.ScheduleTypeSchema),
         ("A1111Options", a1111.OptionsSchema),
+        ("LoraList", schemas.LoraListSchema), ("A1111Lora", schemas.A1111LoraSchema),
     ):
         spec.components.schema(name, schema=schema)
     if settings.api_key:

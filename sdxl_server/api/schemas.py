@@ -15,6 +15,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
 from ..params import MAX_SEED, SCHEDULERS, GenerationParams
+from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
+from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MIN_SIZE = 64
@@ -78,6 +80,16 @@ def _size(maximum: int) -> list:
     return [validate.Range(min=MIN_SIZE, max=maximum), _multiple_of_8]
 
 
+class LoraChoiceSchema(Schema):
+    """One LoRA of a request: its name in LORA_DIR (the file name without .safetensors) and weight."""
+
+    name = StrictString(required=True, validate=_not_blank, metadata={"example": "ink-style"})
+    weight = StrictFloat(
+        load_default=1.0, validate=validate.Range(min=LORA_WEIGHT_MIN, max=LORA_WEIGHT_MAX),
+        metadata={"description": f"{LORA_WEIGHT_MIN:g} to {LORA_WEIGHT_MAX:g}; 1 is the LoRA as trained."},
+    )
+
+
 def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
     """The fields of a generation request, with this server's limits and defaults."""
     text = validate.Length(max=settings.max_prompt_length)
@@ -116,6 +128,11 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         "num_images": StrictInteger(
             load_default=1, validate=validate.Range(min=1, max=settings.max_batch),
             metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
+        ),
+        "loras": fields.List(
+            fields.Nested(LoraChoiceSchema), load_default=list, validate=validate.Length(max=settings.max_loras),
+            metadata={"description": f"LoRAs from LORA_DIR for this job only (at most {settings.max_loras}); "
+                                     "GET /api/v1/loras lists them."},
         ),
     }
 
@@ -368,3 +385,29 @@ class ScheduleTypeSchema(Schema):
     aliases = fields.List(fields.String(), required=True, allow_none=True)
     default_rho = fields.Float(required=True, allow_none=True)
     need_inner_model = fields.Boolean(required=True)
+
+
+class LoraSchema(Schema):
+    """One file in LORA_DIR (``GET /api/v1/loras``)."""
+
+    name = fields.String(metadata={"description": "What requests call it: the file name without .safetensors."})
+    file = fields.String(metadata={"description": "Path inside LORA_DIR."})
+    size = fields.Integer(metadata={"description": "Bytes on disk."})
+    layout = fields.String(metadata={"description": "kohya (A1111), diffusers, or unknown."})
+    base_model = fields.String(allow_none=True, metadata={"description": "Family from the file's metadata (sdxl, sd1, ...), null if not stated."})
+    usable = fields.Boolean()
+    problem = fields.String(allow_none=True, metadata={"description": "Why it cannot be used (not a LoRA, another family, unreadable)."})
+
+
+class LoraListSchema(Schema):
+    lora_dir = fields.String()
+    loras = fields.List(fields.Nested(LoraSchema))
+
+
+class A1111LoraSchema(Schema):
+    """One entry of A1111's ``GET /sdapi/v1/loras``."""
+
+    name = fields.String()
+    alias = fields.String()
+    path = fields.String()
+    metadata = fields.Dict()

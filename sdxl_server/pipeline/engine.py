@@ -22,6 +22,8 @@ from ..errors import GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemo
 from ..params import MAX_SEED, GenerationParams
 from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
+from .lora_files import LoraCatalog
+from .loras import LoraAdapters
 from .prompt_encoding import encode_request_prompts
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
@@ -58,6 +60,7 @@ class Engine:
         self.options: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
         self._default_scheduler: Any = None
+        self.loras = LoraAdapters(LoraCatalog(settings.lora_dir), settings.lora_cache)
 
     # -- loading ----------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class Engine:
 
     def _free(self) -> None:
         self.pipe = None
+        self.loras.forget()
         gc.collect()
         if self.runtime.on_cuda:
             torch.cuda.empty_cache()
@@ -133,13 +137,16 @@ class Engine:
         :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
         self.ensure_loaded()
         self.pipe.scheduler = self._scheduler(params.scheduler)
+        lora_hashes = self.loras.apply(self.pipe, params.loras)
         try:
-            return self._generate_in_batches(params, [params.num_images], on_step, cancelled)
+            generation = self._generate_in_batches(params, [params.num_images], on_step, cancelled)
         except OutOfMemory:
             if params.num_images == 1:
                 raise
             log.warning("a batch of %d ran out of memory; generating one image at a time", params.num_images)
-            return self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled)
+            generation = self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled)
+        generation.info["lora_hashes"] = lora_hashes
+        return generation
 
     def _generate_in_batches(
         self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool]
