@@ -173,6 +173,12 @@ class Settings:
     dtype: str = _setting("DTYPE", "auto", _dtype, "auto, float16, bfloat16 or float32")
     preload: bool = _setting("PRELOAD", True, _bool, "load the model at start-up rather than on the first request")
     torch_threads: int = _setting("TORCH_THREADS", 0, _int_range(0, 1024), "CPU threads for torch (0: torch's default)")
+    models_dir: Path = _setting(
+        "MODELS_DIR", Path("models"), _path,
+        "folder of more checkpoints (diffusers folders, single .safetensors) a request may pick by name",
+    )
+    model_cache: int = _setting("MODEL_CACHE", 1, _int_range(1, 16), "models kept loaded on the device (the running one included)")
+    model_ram_cache: int = _setting("MODEL_RAM_CACHE", 0, _int_range(0, 64), "more models kept in CPU RAM for a quick switch back")
 
     # Memory options
     attention: str = _setting(

@@ -37,6 +37,7 @@ class GenerationParams:
     scheduler: str = "default"
     num_images: int = 1
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight), checked against LORA_DIR
+    model: str = ""  # a name from the model catalog; "" is the default model
 
     def __post_init__(self) -> None:
         # Rebuilt from JSON (job store: lists; metadata: {name, weight}): keep hashable tuples.

@@ -21,6 +21,7 @@ from aiohttp import web
 from .. import __version__
 from ..config import Settings
 from ..pipeline.lora_files import LoraCatalog
+from ..pipeline.model_catalog import ModelCatalog
 from . import keys, websocket
 from .contexts import CONTEXTS
 from .middleware import error_middleware
@@ -87,6 +88,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app[keys.LORAS] = LoraCatalog(settings.lora_dir)
+    app[keys.MODELS] = ModelCatalog(settings)
     app.cleanup_ctx.extend(CONTEXTS)
     app.on_shutdown.append(drain)
     add_routes(app)

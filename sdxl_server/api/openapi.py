@@ -90,7 +90,7 @@ OPERATIONS: list[Operation] = [
     Operation("post", "/v1/images/generations", "OpenAI Images API: generate images", {
         200: "OpenAIImagesResponse", **_errors(400, 401, 409, 413, 415, 429, 500, 503),
     }, body="OpenAIImagesRequest", error_schema="OpenAIError", tags=("openai",)),
-    Operation("get", "/v1/models", "OpenAI API: the loaded model", {200: "OpenAIModelList", **_errors(401)},
+    Operation("get", "/v1/models", "OpenAI API: every local model", {200: "OpenAIModelList", **_errors(401)},
               error_schema="OpenAIError", tags=("openai",)),
     Operation("post", "/sdapi/v1/txt2img", "AUTOMATIC1111 API: text to image", {
         200: "Txt2ImgResponse", **_errors(400, 401, 409, 413, 415, 422, 429, 500, 503),
@@ -101,8 +101,8 @@ OPERATIONS: list[Operation] = [
     Operation("post", "/sdapi/v1/interrupt", "AUTOMATIC1111 API: cancel the running job", {
         200: (JSON, "Done (null)", NULL), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
-    Operation("get", "/sdapi/v1/sd-models", "AUTOMATIC1111 API: the loaded model", {
-        200: (JSON, "One model", _array("SDModel")), **_errors(401),
+    Operation("get", "/sdapi/v1/sd-models", "AUTOMATIC1111 API: every local model", {
+        200: (JSON, "The models", _array("SDModel")), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
     Operation("get", "/sdapi/v1/samplers", "AUTOMATIC1111 API: samplers", {
         200: (JSON, "Samplers", _array("Sampler")), **_errors(401),
@@ -113,9 +113,16 @@ OPERATIONS: list[Operation] = [
     Operation("get", "/sdapi/v1/options", "AUTOMATIC1111 API: options", {
         200: (JSON, "At least sd_model_checkpoint", {"type": "object"}), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
-    Operation("post", "/sdapi/v1/options", "AUTOMATIC1111 API: set options (sd_model_checkpoint must be the loaded model)", {
+    Operation("post", "/sdapi/v1/options", "AUTOMATIC1111 API: set options (sd_model_checkpoint: the default model)", {
         200: (JSON, "Done (null)", NULL), **_errors(400, 401, 413, 415, 422),
     }, body="A1111Options", error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/api/v1/models", "Every model: kind, source, size, where loaded, default, broken", {
+        200: "ModelList", **_errors(401)}, tags=("models",)),
+    Operation("post", "/api/v1/models/refresh", "Scan MODELS_DIR again; the new list", {200: "ModelList", **_errors(401)},
+              tags=("models",)),
+    Operation("post", "/sdapi/v1/refresh-checkpoints", "AUTOMATIC1111 API: scan MODELS_DIR again", {
+        200: (JSON, "Done (null)", NULL), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
     Operation("get", "/api/v1/loras", "The LoRAs in LORA_DIR, usable or not (and why)", {200: "LoraList", **_errors(401)},
               tags=("loras",)),
     Operation("post", "/api/v1/loras/refresh", "Scan LORA_DIR again; the new list", {200: "LoraList", **_errors(401)},
@@ -172,6 +179,7 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         ("Sampler", schemas.SamplerSchema), ("ScheduleType", schemas.ScheduleTypeSchema),
         ("A1111Options", a1111.OptionsSchema),
         ("LoraList", schemas.LoraListSchema), ("A1111Lora", schemas.A1111LoraSchema),
+        ("ModelList", schemas.ModelListSchema),
     ):
         spec.components.schema(name, schema=schema)
     if settings.api_key:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import a1111, keys, loras, openai, views, websocket
+from . import a1111, keys, loras, models, openai, views, websocket
 
 
 def add_routes(app: web.Application) -> None:
@@ -30,6 +30,9 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/sdapi/v1/schedulers", a1111.schedulers)
     router.add_get("/sdapi/v1/options", a1111.get_options)
     router.add_post("/sdapi/v1/options", a1111.set_options)
+    router.add_get("/api/v1/models", models.list_models)
+    router.add_post("/api/v1/models/refresh", models.refresh_models)
+    router.add_post("/sdapi/v1/refresh-checkpoints", models.a1111_refresh_checkpoints)
     router.add_get("/api/v1/loras", loras.list_loras)
     router.add_post("/api/v1/loras/refresh", loras.refresh_loras)
     router.add_get("/sdapi/v1/loras", loras.a1111_loras)

@@ -129,6 +129,9 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             load_default=1, validate=validate.Range(min=1, max=settings.max_batch),
             metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
         ),
+        "model": fields.String(
+            load_default="", metadata={"description": "A model's name from GET /api/v1/models; empty: the default."},
+        ),
         "loras": fields.List(
             fields.Nested(LoraChoiceSchema), load_default=list, validate=validate.Length(max=settings.max_loras),
             metadata={"description": f"LoRAs from LORA_DIR for this job only (at most {settings.max_loras}); "
@@ -411,3 +414,22 @@ class A1111LoraSchema(Schema):
     alias = fields.String()
     path = fields.String()
     metadata = fields.Dict()
+
+
+class ModelSchema(Schema):
+    """One model this server can serve (``GET /api/v1/models``)."""
+
+    name = fields.String(metadata={"description": "What requests call it (`model`, A1111's sd_model_checkpoint)."})
+    kind = fields.String(metadata={"description": "tiny, hub, folder or single_file."})
+    source = fields.String(metadata={"description": "Hub id, folder or file."})
+    origin = fields.String(metadata={"description": "MODEL_ID, MODEL_DIR, default or MODELS_DIR."})
+    size = fields.Integer(allow_none=True, metadata={"description": "Bytes on disk (null: a Hub model)."})
+    default = fields.Boolean()
+    loaded = fields.String(allow_none=True, metadata={"description": "Where it is loaded (a device, or cpu for the RAM cache); null: not loaded."})
+    broken = fields.String(allow_none=True, metadata={"description": "Why it cannot be loaded; null: usable."})
+
+
+class ModelListSchema(Schema):
+    default = fields.String()
+    models_dir = fields.String()
+    models = fields.List(fields.Nested(ModelSchema))

@@ -21,6 +21,7 @@ from ..params import MAX_SEED, SCHEDULERS
 from . import keys
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .loras import with_loras
+from .models import with_model
 from .loras import with_loras
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
 from .validation import load_body, validate
@@ -157,7 +158,7 @@ async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
     data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
-    result = await request.app[keys.QUEUE].generate(await with_loras(request.app, to_params(data)), **_idempotency(request, data))
+    result = await request.app[keys.QUEUE].generate(await with_model(request.app, await with_loras(request.app, to_params(data))), **_idempotency(request, data))
     return web.json_response(result)
 
 
@@ -165,7 +166,7 @@ async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
     data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
     queue = request.app[keys.QUEUE]
-    job, replayed = await queue.submit(await with_loras(request.app, to_params(data)), **_idempotency(request, data))
+    job, replayed = await queue.submit(await with_model(request.app, await with_loras(request.app, to_params(data))), **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -24,6 +24,8 @@ from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
 from .lora_files import LoraCatalog
 from .loras import LoraAdapters
+from .model_catalog import ModelCatalog
+from .switching import LoadedModel, ModelCache
 from .prompt_encoding import encode_request_prompts
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
@@ -61,6 +63,11 @@ class Engine:
         self._schedulers: dict[str, Any] = {}
         self._default_scheduler: Any = None
         self.loras = LoraAdapters(LoraCatalog(settings.lora_dir), settings.lora_cache)
+        self.catalog = ModelCatalog(settings)
+        self.active = self.catalog.default_name
+        movable = self.runtime.on_cuda and settings.cpu_offload == "none"
+        self.cached = ModelCache(settings.model_cache, settings.model_ram_cache, self.runtime.device, movable)
+        self.switch_seconds: dict[str, float] = {}
 
     # -- loading ----------------------------------------------------------------
 
@@ -121,6 +128,49 @@ class Engine:
             self._free()
         self.state = "not_loaded"
 
+    # -- several models ---------------------------------------------------------
+
+    def _current(self) -> LoadedModel:
+        return LoadedModel(
+            self.active, self.source, self.loras, self.pipe, self._default_scheduler, self._schedulers,
+            self.options, self.load_seconds, self.state, self.error, self.runtime.device if self.pipe is not None else None,
+        )
+
+    def _become(self, model: LoadedModel) -> None:
+        self.active, self.source, self.loras, self.pipe = model.name, model.source, model.loras, model.pipe
+        self._default_scheduler, self._schedulers, self.options = model.default_scheduler, model.schedulers, model.options
+        self.load_seconds, self.state, self.error = model.load_seconds, model.state, model.error
+
+    def loaded_models(self) -> dict[str, str]:
+        """``{name: where}`` for every loaded model (safe from the event loop: copies only)."""
+        where = dict(self.cached.where())
+        if self.pipe is not None:
+            where[self.active] = self.runtime.device
+        return where
+
+    def use_model(self, name: str) -> None:
+        """Make ``name`` the running model (from the caches, else loaded). If it fails to load,
+        the previous model is running again and :class:`ModelUnavailable` says why."""
+        name = name or self.catalog.default_name
+        if name == self.active:
+            return
+        entry = self.catalog.get(name)
+        if entry is None or entry.broken:
+            raise ModelUnavailable(f"model {name!r} cannot be used: {entry.broken if entry else 'no longer in MODELS_DIR'}")
+        started = time.perf_counter()
+        previous = self._current()
+        self.cached.put(previous)
+        restored = self.cached.take(name)
+        self._become(restored or LoadedModel(name, entry.source, LoraAdapters(self.loras.catalog, self.settings.lora_cache)))
+        if restored is None:
+            try:
+                self.load()
+            except ModelUnavailable:
+                self._become(self.cached.take(previous.name) or previous)
+                raise
+        self.switch_seconds[name] = time.perf_counter() - started
+        log.info("switched to model %s in %.2fs", name, self.switch_seconds[name])
+
     # -- generation -------------------------------------------------------------
 
     def _scheduler(self, name: str):
@@ -135,6 +185,7 @@ class Engine:
         the batch runs out of memory. Image ``i`` uses seed ``seed + i``, so each can be redone
         alone. Raises :class:`JobCancelled` (checked every step and before decoding),
         :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
+        self.use_model(params.model)
         self.ensure_loaded()
         self.pipe.scheduler = self._scheduler(params.scheduler)
         lora_hashes = self.loras.apply(self.pipe, params.loras)
@@ -254,7 +305,9 @@ class Engine:
                 "loaded": self.state == "ready",
                 "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),
                 "error": self.error,
+                "name": self.active,
             },
+            "models": {"running": self.active, "loaded": self.loaded_models()},
             "attention": self.options.get("attention"),
             "options": self.options,
             "versions": {"torch": torch.__version__, "diffusers": package_version("diffusers")},

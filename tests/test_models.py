@@ -1,0 +1,130 @@
+"""Several models: MODELS_DIR next to the default, picked per request on every route, the default
+changed A1111's way, listings, broken checkpoints (422, the server keeps its model), caches."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from images import generate_png, pixels
+from lora_builder import write_fake_safetensors
+from PIL import Image
+from yarl import URL
+
+BODY = {"prompt": "a lighthouse", "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    from sdxl_server.pipeline.tiny import build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("models")
+    build_tiny_pipeline(seed=1).save_pretrained(folder / "tiny-b")
+    (folder / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    write_fake_safetensors(folder / "just-a-vae.safetensors", {"decoder.conv_in.weight": [4, 4]})
+    return folder
+
+
+@pytest.fixture
+def model_settings(settings, models_dir):
+    return settings.replace(models_dir=models_dir)
+
+
+@pytest.fixture
+async def model_client(make_client, model_settings):
+    return await make_client(model_settings)
+
+
+async def test_each_model_gives_its_own_pixels(make_client, model_settings, models_dir):
+    alone = await make_client(model_settings.replace(model_id=str(models_dir / "tiny-b")))
+    b_alone = await pixels(alone, BODY)
+    await alone.close()
+
+    client = await make_client(model_settings)
+    a = await pixels(client, BODY)
+    data, b = await generate_png(client, {**BODY, "model": "tiny-b"})
+    assert b.tobytes() == b_alone and b_alone != a
+    assert data["meta"]["model_id"] == str(models_dir / "tiny-b")
+    assert await pixels(client, BODY) == a  # back to the default
+    assert await pixels(client, {**BODY, "model": "tiny"}) == a
+
+
+async def test_listing_says_kind_size_default_loaded_and_broken(model_client, models_dir):
+    await pixels(model_client, {**BODY, "model": "tiny-b"})
+    listing = await (await model_client.get("/api/v1/models")).json()
+    models = {m["name"]: m for m in listing["models"]}
+    assert listing["default"] == "tiny" and models["tiny"]["default"] is True
+    assert models["tiny-b"]["kind"] == "folder" and models["tiny-b"]["size"] > 0
+    assert models["tiny-b"]["loaded"] == "cpu" and models["tiny"]["loaded"] is None  # MODEL_CACHE=1
+    assert models["corrupt"]["broken"].startswith("unreadable")
+    assert "no UNet weights" in models["just-a-vae"]["broken"]
+    openai = await (await model_client.get("/v1/models")).json()
+    assert [m["id"] for m in openai["data"]] == ["tiny", "tiny-b"]
+    a1111 = await (await model_client.get("/sdapi/v1/sd-models")).json()
+    assert [m["title"] for m in a1111] == ["tiny", "tiny-b"]
+    health = await (await model_client.get("/health")).json()
+    assert health["models"]["running"] == "tiny-b"
+
+
+@pytest.mark.parametrize(("name", "words"), [("nope", ["nope", "tiny, tiny-b"]), ("corrupt", ["corrupt", "unreadable"])])
+async def test_unknown_or_broken_model_is_422_and_the_server_keeps_its_model(model_client, name, words):
+    before = await pixels(model_client, BODY)
+    resp = await model_client.post("/api/v1/generate", json={**BODY, "model": name})
+    assert resp.status == 422
+    error = await resp.json()
+    assert "model" in error["fields"]
+    for word in words:
+        assert word in error["message"]
+    assert await pixels(model_client, BODY) == before
+
+
+async def test_a1111_options_change_the_default_and_override_settings_pick_one(model_client):
+    a = await pixels(model_client, BODY)
+    b = await pixels(model_client, {**BODY, "model": "tiny-b"})
+    resp = await model_client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-b"})
+    assert resp.status == 200
+    assert (await (await model_client.get("/sdapi/v1/options")).json())["sd_model_checkpoint"] == "tiny-b"
+    assert await pixels(model_client, BODY) == b
+    bad = await model_client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope"})
+    assert bad.status == 422 and "tiny-b" in (await bad.text())
+    body = {**BODY, "steps": 3, "width": 64, "height": 64, "override_settings": {"sd_model_checkpoint": "tiny [0123456789]"}}
+    answer = await (await model_client.post("/sdapi/v1/txt2img", json=body)).json()
+    image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB")
+    assert image.tobytes() == a
+
+
+async def test_openai_model_names_a_local_model_and_dall_e_means_the_default(model_client):
+    async def made_with(model):
+        resp = await model_client.post("/v1/images/generations", json={"prompt": "x", "model": model, "size": "64x64"})
+        assert resp.status == 200, await resp.text()
+        path = URL((await resp.json())["data"][0]["url"]).path
+        meta = await (await model_client.get(path.replace("/images/", "/metadata/").replace(".png", ".json"))).json()
+        return meta["model_id"]
+
+    assert await made_with("dall-e-3") == "tiny"
+    assert (await made_with("tiny-b")).endswith("tiny-b")
+    resp = await model_client.post("/v1/images/generations", json={"prompt": "x", "model": "sdxl-turbo"})
+    assert resp.status == 400 and "tiny-b" in (await resp.text())
+
+
+async def test_refresh_finds_a_new_model(model_client, models_dir, tiny_model_dir):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, models_dir / "late")
+    try:
+        assert "late" not in [m["name"] for m in (await (await model_client.get("/api/v1/models")).json())["models"]]
+        resp = await model_client.post("/sdapi/v1/refresh-checkpoints")
+        assert resp.status == 200
+        assert "late" in [m["title"] for m in await (await model_client.get("/sdapi/v1/sd-models")).json()]
+    finally:
+        shutil.rmtree(models_dir / "late")
+        await model_client.post("/api/v1/models/refresh")
+
+
+async def test_a_ram_cache_keeps_both_loaded(make_client, model_settings):
+    client = await make_client(model_settings.replace(model_ram_cache=1))
+    await pixels(client, {**BODY, "model": "tiny-b"})
+    await pixels(client, BODY)
+    models = {m["name"]: m["loaded"] for m in (await (await client.get("/api/v1/models")).json())["models"]}
+    assert models["tiny"] == "cpu" and models["tiny-b"] == "cpu"
