@@ -12,6 +12,8 @@ from lora_builder import write_fake_safetensors
 from PIL import Image
 from yarl import URL
 
+from sdxl_server.api import keys
+
 BODY = {"prompt": "a lighthouse", "seed": 5}
 
 
@@ -128,3 +130,22 @@ async def test_a_ram_cache_keeps_both_loaded(make_client, model_settings):
     await pixels(client, BODY)
     models = {m["name"]: m["loaded"] for m in (await (await client.get("/api/v1/models")).json())["models"]}
     assert models["tiny"] == "cpu" and models["tiny-b"] == "cpu"
+
+
+async def test_a_switch_is_announced_measured_and_shown(model_client):
+    from wsclient import events_until_terminal, next_event
+
+    ws = await model_client.ws_connect("/api/v1/ws")
+    await next_event(ws)
+    job = await (await model_client.post("/api/v1/jobs", json={**BODY, "model": "tiny-b"})).json()
+    events = await events_until_terminal(ws, job["id"])
+    kinds = [e["type"] for e in events if e["id"] == job["id"]]
+    assert kinds.index("started") < kinds.index("loading_model") < kinds.index("progress")
+    assert [e["model"] for e in events if e["type"] == "loading_model"] == ["tiny-b"]
+    assert model_client.app[keys.QUEUE].estimate.switch_seconds("tiny-b") > 0
+    info = await (await model_client.get("/api/v1/info")).json()
+    assert info["models"]["running"] == "tiny-b" and info["models"]["default"] == "tiny"
+    assert info["models"]["available"] == ["tiny", "tiny-b"] and info["prompt_syntax"] == "a1111"
+    # The same model again: no switch, no loading_model.
+    job = await (await model_client.post("/api/v1/jobs", json={**BODY, "model": "tiny-b"})).json()
+    assert "loading_model" not in [e["type"] for e in await events_until_terminal(ws, job["id"])]

@@ -82,3 +82,13 @@ async def test_plain_syntax_reads_brackets_as_text(make_client, settings):
     plain = await make_client(settings.replace(prompt_syntax="plain"))
     literal = await pixels(plain, {"prompt": "a (cat:1.5)", "seed": 3})
     assert literal == escaped and literal != weighted
+
+
+async def test_the_token_counter_counts_as_the_encoder_chunks(client):
+    resp = await client.post("/api/v1/tokenize", json={"prompt": LONG + " <lora:ink:0.5>", "negative_prompt": "abc BREAK de"})
+    assert resp.status == 200
+    counts = await resp.json()
+    assert counts["prompt"] == {"tokens": 200, "chunks": 3, "chunk_tokens": [75, 75, 50], "chunk_size": 75}
+    assert counts["negative_prompt"]["chunk_tokens"] == [3, 2]
+    bad = await client.post("/api/v1/tokenize", json={"negative_prompt": "x"})
+    assert bad.status == 422 and "prompt" in (await bad.json())["fields"]

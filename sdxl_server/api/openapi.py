@@ -116,6 +116,8 @@ OPERATIONS: list[Operation] = [
     Operation("post", "/sdapi/v1/options", "AUTOMATIC1111 API: set options (sd_model_checkpoint: the default model)", {
         200: (JSON, "Done (null)", NULL), **_errors(400, 401, 413, 415, 422),
     }, body="A1111Options", error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/api/v1/tokenize", "Count a prompt's tokens and 75-token chunks (the page's counter)", {
+        200: "TokenizeResponse", **_errors(400, 401, 413, 415, 422, 503)}, body="TokenizeRequest", tags=("generate",)),
     Operation("get", "/api/v1/models", "Every model: kind, source, size, where loaded, default, broken", {
         200: "ModelList", **_errors(401)}, tags=("models",)),
     Operation("post", "/api/v1/models/refresh", "Scan MODELS_DIR again; the new list", {200: "ModelList", **_errors(401)},
@@ -180,6 +182,7 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         ("A1111Options", a1111.OptionsSchema),
         ("LoraList", schemas.LoraListSchema), ("A1111Lora", schemas.A1111LoraSchema),
         ("ModelList", schemas.ModelListSchema),
+        ("TokenizeRequest", schemas.TokenizeRequestSchema), ("TokenizeResponse", schemas.TokenizeResponseSchema),
     ):
         spec.components.schema(name, schema=schema)
     if settings.api_key:

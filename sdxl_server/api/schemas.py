@@ -296,6 +296,8 @@ class HealthSchema(Schema):
 class InfoSchema(Schema):
     version = fields.String(required=True)
     model = fields.Dict(required=True)
+    models = fields.Dict(metadata={"description": "running, loaded (name -> where), default, available."})
+    prompt_syntax = fields.String(metadata={"description": "a1111 or plain (PROMPT_SYNTAX)."})
     limits = fields.Dict(required=True)
     defaults = fields.Dict(required=True)
     schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
@@ -433,3 +435,25 @@ class ModelListSchema(Schema):
     default = fields.String()
     models_dir = fields.String()
     models = fields.List(fields.Nested(ModelSchema))
+
+
+class TokenizeRequestSchema(Schema):
+    """``POST /api/v1/tokenize``: the prompts to count, as a generation request would send them."""
+
+    class Meta:
+        unknown = RAISE
+
+    prompt = fields.String(required=True, validate=validate.Length(max=100_000))
+    negative_prompt = fields.String(load_default="", validate=validate.Length(max=100_000))
+
+
+class TokenCountSchema(Schema):
+    tokens = fields.Integer(metadata={"description": "Tokens, without the start and end tokens of each chunk."})
+    chunks = fields.Integer(metadata={"description": "Chunks the encoder will use (each 75 tokens at most)."})
+    chunk_tokens = fields.List(fields.Integer(), metadata={"description": "Tokens in each chunk."})
+    chunk_size = fields.Integer()
+
+
+class TokenizeResponseSchema(Schema):
+    prompt = fields.Nested(TokenCountSchema)
+    negative_prompt = fields.Nested(TokenCountSchema)

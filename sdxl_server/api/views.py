@@ -107,11 +107,17 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def server_info(request: web.Request) -> web.Response:
     """What a client needs to build a form: the model, the limits, the defaults, the samplers."""
     settings = request.app[keys.SETTINGS]
-    model = request.app[keys.ENGINE].describe()["model"]
+    described = request.app[keys.ENGINE].describe()
+    model = described["model"]
     return web.json_response(
         {
             "version": __version__,
             "model": {"id": model["id"], "tiny": model["tiny"], "state": model["state"], "source": model["source"]},
+            "models": {
+                **described.get("models", {}), "default": request.app[keys.MODELS].default_name,
+                "available": [e.name for e in request.app[keys.MODELS].entries() if not e.broken],
+            },
+            "prompt_syntax": settings.prompt_syntax,
             "limits": {
                 "min_size": MIN_SIZE,
                 "size_multiple": 8,

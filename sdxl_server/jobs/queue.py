@@ -285,8 +285,12 @@ class JobQueue:
         if self.running is not None:
             total = self.estimate.remaining_seconds(self.running, now)
         planned = []
+        model = self.running.params.model if self.running is not None else None
         for job in self._waiting:
             seconds = self.estimate.job_seconds(job.params)
+            if seconds is not None and model is not None and job.params.model != model:
+                seconds += self.estimate.switch_seconds(job.params.model)  # measured per model
+            model = job.params.model
             total = None if total is None or seconds is None else total + seconds
             planned.append((job, total))
         return planned

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..params import SCHEDULERS
-from .job import Job, StepReporter
+from .job import Job, ModelLoading, StepReporter
 from .outputs import OutputStore
 
 
@@ -47,6 +47,11 @@ class GenerationWork:
                 preview = preview_data_url(latents)
             on_step(step, total, preview)
 
+        if getattr(self.engine, "needs_switch", lambda model: False)(params.model):
+            on_step(0, params.steps, ModelLoading(params.model))
+            switch_started = time.perf_counter()
+            self.engine.use_model(params.model)
+            on_step(0, params.steps, ModelLoading(params.model, time.perf_counter() - switch_started))
         generation = self.engine.generate(params, step, cancelled)
         runtime = self.engine.runtime
         common: dict[str, Any] = {

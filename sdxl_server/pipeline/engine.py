@@ -7,6 +7,7 @@ Everything here runs on the single worker thread that owns the pipeline (see
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import logging
 import time
@@ -26,7 +27,7 @@ from .lora_files import LoraCatalog
 from .loras import LoraAdapters
 from .model_catalog import ModelCatalog
 from .switching import LoadedModel, ModelCache
-from .prompt_encoding import encode_request_prompts
+from .prompt_encoding import count_prompt_tokens, encode_request_prompts
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
 from .sources import fix_hint, resolve_model_source
@@ -147,6 +148,20 @@ class Engine:
         if self.pipe is not None:
             where[self.active] = self.runtime.device
         return where
+
+    def count_tokens(self, prompt: str) -> dict[str, Any]:
+        """The page's token counter, with the running model's own tokenizer (a copy: this runs on
+        a thread of the event loop's, not the worker's)."""
+        pipe = self.pipe
+        if pipe is None:
+            raise ModelUnavailable("the model is not loaded yet: tokens are counted with its tokenizer")
+        if getattr(self, "_counting", (None, None))[0] is not pipe.tokenizer:
+            self._counting = (pipe.tokenizer, copy.deepcopy(pipe.tokenizer))
+        return count_prompt_tokens(self._counting[1], prompt, self.settings.prompt_syntax)
+
+    def needs_switch(self, name: str) -> bool:
+        """Whether a job for ``name`` ("" : the default) must switch models first."""
+        return (name or self.catalog.default_name) != self.active
 
     def use_model(self, name: str) -> None:
         """Make ``name`` the running model (from the caches, else loaded). If it fails to load,

@@ -73,6 +73,11 @@ def count_tokens(tokenizer: Any, prompt: str, syntax: str) -> dict[str, Any]:
     return {"tokens": chunks.tokens, "chunks": len(sizes), "chunk_tokens": sizes, "chunk_size": CHUNK_TOKENS}
 
 
+def count_prompt_tokens(tokenizer: Any, prompt: str, syntax: str) -> dict[str, Any]:
+    """:func:`count_tokens` for a prompt as a request sends it (``<lora:...>`` tags are no tokens)."""
+    return count_tokens(tokenizer, extract_loras(prompt)[0] if syntax == "a1111" else prompt, syntax)
+
+
 def _pad(chunks: Chunks, count: int) -> Chunks:
     while len(chunks.ids) < count:
         chunks.close()
