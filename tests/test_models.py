@@ -126,10 +126,23 @@ async def test_refresh_finds_a_new_model(model_client, models_dir, tiny_model_di
 
 async def test_a_ram_cache_keeps_both_loaded(make_client, model_settings):
     client = await make_client(model_settings.replace(model_ram_cache=1))
-    await pixels(client, {**BODY, "model": "tiny-b"})
-    await pixels(client, BODY)
+    engine = client.app[keys.ENGINE]
+    default_pipe = engine.pipe
+    b = await pixels(client, {**BODY, "model": "tiny-b"})
+    b_pipe = engine.pipe
+    a = await pixels(client, BODY)
+    assert engine.pipe is default_pipe  # back from the cache, not loaded again
     models = {m["name"]: m["loaded"] for m in (await (await client.get("/api/v1/models")).json())["models"]}
     assert models["tiny"] == "cpu" and models["tiny-b"] == "cpu"
+    assert await pixels(client, {**BODY, "model": "tiny-b"}) == b and engine.pipe is b_pipe
+    assert await pixels(client, BODY) == a
+
+
+async def test_without_a_ram_cache_only_the_running_model_stays(model_client):
+    await pixels(model_client, {**BODY, "model": "tiny-b"})
+    await pixels(model_client, BODY)
+    models = {m["name"]: m["loaded"] for m in (await (await model_client.get("/api/v1/models")).json())["models"]}
+    assert models == {"tiny": "cpu", "tiny-b": None, "corrupt": None, "just-a-vae": None}
 
 
 async def test_a_switch_is_announced_measured_and_shown(model_client):

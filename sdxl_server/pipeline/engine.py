@@ -174,8 +174,8 @@ class Engine:
             raise ModelUnavailable(f"model {name!r} cannot be used: {entry.broken if entry else 'no longer in MODELS_DIR'}")
         started = time.perf_counter()
         previous = self._current()
+        restored = self.cached.take(name)  # before the previous one goes in: it must not evict the target
         self.cached.put(previous)
-        restored = self.cached.take(name)
         self._become(restored or LoadedModel(name, entry.source, LoraAdapters(self.loras.catalog, self.settings.lora_cache)))
         if restored is None:
             try:

@@ -53,6 +53,7 @@ class ModelCache:
         self._models[model.name] = model
         self._models.move_to_end(model.name)
         kept = list(reversed(self._models))  # newest first
+        dropped = False
         for index, name in enumerate(kept):
             cached = self._models[name]
             if index < self.on_device:
@@ -65,7 +66,9 @@ class ModelCache:
             del self._models[name]
             cached.pipe, cached.where = None, None
             cached.loras.forget()
-        gc.collect()
+            dropped = True
+        if dropped:
+            gc.collect()  # free the dropped model's memory now, not at some later collection
 
     def take(self, name: str) -> LoadedModel | None:
         model = self._models.pop(name, None)
