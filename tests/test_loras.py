@@ -143,3 +143,22 @@ async def test_plain_syntax_leaves_tags_as_text(make_client, lora_settings):
     client = await make_client(lora_settings.replace(prompt_syntax="plain"))
     data, _ = await generate_png(client, {**BODY, "prompt": "a <lora:nope:0.5>"})
     assert data["meta"]["loras"] == [] and data["meta"]["lora_hashes"] == {}
+
+
+async def test_a_lora_for_another_family_without_metadata_is_422_when_it_meets_the_model(make_client, lora_settings, tmp_path):
+    import shutil
+
+    folder = tmp_path / "more-loras"
+    shutil.copytree(lora_settings.lora_dir, folder)
+    stem = "lora_unet_down_blocks_2_attentions_0_transformer_blocks_0_attn2_to_k"
+    write_fake_safetensors(folder / "sd15_style.safetensors", {  # SD 1.x: 768-wide text conditioning
+        f"{stem}.lora_down.weight": [4, 768], f"{stem}.lora_up.weight": [32, 4], f"{stem}.alpha": [],
+    })
+    client = await make_client(lora_settings.replace(lora_dir=folder))
+    before = await pixels(client, BODY)
+    resp = await client.post("/api/v1/generate", json={**BODY, "loras": [{"name": "sd15_style"}]})
+    assert resp.status == 422, await resp.text()
+    error = await resp.json()
+    assert "sd15_style" in error["message"] and "SD 1.x" in error["message"] and "loras" in error["fields"]
+    assert await pixels(client, BODY) == before
+    assert await pixels(client, {**BODY, "loras": [{"name": "ink"}]}) != before

@@ -38,6 +38,8 @@ class LoraFile:
     family: str | None  # "sdxl", "sd1", "sd2", another architecture name, or None (not stated)
     metadata: dict[str, str] = field(default_factory=dict)
     problem: str | None = None
+    context_width: int | None = None  # what its cross-attention keys read: 2048 for SDXL, 768 for SD 1.x
+
 
     def describe(self, root: Path) -> dict[str, Any]:
         return {
@@ -74,6 +76,18 @@ def _layout(keys: list[str]) -> str:
     return "unknown"
 
 
+def _context_width(header: dict[str, Any]) -> int | None:
+    """The text-conditioning width the LoRA was made for: the input width of a cross-attention
+    key projection's down (A) matrix, read from the header's shapes."""
+    for key, spec in header.items():
+        flat = key.replace(".", "_")
+        if "attn2_to_k" in flat and ("lora_down" in flat or "lora_A" in flat) and isinstance(spec, dict):
+            shape = spec.get("shape") or []
+            if len(shape) == 2:
+                return int(shape[1])
+    return None
+
+
 def _family(metadata: dict[str, str], keys: list[str]) -> str | None:
     version = (metadata.get("ss_base_model_version") or "").lower()
     architecture = (metadata.get("modelspec.architecture") or "").lower()
@@ -107,7 +121,7 @@ def inspect(path: Path) -> LoraFile:
         problem = "not a LoRA (no lora_down/lora_up or lora_A/lora_B weights)"
     elif family not in (None, "sdxl"):
         problem = f"a LoRA for {family}, not for SDXL"
-    return LoraFile(name, path, stat.st_size, stat.st_mtime, layout, family, metadata, problem)
+    return LoraFile(name, path, stat.st_size, stat.st_mtime, layout, family, metadata, problem, _context_width(header))
 
 
 def a1111_hash(path: Path) -> str:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GenerationFailed, short_message
+from ..errors import GenerationFailed, ValidationFailed, short_message
 from .lora_files import LoraCatalog, LoraFile, a1111_hash
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,18 @@ class LoraAdapters:
         self._loaded.move_to_end(name)
         return loaded
 
+    @staticmethod
+    def _misfit(file: LoraFile, problem: str) -> ValidationFailed:
+        """A file that does not fit the running model is the request's problem (422), not the server's."""
+        message = f"LoRA {file.name!r} ({file.path.name}) does not fit this model: {problem}"
+        return ValidationFailed(message, fields={"loras": [message]})
+
     def _load(self, pipe: Any, file: LoraFile) -> _Loaded:
+        width = getattr(pipe.unet.config, "cross_attention_dim", None)
+        if file.context_width is not None and width is not None and file.context_width != width:
+            family = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}.get(file.context_width, "another model")
+            raise self._misfit(file, f"it was made for {family} ({file.context_width}-wide text conditioning), "
+                                     f"this model's is {width}-wide")
         self._counter += 1
         adapter = f"lora{self._counter}"  # PEFT adapter names become module keys: no dots or spaces
         started = time.perf_counter()
@@ -86,9 +97,7 @@ class LoraAdapters:
                 pipe.load_lora_weights(str(file.path), adapter_name=adapter)
         except Exception as exc:  # noqa: BLE001 - a file diffusers cannot apply is the request's problem
             self._delete_quietly(pipe, adapter)
-            raise GenerationFailed(
-                f"LoRA {file.name!r} ({file.path.name}) does not fit this model: {short_message(exc)}"
-            ) from exc
+            raise self._misfit(file, short_message(exc)) from exc
         self.last_load_s = time.perf_counter() - started
         entry = _Loaded(adapter, file, a1111_hash(file.path)[:12])
         self._loaded[file.name] = entry
