@@ -162,3 +162,32 @@ async def test_a_switch_is_announced_measured_and_shown(model_client):
     # The same model again: no switch, no loading_model.
     job = await (await model_client.post("/api/v1/jobs", json={**BODY, "model": "tiny-b"})).json()
     assert "loading_model" not in [e["type"] for e in await events_until_terminal(ws, job["id"])]
+
+
+async def test_the_eta_of_a_waiting_job_includes_its_model_switch(make_client, model_settings):
+    import asyncio
+
+    from doubles import GatedEngine
+
+    client = await make_client(model_settings.replace(queue_size=3), engine_factory=GatedEngine)
+    engine, queue = client.app[keys.ENGINE], client.app[keys.QUEUE]
+    engine.gate.set()
+    for model in ("tiny", "tiny-b", "tiny"):  # measures steps and both switches
+        await pixels(client, {**BODY, "model": model})
+    switch_b = queue.estimate.switch_seconds("tiny-b")
+    assert switch_b > 0
+    while engine.entered.acquire(blocking=False):
+        pass
+    engine.gate.clear()
+    running = await (await client.post("/api/v1/jobs", json={**BODY, "model": "tiny"})).json()
+    await asyncio.get_running_loop().run_in_executor(None, engine.entered.acquire)
+    same = await (await client.post("/api/v1/jobs", json={**BODY, "model": "tiny"})).json()
+    other = await (await client.post("/api/v1/jobs", json={**BODY, "model": "tiny-b"})).json()
+    etas = {job.id: eta for job, eta in queue.schedule()}  # one pass: the same clock for both
+    one_job = queue.estimate.job_seconds((await queue.find(other["id"])).params)
+    assert etas[other["id"]] - etas[same["id"]] == pytest.approx(one_job + switch_b, rel=1e-6)
+    shown = (await (await client.get(f"/api/v1/jobs/{other['id']}")).json())["eta_s"]
+    assert shown >= etas[other["id"]] - 1  # what a client sees is that schedule, a moment later
+    engine.gate.set()
+    for job in (running, same, other):
+        await (await queue.find(job["id"])).wait()
