@@ -45,7 +45,9 @@ class GenerationParams:
         object.__setattr__(self, "loras", tuple((str(name), float(weight)) for name, weight in pairs))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values["loras"] = [{"name": name, "weight": weight} for name, weight in self.loras]
+        return values
 
     @property
     def pixels(self) -> int:

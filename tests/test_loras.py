@@ -162,3 +162,10 @@ async def test_a_lora_for_another_family_without_metadata_is_422_when_it_meets_t
     assert "sd15_style" in error["message"] and "SD 1.x" in error["message"] and "loras" in error["fields"]
     assert await pixels(client, BODY) == before
     assert await pixels(client, {**BODY, "loras": [{"name": "ink"}]}) != before
+
+
+async def test_the_openapi_document_names_the_usable_loras(lora_client):
+    spec = await (await lora_client.get("/openapi.json")).json()
+    items = spec["components"]["schemas"]["GenerateRequest"]["properties"]["loras"]["items"]
+    assert items["properties"]["name"]["enum"] == ["film_grain", "ink"]
+    assert items["properties"]["weight"]["minimum"] == -5 and items["properties"]["weight"]["maximum"] == 5

@@ -191,3 +191,10 @@ async def test_the_eta_of_a_waiting_job_includes_its_model_switch(make_client, m
     engine.gate.set()
     for job in (running, same, other):
         await (await queue.find(job["id"])).wait()
+
+
+async def test_the_openapi_document_names_the_models_a_request_may_use(model_client):
+    spec = await (await model_client.get("/openapi.json")).json()
+    request = spec["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert request["model"]["enum"] == ["", "tiny", "tiny-b"]  # the broken ones are not offered
+    assert request["loras"]["maxItems"] == 0  # no LORA_DIR here

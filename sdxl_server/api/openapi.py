@@ -7,6 +7,8 @@ router serves is listed in :data:`OPERATIONS`; a test checks the two agree. Neve
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,7 +184,7 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         ("A1111Options", a1111.OptionsSchema),
         ("LoraList", schemas.LoraListSchema), ("A1111Lora", schemas.A1111LoraSchema),
         ("ModelList", schemas.ModelListSchema),
-        ("TokenizeRequest", schemas.TokenizeRequestSchema), ("TokenizeResponse", schemas.TokenizeResponseSchema),
+        ("TokenizeRequest", schemas.tokenize_request_schema(settings)), ("TokenizeResponse", schemas.TokenizeResponseSchema),
     ):
         spec.components.schema(name, schema=schema)
     if settings.api_key:
@@ -212,3 +214,18 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
             operation["responses"].pop("401", None)
         spec.path(path=op.path, operations={op.method: operation})
     return spec.to_dict()
+
+
+def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str]) -> dict[str, Any]:
+    """The document with the names a request may use now (they change with MODELS_DIR, LORA_DIR
+    and their rescans): ``model`` and each LoRA's ``name`` as enums."""
+    spec = copy.deepcopy(spec)
+    properties = spec["components"]["schemas"]["GenerateRequest"]["properties"]
+    properties["model"]["enum"] = ["", *models]
+    if loras:
+        choice = copy.deepcopy(spec["components"]["schemas"]["LoraChoice"])
+        choice["properties"]["name"]["enum"] = loras
+        properties["loras"]["items"] = choice
+    else:
+        properties["loras"]["maxItems"] = 0
+    return spec

@@ -83,7 +83,7 @@ def _size(maximum: int) -> list:
 class LoraChoiceSchema(Schema):
     """One LoRA of a request: its name in LORA_DIR (the file name without .safetensors) and weight."""
 
-    name = StrictString(required=True, validate=_not_blank, metadata={"example": "ink-style"})
+    name = StrictString(required=True, validate=_not_blank, metadata={"description": "A name from GET /api/v1/loras."})
     weight = StrictFloat(
         load_default=1.0, validate=validate.Range(min=LORA_WEIGHT_MIN, max=LORA_WEIGHT_MAX),
         metadata={"description": f"{LORA_WEIGHT_MIN:g} to {LORA_WEIGHT_MAX:g}; 1 is the LoRA as trained."},
@@ -197,6 +197,10 @@ class MetaSchema(Schema):
     job_id = fields.String()
     index = fields.Integer(metadata={"description": "This image's place in its job's batch, from 0."})
     num_images = fields.Integer()
+    model = fields.String(metadata={"description": "The model's name (GET /api/v1/models); model_id is where it was loaded from."})
+    loras = fields.List(fields.Nested(LoraChoiceSchema))
+    lora_hashes = fields.Dict(keys=fields.String(), values=fields.String(),
+                              metadata={"description": "A1111's short hash of each LoRA file, by name."})
 
 
 class ImageSchema(Schema):
@@ -223,6 +227,8 @@ class ParamsSchema(Schema):
     seed = fields.Integer(required=True)
     scheduler = fields.String(required=True)
     num_images = fields.Integer(required=True)
+    model = fields.String(metadata={"description": "The model the job runs on."})
+    loras = fields.List(fields.Nested(LoraChoiceSchema))
 
 
 class JobSchema(Schema):
@@ -258,13 +264,20 @@ class HealthModelSchema(Schema):
     id = fields.String(required=True)
     source = fields.String(required=True, validate=validate.OneOf(["tiny", "hub", "folder", "single_file"]))
     location = fields.String(required=True)
-    origin = fields.String(required=True, validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default"]))
+    origin = fields.String(required=True, validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default", "MODELS_DIR"]))
     vae = fields.String(required=True, allow_none=True)
     tiny = fields.Boolean(required=True)
     state = fields.String(required=True, validate=validate.OneOf(["not_loaded", "loading", "ready", "failed"]))
     loaded = fields.Boolean(required=True)
     load_seconds = fields.Float(required=True, allow_none=True)
     error = fields.String(required=True, allow_none=True, metadata={"description": "Why loading failed, and the fix."})
+    name = fields.String(metadata={"description": "The running model's name (GET /api/v1/models)."})
+
+
+class HealthModelsSchema(Schema):
+    running = fields.String(metadata={"description": "The model jobs run on now."})
+    loaded = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": "Every loaded model and where: a device, or cpu (RAM cache)."})
 
 
 class HealthQueueSchema(Schema):
@@ -291,6 +304,7 @@ class HealthSchema(Schema):
     options = fields.Dict(required=True)
     versions = fields.Dict(required=True)
     queue = fields.Nested(HealthQueueSchema, required=True)
+    models = fields.Nested(HealthModelsSchema)
 
 
 class InfoSchema(Schema):
@@ -437,14 +451,15 @@ class ModelListSchema(Schema):
     models = fields.List(fields.Nested(ModelSchema))
 
 
-class TokenizeRequestSchema(Schema):
-    """``POST /api/v1/tokenize``: the prompts to count, as a generation request would send them."""
-
-    class Meta:
-        unknown = RAISE
-
-    prompt = fields.String(required=True, validate=validate.Length(max=100_000))
-    negative_prompt = fields.String(load_default="", validate=validate.Length(max=100_000))
+def tokenize_request_schema(settings: Settings) -> Schema:
+    """``POST /api/v1/tokenize``: the prompts to count, with a generation request's length limits
+    (an empty prompt counts as 0 tokens)."""
+    text = validate.Length(max=settings.max_prompt_length)
+    cls = Schema.from_dict({
+        "prompt": StrictString(required=True, validate=text, metadata={"pattern": TEXT_PATTERN}),
+        "negative_prompt": StrictString(load_default="", validate=text, metadata={"pattern": TEXT_PATTERN}),
+    }, name="TokenizeRequest")
+    return cls(unknown=RAISE)
 
 
 class TokenCountSchema(Schema):

@@ -9,12 +9,12 @@ from aiohttp import web
 
 from ..errors import ModelUnavailable
 from . import keys
-from .schemas import TokenizeRequestSchema
+from .schemas import tokenize_request_schema
 from .validation import read_json_object, validate
 
 
 async def tokenize(request: web.Request) -> web.Response:
-    body = validate(TokenizeRequestSchema(), await read_json_object(request))
+    body = validate(tokenize_request_schema(request.app[keys.SETTINGS]), await read_json_object(request))
     engine = request.app[keys.ENGINE]
     if not hasattr(engine, "count_tokens"):
         raise ModelUnavailable("this engine does not count tokens")

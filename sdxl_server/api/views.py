@@ -19,10 +19,10 @@ from ..jobs.describe import describe
 from ..jobs.states import JOB_STATUSES, JobStatus
 from ..params import MAX_SEED, SCHEDULERS
 from . import keys
+from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .loras import with_loras
 from .models import with_model
-from .loras import with_loras
+from .openapi import with_local_names
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
 from .validation import load_body, validate
 
@@ -66,7 +66,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.app[keys.OPENAPI])
+    app = request.app
+    loras = [f.name for f in await asyncio.to_thread(app[keys.LORAS].files) if f.problem is None]
+    models = [entry.name for entry in app[keys.MODELS].entries() if not entry.broken]
+    return web.json_response(with_local_names(app[keys.OPENAPI], models, loras))
 
 
 async def metrics(request: web.Request) -> web.Response:

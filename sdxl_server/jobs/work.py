@@ -62,7 +62,6 @@ class GenerationWork:
             "dtype": runtime.dtype,
             "attention": self.engine.options.get("attention"),
             "vae_upcast": generation.info.get("vae_upcast", False),
-            "loras": [{"name": name, "weight": weight} for name, weight in params.loras],
             "lora_hashes": generation.info.get("lora_hashes", {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
             "timings": {

@@ -69,6 +69,7 @@ class Engine:
         movable = self.runtime.on_cuda and settings.cpu_offload == "none"
         self.cached = ModelCache(settings.model_cache, settings.model_ram_cache, self.runtime.device, movable)
         self.switch_seconds: dict[str, float] = {}
+        self._counting: tuple[Any, Any] = (None, None)  # (the pipe's tokenizer, the copy that counts)
 
     # -- loading ----------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class Engine:
         pipe = self.pipe
         if pipe is None:
             raise ModelUnavailable("the model is not loaded yet: tokens are counted with its tokenizer")
-        if getattr(self, "_counting", (None, None))[0] is not pipe.tokenizer:
+        if self._counting[0] is not pipe.tokenizer:
             self._counting = (pipe.tokenizer, copy.deepcopy(pipe.tokenizer))
         return count_prompt_tokens(self._counting[1], prompt, self.settings.prompt_syntax)
 

@@ -57,6 +57,10 @@ class LoraAdapters:
         self._enabled = True
         return {name: entry.short_hash for (name, _), entry in zip(wanted, entries)}
 
+    def adapter_names(self, names: list[str]) -> list[str]:
+        """The PEFT adapter names of loaded LoRAs (to fuse them, say)."""
+        return [self._loaded[name].adapter for name in names]
+
     def forget(self) -> None:
         """The pipeline is gone (model unloaded): its adapters with it."""
         self._loaded.clear()

@@ -43,7 +43,7 @@ def _step_s(engine: Engine, params: GenerationParams, runs: int) -> float:
 def _fused_step_s(engine: Engine, params: GenerationParams, names: list[str], runs: int) -> float:
     """Per-step seconds with ``names`` fused into the weights (then the model is reloaded clean)."""
     engine.loras.apply(engine.pipe, tuple((name, 1.0) for name in names))
-    adapters = [engine.loras._loaded[name].adapter for name in names]
+    adapters = engine.loras.adapter_names(names)
     engine.pipe.fuse_lora(adapter_names=adapters, lora_scale=1.0)
     engine.pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
     engine.loras.forget()
