@@ -198,3 +198,25 @@ async def test_the_openapi_document_names_the_models_a_request_may_use(model_cli
     request = spec["components"]["schemas"]["GenerateRequest"]["properties"]
     assert request["model"]["enum"] == ["", "tiny", "tiny-b"]  # the broken ones are not offered
     assert request["loras"]["maxItems"] == 0  # no LORA_DIR here
+
+
+async def test_a_single_file_checkpoint_in_models_dir_is_a_model(make_client, settings, tiny_model_dir, tmp_path):
+    from sdxl_checkpoint import save_original_checkpoint
+
+    from sdxl_server.pipeline.tiny import build_tiny_pipeline
+
+    folder = tmp_path / "single-models"
+    folder.mkdir()
+    save_original_checkpoint(build_tiny_pipeline(seed=1), folder / "tiny-b-file.safetensors")
+    build_tiny_pipeline(seed=1).save_pretrained(tmp_path / "tiny-b-folder")
+    alone = await make_client(settings.replace(model_id=str(tmp_path / "tiny-b-folder")))
+    _, expected = await generate_png(alone, BODY)
+    await alone.close()
+
+    client = await make_client(settings.replace(models_dir=folder, model_config=str(tiny_model_dir)))
+    listing = {m["name"]: m for m in (await (await client.get("/api/v1/models")).json())["models"]}
+    assert listing["tiny-b-file"]["kind"] == "single_file" and listing["tiny-b-file"]["broken"] is None
+    _, image = await generate_png(client, {**BODY, "model": "tiny-b-file"})
+    difference = max(abs(a - b) for a, b in zip(image.tobytes(), expected.tobytes()))
+    assert difference <= 1  # the same weights; converting them may move a level, as in test_engine
+    assert image.tobytes() != (await generate_png(client, BODY))[1].tobytes()  # not the default model
