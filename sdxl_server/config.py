@@ -232,6 +232,12 @@ class Settings:
     dtype: str = _setting("DTYPE", "auto", _dtype, "auto, float16, bfloat16 or float32")
     preload: bool = _setting("PRELOAD", True, _bool, "load the model at start-up rather than on the first request")
     torch_threads: int = _setting("TORCH_THREADS", 0, _int_range(0, 1024), "CPU threads for torch (0: torch's default)")
+    models_dir: Path = _setting(
+        "MODELS_DIR", Path("models"), _path,
+        "folder of more checkpoints (diffusers folders, single .safetensors) a request may pick by name",
+    )
+    model_cache: int = _setting("MODEL_CACHE", 1, _int_range(1, 16), "models kept loaded on the device (the running one included)")
+    model_ram_cache: int = _setting("MODEL_RAM_CACHE", 0, _int_range(0, 64), "more models kept in CPU RAM for a quick switch back")
 
     # Memory options
     attention: str = _setting(
@@ -260,6 +266,16 @@ class Settings:
     queue_size: int = _setting("QUEUE_SIZE", 8, _int_range(0, 10_000), "jobs that may wait behind the running one (0: none)")
     max_prompt_length: int = _setting("MAX_PROMPT_LENGTH", 2000, _int_range(1, 100_000), "characters per prompt")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 65536, _int_range(1024, 16 * 1024 * 1024), "request body size")
+
+    # Prompts and LoRAs
+    prompt_syntax: str = _setting(
+        "PROMPT_SYNTAX", "a1111", _choice("a1111", "plain"),
+        "a1111: (word:1.3) weights, BREAK and <lora:name:weight>; plain: the prompt is literal text. "
+        "Both encode past 77 tokens in 75-token chunks",
+    )
+    lora_dir: Path = _setting("LORA_DIR", Path("loras"), _path, "folder of LoRA .safetensors files (kohya/A1111 or diffusers layout)")
+    lora_cache: int = _setting("LORA_CACHE", 4, _int_range(1, 256), "LoRAs kept loaded (least recently used unloaded first)")
+    max_loras: int = _setting("MAX_LORAS", 5, _int_range(1, 64), "most LoRAs one request may use")
 
     # Progress
     preview_every: int = _setting(

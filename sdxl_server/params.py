@@ -36,9 +36,18 @@ class GenerationParams:
     seed: int
     scheduler: str = "default"
     num_images: int = 1
+    loras: tuple[tuple[str, float], ...] = ()  # (name, weight), checked against LORA_DIR
+    model: str = ""  # a name from the model catalog; "" is the default model
+
+    def __post_init__(self) -> None:
+        # Rebuilt from JSON (job store: lists; metadata: {name, weight}): keep hashable tuples.
+        pairs = [(item["name"], item["weight"]) if isinstance(item, dict) else item for item in self.loras]
+        object.__setattr__(self, "loras", tuple((str(name), float(weight)) for name, weight in pairs))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values["loras"] = [{"name": name, "weight": weight} for name, weight in self.loras]
+        return values
 
     @property
     def pixels(self) -> int:

@@ -185,3 +185,22 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     assert "error" not in cold, cold
     assert cold["model_load_s"] > 0 and cold["folder_bytes"] > 0
     assert "GPU check (cpu-smoke" in done.stdout
+
+
+def test_bench_switching_section(tiny_cache, tmp_path):
+    report_path = tmp_path / "switching.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "sdxl_server.tools.bench", "--only", "switching", "--width", "64", "--height", "64",
+         "--steps", "2", "--runs", "1", "--json", str(report_path)],
+        cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for label in ("LoRA load", "LoRA switch", "per step, two fused", "switch to tiny-b from disk", "from RAM"):
+        assert label in done.stdout, done.stdout
+    result = json.loads(report_path.read_text())["sections"]["switching"]
+    lora, model = result["lora"], result["model"]
+    assert lora["load_s"] > 0 and lora["switch_s"] > 0 and lora["off_s"] > 0
+    assert set(lora["step_s"]) == {"none", "one_unfused", "two_unfused", "one_fused", "two_fused"}
+    assert all(value > 0 for value in lora["step_s"].values())
+    assert model["other"] == "tiny-b" and model["switch_from_disk_s"] > 0
+    assert model["switch_back_from_ram_s"] < model["switch_from_disk_s"]  # the RAM cache skips the load

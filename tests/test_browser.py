@@ -53,8 +53,20 @@ def server_has_api_keys() -> bool:
     return "api_key" in Settings.__dataclass_fields__
 
 
+def _models_and_loras(root: Path, tiny_model_dir: Path) -> dict[str, str]:
+    """A second tiny model and a LoRA, for the pickers."""
+    from lora_builder import lora_weights, save_diffusers_layout
+
+    from sdxl_server.pipeline.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline(seed=1).save_pretrained(root / "models" / "tiny-b")
+    (root / "loras").mkdir(parents=True)
+    save_diffusers_layout(lora_weights(tiny_model_dir, seed=1), root / "loras" / "ink.safetensors")
+    return {"MODELS_DIR": str(root / "models"), "LORA_DIR": str(root / "loras")}
+
+
 @pytest.fixture(scope="module")
-def servers(tiny_cache, tmp_path_factory):
+def servers(tiny_cache, tiny_model_dir, tmp_path_factory):
     """The module's servers, started side by side (each takes seconds to import torch and load)."""
     root = tmp_path_factory.mktemp("browser-servers")
     procs: dict[str, LiveServer] = {}
@@ -64,6 +76,9 @@ def servers(tiny_cache, tmp_path_factory):
             procs["keyed"] = LiveServer(
                 tiny_cache, root / "keyed", **SERVER_SETTINGS, API_KEY=API_KEY, OUTPUTS_NEED_KEY="true"
             )
+        procs["choices"] = LiveServer(
+            tiny_cache, root / "choices", **SERVER_SETTINGS, **_models_and_loras(root / "choices-files", tiny_model_dir)
+        )
         yield procs
     finally:
         stop_all(procs.values())
@@ -480,3 +495,40 @@ def test_other_errors_are_readable_messages(page, server, case):
     expect(alert).to_contain_text(message)
     assert "{" not in alert.inner_text()  # never raw JSON
     expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
+
+
+def test_model_and_lora_pickers_and_the_token_counter(servers, browser):
+    live = servers["choices"].wait_ready()
+    context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        open_page(page)
+        model = page.get_by_label("Model", exact=True)
+        expect(model.locator("option")).to_have_count(2)
+        expect(model.locator("option").first).to_contain_text("tiny (default) · loaded on cpu")
+        expect(model.locator("option").nth(1)).to_contain_text("tiny-b · not loaded")
+
+        long_prompt = " ".join(["abcde"] * 20)  # the tiny tokenizer: 100 tokens
+        fill_form(page, prompt=long_prompt + " (sea:1.2)", width=64, height=64, steps=2, seed=9)
+        expect(page.locator("#prompt-tokens")).to_have_text("103 tokens · 2 chunks of 75: 75 | 28")
+
+        model.select_option("tiny-b")
+        page.get_by_label("LoRAs", exact=True).select_option("ink")
+        weight = page.get_by_label("ink", exact=True)
+        weight.fill("0.6")
+        expect(page.locator(".lora-weight")).to_have_text("0.60")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+
+        meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+        assert meta["model_id"].endswith("tiny-b")
+        assert meta["loras"] == [{"name": "ink", "weight": 0.6}]
+        assert meta["prompt"] == long_prompt + " (sea:1.2)"  # the LoRA is not in the prompt text
+        page.reload()
+        wait_for_form(page)
+        expect(model.locator("option").nth(1)).to_contain_text("tiny-b · loaded on cpu")
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

@@ -9,6 +9,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -22,7 +23,8 @@ from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS
 from . import keys
-from .openai import model_usable
+from .loras import with_loras
+from .models import usable_entries, with_model
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object, validate
 
@@ -130,6 +132,9 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"]),
         "num_images": request["batch_size"] * request["n_iter"],
     }
+    overrides = body.get("override_settings")
+    if isinstance(overrides, dict) and isinstance(overrides.get("sd_model_checkpoint"), str):
+        core["model"] = overrides["sd_model_checkpoint"]  # this job only, as A1111 does
     for ours, theirs in (("width", "width"), ("height", "height"), ("steps", "steps"), ("guidance_scale", "cfg_scale")):
         if request[theirs] is not None:
             core[ours] = request[theirs]
@@ -140,7 +145,7 @@ async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
     core, original = _core_request(await read_json_object(request))
-    params = to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES))
+    params = await with_model(app, await with_loras(app, to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES))), "override_settings")
     result = await app[keys.QUEUE].generate(params)
     images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
     metas = [image["meta"] for image in images]
@@ -233,16 +238,8 @@ async def interrupt(request: web.Request) -> web.Response:
 
 
 async def sd_models(request: web.Request) -> web.Response:
-    """The one model, loaded or able to load; an empty list when it failed to load."""
-    engine = request.app[keys.ENGINE]
-    if not model_usable(engine):
-        return web.json_response([])
-    source = engine.source
-    name = engine.model_id
-    return web.json_response(
-        [{"title": name, "model_name": name.rsplit("/", 1)[-1], "hash": None, "sha256": None,
-          "filename": source.location, "config": None}]
-    )
+    """``GET /sdapi/v1/sd-models``: every usable local model (``title`` is what options take)."""
+    return web.json_response([entry.a1111() for entry in usable_entries(request.app)])
 
 
 async def samplers(request: web.Request) -> web.Response:
@@ -259,17 +256,13 @@ async def schedulers(request: web.Request) -> web.Response:
 
 
 async def get_options(request: web.Request) -> web.Response:
-    return web.json_response({"sd_model_checkpoint": request.app[keys.ENGINE].model_id, "samples_format": "png"})
+    return web.json_response({"sd_model_checkpoint": request.app[keys.MODELS].default_name, "samples_format": "png"})
 
 
 async def set_options(request: web.Request) -> web.Response:
-    """Accepts ``sd_model_checkpoint`` naming the loaded model (this server serves one); other
-    options are accepted and have no effect."""
+    """``sd_model_checkpoint`` names the default model from now on (loaded by the next job that
+    uses it, as the queue reaches it); other options are accepted and have no effect."""
     wanted = validate(OptionsSchema(), await read_json_object(request)).get("sd_model_checkpoint")
-    engine = request.app[keys.ENGINE]
-    if wanted is not None and wanted not in (engine.model_id, engine.model_id.rsplit("/", 1)[-1], engine.source.location):
-        raise ValidationFailed(
-            f"this server serves one model, {engine.model_id!r}; restart it with MODEL_ID={wanted} to switch",
-            fields={"sd_model_checkpoint": ["Not the loaded model."]},
-        )
+    if wanted is not None:
+        await asyncio.to_thread(request.app[keys.MODELS].set_default, wanted, "sd_model_checkpoint")
     return web.json_response(None)

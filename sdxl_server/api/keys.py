@@ -17,6 +17,8 @@ from ..jobs.events import EventHub
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
 from ..jobs.store import JobStore
+from ..pipeline.lora_files import LoraCatalog
+from ..pipeline.model_catalog import ModelCatalog
 from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -45,3 +47,7 @@ class LastPoll:
 
 
 A1111_PROGRESS_POLL = web.AppKey("a1111_progress_poll", LastPoll)
+
+
+LORAS = web.AppKey("loras", LoraCatalog)  # the files in LORA_DIR (read without torch)
+MODELS = web.AppKey("models", ModelCatalog)  # the default model and MODELS_DIR's (read without torch)

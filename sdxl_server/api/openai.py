@@ -17,6 +17,8 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 from ..errors import ValidationFailed
 from . import keys
 from .forwarded import public_base
+from .loras import with_loras
+from .models import openai_model, usable_entries, with_model
 from .schemas import StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object
 from .validation import validate as validate_fields
@@ -40,7 +42,8 @@ class ImagesRequestSchema(Schema):
         load_default="auto", metadata={"description": "'WIDTHxHEIGHT' within the server's limits (multiples of 8), or 'auto'."}
     )
     response_format = fields.String(load_default="url", validate=validate.OneOf(["url", "b64_json"]))
-    model = fields.String(load_default=None, allow_none=True, metadata={"description": "Accepted; the loaded model is used."})
+    model = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "A local model's name (GET /v1/models); dall-e-* and gpt-image-* mean the default model."})
     stream = fields.Boolean(load_default=False)
 
     @validates_schema
@@ -71,7 +74,7 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if unknown:
         raise ValidationFailed(f"Unrecognized request argument supplied: {unknown[0]}", fields={unknown[0]: ["Unknown field."]})
     request = validate_fields(ImagesRequestSchema(), {k: v for k, v in body.items() if k not in IGNORED and k not in EXTENSIONS})
-    core: dict[str, Any] = {"prompt": request["prompt"], "num_images": request["n"]}
+    core: dict[str, Any] = {"prompt": request["prompt"], "num_images": request["n"], "model": openai_model(request["model"])}
     core.update({name: body[name] for name in EXTENSIONS if name in body})
     if request["size"] != "auto":
         match = SIZE.fullmatch(request["size"])
@@ -92,7 +95,7 @@ async def images_generations(request: web.Request) -> web.Response:
     app = request.app
     body = await read_json_object(request)
     core, response_format = _core_request(body)
-    params = to_params(validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES))
+    params = await with_model(app, await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES))))
     result = await app[keys.QUEUE].generate(params)
     images = result.get("images") or [{"id": result["id"], "image_url": result["image_url"]}]
     if response_format == "b64_json":
@@ -105,15 +108,10 @@ async def images_generations(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: the one model, loaded or able to load; none when it failed to load."""
-    engine = request.app[keys.ENGINE]
-    data = [{"id": engine.model_id, "object": "model", "created": 0, "owned_by": "sdxl_server"}]
-    return web.json_response({"object": "list", "data": data if model_usable(engine) else []})
-
-
-def model_usable(engine: Any) -> bool:
-    """Whether the engine's model is loaded or can load (not when loading it failed)."""
-    return engine.describe()["model"]["state"] != "failed"
+    """``GET /v1/models``: every usable local model."""
+    return web.json_response({"object": "list", "data": [
+        {"id": entry.name, "object": "model", "created": 0, "owned_by": "sdxl_server"} for entry in usable_entries(request.app)
+    ]})
 
 
 _TYPES = {401: "invalid_request_error", 429: "rate_limit_error"}

@@ -7,6 +7,8 @@ router serves is listed in :data:`OPERATIONS`; a test checks the two agree. Neve
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +92,7 @@ OPERATIONS: list[Operation] = [
     Operation("post", "/v1/images/generations", "OpenAI Images API: generate images", {
         200: "OpenAIImagesResponse", **_errors(400, 401, 409, 413, 415, 429, 500, 503),
     }, body="OpenAIImagesRequest", error_schema="OpenAIError", tags=("openai",)),
-    Operation("get", "/v1/models", "OpenAI API: the loaded model", {200: "OpenAIModelList", **_errors(401)},
+    Operation("get", "/v1/models", "OpenAI API: every local model", {200: "OpenAIModelList", **_errors(401)},
               error_schema="OpenAIError", tags=("openai",)),
     Operation("post", "/sdapi/v1/txt2img", "AUTOMATIC1111 API: text to image", {
         200: "Txt2ImgResponse", **_errors(400, 401, 409, 413, 415, 422, 429, 500, 503),
@@ -101,8 +103,8 @@ OPERATIONS: list[Operation] = [
     Operation("post", "/sdapi/v1/interrupt", "AUTOMATIC1111 API: cancel the running job", {
         200: (JSON, "Done (null)", NULL), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
-    Operation("get", "/sdapi/v1/sd-models", "AUTOMATIC1111 API: the loaded model", {
-        200: (JSON, "One model", _array("SDModel")), **_errors(401),
+    Operation("get", "/sdapi/v1/sd-models", "AUTOMATIC1111 API: every local model", {
+        200: (JSON, "The models", _array("SDModel")), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
     Operation("get", "/sdapi/v1/samplers", "AUTOMATIC1111 API: samplers", {
         200: (JSON, "Samplers", _array("Sampler")), **_errors(401),
@@ -113,9 +115,28 @@ OPERATIONS: list[Operation] = [
     Operation("get", "/sdapi/v1/options", "AUTOMATIC1111 API: options", {
         200: (JSON, "At least sd_model_checkpoint", {"type": "object"}), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
-    Operation("post", "/sdapi/v1/options", "AUTOMATIC1111 API: set options (sd_model_checkpoint must be the loaded model)", {
+    Operation("post", "/sdapi/v1/options", "AUTOMATIC1111 API: set options (sd_model_checkpoint: the default model)", {
         200: (JSON, "Done (null)", NULL), **_errors(400, 401, 413, 415, 422),
     }, body="A1111Options", error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/api/v1/tokenize", "Count a prompt's tokens and 75-token chunks (the page's counter)", {
+        200: "TokenizeResponse", **_errors(400, 401, 413, 415, 422, 503)}, body="TokenizeRequest", tags=("generate",)),
+    Operation("get", "/api/v1/models", "Every model: kind, source, size, where loaded, default, broken", {
+        200: "ModelList", **_errors(401)}, tags=("models",)),
+    Operation("post", "/api/v1/models/refresh", "Scan MODELS_DIR again; the new list", {200: "ModelList", **_errors(401)},
+              tags=("models",)),
+    Operation("post", "/sdapi/v1/refresh-checkpoints", "AUTOMATIC1111 API: scan MODELS_DIR again", {
+        200: (JSON, "Done (null)", NULL), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/api/v1/loras", "The LoRAs in LORA_DIR, usable or not (and why)", {200: "LoraList", **_errors(401)},
+              tags=("loras",)),
+    Operation("post", "/api/v1/loras/refresh", "Scan LORA_DIR again; the new list", {200: "LoraList", **_errors(401)},
+              tags=("loras",)),
+    Operation("get", "/sdapi/v1/loras", "AUTOMATIC1111 API: the usable LoRAs", {
+        200: (JSON, "LoRAs", _array("A1111Lora")), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/refresh-loras", "AUTOMATIC1111 API: scan LORA_DIR again", {
+        200: (JSON, "Done (null)", NULL), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
     Operation("get", "/outputs/images/{filename}", "A generated image: `{id}.png`", {
         200: ("image/png", "The PNG, with a `parameters` text chunk", None), **_errors(401, 404),
     }, path_params=("filename",), tags=("outputs",)),
@@ -161,6 +182,9 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         ("ProgressResponse", schemas.ProgressResponseSchema), ("SDModel", schemas.SDModelSchema),
         ("Sampler", schemas.SamplerSchema), ("ScheduleType", schemas.ScheduleTypeSchema),
         ("A1111Options", a1111.OptionsSchema),
+        ("LoraList", schemas.LoraListSchema), ("A1111Lora", schemas.A1111LoraSchema),
+        ("ModelList", schemas.ModelListSchema),
+        ("TokenizeRequest", schemas.tokenize_request_schema(settings)), ("TokenizeResponse", schemas.TokenizeResponseSchema),
     ):
         spec.components.schema(name, schema=schema)
     if settings.api_key:
@@ -190,3 +214,18 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
             operation["responses"].pop("401", None)
         spec.path(path=op.path, operations={op.method: operation})
     return spec.to_dict()
+
+
+def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str]) -> dict[str, Any]:
+    """The document with the names a request may use now (they change with MODELS_DIR, LORA_DIR
+    and their rescans): ``model`` and each LoRA's ``name`` as enums."""
+    spec = copy.deepcopy(spec)
+    properties = spec["components"]["schemas"]["GenerateRequest"]["properties"]
+    properties["model"]["enum"] = ["", *models]
+    if loras:
+        choice = copy.deepcopy(spec["components"]["schemas"]["LoraChoice"])
+        choice["properties"]["name"]["enum"] = loras
+        properties["loras"]["items"] = choice
+    else:
+        properties["loras"]["maxItems"] = 0
+    return spec

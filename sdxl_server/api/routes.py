@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import a1111, keys, openai, views, websocket
+from . import a1111, keys, loras, models, openai, tokens, views, websocket
 
 
 def add_routes(app: web.Application) -> None:
@@ -30,6 +30,14 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/sdapi/v1/schedulers", a1111.schedulers)
     router.add_get("/sdapi/v1/options", a1111.get_options)
     router.add_post("/sdapi/v1/options", a1111.set_options)
+    router.add_post("/api/v1/tokenize", tokens.tokenize)
+    router.add_get("/api/v1/models", models.list_models)
+    router.add_post("/api/v1/models/refresh", models.refresh_models)
+    router.add_post("/sdapi/v1/refresh-checkpoints", models.a1111_refresh_checkpoints)
+    router.add_get("/api/v1/loras", loras.list_loras)
+    router.add_post("/api/v1/loras/refresh", loras.refresh_loras)
+    router.add_get("/sdapi/v1/loras", loras.a1111_loras)
+    router.add_post("/sdapi/v1/refresh-loras", loras.a1111_refresh_loras)
     router.add_get("/outputs/images/{filename}", views.output_image)
     router.add_get("/outputs/metadata/{filename}", views.output_metadata)
     if app[keys.STATIC_DIR].is_dir():

@@ -15,6 +15,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
 from ..params import MAX_SEED, SCHEDULERS, GenerationParams
+from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
+from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MIN_SIZE = 64
@@ -80,6 +82,16 @@ def _size(maximum: int) -> list:
     return [validate.Range(min=MIN_SIZE, max=maximum), _multiple_of_8]
 
 
+class LoraChoiceSchema(Schema):
+    """One LoRA of a request: its name in LORA_DIR (the file name without .safetensors) and weight."""
+
+    name = StrictString(required=True, validate=_not_blank, metadata={"description": "A name from GET /api/v1/loras."})
+    weight = StrictFloat(
+        load_default=1.0, validate=validate.Range(min=LORA_WEIGHT_MIN, max=LORA_WEIGHT_MAX),
+        metadata={"description": f"{LORA_WEIGHT_MIN:g} to {LORA_WEIGHT_MAX:g}; 1 is the LoRA as trained."},
+    )
+
+
 def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
     """The fields of a generation request, with this server's limits and defaults."""
     text = validate.Length(max=settings.max_prompt_length)
@@ -118,6 +130,14 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         "num_images": StrictInteger(
             load_default=1, validate=validate.Range(min=1, max=settings.max_batch),
             metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
+        ),
+        "model": fields.String(
+            load_default="", metadata={"description": "A model's name from GET /api/v1/models; empty: the default."},
+        ),
+        "loras": fields.List(
+            fields.Nested(LoraChoiceSchema), load_default=list, validate=validate.Length(max=settings.max_loras),
+            metadata={"description": f"LoRAs from LORA_DIR for this job only (at most {settings.max_loras}); "
+                                     "GET /api/v1/loras lists them."},
         ),
     }
 
@@ -179,6 +199,10 @@ class MetaSchema(Schema):
     job_id = fields.String()
     index = fields.Integer(metadata={"description": "This image's place in its job's batch, from 0."})
     num_images = fields.Integer()
+    model = fields.String(metadata={"description": "The model's name (GET /api/v1/models); model_id is where it was loaded from."})
+    loras = fields.List(fields.Nested(LoraChoiceSchema))
+    lora_hashes = fields.Dict(keys=fields.String(), values=fields.String(),
+                              metadata={"description": "A1111's short hash of each LoRA file, by name."})
 
 
 class ImageSchema(Schema):
@@ -205,6 +229,8 @@ class ParamsSchema(Schema):
     seed = fields.Integer(required=True)
     scheduler = fields.String(required=True)
     num_images = fields.Integer(required=True)
+    model = fields.String(metadata={"description": "The model the job runs on."})
+    loras = fields.List(fields.Nested(LoraChoiceSchema))
 
 
 class JobSchema(Schema):
@@ -240,13 +266,20 @@ class HealthModelSchema(Schema):
     id = fields.String(required=True)
     source = fields.String(required=True, validate=validate.OneOf(["tiny", "hub", "folder", "single_file"]))
     location = fields.String(required=True)
-    origin = fields.String(required=True, validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default"]))
+    origin = fields.String(required=True, validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default", "MODELS_DIR"]))
     vae = fields.String(required=True, allow_none=True)
     tiny = fields.Boolean(required=True)
     state = fields.String(required=True, validate=validate.OneOf(["not_loaded", "loading", "ready", "failed"]))
     loaded = fields.Boolean(required=True)
     load_seconds = fields.Float(required=True, allow_none=True)
     error = fields.String(required=True, allow_none=True, metadata={"description": "Why loading failed, and the fix."})
+    name = fields.String(metadata={"description": "The running model's name (GET /api/v1/models)."})
+
+
+class HealthModelsSchema(Schema):
+    running = fields.String(metadata={"description": "The model jobs run on now."})
+    loaded = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": "Every loaded model and where: a device, or cpu (RAM cache)."})
 
 
 class HealthQueueSchema(Schema):
@@ -278,11 +311,14 @@ class HealthSchema(Schema):
     backend = fields.Dict(
         metadata={"description": "BACKEND=ray only: name, address, replicas (or min/max_replicas), gpus_per_replica."}
     )
+    models = fields.Nested(HealthModelsSchema)
 
 
 class InfoSchema(Schema):
     version = fields.String(required=True)
     model = fields.Dict(required=True)
+    models = fields.Dict(metadata={"description": "running, loaded (name -> where), default, available."})
+    prompt_syntax = fields.String(metadata={"description": "a1111 or plain (PROMPT_SYNTAX)."})
     limits = fields.Dict(required=True)
     defaults = fields.Dict(required=True)
     schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
@@ -375,3 +411,71 @@ class ScheduleTypeSchema(Schema):
     aliases = fields.List(fields.String(), required=True, allow_none=True)
     default_rho = fields.Float(required=True, allow_none=True)
     need_inner_model = fields.Boolean(required=True)
+
+
+class LoraSchema(Schema):
+    """One file in LORA_DIR (``GET /api/v1/loras``)."""
+
+    name = fields.String(metadata={"description": "What requests call it: the file name without .safetensors."})
+    file = fields.String(metadata={"description": "Path inside LORA_DIR."})
+    size = fields.Integer(metadata={"description": "Bytes on disk."})
+    layout = fields.String(metadata={"description": "kohya (A1111), diffusers, or unknown."})
+    base_model = fields.String(allow_none=True, metadata={"description": "Family from the file's metadata (sdxl, sd1, ...), null if not stated."})
+    usable = fields.Boolean()
+    problem = fields.String(allow_none=True, metadata={"description": "Why it cannot be used (not a LoRA, another family, unreadable)."})
+
+
+class LoraListSchema(Schema):
+    lora_dir = fields.String()
+    loras = fields.List(fields.Nested(LoraSchema))
+
+
+class A1111LoraSchema(Schema):
+    """One entry of A1111's ``GET /sdapi/v1/loras``."""
+
+    name = fields.String()
+    alias = fields.String()
+    path = fields.String()
+    metadata = fields.Dict()
+
+
+class ModelSchema(Schema):
+    """One model this server can serve (``GET /api/v1/models``)."""
+
+    name = fields.String(metadata={"description": "What requests call it (`model`, A1111's sd_model_checkpoint)."})
+    kind = fields.String(metadata={"description": "tiny, hub, folder or single_file."})
+    source = fields.String(metadata={"description": "Hub id, folder or file."})
+    origin = fields.String(metadata={"description": "MODEL_ID, MODEL_DIR, default or MODELS_DIR."})
+    size = fields.Integer(allow_none=True, metadata={"description": "Bytes on disk (null: a Hub model)."})
+    default = fields.Boolean()
+    loaded = fields.String(allow_none=True, metadata={"description": "Where it is loaded (a device, or cpu for the RAM cache); null: not loaded."})
+    broken = fields.String(allow_none=True, metadata={"description": "Why it cannot be loaded; null: usable."})
+
+
+class ModelListSchema(Schema):
+    default = fields.String()
+    models_dir = fields.String()
+    models = fields.List(fields.Nested(ModelSchema))
+
+
+def tokenize_request_schema(settings: Settings) -> Schema:
+    """``POST /api/v1/tokenize``: the prompts to count, with a generation request's length limits
+    (an empty prompt counts as 0 tokens)."""
+    text = validate.Length(max=settings.max_prompt_length)
+    cls = Schema.from_dict({
+        "prompt": StrictString(required=True, validate=text, metadata={"pattern": TEXT_PATTERN}),
+        "negative_prompt": StrictString(load_default="", validate=text, metadata={"pattern": TEXT_PATTERN}),
+    }, name="TokenizeRequest")
+    return cls(unknown=RAISE)
+
+
+class TokenCountSchema(Schema):
+    tokens = fields.Integer(metadata={"description": "Tokens, without the start and end tokens of each chunk."})
+    chunks = fields.Integer(metadata={"description": "Chunks the encoder will use (each 75 tokens at most)."})
+    chunk_tokens = fields.List(fields.Integer(), metadata={"description": "Tokens in each chunk."})
+    chunk_size = fields.Integer()
+
+
+class TokenizeResponseSchema(Schema):
+    prompt = fields.Nested(TokenCountSchema)
+    negative_prompt = fields.Nested(TokenCountSchema)

@@ -19,7 +19,10 @@ from ..jobs.describe import describe
 from ..jobs.states import JOB_STATUSES, JobStatus
 from ..params import MAX_SEED, SCHEDULERS
 from . import keys
+from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .models import with_model
+from .openapi import with_local_names
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
 from .validation import load_body, validate
 
@@ -65,7 +68,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.app[keys.OPENAPI])
+    app = request.app
+    loras = [f.name for f in await asyncio.to_thread(app[keys.LORAS].files) if f.problem is None]
+    models = [entry.name for entry in app[keys.MODELS].entries() if not entry.broken]
+    return web.json_response(with_local_names(app[keys.OPENAPI], models, loras))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -109,11 +115,17 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def server_info(request: web.Request) -> web.Response:
     """What a client needs to build a form: the model, the limits, the defaults, the samplers."""
     settings = request.app[keys.SETTINGS]
-    model = request.app[keys.ENGINE].describe()["model"]
+    described = request.app[keys.ENGINE].describe()
+    model = described["model"]
     return web.json_response(
         {
             "version": __version__,
             "model": {"id": model["id"], "tiny": model["tiny"], "state": model["state"], "source": model["source"]},
+            "models": {
+                **described.get("models", {}), "default": request.app[keys.MODELS].default_name,
+                "available": [e.name for e in request.app[keys.MODELS].entries() if not e.broken],
+            },
+            "prompt_syntax": settings.prompt_syntax,
             "limits": {
                 "min_size": MIN_SIZE,
                 "size_multiple": 8,
@@ -162,7 +174,7 @@ async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
     data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
-    result = await request.app[keys.QUEUE].generate(to_params(data), **_idempotency(request, data))
+    result = await request.app[keys.QUEUE].generate(await with_model(request.app, await with_loras(request.app, to_params(data))), **_idempotency(request, data))
     return web.json_response(result)
 
 
@@ -170,7 +182,7 @@ async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
     data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
     queue = request.app[keys.QUEUE]
-    job, replayed = await queue.submit(to_params(data), **_idempotency(request, data))
+    job, replayed = await queue.submit(await with_model(request.app, await with_loras(request.app, to_params(data))), **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

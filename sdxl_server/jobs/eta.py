@@ -14,6 +14,13 @@ class ThroughputEstimate:
         self.alpha = alpha
         self.step_s_per_mpx: float | None = None
         self.overhead_s_per_mpx: float | None = None
+        self.switch_s: dict[str, float] = {}  # model -> seconds to switch to it, last measured
+
+    def record_switch(self, model: str, seconds: float) -> None:
+        self.switch_s[model] = seconds
+
+    def switch_seconds(self, model: str) -> float:
+        return self.switch_s.get(model, 0.0)
 
     @staticmethod
     def _mpx(params: GenerationParams) -> float:

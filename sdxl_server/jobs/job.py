@@ -18,6 +18,16 @@ from ..errors import ApiError, GenerationFailed, JobCancelled, StoredError
 from ..params import GenerationParams
 from .states import JobStatus
 
+@dataclass(frozen=True)
+class ModelLoading:
+    """Passed as a step report's extra while a job's model loads (``seconds`` None) and once it
+    has (``seconds``: how long the switch took); the worker turns it into a ``loading_model``
+    event and an ETA figure."""
+
+    model: str
+    seconds: float | None = None
+
+
 StepReporter = Callable[[int, int, Any], None]
 
 

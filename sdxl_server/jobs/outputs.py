@@ -51,6 +51,8 @@ def parameters_text(meta: dict[str, Any]) -> str:
         ("Size", f"{meta['width']}x{meta['height']}"),
         ("Model", meta["model_id"]),
     ]
+    if meta.get("lora_hashes"):  # A1111's form, so its "PNG info" and civitai read the LoRAs back
+        details.append(("Lora hashes", '"' + ", ".join(f"{k}: {v}" for k, v in meta["lora_hashes"].items()) + '"'))
     lines.append(", ".join(f"{key}: {value}" for key, value in details))
     return "\n".join(lines)
 

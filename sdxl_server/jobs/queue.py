@@ -361,8 +361,12 @@ class JobQueue:
         if slots is not None:
             heapq.heapify(slots)
         planned: list[tuple[Job, float | None]] = []
+        model = self._running[-1].params.model if self._running else None
         for job in self._waiting:
             seconds = self.estimate.job_seconds(job.params)
+            if seconds is not None and model is not None and job.params.model != model:
+                seconds += self.estimate.switch_seconds(job.params.model)  # measured per model
+            model = job.params.model
             if slots is None or seconds is None:
                 slots = None
                 planned.append((job, None))

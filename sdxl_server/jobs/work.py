@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..params import SCHEDULERS
-from .job import Job, StepReporter
+from .job import Job, ModelLoading, StepReporter
 from .outputs import OutputStore
 
 
@@ -47,6 +47,11 @@ class GenerationWork:
                 preview = preview_data_url(latents)
             on_step(step, total, preview)
 
+        if getattr(self.engine, "needs_switch", lambda model: False)(params.model):
+            on_step(0, params.steps, ModelLoading(params.model))
+            switch_started = time.perf_counter()
+            self.engine.use_model(params.model)
+            on_step(0, params.steps, ModelLoading(params.model, time.perf_counter() - switch_started))
         generation = self.engine.generate(params, step, cancelled)
         runtime = self.engine.runtime
         common: dict[str, Any] = {
@@ -57,6 +62,7 @@ class GenerationWork:
             "dtype": runtime.dtype,
             "attention": self.engine.options.get("attention"),
             "vae_upcast": generation.info.get("vae_upcast", False),
+            "lora_hashes": generation.info.get("lora_hashes", {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
             "timings": {
                 "queue_s": round(started - job.created_at, 4),

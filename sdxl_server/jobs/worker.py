@@ -26,7 +26,7 @@ from ..errors import (
     ShuttingDown,
     WorkerStopped,
 )
-from .job import Job, Work
+from .job import Job, ModelLoading, Work
 from .states import JobStatus
 
 if TYPE_CHECKING:
@@ -160,6 +160,13 @@ class Worker:
 
     def _on_step(self, job: Job, step: int, total: int, at: float, extra: Any) -> None:
         if job.status is not JobStatus.RUNNING or job._settled:
+            return
+        if isinstance(extra, ModelLoading):
+            if extra.seconds is None:
+                self.queue.publish(self.queue.event(job, "loading_model", model=extra.model))
+            else:
+                self.queue.estimate.record_switch(extra.model, extra.seconds)
+                job._step_started = at  # the switch is not a step
             return
         if job._step_started is not None and step == job.step + 1 and step > 1:
             self.queue.estimate.record_step(job.params, at - job._step_started)

@@ -7,6 +7,7 @@ Everything here runs on the single worker thread that owns the pipeline (see
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import logging
 import time
@@ -22,6 +23,11 @@ from ..errors import GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemo
 from ..params import MAX_SEED, GenerationParams
 from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
+from .lora_files import LoraCatalog
+from .loras import LoraAdapters
+from .model_catalog import ModelCatalog
+from .switching import LoadedModel, ModelCache
+from .prompt_encoding import count_prompt_tokens, encode_request_prompts
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
 from .sources import fix_hint, resolve_model_source
@@ -57,6 +63,13 @@ class Engine:
         self.options: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
         self._default_scheduler: Any = None
+        self.loras = LoraAdapters(LoraCatalog(settings.lora_dir), settings.lora_cache)
+        self.catalog = ModelCatalog(settings)
+        self.active = self.catalog.default_name
+        movable = self.runtime.on_cuda and settings.cpu_offload == "none"
+        self.cached = ModelCache(settings.model_cache, settings.model_ram_cache, self.runtime.device, movable)
+        self.switch_seconds: dict[str, float] = {}
+        self._counting: tuple[Any, Any] = (None, None)  # (the pipe's tokenizer, the copy that counts)
 
     # -- loading ----------------------------------------------------------------
 
@@ -106,6 +119,7 @@ class Engine:
 
     def _free(self) -> None:
         self.pipe = None
+        self.loras.forget()
         gc.collect()
         if self.runtime.on_cuda:
             torch.cuda.empty_cache()
@@ -115,6 +129,63 @@ class Engine:
         if self.pipe is not None:
             self._free()
         self.state = "not_loaded"
+
+    # -- several models ---------------------------------------------------------
+
+    def _current(self) -> LoadedModel:
+        return LoadedModel(
+            self.active, self.source, self.loras, self.pipe, self._default_scheduler, self._schedulers,
+            self.options, self.load_seconds, self.state, self.error, self.runtime.device if self.pipe is not None else None,
+        )
+
+    def _become(self, model: LoadedModel) -> None:
+        self.active, self.source, self.loras, self.pipe = model.name, model.source, model.loras, model.pipe
+        self._default_scheduler, self._schedulers, self.options = model.default_scheduler, model.schedulers, model.options
+        self.load_seconds, self.state, self.error = model.load_seconds, model.state, model.error
+
+    def loaded_models(self) -> dict[str, str]:
+        """``{name: where}`` for every loaded model (safe from the event loop: copies only)."""
+        where = dict(self.cached.where())
+        if self.pipe is not None:
+            where[self.active] = self.runtime.device
+        return where
+
+    def count_tokens(self, prompt: str) -> dict[str, Any]:
+        """The page's token counter, with the running model's own tokenizer (a copy: this runs on
+        a thread of the event loop's, not the worker's)."""
+        pipe = self.pipe
+        if pipe is None:
+            raise ModelUnavailable("the model is not loaded yet: tokens are counted with its tokenizer")
+        if self._counting[0] is not pipe.tokenizer:
+            self._counting = (pipe.tokenizer, copy.deepcopy(pipe.tokenizer))
+        return count_prompt_tokens(self._counting[1], prompt, self.settings.prompt_syntax)
+
+    def needs_switch(self, name: str) -> bool:
+        """Whether a job for ``name`` ("" : the default) must switch models first."""
+        return (name or self.catalog.default_name) != self.active
+
+    def use_model(self, name: str) -> None:
+        """Make ``name`` the running model (from the caches, else loaded). If it fails to load,
+        the previous model is running again and :class:`ModelUnavailable` says why."""
+        name = name or self.catalog.default_name
+        if name == self.active:
+            return
+        entry = self.catalog.get(name)
+        if entry is None or entry.broken:
+            raise ModelUnavailable(f"model {name!r} cannot be used: {entry.broken if entry else 'no longer in MODELS_DIR'}")
+        started = time.perf_counter()
+        previous = self._current()
+        restored = self.cached.take(name)  # before the previous one goes in: it must not evict the target
+        self.cached.put(previous)
+        self._become(restored or LoadedModel(name, entry.source, LoraAdapters(self.loras.catalog, self.settings.lora_cache)))
+        if restored is None:
+            try:
+                self.load()
+            except ModelUnavailable:
+                self._become(self.cached.take(previous.name) or previous)
+                raise
+        self.switch_seconds[name] = time.perf_counter() - started
+        log.info("switched to model %s in %.2fs", name, self.switch_seconds[name])
 
     # -- generation -------------------------------------------------------------
 
@@ -130,15 +201,19 @@ class Engine:
         the batch runs out of memory. Image ``i`` uses seed ``seed + i``, so each can be redone
         alone. Raises :class:`JobCancelled` (checked every step and before decoding),
         :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
+        self.use_model(params.model)
         self.ensure_loaded()
         self.pipe.scheduler = self._scheduler(params.scheduler)
+        lora_hashes = self.loras.apply(self.pipe, params.loras)
         try:
-            return self._generate_in_batches(params, [params.num_images], on_step, cancelled)
+            generation = self._generate_in_batches(params, [params.num_images], on_step, cancelled)
         except OutOfMemory:
             if params.num_images == 1:
                 raise
             log.warning("a batch of %d ran out of memory; generating one image at a time", params.num_images)
-            return self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled)
+            generation = self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled)
+        generation.info["lora_hashes"] = lora_hashes
+        return generation
 
     def _generate_in_batches(
         self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool]
@@ -158,8 +233,7 @@ class Engine:
             started = time.perf_counter()
             with self._failures_translated(params), torch.inference_mode():
                 latents = pipe(
-                    prompt=params.prompt,
-                    negative_prompt=params.negative_prompt or None,
+                    **encode_request_prompts(pipe, params, self.settings.prompt_syntax),
                     width=params.width,
                     height=params.height,
                     num_inference_steps=params.steps,
@@ -247,7 +321,9 @@ class Engine:
                 "loaded": self.state == "ready",
                 "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),
                 "error": self.error,
+                "name": self.active,
             },
+            "models": {"running": self.active, "loaded": self.loaded_models()},
             "attention": self.options.get("attention"),
             "options": self.options,
             "versions": {"torch": torch.__version__, "diffusers": package_version("diffusers")},

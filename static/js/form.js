@@ -8,8 +8,10 @@ import { describeError } from "./format.js";
 import { refreshHealth } from "./health.js";
 import { hasInfo, loadInfo } from "./info.js";
 import { following, followJob, showSubmitting, submitFailed } from "./job.js";
+import { initChoices, loadLoras, loadModels, readChoices, restoreChoices } from "./choices.js";
 import { fillPresets, initPresets, syncPreset } from "./presets.js";
 import { initSeed, rememberSeed } from "./seed.js";
+import { initTokens, scheduleCount } from "./tokens.js";
 
 const NUMBERS = ["width", "height", "steps", "guidance_scale", "seed"];
 
@@ -67,6 +69,8 @@ function applyInfo(info) {
 export async function loadSettings() {
   try {
     applyInfo(await loadInfo());
+    await Promise.all([loadModels(), loadLoras()]);
+    scheduleCount(form);
   } catch (err) {
     if (err.code !== "unauthorized") { // a 401 opens the API key panel instead
       setError(`Could not read the server's settings. ${describeError(err)}`);
@@ -100,6 +104,7 @@ function readForm() {
   const seed = intValue("seed", problems);
   body.seed = seed === undefined ? null : seed; // empty: the server draws one
   body.scheduler = scheduler.value || "default";
+  Object.assign(body, readChoices());
   if (Object.keys(problems).length) {
     showFieldErrors(problems);
     return null;
@@ -119,8 +124,10 @@ export function restoreParams(params) {
   if (params.scheduler && [...scheduler.options].some((o) => o.value === params.scheduler)) {
     scheduler.value = params.scheduler;
   }
+  restoreChoices(params);
   form.dataset.filled = "restored";
   syncPreset();
+  scheduleCount(form);
 }
 
 function showSubmitError(err) {
@@ -186,6 +193,8 @@ export function focusPrompt() {
 export function initForm() {
   initPresets();
   initSeed();
+  initChoices();
+  initTokens(form);
   enterSubmits(form.prompt);
   enterSubmits(form.negative_prompt);
   form.addEventListener("submit", submit);

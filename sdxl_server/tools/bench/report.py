@@ -100,12 +100,33 @@ def _coldstart_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _switching_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    lora, model, p = result["lora"], result["model"], result["params"]
+    _title(rows, f"switching: LoRAs and models on the engine ({p['width']}x{p['height']}, {p['steps']} steps)")
+    rows.append(("  LoRA load (first, second)", f"{_s(lora['load_s'])}, {_s(lora['second_load_s'])}"))
+    rows.append(("  LoRA switch (loaded set)", f"{_ms(lora['switch_s'] * 1000)}; off {_ms(lora['off_s'] * 1000)}"))
+    step, slow = lora["step_s"], lora["step_slowdown"]
+    rows.append(("  per step, no LoRA", _ms(step["none"] * 1000)))
+    for key, label in (("one_unfused", "one unfused"), ("two_unfused", "two unfused"),
+                       ("one_fused", "one fused"), ("two_fused", "two fused")):
+        rows.append((f"  per step, {label}", f"{_ms(step[key] * 1000)} ({slow[key]:.3f}x)"))
+    rows.append(("  model load (default)", _s(model["model_load_s"])))
+    if "skipped" in model:
+        rows.append(("  model switch", f"not measured: {model['skipped']}"))
+    else:
+        rows.append((f"  switch to {model['other']} from disk", _s(model["switch_from_disk_s"])))
+        rows.append(("  switch back / again from RAM", f"{_s(model['switch_back_from_ram_s'])}, {_s(model['switch_again_from_ram_s'])}"))
+    return rows
+
+
 _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "overhead": _overhead_rows,
     "loop": _loop_rows,
     "progress": _progress_rows,
     "memory": _memory_rows,
     "coldstart": _coldstart_rows,
+    "switching": _switching_rows,
 }
 
 

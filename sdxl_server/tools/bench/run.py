@@ -23,6 +23,7 @@ from .coldstart import section_coldstart
 from .options import BenchOptions, prepare_settings
 from .sections import section_loop, section_memory, section_overhead, section_progress
 from .server import InProcessServer
+from .switching import section_switching
 from .timed import TimedEngine
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def run_bench(settings: Settings, opts: BenchOptions, sections: Sequence[str], e
     with tempfile.TemporaryDirectory(prefix="sdxl-bench-") as scratch:
         served = prepare_settings(settings, opts, Path(scratch) / "outputs")
         engine = engine or TimedEngine(served)
-        in_process = [s for s in sections if s != "coldstart"]
+        in_process = [s for s in sections if s not in ("coldstart", "switching")]
         if in_process:
             server = InProcessServer(served, engine).start()
             try:
@@ -99,19 +100,21 @@ def run_bench(settings: Settings, opts: BenchOptions, sections: Sequence[str], e
                 server.stop()
         else:
             report["environment"] = environment_info(engine)
-        if "coldstart" in sections:
-            if engine.source.kind == "tiny":  # built once here, so the child only loads it
-                from ...pipeline.tiny import ensure_tiny_model
+        if "coldstart" in sections and engine.source.kind == "tiny":  # built once here, so the child only loads it
+            from ...pipeline.tiny import ensure_tiny_model
 
-                ensure_tiny_model(served.tiny_cache)
+            ensure_tiny_model(served.tiny_cache)
+        for name, section in (("coldstart", section_coldstart), ("switching", section_switching)):
+            if name not in sections:
+                continue
             started = time.perf_counter()
             try:
-                result = section_coldstart(served, opts)
-            except Exception as exc:  # noqa: BLE001
-                log.exception("section coldstart failed")
+                result = section(served, opts)
+            except Exception as exc:  # noqa: BLE001 - one section's failure is reported, the others still run
+                log.exception("section %s failed", name)
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             result["section_s"] = round(time.perf_counter() - started, 2)
-            done("coldstart", result)
+            done(name, result)
     report["sections"] = {name: report["sections"][name] for name in sections if name in report["sections"]}
     return report
 

@@ -1,0 +1,63 @@
+"""LoRAs on the API side: the listing routes (ours and A1111's) and the check of a request's LoRAs
+(the ``loras`` field and ``<lora:name:weight>`` in the prompt) before its job is queued."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from aiohttp import web
+
+from ..errors import ValidationFailed
+from ..params import GenerationParams
+from ..pipeline.prompt_syntax import extract_loras
+from . import keys
+
+
+async def with_loras(app: web.Application, params: GenerationParams) -> GenerationParams:
+    """``params`` with its LoRAs checked (422 naming each problem): the request's ``loras`` and,
+    with ``PROMPT_SYNTAX=a1111``, the ``<lora:...>`` tags of its prompt."""
+    settings = app[keys.SETTINGS]
+    wanted = [(name, weight, "loras") for name, weight in params.loras]
+    if settings.prompt_syntax == "a1111":
+        for tag in extract_loras(params.prompt)[1]:
+            if tag.weight is None:
+                raise ValidationFailed(
+                    f"{tag.text} in the prompt: the weight must be a number, as in <lora:{tag.name}:0.8>",
+                    fields={"prompt": [f"Bad LoRA weight in {tag.text}."]},
+                )
+            wanted.insert(0, (tag.name, tag.weight, "prompt"))  # the loras field wins over a tag
+    if not wanted:
+        return params
+    checked = await asyncio.to_thread(app[keys.LORAS].check, wanted, settings.max_loras)
+    return dataclasses.replace(params, loras=checked)
+
+
+async def _files(app: web.Application, refresh: bool = False):
+    catalog = app[keys.LORAS]
+    return await asyncio.to_thread(catalog.refresh if refresh else catalog.files)
+
+
+async def list_loras(request: web.Request) -> web.Response:
+    """``GET /api/v1/loras``: every file in LORA_DIR, usable or not (and why)."""
+    root = request.app[keys.LORAS].root
+    files = await _files(request.app)
+    return web.json_response({"lora_dir": str(root), "loras": [f.describe(root) for f in files]})
+
+
+async def refresh_loras(request: web.Request) -> web.Response:
+    """``POST /api/v1/loras/refresh``: scan LORA_DIR again; the new listing."""
+    root = request.app[keys.LORAS].root
+    files = await _files(request.app, refresh=True)
+    return web.json_response({"lora_dir": str(root), "loras": [f.describe(root) for f in files]})
+
+
+async def a1111_loras(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/loras``: A1111's shape (name, alias, path, metadata), usable files only."""
+    return web.json_response([f.a1111() for f in await _files(request.app) if f.problem is None])
+
+
+async def a1111_refresh_loras(request: web.Request) -> web.Response:
+    """``POST /sdapi/v1/refresh-loras``: as A1111, answers null once the folder is scanned."""
+    await _files(request.app, refresh=True)
+    return web.json_response(None)

@@ -1,0 +1,162 @@
+"""The models a server can serve: the default (``MODEL_ID`` / ``MODEL_DIR`` / the Hub, as before)
+and every checkpoint in ``MODELS_DIR`` (diffusers folders and single ``.safetensors`` files).
+
+Plain file logic, no torch: the API lists the models and checks a request's ``model`` with it; the
+worker asks it where a name's files are. A checkpoint that cannot be loaded is listed as broken,
+with the reason, as far as that can be told without loading it (an unreadable header, a folder
+without its parts, a file without UNet weights).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import ValidationFailed
+from .lora_files import read_header
+from .sources import ModelSource, resolve_model_source
+
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,}\]$")  # A1111 titles: "name.safetensors [abcdef1234]"
+OPENAI_DEFAULT_PREFIXES = ("dall-e", "gpt-image")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    source: ModelSource
+    size: int | None  # bytes on disk; None for a Hub model
+    default: bool = False
+    broken: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    def describe(self, loaded: dict[str, str]) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "source": self.source.location, "origin": self.source.origin,
+            "size": self.size, "default": self.default, "loaded": loaded.get(self.name), "broken": self.broken,
+        }
+
+    def a1111(self) -> dict[str, Any]:
+        path = Path(self.source.location)
+        return {"title": self.name, "model_name": self.name, "hash": None, "sha256": None,
+                "filename": str(path), "config": None}
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _folder_problem(path: Path) -> str | None:
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"model_index.json unreadable: {exc}"
+    if not isinstance(index, dict) or "unet" not in index:
+        return "model_index.json names no unet: not an SDXL pipeline folder"
+    missing = [part for part, spec in index.items()
+               if isinstance(spec, list) and spec[0] is not None and not (path / part).is_dir()]
+    return f"missing parts: {', '.join(sorted(missing))}" if missing else None
+
+
+def _file_problem(path: Path) -> str | None:
+    try:
+        header = read_header(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"unreadable: {exc}"
+    if not any(key.startswith("model.diffusion_model.") for key in header):
+        return "no UNet weights (model.diffusion_model.*): not a full checkpoint (a LoRA or a VAE?)"
+    return None
+
+
+def _default_name(source: ModelSource) -> str:
+    if source.kind in ("tiny", "hub"):
+        return source.model_id
+    path = Path(source.location)
+    return path.stem if path.suffix == ".safetensors" else path.name
+
+
+def scan(settings: Settings) -> list[ModelEntry]:
+    """The default model first, then ``MODELS_DIR``'s, sorted by name (a clash keeps the first)."""
+    source = resolve_model_source(settings)
+    location = Path(source.location)
+    size = None
+    if source.kind == "folder" and location.is_dir():
+        size = _folder_size(location)
+    elif source.kind == "single_file" and location.is_file():
+        size = location.stat().st_size
+    entries = {_default_name(source): ModelEntry(_default_name(source), source, size, default=True)}
+    root = settings.models_dir
+    if root.is_dir():
+        for path in sorted(root.iterdir()):
+            name = path.stem if path.suffix == ".safetensors" else path.name
+            if name in entries or path.name.startswith("."):
+                continue
+            if path.is_dir() and (path / "model_index.json").exists():
+                found = ModelSource("folder", str(path), "MODELS_DIR", settings.vae_id)
+                entries[name] = ModelEntry(name, found, _folder_size(path), broken=_folder_problem(path))
+            elif path.is_file() and path.suffix == ".safetensors":
+                found = ModelSource("single_file", str(path), "MODELS_DIR", settings.vae_id)
+                entries[name] = ModelEntry(name, found, path.stat().st_size, broken=_file_problem(path))
+    return list(entries.values())
+
+
+class ModelCatalog:
+    """The scanned models and the current default (A1111's ``sd_model_checkpoint`` changes it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._entries: dict[str, ModelEntry] = {}
+        self.default_name = ""
+        self.refresh()
+
+    def refresh(self) -> list[ModelEntry]:
+        entries = {entry.name: entry for entry in scan(self.settings)}
+        with self._lock:
+            self._entries = entries
+            if self.default_name not in entries:
+                self.default_name = next(iter(entries))
+        return list(entries.values())
+
+    def entries(self) -> list[ModelEntry]:
+        with self._lock:
+            default = self.default_name
+            return [ModelEntry(e.name, e.source, e.size, e.name == default, e.broken) for e in self._entries.values()]
+
+    def get(self, name: str) -> ModelEntry | None:
+        with self._lock:
+            found = self._entries.get(name)
+        if found is None:
+            found = {e.name: e for e in self.refresh()}.get(name)
+        return found
+
+    def lookup(self, wanted: str | None, field: str) -> str:
+        """The model name a request's ``wanted`` means (None or "": the default); 422 naming what exists."""
+        if not wanted:
+            return self.default_name
+        name = _HASH_SUFFIX.sub("", wanted.strip())
+        candidates = [name, Path(name).name, Path(name).stem]
+        entry = next((e for e in (self.get(c) for c in dict.fromkeys(candidates)) if e is not None), None)
+        if entry is None:
+            entry = next((e for e in self.entries() if e.source.location == name), None)
+        have = ", ".join(e.name for e in self.entries() if not e.broken)
+        if entry is None:
+            raise ValidationFailed(f"unknown model {wanted!r}: this server has {have}",
+                                   fields={field: [f"Unknown model; one of: {have}."]})
+        if entry.broken:
+            raise ValidationFailed(f"model {entry.name!r} cannot be loaded: {entry.broken}; working models: {have}",
+                                   fields={field: [f"Broken: {entry.broken}."]})
+        return entry.name
+
+    def set_default(self, wanted: str, field: str) -> str:
+        name = self.lookup(wanted, field)
+        with self._lock:
+            self.default_name = name
+        return name

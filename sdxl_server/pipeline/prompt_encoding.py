@@ -1,0 +1,151 @@
+"""Long and weighted prompts for SDXL, encoded the way AUTOMATIC1111 does.
+
+A prompt (after :mod:`.prompt_syntax`) is a list of text runs with weights. Each run is tokenized
+without special tokens, and the tokens are packed into chunks of 75 (``BREAK`` ends a chunk early).
+Every chunk becomes ``<bos> + 75 tokens + <eos>`` padded to 77 and goes through **both** text
+encoders; the penultimate hidden states of the two are joined (768 + 1280 = 2048 wide for SDXL)
+and the chunks are laid end to end, so a 200-token prompt is 3 x 77 positions. Weights multiply
+each token's embedding, then the chunk is rescaled to its original mean (A1111's way, so a weight
+changes emphasis, not overall magnitude). The pooled embedding is text_encoder_2's for the first
+chunk. Prompt and negative prompt are padded with empty chunks to the same number of chunks.
+
+With all weights 1 and one chunk, the result is exactly what diffusers' own ``encode_prompt``
+computes, so a short plain prompt gives the same image as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .prompt_syntax import BREAK, extract_loras, parse_attention, plain_runs
+
+CHUNK_TOKENS = 75
+
+
+@dataclass
+class Chunks:
+    """One prompt for one tokenizer: token ids and weights, ``CHUNK_TOKENS`` or fewer per chunk."""
+
+    ids: list[list[int]] = field(default_factory=lambda: [[]])
+    weights: list[list[float]] = field(default_factory=lambda: [[]])
+
+    def add(self, token: int, weight: float) -> None:
+        if len(self.ids[-1]) == CHUNK_TOKENS:
+            self.close()
+        self.ids[-1].append(token)
+        self.weights[-1].append(weight)
+
+    def close(self) -> None:
+        self.ids.append([])
+        self.weights.append([])
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(chunk) for chunk in self.ids)
+
+
+def prompt_runs(prompt: str, syntax: str) -> list[tuple[str, float]]:
+    """The weighted runs of ``prompt`` under ``PROMPT_SYNTAX`` (``a1111`` or ``plain``)."""
+    return parse_attention(prompt) if syntax == "a1111" else plain_runs(prompt)
+
+
+def chunk_prompt(tokenizer: Any, runs: list[tuple[str, float]]) -> Chunks:
+    """Tokenize each run and pack the tokens into chunks; ``BREAK`` starts a new chunk."""
+    chunks = Chunks()
+    for text, weight in runs:
+        if weight == -1.0 and text == BREAK:
+            chunks.close()
+            continue
+        if not text:
+            continue
+        for token in tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids:
+            chunks.add(token, weight)
+    return chunks
+
+
+def count_tokens(tokenizer: Any, prompt: str, syntax: str) -> dict[str, Any]:
+    """What the page's token counter shows: tokens, chunks and each chunk's size."""
+    chunks = chunk_prompt(tokenizer, prompt_runs(prompt, syntax))
+    sizes = [len(chunk) for chunk in chunks.ids]
+    return {"tokens": chunks.tokens, "chunks": len(sizes), "chunk_tokens": sizes, "chunk_size": CHUNK_TOKENS}
+
+
+def count_prompt_tokens(tokenizer: Any, prompt: str, syntax: str) -> dict[str, Any]:
+    """:func:`count_tokens` for a prompt as a request sends it (``<lora:...>`` tags are no tokens)."""
+    return count_tokens(tokenizer, extract_loras(prompt)[0] if syntax == "a1111" else prompt, syntax)
+
+
+def _pad(chunks: Chunks, count: int) -> Chunks:
+    while len(chunks.ids) < count:
+        chunks.close()
+    return chunks
+
+
+def _encoder_device(module: Any) -> torch.device:
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(module)
+
+
+def _encode(tokenizer: Any, text_encoder: Any, chunks: Chunks) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states of every chunk laid end to end, pooled output of the first chunk or None)."""
+    width = CHUNK_TOKENS + 2
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = _encoder_device(text_encoder)
+    states, pooled = [], None
+    for ids, weights in zip(chunks.ids, chunks.weights):
+        row = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
+        row += [pad] * (width - len(row))
+        output = text_encoder(torch.tensor([row], device=device), output_hidden_states=True)
+        if pooled is None and output[0].ndim == 2:
+            pooled = output[0]
+        hidden = output.hidden_states[-2]
+        if any(weight != 1.0 for weight in weights):
+            multipliers = torch.ones(width, dtype=hidden.dtype, device=hidden.device)
+            multipliers[1:1 + len(weights)] = torch.tensor(weights, dtype=hidden.dtype)
+            original_mean = hidden.mean()
+            hidden = hidden * multipliers.reshape(1, -1, 1)
+            hidden = hidden * (original_mean / hidden.mean())
+        states.append(hidden)
+    return torch.cat(states, dim=1), pooled
+
+
+def _encode_both(pipe: Any, per_tokenizer: list[Chunks]) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden, pooled = [], None
+    for tokenizer, text_encoder, chunks in zip(
+        (pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2), per_tokenizer
+    ):
+        states, pooled_here = _encode(tokenizer, text_encoder, chunks)
+        hidden.append(states)
+        pooled = pooled_here if pooled_here is not None else pooled
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, syntax: str) -> dict[str, Any]:
+    """The ``prompt_embeds`` (and negative, and pooled) keyword arguments for an SDXL pipeline call.
+
+    An empty negative prompt is left to the pipeline (SDXL base zeroes it), as before.
+    """
+    texts = [prompt] + ([negative_prompt] if negative_prompt else [])
+    tokenizers = (pipe.tokenizer, pipe.tokenizer_2)
+    chunked = [[chunk_prompt(tokenizer, prompt_runs(text, syntax)) for tokenizer in tokenizers] for text in texts]
+    count = max(len(chunks.ids) for per_text in chunked for chunks in per_text)
+    chunked = [[_pad(chunks, count) for chunks in per_text] for per_text in chunked]
+    embeds, pooled = _encode_both(pipe, chunked[0])
+    arguments = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    if negative_prompt:
+        negative, negative_pooled = _encode_both(pipe, chunked[1])
+        arguments.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=negative_pooled)
+    return arguments
+
+
+def encode_request_prompts(pipe: Any, params: Any, syntax: str) -> dict[str, Any]:
+    """:func:`encode_prompts` for a request: with A1111 syntax its ``<lora:...>`` tags are taken
+    out first (they choose LoRAs, they are not text); the metadata keeps the prompt as sent."""
+    prompt, negative = params.prompt, params.negative_prompt
+    if syntax == "a1111":
+        prompt, negative = extract_loras(prompt)[0], extract_loras(negative)[0]
+    return encode_prompts(pipe, prompt, negative, syntax)

@@ -1,0 +1,42 @@
+"""The real `webuiapi` client (what many A1111 scripts use) against a live server: models, the
+model switch A1111's way, LoRAs, txt2img with a <lora:...> tag."""
+
+from __future__ import annotations
+
+import pytest
+from live_server import LiveServer
+from lora_builder import lora_weights, save_kohya_layout
+
+webuiapi = pytest.importorskip("webuiapi")
+
+
+@pytest.fixture
+def server(tiny_cache, tiny_model_dir, tmp_path):
+    from sdxl_server.pipeline.tiny import build_tiny_pipeline
+
+    models, loras = tmp_path / "models", tmp_path / "loras"
+    build_tiny_pipeline(seed=1).save_pretrained(models / "tiny-b")
+    loras.mkdir()
+    save_kohya_layout(lora_weights(tiny_model_dir, seed=1), loras / "ink.safetensors")
+    live = LiveServer(tiny_cache, tmp_path / "outputs", MODELS_DIR=str(models), LORA_DIR=str(loras)).wait_ready()
+    yield live
+    live.stop()
+
+
+def test_webuiapi_models_switch_loras_and_txt2img(server):
+    api = webuiapi.WebUIApi(baseurl=f"{server.url}/sdapi/v1", steps=2)
+    assert [m["title"] for m in api.get_sd_models()] == ["tiny", "tiny-b"]
+    assert [lora["name"] for lora in api.get_loras()] == ["ink"]
+
+    plain = api.txt2img(prompt="a lighthouse", seed=3, width=64, height=64)
+    tagged = api.txt2img(prompt="a lighthouse <lora:ink:1>", seed=3, width=64, height=64)
+    assert tagged.image.tobytes() != plain.image.tobytes()
+    assert 'Lora hashes: "ink: ' in tagged.info["infotexts"][0]
+
+    api.util_set_model("tiny-b")
+    assert api.util_get_current_model() == "tiny-b"
+    switched = api.txt2img(prompt="a lighthouse", seed=3, width=64, height=64)
+    assert switched.image.tobytes() != plain.image.tobytes()
+    assert switched.info["sd_model_name"].endswith("tiny-b")
+    api.util_set_model("tiny")
+    assert api.txt2img(prompt="a lighthouse", seed=3, width=64, height=64).image.tobytes() == plain.image.tobytes()
