@@ -57,4 +57,7 @@ async def a1111_refresh_checkpoints(request: web.Request) -> web.Response:
 
 
 def usable_entries(app: web.Application):
-    return [entry for entry in app[keys.MODELS].entries() if not entry.broken]
+    """The models a request may name: not broken on disk, and not one that failed to load."""
+    model = app[keys.ENGINE].describe()["model"]
+    failed = model["location"] if model["state"] == "failed" else None
+    return [entry for entry in app[keys.MODELS].entries() if not entry.broken and entry.source.location != failed]
