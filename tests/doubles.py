@@ -97,3 +97,73 @@ class SmallMemoryEngine(Engine):
             return forward(sample, *args, **kwargs)
 
         self.pipe.unet.forward = forward_one_image
+
+
+class WatchedLatents(torch.Tensor):
+    """A view of the latents that records every operation on it (``refuse``: raises instead), so a
+    test can prove which steps of the real callback path read the latents' values."""
+
+    reads: list[tuple[int, str]]
+    step = 0
+    refuse = False
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", repr(func))
+        cls.reads.append((cls.step, name))
+        if cls.refuse:
+            raise AssertionError(f"the step callback touched the latents at step {cls.step} ({name})")
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+class WatchedLatentsEngine(Engine):
+    """A real engine whose pipeline hands the step callback :class:`WatchedLatents` (the
+    denoising itself goes on with the real tensor)."""
+
+    refuse = False
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.watched = type("Watched", (WatchedLatents,), {"reads": [], "refuse": self.refuse})
+
+    def load(self):
+        super().load()
+        pipe, watched = self.pipe, self.watched
+        call = type(pipe).__call__
+
+        def watching_call(self_, *args, callback_on_step_end=None, **kwargs):
+            def step_end(pipeline, index, timestep, tensors):
+                watched.step = index + 1
+                view = tensors["latents"].as_subclass(watched)
+                return callback_on_step_end(pipeline, index, timestep, {**tensors, "latents": view})
+
+            return call(self_, *args, callback_on_step_end=step_end, **kwargs)
+
+        pipe.__class__ = type(f"Watched{type(pipe).__name__}", (type(pipe),), {"__call__": watching_call})
+
+
+class UntouchableLatentsEngine(WatchedLatentsEngine):
+    """:class:`WatchedLatentsEngine` whose latents raise on any read."""
+
+    refuse = True
+
+
+class SyncCheckingEngine(Engine):
+    """A real engine that turns on CUDA's sync debug mode ("error") from the first step's callback
+    to the last one's, so any host-device synchronisation between steps fails the generation."""
+
+    def generate(self, params, on_step, cancelled):
+        def checked(step, total, latents):
+            if step == 1:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                on_step(step, total, latents)
+            finally:
+                if step == total:
+                    torch.cuda.set_sync_debug_mode("default")
+
+        try:
+            return super().generate(params, checked, cancelled)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

@@ -39,13 +39,19 @@ class GenerationWork:
         params = job.params
         started = time.time()
 
-        def step(step: int, total: int, latents: Any) -> None:
-            preview = None
-            if (step % self.preview_every == 0 or step == total) and self.previews_wanted(job.id):
-                from ..pipeline.preview import preview_data_url  # torch-side, on this thread only
+        previews: Any = None
 
-                preview = preview_data_url(latents)
-            on_step(step, total, preview)
+        def step(step: int, total: int, latents: Any) -> None:
+            # Between two steps of the GPU's work: nothing here may wait for the device. Progress
+            # is the step index; the latents are read only for a preview a client wants.
+            nonlocal previews
+            if (step % self.preview_every == 0 or step == total) and self.previews_wanted(job.id):
+                if previews is None:
+                    from ..pipeline.preview import LatentPreviews  # torch-side, on this thread only
+
+                    previews = LatentPreviews()
+                previews.take(latents)
+            on_step(step, total, previews.ready() if previews is not None and previews.pending else None)
 
         generation = self.engine.generate(params, step, cancelled)
         runtime = self.engine.runtime

@@ -39,6 +39,15 @@ class Generation:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _seconds(start: Any, end: Any) -> float:
+    """Seconds between two :meth:`Engine._clock` marks (CUDA events once both have passed:
+    the decode's copy to the host has waited for them already)."""
+    if isinstance(start, float):
+        return end - start
+    end.synchronize()
+    return start.elapsed_time(end) / 1000.0
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -155,7 +164,7 @@ class Engine:
             return {}
 
         for size in batches:
-            started = time.perf_counter()
+            started = self._clock()
             with self._failures_translated(params), torch.inference_mode():
                 latents = pipe(
                     prompt=params.prompt,
@@ -172,15 +181,14 @@ class Engine:
                 ).images
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
-                if self.runtime.on_cuda:
-                    torch.cuda.synchronize()  # so the inference/decode split is true on a GPU
-                denoised = time.perf_counter()
+                denoised = self._clock()  # on a GPU, marks on its stream: the host never waits for them
                 decoded, batch_upcast = decode_latents(self.pipe, latents)
+                finished = self._clock()
             images.extend(decoded)
             upcast = upcast or batch_upcast
             steps_done += pipe.num_timesteps
-            inference_s += denoised - started
-            decode_s += time.perf_counter() - denoised
+            inference_s += _seconds(started, denoised)
+            decode_s += _seconds(denoised, finished)
         info = {
             "sampler": sampler_label(params.scheduler, pipe.scheduler),
             "seeds": seeds,
@@ -210,6 +218,14 @@ class Engine:
         finally:
             if self.pipe is not None and hasattr(self.pipe, "maybe_free_model_hooks"):
                 self.pipe.maybe_free_model_hooks()
+
+    def _clock(self) -> Any:
+        """A point in time: a CUDA event on the device's stream, or the host's clock elsewhere."""
+        if self.runtime.on_cuda:
+            mark = torch.cuda.Event(enable_timing=True)
+            mark.record()
+            return mark
+        return time.perf_counter()
 
     def _recover_memory(self) -> None:
         gc.collect()
