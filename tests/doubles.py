@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 
 import torch
 
+from sdxl_server.jobs.outputs import OutputStore
 from sdxl_server.pipeline.engine import Engine
 
 
@@ -167,3 +169,35 @@ class SyncCheckingEngine(Engine):
             return super().generate(params, checked, cancelled)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+class GatedOutputStore(OutputStore):
+    """A real output store whose writes wait until the test opens the gate."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+
+    def write_outputs(self, output_id, image, meta):
+        self.entered.release()
+        _wait_until(self.gate.is_set)
+        return super().write_outputs(output_id, image, meta)
+
+
+class FullDiskOutputStore(OutputStore):
+    """A real output store on a disk that fills up while the first PNG of ``full_for`` is written."""
+
+    def __init__(self, root, full_for: set[str]):
+        super().__init__(root)
+        self.full_for = full_for
+
+    def _write_atomic(self, path, write):
+        if path.stem[:32] not in self.full_for:
+            return super()._write_atomic(path, write)
+
+        def write_then_fill(f):
+            write(f)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return super()._write_atomic(path, write_then_fill)

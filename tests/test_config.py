@@ -53,7 +53,7 @@ def test_every_setting_has_a_flag_and_a_variable():
         ({"MAX_CONCURRENCY": "2"}, "MAX_CONCURRENCY='2' is not valid: expected 1: one GPU runs one generation"),
         ({"DEFAULT_GUIDANCE": "nan"}, "DEFAULT_GUIDANCE='nan' is not valid: expected a number from 0 to 30"),
         ({"PRELOAD": "maybe"}, "PRELOAD='maybe' is not valid: expected true or false"),
-        ({"CPU_OFFLOAD": "all"}, "CPU_OFFLOAD='all' is not valid: expected one of none, model, sequential"),
+        ({"CPU_OFFLOAD": "all"}, "CPU_OFFLOAD='all' is not valid: expected one of auto, none, model, sequential"),
         ({"DEFAULT_WIDTH": "2048"}, "DEFAULT_WIDTH=2048 is above MAX_WIDTH=1280"),
         ({"MAX_WIDTH": "1300"}, "MAX_WIDTH=1300 is not a multiple of 8"),
     ],

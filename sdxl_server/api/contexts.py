@@ -29,7 +29,8 @@ RETENTION_INTERVAL_S = 600.0
 
 
 async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = OutputStore(app[keys.SETTINGS].output_dir)
+    settings = app[keys.SETTINGS]
+    store = OutputStore(settings.output_dir, png_compress_level=settings.png_compress_level)
     store.prepare()
     app[keys.STORE] = store
     yield

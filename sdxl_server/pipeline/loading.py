@@ -95,6 +95,6 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime) -> dic
         "vae_tiling": tiling,
         "vae_tile_px": VAE_TILE_PX if tiling else None,
         "vae_slicing": settings.vae_slicing,
-        "cpu_offload": settings.cpu_offload,
+        "cpu_offload": "none" if settings.cpu_offload == "auto" else settings.cpu_offload,
         "torch_threads": torch.get_num_threads(),
     }
