@@ -20,11 +20,14 @@ from .. import package_version
 from ..config import Settings
 from ..errors import GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemory, short_message
 from ..params import MAX_SEED, GenerationParams
+from .compiling import Compilation, apply_layout_options
 from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
+from .memory import MemoryPlan, plan_memory
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
 from .sources import fix_hint, resolve_model_source
+from .text_encoders import encode_prompts
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ class Engine:
         self.options: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
         self._default_scheduler: Any = None
+        self.compilation = Compilation(settings)
+        self.memory_plan: MemoryPlan | None = None
 
     # -- loading ----------------------------------------------------------------
 
@@ -103,6 +108,7 @@ class Engine:
             raise ModelUnavailable(self.error) from exc
         self.pipe = pipe
         self._default_scheduler = pipe.scheduler
+        self._compile_and_warm_up()
         self.load_seconds = time.perf_counter() - started
         self.state = "ready"
         log.info("model ready in %.1fs: %s", self.load_seconds, self.options)
@@ -111,7 +117,40 @@ class Engine:
         return load_pipeline(self.settings, self.runtime, self.source)
 
     def _apply_options(self, pipe: Any) -> None:
-        self.options = apply_memory_options(pipe, self.settings, self.runtime)
+        self.memory_plan = plan_memory(self.settings, self._gpu_total_memory(), self.runtime.dtype)
+        log.info("memory profile %s (%s)%s", self.memory_plan.profile, self.memory_plan.reason,
+                 f"; overridden by {', '.join(self.memory_plan.overrides)}" if self.memory_plan.overrides else "")
+        self.options = apply_memory_options(pipe, self.settings, self.runtime, self.memory_plan)
+        self.options.update(apply_layout_options(pipe, self.settings, self.options["attention"]))
+
+    def _gpu_total_memory(self) -> int | None:
+        if not self.runtime.on_cuda:
+            return None
+        return torch.cuda.get_device_properties(torch.device(self.runtime.device).index or 0).total_memory
+
+    def _prompt_arguments(self, params: GenerationParams) -> dict[str, Any]:
+        """The prompts as the pipeline takes them: text, or embeddings when the text encoders
+        live on the CPU (TEXT_ENCODER_OFFLOAD)."""
+        if self.memory_plan is not None and self.memory_plan.text_encoder_offload:
+            return encode_prompts(self.pipe, params, self.runtime.device)
+        return {"prompt": params.prompt, "negative_prompt": params.negative_prompt or None}
+
+    def _compile_and_warm_up(self) -> None:
+        """COMPILE: compile, then generate once at the default size (the first compile, or a read
+        of the compile cache, happens here rather than in a client's request)."""
+        if not self.compilation.start(self.pipe, self.options.get("cpu_offload", "none")):
+            return
+        settings = self.settings
+        warm_up = GenerationParams(
+            prompt="warm-up", negative_prompt="", width=settings.default_width, height=settings.default_height,
+            steps=2, guidance_scale=settings.default_guidance, seed=0,
+        )
+        try:
+            self._generate_in_batches(warm_up, [1], lambda *_: None, lambda: False)
+        except Exception as exc:  # noqa: BLE001 - a compiler problem leaves the server eager, not down
+            self.compilation.failed(exc)
+        else:
+            self.compilation.finished()
 
     def _free(self) -> None:
         self.pipe = None
@@ -157,6 +196,9 @@ class Engine:
         seeds = [(params.seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
         upcast, inference_s, decode_s, steps_done = False, 0.0, 0.0, 0
 
+        with self._failures_translated(params):
+            prompts = self._prompt_arguments(params)
+
         def step_end(pipeline, index: int, timestep, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancelled():
                 raise JobCancelled("the job was cancelled")
@@ -167,8 +209,7 @@ class Engine:
             started = self._clock()
             with self._failures_translated(params), torch.inference_mode():
                 latents = pipe(
-                    prompt=params.prompt,
-                    negative_prompt=params.negative_prompt or None,
+                    **prompts,
                     width=params.width,
                     height=params.height,
                     num_inference_steps=params.steps,
@@ -266,5 +307,6 @@ class Engine:
             },
             "attention": self.options.get("attention"),
             "options": self.options,
+            "compile": self.compilation.describe(),
             "versions": {"torch": torch.__version__, "diffusers": package_version("diffusers")},
         }

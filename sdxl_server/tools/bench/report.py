@@ -100,13 +100,47 @@ def _coldstart_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _batch_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    _title(rows, f"batch: images per pipeline call ({result['runs']} runs each, after a warm-up)")
+    for size, r in result["by_batch"].items():
+        rows.append((f"  {size} image{'s' if size != '1' else ''} per call",
+                     f"{r['images_per_s']:.3f} images/s; {_spread(r['s_per_call'], _s)}"))
+    rows.append(("  speed-up", f"{result['speedup']:.3f}x images/s with {list(result['by_batch'])[-1]} per call vs 1"))
+    return rows
+
+
+def _png_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    size = result["size"]
+    _title(rows, f"PNG encode at {size['width']}x{size['height']} by zlib level (PNG_COMPRESS_LEVEL)")
+    for name, levels in result["images"].items():
+        rows.append((f"  {name} image", "  ".join(
+            f"{level}: {r['encode_ms']:.1f} ms {r['bytes'] / 1e6:.2f} MB" for level, r in levels.items()
+        )))
+    return rows
+
+
 _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "overhead": _overhead_rows,
     "loop": _loop_rows,
     "progress": _progress_rows,
     "memory": _memory_rows,
+    "batch": _batch_rows,
+    "png": _png_rows,
     "coldstart": _coldstart_rows,
 }
+
+
+def _options_line(env: dict[str, Any]) -> str:
+    options, compiled = env.get("options") or {}, env.get("compile") or {}
+    memory = options.get("memory_profile") or {}
+    compile_text = compiled.get("mode", "none")
+    if compiled.get("state") not in (None, "off"):
+        compile_text += f" ({compiled['state']}, {_s(compiled.get('seconds'))})"
+    return (f"compile {compile_text}; channels_last {options.get('channels_last')}; fused QKV {options.get('fuse_qkv')}; "
+            f"memory profile {memory.get('profile')} (VAE tiling {options.get('vae_tiling')}, text encoders "
+            f"{'on the CPU' if options.get('text_encoder_offload') else 'resident'}, offload {options.get('cpu_offload')})")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -120,6 +154,7 @@ def format_report(report: dict[str, Any]) -> str:
         + f"; torch {env.get('torch')}, diffusers {env.get('diffusers')}",
         f"size {p['width']}x{p['height']}, {p['steps']} steps, guidance {p['guidance_scale']}, "
         f"scheduler {p['scheduler']}; attention {env.get('options', {}).get('attention')}",
+        _options_line(env),
     ]
     rows: list[tuple[str, str]] = []
     for name, result in report["sections"].items():
