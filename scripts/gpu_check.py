@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = BenchOptions(
         width=size, height=size, steps=steps, guidance_scale=7.0, runs=runs, loop_jobs=1, idle_samples=50,
         clients=100 if cuda else 10, progress_runs=2, batch_runs=1, timeout_s=max(60.0, budget.left()),
+        previews=True, health_flood=True,  # the target: 100 clients receiving previews and a /health flood
     )
 
     if smoke:

@@ -179,7 +179,9 @@ class Settings:
         "ATTENTION", "auto", _choice("auto", "sdpa", "xformers", "slicing"),
         "auto: xFormers when importable on CUDA, else PyTorch SDPA",
     )
-    vae_tiling: str = _setting("VAE_TILING", "auto", _choice("auto", "on", "off"), "decode in tiles (auto: on with CUDA)")
+    vae_tiling: str = _setting(
+        "VAE_TILING", "auto", _choice("auto", "on", "off"), "decode in tiles (auto: as MEMORY_PROFILE says)"
+    )
     vae_slicing: bool = _setting("VAE_SLICING", True, _bool, "decode a batch one image at a time")
     cpu_offload: str = _setting(
         "CPU_OFFLOAD", "auto", _choice("auto", "none", "model", "sequential"),

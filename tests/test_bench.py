@@ -99,7 +99,7 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     report_path = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "sdxl_server.tools.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
-         "--progress-runs", "2", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
+         "--progress-runs", "2", "--previews", "--health-flood", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
          "--json", str(report_path)],
         cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
     )
@@ -138,6 +138,8 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
         assert 0 < events["received"] <= events["expected"]
         assert result["latency_ms"]["median"] > 0 and result["latency_ms"]["p99"] >= result["latency_ms"]["median"]
     assert math.isfinite(progress["slowdown"]) and progress["slowdown"] > 0
+    assert progress["by_clients"]["10"]["previews"] is True and progress["by_clients"]["10"]["health_calls"] > 0
+    assert "with previews, and a /health flood" in table
 
     memory = report["sections"]["memory"]
     assert memory["jobs"] == 20 and len(memory["samples"]) >= 2

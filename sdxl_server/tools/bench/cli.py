@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--health-interval-ms", type=float, default=10.0, help="loop: pause between /health calls")
     b.add_argument("--idle-samples", type=_positive, default=100, help="loop: /health calls while idle (default 100)")
     b.add_argument("--clients", type=_positive, default=100, help="progress: websocket subscribers besides 1 (default 100)")
+    b.add_argument("--previews", action="store_true", help="progress: the clients ask for previews (?preview=1)")
+    b.add_argument("--health-flood", action="store_true", help="progress: GET /health back to back while the many clients run")
     b.add_argument("--progress-runs", type=_positive, default=3, help="progress: jobs per client count (default 3)")
     b.add_argument("--memory-jobs", type=_positive, default=300, help="memory: small generations (default 300)")
     b.add_argument("--memory-size", type=int, default=64, help="memory: their width and height (default 64)")

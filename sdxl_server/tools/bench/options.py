@@ -35,6 +35,8 @@ class BenchOptions:
     idle_samples: int = 100
     clients: int = 100
     progress_runs: int = 3
+    previews: bool = False
+    health_flood: bool = False
     memory_jobs: int = 300
     memory_size: int = 64
     memory_steps: int = 1

@@ -57,16 +57,38 @@ def _loop_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _progress_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+def _first(by: dict[str, Any]) -> dict[str, Any]:
+    return next(iter(by.values()), {})
+
+
+def _last(by: dict[str, Any]) -> dict[str, Any]:
+    return list(by.values())[-1] if by else {}
+
+
+def _by_count(title: str, by: dict[str, Any], noun: str, describe: Callable[[dict[str, Any]], str],
+              last: tuple[str, str]) -> list[tuple[str, str]]:
+    """A titled row per count ("1 client", "100 clients"), then ``last``."""
     rows: list[tuple[str, str]] = []
-    _title(rows, f"progress: step callback -> websocket client ({result['runs']} jobs each)")
-    for n, r in result["by_clients"].items():
-        lat, ev = r["latency_ms"], r["progress_events"]
-        rows.append((f"  {n} client{'s' if n != '1' else ''}",
-                     f"median {_ms(lat['median'])}, p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}; "
-                     f"{ev['received']}/{ev['expected']} events; generation {_s(r['generation_s']['median'])}"))
-    rows.append(("  generation slowdown", f"{result['slowdown']:.3f}x with {list(result['by_clients'])[-1]} clients vs 1"))
+    _title(rows, title)
+    for n, r in by.items():
+        rows.append((f"  {n} {noun.replace('*', 's' if n != '1' else '')}", describe(r)))
+    rows.append(last)
     return rows
+
+
+def _progress_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    def describe(r: dict[str, Any]) -> str:
+        lat, ev = r["latency_ms"], r["progress_events"]
+        return (f"median {_ms(lat['median'])}, p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}; "
+                f"{ev['received']}/{ev['expected']} events; generation {_s(r['generation_s']['median'])}")
+
+    return _by_count(
+        f"progress: step callback -> websocket client ({result['runs']} jobs each"
+        + (", with previews" if _first(result["by_clients"]).get("previews") else "")
+        + (", and a /health flood" if _last(result["by_clients"]).get("health_calls") else "") + ")",
+        result["by_clients"], "client*",
+        describe, ("  generation slowdown", f"{result['slowdown']:.3f}x with {list(result['by_clients'])[-1]} clients vs 1"),
+    )
 
 
 def _memory_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -101,13 +123,11 @@ def _coldstart_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _batch_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    _title(rows, f"batch: images per pipeline call ({result['runs']} runs each, after a warm-up)")
-    for size, r in result["by_batch"].items():
-        rows.append((f"  {size} image{'s' if size != '1' else ''} per call",
-                     f"{r['images_per_s']:.3f} images/s; {_spread(r['s_per_call'], _s)}"))
-    rows.append(("  speed-up", f"{result['speedup']:.3f}x images/s with {list(result['by_batch'])[-1]} per call vs 1"))
-    return rows
+    return _by_count(
+        f"batch: images per pipeline call ({result['runs']} runs each, after a warm-up)", result["by_batch"],
+        "image* per call", lambda r: f"{r['images_per_s']:.3f} images/s; {_spread(r['s_per_call'], _s)}",
+        ("  speed-up", f"{result['speedup']:.3f}x images/s with {list(result['by_batch'])[-1]} per call vs 1"),
+    )
 
 
 def _png_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
