@@ -6,17 +6,21 @@ It builds the full-size SDXL base 1.0 architecture with random weights straight 
 with the real application on loopback (:mod:`sdxl_server.tools.bench`), then times 1024x1024, 25 steps,
 batch 1, interleaving ``Engine.generate`` called directly and ``POST /api/v1/generate``:
 
-=========================  ===================================================================
-``fp16_sdpa``              float16, PyTorch SDPA attention (the server's default on CUDA)
-``fp16_xformers``          float16, xFormers (only where ``xformers`` is importable)
-``fp16_sdpa_tiling``       + VAE tiling (512 px tiles)
-``fp16_sdpa_tiling_offload``  + model CPU offload (``CPU_OFFLOAD=model``)
-``fp16_sdpa_compile``      ``torch.compile`` of the UNet (``--compile``, on by default on CUDA)
-=========================  ===================================================================
+==================================  ==========================================================
+``fp16_sdpa``                       float16, PyTorch SDPA, ``MEMORY_PROFILE=high`` (all resident)
+``fp16_xformers``                   float16, xFormers (only where ``xformers`` is importable)
+``fp16_sdpa_channels_last_fused``   + ``CHANNELS_LAST`` and ``FUSE_QKV``
+``fp16_sdpa_compile``               + ``COMPILE`` (``--compile``, on by default on CUDA): the
+                                    server compiles and warms up at load, as it does in service
+``fp16_8gb``                        ``MEMORY_PROFILE=8gb``: VAE tiling, text encoders on the CPU
+``fp16_low``                        ``MEMORY_PROFILE=low``: model CPU offload
+==================================  ==========================================================
 
-Each reports s/image, it/s (steady denoising rate), peak GPU memory (``max_memory_allocated``)
-and the server overhead ratio. The first configuration also measures the event loop and
-progress latency with 1 and 100 websocket clients; last, if time is left, a cold start from the
+Each reports s/image, it/s (steady denoising rate), peak GPU memory (``max_memory_allocated``,
+and the peak with the CUDA context: what ``nvidia-smi`` would show) and the server overhead
+ratio (the direct path saves a PNG as a plain script would). The first configuration also
+measures the event loop, progress latency with 1 and 100 websocket clients, and a batch of 4
+against 1 (images/s); last, if time is left, a cold start from the
 model saved as a diffusers folder (``MODEL_ID=/path``, the path a real model takes).
 
 Every configuration runs in ``try``/``except`` (the error is recorded and the next runs), the
@@ -59,6 +63,7 @@ from sdxl_server.tools.bench.client import Client  # noqa: E402
 from sdxl_server.tools.bench.coldstart import coldstart_once  # noqa: E402
 from sdxl_server.tools.bench.options import BenchOptions  # noqa: E402
 from sdxl_server.tools.bench.sections import section_loop, section_overhead, section_progress  # noqa: E402
+from sdxl_server.tools.bench.speed import section_batch  # noqa: E402
 from sdxl_server.tools.bench.server import InProcessServer  # noqa: E402
 from sdxl_server.tools.bench.timed import TimedEngine  # noqa: E402
 
@@ -145,16 +150,17 @@ def environment(cuda: bool) -> dict[str, Any]:
 def configurations(args: argparse.Namespace, cuda: bool) -> list[dict[str, Any]]:
     """Name, settings, compile mode and, where it cannot run here, why not."""
     xformers = importlib.util.find_spec("xformers") is not None
+    high = {"attention": "sdpa", "memory_profile": "high"}
     configs = [
-        {"name": "fp16_sdpa", "settings": {"attention": "sdpa", "vae_tiling": "off"}},
-        {"name": "fp16_xformers", "settings": {"attention": "xformers", "vae_tiling": "off"},
+        {"name": "fp16_sdpa", "settings": high},
+        {"name": "fp16_xformers", "settings": {**high, "attention": "xformers"},
          "skip": None if (cuda and xformers) else ("xformers is not importable" if cuda else "xFormers needs CUDA")},
-        {"name": "fp16_sdpa_tiling", "settings": {"attention": "sdpa", "vae_tiling": "on"}},
-        {"name": "fp16_sdpa_tiling_offload", "settings": {"attention": "sdpa", "vae_tiling": "on", "cpu_offload": "model"},
+        {"name": "fp16_sdpa_channels_last_fused", "settings": {**high, "channels_last": True, "fuse_qkv": True}},
+        {"name": "fp16_sdpa_compile", "settings": {**high, "compile": args.compile_mode},
+         "skip": None if args.compile else "torch.compile not asked for (--compile)", "needs_s": args.compile_budget_s},
+        {"name": "fp16_8gb", "settings": {"attention": "sdpa", "memory_profile": "8gb"}},
+        {"name": "fp16_low", "settings": {"attention": "sdpa", "memory_profile": "low"},
          "skip": None if cuda else "model CPU offload needs CUDA"},
-        {"name": "fp16_sdpa_compile", "settings": {"attention": "sdpa", "vae_tiling": "off"},
-         "compile": args.compile_mode, "skip": None if args.compile else "torch.compile not asked for (--compile)",
-         "needs_s": args.compile_budget_s},
     ]
     if not cuda:  # the CPU smoke run keeps float32 (half precision on a CPU is slow and unusual)
         for config in configs:
@@ -179,6 +185,8 @@ async def measure(server: InProcessServer, opts: BenchOptions, extras: bool, bud
                 try:
                     result["loop"] = await section_loop(client)
                     result["progress"] = await section_progress(client)
+                    if budget.allows(per_image * (2 + 2 * opts.batch_size) + 60):
+                        result["batch"] = await section_batch(client)
                 except Exception as exc:  # noqa: BLE001
                     result["extras_error"] = f"{type(exc).__name__}: {exc}"
             else:
@@ -188,53 +196,53 @@ async def measure(server: InProcessServer, opts: BenchOptions, extras: bool, bud
 
 def run_config(
     config: dict[str, Any], base: Settings, factory: Callable[[], Any], opts: BenchOptions, cuda: bool,
-    extras: bool, budget: Budget, sync_steps: bool = True,
+    extras: bool, budget: Budget, sync_steps: bool = False,
 ) -> dict[str, Any]:
     settings = base.replace(**config["settings"])
     started = time.perf_counter()
-    engine = TimedEngine(settings, pipeline_factory=factory, compile_mode=config.get("compile"), sync_steps=sync_steps)
-    server = InProcessServer(settings, engine).start()  # builds the model on the GPU and applies the options
+    engine = TimedEngine(settings, pipeline_factory=factory, sync_steps=sync_steps)
+    # Builds the model on the GPU and applies the options; with COMPILE, compiles and warms up
+    # at the default size before it is ready, as the server does in service.
+    server = InProcessServer(settings, engine).start()
     load_s = time.perf_counter() - started
     try:
-        compile_s = None
-        if config.get("compile"):
-            # Compile on this (main) thread while the server is idle: torch.compile's first call
-            # takes minutes, and the worker thread then reuses the compiled graphs.
-            from sdxl_server.tools.bench.options import params_from_body
-
-            log(f"{config['name']}: compiling the UNet (first call)")
-            started = time.perf_counter()
-            engine.generate(params_from_body(opts.body()), lambda *a: None, lambda: False)
-            compile_s = round(time.perf_counter() - started, 2)
-            log(f"{config['name']}: first call (compile) took {compile_s}s")
+        if engine.compilation.wanted:
+            log(f"{config['name']}: compile {json.dumps(engine.compilation.describe())}")
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             resident = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         result = asyncio.run(measure(server, opts, extras, budget))
-        result["compile_first_call_s"] = compile_s
+        result["compile"] = engine.compilation.describe()
         if cuda:
             result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
             result["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved()
             result["weights_on_gpu_bytes"] = resident
+            free, total = torch.cuda.mem_get_info()
+            context = (total - free) - torch.cuda.memory_reserved()  # the CUDA context and libraries
+            result["cuda_context_bytes"] = context
+            result["peak_with_context_bytes"] = context + result["peak_gpu_reserved_bytes"]
         result["options"] = dict(engine.options)
         result["build_and_load_s"] = round(load_s, 2)
         return result
     finally:
         server.stop()  # closes the engine: the pipeline is dropped
         del engine, server
-        if config.get("compile"):
+        if config["settings"].get("compile"):
             torch._dynamo.reset()
 
 
 def summary_line(name: str, r: dict[str, Any]) -> str:
     if "error" in r or "skipped" in r:
-        return f"{name:<28} {'SKIPPED: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['error']}"
-    peak = r.get("peak_gpu_bytes")
+        return f"{name:<32} {'SKIPPED: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['error']}"
+    peak, with_context = r.get("peak_gpu_bytes"), r.get("peak_with_context_bytes")
     its = r.get("it_per_s")
-    return (f"{name:<28} {r['s_per_image']:7.3f} s/image  {'-' if its is None else f'{its:6.2f}'} it/s  "
-            f"peak {'-' if peak is None else f'{peak / GIB:6.2f} GiB'}  server/direct {r['ratio']:.3f}"
+    return (f"{name:<32} {r['s_per_image']:7.3f} s/image  {'-' if its is None else f'{its:6.2f}'} it/s  "
+            f"peak {'-' if peak is None else f'{peak / GIB:6.2f} GiB'}"
+            f" ({'-' if with_context is None else f'{with_context / GIB:.2f} GiB'} with context)"
+            f"  server/direct {r['ratio']:.3f}"
+            + (f"  batch x{r['batch']['speedup']:.2f} images/s" if "batch" in r else "")
             + ("  (VAE redone in fp32)" if r.get("vae_upcast") else ""))
 
 
@@ -245,14 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="interleaved runs per path and configuration (default 3; smoke 2)")
     parser.add_argument("--size", type=int, default=None, help="width and height (default 1024; smoke 64)")
     parser.add_argument("--steps", type=int, default=None, help="steps (default 25; smoke 2)")
-    parser.add_argument("--compile", dest="compile", action="store_true", default=None, help="also torch.compile the UNet")
+    parser.add_argument("--compile", dest="compile", action="store_true", default=None,
+                        help="also the COMPILE configuration (UNet and VAE decoder)")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune, ...)")
-    parser.add_argument("--compile-budget-s", type=float, default=200.0, help="time the compile configuration needs")
+    parser.add_argument("--compile-mode", default="default", choices=("default", "max-autotune"), help="COMPILE's mode")
+    parser.add_argument("--compile-budget-s", type=float, default=240.0, help="time the compile configuration needs")
     parser.add_argument("--no-extras", dest="extras", action="store_false", help="skip loop/progress on the first config")
     parser.add_argument("--no-coldstart", dest="coldstart", action="store_false", help="skip the cold start from a folder")
-    parser.add_argument("--no-sync-steps", dest="sync_steps", action="store_false",
-                        help="do not synchronise CUDA at each step's timestamp (it/s is then only approximate)")
+    parser.add_argument("--sync-steps", action="store_true",
+                        help="synchronise CUDA at each step's timestamp (exact it/s, but one sync per step)")
     parser.add_argument("--configs", default=None, help="only these configurations (comma-separated names)")
     parser.add_argument("--json", type=Path, default=None, help="report path (default $OUT/gpu_check.json or ./gpu_check.json)")
     args = parser.parse_args(argv)
@@ -306,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         max_width=max(1280, size), max_height=max(1280, size), max_steps=max(50, steps),
         torch_threads=0 if cuda else 1,
         log_level="warning",
+        compile_cache=Path(scratch.name) / "inductor",  # a cold compile: what a first start pays
     )
     opts = BenchOptions(
         width=size, height=size, steps=steps, guidance_scale=7.0, runs=runs, loop_jobs=1, idle_samples=50,
-        clients=100 if cuda else 10, progress_runs=2, timeout_s=max(60.0, budget.left()),
+        clients=100 if cuda else 10, progress_runs=2, batch_runs=1, timeout_s=max(60.0, budget.left()),
+        previews=True, health_flood=True,  # the target: 100 clients receiving previews and a /health flood
     )
 
     if smoke:
@@ -351,6 +362,16 @@ def main(argv: list[str] | None = None) -> int:
         log(summary_line(name, report.data["configs"][name]))
         report.write()
 
+    configs = report.data["configs"]
+    high, eight = (configs.get(f"{'fp16' if cuda else 'fp32'}_{name}", {}) for name in ("sdpa", "8gb"))
+    if "s_per_image" in high and "s_per_image" in eight:
+        report.data["8gb_profile"] = {
+            "time_vs_high": round(eight["s_per_image"] / high["s_per_image"], 4),
+            "peak_with_context_gib": None if eight.get("peak_with_context_bytes") is None
+            else round(eight["peak_with_context_bytes"] / GIB, 3),
+            "targets": "peak <= 7.5 GiB with context at <= 1.3x the time",
+        }
+        log(f"8gb profile: {json.dumps(report.data['8gb_profile'])}")
     if not args.coldstart:
         report.data["coldstart"] = {"skipped": "--no-coldstart"}
     elif not budget.allows(150.0 if cuda else 30.0):

@@ -244,10 +244,36 @@ class Settings:
         "ATTENTION", "auto", _choice("auto", "sdpa", "xformers", "slicing"),
         "auto: xFormers when importable on CUDA, else PyTorch SDPA",
     )
-    vae_tiling: str = _setting("VAE_TILING", "auto", _choice("auto", "on", "off"), "decode in tiles (auto: on with CUDA)")
+    vae_tiling: str = _setting(
+        "VAE_TILING", "auto", _choice("auto", "on", "off"), "decode in tiles (auto: as MEMORY_PROFILE says)"
+    )
     vae_slicing: bool = _setting("VAE_SLICING", True, _bool, "decode a batch one image at a time")
     cpu_offload: str = _setting(
-        "CPU_OFFLOAD", "none", _choice("none", "model", "sequential"), "move idle sub-models to CPU (CUDA only)"
+        "CPU_OFFLOAD", "auto", _choice("auto", "none", "model", "sequential"),
+        "move idle sub-models to CPU (CUDA only; auto: as MEMORY_PROFILE says)",
+    )
+    memory_profile: str = _setting(
+        "MEMORY_PROFILE", "auto", _choice("auto", "high", "8gb", "low"),
+        "memory settings for the GPU's size (auto: read it); VAE_TILING, CPU_OFFLOAD, TEXT_ENCODER_OFFLOAD override",
+    )
+    text_encoder_offload: str = _setting(
+        "TEXT_ENCODER_OFFLOAD", "auto", _choice("auto", "on", "off"),
+        "keep the text encoders on the CPU, on the GPU only to encode a prompt (auto: as MEMORY_PROFILE says)",
+    )
+
+    # Speed
+    compile: str = _setting(
+        "COMPILE", "none", _choice("none", "default", "max-autotune"),
+        "torch.compile the UNet and VAE decoder at load (warmed up before /health says ok)",
+    )
+    compile_cache: Path | None = _setting(
+        "COMPILE_CACHE", None, lambda raw: _path(raw) if raw.strip() else None,
+        "persistent compile cache (default ~/.cache/sdxl_server/inductor, or TORCHINDUCTOR_CACHE_DIR if set)",
+    )
+    channels_last: bool = _setting("CHANNELS_LAST", False, _bool, "UNet and VAE in channels-last memory format")
+    fuse_qkv: bool = _setting("FUSE_QKV", False, _bool, "fuse attention's query, key and value projections (SDPA)")
+    png_compress_level: int = _setting(
+        "PNG_COMPRESS_LEVEL", 1, _int_range(0, 9), "zlib level of the PNG files (0: none, 9: smallest, slowest)"
     )
 
     # Request defaults and limits

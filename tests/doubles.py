@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 
 import torch
 
+from sdxl_server.jobs.outputs import OutputStore
 from sdxl_server.pipeline.engine import Engine
 
 
@@ -117,3 +119,105 @@ class FileGatedEngine(Engine):
                 _wait_until(lambda: os.path.exists(self.gate) or cancelled(), limit_s=120)
 
         return super().generate(params, step, cancelled)
+
+
+class WatchedLatents(torch.Tensor):
+    """A view of the latents that records every operation on it (``refuse``: raises instead), so a
+    test can prove which steps of the real callback path read the latents' values."""
+
+    reads: list[tuple[int, str]]
+    step = 0
+    refuse = False
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", repr(func))
+        cls.reads.append((cls.step, name))
+        if cls.refuse:
+            raise AssertionError(f"the step callback touched the latents at step {cls.step} ({name})")
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+class WatchedLatentsEngine(Engine):
+    """A real engine whose pipeline hands the step callback :class:`WatchedLatents` (the
+    denoising itself goes on with the real tensor)."""
+
+    refuse = False
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.watched = type("Watched", (WatchedLatents,), {"reads": [], "refuse": self.refuse})
+
+    def load(self):
+        super().load()
+        pipe, watched = self.pipe, self.watched
+        call = type(pipe).__call__
+
+        def watching_call(self_, *args, callback_on_step_end=None, **kwargs):
+            def step_end(pipeline, index, timestep, tensors):
+                watched.step = index + 1
+                view = tensors["latents"].as_subclass(watched)
+                return callback_on_step_end(pipeline, index, timestep, {**tensors, "latents": view})
+
+            return call(self_, *args, callback_on_step_end=step_end, **kwargs)
+
+        pipe.__class__ = type(f"Watched{type(pipe).__name__}", (type(pipe),), {"__call__": watching_call})
+
+
+class UntouchableLatentsEngine(WatchedLatentsEngine):
+    """:class:`WatchedLatentsEngine` whose latents raise on any read."""
+
+    refuse = True
+
+
+class SyncCheckingEngine(Engine):
+    """A real engine that turns on CUDA's sync debug mode ("error") from the first step's callback
+    to the last one's, so any host-device synchronisation between steps fails the generation."""
+
+    def generate(self, params, on_step, cancelled):
+        def checked(step, total, latents):
+            if step == 1:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                on_step(step, total, latents)
+            finally:
+                if step == total:
+                    torch.cuda.set_sync_debug_mode("default")
+
+        try:
+            return super().generate(params, checked, cancelled)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+class GatedOutputStore(OutputStore):
+    """A real output store whose writes wait until the test opens the gate."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+
+    def write_outputs(self, output_id, image, meta):
+        self.entered.release()
+        _wait_until(self.gate.is_set)
+        return super().write_outputs(output_id, image, meta)
+
+
+class FullDiskOutputStore(OutputStore):
+    """A real output store on a disk that fills up while the first PNG of ``full_for`` is written."""
+
+    def __init__(self, root, full_for: set[str]):
+        super().__init__(root)
+        self.full_for = full_for
+
+    def _write_atomic(self, path, write):
+        if path.stem[:32] not in self.full_for:
+            return super()._write_atomic(path, write)
+
+        def write_then_fill(f):
+            write(f)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return super()._write_atomic(path, write_then_fill)

@@ -99,13 +99,14 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     report_path = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "sdxl_server.tools.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
-         "--progress-runs", "2", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
+         "--progress-runs", "2", "--previews", "--health-flood", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
          "--json", str(report_path)],
         cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout
-    for title in ("server overhead", "event loop", "progress", "memory", "cold start", "ratio server/direct"):
+    for title in ("server overhead", "event loop", "progress", "memory", "batch", "PNG encode", "cold start",
+                  "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -137,12 +138,23 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
         assert 0 < events["received"] <= events["expected"]
         assert result["latency_ms"]["median"] > 0 and result["latency_ms"]["p99"] >= result["latency_ms"]["median"]
     assert math.isfinite(progress["slowdown"]) and progress["slowdown"] > 0
+    assert progress["by_clients"]["10"]["previews"] is True and progress["by_clients"]["10"]["health_calls"] > 0
+    assert "with previews, and a /health flood" in table
 
     memory = report["sections"]["memory"]
     assert memory["jobs"] == 20 and len(memory["samples"]) >= 2
     assert memory["rss_mb"]["start"] > 0 and memory["rss_mb"]["max"] >= memory["rss_mb"]["end"] > 0
     assert math.isfinite(memory["growth_kb_per_job"])
     assert memory["peak_gpu_bytes"] is None and memory["it_per_s"] > 0
+
+    batch = report["sections"]["batch"]
+    assert set(batch["by_batch"]) == {"1", "4"} and batch["by_batch"]["4"]["s_per_call"]["n"] == 2
+    assert batch["by_batch"]["1"]["images_per_s"] > 0 and math.isfinite(batch["speedup"])
+
+    png = report["sections"]["png"]
+    assert set(png["images"]) == {"generated", "smooth"} and png["levels"] == [0, 1, 3, 6, 9]
+    smooth = png["images"]["smooth"]
+    assert smooth["9"]["bytes"] < smooth["0"]["bytes"] and all(r["encode_ms"] > 0 for r in smooth.values())
 
     cold = report["sections"]["coldstart"]
     for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):
@@ -155,7 +167,7 @@ def test_bench_refuses_bad_options(tiny_cache, tmp_path):
         [sys.executable, "-m", "sdxl_server.tools.bench", "--only", "overhead,nonsense"],
         cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=120,
     )
-    assert done.returncode == 2 and "choose from overhead,loop,progress,memory,coldstart" in done.stderr
+    assert done.returncode == 2 and "choose from overhead,loop,progress,memory,batch,png,coldstart" in done.stderr
 
 
 # --------------------------------------------------------------------------- the GPU check
@@ -172,14 +184,21 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     report = json.loads(report_path.read_text())
     assert report["check"]["mode"] == "cpu-smoke"
     configs = report["configs"]
-    assert set(configs) == {"fp32_sdpa", "fp32_xformers", "fp32_sdpa_tiling", "fp32_sdpa_tiling_offload", "fp32_sdpa_compile"}
-    for name in ("fp32_sdpa", "fp32_sdpa_tiling"):
+    assert set(configs) == {"fp32_sdpa", "fp32_xformers", "fp32_sdpa_channels_last_fused", "fp32_sdpa_compile",
+                            "fp32_8gb", "fp32_low"}
+    for name in ("fp32_sdpa", "fp32_sdpa_channels_last_fused", "fp32_8gb"):
         result = configs[name]
         assert "error" not in result, result
         assert result["s_per_image"] > 0 and result["it_per_s"] > 0 and math.isfinite(result["ratio"])
-    assert configs["fp32_sdpa_tiling"]["options"]["vae_tiling"] is True
+    assert configs["fp32_sdpa"]["options"]["memory_profile"]["profile"] == "high"
+    fused = configs["fp32_sdpa_channels_last_fused"]["options"]
+    assert fused["channels_last"] is True and fused["fuse_qkv"] is True
+    eight = configs["fp32_8gb"]["options"]
+    assert eight["vae_tiling"] is True and eight["text_encoder_offload"] is True
     assert configs["fp32_sdpa"]["progress"]["by_clients"]["10"]["progress_events"]["received"] > 0
-    for name in ("fp32_xformers", "fp32_sdpa_tiling_offload", "fp32_sdpa_compile"):
+    assert configs["fp32_sdpa"]["batch"]["by_batch"]["4"]["images_per_s"] > 0
+    assert 0 < report["8gb_profile"]["time_vs_high"]
+    for name in ("fp32_xformers", "fp32_sdpa_compile", "fp32_low"):
         assert "skipped" in configs[name]
     cold = report["coldstart"]
     assert "error" not in cold, cold

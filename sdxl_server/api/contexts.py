@@ -31,7 +31,8 @@ CLOSE_WAIT_S = 30.0  # how long the engine's release may wait for the worker thr
 
 
 async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = OutputStore(app[keys.SETTINGS].output_dir)
+    settings = app[keys.SETTINGS]
+    store = OutputStore(settings.output_dir, png_compress_level=settings.png_compress_level)
     store.prepare()
     app[keys.STORE] = store
     yield

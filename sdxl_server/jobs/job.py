@@ -29,14 +29,17 @@ class ModelLoading:
 
 
 StepReporter = Callable[[int, int, Any], None]
+Save = Callable[[], dict[str, Any]]
+"""Writes a generated job's files (on the encoder thread) and returns the job's result."""
 
 
 class Work(Protocol):
-    """The worker-thread side of a job (see :mod:`sdxl_server.jobs.work`)."""
+    """The worker-thread side of a job (see :mod:`sdxl_server.jobs.work`): generating returns
+    the :data:`Save` that the encoder thread runs while the worker thread starts the next job."""
 
     def load(self) -> None: ...
 
-    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> dict[str, Any]: ...
+    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> Save: ...
 
 
 @dataclass(eq=False)

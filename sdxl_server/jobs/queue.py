@@ -260,6 +260,8 @@ class JobQueue:
             raise Conflict(f"job {job_id} already {job.status.value}")
         if job.cancel_requested():
             raise Conflict(f"job {job_id} is being cancelled already")
+        if self.worker.encoder.saving(job):
+            raise Conflict(f"job {job_id} has been generated and its files are being written")
         job._cancel.set()
         if job not in self._running:  # waiting, or suspended by a shutdown in progress
             if job in self._waiting:
@@ -339,7 +341,7 @@ class JobQueue:
 
     def position(self, job: Job) -> int | None:
         """1 for the next job to run, 0 for the running one, None once finished."""
-        if job in self._running and job.status is JobStatus.RUNNING:
+        if job.status is JobStatus.RUNNING and (job in self._running or self.worker.encoder.saving(job)):
             return 0
         if job in self._waiting:
             return self._waiting.index(job) + 1

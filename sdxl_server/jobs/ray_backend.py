@@ -26,7 +26,7 @@ from typing import Any
 from ..config import ConfigError, Settings
 from ..errors import ApiError, GenerationFailed, Interrupted, JobCancelled, ModelUnavailable, StoredError, short_message
 from ..pipeline.sources import resolve_model_source
-from .job import Job, StepReporter
+from .job import Job, Save, StepReporter
 from .outputs import OutputStore
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class RayWork:
     def load(self) -> None:
         self.cluster.load()
 
-    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> dict[str, Any]:
+    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> Save:
         self.cluster.ensure_loaded()
         request = {"id": job.id, "params": job.params.to_dict(), "created_at": job.created_at, "previews": True}
         try:
@@ -253,7 +253,8 @@ class RayWork:
             if end.get("cancelled"):
                 raise JobCancelled(f"job {job.id} was cancelled")
             raise StoredError(end["error"])
-        return self._write(job, end["outputs"])
+        outputs = end["outputs"]
+        return lambda: self._write(job, outputs)  # written on the encoder thread, as local jobs are
 
     def _stream(self, job: Job, request: dict[str, Any], on_step: StepReporter, cancelled: Callable[[], bool]) -> dict:
         from ray import exceptions as ray_errors

@@ -32,11 +32,15 @@ STOP_WAIT_S = 30.0  # how long a cancelled generation may take to reach its next
 class EncodedOutputs:
     """Where :class:`GenerationWork` puts a replica's images: encoded, kept for the front end."""
 
-    def __init__(self) -> None:
+    def __init__(self, png_compress_level: int) -> None:
         self.outputs: list[tuple[str, bytes, dict[str, Any]]] = []
+        self.png_compress_level = png_compress_level
 
-    def write_outputs(self, output_id: str, image: Any, meta: dict[str, Any]) -> None:
-        self.outputs.append((output_id, encode_png(image, meta), meta))
+    def encode_png(self, image: Any, meta: dict[str, Any]) -> bytes:
+        return encode_png(image, meta, self.png_compress_level)
+
+    def write_outputs(self, output_id: str, png: bytes, meta: dict[str, Any]) -> None:
+        self.outputs.append((output_id, png, meta))
 
     def remove_outputs(self, job_id: str) -> int:
         removed, self.outputs = len(self.outputs), []
@@ -57,6 +61,7 @@ class Replica:
         self.engine = engine_factory(settings)
         self.engine.load()  # a failure fails the replica's start; Serve reports it and retries
         self.preview_every = settings.preview_every
+        self.png_compress_level = settings.png_compress_level
         self.place = {"pid": os.getpid(), "node": socket.gethostname()}
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-replica")
 
@@ -71,7 +76,7 @@ class Replica:
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
         job = Job(params=GenerationParams(**request["params"]), id=request["id"], created_at=request["created_at"])
-        outputs = EncodedOutputs()
+        outputs = EncodedOutputs(self.png_compress_level)
         work = GenerationWork(
             self.engine, outputs, preview_every=self.preview_every, previews_wanted=lambda job_id: request["previews"]
         )
@@ -82,7 +87,7 @@ class Replica:
 
         def run() -> dict[str, Any]:
             try:
-                work(job, on_step, cancel.is_set)
+                work(job, on_step, cancel.is_set)()  # generate, then encode here: PNG bytes travel back
                 for _, _, meta in outputs.outputs:
                     meta["replica"] = self.place  # which process on which node made it
                 return {"type": "outputs", "outputs": outputs.outputs}

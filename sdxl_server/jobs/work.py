@@ -1,4 +1,4 @@
-"""The worker-thread side of a job: run the engine, then write the outputs.
+"""The worker-thread side of a job: run the engine; then, on the encoder thread, write the outputs.
 
 Called by :class:`sdxl_server.jobs.queue.JobQueue` on its single executor thread. Knows the engine only
 by its methods (so tests can wrap it) and never imports aiohttp.
@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..params import SCHEDULERS
-from .job import Job, ModelLoading, StepReporter
+from .job import Job, ModelLoading, Save, StepReporter
 from .outputs import OutputStore
 
 
@@ -35,17 +35,24 @@ class GenerationWork:
     def load(self) -> None:
         self.engine.load()
 
-    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> dict[str, Any]:
+    def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> Save:
+        """Generate the job's images (worker thread); return how to save them (encoder thread)."""
         params = job.params
         started = time.time()
 
-        def step(step: int, total: int, latents: Any) -> None:
-            preview = None
-            if (step % self.preview_every == 0 or step == total) and self.previews_wanted(job.id):
-                from ..pipeline.preview import preview_data_url  # torch-side, on this thread only
+        previews: Any = None
 
-                preview = preview_data_url(latents)
-            on_step(step, total, preview)
+        def step(step: int, total: int, latents: Any) -> None:
+            # Between two steps of the GPU's work: nothing here may wait for the device. Progress
+            # is the step index; the latents are read only for a preview a client wants.
+            nonlocal previews
+            if (step % self.preview_every == 0 or step == total) and self.previews_wanted(job.id):
+                if previews is None:
+                    from ..pipeline.preview import LatentPreviews  # torch-side, on this thread only
+
+                    previews = LatentPreviews()
+                previews.take(latents)
+            on_step(step, total, previews.ready() if previews is not None and previews.pending else None)
 
         if getattr(self.engine, "needs_switch", lambda model: False)(params.model):
             on_step(0, params.steps, ModelLoading(params.model))
@@ -64,22 +71,33 @@ class GenerationWork:
             "vae_upcast": generation.info.get("vae_upcast", False),
             "lora_hashes": generation.info.get("lora_hashes", {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
-            "timings": {
-                "queue_s": round(started - job.created_at, 4),
-                "inference_s": generation.info.get("inference_s"),
-                "decode_s": generation.info.get("decode_s"),
-                "total_s": round(time.time() - job.created_at, 4),
-            },
+        }
+        timings = {
+            "queue_s": round(started - job.created_at, 4),
+            "inference_s": generation.info.get("inference_s"),
+            "decode_s": generation.info.get("decode_s"),
         }
         seeds = generation.info.get("seeds") or [params.seed]
-        metas = []
-        try:
-            for index, image in enumerate(generation.images):
-                output_id = job.id if index == 0 else f"{job.id}-{index}"
-                meta = {"id": output_id, "job_id": job.id, "index": index, **common, "seed": seeds[index]}
-                self.store.write_outputs(output_id, image, meta)
-                metas.append(meta)
-        except BaseException:
-            self.store.remove_outputs(job.id)  # a failed job leaves no image of its batch behind
-            raise
-        return self.store.result_of(metas)
+
+        def save() -> dict[str, Any]:
+            """On the encoder thread: encode and write each image, then its metadata."""
+            metas = []
+            try:
+                for index, image in enumerate(generation.images):
+                    output_id = job.id if index == 0 else f"{job.id}-{index}"
+                    meta = {"id": output_id, "job_id": job.id, "index": index, **common, "seed": seeds[index]}
+                    encoding = time.perf_counter()
+                    png = self.store.encode_png(image, meta)
+                    meta["timings"] = {
+                        **timings,
+                        "encode_s": round(time.perf_counter() - encoding, 4),
+                        "total_s": round(time.time() - job.created_at, 4),
+                    }
+                    self.store.write_outputs(output_id, png, meta)
+                    metas.append(meta)
+            except BaseException:
+                self.store.remove_outputs(job.id)  # a failed job leaves no image of its batch behind
+                raise
+            return self.store.result_of(metas)
+
+        return save

@@ -4,7 +4,8 @@ run at once (``MAX_CONCURRENCY``): one lane on the single thread that owns the l
 one per Ray Serve replica (:mod:`.ray_backend`), each lane's thread waiting on its replica.
 
 The thread reports steps back only through ``loop.call_soon_threadsafe``; all job state is
-changed on the event loop. Never imports torch or aiohttp.
+changed on the event loop. A generated job is handed to the :class:`~.encoder.Encoder` and ends
+once its files are written, while the next job already runs. Never imports torch or aiohttp.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ..errors import (
     ShuttingDown,
     WorkerStopped,
 )
-from .job import Job, ModelLoading, Work
+from .encoder import Encoder
+from .job import Job, ModelLoading, Save, Work
 from .states import JobStatus
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class Worker:
         self.queue = queue
         self._work = work
         self._executor = executor
+        self.encoder = Encoder()
         self._preload = preload
         self._tasks: dict[int, asyncio.Task] = {}  # lane -> its coroutine
         self._current: dict[int, Job] = {}  # lane -> the job it runs
@@ -102,6 +105,7 @@ class Worker:
                 pass  # recorded by the engine; shown on /health and in each refused request
         self.ready.set()  # (after a bug in the load, only once the restarts succeed or give up)
         while True:
+            await self.encoder.room()
             job = self.queue.take()
             if job is None:
                 self.queue.wakeup.clear()
@@ -141,7 +145,7 @@ class Worker:
                 loop.call_soon_threadsafe(self._on_step, job, step, total, time.time(), extra)
 
         try:
-            result = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
+            save = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
         except Interrupted as exc:  # its worker was lost (a Ray replica died): the crash rules
             await self.queue.interrupted(job, exc)
         except JobCancelled:
@@ -156,7 +160,24 @@ class Worker:
             await self.queue.finish(job, JobStatus.FAILED, error=GenerationFailed(f"generation failed: {exc}"))
         else:
             self.queue.estimate.record_job(job.params, time.time() - started, job.step)
-            await self.queue.finish(job, JobStatus.SUCCEEDED, result=result)
+            self.encoder.track(job, self._save(job, save))  # the next job starts while this one is written
+
+    async def _save(self, job: Job, save: Save) -> None:
+        """End ``job`` once the encoder thread has written its files (or failed to)."""
+        try:
+            result = await self.encoder.run(save)
+        except ApiError as exc:
+            outcome: dict[str, Any] = {"error": exc}
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure fails this job only
+            log.exception("saving job %s failed", job.id)
+            outcome = {"error": GenerationFailed(f"saving the images failed: {exc}")}
+        else:
+            outcome = {"result": result}
+        if job._suspended:  # shutdown gave up waiting: recovery adopts the files at the next start
+            return
+        status = JobStatus.SUCCEEDED if "result" in outcome else JobStatus.FAILED
+        with contextlib.suppress(JobStoreUnavailable):  # at shutdown: the job keeps its recorded state
+            await self.queue.finish(job, status, **outcome)
 
     def _on_step(self, job: Job, step: int, total: int, at: float, extra: Any) -> None:
         if job.status is not JobStatus.RUNNING or job._settled:
@@ -207,6 +228,8 @@ class Worker:
                     log.warning("job %s did not stop in time; recording it suspended", job.id)
                     with contextlib.suppress(JobStoreUnavailable):
                         await self.queue.suspend(job)
+        await self.encoder.drain(self.stop_wait_s)  # jobs generated already end once written
+        self.encoder.close()
         self.queue.recorder.give_up()
         for task in list(self._tasks.values()):
             task.cancel()

@@ -21,16 +21,19 @@ from .. import package_version
 from ..config import Settings
 from ..errors import GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemory, short_message
 from ..params import MAX_SEED, GenerationParams
+from .compiling import Compilation, apply_layout_options
 from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
 from .lora_files import LoraCatalog
 from .loras import LoraAdapters
+from .memory import MemoryPlan, plan_memory
 from .model_catalog import ModelCatalog
-from .switching import LoadedModel, ModelCache
 from .prompt_encoding import count_prompt_tokens, encode_request_prompts
+from .switching import LoadedModel, ModelCache
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
 from .sources import fix_hint, resolve_model_source
+from .text_encoders import text_encoders_on
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,15 @@ class Generation:
 
     images: list[Any]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def _seconds(start: Any, end: Any) -> float:
+    """Seconds between two :meth:`Engine._clock` marks (CUDA events once both have passed:
+    the decode's copy to the host has waited for them already)."""
+    if isinstance(start, float):
+        return end - start
+    end.synchronize()
+    return start.elapsed_time(end) / 1000.0
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -70,6 +82,8 @@ class Engine:
         self.cached = ModelCache(settings.model_cache, settings.model_ram_cache, self.runtime.device, movable)
         self.switch_seconds: dict[str, float] = {}
         self._counting: tuple[Any, Any] = (None, None)  # (the pipe's tokenizer, the copy that counts)
+        self.compilation = Compilation(settings)
+        self.memory_plan: MemoryPlan | None = None
 
     # -- loading ----------------------------------------------------------------
 
@@ -107,6 +121,7 @@ class Engine:
             raise ModelUnavailable(self.error) from exc
         self.pipe = pipe
         self._default_scheduler = pipe.scheduler
+        self._compile_and_warm_up()
         self.load_seconds = time.perf_counter() - started
         self.state = "ready"
         log.info("model ready in %.1fs: %s", self.load_seconds, self.options)
@@ -115,7 +130,40 @@ class Engine:
         return load_pipeline(self.settings, self.runtime, self.source)
 
     def _apply_options(self, pipe: Any) -> None:
-        self.options = apply_memory_options(pipe, self.settings, self.runtime)
+        self.memory_plan = plan_memory(self.settings, self._gpu_total_memory(), self.runtime.dtype)
+        log.info("memory profile %s (%s)%s", self.memory_plan.profile, self.memory_plan.reason,
+                 f"; overridden by {', '.join(self.memory_plan.overrides)}" if self.memory_plan.overrides else "")
+        self.options = apply_memory_options(pipe, self.settings, self.runtime, self.memory_plan)
+        self.options.update(apply_layout_options(pipe, self.settings, self.options["attention"]))
+
+    def _gpu_total_memory(self) -> int | None:
+        if not self.runtime.on_cuda:
+            return None
+        return torch.cuda.get_device_properties(torch.device(self.runtime.device).index or 0).total_memory
+
+    def _prompt_arguments(self, params: GenerationParams) -> dict[str, Any]:
+        """The prompts as embeddings (A1111 syntax, any length); with TEXT_ENCODER_OFFLOAD the text
+        encoders visit the device only for this."""
+        offload = self.memory_plan is not None and self.memory_plan.text_encoder_offload
+        with text_encoders_on(self.pipe, self.runtime.device) if offload else contextlib.nullcontext():
+            return encode_request_prompts(self.pipe, params, self.settings.prompt_syntax)
+
+    def _compile_and_warm_up(self) -> None:
+        """COMPILE: compile, then generate once at the default size (the first compile, or a read
+        of the compile cache, happens here rather than in a client's request)."""
+        if not self.compilation.start(self.pipe, self.options.get("cpu_offload", "none")):
+            return
+        settings = self.settings
+        warm_up = GenerationParams(
+            prompt="warm-up", negative_prompt="", width=settings.default_width, height=settings.default_height,
+            steps=2, guidance_scale=settings.default_guidance, seed=0,
+        )
+        try:
+            self._generate_in_batches(warm_up, [1], lambda *_: None, lambda: False)
+        except Exception as exc:  # noqa: BLE001 - a compiler problem leaves the server eager, not down
+            self.compilation.failed(exc)
+        else:
+            self.compilation.finished()
 
     def _free(self) -> None:
         self.pipe = None
@@ -223,6 +271,9 @@ class Engine:
         seeds = [(params.seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
         upcast, inference_s, decode_s, steps_done = False, 0.0, 0.0, 0
 
+        with self._failures_translated(params):
+            prompts = self._prompt_arguments(params)
+
         def step_end(pipeline, index: int, timestep, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancelled():
                 raise JobCancelled("the job was cancelled")
@@ -230,10 +281,10 @@ class Engine:
             return {}
 
         for size in batches:
-            started = time.perf_counter()
+            started = self._clock()
             with self._failures_translated(params), torch.inference_mode():
                 latents = pipe(
-                    **encode_request_prompts(pipe, params, self.settings.prompt_syntax),
+                    **prompts,
                     width=params.width,
                     height=params.height,
                     num_inference_steps=params.steps,
@@ -246,15 +297,14 @@ class Engine:
                 ).images
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
-                if self.runtime.on_cuda:
-                    torch.cuda.synchronize()  # so the inference/decode split is true on a GPU
-                denoised = time.perf_counter()
+                denoised = self._clock()  # on a GPU, marks on its stream: the host never waits for them
                 decoded, batch_upcast = decode_latents(self.pipe, latents)
+                finished = self._clock()
             images.extend(decoded)
             upcast = upcast or batch_upcast
             steps_done += pipe.num_timesteps
-            inference_s += denoised - started
-            decode_s += time.perf_counter() - denoised
+            inference_s += _seconds(started, denoised)
+            decode_s += _seconds(denoised, finished)
         info = {
             "sampler": sampler_label(params.scheduler, pipe.scheduler),
             "seeds": seeds,
@@ -284,6 +334,14 @@ class Engine:
         finally:
             if self.pipe is not None and hasattr(self.pipe, "maybe_free_model_hooks"):
                 self.pipe.maybe_free_model_hooks()
+
+    def _clock(self) -> Any:
+        """A point in time: a CUDA event on the device's stream, or the host's clock elsewhere."""
+        if self.runtime.on_cuda:
+            mark = torch.cuda.Event(enable_timing=True)
+            mark.record()
+            return mark
+        return time.perf_counter()
 
     def _recover_memory(self) -> None:
         gc.collect()
@@ -326,5 +384,6 @@ class Engine:
             "models": {"running": self.active, "loaded": self.loaded_models()},
             "attention": self.options.get("attention"),
             "options": self.options,
+            "compile": self.compilation.describe(),
             "versions": {"torch": torch.__version__, "diffusers": package_version("diffusers")},
         }

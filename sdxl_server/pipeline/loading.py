@@ -10,8 +10,10 @@ import torch
 
 from ..config import DEFAULT_HUB_MODEL, Settings
 from ..errors import short_message
+from .memory import MemoryPlan
 from .runtime import Runtime, xformers_importable
 from .sources import ModelSource
+from .text_encoders import park_text_encoders
 from .tiny import ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,9 @@ def load_pipeline(settings: Settings, runtime: Runtime, source: ModelSource):
     return StableDiffusionXLPipeline.from_pretrained(location, **kwargs)
 
 
-def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime) -> dict[str, Any]:
-    """Attention, VAE tiling and slicing, offload or device placement; returns what was chosen."""
+def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime, plan: MemoryPlan) -> dict[str, Any]:
+    """Attention, then ``plan``'s VAE tiling, offload or device placement and text encoders, and
+    VAE slicing; returns what was chosen."""
     attention = settings.attention
     if attention == "auto":
         attention = "xformers" if runtime.on_cuda and xformers_importable() else "sdpa"
@@ -75,7 +78,7 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime) -> dic
         # Only on request: stacked on SDPA/xFormers it saves little memory and costs speed.
         pipe.enable_attention_slicing()
 
-    tiling = settings.vae_tiling == "on" or (settings.vae_tiling == "auto" and runtime.on_cuda)
+    tiling = plan.vae_tiling
     if tiling:
         pipe.vae.enable_tiling()
         pipe.vae.tile_sample_min_size = VAE_TILE_PX
@@ -83,18 +86,22 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime) -> dic
     if settings.vae_slicing:
         pipe.vae.enable_slicing()
 
-    if settings.cpu_offload == "model":
+    if plan.cpu_offload == "model":
         pipe.enable_model_cpu_offload(device=runtime.device)
-    elif settings.cpu_offload == "sequential":
+    elif plan.cpu_offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=runtime.device)
     else:
         pipe.to(runtime.device)
+        if plan.text_encoder_offload:
+            park_text_encoders(pipe)
     pipe.set_progress_bar_config(disable=True)  # the server reports progress itself
     return {
         "attention": attention,
         "vae_tiling": tiling,
         "vae_tile_px": VAE_TILE_PX if tiling else None,
         "vae_slicing": settings.vae_slicing,
-        "cpu_offload": settings.cpu_offload,
+        "cpu_offload": plan.cpu_offload,
+        "text_encoder_offload": plan.text_encoder_offload,
+        "memory_profile": plan.describe(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -42,3 +42,50 @@ def preview_data_url(latents: torch.Tensor, quality: int = 70) -> str:
     buffer = io.BytesIO()
     latent_preview(latents).save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class LatentPreviews:
+    """Previews taken without stalling the denoising loop, for one job on the worker thread.
+
+    :meth:`take` starts a copy of the latents; :meth:`ready` hands back the preview of the latest
+    copy once it has arrived. On CUDA the copy is ``non_blocking`` into pinned host memory with an
+    event recorded behind it, so the host never waits for the device: a preview is encoded when its
+    event says the copy is done (usually at the next step). On the CPU the copy is the preview at once.
+    Nothing here reads a tensor's values unless :meth:`take` was called.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None  # pending copy into _buffer (CUDA only)
+        self._latest: torch.Tensor | None = None  # a finished copy not yet encoded (CPU)
+
+    @property
+    def pending(self) -> bool:
+        return self._copied is not None or self._latest is not None
+
+    def take(self, latents: torch.Tensor) -> bool:
+        """Start copying the first latent of ``latents``; False (and nothing done) while the
+        previous copy is still on its way."""
+        if self._copied is not None:
+            return False
+        latent = latents[0].detach()
+        if latent.device.type != "cuda":
+            self._latest = latent.to("cpu", copy=True)
+            return True
+        if self._buffer is None or self._buffer.shape != latent.shape or self._buffer.dtype != latent.dtype:
+            self._buffer = torch.empty(latent.shape, dtype=latent.dtype, pin_memory=True)
+        self._buffer.copy_(latent, non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        return True
+
+    def ready(self) -> str | None:
+        """The preview of the latest copy as a JPEG data URL once the copy has arrived, else None."""
+        if self._copied is not None:
+            if not self._copied.query():  # never waits
+                return None
+            self._copied, self._latest = None, self._buffer
+        if self._latest is None:
+            return None
+        latest, self._latest = self._latest, None
+        return preview_data_url(latest.unsqueeze(0))

@@ -52,7 +52,7 @@ def resolve_runtime(settings: Settings) -> Runtime:
     dtype = settings.dtype
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"
-    if settings.cpu_offload != "none" and not device.startswith("cuda"):
+    if settings.cpu_offload not in ("auto", "none") and not device.startswith("cuda"):
         raise ConfigError(f"CPU_OFFLOAD={settings.cpu_offload} needs CUDA (DEVICE is {device}): set CPU_OFFLOAD=none")
     if settings.attention == "xformers":
         if not device.startswith("cuda"):

@@ -24,6 +24,16 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _levels(raw: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(level) for level in raw.split(",") if level.strip())
+    except ValueError:
+        levels = ()
+    if not levels or any(not 0 <= level <= 9 for level in levels):
+        raise argparse.ArgumentTypeError(f"zlib levels 0-9, comma-separated (got {raw!r})")
+    return levels
+
+
 def _sections(raw: str) -> list[str]:
     chosen = [s.strip() for s in raw.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
@@ -52,10 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--health-interval-ms", type=float, default=10.0, help="loop: pause between /health calls")
     b.add_argument("--idle-samples", type=_positive, default=100, help="loop: /health calls while idle (default 100)")
     b.add_argument("--clients", type=_positive, default=100, help="progress: websocket subscribers besides 1 (default 100)")
+    b.add_argument("--previews", action="store_true", help="progress: the clients ask for previews (?preview=1)")
+    b.add_argument("--health-flood", action="store_true", help="progress: GET /health back to back while the many clients run")
     b.add_argument("--progress-runs", type=_positive, default=3, help="progress: jobs per client count (default 3)")
     b.add_argument("--memory-jobs", type=_positive, default=300, help="memory: small generations (default 300)")
     b.add_argument("--memory-size", type=int, default=64, help="memory: their width and height (default 64)")
     b.add_argument("--memory-steps", type=_positive, default=1, help="memory: their steps (default 1)")
+    b.add_argument("--batch-size", type=_positive, default=4, help="batch: images per request against 1 (default 4)")
+    b.add_argument("--batch-runs", type=_positive, default=2, help="batch: runs of each (default 2)")
+    b.add_argument("--png-levels", type=_levels, default=(0, 1, 3, 6, 9), help="png: zlib levels to time (default 0,1,3,6,9)")
     b.add_argument("--coldstart-runs", type=_positive, default=1, help="coldstart: fresh processes (default 1)")
     b.add_argument("--timeout", type=float, default=1800.0, help="seconds any one request or process may take")
     b.add_argument("--verbose", action="store_true", help="log at LOG_LEVEL (default: warnings only)")

@@ -10,7 +10,7 @@ from typing import Any
 from ...config import Settings, settings_fields
 from ...params import GenerationParams
 
-SECTIONS = ("overhead", "loop", "progress", "memory", "coldstart", "switching")
+SECTIONS = ("overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching")
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
 
@@ -35,10 +35,15 @@ class BenchOptions:
     idle_samples: int = 100
     clients: int = 100
     progress_runs: int = 3
+    previews: bool = False
+    health_flood: bool = False
     memory_jobs: int = 300
     memory_size: int = 64
     memory_steps: int = 1
     coldstart_runs: int = 1
+    batch_size: int = 4
+    batch_runs: int = 2
+    png_levels: tuple[int, ...] = (0, 1, 3, 6, 9)
     timeout_s: float = 1800.0
 
     def body(self, seed: int | None = None, **changes: Any) -> dict[str, Any]:

@@ -57,16 +57,38 @@ def _loop_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _progress_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+def _first(by: dict[str, Any]) -> dict[str, Any]:
+    return next(iter(by.values()), {})
+
+
+def _last(by: dict[str, Any]) -> dict[str, Any]:
+    return list(by.values())[-1] if by else {}
+
+
+def _by_count(title: str, by: dict[str, Any], noun: str, describe: Callable[[dict[str, Any]], str],
+              last: tuple[str, str]) -> list[tuple[str, str]]:
+    """A titled row per count ("1 client", "100 clients"), then ``last``."""
     rows: list[tuple[str, str]] = []
-    _title(rows, f"progress: step callback -> websocket client ({result['runs']} jobs each)")
-    for n, r in result["by_clients"].items():
-        lat, ev = r["latency_ms"], r["progress_events"]
-        rows.append((f"  {n} client{'s' if n != '1' else ''}",
-                     f"median {_ms(lat['median'])}, p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}; "
-                     f"{ev['received']}/{ev['expected']} events; generation {_s(r['generation_s']['median'])}"))
-    rows.append(("  generation slowdown", f"{result['slowdown']:.3f}x with {list(result['by_clients'])[-1]} clients vs 1"))
+    _title(rows, title)
+    for n, r in by.items():
+        rows.append((f"  {n} {noun.replace('*', 's' if n != '1' else '')}", describe(r)))
+    rows.append(last)
     return rows
+
+
+def _progress_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    def describe(r: dict[str, Any]) -> str:
+        lat, ev = r["latency_ms"], r["progress_events"]
+        return (f"median {_ms(lat['median'])}, p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}; "
+                f"{ev['received']}/{ev['expected']} events; generation {_s(r['generation_s']['median'])}")
+
+    return _by_count(
+        f"progress: step callback -> websocket client ({result['runs']} jobs each"
+        + (", with previews" if _first(result["by_clients"]).get("previews") else "")
+        + (", and a /health flood" if _last(result["by_clients"]).get("health_calls") else "") + ")",
+        result["by_clients"], "client*",
+        describe, ("  generation slowdown", f"{result['slowdown']:.3f}x with {list(result['by_clients'])[-1]} clients vs 1"),
+    )
 
 
 def _memory_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -120,14 +142,46 @@ def _switching_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _batch_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return _by_count(
+        f"batch: images per pipeline call ({result['runs']} runs each, after a warm-up)", result["by_batch"],
+        "image* per call", lambda r: f"{r['images_per_s']:.3f} images/s; {_spread(r['s_per_call'], _s)}",
+        ("  speed-up", f"{result['speedup']:.3f}x images/s with {list(result['by_batch'])[-1]} per call vs 1"),
+    )
+
+
+def _png_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    size = result["size"]
+    _title(rows, f"PNG encode at {size['width']}x{size['height']} by zlib level (PNG_COMPRESS_LEVEL)")
+    for name, levels in result["images"].items():
+        rows.append((f"  {name} image", "  ".join(
+            f"{level}: {r['encode_ms']:.1f} ms {r['bytes'] / 1e6:.2f} MB" for level, r in levels.items()
+        )))
+    return rows
+
+
 _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "overhead": _overhead_rows,
     "loop": _loop_rows,
     "progress": _progress_rows,
     "memory": _memory_rows,
+    "batch": _batch_rows,
+    "png": _png_rows,
     "coldstart": _coldstart_rows,
     "switching": _switching_rows,
 }
+
+
+def _options_line(env: dict[str, Any]) -> str:
+    options, compiled = env.get("options") or {}, env.get("compile") or {}
+    memory = options.get("memory_profile") or {}
+    compile_text = compiled.get("mode", "none")
+    if compiled.get("state") not in (None, "off"):
+        compile_text += f" ({compiled['state']}, {_s(compiled.get('seconds'))})"
+    return (f"compile {compile_text}; channels_last {options.get('channels_last')}; fused QKV {options.get('fuse_qkv')}; "
+            f"memory profile {memory.get('profile')} (VAE tiling {options.get('vae_tiling')}, text encoders "
+            f"{'on the CPU' if options.get('text_encoder_offload') else 'resident'}, offload {options.get('cpu_offload')})")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -141,6 +195,7 @@ def format_report(report: dict[str, Any]) -> str:
         + f"; torch {env.get('torch')}, diffusers {env.get('diffusers')}",
         f"size {p['width']}x{p['height']}, {p['steps']} steps, guidance {p['guidance_scale']}, "
         f"scheduler {p['scheduler']}; attention {env.get('options', {}).get('attention')}",
+        _options_line(env),
     ]
     rows: list[tuple[str, str]] = []
     for name, result in report["sections"].items():

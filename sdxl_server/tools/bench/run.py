@@ -22,6 +22,7 @@ from .client import Client
 from .coldstart import section_coldstart
 from .options import BenchOptions, prepare_settings
 from .sections import section_loop, section_memory, section_overhead, section_progress
+from .speed import section_batch, section_png
 from .server import InProcessServer
 from .switching import section_switching
 from .timed import TimedEngine
@@ -43,6 +44,7 @@ def environment_info(engine: Any) -> dict[str, Any]:
         "model_source": engine.source.kind,
         "torch_threads": torch.get_num_threads(),
         "options": dict(engine.options),
+        "compile": engine.compilation.describe(),
         "gpu": None,
     }
     if engine.runtime.on_cuda:
@@ -56,7 +58,10 @@ async def run_server_sections(
     server: InProcessServer, opts: BenchOptions, sections: Sequence[str], on_section: Callable[[str, dict], None]
 ) -> None:
     """Run the in-process sections against a started server, reporting each as it ends."""
-    runners = {"overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory}
+    runners = {
+        "overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory,
+        "batch": section_batch, "png": section_png,
+    }
     connector = aiohttp.TCPConnector(limit=0)  # 100 websockets and the HTTP calls at once
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

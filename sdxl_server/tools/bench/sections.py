@@ -95,9 +95,20 @@ async def _collect(ws: aiohttp.ClientWebSocketResponse, job_id: asyncio.Future, 
             return events
 
 
+async def _health_flood(client: Client) -> int:
+    """``GET /health`` back to back (with ``--health-flood``) until cancelled; how many were sent."""
+    sent = 0
+    try:
+        while True:
+            await client.health()
+            sent += 1
+    except asyncio.CancelledError:
+        return sent
+
+
 async def _progress_with(client: Client, subscribers: int) -> dict[str, Any]:
     opts = client.opts
-    url = client.url.replace("http://", "ws://") + "/api/v1/ws"
+    url = client.url.replace("http://", "ws://") + "/api/v1/ws" + ("?preview=1" if opts.previews else "")
     sockets = await asyncio.gather(
         *(client.session.ws_connect(url, headers=client.headers, autoping=True) for _ in range(subscribers))
     )
@@ -109,6 +120,7 @@ async def _progress_with(client: Client, subscribers: int) -> dict[str, Any]:
         latencies: list[float] = []
         generation: list[float] = []
         received = expected = 0
+        flood = asyncio.ensure_future(_health_flood(client)) if opts.health_flood and subscribers > 1 else None
         for _ in range(opts.progress_runs):
             seed = client.fresh_seed()
             job_id: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -132,9 +144,15 @@ async def _progress_with(client: Client, subscribers: int) -> dict[str, Any]:
                     if event.get("type") in ("failed", "cancelled") and event.get("id") == job["id"]:
                         raise BenchError(f"the job {event['type']}: {event.get('error')}")
     finally:
+        health_calls = None
+        if flood is not None:
+            flood.cancel()
+            health_calls = await flood
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     return {
         "clients": subscribers,
+        "previews": opts.previews,
+        "health_calls": health_calls,
         "latency_ms": summarize(latencies, 1000, 3),
         "progress_events": {"received": received, "expected": expected},
         "generation_s": summarize(generation),

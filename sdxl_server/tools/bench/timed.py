@@ -39,12 +39,13 @@ class GenerationRecord:
 class TimedEngine(Engine):
     """The server's :class:`~sdxl_server.pipeline.engine.Engine`, plus timestamps.
 
-    Every step is stamped on the worker thread just before the server's ``on_step`` runs (on
-    CUDA after a ``torch.cuda.synchronize()``, so a step's time is when its kernels finished,
-    not when they were queued); each generation's start and end too. Records are kept by seed.
-    ``pipeline_factory`` replaces loading (a pipeline already built in memory, e.g. the
-    full-size random model) and ``compile_mode`` wraps the UNet in ``torch.compile``; the
-    server's memory options are applied to either as usual.
+    Every step is stamped on the worker thread just before the server's ``on_step`` runs; each
+    generation's start and end too. Records are kept by seed, and the last generation's images.
+    With ``sync_steps`` (off by default: the server itself never waits between steps) each
+    step's stamp waits for its kernels on CUDA, so a step's time is when it finished rather than
+    when it was queued, at the cost of a synchronisation per step. ``pipeline_factory`` replaces
+    loading (a pipeline already built in memory, e.g. the full-size random model); the server's
+    options (memory profile, COMPILE, CHANNELS_LAST, FUSE_QKV) are applied to it as usual.
     """
 
     def __init__(
@@ -53,28 +54,19 @@ class TimedEngine(Engine):
         runtime=None,
         *,
         pipeline_factory: Callable[[], Any] | None = None,
-        compile_mode: str | None = None,
-        sync_steps: bool | None = None,
+        sync_steps: bool = False,
     ) -> None:
         super().__init__(settings, runtime)
         self.pipeline_factory = pipeline_factory
-        self.compile_mode = compile_mode
-        self.sync_steps = self.runtime.on_cuda if sync_steps is None else sync_steps
+        self.sync_steps = sync_steps
         self.records: dict[int, GenerationRecord] = {}
         self.last: GenerationRecord | None = None
-        self.original_unet: Any = None
+        self.last_images: list[Any] = []
 
     def _load_pipeline(self):
         if self.pipeline_factory is not None:
             return self.pipeline_factory()
         return super()._load_pipeline()
-
-    def _apply_options(self, pipe) -> None:
-        super()._apply_options(pipe)
-        if self.compile_mode:
-            self.original_unet = pipe.unet
-            pipe.unet = torch.compile(pipe.unet, mode=None if self.compile_mode == "default" else self.compile_mode)
-            self.options["compile"] = self.compile_mode
 
     def generate(self, params: GenerationParams, on_step, cancelled):
         record = GenerationRecord(seed=params.seed)
@@ -95,6 +87,7 @@ class TimedEngine(Engine):
             record.finished = time.perf_counter()
             self.last = record
         record.info = dict(generation.info)
+        self.last_images = generation.images
         return generation
 
 

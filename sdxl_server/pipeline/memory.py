@@ -1,0 +1,94 @@
+"""MEMORY_PROFILE: which memory settings fit the GPU, decided from its total memory alone.
+
+A pure function of the GPU's size and the settings (no torch here), so it is tested with any
+size. SDXL in float16 holds about 6.5 GiB of weights: the UNet 4.8 GiB, the two text encoders
+1.5 GiB, the VAE 0.2 GiB. At 1024x1024 the UNet's activations add about 1 GiB and an untiled VAE
+decode about 3 GiB at its peak, and the CUDA context itself takes 0.3-0.5 GiB.
+
+- ``high``: everything resident, no tiling: the fastest, for cards from 14 GiB (16 GB cards up).
+- ``8gb``: VAE tiling (the decode's peak falls to a fraction) and the text encoders kept on the
+  CPU, visiting the GPU only to encode a prompt (1.5 GiB less resident, for about 0.1-0.2 s of
+  transfers per job): for 7-14 GiB (8, 10 and 12 GB cards).
+- ``low``: whole-model CPU offload and tiling: below 7 GiB; slower, but it fits.
+
+Float32 weights take twice the memory, so the thresholds double with them. Explicit
+``VAE_TILING``, ``CPU_OFFLOAD`` and ``TEXT_ENCODER_OFFLOAD`` override what the profile says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import Settings
+
+GIB = 1024**3
+HIGH_MIN_GIB = 14.0  # float16; weights 6.5 + activations 1 + untiled decode 3 + context and margin
+EIGHT_GB_MIN_GIB = 7.0  # float16; UNet and VAE 5 resident + activations 1 + tiled decode + context
+
+PROFILES = {
+    "high": {"vae_tiling": False, "text_encoder_offload": False, "cpu_offload": "none"},
+    "8gb": {"vae_tiling": True, "text_encoder_offload": True, "cpu_offload": "none"},
+    "low": {"vae_tiling": True, "text_encoder_offload": False, "cpu_offload": "model"},
+}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The memory settings to apply, and why."""
+
+    profile: str  # high, 8gb, low; "cpu" without a GPU
+    reason: str
+    vae_tiling: bool
+    text_encoder_offload: bool
+    cpu_offload: str
+    overrides: list[str] = field(default_factory=list)  # explicit settings that won over the profile
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "profile": self.profile, "reason": self.reason, "vae_tiling": self.vae_tiling,
+            "text_encoder_offload": self.text_encoder_offload, "cpu_offload": self.cpu_offload,
+            "overrides": self.overrides,
+        }
+
+
+def profile_for(total_bytes: int, dtype: str) -> tuple[str, str]:
+    """The fastest profile that fits a GPU of ``total_bytes``, and why."""
+    scale = 2.0 if dtype == "float32" else 1.0
+    total = total_bytes / GIB
+    size = f"the GPU has {total:.1f} GiB"
+    if total >= HIGH_MIN_GIB * scale:
+        return "high", f"{size} (>= {HIGH_MIN_GIB * scale:g}): everything resident, no tiling"
+    if total >= EIGHT_GB_MIN_GIB * scale:
+        return "8gb", (
+            f"{size} (>= {EIGHT_GB_MIN_GIB * scale:g}, < {HIGH_MIN_GIB * scale:g}): "
+            "VAE tiling, text encoders on the CPU between prompts"
+        )
+    return "low", f"{size} (< {EIGHT_GB_MIN_GIB * scale:g}): model CPU offload and VAE tiling"
+
+
+def plan_memory(settings: Settings, total_bytes: int | None, dtype: str) -> MemoryPlan:
+    """What ``MEMORY_PROFILE`` and the explicit settings give on a GPU of ``total_bytes``
+    (None: no GPU, where everything stays in memory and offloading has no meaning)."""
+    if settings.memory_profile != "auto":
+        profile, reason = settings.memory_profile, f"MEMORY_PROFILE={settings.memory_profile}"
+    elif total_bytes is None:
+        profile, reason = "cpu", "no GPU: everything in memory"
+    else:
+        profile, reason = profile_for(total_bytes, dtype)
+    chosen = dict(PROFILES.get(profile, {"vae_tiling": False, "text_encoder_offload": False, "cpu_offload": "none"}))
+    if total_bytes is None and chosen["cpu_offload"] != "none":
+        chosen["cpu_offload"] = "none"
+        reason += " (no CPU offload without a GPU)"
+    overrides = []
+    explicit = {
+        "vae_tiling": (settings.vae_tiling, "VAE_TILING", {"on": True, "off": False}),
+        "text_encoder_offload": (settings.text_encoder_offload, "TEXT_ENCODER_OFFLOAD", {"on": True, "off": False}),
+        "cpu_offload": (settings.cpu_offload, "CPU_OFFLOAD", {v: v for v in ("none", "model", "sequential")}),
+    }
+    for name, (raw, env, values) in explicit.items():
+        if raw != "auto":
+            chosen[name] = values[raw]
+            overrides.append(f"{env}={raw}")
+    if chosen["cpu_offload"] != "none":
+        chosen["text_encoder_offload"] = False  # offload moves the text encoders already
+    return MemoryPlan(profile=profile, reason=reason, overrides=overrides, **chosen)

@@ -1,0 +1,86 @@
+"""MEMORY_PROFILE: the memory settings chosen from the GPU's size (a pure decision, tested with
+any size), explicit settings winning over it, and the 8 GB profile's text-encoder offload giving
+the same images."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from sdxl_server.pipeline.memory import GIB, plan_memory
+
+CARDS = {  # nominal size -> what such a card reports (a little under its name)
+    4: int(3.8 * GIB), 8: 8188 * 1024**2, 12: int(11.7 * GIB), 24: int(23.6 * GIB), 80: int(79.2 * GIB),
+}
+
+
+@pytest.mark.parametrize(
+    ("card", "profile", "tiling", "encoders_off", "offload"),
+    [
+        (4, "low", True, False, "model"),
+        (8, "8gb", True, True, "none"),
+        (12, "8gb", True, True, "none"),
+        (24, "high", False, False, "none"),
+        (80, "high", False, False, "none"),
+    ],
+)
+def test_auto_picks_the_fastest_profile_that_fits(settings, card, profile, tiling, encoders_off, offload):
+    plan = plan_memory(settings, CARDS[card], "float16")
+    assert (plan.profile, plan.vae_tiling, plan.text_encoder_offload, plan.cpu_offload) == (
+        profile, tiling, encoders_off, offload,
+    )
+    assert f"{CARDS[card] / GIB:.1f} GiB" in plan.reason and plan.overrides == []
+
+
+def test_an_8_gb_card_counted_in_decimal_gigabytes_is_still_an_8_gb_card(settings):
+    assert plan_memory(settings, 8 * 10**9, "float16").profile == "8gb"
+
+
+def test_float32_weights_need_twice_the_memory(settings):
+    assert plan_memory(settings, CARDS[24], "float32").profile == "8gb"
+    assert plan_memory(settings, CARDS[12], "float32").profile == "low"
+
+
+def test_explicit_settings_override_the_profile(settings):
+    plan = plan_memory(settings.replace(vae_tiling="off", text_encoder_offload="off"), CARDS[8], "float16")
+    assert (plan.profile, plan.vae_tiling, plan.text_encoder_offload) == ("8gb", False, False)
+    assert plan.overrides == ["VAE_TILING=off", "TEXT_ENCODER_OFFLOAD=off"]
+
+    plan = plan_memory(settings.replace(cpu_offload="model"), CARDS[24], "float16")
+    assert (plan.profile, plan.cpu_offload, plan.vae_tiling) == ("high", "model", False)
+
+    plan = plan_memory(settings.replace(memory_profile="low"), CARDS[80], "float16")
+    assert (plan.profile, plan.cpu_offload, plan.reason) == ("low", "model", "MEMORY_PROFILE=low")
+
+
+def test_without_a_gpu_everything_stays_in_memory(settings):
+    plan = plan_memory(settings, None, "float32")
+    assert (plan.profile, plan.vae_tiling, plan.text_encoder_offload, plan.cpu_offload) == ("cpu", False, False, "none")
+    assert plan_memory(settings.replace(memory_profile="low"), None, "float32").cpu_offload == "none"
+
+
+async def _image(client, body) -> bytes:
+    resp = await client.post("/api/v1/generate", json=body)
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    images = [data] + data.get("images", [])[1:]
+    blobs = [await (await client.get(image["image_url"])).read() for image in images]
+    return b"".join(Image.open(io.BytesIO(blob)).tobytes() for blob in blobs)
+
+
+async def test_the_8gb_profile_reports_itself_and_encodes_prompts_to_the_same_images(make_client, settings):
+    body = {"prompt": "a lighthouse", "negative_prompt": "fog", "seed": 21, "num_images": 2}
+    plain = await make_client(settings)
+    health = await (await plain.get("/health")).json()
+    assert health["options"]["memory_profile"]["profile"] == "cpu"
+    expected = await _image(plain, body)
+    await plain.close()
+
+    client = await make_client(settings.replace(memory_profile="8gb"))
+    health = await (await client.get("/health")).json()
+    chosen = health["options"]["memory_profile"]
+    assert (chosen["profile"], chosen["reason"], chosen["text_encoder_offload"]) == ("8gb", "MEMORY_PROFILE=8gb", True)
+    assert health["options"]["vae_tiling"] is True and health["options"]["text_encoder_offload"] is True
+    assert await _image(client, body) == expected  # tiling at 64 px is one tile; embeddings are the same
