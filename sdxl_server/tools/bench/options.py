@@ -86,7 +86,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, tuple):
-            text = ",".join(value)
+            text = ",".join(map(str, value))
         else:
             text = str(value)
         env[f.metadata["env"]] = text
