@@ -38,7 +38,8 @@ class GatedWork:
         self.loop.call_soon_threadsafe(self.entered.put_nowait, job.params.prompt)
         self.gate(job.params.prompt).wait(60)
         on_step(job.params.steps, job.params.steps, None)
-        return {"prompt": job.params.prompt}
+        result = {"prompt": job.params.prompt}
+        return lambda: result  # what the encoder thread runs to save the job (nothing to write here)
 
 
 def _params(prompt: str) -> GenerationParams:
