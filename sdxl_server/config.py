@@ -200,6 +200,14 @@ class Settings:
     queue_size: int = _setting("QUEUE_SIZE", 8, _int_range(0, 10_000), "jobs that may wait behind the running one (0: none)")
     max_prompt_length: int = _setting("MAX_PROMPT_LENGTH", 2000, _int_range(1, 100_000), "characters per prompt")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 65536, _int_range(1024, 16 * 1024 * 1024), "request body size")
+    max_image_body_bytes: int = _setting(
+        "MAX_IMAGE_BODY_BYTES", 32 * 1024 * 1024, _int_range(1024, 1024 * 1024 * 1024),
+        "request body size on the routes that carry images (a PNG at the largest size plus a mask, base64)",
+    )
+    max_input_pixels: int = _setting(
+        "MAX_INPUT_PIXELS", 4096 * 4096, _int_range(64 * 64, 1 << 30),
+        "most pixels an input image may have (larger ones are refused before decoding; smaller ones are fitted)",
+    )
 
     # Progress
     preview_every: int = _setting(
@@ -251,6 +259,9 @@ class Settings:
     host: str = _setting("HOST", "0.0.0.0", lambda raw: raw.strip() or "0.0.0.0", "address to listen on")
     port: int = _setting("PORT", 8001, _int_range(0, 65535), "port to listen on")
     output_dir: Path = _setting("OUTPUT_DIR", Path("outputs"), _path, "where images and metadata are written")
+    save_inputs: bool = _setting(
+        "SAVE_INPUTS", False, _bool, "keep input images and masks in OUTPUT_DIR/inputs after their job ends"
+    )
     log_level: str = _setting(
         "LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "logging level"
     )

@@ -36,11 +36,45 @@ class GenerationParams:
     seed: int
     scheduler: str = "default"
     num_images: int = 1
+    # Image to image and inpainting: the input image and mask by the SHA-256 of the bytes sent
+    # (the image itself waits in OUTPUT_DIR/inputs until the job ends; see jobs/inputs.py).
+    init_image: str | None = None
+    strength: float = 0.75
+    mask: str | None = None
+    mask_blur: int = 4
+    inpaint_area: str = "whole"
+    mask_padding: int = 32
+    resize_mode: int = 0
+    inpainting_fill: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
+    def mode(self) -> str:
+        """``txt2img``, ``img2img`` or ``inpaint``."""
+        if self.init_image is None:
+            return "txt2img"
+        return "img2img" if self.mask is None else "inpaint"
+
+    @property
+    def total_steps(self) -> int:
+        """Denoising steps that really run: image to image skips the first ``1 - strength`` of them."""
+        if self.init_image is None:
+            return self.steps
+        return denoising_steps(self.steps, self.strength)
+
+    @property
     def pixels(self) -> int:
         """Pixels the job makes (all its images): what its cost scales with."""
         return self.width * self.height * self.num_images
+
+
+INPAINT_AREAS = ("whole", "masked")
+RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fill"}
+INPAINTING_FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """The steps diffusers runs for ``steps`` at ``strength`` (its ``get_timesteps``)."""
+    return min(int(steps * strength), steps)

@@ -22,6 +22,7 @@ from .. import __version__
 from ..config import Settings
 from . import keys, websocket
 from .contexts import CONTEXTS
+from .limits import body_limit_middleware
 from .middleware import error_middleware
 from .openapi import build_spec
 from .routes import add_routes
@@ -75,7 +76,7 @@ async def drain(app: web.Application) -> None:
 def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``."""
     app = web.Application(
-        middlewares=[error_middleware, cors_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[error_middleware, cors_middleware, auth_middleware, body_limit_middleware], client_max_size=settings.max_body_bytes
     )
     app.on_response_prepare.append(add_cors_headers)
     app[keys.SETTINGS] = settings

@@ -18,6 +18,7 @@ from ..jobs.events import EventHub
 from ..jobs.housekeeping import enforce_retention, recover
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
+from ..jobs.states import TERMINAL_EVENTS
 from ..jobs.store import JobStore
 from ..jobs.work import GenerationWork
 from . import a1111, keys
@@ -29,7 +30,7 @@ RETENTION_INTERVAL_S = 600.0
 
 
 async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = OutputStore(app[keys.SETTINGS].output_dir)
+    store = OutputStore(app[keys.SETTINGS].output_dir, save_inputs=app[keys.SETTINGS].save_inputs)
     store.prepare()
     app[keys.STORE] = store
     yield
@@ -77,6 +78,13 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     def publish(event: dict) -> None:
         metrics.observe(event)
         hub.publish(event)
+        if event["type"] in TERMINAL_EVENTS:
+            sweep_inputs()
+
+    def sweep_inputs() -> None:
+        """Delete the input images no queued or running job needs any more (unless SAVE_INPUTS)."""
+        active = [job for job in queue.active() if not job.status.terminal]
+        app[keys.STORE].inputs.sweep(h for job in active for h in (job.params.init_image, job.params.mask))
 
     queue = JobQueue(
         work, app[keys.EXECUTOR], app[keys.JOB_STORE],
@@ -86,6 +94,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
     report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)
     queue.restore(report.requeued)
+    sweep_inputs()
     queue.start()
     yield
     await queue.stop()  # already stopped by drain() when the app was shut down

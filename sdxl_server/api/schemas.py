@@ -80,6 +80,7 @@ def _size(maximum: int) -> list:
 
 def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
     """The fields of a generation request, with this server's limits and defaults."""
+    from .image_inputs import image_request_fields  # it builds on the field types above
     text = validate.Length(max=settings.max_prompt_length)
     return {
         "prompt": StrictString(
@@ -117,6 +118,7 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             load_default=1, validate=validate.Range(min=1, max=settings.max_batch),
             metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
         ),
+        **image_request_fields(settings),
     }
 
 
@@ -177,6 +179,15 @@ class MetaSchema(Schema):
     job_id = fields.String()
     index = fields.Integer(metadata={"description": "This image's place in its job's batch, from 0."})
     num_images = fields.Integer()
+    mode = fields.String(validate=validate.OneOf(["txt2img", "img2img", "inpaint"]))
+    strength = fields.Float(metadata={"description": "Image to image and inpainting: how much was repainted."})
+    init_image_sha256 = fields.String(metadata={"description": "SHA-256 of the input image as it was used (PNG)."})
+    mask_sha256 = fields.String(metadata={"description": "Inpainting: SHA-256 of the mask as it was used (PNG)."})
+    mask_blur = fields.Integer()
+    inpaint_area = fields.String()
+    mask_padding = fields.Integer()
+    resize_mode = fields.Integer()
+    inpainting_fill = fields.Integer()
 
 
 class ImageSchema(Schema):
@@ -203,6 +214,14 @@ class ParamsSchema(Schema):
     seed = fields.Integer(required=True)
     scheduler = fields.String(required=True)
     num_images = fields.Integer(required=True)
+    init_image = fields.String(allow_none=True, metadata={"description": "SHA-256 of the input image (null: text to image)."})
+    strength = fields.Float()
+    mask = fields.String(allow_none=True, metadata={"description": "SHA-256 of the mask (null: no inpainting)."})
+    mask_blur = fields.Integer()
+    inpaint_area = fields.String()
+    mask_padding = fields.Integer()
+    resize_mode = fields.Integer()
+    inpainting_fill = fields.Integer()
 
 
 class JobSchema(Schema):

@@ -18,10 +18,11 @@ from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.describe import describe
 from ..jobs.states import JOB_STATUSES, JobStatus
 from ..params import MAX_SEED, SCHEDULERS
-from . import keys
+from . import image_inputs, keys
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
-from .validation import load_body, validate
+from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema
+from .image_inputs import with_inputs
+from .validation import read_json_object, validate
 
 CANCEL_WAIT_S = 10.0
 
@@ -151,19 +152,25 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
     return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
 
 
+async def _generation_request(request: web.Request) -> dict[str, Any]:
+    """The validated request, its images (if any) decoded and stored: they are named by SHA-256."""
+    body = await read_json_object(request)
+    return await with_inputs(request.app, validate(request.app[keys.GENERATE_SCHEMA], body), body)
+
+
 async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
-    data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
-    result = await request.app[keys.QUEUE].generate(to_params(data), **_idempotency(request, data))
+    data = await _generation_request(request)
+    result = await image_inputs.generate(request.app, data, **_idempotency(request, data))
     return web.json_response(result)
 
 
 async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
-    data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
+    data = await _generation_request(request)
     queue = request.app[keys.QUEUE]
-    job, replayed = await queue.submit(to_params(data), **_idempotency(request, data))
+    job, replayed = await image_inputs.submit(request.app, data, **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

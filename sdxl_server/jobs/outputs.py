@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
+from .inputs import InputStore
 from .locking import hold_lock
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,44 @@ OUTPUT_ID = r"[0-9a-f]{32}(?:-[0-9]{1,3})?"
 _OUTPUT_ID_RE = re.compile(rf"^{OUTPUT_ID}$")
 _TMP_PREFIX = ".partial-"
 LOCK_NAME = ".sdxl-server.lock"
+
+
+_IMAGE_FIELDS = ("init_image", "strength", "mask", "mask_blur", "inpaint_area", "mask_padding", "resize_mode", "inpainting_fill")
+_MASK_ONLY = ("mask", "mask_blur", "inpaint_area", "mask_padding", "inpainting_fill")
+
+
+def params_meta(params: Any) -> dict[str, Any]:
+    """The parameters as the metadata records them: the mode, and only the fields it uses
+    (the input and mask by SHA-256, as ``init_image_sha256`` and ``mask_sha256``)."""
+    values = params.to_dict()
+    if params.mode == "txt2img":
+        dropped = _IMAGE_FIELDS
+    elif params.mode == "img2img":
+        dropped = _MASK_ONLY
+    else:
+        dropped = ()
+    meta = {name: value for name, value in values.items() if name not in dropped}
+    meta["mode"] = params.mode
+    for name in ("init_image", "mask"):
+        if name in meta:
+            meta[f"{name}_sha256"] = meta.pop(name)
+    return meta
+
+
+def _image_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A1111's wording for image to image and inpainting."""
+    if meta.get("mode", "txt2img") == "txt2img":
+        return []
+    details: list[tuple[str, Any]] = [("Denoising strength", meta["strength"]), ("Init image hash", meta["init_image_sha256"])]
+    if meta["mode"] == "inpaint":
+        details += [
+            ("Mask blur", meta["mask_blur"]),
+            ("Mask hash", meta["mask_sha256"]),
+            ("Inpaint area", "Only masked" if meta["inpaint_area"] == "masked" else "Whole picture"),
+        ]
+        if meta["inpaint_area"] == "masked":
+            details.append(("Masked area padding", meta["mask_padding"]))
+    return details
 
 
 def parameters_text(meta: dict[str, Any]) -> str:
@@ -47,6 +86,7 @@ def parameters_text(meta: dict[str, Any]) -> str:
         ("Seed", meta["seed"]),
         ("Size", f"{meta['width']}x{meta['height']}"),
         ("Model", meta["model_id"]),
+        *_image_details(meta),
     ]
     lines.append(", ".join(f"{key}: {value}" for key, value in details))
     return "\n".join(lines)
@@ -55,10 +95,11 @@ def parameters_text(meta: dict[str, Any]) -> str:
 class OutputStore:
     """Where generated images and their metadata live, and the only code that writes them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, save_inputs: bool = False) -> None:
         self.root = Path(root)
         self.images_dir = self.root / "images"
         self.metadata_dir = self.root / "metadata"
+        self.inputs = InputStore(self.root / "inputs", keep=save_inputs)
         self._lock: Any = None
 
     def prepare(self) -> None:
@@ -73,6 +114,7 @@ class OutputStore:
             for stale in folder.glob(f"{_TMP_PREFIX}*"):
                 log.warning("removing a partial file left by an interrupted write: %s", stale)
                 stale.unlink(missing_ok=True)
+        self.inputs.prepare()
 
     def close(self) -> None:
         """Let another server have the folder."""

@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..params import SCHEDULERS
+from .inputs import load_inputs
 from .job import Job, StepReporter
-from .outputs import OutputStore
+from .outputs import OutputStore, params_meta
 
 
 class GenerationWork:
@@ -47,11 +48,12 @@ class GenerationWork:
                 preview = preview_data_url(latents)
             on_step(step, total, preview)
 
-        generation = self.engine.generate(params, step, cancelled)
+        inputs = load_inputs(self.store.inputs, params)
+        generation = self.engine.generate(params, step, cancelled, **({"inputs": inputs} if inputs else {}))
         runtime = self.engine.runtime
         common: dict[str, Any] = {
             "model_id": self.engine.model_id,
-            **params.to_dict(),
+            **params_meta(params),
             "sampler_name": generation.info.get("sampler", SCHEDULERS[params.scheduler]),
             "device": runtime.device,
             "dtype": runtime.dtype,

@@ -10,7 +10,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from ..errors import GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemo
 from ..params import MAX_SEED, GenerationParams
 from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
+from .modes import ModePipelines, ModeRun, prepare_run
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
 from .sources import fix_hint, resolve_model_source
@@ -57,6 +58,7 @@ class Engine:
         self.options: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
         self._default_scheduler: Any = None
+        self._modes: ModePipelines | None = None
 
     # -- loading ----------------------------------------------------------------
 
@@ -93,6 +95,7 @@ class Engine:
             self._free()
             raise ModelUnavailable(self.error) from exc
         self.pipe = pipe
+        self._modes = ModePipelines(pipe)
         self._default_scheduler = pipe.scheduler
         self.load_seconds = time.perf_counter() - started
         self.state = "ready"
@@ -105,7 +108,7 @@ class Engine:
         self.options = apply_memory_options(pipe, self.settings, self.runtime)
 
     def _free(self) -> None:
-        self.pipe = None
+        self.pipe, self._modes = None, None
         gc.collect()
         if self.runtime.on_cuda:
             torch.cuda.empty_cache()
@@ -125,25 +128,32 @@ class Engine:
             self._schedulers[name] = make_scheduler(name, self._default_scheduler.config)
         return self._schedulers[name]
 
-    def generate(self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool]) -> Generation:
+    def generate(
+        self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
+        inputs: Mapping[str, Any] | None = None,
+    ) -> Generation:
         """Run one request: ``params.num_images`` images in one pipeline call, or one at a time if
         the batch runs out of memory. Image ``i`` uses seed ``seed + i``, so each can be redone
-        alone. Raises :class:`JobCancelled` (checked every step and before decoding),
-        :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
+        alone. ``inputs`` holds the decoded ``init_image`` and ``mask`` of image to image and
+        inpainting (see :mod:`.modes`). Raises :class:`JobCancelled` (checked every step and
+        before decoding), :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
         self.ensure_loaded()
-        self.pipe.scheduler = self._scheduler(params.scheduler)
+        with self._failures_translated(params):
+            run = prepare_run(self._modes, params, inputs)
+        run.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
         try:
-            return self._generate_in_batches(params, [params.num_images], on_step, cancelled)
+            return self._generate_in_batches(params, [params.num_images], on_step, cancelled, run)
         except OutOfMemory:
             if params.num_images == 1:
                 raise
             log.warning("a batch of %d ran out of memory; generating one image at a time", params.num_images)
-            return self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled)
+            return self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled, run)
 
     def _generate_in_batches(
-        self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool]
+        self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool],
+        run: ModeRun,
     ) -> Generation:
-        pipe = self.pipe
+        pipe = run.pipe
         images: list[Any] = []
         seeds = [(params.seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
         upcast, inference_s, decode_s, steps_done = False, 0.0, 0.0, 0
@@ -160,8 +170,7 @@ class Engine:
                 latents = pipe(
                     prompt=params.prompt,
                     negative_prompt=params.negative_prompt or None,
-                    width=params.width,
-                    height=params.height,
+                    **run.arguments,
                     num_inference_steps=params.steps,
                     guidance_scale=params.guidance_scale,
                     num_images_per_prompt=size,
@@ -176,7 +185,7 @@ class Engine:
                     torch.cuda.synchronize()  # so the inference/decode split is true on a GPU
                 denoised = time.perf_counter()
                 decoded, batch_upcast = decode_latents(self.pipe, latents)
-            images.extend(decoded)
+            images.extend(run.finish(image) for image in decoded)
             upcast = upcast or batch_upcast
             steps_done += pipe.num_timesteps
             inference_s += denoised - started

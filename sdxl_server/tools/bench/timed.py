@@ -76,7 +76,7 @@ class TimedEngine(Engine):
             pipe.unet = torch.compile(pipe.unet, mode=None if self.compile_mode == "default" else self.compile_mode)
             self.options["compile"] = self.compile_mode
 
-    def generate(self, params: GenerationParams, on_step, cancelled):
+    def generate(self, params: GenerationParams, on_step, cancelled, **inputs):
         record = GenerationRecord(seed=params.seed)
         self.records[params.seed] = record
         device = torch.device(self.runtime.device)
@@ -90,7 +90,7 @@ class TimedEngine(Engine):
 
         record.started = time.perf_counter()
         try:
-            generation = super().generate(params, timed, cancelled)
+            generation = super().generate(params, timed, cancelled, **inputs)
         finally:
             record.finished = time.perf_counter()
             self.last = record
