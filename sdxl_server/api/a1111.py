@@ -19,8 +19,8 @@ from marshmallow import validate as validate_
 
 from ..errors import ValidationFailed
 from ..jobs.outputs import parameters_text
-from ..params import SCHEDULERS
-from . import keys
+from ..params import SCHEDULERS, GenerationParams
+from . import image_inputs, keys
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object, validate
 
@@ -119,7 +119,7 @@ def _scheduler(sampler: str | None, schedule: str | None) -> str:
     return scheduler
 
 
-def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     request = validate(Txt2ImgSchema(), body)
     core: dict[str, Any] = {
         "prompt": request["prompt"],
@@ -137,9 +137,14 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
-    core, original = _core_request(await read_json_object(request))
-    params = to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES))
-    result = await app[keys.QUEUE].generate(params)
+    core, original = core_request(await read_json_object(request))
+    return await respond(app, to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES)), original)
+
+
+async def respond(app: web.Application, params: GenerationParams, original: dict[str, Any]) -> web.Response:
+    """Run ``params`` and answer as A1111 does: ``{images, parameters, info}`` (``original``: the
+    A1111 request as loaded, echoed in ``parameters``)."""
+    result = await image_inputs.generate(app, params)
     images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
     metas = [image["meta"] for image in images]
     encoded = await app[keys.STORE].images_base64([i["id"] for i in images]) if original["send_images"] else []
@@ -165,7 +170,7 @@ async def txt2img(request: web.Request) -> web.Response:
         "sd_model_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": 0,
+        "denoising_strength": params.strength if params.init_image else 0,
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
@@ -173,6 +178,7 @@ async def txt2img(request: web.Request) -> web.Response:
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(result["id"])).created_at)),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
+        "mask_blur": params.mask_blur if params.mask else None,
         "version": "sdxl_server",
     }
     parameters = {

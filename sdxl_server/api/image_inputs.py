@@ -18,10 +18,10 @@ from marshmallow import fields, validate
 from ..config import Settings
 from ..errors import ApiError, ValidationFailed
 from ..jobs import images
-from ..params import INPAINT_AREAS, INPAINTING_FILLS, RESIZE_MODES, denoising_steps
-from . import keys
 from ..jobs.job import Job
-from .schemas import StrictFloat, StrictInteger, StrictString, to_params
+from ..params import INPAINT_AREAS, INPAINTING_FILLS, RESIZE_MODES, GenerationParams, denoising_steps
+from . import keys
+from .schemas import StrictFloat, StrictInteger, StrictString
 
 IMAGE_FIELDS = ("init_image", "mask")
 
@@ -80,7 +80,8 @@ def _check_combination(data: Mapping[str, Any]) -> None:
 
 
 def decode_inputs(
-    settings: Settings, store: Any, data: dict[str, Any], given: Collection[str], alpha_mask: bool = False
+    settings: Settings, store: Any, data: dict[str, Any], given: Collection[str], alpha_mask: bool = False,
+    invert_mask: bool = False,
 ) -> dict[str, Any]:
     """On a worker thread: decode the image and mask, size them, store them; return ``data``
     with their hashes and the size the job runs at."""
@@ -91,6 +92,8 @@ def decode_inputs(
     if data.get("mask") is not None:
         mask = images.to_mask(images.open_image(images.image_bytes(data["mask"], "mask"), "mask", settings.max_input_pixels),
                               alpha_marks_edit=alpha_mask)
+        if invert_mask:
+            mask = mask.point(lambda value: 255 - value)
         if mask.size != image.size:
             mask = mask.resize(image.size)
         mask = images.resize(mask, size, data["resize_mode"])
@@ -113,7 +116,7 @@ def _output_size(settings: Settings, data: Mapping[str, Any], given: Collection[
 
 async def with_inputs(
     app: web.Application, data: dict[str, Any], given: Collection[str], *,
-    names: Mapping[str, str] | None = None, alpha_mask: bool = False,
+    names: Mapping[str, str] | None = None, alpha_mask: bool = False, invert_mask: bool = False,
 ) -> dict[str, Any]:
     """``data`` (a validated request) with its images decoded and stored: their fields now hold
     SHA-256s. Errors name the fields as the client sent them (``names``: ours -> theirs)."""
@@ -123,7 +126,7 @@ async def with_inputs(
             return {**data, **{name: None for name in IMAGE_FIELDS}}
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, decode_inputs, app[keys.SETTINGS], app[keys.STORE].inputs, data, given, alpha_mask
+            None, decode_inputs, app[keys.SETTINGS], app[keys.STORE].inputs, data, given, alpha_mask, invert_mask
         )
     except ApiError as exc:
         if names and exc.fields:
@@ -133,15 +136,15 @@ async def with_inputs(
         raise
 
 
-async def submit(app: web.Application, data: Mapping[str, Any], **idempotency: Any) -> tuple[Job, bool]:
-    """Queue the job for ``data`` (see :meth:`JobQueue.submit`), its stored inputs kept from a
-    sweep until the job holds them."""
-    with app[keys.STORE].inputs.pinned(data.get(name) for name in IMAGE_FIELDS):
-        return await app[keys.QUEUE].submit(to_params(data), **idempotency)
+async def submit(app: web.Application, params: GenerationParams, **idempotency: Any) -> tuple[Job, bool]:
+    """Queue the job (see :meth:`JobQueue.submit`), its stored inputs kept from a sweep until
+    the job holds them."""
+    with app[keys.STORE].inputs.pinned((params.init_image, params.mask)):
+        return await app[keys.QUEUE].submit(params, **idempotency)
 
 
-async def generate(app: web.Application, data: Mapping[str, Any], **idempotency: Any) -> dict[str, Any]:
+async def generate(app: web.Application, params: GenerationParams, **idempotency: Any) -> dict[str, Any]:
     """Queue the job and wait for it: its result, or its error raised."""
-    job, _ = await submit(app, data, **idempotency)
+    job, _ = await submit(app, params, **idempotency)
     await job.wait()
     return job.outcome()

@@ -20,7 +20,7 @@ from ..jobs.states import JOB_STATUSES, JobStatus
 from ..params import MAX_SEED, SCHEDULERS
 from . import image_inputs, keys
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema
+from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
 from .image_inputs import with_inputs
 from .validation import read_json_object, validate
 
@@ -162,7 +162,7 @@ async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
     data = await _generation_request(request)
-    result = await image_inputs.generate(request.app, data, **_idempotency(request, data))
+    result = await image_inputs.generate(request.app, to_params(data), **_idempotency(request, data))
     return web.json_response(result)
 
 
@@ -170,7 +170,7 @@ async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
     data = await _generation_request(request)
     queue = request.app[keys.QUEUE]
-    job, replayed = await image_inputs.submit(request.app, data, **_idempotency(request, data))
+    job, replayed = await image_inputs.submit(request.app, to_params(data), **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
