@@ -165,6 +165,11 @@ class Settings:
     vae_id: str | None = _setting(
         "VAE_ID", None, _optional_str, "replacement VAE: Hub id, folder or .safetensors (e.g. an fp16-fix VAE)"
     )
+    refiner_id: str | None = _setting(
+        "REFINER_ID", None, _optional_str,
+        "SDXL refiner: Hub id, diffusers folder, single .safetensors file, or 'tiny'. Unset: a *refiner* "
+        "checkpoint or folder in MODEL_DIR, if any. Loads on the first request that asks (at start with PRELOAD)",
+    )
     tiny_cache: Path | None = _setting(
         "TINY_CACHE", None, lambda raw: _path(raw) if raw.strip() else None,
         "where MODEL_ID=tiny is built (default ~/.cache/sdxl_server)",

@@ -46,6 +46,11 @@ class GenerationParams:
     mask_padding: int = 32
     resize_mode: int = 0
     inpainting_fill: int = 1
+    # The refiner: "none", "ensemble" (it finishes the base's latents from refiner_switch_at) or
+    # "image" (it repaints the base's result at refiner_strength).
+    refiner: str = "none"
+    refiner_switch_at: float = 0.8
+    refiner_strength: float = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,10 +64,14 @@ class GenerationParams:
 
     @property
     def total_steps(self) -> int:
-        """Denoising steps that really run: image to image skips the first ``1 - strength`` of them."""
-        if self.init_image is None:
-            return self.steps
-        return denoising_steps(self.steps, self.strength)
+        """Denoising steps that really run (about; the engine reports the exact count): image to
+        image skips the first ``1 - strength`` of them; the refiner's steps are added."""
+        base = self.steps if self.init_image is None else denoising_steps(self.steps, self.strength)
+        if self.refiner == "ensemble":
+            return base  # the same schedule, split between the two models
+        if self.refiner == "image":
+            return base + denoising_steps(self.steps, self.refiner_strength)
+        return base
 
     @property
     def pixels(self) -> int:
@@ -71,6 +80,7 @@ class GenerationParams:
 
 
 INPAINT_AREAS = ("whole", "masked")
+REFINER_MODES = ("none", "ensemble", "image")
 RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fill"}
 INPAINTING_FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 

@@ -1,8 +1,9 @@
 """schemathesis hooks (loaded with SCHEMATHESIS_HOOKS by tests/test_schemathesis.py).
 
-What JSON Schema cannot say about a request with images: ``init_image`` and ``mask`` must be real
-images (any string is schema-valid), a mask needs an image, and with the test server's one step
-only ``strength`` 1 runs a step. Wherever a generated body holds a schema-valid value for these
+What JSON Schema cannot say about a request with images or the refiner: ``init_image`` and
+``mask`` must be real images (any string is schema-valid), a mask needs an image, and every model
+must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``), which the
+test server's few steps only allow at ``strength`` 1, two steps split at 0.5, ``refiner_strength`` 1. Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
 generated, so the negative checks keep their teeth.
 """
@@ -46,6 +47,13 @@ def _with_images(body: dict) -> dict:
         body["init_image"] = _IMAGE
         if "strength" not in body or _valid_strength(body["strength"]):
             body["strength"] = 1.0
+    if body.get("refiner") == "ensemble":
+        body["steps"] = 2
+        if "refiner_switch_at" not in body or _valid_strength(body["refiner_switch_at"]):
+            body["refiner_switch_at"] = 0.5
+    elif body.get("refiner") == "image":
+        if "refiner_strength" not in body or _valid_strength(body["refiner_strength"]):
+            body["refiner_strength"] = 1.0
     if isinstance(body.get("mask"), str):
         if has_image:
             body["mask"] = _MASK

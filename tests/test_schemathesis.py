@@ -34,7 +34,8 @@ RUNS = {
 def server(tiny_cache, tmp_path_factory):
     live = LiveServer(
         tiny_cache, tmp_path_factory.mktemp("schemathesis") / "outputs",
-        MAX_WIDTH="64", MAX_HEIGHT="64", MAX_STEPS="1", DEFAULT_STEPS="1", MAX_BATCH="2", QUEUE_SIZE="4",
+        MAX_WIDTH="64", MAX_HEIGHT="64", MAX_STEPS="2", DEFAULT_STEPS="1", MAX_BATCH="2", QUEUE_SIZE="4",
+        REFINER_ID="tiny",
     ).wait_ready()
     yield live
     live.stop()

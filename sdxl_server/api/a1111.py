@@ -2,7 +2,9 @@
 
 ``txt2img`` is translated into our own request and validated by the same schema, so limits,
 queue and outputs are shared; ``progress`` reports the running job; ``interrupt`` cancels it.
-Model switching, hires fix, refiners, scripts, face restoration and styles are not supported:
+``refiner_checkpoint`` (any name: the server has one refiner, REFINER_ID) with ``refiner_switch_at``
+runs the refiner as an ensemble. Model switching, hires fix, scripts, face restoration and styles
+are not supported:
 their fields are accepted and ignored, as A1111 itself ignores fields it does not know.
 Never imports torch.
 """
@@ -49,7 +51,8 @@ _BY_NAME = {
     for key in (label, scheduler, *aliases)
 }
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
-NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size"}
+NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
+         "refiner": "refiner_checkpoint"}
 
 
 class Txt2ImgSchema(Schema):
@@ -71,6 +74,9 @@ class Txt2ImgSchema(Schema):
     batch_size = StrictInteger(load_default=1, validate=validate_.Range(min=1))
     n_iter = StrictInteger(load_default=1, validate=validate_.Range(min=1))
     send_images = fields.Boolean(load_default=True)
+    refiner_checkpoint = fields.String(load_default=None, allow_none=True,
+                                       metadata={"description": "Any refiner name runs the configured refiner; empty or 'None': no refiner."})
+    refiner_switch_at = StrictFloat(load_default=0.8)
 
 
 class ProgressQuerySchema(Schema):
@@ -131,6 +137,8 @@ def core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     for ours, theirs in (("width", "width"), ("height", "height"), ("steps", "steps"), ("guidance_scale", "cfg_scale")):
         if request[theirs] is not None:
             core[ours] = request[theirs]
+    if (request["refiner_checkpoint"] or "None").strip() not in ("", "None"):
+        core.update(refiner="ensemble", refiner_switch_at=request["refiner_switch_at"])
     return core, request
 
 
@@ -144,7 +152,7 @@ async def txt2img(request: web.Request) -> web.Response:
 async def respond(app: web.Application, params: GenerationParams, original: dict[str, Any]) -> web.Response:
     """Run ``params`` and answer as A1111 does: ``{images, parameters, info}`` (``original``: the
     A1111 request as loaded, echoed in ``parameters``)."""
-    result = await image_inputs.generate(app, params)
+    result = await image_inputs.generate(app, params, names=NAMES)
     images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
     metas = [image["meta"] for image in images]
     encoded = await app[keys.STORE].images_base64([i["id"] for i in images]) if original["send_images"] else []

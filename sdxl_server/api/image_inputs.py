@@ -24,6 +24,10 @@ from . import keys
 from .schemas import StrictFloat, StrictInteger, StrictString
 
 IMAGE_FIELDS = ("init_image", "mask")
+REFINER_HINT = (
+    "no refiner is configured: set REFINER_ID to a refiner's Hub id (e.g. stabilityai/stable-diffusion-xl-refiner-1.0), "
+    "folder or .safetensors file (or 'tiny' to try it offline), or put sd_xl_refiner_1.0.safetensors in MODEL_DIR"
+)
 
 
 def image_request_fields(settings: Settings) -> dict[str, fields.Field]:
@@ -66,6 +70,20 @@ def image_request_fields(settings: Settings) -> dict[str, fields.Field]:
                       "1 the original, 2 noise, 3 flat grey."},
         ),
     }
+
+
+def _check_steps(data: Mapping[str, Any]) -> None:
+    """Each model must run at least one step: the refiner's share of the schedule is not empty."""
+    steps = data["steps"]
+    if data.get("refiner") == "ensemble":
+        base = int(steps * data["refiner_switch_at"])
+        if base < 1 or steps - base < 1:
+            message = f"With {steps} steps, switching at {data['refiner_switch_at']} leaves base or refiner no step: raise steps."
+            raise ValidationFailed(f"refiner_switch_at: {message}", fields={"refiner_switch_at": [message]})
+    elif data.get("refiner") == "image" and denoising_steps(steps, data["refiner_strength"]) < 1:
+        message = (f"With {steps} steps, refiner_strength {data['refiner_strength']} runs no refiner step: "
+                   f"raise it to at least {1 / steps:.2f} or raise steps.")
+        raise ValidationFailed(f"refiner_strength: {message}", fields={"refiner_strength": [message]})
 
 
 def _check_combination(data: Mapping[str, Any]) -> None:
@@ -129,22 +147,39 @@ async def with_inputs(
             None, decode_inputs, app[keys.SETTINGS], app[keys.STORE].inputs, data, given, alpha_mask, invert_mask
         )
     except ApiError as exc:
-        if names and exc.fields:
-            exc.fields = {names.get(name, name): problems for name, problems in exc.fields.items()}
-            for ours, theirs in names.items():
-                exc.message = exc.message.replace(f"{ours}:", f"{theirs}:", 1) if exc.message.startswith(f"{ours}:") else exc.message
-        raise
+        raise _renamed(exc, names) from None
 
 
-async def submit(app: web.Application, params: GenerationParams, **idempotency: Any) -> tuple[Job, bool]:
+def _renamed(exc: ApiError, names: Mapping[str, str] | None) -> ApiError:
+    """``exc`` naming the fields as the client sent them (``names``: ours -> theirs)."""
+    if names and exc.fields:
+        exc.fields = {names.get(name, name): problems for name, problems in exc.fields.items()}
+        for ours, theirs in names.items():
+            if exc.message.startswith(f"{ours}:"):
+                exc.message = theirs + exc.message[len(ours):]
+    return exc
+
+
+async def submit(
+    app: web.Application, params: GenerationParams, *, names: Mapping[str, str] | None = None, **idempotency: Any
+) -> tuple[Job, bool]:
     """Queue the job (see :meth:`JobQueue.submit`), its stored inputs kept from a sweep until
-    the job holds them."""
+    the job holds them. Refuses a refiner when none is configured (naming the field as the
+    client's API does: ``names``)."""
+    try:
+        if params.refiner != "none" and app[keys.ENGINE].describe().get("refiner") is None:
+            raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
+        _check_steps(params.to_dict())
+    except ApiError as exc:
+        raise _renamed(exc, names) from None
     with app[keys.STORE].inputs.pinned((params.init_image, params.mask)):
         return await app[keys.QUEUE].submit(params, **idempotency)
 
 
-async def generate(app: web.Application, params: GenerationParams, **idempotency: Any) -> dict[str, Any]:
+async def generate(
+    app: web.Application, params: GenerationParams, *, names: Mapping[str, str] | None = None, **idempotency: Any
+) -> dict[str, Any]:
     """Queue the job and wait for it: its result, or its error raised."""
-    job, _ = await submit(app, params, **idempotency)
+    job, _ = await submit(app, params, names=names, **idempotency)
     await job.wait()
     return job.outcome()

@@ -14,7 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
-from ..params import MAX_SEED, SCHEDULERS, GenerationParams
+from ..params import MAX_SEED, REFINER_MODES, SCHEDULERS, GenerationParams
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MIN_SIZE = 64
@@ -119,6 +119,21 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
         ),
         **image_request_fields(settings),
+        "refiner": fields.String(
+            load_default="none", validate=validate.OneOf(REFINER_MODES),
+            metadata={"description": "'ensemble': the base stops at refiner_switch_at and the refiner finishes the "
+                      "latents; 'image': the refiner repaints the base's image at refiner_strength. Needs a "
+                      "refiner (REFINER_ID; /api/v1/info says)."},
+        ),
+        "refiner_switch_at": StrictFloat(
+            load_default=0.8, validate=validate.Range(min=0, max=1, min_inclusive=False, max_inclusive=False),
+            metadata={"description": "With refiner 'ensemble': the fraction of the schedule the base runs.",
+                      "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        ),
+        "refiner_strength": StrictFloat(
+            load_default=0.3, validate=validate.Range(min=0, max=1, min_inclusive=False),
+            metadata={"description": "With refiner 'image': how much the refiner repaints.", "exclusiveMinimum": 0},
+        ),
     }
 
 
@@ -181,6 +196,7 @@ class MetaSchema(Schema):
     num_images = fields.Integer()
     mode = fields.String(validate=validate.OneOf(["txt2img", "img2img", "inpaint"]))
     strength = fields.Float(metadata={"description": "Image to image and inpainting: how much was repainted."})
+    refiner_id = fields.String(metadata={"description": "The refiner that ran (with refiner 'ensemble' or 'image')."})
     init_image_sha256 = fields.String(metadata={"description": "SHA-256 of the input image as it was used (PNG)."})
     mask_sha256 = fields.String(metadata={"description": "Inpainting: SHA-256 of the mask as it was used (PNG)."})
     mask_blur = fields.Integer()
@@ -188,6 +204,9 @@ class MetaSchema(Schema):
     mask_padding = fields.Integer()
     resize_mode = fields.Integer()
     inpainting_fill = fields.Integer()
+    refiner = fields.String(validate=validate.OneOf(REFINER_MODES))
+    refiner_switch_at = fields.Float()
+    refiner_strength = fields.Float()
 
 
 class ImageSchema(Schema):
@@ -222,6 +241,9 @@ class ParamsSchema(Schema):
     mask_padding = fields.Integer()
     resize_mode = fields.Integer()
     inpainting_fill = fields.Integer()
+    refiner = fields.String(validate=validate.OneOf(REFINER_MODES))
+    refiner_switch_at = fields.Float()
+    refiner_strength = fields.Float()
 
 
 class JobSchema(Schema):
@@ -286,6 +308,7 @@ class HealthSchema(Schema):
     dtype = fields.String(required=True)
     gpu = fields.Dict(required=True, allow_none=True)
     model = fields.Nested(HealthModelSchema, required=True)
+    refiner = fields.Dict(required=True, allow_none=True, metadata={"description": "The refiner (null: none configured): id, source, location, origin, state, loaded, load_seconds, error."})
     attention = fields.String(required=True, allow_none=True)
     options = fields.Dict(required=True)
     versions = fields.Dict(required=True)
@@ -295,6 +318,7 @@ class HealthSchema(Schema):
 class InfoSchema(Schema):
     version = fields.String(required=True)
     model = fields.Dict(required=True)
+    refiner = fields.Dict(required=True, allow_none=True, metadata={"description": "The refiner (id, state, defaults); null: none configured."})
     limits = fields.Dict(required=True)
     defaults = fields.Dict(required=True)
     schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

@@ -105,11 +105,13 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def server_info(request: web.Request) -> web.Response:
     """What a client needs to build a form: the model, the limits, the defaults, the samplers."""
     settings = request.app[keys.SETTINGS]
-    model = request.app[keys.ENGINE].describe()["model"]
+    described = request.app[keys.ENGINE].describe()
+    model = described["model"]
     return web.json_response(
         {
             "version": __version__,
             "model": {"id": model["id"], "tiny": model["tiny"], "state": model["state"], "source": model["source"]},
+            "refiner": _refiner_summary(described.get("refiner")),
             "limits": {
                 "min_size": MIN_SIZE,
                 "size_multiple": 8,
@@ -133,6 +135,13 @@ async def server_info(request: web.Request) -> web.Response:
             "terminal_statuses": [status.value for status in JobStatus if status.terminal],
         }
     )
+
+
+def _refiner_summary(refiner: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The refiner a page or client may offer (null: none configured)."""
+    if refiner is None:
+        return None
+    return {"id": refiner["id"], "state": refiner["state"], "defaults": {"refiner_switch_at": 0.8, "refiner_strength": 0.3}}
 
 
 IDEMPOTENCY_KEY = "Idempotency-Key"

@@ -37,6 +37,7 @@ LOCK_NAME = ".sdxl-server.lock"
 
 
 _IMAGE_FIELDS = ("init_image", "strength", "mask", "mask_blur", "inpaint_area", "mask_padding", "resize_mode", "inpainting_fill")
+_REFINER_FIELDS = ("refiner", "refiner_switch_at", "refiner_strength")
 _MASK_ONLY = ("mask", "mask_blur", "inpaint_area", "mask_padding", "inpainting_fill")
 
 
@@ -50,12 +51,27 @@ def params_meta(params: Any) -> dict[str, Any]:
         dropped = _MASK_ONLY
     else:
         dropped = ()
+    if params.refiner == "none":
+        dropped = (*dropped, *_REFINER_FIELDS)
+    elif params.refiner == "ensemble":
+        dropped = (*dropped, "refiner_strength")
+    else:
+        dropped = (*dropped, "refiner_switch_at")
     meta = {name: value for name, value in values.items() if name not in dropped}
     meta["mode"] = params.mode
     for name in ("init_image", "mask"):
         if name in meta:
             meta[f"{name}_sha256"] = meta.pop(name)
     return meta
+
+
+def _refiner_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A1111's wording for the refiner (and ours for its image mode, which A1111 has not)."""
+    if meta.get("refiner", "none") == "none":
+        return []
+    if meta["refiner"] == "ensemble":
+        return [("Refiner", meta.get("refiner_id")), ("Refiner switch at", meta["refiner_switch_at"])]
+    return [("Refiner", meta.get("refiner_id")), ("Refiner strength", meta["refiner_strength"])]
 
 
 def _image_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -87,6 +103,7 @@ def parameters_text(meta: dict[str, Any]) -> str:
         ("Size", f"{meta['width']}x{meta['height']}"),
         ("Model", meta["model_id"]),
         *_image_details(meta),
+        *_refiner_details(meta),
     ]
     lines.append(", ".join(f"{key}: {value}" for key, value in details))
     return "\n".join(lines)

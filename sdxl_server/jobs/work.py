@@ -59,6 +59,7 @@ class GenerationWork:
             "dtype": runtime.dtype,
             "attention": self.engine.options.get("attention"),
             "vae_upcast": generation.info.get("vae_upcast", False),
+            **({"refiner_id": generation.info["refiner"]} if "refiner" in generation.info else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
             "timings": {
                 "queue_s": round(started - job.created_at, 4),

@@ -23,6 +23,7 @@ from ..params import MAX_SEED, GenerationParams
 from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
 from .modes import ModePipelines, ModeRun, prepare_run
+from .refiner import Refiner, plan
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
 from .sources import fix_hint, resolve_model_source
@@ -59,6 +60,7 @@ class Engine:
         self._schedulers: dict[str, Any] = {}
         self._default_scheduler: Any = None
         self._modes: ModePipelines | None = None
+        self.refiner = Refiner(settings, self.runtime)
 
     # -- loading ----------------------------------------------------------------
 
@@ -100,6 +102,9 @@ class Engine:
         self.load_seconds = time.perf_counter() - started
         self.state = "ready"
         log.info("model ready in %.1fs: %s", self.load_seconds, self.options)
+        if self.settings.preload and self.refiner.source is not None:
+            with contextlib.suppress(ModelUnavailable):  # recorded on /health; the base serves without it
+                self.refiner.load(pipe, self.options)
 
     def _load_pipeline(self) -> Any:
         return load_pipeline(self.settings, self.runtime, self.source)
@@ -109,6 +114,7 @@ class Engine:
 
     def _free(self) -> None:
         self.pipe, self._modes = None, None
+        self.refiner.close()
         gc.collect()
         if self.runtime.on_cuda:
             torch.cuda.empty_cache()
@@ -141,6 +147,10 @@ class Engine:
         with self._failures_translated(params):
             run = prepare_run(self._modes, params, inputs)
         run.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
+        if params.refiner != "none":
+            refiner = self.refiner.ensure(self.pipe, self.options)
+            refiner.scheduler = self.refiner.scheduler(params.scheduler, run.pipe.scheduler)
+            run.refiner, run.plan = refiner, plan(params, run.pipe.scheduler)
         try:
             return self._generate_in_batches(params, [params.num_images], on_step, cancelled, run)
         except OutOfMemory:
@@ -161,24 +171,29 @@ class Engine:
         def step_end(pipeline, index: int, timestep, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancelled():
                 raise JobCancelled("the job was cancelled")
-            on_step(steps_done + index + 1, pipeline.num_timesteps * len(batches), tensors["latents"])
+            per_batch = run.plan.total if run.plan else pipeline.num_timesteps  # base and refiner count as one
+            on_step(steps_done + index + 1, per_batch * len(batches), tensors["latents"])
             return {}
+
+        def generators(size: int) -> list[Any]:
+            # CPU generators give the same noise for a seed on every device.
+            return [torch.Generator("cpu").manual_seed(seeds[len(images) + i]) for i in range(size)]
 
         for size in batches:
             started = time.perf_counter()
             with self._failures_translated(params), torch.inference_mode():
-                latents = pipe(
-                    prompt=params.prompt,
-                    negative_prompt=params.negative_prompt or None,
-                    **run.arguments,
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance_scale,
-                    num_images_per_prompt=size,
-                    # CPU generators give the same noise for a seed on every device.
-                    generator=[torch.Generator("cpu").manual_seed(seeds[len(images) + i]) for i in range(size)],
-                    output_type="latent",
-                    callback_on_step_end=step_end,
-                ).images
+                common = {
+                    "prompt": params.prompt, "negative_prompt": params.negative_prompt or None,
+                    "num_inference_steps": params.steps, "guidance_scale": params.guidance_scale,
+                    "num_images_per_prompt": size, "output_type": "latent", "callback_on_step_end": step_end,
+                }
+                base_arguments = run.plan.base_arguments if run.plan else {}
+                latents = pipe(**common, **run.arguments, **base_arguments, generator=generators(size)).images
+                steps_done += pipe.num_timesteps
+                if run.refiner is not None:
+                    latents = run.refiner(**common, image=latents, **run.plan.refiner_arguments,
+                                          generator=generators(size)).images
+                    steps_done += run.refiner.num_timesteps
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
                 if self.runtime.on_cuda:
@@ -187,7 +202,6 @@ class Engine:
                 decoded, batch_upcast = decode_latents(self.pipe, latents)
             images.extend(run.finish(image) for image in decoded)
             upcast = upcast or batch_upcast
-            steps_done += pipe.num_timesteps
             inference_s += denoised - started
             decode_s += time.perf_counter() - denoised
         info = {
@@ -197,6 +211,8 @@ class Engine:
             "inference_s": round(inference_s, 4),
             "decode_s": round(decode_s, 4),
         }
+        if run.refiner is not None:
+            info["refiner"] = self.refiner.source.model_id
         return Generation(images=images, info=info)
 
     @contextlib.contextmanager
@@ -257,6 +273,7 @@ class Engine:
                 "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),
                 "error": self.error,
             },
+            "refiner": self.refiner.describe(),
             "attention": self.options.get("attention"),
             "options": self.options,
             "versions": {"torch": torch.__version__, "diffusers": package_version("diffusers")},

@@ -98,3 +98,41 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime) -> dic
         "cpu_offload": settings.cpu_offload,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+REFINER_CONFIG = "stabilityai/stable-diffusion-xl-refiner-1.0"
+
+
+def load_refiner(settings: Settings, runtime: Runtime, source: ModelSource, base: Any):
+    """The SDXL refiner ``source`` names, sharing ``base``'s ``text_encoder_2`` and VAE (neither
+    is loaded again), in ``runtime``'s precision."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    shared = {"text_encoder_2": base.text_encoder_2, "tokenizer_2": base.tokenizer_2, "vae": base.vae,
+              "text_encoder": None, "tokenizer": None, "dtype": runtime.torch_dtype}
+    if source.kind == "single_file":
+        return StableDiffusionXLImg2ImgPipeline.from_single_file(source.location, config=REFINER_CONFIG, **shared)
+    location = source.location
+    if source.kind == "tiny":
+        from .tiny import ensure_tiny_refiner
+
+        location = str(ensure_tiny_refiner(settings.tiny_cache))
+    elif source.kind == "folder" and not Path(location).is_dir():
+        raise FileNotFoundError(f"no such folder: {location}")
+    return StableDiffusionXLImg2ImgPipeline.from_pretrained(location, **shared)
+
+
+def place_refiner(refiner: Any, settings: Settings, runtime: Runtime, options: dict[str, Any]) -> None:
+    """The base's memory options on the refiner: its attention, and its UNet on the device only
+    while it runs when the base is offloaded."""
+    if options.get("attention") == "xformers":
+        refiner.enable_xformers_memory_efficient_attention()
+    elif options.get("attention") == "slicing":
+        refiner.enable_attention_slicing()
+    if settings.cpu_offload == "model":
+        refiner.enable_model_cpu_offload(device=runtime.device)
+    elif settings.cpu_offload == "sequential":
+        refiner.enable_sequential_cpu_offload(device=runtime.device)
+    else:
+        refiner.to(runtime.device)
+    refiner.set_progress_bar_config(disable=True)

@@ -39,6 +39,8 @@ class ModeRun:
     pipe: Any
     arguments: dict[str, Any]
     finish: Callable[[Any], Any] = _identity
+    refiner: Any = None  # the refiner pipeline, when the request asks for it
+    plan: Any = None  # its RefinerPlan
 
 
 @dataclass
