@@ -101,11 +101,11 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
         [sys.executable, "-m", "sdxl_server.tools.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
          "--progress-runs", "2", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
          "--json", str(report_path)],
-        cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=_env(tiny_cache, REFINER_ID="tiny"), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout
-    for title in ("server overhead", "event loop", "progress", "memory", "cold start", "ratio server/direct"):
+    for title in ("server overhead", "event loop", "progress", "memory", "cold start", "ratio server/direct", "modes:"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -143,6 +143,15 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     assert memory["rss_mb"]["start"] > 0 and memory["rss_mb"]["max"] >= memory["rss_mb"]["end"] > 0
     assert math.isfinite(memory["growth_kb_per_job"])
     assert memory["peak_gpu_bytes"] is None and memory["it_per_s"] > 0
+
+    modes = report["sections"]["modes"]
+    steps_run = {name: mode["steps_run"] for name, mode in modes["modes"].items()}
+    assert steps_run == {  # 3 steps: image to image runs 3 x 0.75 -> 2; the image refiner adds 3 x 1/3 -> 1
+        "txt2img": 3, "img2img": 2, "inpaint": 2, "inpaint (masked area)": 2,
+        "refiner ensemble (0.8)": 3, "refiner image (0.3)": 4, "img2img + refiner ensemble": 2,
+    }
+    assert all(mode["s"]["median"] > 0 and mode["rss_max_mb"] > 0 for mode in modes["modes"].values())
+    assert modes["refiner"]["id"] == "tiny" and modes["refiner"]["load_s"] > 0
 
     cold = report["sections"]["coldstart"]
     for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .modes import modes_rows
+
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
@@ -106,6 +108,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "progress": _progress_rows,
     "memory": _memory_rows,
     "coldstart": _coldstart_rows,
+    "modes": lambda result: modes_rows(result, _s, _gib),
 }
 
 

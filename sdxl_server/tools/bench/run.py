@@ -20,6 +20,7 @@ from ... import package_version
 from ...config import Settings
 from .client import Client
 from .coldstart import section_coldstart
+from .modes import section_modes
 from .options import BenchOptions, prepare_settings
 from .sections import section_loop, section_memory, section_overhead, section_progress
 from .server import InProcessServer
@@ -55,7 +56,8 @@ async def run_server_sections(
     server: InProcessServer, opts: BenchOptions, sections: Sequence[str], on_section: Callable[[str, dict], None]
 ) -> None:
     """Run the in-process sections against a started server, reporting each as it ends."""
-    runners = {"overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory}
+    runners = {"overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory,
+               "modes": section_modes}
     connector = aiohttp.TCPConnector(limit=0)  # 100 websockets and the HTTP calls at once
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
