@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 from doubles import PausingEngine
+from files import seed_layout
 from images import b64, picture
 from PIL import Image
 from wsclient import events_until
@@ -132,10 +133,7 @@ async def test_a1111_refiner_checkpoint_and_switch_at(client):
 
 
 def test_the_seed_layout_finds_a_refiner_file_beside_the_base(settings, tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    for name in ("sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors", "sdxl.vae.safetensors"):
-        (folder / name).write_bytes(b"")
+    folder = seed_layout(tmp_path / "model")
     source = resolve_refiner_source(settings.replace(refiner_id=None, model_dir=folder))
     assert (source.kind, source.location, source.origin) == ("single_file", str(folder / "sd_xl_refiner_1.0.safetensors"), "MODEL_DIR")
     assert resolve_refiner_source(settings.replace(refiner_id=None, model_dir=tmp_path / "empty")) is None

@@ -173,7 +173,21 @@ class ErrorSchema(Schema):
     )
 
 
-class MetaSchema(Schema):
+class ModeFieldsSchema(Schema):
+    """Image to image, inpainting and refiner settings, as jobs and metadata report them."""
+
+    strength = fields.Float()
+    mask_blur = fields.Integer()
+    inpaint_area = fields.String()
+    mask_padding = fields.Integer()
+    resize_mode = fields.Integer()
+    inpainting_fill = fields.Integer()
+    refiner = fields.String(validate=validate.OneOf(REFINER_MODES))
+    refiner_switch_at = fields.Float()
+    refiner_strength = fields.Float()
+
+
+class MetaSchema(ModeFieldsSchema):
     id = fields.String()
     model_id = fields.String()
     prompt = fields.String()
@@ -195,18 +209,9 @@ class MetaSchema(Schema):
     index = fields.Integer(metadata={"description": "This image's place in its job's batch, from 0."})
     num_images = fields.Integer()
     mode = fields.String(validate=validate.OneOf(["txt2img", "img2img", "inpaint"]))
-    strength = fields.Float(metadata={"description": "Image to image and inpainting: how much was repainted."})
     refiner_id = fields.String(metadata={"description": "The refiner that ran (with refiner 'ensemble' or 'image')."})
     init_image_sha256 = fields.String(metadata={"description": "SHA-256 of the input image as it was used (PNG)."})
     mask_sha256 = fields.String(metadata={"description": "Inpainting: SHA-256 of the mask as it was used (PNG)."})
-    mask_blur = fields.Integer()
-    inpaint_area = fields.String()
-    mask_padding = fields.Integer()
-    resize_mode = fields.Integer()
-    inpainting_fill = fields.Integer()
-    refiner = fields.String(validate=validate.OneOf(REFINER_MODES))
-    refiner_switch_at = fields.Float()
-    refiner_strength = fields.Float()
 
 
 class ImageSchema(Schema):
@@ -223,7 +228,7 @@ class GenerateResponseSchema(ImageSchema):
     images = fields.List(fields.Nested(ImageSchema))
 
 
-class ParamsSchema(Schema):
+class ParamsSchema(ModeFieldsSchema):
     prompt = fields.String(required=True)
     negative_prompt = fields.String(required=True)
     width = fields.Integer(required=True)
@@ -234,16 +239,7 @@ class ParamsSchema(Schema):
     scheduler = fields.String(required=True)
     num_images = fields.Integer(required=True)
     init_image = fields.String(allow_none=True, metadata={"description": "SHA-256 of the input image (null: text to image)."})
-    strength = fields.Float()
     mask = fields.String(allow_none=True, metadata={"description": "SHA-256 of the mask (null: no inpainting)."})
-    mask_blur = fields.Integer()
-    inpaint_area = fields.String()
-    mask_padding = fields.Integer()
-    resize_mode = fields.Integer()
-    inpainting_fill = fields.Integer()
-    refiner = fields.String(validate=validate.OneOf(REFINER_MODES))
-    refiner_switch_at = fields.Float()
-    refiner_strength = fields.Float()
 
 
 class JobSchema(Schema):

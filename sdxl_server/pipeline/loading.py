@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from ..config import DEFAULT_HUB_MODEL, Settings
 from ..errors import short_message
 from .runtime import Runtime, xformers_importable
 from .sources import ModelSource
-from .tiny import ensure_tiny_model
+from .tiny import ensure_tiny_model, ensure_tiny_refiner
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,15 @@ def load_vae(location: str, config_source: str, dtype: torch.dtype):
     return AutoencoderKL.from_pretrained(str(path) if path.exists() else location, dtype=dtype)
 
 
+def _location(source: ModelSource, tiny: Callable[[], Path]) -> str:
+    """Where ``from_pretrained`` finds ``source`` (the tiny model built first if needed)."""
+    if source.kind == "tiny":
+        return str(tiny())
+    if source.kind == "folder" and not Path(source.location).is_dir():
+        raise FileNotFoundError(f"no such folder: {source.location}")
+    return source.location
+
+
 def load_pipeline(settings: Settings, runtime: Runtime, source: ModelSource):
     """The SDXL pipeline ``source`` names, in ``runtime``'s precision (not yet on its device)."""
     from diffusers import StableDiffusionXLPipeline
@@ -42,11 +52,7 @@ def load_pipeline(settings: Settings, runtime: Runtime, source: ModelSource):
         if source.vae:
             kwargs["vae"] = load_vae(source.vae, config, dtype)
         return StableDiffusionXLPipeline.from_single_file(source.location, config=config, **kwargs)
-    location = source.location
-    if source.kind == "tiny":
-        location = str(ensure_tiny_model(settings.tiny_cache))
-    elif source.kind == "folder" and not Path(location).is_dir():
-        raise FileNotFoundError(f"no such folder: {location}")
+    location = _location(source, lambda: ensure_tiny_model(settings.tiny_cache))
     if source.vae:
         kwargs["vae"] = load_vae(source.vae, location, dtype)
     if source.kind == "hub" and runtime.dtype == "float16":
@@ -83,13 +89,7 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime) -> dic
     if settings.vae_slicing:
         pipe.vae.enable_slicing()
 
-    if settings.cpu_offload == "model":
-        pipe.enable_model_cpu_offload(device=runtime.device)
-    elif settings.cpu_offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=runtime.device)
-    else:
-        pipe.to(runtime.device)
-    pipe.set_progress_bar_config(disable=True)  # the server reports progress itself
+    _place(pipe, settings, runtime)
     return {
         "attention": attention,
         "vae_tiling": tiling,
@@ -112,13 +112,7 @@ def load_refiner(settings: Settings, runtime: Runtime, source: ModelSource, base
               "text_encoder": None, "tokenizer": None, "dtype": runtime.torch_dtype}
     if source.kind == "single_file":
         return StableDiffusionXLImg2ImgPipeline.from_single_file(source.location, config=REFINER_CONFIG, **shared)
-    location = source.location
-    if source.kind == "tiny":
-        from .tiny import ensure_tiny_refiner
-
-        location = str(ensure_tiny_refiner(settings.tiny_cache))
-    elif source.kind == "folder" and not Path(location).is_dir():
-        raise FileNotFoundError(f"no such folder: {location}")
+    location = _location(source, lambda: ensure_tiny_refiner(settings.tiny_cache))
     return StableDiffusionXLImg2ImgPipeline.from_pretrained(location, **shared)
 
 
@@ -129,10 +123,15 @@ def place_refiner(refiner: Any, settings: Settings, runtime: Runtime, options: d
         refiner.enable_xformers_memory_efficient_attention()
     elif options.get("attention") == "slicing":
         refiner.enable_attention_slicing()
+    _place(refiner, settings, runtime)
+
+
+def _place(pipe: Any, settings: Settings, runtime: Runtime) -> None:
+    """On the device, or offloaded to the CPU between uses (CPU_OFFLOAD); no progress bars."""
     if settings.cpu_offload == "model":
-        refiner.enable_model_cpu_offload(device=runtime.device)
+        pipe.enable_model_cpu_offload(device=runtime.device)
     elif settings.cpu_offload == "sequential":
-        refiner.enable_sequential_cpu_offload(device=runtime.device)
+        pipe.enable_sequential_cpu_offload(device=runtime.device)
     else:
-        refiner.to(runtime.device)
-    refiner.set_progress_bar_config(disable=True)
+        pipe.to(runtime.device)
+    pipe.set_progress_bar_config(disable=True)  # the server reports progress itself
