@@ -213,3 +213,13 @@ async def test_save_inputs_keeps_them(make_client, settings):
     data, _ = await _generate(client, init_image=b64(picture(64, 64)), mask=b64(right_half_mask(64, 64)), steps=2)
     kept = {path.stem for path in (settings.output_dir / "inputs").glob("*.png")}
     assert kept == {data["meta"]["init_image_sha256"], data["meta"]["mask_sha256"]}
+
+
+async def test_a_job_adopted_from_its_metadata_keeps_its_mode(client):
+    from sdxl_server.jobs.housekeeping import adopted_record
+    from sdxl_server.params import GenerationParams
+
+    data, _ = await _generate(client, init_image=b64(picture(64, 64)), mask=b64(right_half_mask(64, 64)), steps=2)
+    record = adopted_record(data["id"], [data["meta"]], client.app[keys.STORE], 0.0)
+    params = GenerationParams(**record["params"])
+    assert params.mode == "inpaint" and params.init_image == data["meta"]["init_image_sha256"]
