@@ -41,7 +41,7 @@ expect.set_options(timeout=SHORT)
 
 
 # On top of LiveServer's tiny-model defaults.
-SERVER_SETTINGS = {"DEFAULT_STEPS": "4", "MAX_WIDTH": "512", "MAX_HEIGHT": "512"}
+SERVER_SETTINGS = {"DEFAULT_STEPS": "4", "MAX_WIDTH": "512", "MAX_HEIGHT": "512", "REFINER_ID": "tiny"}
 
 
 API_KEY = "s3cret-key"
@@ -521,3 +521,18 @@ def test_image_to_image_with_a_painted_mask_changes_only_the_masked_region(page,
 
     page.get_by_role("button", name="Use as input").click()  # the result becomes the next input
     expect(page.locator("#init-preview")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+
+
+def test_the_refiner_choice_runs_the_refiner(page, server):
+    open_page(page)
+    fill_form(page, prompt="a harbour", width=64, height=64, steps=10)
+    switch = page.get_by_label("Switch at", exact=True)
+    expect(switch).to_be_disabled()
+    page.get_by_label("Refiner", exact=True).select_option("ensemble")
+    expect(switch).to_be_enabled()
+    switch.fill("0.7")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    expect(page.locator("#result-params")).to_contain_text("ensemble")
+    meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+    assert (meta["refiner"], meta["refiner_switch_at"], meta["refiner_id"]) == ("ensemble", 0.7, "tiny")
