@@ -224,6 +224,11 @@ class Settings:
     vae_id: str | None = _setting(
         "VAE_ID", None, _optional_str, "replacement VAE: Hub id, folder or .safetensors (e.g. an fp16-fix VAE)"
     )
+    refiner_id: str | None = _setting(
+        "REFINER_ID", None, _optional_str,
+        "SDXL refiner: Hub id, diffusers folder, single .safetensors file, or 'tiny'. Unset: a *refiner* "
+        "checkpoint or folder in MODEL_DIR, if any. Loads on the first request that asks (at start with PRELOAD)",
+    )
     tiny_cache: Path | None = _setting(
         "TINY_CACHE", None, lambda raw: _path(raw) if raw.strip() else None,
         "where MODEL_ID=tiny is built (default ~/.cache/sdxl_server)",
@@ -292,6 +297,14 @@ class Settings:
     queue_size: int = _setting("QUEUE_SIZE", 8, _int_range(0, 10_000), "jobs that may wait behind the running one (0: none)")
     max_prompt_length: int = _setting("MAX_PROMPT_LENGTH", 2000, _int_range(1, 100_000), "characters per prompt")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", 65536, _int_range(1024, 16 * 1024 * 1024), "request body size")
+    max_image_body_bytes: int = _setting(
+        "MAX_IMAGE_BODY_BYTES", 32 * 1024 * 1024, _int_range(1024, 1024 * 1024 * 1024),
+        "request body size on the routes that carry images (a PNG at the largest size plus a mask, base64)",
+    )
+    max_input_pixels: int = _setting(
+        "MAX_INPUT_PIXELS", 4096 * 4096, _int_range(64 * 64, 1 << 30),
+        "most pixels an input image may have (larger ones are refused before decoding; smaller ones are fitted)",
+    )
 
     # Prompts and LoRAs
     prompt_syntax: str = _setting(
@@ -361,6 +374,9 @@ class Settings:
     host: str = _setting("HOST", "0.0.0.0", lambda raw: raw.strip() or "0.0.0.0", "address to listen on")
     port: int = _setting("PORT", 8001, _int_range(0, 65535), "port to listen on")
     output_dir: Path = _setting("OUTPUT_DIR", Path("outputs"), _path, "where images and metadata are written")
+    save_inputs: bool = _setting(
+        "SAVE_INPUTS", False, _bool, "keep input images and masks in OUTPUT_DIR/inputs after their job ends"
+    )
     log_level: str = _setting(
         "LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "logging level"
     )

@@ -46,6 +46,12 @@ class ValidationFailed(ApiError):
     status, code = 422, "validation_error"
 
 
+class ImageTooLarge(ApiError):
+    """An input image with more pixels than the server decodes (refused before decoding it)."""
+
+    status, code = 413, "image_too_large"
+
+
 class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 
@@ -106,6 +112,12 @@ class Interrupted(ApiError):
     """The server stopped (a crash) while the job ran."""
 
     status, code = 500, "interrupted"
+
+
+class InputMissing(ApiError):
+    """A queued job's input image is no longer in OUTPUT_DIR/inputs."""
+
+    status, code = 500, "input_missing"
 
 
 class OutputMissing(ApiError):

@@ -21,10 +21,10 @@ class GatedEngine(Engine):
         self.entered = threading.Semaphore(0)
         self.gate = threading.Event()
 
-    def generate(self, params, on_step, cancelled):
+    def generate(self, params, on_step, cancelled, **inputs):
         self.entered.release()
         _wait_until(lambda: self.gate.is_set() or cancelled())
-        return super().generate(params, on_step, cancelled)
+        return super().generate(params, on_step, cancelled, **inputs)
 
 
 def _wait_until(condition, limit_s: float = 60) -> None:
@@ -77,13 +77,13 @@ class PausingEngine(Engine):
         super().__init__(settings)
         self.pause_after = pause_after
 
-    def generate(self, params, on_step, cancelled):
+    def generate(self, params, on_step, cancelled, **inputs):
         def pausing(step, total, latents):
             on_step(step, total, latents)
             if step == self.pause_after:
                 _wait_until(cancelled)
 
-        return super().generate(params, pausing, cancelled)
+        return super().generate(params, pausing, cancelled, **inputs)
 
 
 class SmallMemoryEngine(Engine):

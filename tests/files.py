@@ -13,3 +13,11 @@ def output_files(output_dir: Path) -> list[str]:
         if (output_dir / folder).is_dir()
         for p in (output_dir / folder).iterdir()
     )
+
+
+def seed_layout(folder: Path) -> Path:
+    """The seed's loose model folder: base, refiner and VAE checkpoints side by side (empty files)."""
+    folder.mkdir()
+    for name in ("sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors", "sdxl.vae.safetensors"):
+        (folder / name).write_bytes(b"")
+    return folder

@@ -1,10 +1,44 @@
-"""Generate through the API and read the PNG back: what the prompt, LoRA and model tests compare."""
+"""Test images: inputs for the image-to-image tests (made in memory, sent as base64 or files), and
+generating through the API to read the PNG back (what the prompt, LoRA and model tests compare)."""
 
 from __future__ import annotations
 
+import base64
 import io
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def b64(data: bytes | Image.Image, fmt: str = "PNG") -> str:
+    raw = data if isinstance(data, bytes) else encode(data, fmt)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def picture(width: int = 96, height: int = 64) -> Image.Image:
+    """A picture with structure (gradients and a square), so a repaint shows."""
+    x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)
+    y = np.linspace(255, 0, height, dtype=np.uint8)[:, None].repeat(width, 1)
+    image = Image.fromarray(np.stack([x, y, np.full_like(x, 90)], axis=-1))
+    ImageDraw.Draw(image).rectangle((width // 8, height // 8, width // 3, height // 3), fill=(250, 250, 20))
+    return image
+
+
+def right_half_mask(width: int = 96, height: int = 64) -> Image.Image:
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle((width // 2, 0, width - 1, height - 1), fill=255)
+    return mask
+
+
+def png_array(data: bytes) -> np.ndarray:
+    """An image file's RGB pixels as integers (differences do not wrap around)."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
 
 
 async def generate_png(client, body: dict, path: str = "/api/v1/generate") -> tuple[dict, Image.Image]:

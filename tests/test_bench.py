@@ -101,12 +101,12 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
         [sys.executable, "-m", "sdxl_server.tools.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
          "--progress-runs", "2", "--previews", "--health-flood", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
          "--json", str(report_path)],
-        cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=_env(tiny_cache, REFINER_ID="tiny"), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout
     for title in ("server overhead", "event loop", "progress", "memory", "batch", "PNG encode", "cold start",
-                  "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu"):
+                  "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -155,6 +155,15 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     assert set(png["images"]) == {"generated", "smooth"} and png["levels"] == [0, 1, 3, 6, 9]
     smooth = png["images"]["smooth"]
     assert smooth["9"]["bytes"] < smooth["0"]["bytes"] and all(r["encode_ms"] > 0 for r in smooth.values())
+
+    modes = report["sections"]["modes"]
+    steps_run = {name: mode["steps_run"] for name, mode in modes["modes"].items()}
+    assert steps_run == {  # 3 steps: image to image runs 3 x 0.75 -> 2; the image refiner adds 3 x 1/3 -> 1
+        "txt2img": 3, "img2img": 2, "inpaint": 2, "inpaint (masked area)": 2,
+        "refiner ensemble (0.8)": 3, "refiner image (0.3)": 4, "img2img + refiner ensemble": 2,
+    }
+    assert all(mode["s"]["median"] > 0 and mode["rss_max_mb"] > 0 for mode in modes["modes"].values())
+    assert modes["refiner"]["id"] == "tiny" and modes["refiner"]["load_s"] > 0
 
     cold = report["sections"]["coldstart"]
     for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):

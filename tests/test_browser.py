@@ -41,7 +41,7 @@ expect.set_options(timeout=SHORT)
 
 
 # On top of LiveServer's tiny-model defaults.
-SERVER_SETTINGS = {"DEFAULT_STEPS": "4", "MAX_WIDTH": "512", "MAX_HEIGHT": "512"}
+SERVER_SETTINGS = {"DEFAULT_STEPS": "4", "MAX_WIDTH": "512", "MAX_HEIGHT": "512", "REFINER_ID": "tiny"}
 
 
 API_KEY = "s3cret-key"
@@ -532,3 +532,59 @@ def test_model_and_lora_pickers_and_the_token_counter(servers, browser):
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_image_to_image_with_a_painted_mask_changes_only_the_masked_region(page, server, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    x = np.linspace(0, 255, 128, dtype=np.uint8)[None, :].repeat(128, 0)
+    source = Image.fromarray(np.stack([x, x.T, np.full_like(x, 80)], axis=-1))
+    path = tmp_path / "input.png"
+    source.save(path)
+
+    open_page(page)
+    page.get_by_label("Prompt", exact=True).fill("a red door")
+    page.locator("#init-file").set_input_files(str(path))
+    canvas = page.get_by_label("Mask: paint the area to repaint")
+    expect(canvas).to_be_visible()
+    expect(page.get_by_label("Width", exact=True)).to_have_value("128")  # the output takes the input's size
+    page.get_by_label("Brush").fill("32")
+    box = canvas.bounding_box()
+    for fraction in (0.75, 0.9):  # two strokes down the right side: x from 0.625 to 1.0 of the width
+        page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] - 2, steps=12)
+        page.mouse.up()
+    page.get_by_label("Strength").fill("1")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    expect(page.locator("#result-params")).to_contain_text("inpainting")
+
+    response = page.request.get(page.get_by_role("link", name="Download PNG").get_attribute("href"))
+    out = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB")).astype(int)
+    original = np.asarray(source).astype(int)
+    assert out.shape == original.shape
+    keep = slice(0, 128 * 5 // 8 - 16 - 12)  # left of the strokes, their brush radius and the mask blur
+    assert (out[:, keep] == original[:, keep]).all()  # only the masked region changed
+    assert np.abs(out[:, 100:] - original[:, 100:]).mean() > 1  # and it did change
+
+    page.get_by_role("button", name="Use as input").click()  # the result becomes the next input
+    expect(page.locator("#init-preview")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+
+
+def test_the_refiner_choice_runs_the_refiner(page, server):
+    open_page(page)
+    fill_form(page, prompt="a harbour", width=64, height=64, steps=10)
+    switch = page.get_by_label("Switch at", exact=True)
+    expect(switch).to_be_disabled()
+    page.get_by_label("Refiner", exact=True).select_option("ensemble")
+    expect(switch).to_be_enabled()
+    switch.fill("0.7")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    expect(page.locator("#result-params")).to_contain_text("ensemble")
+    meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+    assert (meta["refiner"], meta["refiner_switch_at"], meta["refiner_id"]) == ("ensemble", 0.7, "tiny")

@@ -44,3 +44,12 @@ def test_bad_settings_are_reported(settings):
     out = io.StringIO()
     assert check_model(settings.replace(device="cuda"), out) == 2
     assert "error: DEVICE=cuda but CUDA is not available" in out.getvalue()
+
+
+def test_reports_the_refiner(tiny_cache):
+    done = _check(tiny_cache, MODEL_ID="tiny", REFINER_ID="tiny")
+    assert done.returncode == 0, done.stderr
+    assert "refiner: tiny (tiny, chosen by REFINER_ID)" in done.stdout
+    assert "refiner: loaded in" in done.stdout
+    done = _check(tiny_cache, MODEL_ID="tiny", REFINER_ID="/nowhere/refiner")
+    assert done.returncode == 1 and "refiner: FAILED" in done.stdout and "REFINER_ID" in done.stdout

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from doubles import OverflowingVaeEngine
+from files import seed_layout
 from PIL import Image
 
 from sdxl_server.api import keys
@@ -36,10 +37,7 @@ def test_resolution_order_model_id_then_model_dir_then_hub(settings, tiny_model_
 
 
 def test_seed_layout_folder_of_loose_safetensors(settings, tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    for name in ("sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors", "sdxl.vae.safetensors"):
-        (folder / name).write_bytes(b"")
+    folder = seed_layout(tmp_path / "model")
     source = resolve_model_source(settings.replace(model_id=None, model_dir=folder))
     assert source.kind == "single_file"
     assert source.location == str(folder / "sd_xl_base_1.0.safetensors")

@@ -6,13 +6,16 @@ cancels a job, which then stays visible with status ``cancelled`` by design). Th
 A1111 routes follow those APIs, whose bodies carry rules JSON Schema cannot say (A1111's
 ``batch_size`` x ``n_iter`` limit, OpenAI's ``size`` within the limits), so for them the
 "schema-valid request accepted / invalid rejected" checks are left out; everything they answer
-must still conform to the spec, and none may be a 5xx.
+must still conform to the spec, and none may be a 5xx. Requests with images get real images
+where the generated value is schema-valid (``schemathesis_hooks.py`` says why).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from live_server import LiveServer
@@ -31,7 +34,8 @@ RUNS = {
 def server(tiny_cache, tmp_path_factory):
     live = LiveServer(
         tiny_cache, tmp_path_factory.mktemp("schemathesis") / "outputs",
-        MAX_WIDTH="64", MAX_HEIGHT="64", MAX_STEPS="1", DEFAULT_STEPS="1", MAX_BATCH="2", QUEUE_SIZE="4",
+        MAX_WIDTH="64", MAX_HEIGHT="64", MAX_STEPS="2", DEFAULT_STEPS="1", MAX_BATCH="2", QUEUE_SIZE="4",
+        REFINER_ID="tiny",
     ).wait_ready()
     yield live
     live.stop()
@@ -46,6 +50,7 @@ def test_schemathesis_finds_nothing(server, run, tmp_path):
             "--phases", "examples,coverage,fuzzing,stateful",
         ],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py"))},
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert " passed" in done.stdout

@@ -129,12 +129,20 @@ async def test_wrong_content_type_is_415(client, content_type):
     assert body["error"] == "unsupported_media_type" and "application/json" in body["message"]
 
 
-async def test_oversized_body_is_413(client, settings):
+async def test_oversized_body_is_413(make_client, settings):
+    """MAX_BODY_BYTES on routes without images; MAX_IMAGE_BODY_BYTES on those that carry them."""
+    settings = settings.replace(max_image_body_bytes=200_000)
+    client = await make_client(settings)
     body = json.dumps({"prompt": "x" * (settings.max_body_bytes + 10)})
-    resp = await client.post("/api/v1/generate", data=body, headers={"Content-Type": "application/json"})
+    resp = await client.post("/sdapi/v1/txt2img", data=body, headers={"Content-Type": "application/json"})
     assert resp.status == 413
     error = await resp.json()
     assert error["error"] == "body_too_large" and str(settings.max_body_bytes) in error["message"]
+    body = json.dumps({"prompt": "x" * (settings.max_image_body_bytes + 10)})
+    resp = await client.post("/api/v1/generate", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    error = await resp.json()
+    assert error["error"] == "body_too_large" and str(settings.max_image_body_bytes) in error["message"]
 
 
 async def test_unicode_prompts_within_limits_are_accepted(client):

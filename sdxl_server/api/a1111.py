@@ -2,7 +2,9 @@
 
 ``txt2img`` is translated into our own request and validated by the same schema, so limits,
 queue and outputs are shared; ``progress`` reports the running job; ``interrupt`` cancels it.
-Model switching, hires fix, refiners, scripts, face restoration and styles are not supported:
+``refiner_checkpoint`` (any name: the server has one refiner, REFINER_ID) with ``refiner_switch_at``
+runs the refiner as an ensemble. Model switching, hires fix, scripts, face restoration and styles
+are not supported:
 their fields are accepted and ignored, as A1111 itself ignores fields it does not know.
 Never imports torch.
 """
@@ -21,8 +23,8 @@ from marshmallow import validate as validate_
 
 from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
-from ..params import SCHEDULERS
-from . import keys
+from ..params import SCHEDULERS, GenerationParams
+from . import image_inputs, keys
 from .loras import with_loras
 from .models import usable_entries, with_model
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
@@ -53,7 +55,8 @@ _BY_NAME = {
     for key in (label, scheduler, *aliases)
 }
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
-NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size"}
+NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
+         "refiner": "refiner_checkpoint"}
 
 
 class Txt2ImgSchema(Schema):
@@ -75,6 +78,9 @@ class Txt2ImgSchema(Schema):
     batch_size = StrictInteger(load_default=1, validate=validate_.Range(min=1))
     n_iter = StrictInteger(load_default=1, validate=validate_.Range(min=1))
     send_images = fields.Boolean(load_default=True)
+    refiner_checkpoint = fields.String(load_default=None, allow_none=True,
+                                       metadata={"description": "Any refiner name runs the configured refiner; empty or 'None': no refiner."})
+    refiner_switch_at = StrictFloat(load_default=0.8)
 
 
 class ProgressQuerySchema(Schema):
@@ -123,7 +129,7 @@ def _scheduler(sampler: str | None, schedule: str | None) -> str:
     return scheduler
 
 
-def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     request = validate(Txt2ImgSchema(), body)
     core: dict[str, Any] = {
         "prompt": request["prompt"],
@@ -138,15 +144,23 @@ def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     for ours, theirs in (("width", "width"), ("height", "height"), ("steps", "steps"), ("guidance_scale", "cfg_scale")):
         if request[theirs] is not None:
             core[ours] = request[theirs]
+    if (request["refiner_checkpoint"] or "None").strip() not in ("", "None"):
+        core.update(refiner="ensemble", refiner_switch_at=request["refiner_switch_at"])
     return core, request
 
 
 async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
-    core, original = _core_request(await read_json_object(request))
-    params = await with_model(app, await with_loras(app, to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES))), "override_settings")
-    result = await app[keys.QUEUE].generate(params)
+    core, original = core_request(await read_json_object(request))
+    return await respond(app, to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES)), original)
+
+
+async def respond(app: web.Application, params: GenerationParams, original: dict[str, Any]) -> web.Response:
+    """Run ``params`` (its LoRAs and model checked) and answer as A1111 does: ``{images, parameters,
+    info}`` (``original``: the A1111 request as loaded, echoed in ``parameters``)."""
+    params = await with_model(app, await with_loras(app, params), "override_settings")
+    result = await image_inputs.generate(app, params, names=NAMES)
     images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
     metas = [image["meta"] for image in images]
     encoded = await app[keys.STORE].images_base64([i["id"] for i in images]) if original["send_images"] else []
@@ -172,7 +186,7 @@ async def txt2img(request: web.Request) -> web.Response:
         "sd_model_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": 0,
+        "denoising_strength": params.strength if params.init_image else 0,
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
@@ -180,6 +194,7 @@ async def txt2img(request: web.Request) -> web.Response:
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(result["id"])).created_at)),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
+        "mask_blur": params.mask_blur if params.mask else None,
         "version": "sdxl_server",
     }
     parameters = {

@@ -26,6 +26,7 @@ from ..pipeline.model_catalog import ModelCatalog
 from . import keys, websocket
 from .contexts import CONTEXTS
 from .forwarded import forwarded_middleware
+from .limits import body_limit_middleware
 from .middleware import error_middleware
 from .openapi import build_spec
 from .routes import add_routes
@@ -90,7 +91,8 @@ def _on_second_signal(callback: Callable[[], None]) -> None:
 def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``."""
     app = Application(
-        middlewares=[error_middleware, forwarded_middleware, cors_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[error_middleware, forwarded_middleware, cors_middleware, auth_middleware, body_limit_middleware],
+        client_max_size=settings.max_body_bytes
     )
     app.on_response_prepare.append(add_cors_headers)
     app[keys.SETTINGS] = settings

@@ -19,6 +19,7 @@ from ..jobs.housekeeping import enforce_retention, recover
 from ..jobs.job import Work
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
+from ..jobs.states import TERMINAL_EVENTS
 from ..jobs.store import JobStore
 from ..jobs.work import GenerationWork
 from . import a1111, keys
@@ -32,7 +33,7 @@ CLOSE_WAIT_S = 30.0  # how long the engine's release may wait for the worker thr
 
 async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    store = OutputStore(settings.output_dir, png_compress_level=settings.png_compress_level)
+    store = OutputStore(settings.output_dir, png_compress_level=settings.png_compress_level, save_inputs=settings.save_inputs)
     store.prepare()
     app[keys.STORE] = store
     yield
@@ -95,6 +96,13 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     def publish(event: dict) -> None:
         metrics.observe(event)
         hub.publish(event)
+        if event["type"] in TERMINAL_EVENTS:
+            sweep_inputs()
+
+    def sweep_inputs() -> None:
+        """Delete the input images no queued or running job needs any more (unless SAVE_INPUTS)."""
+        active = [job for job in queue.active() if not job.status.terminal]
+        app[keys.STORE].inputs.sweep(h for job in active for h in (job.params.init_image, job.params.mask))
 
     queue = JobQueue(
         work, app[keys.EXECUTOR], app[keys.JOB_STORE],
@@ -105,6 +113,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
     report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)
     queue.restore(report.requeued)
+    sweep_inputs()
     queue.start()
     yield
     await queue.stop()  # already stopped by drain() when the app was shut down

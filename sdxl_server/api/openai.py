@@ -96,7 +96,12 @@ async def images_generations(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     core, response_format = _core_request(body)
     params = await with_model(app, await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES))))
-    result = await app[keys.QUEUE].generate(params)
+    return await images_response(request, await app[keys.QUEUE].generate(params), response_format)
+
+
+async def images_response(request: web.Request, result: dict[str, Any], response_format: str) -> web.Response:
+    """A finished job as OpenAI answers: ``{created, data: [{url} | {b64_json}]}``."""
+    app = request.app
     images = result.get("images") or [{"id": result["id"], "image_url": result["image_url"]}]
     if response_format == "b64_json":
         data = [{"b64_json": blob} for blob in await app[keys.STORE].images_base64([image["id"] for image in images])]

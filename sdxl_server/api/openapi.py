@@ -17,16 +17,18 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from ..config import Settings
-from . import a1111, openai, schemas
+from . import a1111, a1111_img2img, openai, openai_edits, schemas
 
 JSON = "application/json"
+MULTIPART = "multipart/form-data"
 ERRORS = {
     400: "The body is empty, not UTF-8, not JSON, or not a JSON object",
     401: "A valid API key is needed (when API_KEY is set)",
     403: "The origin is not allowed (CORS_ORIGINS)",
     404: "No such resource",
     409: "The job finished, or was cancelled",
-    413: "The body is larger than MAX_BODY_BYTES",
+    413: "The body is larger than MAX_BODY_BYTES (MAX_IMAGE_BODY_BYTES on routes that carry images), or an "
+         "image has more than MAX_INPUT_PIXELS pixels",
     415: "The body is not JSON",
     422: "Invalid fields; `fields` names every one",
     429: "QUEUE_SIZE jobs already wait; see Retry-After",
@@ -48,6 +50,7 @@ class Operation:
     tags: tuple[str, ...] = ()
     path_params: tuple[str, ...] = field(default=())
     error_schema: str = "Error"
+    body_type: str = JSON
 
 
 def _errors(*statuses: int) -> dict[int, Any]:
@@ -137,6 +140,15 @@ OPERATIONS: list[Operation] = [
     Operation("post", "/sdapi/v1/refresh-loras", "AUTOMATIC1111 API: scan LORA_DIR again", {
         200: (JSON, "Done (null)", NULL), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/img2img", "AUTOMATIC1111 API: image to image and inpainting", {
+        200: "Txt2ImgResponse", **_errors(400, 401, 409, 413, 415, 422, 429, 500, 503),
+    }, body="Img2ImgRequest", error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/v1/images/edits", "OpenAI Images API: edit an image (mask: transparent = edit)", {
+        200: "OpenAIImagesResponse", **_errors(400, 401, 409, 413, 415, 429, 500, 503),
+    }, body="OpenAIImageEditRequest", error_schema="OpenAIError", tags=("openai",), body_type=MULTIPART),
+    Operation("post", "/v1/images/variations", "OpenAI Images API: variations of an image", {
+        200: "OpenAIImagesResponse", **_errors(400, 401, 409, 413, 415, 429, 500, 503),
+    }, body="OpenAIImageVariationRequest", error_schema="OpenAIError", tags=("openai",), body_type=MULTIPART),
     Operation("get", "/outputs/images/{filename}", "A generated image: `{id}.png`", {
         200: ("image/png", "The PNG, with a `parameters` text chunk", None), **_errors(401, 404),
     }, path_params=("filename",), tags=("outputs",)),
@@ -185,6 +197,9 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         ("LoraList", schemas.LoraListSchema), ("A1111Lora", schemas.A1111LoraSchema),
         ("ModelList", schemas.ModelListSchema),
         ("TokenizeRequest", schemas.tokenize_request_schema(settings)), ("TokenizeResponse", schemas.TokenizeResponseSchema),
+        ("Img2ImgRequest", a1111_img2img.img2img_schema_for_spec(settings)),
+        ("OpenAIImageEditRequest", openai_edits.edits_schema_for_spec(settings)),
+        ("OpenAIImageVariationRequest", openai_edits.variations_schema_for_spec(settings)),
     ):
         spec.components.schema(name, schema=schema)
     if settings.api_key:
@@ -199,7 +214,7 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
             },
         }
         if op.body:
-            operation["requestBody"] = {"required": True, "content": {JSON: {"schema": op.body}}}
+            operation["requestBody"] = {"required": True, "content": {op.body_type: {"schema": op.body}}}
         parameters: list[dict[str, Any]] = [
             {"in": "path", "name": name, "required": True, "schema": {"type": "string"}} for name in op.path_params
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import a1111, keys, loras, models, openai, tokens, views, websocket
+from . import a1111, a1111_img2img, keys, loras, models, openai, openai_edits, tokens, views, websocket
 
 
 def add_routes(app: web.Application) -> None:
@@ -38,6 +38,9 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/api/v1/loras/refresh", loras.refresh_loras)
     router.add_get("/sdapi/v1/loras", loras.a1111_loras)
     router.add_post("/sdapi/v1/refresh-loras", loras.a1111_refresh_loras)
+    router.add_post("/sdapi/v1/img2img", a1111_img2img.img2img)
+    router.add_post("/v1/images/edits", openai_edits.edits)
+    router.add_post("/v1/images/variations", openai_edits.variations)
     router.add_get("/outputs/images/{filename}", views.output_image)
     router.add_get("/outputs/metadata/{filename}", views.output_metadata)
     if app[keys.STATIC_DIR].is_dir():

@@ -14,7 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
-from ..params import MAX_SEED, SCHEDULERS, GenerationParams
+from ..params import MAX_SEED, REFINER_MODES, SCHEDULERS, GenerationParams
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 
@@ -94,6 +94,7 @@ class LoraChoiceSchema(Schema):
 
 def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
     """The fields of a generation request, with this server's limits and defaults."""
+    from .image_inputs import image_request_fields  # it builds on the field types above
     text = validate.Length(max=settings.max_prompt_length)
     return {
         "prompt": StrictString(
@@ -139,6 +140,22 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             metadata={"description": f"LoRAs from LORA_DIR for this job only (at most {settings.max_loras}); "
                                      "GET /api/v1/loras lists them."},
         ),
+        **image_request_fields(settings),
+        "refiner": fields.String(
+            load_default="none", validate=validate.OneOf(REFINER_MODES),
+            metadata={"description": "'ensemble': the base stops at refiner_switch_at and the refiner finishes the "
+                      "latents; 'image': the refiner repaints the base's image at refiner_strength. Needs a "
+                      "refiner (REFINER_ID; /api/v1/info says)."},
+        ),
+        "refiner_switch_at": StrictFloat(
+            load_default=0.8, validate=validate.Range(min=0, max=1, min_inclusive=False, max_inclusive=False),
+            metadata={"description": "With refiner 'ensemble': the fraction of the schedule the base runs.",
+                      "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        ),
+        "refiner_strength": StrictFloat(
+            load_default=0.3, validate=validate.Range(min=0, max=1, min_inclusive=False),
+            metadata={"description": "With refiner 'image': how much the refiner repaints.", "exclusiveMinimum": 0},
+        ),
     }
 
 
@@ -178,7 +195,21 @@ class ErrorSchema(Schema):
     )
 
 
-class MetaSchema(Schema):
+class ModeFieldsSchema(Schema):
+    """Image to image, inpainting and refiner settings, as jobs and metadata report them."""
+
+    strength = fields.Float()
+    mask_blur = fields.Integer()
+    inpaint_area = fields.String()
+    mask_padding = fields.Integer()
+    resize_mode = fields.Integer()
+    inpainting_fill = fields.Integer()
+    refiner = fields.String(validate=validate.OneOf(REFINER_MODES))
+    refiner_switch_at = fields.Float()
+    refiner_strength = fields.Float()
+
+
+class MetaSchema(ModeFieldsSchema):
     id = fields.String()
     model_id = fields.String()
     prompt = fields.String()
@@ -203,6 +234,10 @@ class MetaSchema(Schema):
     loras = fields.List(fields.Nested(LoraChoiceSchema))
     lora_hashes = fields.Dict(keys=fields.String(), values=fields.String(),
                               metadata={"description": "A1111's short hash of each LoRA file, by name."})
+    mode = fields.String(validate=validate.OneOf(["txt2img", "img2img", "inpaint"]))
+    refiner_id = fields.String(metadata={"description": "The refiner that ran (with refiner 'ensemble' or 'image')."})
+    init_image_sha256 = fields.String(metadata={"description": "SHA-256 of the input image as it was used (PNG)."})
+    mask_sha256 = fields.String(metadata={"description": "Inpainting: SHA-256 of the mask as it was used (PNG)."})
 
 
 class ImageSchema(Schema):
@@ -219,7 +254,7 @@ class GenerateResponseSchema(ImageSchema):
     images = fields.List(fields.Nested(ImageSchema))
 
 
-class ParamsSchema(Schema):
+class ParamsSchema(ModeFieldsSchema):
     prompt = fields.String(required=True)
     negative_prompt = fields.String(required=True)
     width = fields.Integer(required=True)
@@ -231,6 +266,8 @@ class ParamsSchema(Schema):
     num_images = fields.Integer(required=True)
     model = fields.String(metadata={"description": "The model the job runs on."})
     loras = fields.List(fields.Nested(LoraChoiceSchema))
+    init_image = fields.String(allow_none=True, metadata={"description": "SHA-256 of the input image (null: text to image)."})
+    mask = fields.String(allow_none=True, metadata={"description": "SHA-256 of the mask (null: no inpainting)."})
 
 
 class JobSchema(Schema):
@@ -304,8 +341,11 @@ class HealthSchema(Schema):
     dtype = fields.String(required=True)
     gpu = fields.Dict(required=True, allow_none=True)
     model = fields.Nested(HealthModelSchema, required=True)
+    refiner = fields.Dict(required=True, allow_none=True, metadata={"description": "The refiner (null: none configured): id, source, location, origin, state, loaded, load_seconds, error."})
     attention = fields.String(required=True, allow_none=True)
     options = fields.Dict(required=True)
+    compile = fields.Dict(metadata={"description": "COMPILE: mode, state (off, compiling, ready, failed), seconds, "
+                                                   "dynamic, cache_dir, error."})
     versions = fields.Dict(required=True)
     queue = fields.Nested(HealthQueueSchema, required=True)
     backend = fields.Dict(
@@ -319,6 +359,7 @@ class InfoSchema(Schema):
     model = fields.Dict(required=True)
     models = fields.Dict(metadata={"description": "running, loaded (name -> where), default, available."})
     prompt_syntax = fields.String(metadata={"description": "a1111 or plain (PROMPT_SYNTAX)."})
+    refiner = fields.Dict(required=True, allow_none=True, metadata={"description": "The refiner (id, state, defaults); null: none configured."})
     limits = fields.Dict(required=True)
     defaults = fields.Dict(required=True)
     schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

@@ -17,14 +17,15 @@ from .. import __version__
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.describe import describe
 from ..jobs.states import JOB_STATUSES, JobStatus
-from ..params import MAX_SEED, SCHEDULERS
-from . import keys
+from ..params import MAX_SEED, SCHEDULERS, GenerationParams
+from . import image_inputs, keys
 from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
 from .openapi import with_local_names
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
-from .validation import load_body, validate
+from .image_inputs import with_inputs
+from .validation import read_json_object, validate
 
 CANCEL_WAIT_S = 10.0
 
@@ -126,6 +127,7 @@ async def server_info(request: web.Request) -> web.Response:
                 "available": [e.name for e in request.app[keys.MODELS].entries() if not e.broken],
             },
             "prompt_syntax": settings.prompt_syntax,
+            "refiner": _refiner_summary(described.get("refiner")),
             "limits": {
                 "min_size": MIN_SIZE,
                 "size_multiple": 8,
@@ -151,6 +153,13 @@ async def server_info(request: web.Request) -> web.Response:
     )
 
 
+def _refiner_summary(refiner: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The refiner a page or client may offer (null: none configured)."""
+    if refiner is None:
+        return None
+    return {"id": refiner["id"], "state": refiner["state"], "defaults": {"refiner_switch_at": 0.8, "refiner_strength": 0.3}}
+
+
 IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
@@ -170,19 +179,30 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
     return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
 
 
+async def _generation_request(request: web.Request) -> dict[str, Any]:
+    """The validated request, its images (if any) decoded and stored: they are named by SHA-256."""
+    body = await read_json_object(request)
+    return await with_inputs(request.app, validate(request.app[keys.GENERATE_SCHEMA], body), body)
+
+
+async def _checked_params(request: web.Request, data: dict[str, Any]) -> GenerationParams:
+    """The job's parameters for a validated request, its LoRAs and model checked."""
+    return await with_model(request.app, await with_loras(request.app, to_params(data)))
+
+
 async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
-    data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
-    result = await request.app[keys.QUEUE].generate(await with_model(request.app, await with_loras(request.app, to_params(data))), **_idempotency(request, data))
+    data = await _generation_request(request)
+    result = await image_inputs.generate(request.app, await _checked_params(request, data), **_idempotency(request, data))
     return web.json_response(result)
 
 
 async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
-    data = await load_body(request, request.app[keys.GENERATE_SCHEMA])
+    data = await _generation_request(request)
     queue = request.app[keys.QUEUE]
-    job, replayed = await queue.submit(await with_model(request.app, await with_loras(request.app, to_params(data))), **_idempotency(request, data))
+    job, replayed = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

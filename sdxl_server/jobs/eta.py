@@ -42,7 +42,7 @@ class ThroughputEstimate:
         if self.step_s_per_mpx is None:
             return None
         mpx = self._mpx(params)
-        return params.steps * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+        return params.total_steps * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
 
     def remaining_seconds(self, job: Job, now: float) -> float | None:
         """Seconds until ``job`` (running) finishes."""

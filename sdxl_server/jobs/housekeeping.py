@@ -47,6 +47,9 @@ def adopted_record(job_id: str, metas: list[dict[str, Any]], outputs: OutputStor
     """A succeeded job rebuilt from its images' metadata sidecars (the database lost it)."""
     first = metas[0]
     params = {name: first[name] for name in GenerationParams.__dataclass_fields__ if name in first}
+    for name in ("init_image", "mask"):  # the metadata names the inputs by their hashes
+        if f"{name}_sha256" in first:
+            params[name] = first[f"{name}_sha256"]
     params["seed"] = first.get("seed", 0)
     created = _timestamp(first.get("created_at"), now)
     finished_at = created + float((first.get("timings") or {}).get("total_s") or 0.0)

@@ -69,7 +69,7 @@ class Job:
     _suspended: bool = field(default=False, repr=False)  # kept queued by a shutdown: it may still be cancelled
 
     def __post_init__(self) -> None:
-        self.total_steps = self.total_steps or self.params.steps
+        self.total_steps = self.total_steps or self.params.total_steps
 
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()

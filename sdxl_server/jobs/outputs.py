@@ -27,6 +27,7 @@ from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
 from ..params import GenerationParams
+from .inputs import InputStore
 from .locking import hold_lock
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,60 @@ LOCK_NAME = ".sdxl-server.lock"
 DEFAULT_PNG_COMPRESS_LEVEL = 1
 
 
+_IMAGE_FIELDS = ("init_image", "strength", "mask", "mask_blur", "inpaint_area", "mask_padding", "resize_mode", "inpainting_fill")
+_REFINER_FIELDS = ("refiner", "refiner_switch_at", "refiner_strength")
+_MASK_ONLY = ("mask", "mask_blur", "inpaint_area", "mask_padding", "inpainting_fill")
+
+
+def params_meta(params: Any) -> dict[str, Any]:
+    """The parameters as the metadata records them: the mode, and only the fields it uses
+    (the input and mask by SHA-256, as ``init_image_sha256`` and ``mask_sha256``)."""
+    values = params.to_dict()
+    if params.mode == "txt2img":
+        dropped = _IMAGE_FIELDS
+    elif params.mode == "img2img":
+        dropped = _MASK_ONLY
+    else:
+        dropped = ()
+    if params.refiner == "none":
+        dropped = (*dropped, *_REFINER_FIELDS)
+    elif params.refiner == "ensemble":
+        dropped = (*dropped, "refiner_strength")
+    else:
+        dropped = (*dropped, "refiner_switch_at")
+    meta = {name: value for name, value in values.items() if name not in dropped}
+    meta["mode"] = params.mode
+    for name in ("init_image", "mask"):
+        if name in meta:
+            meta[f"{name}_sha256"] = meta.pop(name)
+    return meta
+
+
+def _refiner_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A1111's wording for the refiner (and ours for its image mode, which A1111 has not)."""
+    if meta.get("refiner", "none") == "none":
+        return []
+    if meta["refiner"] == "ensemble":
+        return [("Refiner", meta.get("refiner_id")), ("Refiner switch at", meta["refiner_switch_at"])]
+    return [("Refiner", meta.get("refiner_id")), ("Refiner strength", meta["refiner_strength"])]
+
+
+def _image_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A1111's wording for image to image and inpainting."""
+    if meta.get("mode", "txt2img") == "txt2img":
+        return []
+    details: list[tuple[str, Any]] = [("Denoising strength", meta["strength"]), ("Init image hash", meta["init_image_sha256"])]
+    if meta["mode"] == "inpaint":
+        details += [
+            ("Mask blur", meta["mask_blur"]),
+            ("Mask hash", meta["mask_sha256"]),
+            ("Inpaint area", "Only masked" if meta["inpaint_area"] == "masked" else "Whole picture"),
+        ]
+        if meta["inpaint_area"] == "masked":
+            details.append(("Masked area padding", meta["mask_padding"]))
+    return details
+
+
 def parameters_text(meta: dict[str, Any]) -> str:
     """The generation parameters in the common "parameters" text-chunk format (A1111 and others read it)."""
     lines = [meta["prompt"]]
@@ -53,6 +108,8 @@ def parameters_text(meta: dict[str, Any]) -> str:
         ("Seed", meta["seed"]),
         ("Size", f"{meta['width']}x{meta['height']}"),
         ("Model", meta["model_id"]),
+        *_image_details(meta),
+        *_refiner_details(meta),
     ]
     if meta.get("lora_hashes"):  # A1111's form, so its "PNG info" and civitai read the LoRAs back
         details.append(("Lora hashes", '"' + ", ".join(f"{k}: {v}" for k, v in meta["lora_hashes"].items()) + '"'))
@@ -72,11 +129,12 @@ def encode_png(image: Image.Image, meta: dict[str, Any], level: int = DEFAULT_PN
 class OutputStore:
     """Where generated images and their metadata live, and the only code that writes them."""
 
-    def __init__(self, root: Path, png_compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL) -> None:
+    def __init__(self, root: Path, png_compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL, save_inputs: bool = False) -> None:
         self.root = Path(root)
         self.png_compress_level = png_compress_level
         self.images_dir = self.root / "images"
         self.metadata_dir = self.root / "metadata"
+        self.inputs = InputStore(self.root / "inputs", keep=save_inputs)
         self._lock: Any = None
 
     def prepare(self) -> None:
@@ -91,6 +149,7 @@ class OutputStore:
             for stale in folder.glob(f"{_TMP_PREFIX}*"):
                 log.warning("removing a partial file left by an interrupted write: %s", stale)
                 stale.unlink(missing_ok=True)
+        self.inputs.prepare()
 
     def close(self) -> None:
         """Let another server have the folder."""

@@ -22,6 +22,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import ApiError
 from ..params import GenerationParams
+from .inputs import SentInputs
 from .job import Job
 from .outputs import encode_png
 from .work import GenerationWork
@@ -32,9 +33,10 @@ STOP_WAIT_S = 30.0  # how long a cancelled generation may take to reach its next
 class EncodedOutputs:
     """Where :class:`GenerationWork` puts a replica's images: encoded, kept for the front end."""
 
-    def __init__(self, png_compress_level: int) -> None:
+    def __init__(self, png_compress_level: int, inputs: SentInputs) -> None:
         self.outputs: list[tuple[str, bytes, dict[str, Any]]] = []
         self.png_compress_level = png_compress_level
+        self.inputs = inputs  # the job's input image and mask, sent with it
 
     def encode_png(self, image: Any, meta: dict[str, Any]) -> bytes:
         return encode_png(image, meta, self.png_compress_level)
@@ -76,7 +78,7 @@ class Replica:
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
         job = Job(params=GenerationParams(**request["params"]), id=request["id"], created_at=request["created_at"])
-        outputs = EncodedOutputs(self.png_compress_level)
+        outputs = EncodedOutputs(self.png_compress_level, SentInputs(request.get("inputs") or {}))
         work = GenerationWork(
             self.engine, outputs, preview_every=self.preview_every, previews_wanted=lambda job_id: request["previews"]
         )

@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..params import SCHEDULERS
+from .inputs import load_inputs
 from .job import Job, ModelLoading, Save, StepReporter
-from .outputs import OutputStore
+from .outputs import OutputStore, params_meta
 
 
 class GenerationWork:
@@ -59,17 +60,19 @@ class GenerationWork:
             switch_started = time.perf_counter()
             self.engine.use_model(params.model)
             on_step(0, params.steps, ModelLoading(params.model, time.perf_counter() - switch_started))
-        generation = self.engine.generate(params, step, cancelled)
+        inputs = load_inputs(self.store.inputs, params)
+        generation = self.engine.generate(params, step, cancelled, **({"inputs": inputs} if inputs else {}))
         runtime = self.engine.runtime
         common: dict[str, Any] = {
             "model_id": self.engine.model_id,
-            **params.to_dict(),
+            **params_meta(params),
             "sampler_name": generation.info.get("sampler", SCHEDULERS[params.scheduler]),
             "device": runtime.device,
             "dtype": runtime.dtype,
             "attention": self.engine.options.get("attention"),
             "vae_upcast": generation.info.get("vae_upcast", False),
             "lora_hashes": generation.info.get("lora_hashes", {}),
+            **({"refiner_id": generation.info["refiner"]} if "refiner" in generation.info else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
         }
         timings = {

@@ -11,7 +11,7 @@ import copy
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,9 @@ from .lora_files import LoraCatalog
 from .loras import LoraAdapters
 from .memory import MemoryPlan, plan_memory
 from .model_catalog import ModelCatalog
-from .prompt_encoding import count_prompt_tokens, encode_request_prompts
+from .modes import ModePipelines, ModeRun, prepare_run
+from .prompt_encoding import count_prompt_tokens, encode_request_prompts, request_prompt_texts
+from .refiner import Refiner, plan
 from .switching import LoadedModel, ModelCache
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
@@ -84,6 +86,8 @@ class Engine:
         self._counting: tuple[Any, Any] = (None, None)  # (the pipe's tokenizer, the copy that counts)
         self.compilation = Compilation(settings)
         self.memory_plan: MemoryPlan | None = None
+        self._modes: ModePipelines | None = None
+        self.refiner = Refiner(settings, self.runtime)
 
     # -- loading ----------------------------------------------------------------
 
@@ -125,6 +129,9 @@ class Engine:
         self.load_seconds = time.perf_counter() - started
         self.state = "ready"
         log.info("model ready in %.1fs: %s", self.load_seconds, self.options)
+        if self.settings.preload and self.refiner.source is not None:
+            with contextlib.suppress(ModelUnavailable):  # recorded on /health; the base serves without it
+                self.refiner.load(pipe, self.options)
 
     def _load_pipeline(self) -> Any:
         return load_pipeline(self.settings, self.runtime, self.source)
@@ -144,9 +151,13 @@ class Engine:
     def _prompt_arguments(self, params: GenerationParams) -> dict[str, Any]:
         """The prompts as embeddings (A1111 syntax, any length); with TEXT_ENCODER_OFFLOAD the text
         encoders visit the device only for this."""
-        offload = self.memory_plan is not None and self.memory_plan.text_encoder_offload
-        with text_encoders_on(self.pipe, self.runtime.device) if offload else contextlib.nullcontext():
+        with self._text_encoders_on(self.pipe):
             return encode_request_prompts(self.pipe, params, self.settings.prompt_syntax)
+
+    def _text_encoders_on(self, pipe: Any) -> contextlib.AbstractContextManager[None]:
+        """``pipe``'s text encoders on the device for a while (parked on the CPU under TEXT_ENCODER_OFFLOAD)."""
+        offload = self.memory_plan is not None and self.memory_plan.text_encoder_offload
+        return text_encoders_on(pipe, self.runtime.device) if offload else contextlib.nullcontext()
 
     def _compile_and_warm_up(self) -> None:
         """COMPILE: compile, then generate once at the default size (the first compile, or a read
@@ -159,15 +170,17 @@ class Engine:
             steps=2, guidance_scale=settings.default_guidance, seed=0,
         )
         try:
-            self._generate_in_batches(warm_up, [1], lambda *_: None, lambda: False)
+            run = prepare_run(self._mode_pipelines(), warm_up, None)
+            self._generate_in_batches(warm_up, [1], lambda *_: None, lambda: False, run)
         except Exception as exc:  # noqa: BLE001 - a compiler problem leaves the server eager, not down
             self.compilation.failed(exc)
         else:
             self.compilation.finished()
 
     def _free(self) -> None:
-        self.pipe = None
+        self.pipe, self._modes = None, None
         self.loras.forget()
+        self.refiner.close()
         gc.collect()
         if self.runtime.on_cuda:
             torch.cuda.empty_cache()
@@ -244,29 +257,46 @@ class Engine:
             self._schedulers[name] = make_scheduler(name, self._default_scheduler.config)
         return self._schedulers[name]
 
-    def generate(self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool]) -> Generation:
+    def generate(
+        self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
+        inputs: Mapping[str, Any] | None = None,
+    ) -> Generation:
         """Run one request: ``params.num_images`` images in one pipeline call, or one at a time if
         the batch runs out of memory. Image ``i`` uses seed ``seed + i``, so each can be redone
-        alone. Raises :class:`JobCancelled` (checked every step and before decoding),
-        :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
+        alone. ``inputs`` holds the decoded ``init_image`` and ``mask`` of image to image and
+        inpainting (see :mod:`.modes`). Raises :class:`JobCancelled` (checked every step and
+        before decoding), :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
         self.use_model(params.model)
         self.ensure_loaded()
-        self.pipe.scheduler = self._scheduler(params.scheduler)
-        lora_hashes = self.loras.apply(self.pipe, params.loras)
+        lora_hashes = self.loras.apply(self.pipe, params.loras)  # on the shared UNet: every mode's pipeline
+        with self._failures_translated(params):
+            run = prepare_run(self._mode_pipelines(), params, inputs)
+        run.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
+        if params.refiner != "none":
+            refiner = self.refiner.ensure(self.pipe, self.options)
+            refiner.scheduler = self.refiner.scheduler(params.scheduler, run.pipe.scheduler)
+            run.refiner, run.plan = refiner, plan(params, run.pipe.scheduler)
         try:
-            generation = self._generate_in_batches(params, [params.num_images], on_step, cancelled)
+            generation = self._generate_in_batches(params, [params.num_images], on_step, cancelled, run)
         except OutOfMemory:
             if params.num_images == 1:
                 raise
             log.warning("a batch of %d ran out of memory; generating one image at a time", params.num_images)
-            generation = self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled)
+            generation = self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled, run)
         generation.info["lora_hashes"] = lora_hashes
         return generation
 
+    def _mode_pipelines(self) -> ModePipelines:
+        """The image-to-image and inpainting pipelines of the running model (remade after a switch)."""
+        if self._modes is None or self._modes.base is not self.pipe:
+            self._modes = ModePipelines(self.pipe)
+        return self._modes
+
     def _generate_in_batches(
-        self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool]
+        self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool],
+        run: ModeRun,
     ) -> Generation:
-        pipe = self.pipe
+        pipe = run.pipe
         images: list[Any] = []
         seeds = [(params.seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
         upcast, inference_s, decode_s, steps_done = False, 0.0, 0.0, 0
@@ -277,32 +307,38 @@ class Engine:
         def step_end(pipeline, index: int, timestep, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancelled():
                 raise JobCancelled("the job was cancelled")
-            on_step(steps_done + index + 1, pipeline.num_timesteps * len(batches), tensors["latents"])
+            per_batch = run.plan.total if run.plan else pipeline.num_timesteps  # base and refiner count as one
+            on_step(steps_done + index + 1, per_batch * len(batches), tensors["latents"])
             return {}
+
+        def generators(size: int) -> list[Any]:
+            # CPU generators give the same noise for a seed on every device.
+            return [torch.Generator("cpu").manual_seed(seeds[len(images) + i]) for i in range(size)]
 
         for size in batches:
             started = self._clock()
             with self._failures_translated(params), torch.inference_mode():
-                latents = pipe(
-                    **prompts,
-                    width=params.width,
-                    height=params.height,
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance_scale,
-                    num_images_per_prompt=size,
-                    # CPU generators give the same noise for a seed on every device.
-                    generator=[torch.Generator("cpu").manual_seed(seeds[len(images) + i]) for i in range(size)],
-                    output_type="latent",
-                    callback_on_step_end=step_end,
-                ).images
+                common = {
+                    "num_inference_steps": params.steps, "guidance_scale": params.guidance_scale,
+                    "num_images_per_prompt": size, "output_type": "latent", "callback_on_step_end": step_end,
+                }
+                base_arguments = run.plan.base_arguments if run.plan else {}
+                latents = pipe(**prompts, **common, **run.arguments, **base_arguments, generator=generators(size)).images
+                steps_done += pipe.num_timesteps
+                if run.refiner is not None:
+                    # The refiner has only the second text encoder: it encodes the prompt text itself.
+                    prompt, negative = request_prompt_texts(params, self.settings.prompt_syntax)
+                    with self._text_encoders_on(run.refiner):
+                        latents = run.refiner(prompt=prompt, negative_prompt=negative or None, **common, image=latents,
+                                              **run.plan.refiner_arguments, generator=generators(size)).images
+                    steps_done += run.refiner.num_timesteps
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
                 denoised = self._clock()  # on a GPU, marks on its stream: the host never waits for them
                 decoded, batch_upcast = decode_latents(self.pipe, latents)
                 finished = self._clock()
-            images.extend(decoded)
+            images.extend(run.finish(image) for image in decoded)
             upcast = upcast or batch_upcast
-            steps_done += pipe.num_timesteps
             inference_s += _seconds(started, denoised)
             decode_s += _seconds(denoised, finished)
         info = {
@@ -312,6 +348,8 @@ class Engine:
             "inference_s": round(inference_s, 4),
             "decode_s": round(decode_s, 4),
         }
+        if run.refiner is not None:
+            info["refiner"] = self.refiner.source.model_id
         return Generation(images=images, info=info)
 
     @contextlib.contextmanager
@@ -382,6 +420,7 @@ class Engine:
                 "name": self.active,
             },
             "models": {"running": self.active, "loaded": self.loaded_models()},
+            "refiner": self.refiner.describe(),
             "attention": self.options.get("attention"),
             "options": self.options,
             "compile": self.compilation.describe(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from .memory import MemoryPlan
 from .runtime import Runtime, xformers_importable
 from .sources import ModelSource
 from .text_encoders import park_text_encoders
-from .tiny import ensure_tiny_model
+from .tiny import ensure_tiny_model, ensure_tiny_refiner
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,15 @@ def load_vae(location: str, config_source: str, dtype: torch.dtype):
     return AutoencoderKL.from_pretrained(str(path) if path.exists() else location, dtype=dtype)
 
 
+def _location(source: ModelSource, tiny: Callable[[], Path]) -> str:
+    """Where ``from_pretrained`` finds ``source`` (the tiny model built first if needed)."""
+    if source.kind == "tiny":
+        return str(tiny())
+    if source.kind == "folder" and not Path(source.location).is_dir():
+        raise FileNotFoundError(f"no such folder: {source.location}")
+    return source.location
+
+
 def load_pipeline(settings: Settings, runtime: Runtime, source: ModelSource):
     """The SDXL pipeline ``source`` names, in ``runtime``'s precision (not yet on its device)."""
     from diffusers import StableDiffusionXLPipeline
@@ -44,11 +54,7 @@ def load_pipeline(settings: Settings, runtime: Runtime, source: ModelSource):
         if source.vae:
             kwargs["vae"] = load_vae(source.vae, config, dtype)
         return StableDiffusionXLPipeline.from_single_file(source.location, config=config, **kwargs)
-    location = source.location
-    if source.kind == "tiny":
-        location = str(ensure_tiny_model(settings.tiny_cache))
-    elif source.kind == "folder" and not Path(location).is_dir():
-        raise FileNotFoundError(f"no such folder: {location}")
+    location = _location(source, lambda: ensure_tiny_model(settings.tiny_cache))
     if source.vae:
         kwargs["vae"] = load_vae(source.vae, location, dtype)
     if source.kind == "hub" and runtime.dtype == "float16":
@@ -86,15 +92,9 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime, plan: 
     if settings.vae_slicing:
         pipe.vae.enable_slicing()
 
-    if plan.cpu_offload == "model":
-        pipe.enable_model_cpu_offload(device=runtime.device)
-    elif plan.cpu_offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=runtime.device)
-    else:
-        pipe.to(runtime.device)
-        if plan.text_encoder_offload:
-            park_text_encoders(pipe)
-    pipe.set_progress_bar_config(disable=True)  # the server reports progress itself
+    _place(pipe, plan.cpu_offload, runtime)
+    if plan.cpu_offload == "none" and plan.text_encoder_offload:
+        park_text_encoders(pipe)
     return {
         "attention": attention,
         "vae_tiling": tiling,
@@ -105,3 +105,41 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime, plan: 
         "memory_profile": plan.describe(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+REFINER_CONFIG = "stabilityai/stable-diffusion-xl-refiner-1.0"
+
+
+def load_refiner(settings: Settings, runtime: Runtime, source: ModelSource, base: Any):
+    """The SDXL refiner ``source`` names, sharing ``base``'s ``text_encoder_2`` and VAE (neither
+    is loaded again), in ``runtime``'s precision."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    shared = {"text_encoder_2": base.text_encoder_2, "tokenizer_2": base.tokenizer_2, "vae": base.vae,
+              "text_encoder": None, "tokenizer": None, "dtype": runtime.torch_dtype}
+    if source.kind == "single_file":
+        return StableDiffusionXLImg2ImgPipeline.from_single_file(source.location, config=REFINER_CONFIG, **shared)
+    location = _location(source, lambda: ensure_tiny_refiner(settings.tiny_cache))
+    return StableDiffusionXLImg2ImgPipeline.from_pretrained(location, **shared)
+
+
+def place_refiner(refiner: Any, settings: Settings, runtime: Runtime, options: dict[str, Any]) -> None:
+    """The base's memory options on the refiner: its attention, and its UNet on the device only
+    while it runs when the base is offloaded."""
+    if options.get("attention") == "xformers":
+        refiner.enable_xformers_memory_efficient_attention()
+    elif options.get("attention") == "slicing":
+        refiner.enable_attention_slicing()
+    _place(refiner, options.get("cpu_offload", settings.cpu_offload), runtime)
+
+
+def _place(pipe: Any, cpu_offload: str, runtime: Runtime) -> None:
+    """On the device, or offloaded to the CPU between uses (``cpu_offload``: the memory plan's
+    CPU_OFFLOAD); no progress bars."""
+    if cpu_offload == "model":
+        pipe.enable_model_cpu_offload(device=runtime.device)
+    elif cpu_offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=runtime.device)
+    else:
+        pipe.to(runtime.device)
+    pipe.set_progress_bar_config(disable=True)  # the server reports progress itself

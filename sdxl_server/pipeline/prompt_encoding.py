@@ -142,10 +142,15 @@ def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, syntax: str) ->
     return arguments
 
 
-def encode_request_prompts(pipe: Any, params: Any, syntax: str) -> dict[str, Any]:
-    """:func:`encode_prompts` for a request: with A1111 syntax its ``<lora:...>`` tags are taken
-    out first (they choose LoRAs, they are not text); the metadata keeps the prompt as sent."""
+def request_prompt_texts(params: Any, syntax: str) -> tuple[str, str]:
+    """A request's prompt and negative prompt as text: with A1111 syntax its ``<lora:...>`` tags
+    are taken out (they choose LoRAs, they are not text); the metadata keeps the prompt as sent."""
     prompt, negative = params.prompt, params.negative_prompt
     if syntax == "a1111":
         prompt, negative = extract_loras(prompt)[0], extract_loras(negative)[0]
-    return encode_prompts(pipe, prompt, negative, syntax)
+    return prompt, negative
+
+
+def encode_request_prompts(pipe: Any, params: Any, syntax: str) -> dict[str, Any]:
+    """:func:`encode_prompts` for a request's :func:`request_prompt_texts`."""
+    return encode_prompts(pipe, *request_prompt_texts(params, syntax), syntax)

@@ -74,6 +74,32 @@ def resolve_model_source(settings: Settings) -> ModelSource:
     return local or ModelSource("hub", DEFAULT_HUB_MODEL, "default", vae)
 
 
+def _refiner_in(folder: Path) -> Path | None:
+    """The seed's layout: a ``*refiner*`` checkpoint (or diffusers folder) beside the base."""
+    found = sorted(p for p in folder.iterdir() if "refiner" in p.name.lower()
+                   and (p.suffix == ".safetensors" or (p / "model_index.json").is_file()))
+    return found[0] if len(found) == 1 else None
+
+
+def resolve_refiner_source(settings: Settings) -> ModelSource | None:
+    """``REFINER_ID``, else a ``*refiner*`` checkpoint in ``MODEL_DIR``; None when there is none."""
+    refiner_id = settings.refiner_id
+    if refiner_id:
+        if refiner_id.lower() == TINY_MODEL_NAME:
+            return ModelSource("tiny", TINY_MODEL_NAME, "REFINER_ID")
+        if _looks_local(refiner_id):
+            path = Path(refiner_id).expanduser()
+            kind = "single_file" if path.is_file() or path.suffix in (".safetensors", ".ckpt") else "folder"
+            return ModelSource(kind, str(path), "REFINER_ID")
+        return ModelSource("hub", refiner_id, "REFINER_ID")
+    if not settings.model_dir.is_dir():
+        return None
+    found = _refiner_in(settings.model_dir)
+    if found is None:
+        return None
+    return ModelSource("single_file" if found.is_file() else "folder", str(found), "MODEL_DIR")
+
+
 def fix_hint(source: ModelSource, settings: Settings) -> str:
     """What to do when ``source`` does not load."""
     if source.kind == "single_file" and not settings.model_config:

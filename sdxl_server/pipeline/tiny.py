@@ -53,9 +53,28 @@ def write_byte_tokenizer(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
+def _unet(cross_attention_dim: int, time_ids: int):
+    """SDXL's UNet in miniature: ``cross_attention_dim`` wide text conditioning (both encoders for
+    the base, the second alone for the refiner), ``time_ids`` size-and-crop (and, for the refiner,
+    aesthetic score) values embedded beside the pooled text embedding (32 wide).
+    Three levels like SDXL; attention only at the lowest one keeps 1024x1024 affordable on a CPU."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(8, 16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=1, attention_head_dim=(2, 4, 8), norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=time_ids * 8 + 32,
+    )
+
+
 def build_tiny_pipeline(seed: int = 0):
     """Build the tiny pipeline in memory (random weights from ``seed``)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -76,17 +95,7 @@ def build_tiny_pipeline(seed: int = 0):
     text_encoder_2 = CLIPTextModelWithProjection(
         CLIPTextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=10, hidden_act="gelu", **text_common)
     )
-    # Three levels like SDXL; attention only at the lowest one keeps 1024x1024 affordable on a CPU.
-    unet = UNet2DConditionModel(
-        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(8, 16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=1, attention_head_dim=(2, 4, 8), norm_num_groups=8,
-        cross_attention_dim=32 + 48, use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-    )
+    unet = _unet(cross_attention_dim=32 + 48, time_ids=6)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
         block_out_channels=(8, 8, 16, 16),
@@ -105,20 +114,25 @@ def build_tiny_pipeline(seed: int = 0):
 
 
 def ensure_tiny_model(cache_root: Path | None = None) -> Path:
-    """Return the folder of the saved tiny pipeline, building it there first if needed.
+    """Return the folder of the saved tiny pipeline, building it there first if needed."""
+    return _ensure_saved(cache_root, f"tiny-sdxl-v{TINY_VERSION}", build_tiny_pipeline)
+
+
+def _ensure_saved(cache_root: Path | None, name: str, build) -> Path:
+    """``build()`` saved under ``cache_root/name``, unless it is there already.
 
     The folder appears atomically (built aside, then renamed), so a crash never leaves a half
     model that a later start would try to load.
     """
     root = cache_root or default_cache_root()
-    folder = root / f"tiny-sdxl-v{TINY_VERSION}"
+    folder = root / name
     if (folder / "model_index.json").is_file():
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    log.info("building the tiny random-weights SDXL pipeline in %s", folder)
+    log.info("building the tiny random-weights %s in %s", name, folder)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
     try:
-        build_tiny_pipeline().save_pretrained(staging)
+        build().save_pretrained(staging)
         try:
             staging.rename(folder)
         except OSError:
@@ -127,3 +141,24 @@ def ensure_tiny_model(cache_root: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def build_tiny_refiner(seed: int = 1):
+    """The tiny SDXL refiner: a UNet conditioned on ``text_encoder_2`` alone (48 wide) with the
+    aesthetic score among its time ids (5 of them, not base's 6), and the base's text encoder 2,
+    tokenizer, VAE and scheduler shapes (the server gives it the base's own at load time)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    base = build_tiny_pipeline()
+    torch.manual_seed(seed)
+    unet = _unet(cross_attention_dim=48, time_ids=5)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
+        tokenizer_2=base.tokenizer_2, unet=unet, scheduler=base.scheduler,
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+
+
+def ensure_tiny_refiner(cache_root: Path | None = None) -> Path:
+    """The folder of the saved tiny refiner, built there first if needed."""
+    return _ensure_saved(cache_root, f"tiny-sdxl-refiner-v{TINY_VERSION}", build_tiny_refiner)

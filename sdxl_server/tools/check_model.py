@@ -40,5 +40,17 @@ def check_model(settings: Settings, out=sys.stdout) -> int:
     print("params:  " + ", ".join(f"{name} {count / 1e6:.1f}M" for name, count in counts.items()), file=out)
     print(f"default: {pipe.default_sample_size * pipe.vae_scale_factor}px, scheduler {type(pipe.scheduler).__name__}", file=out)
     print(f"options: {engine.options}", file=out)
+    refiner = engine.refiner
+    if refiner.source is None:
+        print("refiner: none (set REFINER_ID, or put a *refiner* checkpoint in MODEL_DIR)", file=out)
+    else:
+        print(f"refiner: {refiner.source.model_id} ({refiner.source.kind.replace('_', ' ')}, chosen by {refiner.source.origin})", file=out)
+        try:
+            refiner.ensure(pipe, engine.options)
+        except ApiError as exc:
+            print(f"refiner: FAILED: {exc.message}", file=out)
+            engine.close()
+            return 1
+        print(f"refiner: loaded in {refiner.load_seconds:.1f}s, unet {sum(p.numel() for p in refiner.pipe.unet.parameters()) / 1e6:.1f}M", file=out)
     engine.close()
     return 0

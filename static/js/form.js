@@ -6,6 +6,7 @@ import { $ } from "./dom.js";
 import { clearErrors, fieldInput, setError, showFieldErrors } from "./feedback.js";
 import { describeError } from "./format.js";
 import { refreshHealth } from "./health.js";
+import { applyImageInfo, readImageFields } from "./img2img.js";
 import { hasInfo, loadInfo } from "./info.js";
 import { following, followJob, showSubmitting, submitFailed } from "./job.js";
 import { initChoices, loadLoras, loadModels, readChoices, restoreChoices } from "./choices.js";
@@ -63,6 +64,7 @@ function applyInfo(info) {
     form.dataset.filled = "defaults";
   }
   fillPresets(info.limits);
+  applyImageInfo(info);
 }
 
 /** Load the server's settings into the form; false (with the reason shown) when that failed. */
@@ -105,6 +107,7 @@ function readForm() {
   body.seed = seed === undefined ? null : seed; // empty: the server draws one
   body.scheduler = scheduler.value || "default";
   Object.assign(body, readChoices());
+  Object.assign(body, readImageFields());
   if (Object.keys(problems).length) {
     showFieldErrors(problems);
     return null;

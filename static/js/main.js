@@ -8,6 +8,7 @@ import { setNote } from "./feedback.js";
 import { focusPrompt, initForm, loadSettings, restoreParams } from "./form.js";
 import { initGallery, loadGallery, setGalleryMessage } from "./gallery.js";
 import { startHealth } from "./health.js";
+import { initImageInput, useAsInput } from "./img2img.js";
 import { hasInfo, infoLoading } from "./info.js";
 import { initJob, resumeJob, resumeWithKey, showPastResult } from "./job.js";
 
@@ -37,6 +38,11 @@ async function start() {
   onUnauthorized(({ hadKey }) => askForKey(hadKey));
   initAuth({ verify: loadSettings, onSaved: keySaved });
   initForm();
+  initImageInput();
+  document.getElementById("use-as-input").addEventListener("click", () => {
+    useAsInput(document.getElementById("result-image").src);
+    focusPrompt();
+  });
   initJob();
   initGallery(pick);
   startHealth(async () => {

@@ -26,6 +26,9 @@ function listParams(params) {
   addParam("Guidance", params.guidance_scale);
   addParam("Seed", params.seed);
   addParam("Scheduler", params.sampler_name || schedulerLabel(params.scheduler));
+  if (params.mode && params.mode !== "txt2img") addParam("Mode", params.mode === "inpaint" ? "inpainting" : "image to image");
+  if (params.init_image || params.init_image_sha256) addParam("Strength", params.strength);
+  if (params.refiner && params.refiner !== "none") addParam("Refiner", params.refiner);
   addParam("Model", params.model_id);
   if (params.timings) addParam("Time", seconds(params.timings.total_s));
 }

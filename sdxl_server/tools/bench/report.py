@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .modes import modes_rows
+
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
@@ -170,6 +172,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "png": _png_rows,
     "coldstart": _coldstart_rows,
     "switching": _switching_rows,
+    "modes": lambda result: modes_rows(result, _s, _gib),
 }
 
 

@@ -68,7 +68,7 @@ class TimedEngine(Engine):
             return self.pipeline_factory()
         return super()._load_pipeline()
 
-    def generate(self, params: GenerationParams, on_step, cancelled):
+    def generate(self, params: GenerationParams, on_step, cancelled, **inputs):
         record = GenerationRecord(seed=params.seed)
         self.records[params.seed] = record
         device = torch.device(self.runtime.device)
@@ -82,7 +82,7 @@ class TimedEngine(Engine):
 
         record.started = time.perf_counter()
         try:
-            generation = super().generate(params, timed, cancelled)
+            generation = super().generate(params, timed, cancelled, **inputs)
         finally:
             record.finished = time.perf_counter()
             self.last = record

@@ -1,0 +1,156 @@
+"""Input images and masks kept until their job ends: ``OUTPUT_DIR/inputs/{sha256}.png``.
+
+A job's parameters hold only the SHA-256 of its input (the PNG the server runs on, after decoding,
+rotation, conversion and resizing), never the bytes, so the job record stays small; the file is
+written (atomically) before the job is recorded, so a queued image-to-image job survives a
+restart. When no queued or running job needs a file any more it is deleted, unless ``SAVE_INPUTS``
+keeps every input. Nothing here imports torch or aiohttp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..errors import InputMissing, StorageFailed
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TMP_PREFIX = ".partial-"
+
+
+def _decoded(sha256: str, body: bytes, mode: str) -> Image.Image:
+    """An input's PNG ``body``, checked against its hash, in ``mode``."""
+    if hashlib.sha256(body).hexdigest() != sha256:
+        raise ValueError(f"the stored input {sha256} is damaged")
+    image = Image.open(io.BytesIO(body))
+    image.load()
+    return image.convert(mode)
+
+
+class SentInputs:
+    """A job's inputs sent along with it (to a Ray replica): read as :class:`InputStore` reads its folder."""
+
+    root = "the job's request"
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    def get(self, sha256: str, mode: str) -> Image.Image:
+        if sha256 not in self.files:
+            raise ValueError(f"the input {sha256} was not sent")
+        return _decoded(sha256, self.files[sha256], mode)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class InputStore:
+    """The folder of inputs waiting for their jobs, and who still needs each."""
+
+    def __init__(self, root: Path, keep: bool = False) -> None:
+        self.root = Path(root)
+        self.keep = keep
+        self._pinned: Counter[str] = Counter()
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(f"{_TMP_PREFIX}*"):
+            stale.unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if not _SHA256.match(sha256):
+            raise ValueError(f"not a SHA-256: {sha256!r}")
+        return self.root / f"{sha256}.png"
+
+    def put(self, image: Image.Image) -> str:
+        """Store ``image`` as PNG (once per content); return its SHA-256."""
+        body = png_bytes(image)
+        sha256 = hashlib.sha256(body).hexdigest()
+        path = self.path(sha256)
+        if path.is_file():
+            return sha256
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise StorageFailed(f"could not store the input image in {self.root}: {exc.strerror or exc}") from exc
+        return sha256
+
+    def get(self, sha256: str, mode: str) -> Image.Image:
+        """The stored input, checked against its hash; ``FileNotFoundError`` if it is gone."""
+        return _decoded(sha256, self.path(sha256).read_bytes(), mode)
+
+    def files(self, params: Any) -> dict[str, bytes]:
+        """The stored files a job's parameters name, by SHA-256: what a Ray replica is sent
+        (:class:`SentInputs`). Raises :class:`InputMissing` when one is gone."""
+        try:
+            return {sha256: self.path(sha256).read_bytes() for sha256 in (params.init_image, params.mask) if sha256}
+        except OSError as exc:
+            raise InputMissing(f"this job's input cannot be read from {self.root}: {exc}; "
+                               "submit the job again with the image") from exc
+
+    @contextlib.contextmanager
+    def pinned(self, hashes: Iterable[str | None]) -> Iterator[None]:
+        """Keep these inputs while a request that stored them is being queued."""
+        held = [h for h in hashes if h]
+        self._pinned.update(held)
+        try:
+            yield
+        finally:
+            self._pinned.subtract(held)
+            self._pinned += Counter()  # drop the zeros
+
+    def sweep(self, needed: Iterable[str | None]) -> int:
+        """Delete every input that neither ``needed`` (the active jobs') nor a request being
+        queued holds, unless SAVE_INPUTS keeps them; return how many were deleted."""
+        if self.keep:
+            return 0
+        keep = {h for h in needed if h} | set(self._pinned)
+        deleted = 0
+        for path in self.root.glob("*.png"):
+            if path.stem not in keep:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    deleted += 1
+        return deleted
+
+
+def load_inputs(store: InputStore, params: Any) -> dict[str, Any] | None:
+    """The decoded input image and mask a job's parameters name (None for text to image).
+    Raises :class:`InputMissing` when one is gone (deleted by hand, or a lost disk)."""
+    if params.init_image is None:
+        return None
+    found: dict[str, Any] = {}
+    for name, sha256, mode in (("init_image", params.init_image, "RGB"), ("mask", params.mask, "L")):
+        if sha256 is None:
+            continue
+        try:
+            found[name] = store.get(sha256, mode)
+        except (OSError, ValueError) as exc:
+            raise InputMissing(
+                f"this job's {name.replace('_', ' ')} ({sha256}) cannot be read from {store.root}: {exc}; "
+                "submit the job again with the image"
+            ) from exc
+    return found
+

@@ -1,0 +1,116 @@
+"""Image to image and inpainting through the compatible APIs: A1111's ``/sdapi/v1/img2img`` and
+OpenAI's ``/v1/images/edits`` and ``/v1/images/variations``, the latter with the real ``openai`` client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import openai
+import pytest
+from images import b64, encode, picture, png_array, right_half_mask
+from PIL import Image
+from yarl import URL
+
+
+@pytest.fixture
+async def ai(client):
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0) as ai:
+        yield ai
+
+
+async def test_a1111_img2img_with_a_mask_returns_an_image_that_keeps_the_unmasked_half(client):
+    source = picture(96, 64)
+    body = {
+        "init_images": [b64(source)], "mask": b64(right_half_mask(96, 64)), "denoising_strength": 1.0,
+        "mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": False, "inpainting_mask_invert": 0,
+        "resize_mode": 0, "prompt": "a lighthouse", "steps": 3, "cfg_scale": 6, "seed": 5, "sampler_name": "Euler a",
+        "width": 96, "height": 64, "include_init_images": False, "override_settings": {},
+    }
+    resp = await client.post("/sdapi/v1/img2img", json=body)
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    out = png_array(base64.b64decode(data["images"][0]))
+    original, keep = np.asarray(source).astype(int), np.asarray(right_half_mask(96, 64)) == 0
+    assert out.shape == (64, 96, 3) and (out[keep] == original[keep]).all()
+    info = json.loads(data["info"])
+    assert info["denoising_strength"] == 1.0 and info["seed"] == 5
+    assert "Denoising strength: 1.0" in info["infotexts"][0] and "Mask blur: 0" in info["infotexts"][0]
+    assert data["parameters"]["init_images"] is None  # not echoed unless include_init_images
+
+
+async def test_a1111_img2img_inverted_mask_full_res_and_the_fills(client):
+    source = picture(96, 64)
+    for fill in (0, 2, 3):
+        resp = await client.post("/sdapi/v1/img2img", json={
+            "init_images": [b64(source)], "mask": b64(right_half_mask(96, 64)), "inpainting_mask_invert": 1,
+            "inpaint_full_res": True, "inpaint_full_res_padding": 8, "mask_blur": 0, "inpainting_fill": fill,
+            "prompt": "x", "steps": 2, "denoising_strength": 1.0, "include_init_images": True,
+        })
+        assert resp.status == 200, await resp.text()
+        data = await resp.json()
+        out = png_array(base64.b64decode(data["images"][0]))
+        assert (out[:, 48:] == np.asarray(source).astype(int)[:, 48:]).all()  # inverted: the right half is kept
+        assert data["parameters"]["init_images"] == [b64(source)]
+
+
+async def test_a1111_img2img_errors_name_a1111_fields(client):
+    resp = await client.post("/sdapi/v1/img2img", json={"init_images": ["nope"], "prompt": "x"})
+    assert resp.status == 422
+    error = await resp.json()
+    assert list(error["fields"]) == ["init_images"] and error["detail"]
+    resp = await client.post("/sdapi/v1/img2img", json={"init_images": [b64(picture())], "prompt": "x", "denoising_strength": 0})
+    assert list((await resp.json())["fields"]) == ["denoising_strength"]
+    resp = await client.post("/sdapi/v1/img2img", json={"prompt": "x"})
+    assert list((await resp.json())["fields"]) == ["init_images"]
+
+
+async def test_openai_edit_with_a_transparent_mask_repaints_only_there(ai, client):
+    source = picture(64, 64)
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (32, 0, 64, 64))  # transparent right half: the area to edit
+    result = await ai.images.edit(
+        image=("photo.png", encode(source), "image/png"), mask=("mask.png", encode(mask), "image/png"),
+        prompt="a red door", n=1, size="64x64", response_format="b64_json", model="dall-e-2",
+        extra_body={"steps": 3},
+    )
+    out = png_array(base64.b64decode(result.data[0].b64_json))
+    original = np.asarray(source).astype(int)
+    assert (out[:, :20] == original[:, :20]).all()  # three radii beyond the default mask blur (4)
+    assert np.abs(out[:, 36:] - original[:, 36:]).mean() > 1
+
+
+async def test_openai_edit_without_a_mask_and_several_images(ai, client):
+    result = await ai.images.edit(
+        image=[("a.png", encode(picture(96, 64)), "image/png"), ("b.png", encode(picture(64, 64)), "image/png")],
+        prompt="autumn", n=2, extra_body={"steps": 4},
+    )
+    assert len(result.data) == 2
+    sizes = {Image.open(io.BytesIO(await (await client.get(URL(item.url).path)).read())).size for item in result.data}
+    assert sizes == {(96, 64)}  # the first image, at its own size
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client marks the DALL-E 2 route so
+async def test_openai_create_variation(ai, client):
+    result = await ai.images.create_variation(image=("p.png", encode(picture(64, 64)), "image/png"), n=1,
+                                              size="64x64", response_format="url", extra_body={"steps": 5})
+    path = URL(result.data[0].url).path
+    image = await (await client.get(path)).read()
+    meta = json.loads(await (await client.get(path.replace("/images/", "/metadata/").replace(".png", ".json"))).read())
+    assert Image.open(io.BytesIO(image)).size == (64, 64)
+    assert meta["prompt"] == "" and meta["strength"] == 0.6 and meta["mode"] == "img2img"
+
+
+async def test_openai_bad_images_get_openai_errors(ai):
+    with pytest.raises(openai.BadRequestError) as caught:
+        await ai.images.edit(image=("x.png", b"not a png", "image/png"), prompt="x")
+    assert caught.value.body["param"] == "image"
+    mask = encode(Image.new("RGBA", (64, 64), (0, 0, 0, 255)))  # nothing transparent: nothing to edit
+    with pytest.raises(openai.BadRequestError) as caught:
+        await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), mask=("m.png", mask, "image/png"), prompt="x")
+    assert caught.value.body["param"] == "mask"
+    with pytest.raises(openai.BadRequestError) as caught:
+        await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), prompt="x", size="65x64")
+    assert caught.value.body["param"] == "size"
