@@ -62,13 +62,26 @@ async def test_samplers_karras_and_seed(client):
 
 
 async def test_a1111_errors_name_a1111_fields(client, settings):
-    for field, value in (("cfg_scale", 99), ("width", 100), ("sampler_name", "Heun++ 9000")):
+    for field, value in (("cfg_scale", 99), ("width", 0), ("sampler_name", "Heun++ 9000")):
         resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, field: value})
         assert resp.status == 422
         body = await resp.json()
         assert field in body["fields"] and body["detail"] == body["message"]
-    resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "batch_size": 2, "n_iter": 3})
-    assert resp.status == 422 and "batch_size" in (await resp.json())["fields"]
+
+
+async def test_sizes_are_fitted_and_batches_above_max_batch_split(client, settings):
+    # SillyTavern's 1344x768 on a server allowing 512x512 (the test limits): the shape is kept.
+    body = {**TXT2IMG, "width": 1344, "height": 768, "batch_size": 3, "n_iter": 2, "seed": 10, "steps": 1}
+    resp = await client.post("/sdapi/v1/txt2img", json=body)
+    assert resp.status == 200, await resp.text()
+    result = await resp.json()
+    info = json.loads(result["info"])
+    assert (info["width"], info["height"]) == (512, 296)
+    assert "1344x768 made as 512x296" in info["extra_generation_params"]["Server notes"]
+    images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in result["images"]]
+    assert len(images) == 6 > settings.max_batch and {image.size for image in images} == {(512, 296)}
+    assert info["all_seeds"] == list(range(10, 16))
+    assert [f"Seed: {seed}," in image.text["parameters"] for seed, image in zip(range(10, 16), images)] == [True] * 6
 
 
 async def test_models_options_and_interrupt_when_idle(client):

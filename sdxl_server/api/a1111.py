@@ -23,9 +23,11 @@ from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS
 from . import keys
+from .batches import generate_images
 from .loras import with_loras
 from .models import usable_entries, with_model
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
+from .sizes import fit_size
 from .validation import read_json_object, validate
 
 PROGRESS_PREVIEW_WINDOW_S = 30.0  # previews are made while someone polled /progress this recently
@@ -123,31 +125,41 @@ def _scheduler(sampler: str | None, schedule: str | None) -> str:
     return scheduler
 
 
-def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _core_request(body: dict[str, Any], settings) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Our request for an A1111 body, the body as read, and the notes for ``info`` (what was changed)."""
     request = validate(Txt2ImgSchema(), body)
+    notes: list[str] = []
     core: dict[str, Any] = {
         "prompt": request["prompt"],
         "negative_prompt": request["negative_prompt"],
         "seed": -1 if request["seed"] is None else request["seed"],
         "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"]),
-        "num_images": request["batch_size"] * request["n_iter"],
+        "num_images": min(request["batch_size"] * request["n_iter"], settings.max_batch),
     }
     overrides = body.get("override_settings")
     if isinstance(overrides, dict) and isinstance(overrides.get("sd_model_checkpoint"), str):
         core["model"] = overrides["sd_model_checkpoint"]  # this job only, as A1111 does
-    for ours, theirs in (("width", "width"), ("height", "height"), ("steps", "steps"), ("guidance_scale", "cfg_scale")):
+    for ours, theirs in (("steps", "steps"), ("guidance_scale", "cfg_scale")):
         if request[theirs] is not None:
             core[ours] = request[theirs]
-    return core, request
+    if request["width"] is not None or request["height"] is not None:
+        asked = (settings.default_width if request["width"] is None else request["width"],
+                 settings.default_height if request["height"] is None else request["height"])
+        if min(asked) < 1:
+            raise ValidationFailed("width and height must be positive", fields={
+                name: ["Must be at least 1."] for name in ("width", "height") if request[name] is not None and request[name] < 1})
+        core["width"], core["height"] = fit_size(*asked, settings.max_width, settings.max_height)
+        if (core["width"], core["height"]) != asked:
+            notes.append(f"size {asked[0]}x{asked[1]} made as {core['width']}x{core['height']} (the server's limits)")
+    return core, request, notes
 
 
 async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
-    core, original = _core_request(await read_json_object(request))
+    core, original, notes = _core_request(await read_json_object(request), app[keys.SETTINGS])
     params = await with_model(app, await with_loras(app, to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES))), "override_settings")
-    result = await app[keys.QUEUE].generate(params)
-    images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
+    images, job_id = await generate_images(app, params, original["batch_size"] * original["n_iter"])
     metas = [image["meta"] for image in images]
     encoded = await app[keys.STORE].images_base64([i["id"] for i in images]) if original["send_images"] else []
     first = metas[0]
@@ -173,11 +185,11 @@ async def txt2img(request: web.Request) -> web.Response:
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": 0,
-        "extra_generation_params": {},
+        "extra_generation_params": {"Server notes": "; ".join(notes)} if notes else {},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
         "styles": [],
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(result["id"])).created_at)),
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(job_id)).created_at)),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
         "version": "sdxl_server",
