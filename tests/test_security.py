@@ -291,3 +291,9 @@ async def test_which_forwarded_values_count(client, headers, own, other):
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await client.ws_connect(f"/api/v1/ws?token={KEY}", origin=other, headers=headers)
     assert info.value.status == 403
+
+
+async def test_a_doubled_leading_slash_still_needs_the_key(client):
+    for path in ("//sdapi/v1/options", "///api/v1/jobs", "//v1/models"):
+        resp = await rawhttp.exchange(client.host, client.port, rawhttp.request("GET", path))
+        assert resp.status == 401, path

@@ -151,7 +151,8 @@ async def images_generations(request: web.Request) -> web.Response:
     app = request.app
     asked = _read_request(await read_json_object(request), app[keys.SETTINGS])
     params = await with_model(app, await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], asked.core, SIZE_NAMES))))
-    images, job_id = await generate_images(app, params, asked.count)
+    made = await generate_images(app, params, asked.count)
+    images, job_id = made.images, made.first_job
     if asked.response_format == "b64_json":
         blobs = await _base64_images(app, [image["id"] for image in images], asked.output_format, asked.compression)
         data = [{"b64_json": blob} for blob in blobs]

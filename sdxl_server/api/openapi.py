@@ -100,7 +100,10 @@ OPERATIONS: list[Operation] = [
     Operation("get", "/sdapi/v1/progress", "AUTOMATIC1111 API: the running job's progress", {
         200: "ProgressResponse", **_errors(401, 422),
     }, query=a1111.ProgressQuerySchema, error_schema="A1111Error", tags=("a1111",)),
-    Operation("post", "/sdapi/v1/interrupt", "AUTOMATIC1111 API: cancel the running job", {
+    Operation("post", "/sdapi/v1/interrupt", "AUTOMATIC1111 API: stop the running request (its txt2img answers 200 with what it made)", {
+        200: (JSON, "Done (null)", NULL), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/skip", "AUTOMATIC1111 API: stop the running pipeline call; its request goes on", {
         200: (JSON, "Done (null)", NULL), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
     Operation("get", "/sdapi/v1/sd-models", "AUTOMATIC1111 API: every local model", {

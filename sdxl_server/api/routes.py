@@ -38,6 +38,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/api/v1/loras/refresh", loras.refresh_loras)
     router.add_get("/sdapi/v1/loras", loras.a1111_loras)
     router.add_post("/sdapi/v1/refresh-loras", loras.a1111_refresh_loras)
+    router.add_post("/sdapi/v1/skip", a1111.skip)
     router.add_get("/outputs/images/{filename}", views.output_image)
     router.add_get("/outputs/metadata/{filename}", views.output_metadata)
     if app[keys.STATIC_DIR].is_dir():

@@ -25,9 +25,13 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json"))
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a dict; raises for anything else (``client_max_size`` bounds its size)."""
-    if not _is_json(request.content_type):
+async def read_json_object(request: web.Request, *, untyped_is_json: bool = False) -> dict[str, Any]:
+    """The body as a dict; raises for anything else (``client_max_size`` bounds its size).
+
+    ``untyped_is_json``: a body sent without any ``Content-Type`` is read as JSON, as FastAPI
+    (and so A1111) does."""
+    untyped = untyped_is_json and hdrs.CONTENT_TYPE not in request.headers
+    if not untyped and not _is_json(request.content_type):
         raise UnsupportedMediaType(
             f"send the body as JSON with 'Content-Type: application/json' (got {request.content_type!r})"
         )
@@ -40,7 +44,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         raise InvalidBody("the request body is empty: send a JSON object")
     try:
-        body = json.loads(raw.decode(request.charset or "utf-8"))
+        body = json.loads(raw.decode((None if untyped else request.charset) or "utf-8"))
     except UnicodeDecodeError:
         raise InvalidBody("the request body is not valid UTF-8") from None
     except LookupError:
