@@ -96,6 +96,9 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+PNG_INFO_MAX_BYTES = 64 * 1024 * 1024  # an uploaded image, base64: more than MAX_BODY_BYTES allows
+
+
 class PngInfoSchema(Schema):
     class Meta:
         unknown = EXCLUDE
@@ -137,7 +140,8 @@ def _read_png_text(blob: bytes) -> dict[str, str]:
 
 async def png_info(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/png-info``: the ``parameters`` text chunk of an uploaded PNG, parsed."""
-    data = validate(PngInfoSchema(), await read_json_object(request, untyped_is_json=True))["image"]
+    body = await read_json_object(request, untyped_is_json=True, max_bytes=PNG_INFO_MAX_BYTES)
+    data = validate(PngInfoSchema(), body)["image"]
     try:
         blob = base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=False)
     except (binascii.Error, ValueError):
