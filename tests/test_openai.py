@@ -172,3 +172,10 @@ async def test_image_urls_follow_a_trusted_proxy_and_only_a_trusted_one(make_cli
     client = await make_client(settings.replace(trusted_proxies=()))
     url = await _image_url(client, forwarded)
     assert url.startswith(f"http://{client.host}:{client.port}/outputs/images/")
+
+
+async def test_without_an_api_key_any_key_works(make_client, settings):
+    client = await make_client(settings.replace(api_key=None))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="anything", max_retries=0) as ai:
+        result = await ai.images.generate(prompt="a fox", model="gpt-image-1", size="1536x1024", extra_body={"steps": 1})
+    assert result.size == "512x344" and Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (512, 344)
