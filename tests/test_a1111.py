@@ -7,6 +7,8 @@ import base64
 import io
 import json
 
+import aiohttp
+
 from doubles import PausingEngine
 from PIL import Image
 from wsclient import events_until
@@ -62,13 +64,26 @@ async def test_samplers_karras_and_seed(client):
 
 
 async def test_a1111_errors_name_a1111_fields(client, settings):
-    for field, value in (("cfg_scale", 99), ("width", 100), ("sampler_name", "Heun++ 9000")):
+    for field, value in (("cfg_scale", 99), ("width", 0), ("sampler_name", "Heun++ 9000")):
         resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, field: value})
         assert resp.status == 422
         body = await resp.json()
         assert field in body["fields"] and body["detail"] == body["message"]
-    resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "batch_size": 2, "n_iter": 3})
-    assert resp.status == 422 and "batch_size" in (await resp.json())["fields"]
+
+
+async def test_sizes_are_fitted_and_batches_above_max_batch_split(client, settings):
+    # SillyTavern's 1344x768 on a server allowing 512x512 (the test limits): the shape is kept.
+    body = {**TXT2IMG, "width": 1344, "height": 768, "batch_size": 3, "n_iter": 2, "seed": 10, "steps": 1}
+    resp = await client.post("/sdapi/v1/txt2img", json=body)
+    assert resp.status == 200, await resp.text()
+    result = await resp.json()
+    info = json.loads(result["info"])
+    assert (info["width"], info["height"]) == (512, 296)
+    assert "1344x768 made as 512x296" in info["extra_generation_params"]["Server notes"]
+    images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in result["images"]]
+    assert len(images) == 6 > settings.max_batch and {image.size for image in images} == {(512, 296)}
+    assert info["all_seeds"] == list(range(10, 16))
+    assert [f"Seed: {seed}," in image.text["parameters"] for seed, image in zip(range(10, 16), images)] == [True] * 6
 
 
 async def test_models_options_and_interrupt_when_idle(client):
@@ -106,8 +121,10 @@ async def test_progress_while_a_job_runs_then_interrupt(make_client, settings):
 
     interrupts = await asyncio.gather(*(client.post("/sdapi/v1/interrupt") for _ in range(2)))
     assert [r.status for r in interrupts] == [200, 200]  # twice is fine (Ctrl-C happy clients)
-    resp = await running
-    assert resp.status == 409 and (await resp.json())["error"] == "cancelled"
+    resp = await running  # as A1111: 200, with what was made before the interrupt (nothing here)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["images"] == [] and "interrupted: 0 of 1 images made" in json.loads(body["info"])["extra_generation_params"]["Server notes"]
 
 
 async def test_a_null_seed_is_random_as_in_a1111(client):
@@ -122,3 +139,59 @@ async def test_a_model_that_failed_to_load_is_not_listed(make_client, settings):
     assert (await (await client.get("/health")).json())["model"]["state"] == "failed"
     resp = await client.get("/sdapi/v1/sd-models")
     assert resp.status == 200 and await resp.json() == []
+
+
+async def test_interrupt_keeps_the_batches_already_made_and_skip_goes_on(make_client, settings):
+    # MAX_BATCH is 4 in the tests: 6 images are two jobs; the second pauses after its first step.
+    engine = {}
+
+    def factory(s):
+        engine["e"] = PausingEngine(s, pause_after=1)
+        return engine["e"]
+
+    client = await make_client(settings, engine_factory=factory)
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    body = {**TXT2IMG, "batch_size": 6, "steps": 2, "seed": 40}
+    running = asyncio.create_task(client.post("/sdapi/v1/txt2img", json=body))
+    await events_until(ws, lambda e: e["type"] == "progress" and e["step"] == 1)  # first job paused
+    assert (await client.post("/sdapi/v1/skip")).status == 200  # skip it: the second job runs
+    await events_until(ws, lambda e: e["type"] == "progress" and e["step"] == 1)
+    assert (await client.post("/sdapi/v1/interrupt")).status == 200
+    resp = await running
+    assert resp.status == 200
+    info = json.loads((await resp.json())["info"])
+    assert "interrupted: 0 of 6 images made" in info["extra_generation_params"]["Server notes"]
+
+
+async def test_a1111_leniency_strings_nulls_clamps_and_samplers(client, settings):
+    body = {
+        "prompt": "", "negative_prompt": None, "width": "64", "height": 64.0, "steps": "500", "cfg_scale": "7",
+        "seed": "12", "sampler_name": "DPM++ SDE Karras", "scheduler": None, "batch_size": None, "n_iter": None,
+        "send_images": None, "styles": None, "override_settings": None,
+    }
+    resp = await client.post("/sdapi/v1/txt2img", json=body)
+    assert resp.status == 200, await resp.text()
+    result = await resp.json()
+    info = json.loads(result["info"])
+    assert info["steps"] == settings.max_steps and info["cfg_scale"] == 7 and info["seed"] == 12 and info["prompt"] == ""
+    assert info["sampler_name"] == "DPM++ 2M SDE Karras" and len(result["images"]) == 1
+    notes = info["extra_generation_params"]["Server notes"]
+    assert "steps 500 lowered to" in notes and "'DPM++ SDE Karras' is not available here" in notes
+    for sampler, ours in (("Heun", "Euler"), ("LMS", "Euler"), ("LCM", "Euler a"), ("DPM2", "DPM++ 2M"), ("DPM++ 2M SDE Heun", "DPM++ 2M SDE")):
+        resp = await client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "sampler_name": sampler, "width": 64, "height": 64})
+        assert json.loads((await resp.json())["info"])["sampler_name"] == ours, sampler
+    for field, value in (("cfg_scale", "seven"), ("steps", True), ("width", "NaN")):
+        resp = await client.post("/sdapi/v1/txt2img", json={"prompt": "x", field: value})
+        assert resp.status == 422 and field in (await resp.json())["fields"], field
+
+
+async def test_a_base_url_with_a_trailing_slash_and_no_content_type(client):
+    import rawhttp
+
+    raw = json.dumps({"prompt": "x", "steps": 1, "width": 64, "height": 64}).encode()
+    resp = await rawhttp.exchange(client.host, client.port, rawhttp.request("POST", "//sdapi/v1/txt2img", {}, raw))
+    assert resp.status == 200 and len(resp.json()["images"]) == 1
+    async with aiohttp.ClientSession() as session:  # what a client with base URL 'http://host:port/' requests
+        async with session.get(f"http://{client.host}:{client.port}//sdapi/v1/options") as resp:
+            assert resp.status == 200 and (await resp.json())["sd_model_checkpoint"] == "tiny"

@@ -45,18 +45,69 @@ async def test_b64_json_with_several_images(ai):
 
 
 async def test_bad_size_is_an_openai_shaped_400(ai):
-    for size in ("100x100", "4096x4096", "big", "\u0666\u0664x\u0666\u0664", "６４x６４", "64x64\n", "64x64 "):
+    for size in ("0x64", "big", "\u0666\u0664x\u0666\u0664", "６４x６４", "64x64\n", "64x64 ", "64x"):
         with pytest.raises(openai.BadRequestError) as info:
             await ai.images.generate(prompt="x", size=size)
         assert info.value.status_code == 400
         assert info.value.param == "size" and info.value.type == "invalid_request_error"
-        assert info.value.body["message"]
+        assert "WIDTHxHEIGHT" in info.value.body["message"]
+    for n in (0, 11):
+        with pytest.raises(openai.BadRequestError) as info:
+            await ai.images.generate(prompt="x", n=n)
+        assert info.value.param == "n"
     with pytest.raises(openai.BadRequestError) as info:
-        await ai.images.generate(prompt="x", n=99)
-    assert info.value.param == "n"
+        await ai.images.generate(prompt="x", size="64x64", model="gpt-image-1", output_format="gif")
+    assert info.value.param == "output_format"
+
+
+async def test_sizes_are_fitted_into_the_limits_and_reported(ai):
+    # The test server allows 512x512 at most: DALL·E 3's wide size keeps its shape.
+    for asked, made in (("1792x1024", (512, 296)), ("1024x1792", (296, 512)), ("100x100", (104, 104)), ("4096x4096", (512, 512))):
+        result = await ai.images.generate(prompt="a fox", size=asked, response_format="b64_json", extra_body={"steps": 1})
+        image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+        assert image.size == made and result.size == f"{made[0]}x{made[1]}"
+
+
+async def test_unknown_fields_and_nulls_are_accepted(ai, caplog):
+    with caplog.at_level("INFO", logger="sdxl_server.api.openai"):
+        result = await ai.images.generate(
+            prompt="x", size=None, n=None, response_format=None, model="dall-e-3",
+            extra_body={"safety_identifier": "user-1", "steps": 1},
+        )
+    assert len(result.data) == 1 and result.data[0].url and result.size == "64x64"
+    assert "safety_identifier" in caplog.text
+
+
+async def test_gpt_image_models_get_base64_in_the_format_asked(ai):
+    result = await ai.images.generate(prompt="a fox", model="gpt-image-1", size="64x64", extra_body={"steps": 1})
+    assert result.data[0].url is None and result.output_format == "png" and result.background == "opaque"
+    assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).format == "PNG"
+    for fmt, pil in (("jpeg", "JPEG"), ("webp", "WEBP")):
+        sizes = []
+        for compression in (100, 10):
+            result = await ai.images.generate(prompt="a fox", model="gpt-image-1", size="64x64", output_format=fmt,
+                                              output_compression=compression, quality="high", extra_body={"steps": 1, "seed": 5})
+            blob = base64.b64decode(result.data[0].b64_json)
+            assert Image.open(io.BytesIO(blob)).format == pil and result.output_format == fmt and result.quality == "high"
+            sizes.append(len(blob))
+        assert sizes[0] > sizes[1]  # compression is honoured
+
+
+async def test_more_images_than_max_batch_take_several_pipeline_calls(ai, client):
+    result = await ai.images.generate(prompt="many foxes", n=10, size="64x64", response_format="b64_json",
+                                      extra_body={"steps": 1, "seed": 100})
+    assert len(result.data) == 10
+    seeds = [Image.open(io.BytesIO(base64.b64decode(item.b64_json))).text["parameters"].split("Seed: ")[1].split(",")[0]
+             for item in result.data]
+    assert seeds == [str(100 + i) for i in range(10)]
+
+
+async def test_a_prompt_longer_than_max_prompt_length_is_cut(ai):
+    result = await ai.images.generate(prompt="fox " * 1000, size="64x64", response_format="b64_json", extra_body={"steps": 1})
+    assert len(result.data) == 1
     with pytest.raises(openai.BadRequestError) as info:
-        await ai.images.generate(prompt="x", extra_body={"colour": "red"})
-    assert "Unrecognized request argument supplied: colour" in info.value.message
+        await ai.images.generate(prompt="x" * 4001)
+    assert info.value.param == "prompt"
 
 
 async def test_bad_key_is_an_authentication_error(client):
@@ -121,3 +172,10 @@ async def test_image_urls_follow_a_trusted_proxy_and_only_a_trusted_one(make_cli
     client = await make_client(settings.replace(trusted_proxies=()))
     url = await _image_url(client, forwarded)
     assert url.startswith(f"http://{client.host}:{client.port}/outputs/images/")
+
+
+async def test_without_an_api_key_any_key_works(make_client, settings):
+    client = await make_client(settings.replace(api_key=None))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="anything", max_retries=0) as ai:
+        result = await ai.images.generate(prompt="a fox", model="gpt-image-1", size="1536x1024", extra_body={"steps": 1})
+    assert result.size == "512x344" and Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (512, 344)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import aiohttp
 import pytest
 import rawhttp
@@ -173,6 +175,40 @@ def test_the_access_log_never_shows_a_key():
     access.log(make_mocked_request("GET", f"/api/v1/ws?job=abc&token={KEY}"), response, 0.1)
     access.log(make_mocked_request("GET", "/outputs/images/x.png"), response, 0.1)
     assert records == ["GET /api/v1/ws?job=abc&token=*** HTTP/1.1 101", "GET /outputs/images/x.png HTTP/1.1 101"]
+    records.clear()
+    access = RedactingAccessLogger(logger, '%r %{Authorization}i %{X-API-Key}i')
+    basic = "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode()
+    access.log(make_mocked_request("GET", "/sdapi/v1/options", headers={"Authorization": basic}), response, 0.1)
+    access.log(make_mocked_request("GET", "/api/v1/jobs", headers={"X-API-Key": KEY}), response, 0.1)
+    assert records == ["GET /sdapi/v1/options HTTP/1.1 Basic *** -", "GET /api/v1/jobs HTTP/1.1 - ***"]
+
+
+def _basic(credentials: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+@pytest.mark.parametrize("credentials", [f"user:{KEY}", f":{KEY}", f"sillytavern:{KEY}"])
+async def test_basic_auth_with_the_key_as_password_opens_the_api(client, credentials):
+    # SillyTavern, Open WebUI's A1111 mode and webuiapi can send only HTTP Basic auth.
+    for path in ("/sdapi/v1/options", "/api/v1/jobs", "/v1/models"):
+        resp = await client.get(path, headers=_basic(credentials))
+        assert resp.status == 200, (path, await resp.text())
+
+
+@pytest.mark.parametrize("header", [_basic(f"user:{KEY}x"), _basic(KEY), _basic(f"{KEY}:"), {"Authorization": "Basic !!notbase64"},
+                                    {"Authorization": "Basic " + base64.b64encode(b"user:\xff\xfe").decode()}])
+async def test_basic_auth_with_anything_else_is_refused_with_both_challenges(client, header):
+    resp = await client.get("/sdapi/v1/options", headers=header)
+    assert resp.status == 401
+    assert resp.headers.getall("WWW-Authenticate") == ['Bearer realm="sdxl_server"', 'Basic realm="sdxl_server", charset="UTF-8"']
+    assert "HTTP Basic auth with API_KEY as the password" in (await resp.json())["message"]
+
+
+async def test_basic_auth_user_and_password_together_may_be_the_key(make_client, settings):
+    # A1111's --api-auth is 'user:password'; the same text as API_KEY works whole.
+    client = await make_client(settings.replace(api_key="admin:pa55"))
+    assert (await client.get("/sdapi/v1/options", headers=_basic("admin:pa55"))).status == 200
+    assert (await client.get("/sdapi/v1/options", headers=_basic("admin:wrong"))).status == 401
 
 
 @pytest.mark.parametrize(
@@ -255,3 +291,9 @@ async def test_which_forwarded_values_count(client, headers, own, other):
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await client.ws_connect(f"/api/v1/ws?token={KEY}", origin=other, headers=headers)
     assert info.value.status == 403
+
+
+async def test_a_doubled_leading_slash_still_needs_the_key(client):
+    for path in ("//sdapi/v1/options", "///api/v1/jobs", "//v1/models"):
+        resp = await rawhttp.exchange(client.host, client.port, rawhttp.request("GET", path))
+        assert resp.status == 401, path

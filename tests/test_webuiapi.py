@@ -40,3 +40,18 @@ def test_webuiapi_models_switch_loras_and_txt2img(server):
     assert switched.info["sd_model_name"].endswith("tiny-b")
     api.util_set_model("tiny")
     assert api.txt2img(prompt="a lighthouse", seed=3, width=64, height=64).image.tobytes() == plain.image.tobytes()
+
+
+def test_webuiapi_with_api_key_sends_basic_auth(tiny_cache, tmp_path):
+    # webuiapi can only send HTTP Basic auth (set_auth): API_KEY as its password opens the API.
+    live = LiveServer(tiny_cache, tmp_path / "outputs", API_KEY="sk-local").wait_ready()
+    try:
+        api = webuiapi.WebUIApi(baseurl=f"{live.url}/sdapi/v1", steps=1)
+        refused = api.get_sd_models()  # webuiapi returns the body whatever the status
+        assert refused["error"] == "unauthorized" and "Basic auth with API_KEY as the password" in refused["detail"]
+        api.set_auth("webui", "sk-local")
+        assert [m["title"] for m in api.get_sd_models()] == ["tiny"]
+        result = api.txt2img(prompt="a lighthouse", seed=3, width=64, height=64)
+        assert result.image.size == (64, 64) and result.info["seed"] == 3
+    finally:
+        live.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from typing import Any
 
@@ -24,10 +25,12 @@ from marshmallow import validate as validate_
 from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS, GenerationParams
-from . import image_inputs, keys
+from . import keys
+from .batches import generate_images
 from .loras import with_loras
 from .models import usable_entries, with_model
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
+from .sizes import fit_size
 from .validation import read_json_object, validate
 
 PROGRESS_PREVIEW_WINDOW_S = 30.0  # previews are made while someone polled /progress this recently
@@ -54,9 +57,40 @@ _BY_NAME = {
     for label, (scheduler, aliases) in SAMPLERS.items()
     for key in (label, scheduler, *aliases)
 }
+# A1111 samplers this server lacks -> the nearest it has (same family: ancestral, SDE, multistep),
+# used with a note in ``info`` rather than refused, as clients offer A1111's whole list.
+NEAREST_SAMPLER = {
+    "dpm++ sde": "dpmpp_2m_sde", "dpm++ 2m sde heun": "dpmpp_2m_sde", "dpm++ 2m sde gpu": "dpmpp_2m_sde",
+    "dpm++ 3m sde": "dpmpp_2m_sde", "dpm++ 2s a": "euler_a", "dpm2": "dpmpp_2m", "dpm2 a": "euler_a",
+    "dpm fast": "dpmpp_2m", "dpm adaptive": "dpmpp_2m", "heun": "euler", "lms": "euler", "lcm": "euler_a",
+    "restart": "euler", "plms": "ddim", "ipndm": "deis", "ipndm_v": "deis", "ddim cfg++": "ddim",
+}
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
          "refiner": "refiner_checkpoint"}
+
+
+class Number(fields.Field):
+    """A number as A1111 (FastAPI/pydantic) reads one: a JSON number or a numeric string (``"7"``),
+    ``null`` meaning the default; an integer field takes ``7.0`` (and truncates ``7.5``, as pydantic
+    1 does). Booleans, NaN and infinity are refused."""
+
+    default_error_messages = {"invalid": "Not a valid number."}
+
+    def __init__(self, *, as_float: bool = False, **kwargs: Any) -> None:
+        super().__init__(allow_none=True, **kwargs)
+        self.as_float = as_float
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.make_error("invalid")
+        try:
+            number = float(value.strip()) if isinstance(value, str) else float(value)
+        except (ValueError, OverflowError):
+            raise self.make_error("invalid") from None
+        if not math.isfinite(number):
+            raise self.make_error("invalid")
+        return number if self.as_float else int(number)
 
 
 class Txt2ImgSchema(Schema):
@@ -65,19 +99,19 @@ class Txt2ImgSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    prompt = fields.String(load_default="")
-    negative_prompt = fields.String(load_default="")
-    width = StrictInteger(load_default=None, allow_none=True)
-    height = StrictInteger(load_default=None, allow_none=True)
-    steps = StrictInteger(load_default=None, allow_none=True)
-    cfg_scale = StrictFloat(load_default=None, allow_none=True)
-    seed = StrictInteger(load_default=-1, allow_none=True, metadata={"description": "-1 or null: random."})
+    prompt = fields.String(load_default="", allow_none=True)
+    negative_prompt = fields.String(load_default="", allow_none=True)
+    width = Number(load_default=None)
+    height = Number(load_default=None)
+    steps = Number(load_default=None)
+    cfg_scale = Number(load_default=None, as_float=True)
+    seed = Number(load_default=-1, metadata={"description": "-1 or null: random."})
     sampler_name = fields.String(load_default=None, allow_none=True)
     sampler_index = fields.String(load_default=None, allow_none=True, metadata={"description": "Older name of sampler_name."})
     scheduler = fields.String(load_default=None, allow_none=True, metadata={"description": "'Automatic' or 'Karras'."})
-    batch_size = StrictInteger(load_default=1, validate=validate_.Range(min=1))
-    n_iter = StrictInteger(load_default=1, validate=validate_.Range(min=1))
-    send_images = fields.Boolean(load_default=True)
+    batch_size = Number(load_default=1, validate=validate_.Range(min=1))
+    n_iter = Number(load_default=1, validate=validate_.Range(min=1))
+    send_images = fields.Boolean(load_default=True, allow_none=True)
     refiner_checkpoint = fields.String(load_default=None, allow_none=True,
                                        metadata={"description": "Any refiner name runs the configured refiner; empty or 'None': no refiner."})
     refiner_switch_at = StrictFloat(load_default=0.8)
@@ -116,55 +150,92 @@ def request_schema_for_spec(settings) -> Schema:
     return Schema.from_dict(spec_fields, name="Txt2ImgRequest")(unknown=EXCLUDE)
 
 
-def _scheduler(sampler: str | None, schedule: str | None) -> str:
+def _scheduler(sampler: str | None, schedule: str | None, notes: list[str]) -> str:
     if not sampler:
         return "default"
-    scheduler = _BY_NAME.get(sampler.strip().lower())
+    name = sampler.strip().lower()
+    if name.endswith(" karras") and name not in _BY_NAME:  # older A1111 names carry the schedule
+        name, schedule = name.removesuffix(" karras"), "karras"
+    scheduler = _BY_NAME.get(name)
+    if scheduler is None and name in NEAREST_SAMPLER:
+        scheduler = NEAREST_SAMPLER[name]
+        notes.append(f"sampler {sampler!r} is not available here: used {SCHEDULERS[scheduler]!r}, the nearest")
     if scheduler is None:
         raise ValidationFailed(
-            f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}", fields={"sampler_name": ["Unknown sampler."]}
+            f"unknown sampler {sampler[:60]!r}: use one of {', '.join(SAMPLERS)} (GET /sdapi/v1/samplers)",
+            fields={"sampler_name": ["Unknown sampler."]},
         )
     if (schedule or "").strip().lower() == "karras" and f"{scheduler}_karras" in SCHEDULERS:
         scheduler = f"{scheduler}_karras"
     return scheduler
 
 
-def core_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def core_request(body: dict[str, Any], settings) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Our request for an A1111 body, the body as read, and the notes for ``info`` (what was changed)."""
     request = validate(Txt2ImgSchema(), body)
+    for name, default in (("prompt", ""), ("negative_prompt", ""), ("batch_size", 1), ("n_iter", 1), ("send_images", True)):
+        if request[name] is None:
+            request[name] = default
+    notes: list[str] = []
     core: dict[str, Any] = {
         "prompt": request["prompt"],
         "negative_prompt": request["negative_prompt"],
         "seed": -1 if request["seed"] is None else request["seed"],
-        "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"]),
-        "num_images": request["batch_size"] * request["n_iter"],
+        "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"], notes),
+        "num_images": min(request["batch_size"] * request["n_iter"], settings.max_batch),
     }
     overrides = body.get("override_settings")
     if isinstance(overrides, dict) and isinstance(overrides.get("sd_model_checkpoint"), str):
         core["model"] = overrides["sd_model_checkpoint"]  # this job only, as A1111 does
-    for ours, theirs in (("width", "width"), ("height", "height"), ("steps", "steps"), ("guidance_scale", "cfg_scale")):
-        if request[theirs] is not None:
-            core[ours] = request[theirs]
+    if request["cfg_scale"] is not None:
+        core["guidance_scale"] = request["cfg_scale"]
+    if request["steps"] is not None:
+        core["steps"] = request["steps"]
+        if request["steps"] > settings.max_steps:
+            core["steps"] = settings.max_steps
+            notes.append(f"steps {request['steps']} lowered to {settings.max_steps} (MAX_STEPS)")
+    if request["width"] is not None or request["height"] is not None:
+        asked = (settings.default_width if request["width"] is None else request["width"],
+                 settings.default_height if request["height"] is None else request["height"])
+        if min(asked) < 1:
+            raise ValidationFailed("width and height must be positive", fields={
+                name: ["Must be at least 1."] for name in ("width", "height") if request[name] is not None and request[name] < 1})
+        core["width"], core["height"] = fit_size(*asked, settings.max_width, settings.max_height)
+        if (core["width"], core["height"]) != asked:
+            notes.append(f"size {asked[0]}x{asked[1]} made as {core['width']}x{core['height']} (the server's limits)")
     if (request["refiner_checkpoint"] or "None").strip() not in ("", "None"):
         core.update(refiner="ensemble", refiner_switch_at=request["refiner_switch_at"])
-    return core, request
+    return core, request, notes
+
+
+def _validated(app: web.Application, core: dict[str, Any]) -> dict[str, Any]:
+    """``core`` checked by our own schema; an empty prompt is allowed here, as in A1111."""
+    if core["prompt"].strip():
+        return validate(app[keys.GENERATE_SCHEMA], core, NAMES)
+    return {**validate(app[keys.GENERATE_SCHEMA], {**core, "prompt": "-"}, NAMES), "prompt": core["prompt"]}
 
 
 async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
-    core, original = core_request(await read_json_object(request))
-    return await respond(app, to_params(validate(app[keys.GENERATE_SCHEMA], core, NAMES)), original)
+    core, original, notes = core_request(await read_json_object(request, untyped_is_json=True), app[keys.SETTINGS])
+    return await respond(app, to_params(_validated(app, core)), original, notes)
 
 
-async def respond(app: web.Application, params: GenerationParams, original: dict[str, Any]) -> web.Response:
-    """Run ``params`` (its LoRAs and model checked) and answer as A1111 does: ``{images, parameters,
-    info}`` (``original``: the A1111 request as loaded, echoed in ``parameters``)."""
+async def respond(app: web.Application, params: GenerationParams, original: dict[str, Any], notes: list[str]) -> web.Response:
+    """Run ``params`` (its LoRAs and model checked; ``batch_size * n_iter`` images, interrupted ones
+    answered with what was made) and answer as A1111 does: ``{images, parameters, info}``
+    (``original``: the A1111 request as loaded, echoed in ``parameters``; ``notes``: what was changed)."""
     params = await with_model(app, await with_loras(app, params), "override_settings")
-    result = await image_inputs.generate(app, params, names=NAMES)
-    images = result.get("images") or [{"id": result["id"], "meta": result["meta"]}]
-    metas = [image["meta"] for image in images]
-    encoded = await app[keys.STORE].images_base64([i["id"] for i in images]) if original["send_images"] else []
-    first = metas[0]
+    count = original["batch_size"] * original["n_iter"]
+    made = await generate_images(app, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES)
+    if made.interrupted:
+        notes.append(f"interrupted: {len(made.images)} of {count} images made")
+    metas = [image["meta"] for image in made.images]
+    encoded = await app[keys.STORE].images_base64([i["id"] for i in made.images]) if original["send_images"] else []
+    first = metas[0] if metas else {"seed": params.seed, "sampler_name": SCHEDULERS.get(params.scheduler, params.scheduler),
+                                    "model_id": params.model or app[keys.MODELS].default_name}
+    job_id = made.first_job
     info = {
         "prompt": params.prompt,
         "all_prompts": [params.prompt] * len(metas),
@@ -187,11 +258,11 @@ async def respond(app: web.Application, params: GenerationParams, original: dict
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": params.strength if params.init_image else 0,
-        "extra_generation_params": {},
+        "extra_generation_params": {"Server notes": "; ".join(notes)} if notes else {},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
         "styles": [],
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(result["id"])).created_at)),
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(job_id)).created_at)),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
         "mask_blur": params.mask_blur if params.mask else None,
@@ -252,6 +323,16 @@ async def interrupt(request: web.Request) -> web.Response:
     return web.json_response(None)
 
 
+async def skip(request: web.Request) -> web.Response:
+    """``POST /sdapi/v1/skip``: stop the running job; its request goes on with its next batch, if any."""
+    queue = request.app[keys.QUEUE]
+    if queue.running is not None:
+        with contextlib.suppress(Conflict):
+            job = await queue.cancel(queue.running.id)
+            request.app[keys.A1111_SKIPPED].add(job.id)
+    return web.json_response(None)
+
+
 async def sd_models(request: web.Request) -> web.Response:
     """``GET /sdapi/v1/sd-models``: every usable local model (``title`` is what options take)."""
     return web.json_response([entry.a1111() for entry in usable_entries(request.app)])
@@ -277,7 +358,7 @@ async def get_options(request: web.Request) -> web.Response:
 async def set_options(request: web.Request) -> web.Response:
     """``sd_model_checkpoint`` names the default model from now on (loaded by the next job that
     uses it, as the queue reaches it); other options are accepted and have no effect."""
-    wanted = validate(OptionsSchema(), await read_json_object(request)).get("sd_model_checkpoint")
+    wanted = validate(OptionsSchema(), await read_json_object(request, untyped_is_json=True)).get("sd_model_checkpoint")
     if wanted is not None:
         await asyncio.to_thread(request.app[keys.MODELS].set_default, wanted, "sd_model_checkpoint")
     return web.json_response(None)

@@ -64,7 +64,7 @@ async def img2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/img2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
     body = await read_json_object(request)
-    core, original = core_request(body)
+    core, original, notes = core_request(body, app[keys.SETTINGS])
     extra = validate(Img2ImgSchema(), body)
     core.update(
         init_image=extra["init_images"][0], strength=extra["denoising_strength"], mask=extra["mask"],
@@ -77,5 +77,5 @@ async def img2img(request: web.Request) -> web.Response:
     data = await with_inputs(app, data, given, names=IMG2IMG_NAMES, invert_mask=bool(extra["inpainting_mask_invert"]))
     echoed: dict[str, Any] = {**original, **{k: v for k, v in extra.items() if k not in _IMAGES}}
     echoed.update({name: extra[name] if extra["include_init_images"] else None for name in _IMAGES})
-    return await respond(app, to_params(data), echoed)
+    return await respond(app, to_params(data), echoed, notes)
 

@@ -47,6 +47,7 @@ class LastPoll:
 
 
 A1111_PROGRESS_POLL = web.AppKey("a1111_progress_poll", LastPoll)
+A1111_SKIPPED = web.AppKey("a1111_skipped", set)  # ids of jobs /sdapi/v1/skip cancelled (their request goes on)
 
 
 LORAS = web.AppKey("loras", LoraCatalog)  # the files in LORA_DIR (read without torch)

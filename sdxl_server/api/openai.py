@@ -8,43 +8,64 @@ validated by the same schema, so the limits, queue and outputs are the server's.
 
 from __future__ import annotations
 
-import re
+import asyncio
+import base64
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from ..params import GenerationParams
 from ..errors import ValidationFailed
 from . import keys
+from .batches import generate_images
 from .forwarded import public_base
+from .image_formats import FORMATS, reencode
 from .loras import with_loras
 from .models import openai_model, usable_entries, with_model
 from .schemas import StrictInteger, generate_request_fields, to_params
+from .sizes import fit_size, parse_size
 from .validation import read_json_object
 from .validation import validate as validate_fields
 
-SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # fullmatch: ASCII digits only, no trailing newline
+log = logging.getLogger(__name__)
+
+MAX_N = 10  # OpenAI's own limit; above MAX_BATCH the images come from several pipeline calls
+MAX_PROMPT = 4000  # DALL·E 3's limit; what exceeds MAX_PROMPT_LENGTH is cut (and logged)
 # Documented fields that mean nothing here; accepted and ignored so clients need no change.
-IGNORED = ("quality", "style", "user", "background", "moderation", "output_format", "output_compression", "partial_images")
+IGNORED = ("style", "user", "moderation", "partial_images")
 # Our own fields a client may add (an extension): passed through to the core request.
 EXTENSIONS = ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler")
 
 
 class ImagesRequestSchema(Schema):
-    """OpenAI's image generation request (the fields this server uses; see ``IGNORED``)."""
+    """OpenAI's image generation request (the fields this server uses; see ``IGNORED``). ``null``
+    means the default for every optional field, as OpenAI's own server reads it."""
 
     class Meta:
-        unknown = EXCLUDE  # checked by hand below, to name the field the way OpenAI does
+        unknown = EXCLUDE  # newer OpenAI fields are ignored (and logged) by images_generations
 
-    prompt = fields.String(required=True, metadata={"description": "What to draw."})
-    n = StrictInteger(load_default=1, metadata={"description": "How many images (1 to MAX_BATCH)."})
-    size = fields.String(
-        load_default="auto", metadata={"description": "'WIDTHxHEIGHT' within the server's limits (multiples of 8), or 'auto'."}
-    )
-    response_format = fields.String(load_default="url", validate=validate.OneOf(["url", "b64_json"]))
+    prompt = fields.String(required=True, validate=validate.Length(max=MAX_PROMPT), metadata={
+        "description": f"What to draw (at most {MAX_PROMPT} characters; beyond MAX_PROMPT_LENGTH cut to it)."})
+    n = StrictInteger(load_default=1, allow_none=True, validate=validate.Range(min=1, max=MAX_N),
+                      metadata={"description": f"How many images (1 to {MAX_N}; in batches of MAX_BATCH)."})
+    size = fields.String(load_default="auto", allow_none=True, metadata={
+        "description": "'WIDTHxHEIGHT' (fitted into the server's limits, keeping the aspect ratio; "
+                       "the size made is the response's 'size'), or 'auto' for the defaults."})
+    response_format = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["url", "b64_json"]),
+                                    metadata={"description": "url, or b64_json (the default for gpt-image-* models)."})
     model = fields.String(load_default=None, allow_none=True, metadata={
         "description": "A local model's name (GET /v1/models); dall-e-* and gpt-image-* mean the default model."})
-    stream = fields.Boolean(load_default=False)
+    output_format = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(FORMATS),
+                                  metadata={"description": "png (default), jpeg or webp; b64_json only (URLs are PNGs)."})
+    output_compression = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=0, max=100),
+                                       metadata={"description": "jpeg/webp quality, 0 to 100 (default 100)."})
+    quality = fields.String(load_default=None, allow_none=True, metadata={"description": "Echoed; no effect."})
+    background = fields.String(load_default=None, allow_none=True,
+                               metadata={"description": "Echoed as 'opaque': transparency is not supported."})
+    stream = fields.Boolean(load_default=False, allow_none=True)
 
     @validates_schema
     def _no_streaming(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -57,59 +78,100 @@ def request_schema_for_spec(settings) -> Schema:
     core = generate_request_fields(settings)
     spec_fields = {
         **{name: field for name, field in ImagesRequestSchema().fields.items()},
-        "prompt": core["prompt"],
-        "n": StrictInteger(load_default=1, validate=validate.Range(min=1, max=settings.max_batch)),
-        "size": fields.String(load_default="auto", validate=validate.Regexp(r"^(auto|[0-9]+x[0-9]+)$"),
-                              metadata={"description": ImagesRequestSchema().fields["size"].metadata["description"]}),
         **{name: fields.Raw(metadata={"description": "Accepted and ignored."}) for name in IGNORED},
         **{name: core[name] for name in EXTENSIONS},
     }
     return Schema.from_dict(spec_fields, name="OpenAIImagesRequest")(unknown=RAISE)
 
 
-def _core_request(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Our request for OpenAI's ``body``, and the response format."""
-    known = set(ImagesRequestSchema().fields) | set(IGNORED) | set(EXTENSIONS)
-    unknown = sorted(set(body) - known)
+@dataclass(frozen=True)
+class ImagesAsk:
+    """An OpenAI request, read: our core request, how many images, and how to answer."""
+
+    core: dict[str, Any]
+    count: int
+    response_format: str
+    output_format: str
+    compression: int
+    quality: str
+    background: str
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _read_request(body: dict[str, Any], settings) -> ImagesAsk:
+    """Our request for OpenAI's ``body``, and how to answer it."""
+    unknown = sorted(set(body) - set(ImagesRequestSchema().fields) - set(IGNORED) - set(EXTENSIONS))
     if unknown:
-        raise ValidationFailed(f"Unrecognized request argument supplied: {unknown[0]}", fields={unknown[0]: ["Unknown field."]})
+        log.info("OpenAI images request: ignoring fields this server does not know: %s", ", ".join(unknown[:20]))
     request = validate_fields(ImagesRequestSchema(), {k: v for k, v in body.items() if k not in IGNORED and k not in EXTENSIONS})
-    core: dict[str, Any] = {"prompt": request["prompt"], "num_images": request["n"], "model": openai_model(request["model"])}
+    prompt = request["prompt"]
+    if len(prompt) > settings.max_prompt_length:
+        log.info("OpenAI images request: prompt of %d characters cut to MAX_PROMPT_LENGTH (%d)", len(prompt), settings.max_prompt_length)
+        prompt = prompt[: settings.max_prompt_length]
+    count = _default(request["n"], 1)
+    core: dict[str, Any] = {"prompt": prompt, "num_images": min(count, settings.max_batch), "model": openai_model(request["model"])}
     core.update({name: body[name] for name in EXTENSIONS if name in body})
-    if request["size"] != "auto":
-        match = SIZE.fullmatch(request["size"])
-        if not match:
+    size = _default(request["size"], "auto")
+    if size != "auto":
+        asked = parse_size(size)
+        if asked is None:
             raise ValidationFailed(
-                f"size must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto', not {request['size']!r}",
+                f"size must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto', not {size[:40]!r}",
                 fields={"size": ["Not a size like 1024x1024."]},
             )
-        core["width"], core["height"] = int(match.group(1)), int(match.group(2))
-    return core, request["response_format"]
+        core["width"], core["height"] = fit_size(*asked, settings.max_width, settings.max_height)
+        if (core["width"], core["height"]) != asked:
+            log.info("OpenAI images request: size %dx%d made as %dx%d (the server's limits)", *asked, core["width"], core["height"])
+    gpt_image = (request["model"] or "").startswith("gpt-image")
+    response_format = _default(request["response_format"], "b64_json" if gpt_image else "url")
+    output_format = _default(request["output_format"], "png") if response_format == "b64_json" else "png"
+    if request["background"] == "transparent":
+        log.info("OpenAI images request: background 'transparent' is not supported; the image is opaque")
+    return ImagesAsk(core, count, response_format, output_format, _default(request["output_compression"], 100),
+                    _default(request["quality"], "auto"), "opaque")
 
 
 SIZE_NAMES = {"width": "size", "height": "size", "num_images": "n"}
 
 
+async def _base64_images(app: web.Application, ids: list[str], output_format: str, compression: int) -> list[str]:
+    if output_format == "png":
+        return await app[keys.STORE].images_base64(ids)
+    loop = asyncio.get_running_loop()
+    store = app[keys.STORE]
+    blobs = await asyncio.gather(*(loop.run_in_executor(
+        None, lambda i=i: reencode(store.image_path(i).read_bytes(), output_format, compression)) for i in ids))
+    return [base64.b64encode(blob).decode("ascii") for blob in blobs]
+
+
 async def images_generations(request: web.Request) -> web.Response:
-    """``POST /v1/images/generations``: ``{created, data: [{url} | {b64_json}]}``."""
+    """``POST /v1/images/generations``: ``{created, data: [{url} | {b64_json}], size, output_format, ...}``."""
     app = request.app
-    body = await read_json_object(request)
-    core, response_format = _core_request(body)
-    params = await with_model(app, await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES))))
-    return await images_response(request, await app[keys.QUEUE].generate(params), response_format)
+    asked = _read_request(await read_json_object(request), app[keys.SETTINGS])
+    params = await with_model(app, await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], asked.core, SIZE_NAMES))))
+    return await images_response(request, params, asked)
 
 
-async def images_response(request: web.Request, result: dict[str, Any], response_format: str) -> web.Response:
-    """A finished job as OpenAI answers: ``{created, data: [{url} | {b64_json}]}``."""
+async def images_response(request: web.Request, params: GenerationParams, asked: ImagesAsk) -> web.Response:
+    """Make ``asked.count`` images like ``params`` (in batches of MAX_BATCH) and answer as OpenAI
+    does: ``{created, data: [{url} | {b64_json}], size, output_format, quality, background}``."""
     app = request.app
-    images = result.get("images") or [{"id": result["id"], "image_url": result["image_url"]}]
-    if response_format == "b64_json":
-        data = [{"b64_json": blob} for blob in await app[keys.STORE].images_base64([image["id"] for image in images])]
+    made = await generate_images(app, params, asked.count, names=SIZE_NAMES)
+    images, job_id = made.images, made.first_job
+    if asked.response_format == "b64_json":
+        blobs = await _base64_images(app, [image["id"] for image in images], asked.output_format, asked.compression)
+        data = [{"b64_json": blob} for blob in blobs]
     else:
         base = public_base(request)  # PUBLIC_URL, else the scheme and host as trusted proxies forward them
         data = [{"url": base + image["image_url"]} for image in images]
-    created = int((await app[keys.QUEUE].find(result["id"])).created_at)
-    return web.json_response({"created": created, "data": data})
+    created = int((await app[keys.QUEUE].find(job_id)).created_at)
+    return web.json_response({
+        "created": created, "data": data, "size": f"{params.width}x{params.height}",
+        "output_format": asked.output_format, "quality": asked.quality, "background": asked.background,
+    })
 
 
 async def models(request: web.Request) -> web.Response:

@@ -20,10 +20,10 @@ from marshmallow import Schema, fields, validate
 
 from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed
 from . import keys
-from .image_inputs import generate, with_inputs
+from .image_inputs import with_inputs
 from .loras import with_loras
 from .models import with_model
-from .openai import IGNORED, SIZE, SIZE_NAMES, images_response
+from .openai import IGNORED, SIZE, SIZE_NAMES, ImagesAsk, images_response
 from .schemas import generate_request_fields, to_params
 from .validation import validate as validate_fields
 
@@ -106,7 +106,9 @@ async def _run(request: web.Request, core: dict[str, Any], given: list[str], ima
     data.update(init_image=image, mask=mask, prompt=prompt)
     data = await with_inputs(app, data, given, names={"init_image": "image", **SIZE_NAMES}, alpha_mask=True)
     params = await with_model(app, await with_loras(app, to_params(data)))
-    return await images_response(request, await generate(app, params), response_format)
+    asked = ImagesAsk(core=data, count=params.num_images, response_format=response_format,
+                      output_format="png", compression=100, quality="auto", background="opaque")
+    return await images_response(request, params, asked)
 
 
 def _one_image(images: list[bytes]) -> bytes:

@@ -17,7 +17,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from ..config import Settings
-from . import a1111, a1111_img2img, openai, openai_edits, schemas
+from . import a1111, a1111_img2img, a1111_probes, openai, openai_edits, schemas
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
@@ -103,9 +103,48 @@ OPERATIONS: list[Operation] = [
     Operation("get", "/sdapi/v1/progress", "AUTOMATIC1111 API: the running job's progress", {
         200: "ProgressResponse", **_errors(401, 422),
     }, query=a1111.ProgressQuerySchema, error_schema="A1111Error", tags=("a1111",)),
-    Operation("post", "/sdapi/v1/interrupt", "AUTOMATIC1111 API: cancel the running job", {
+    Operation("post", "/sdapi/v1/interrupt", "AUTOMATIC1111 API: stop the running request (its txt2img answers 200 with what it made)", {
         200: (JSON, "Done (null)", NULL), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/skip", "AUTOMATIC1111 API: stop the running pipeline call; its request goes on", {
+        200: (JSON, "Done (null)", NULL), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/upscalers", "AUTOMATIC1111 API: upscalers (only None: this server does not upscale)", {
+        200: (JSON, "As A1111 answers", {"type": "array"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/latent-upscale-modes", "AUTOMATIC1111 API: latent upscale modes (none: no hires fix)", {
+        200: (JSON, "As A1111 answers", {"type": "array"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/sd-vae", "AUTOMATIC1111 API: the model's separate VAE, if it has one", {
+        200: (JSON, "As A1111 answers", {"type": "array"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/sd-modules", "AUTOMATIC1111 API: text-encoder/VAE modules (none)", {
+        200: (JSON, "As A1111 answers", {"type": "array"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/face-restorers", "AUTOMATIC1111 API: face restorers (none)", {
+        200: (JSON, "As A1111 answers", {"type": "array"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/prompt-styles", "AUTOMATIC1111 API: prompt styles (none)", {
+        200: (JSON, "As A1111 answers", {"type": "array"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/scripts", "AUTOMATIC1111 API: scripts (none)", {
+        200: (JSON, "As A1111 answers", {"type": "object"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/embeddings", "AUTOMATIC1111 API: textual-inversion embeddings (none)", {
+        200: (JSON, "As A1111 answers", {"type": "object"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/cmd-flags", "AUTOMATIC1111 API: the flags that mean something here", {
+        200: (JSON, "As A1111 answers", {"type": "object"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/sdapi/v1/memory", "AUTOMATIC1111 API: RAM and CUDA memory", {
+        200: (JSON, "As A1111 answers", {"type": "object"}), **_errors(401),
+    }, error_schema="A1111Error", tags=("a1111",)),
+    Operation("post", "/sdapi/v1/png-info", "AUTOMATIC1111 API: a PNG's generation parameters (its parameters text chunk)", {
+        200: (JSON, "info (the text), items (other text chunks), parameters (parsed)", {"type": "object"}),
+        **_errors(400, 401, 413, 415, 422),
+    }, body="A1111PngInfoRequest", error_schema="A1111Error", tags=("a1111",)),
+    Operation("get", "/internal/ping", "AUTOMATIC1111 API: liveness ({})", {
+        200: (JSON, "{}", {"type": "object"})}, tags=("a1111",)),
     Operation("get", "/sdapi/v1/sd-models", "AUTOMATIC1111 API: every local model", {
         200: (JSON, "The models", _array("SDModel")), **_errors(401),
     }, error_schema="A1111Error", tags=("a1111",)),
@@ -193,7 +232,7 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         ("Txt2ImgRequest", a1111.request_schema_for_spec(settings)), ("Txt2ImgResponse", schemas.Txt2ImgResponseSchema),
         ("ProgressResponse", schemas.ProgressResponseSchema), ("SDModel", schemas.SDModelSchema),
         ("Sampler", schemas.SamplerSchema), ("ScheduleType", schemas.ScheduleTypeSchema),
-        ("A1111Options", a1111.OptionsSchema),
+        ("A1111Options", a1111.OptionsSchema), ("A1111PngInfoRequest", a1111_probes.PngInfoSchema),
         ("LoraList", schemas.LoraListSchema), ("A1111Lora", schemas.A1111LoraSchema),
         ("ModelList", schemas.ModelListSchema),
         ("TokenizeRequest", schemas.tokenize_request_schema(settings)), ("TokenizeResponse", schemas.TokenizeResponseSchema),

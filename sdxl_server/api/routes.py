@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import a1111, a1111_img2img, keys, loras, models, openai, openai_edits, tokens, views, websocket
+from . import a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, tokens, views, websocket
 
 
 def add_routes(app: web.Application) -> None:
@@ -41,6 +41,19 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/sdapi/v1/img2img", a1111_img2img.img2img)
     router.add_post("/v1/images/edits", openai_edits.edits)
     router.add_post("/v1/images/variations", openai_edits.variations)
+    router.add_post("/sdapi/v1/skip", a1111.skip)
+    router.add_get("/sdapi/v1/upscalers", a1111_probes.upscalers)
+    router.add_get("/sdapi/v1/latent-upscale-modes", a1111_probes.latent_upscale_modes)
+    router.add_get("/sdapi/v1/sd-vae", a1111_probes.sd_vae)
+    router.add_get("/sdapi/v1/sd-modules", a1111_probes.empty_list)
+    router.add_get("/sdapi/v1/face-restorers", a1111_probes.empty_list)
+    router.add_get("/sdapi/v1/prompt-styles", a1111_probes.empty_list)
+    router.add_get("/sdapi/v1/scripts", a1111_probes.scripts)
+    router.add_get("/sdapi/v1/embeddings", a1111_probes.embeddings)
+    router.add_get("/sdapi/v1/cmd-flags", a1111_probes.cmd_flags)
+    router.add_get("/sdapi/v1/memory", a1111_probes.memory)
+    router.add_post("/sdapi/v1/png-info", a1111_probes.png_info)
+    router.add_get("/internal/ping", a1111_probes.ping)
     router.add_get("/outputs/images/{filename}", views.output_image)
     router.add_get("/outputs/metadata/{filename}", views.output_metadata)
     if app[keys.STATIC_DIR].is_dir():

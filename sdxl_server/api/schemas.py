@@ -392,13 +392,17 @@ class OpenAIErrorSchema(Schema):
 
 
 class OpenAIImageSchema(Schema):
-    url = fields.String(metadata={"description": "With response_format=url (the default)."})
-    b64_json = fields.String(metadata={"description": "With response_format=b64_json: the PNG, base64."})
+    url = fields.String(metadata={"description": "With response_format=url (the default but for gpt-image-*): a PNG."})
+    b64_json = fields.String(metadata={"description": "With response_format=b64_json: the image in output_format, base64."})
 
 
 class OpenAIImagesResponseSchema(Schema):
     created = fields.Integer(required=True)
     data = fields.List(fields.Nested(OpenAIImageSchema), required=True)
+    size = fields.String(required=True, metadata={"description": "The size made, 'WIDTHxHEIGHT' (fitted into the limits)."})
+    output_format = fields.String(required=True, metadata={"description": "png, jpeg or webp."})
+    quality = fields.String(required=True, metadata={"description": "As requested ('auto' when absent)."})
+    background = fields.String(required=True, metadata={"description": "Always 'opaque'."})
 
 
 class OpenAIModelSchema(Schema):

@@ -1,7 +1,8 @@
 """Who may call what: the API key and cross-origin (CORS) rules, as two middlewares.
 
 - ``API_KEY``: every API route (``/api/``, ``/v1/``, ``/sdapi/``, ``/metrics``) and the websocket
-  need the key, compared in constant time; ``/``, ``/health``, ``/static/`` and ``/openapi.json``
+  need the key (a bearer token, or HTTP Basic auth's password for A1111 clients), compared in
+  constant time; ``/``, ``/health``, ``/static/`` and ``/openapi.json``
   stay public, and ``/outputs/`` needs the key only with ``OUTPUTS_NEED_KEY``.
 - ``CORS_ORIGINS``: browsers on those origins may call the API; preflight ``OPTIONS`` is answered
   for every route; a websocket's ``Origin`` must be the server's own (as a trusted proxy forwards
@@ -11,15 +12,20 @@ Never imports torch.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 
 from aiohttp import hdrs, web
 from aiohttp.web_log import AccessLogger
+from multidict import CIMultiDict
 
 from ..errors import ForbiddenOrigin, Unauthorized
 from . import forwarded, keys
 from .middleware import Handler
 
+CHALLENGES = CIMultiDict([(hdrs.WWW_AUTHENTICATE, 'Bearer realm="sdxl_server"'),
+                          (hdrs.WWW_AUTHENTICATE, 'Basic realm="sdxl_server", charset="UTF-8"')])
 PROTECTED_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/metrics")
 WS_TOKEN_PROTOCOL = "bearer."
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
@@ -38,9 +44,32 @@ def _is_websocket(request: web.Request) -> bool:
     return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
 
 
+def basic_credentials(token: str) -> tuple[str, ...]:
+    """The keys HTTP Basic credentials may carry: the password, and the whole ``user:password``
+    (A1111 clients such as SillyTavern, Open WebUI and ``webuiapi`` can send only Basic auth, and
+    their settings take ``user:password``). Undecodable credentials carry none."""
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8", "surrogateescape")
+    except (binascii.Error, ValueError):
+        return ()
+    _, colon, password = decoded.partition(":")
+    return (password, decoded) if colon else ()  # RFC 7617: user-id ":" password
+
+
+def presented_keys(request: web.Request) -> tuple[str, ...]:
+    """The keys a client sent: a bearer token, HTTP Basic credentials, an ``X-API-Key`` header, or,
+    where headers cannot be set (browser websockets, ``<img>`` URLs), a ``bearer.KEY`` websocket
+    subprotocol or ``?token=``."""
+    authorization = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "basic" and token.strip():
+        return basic_credentials(token)
+    key = presented_key(request)
+    return (key,) if key is not None else ()
+
+
 def presented_key(request: web.Request) -> str | None:
-    """The key a client sent: a bearer token, an ``X-API-Key`` header, or, where headers cannot
-    be set (browser websockets, ``<img>`` URLs), a ``bearer.KEY`` websocket subprotocol or ``?token=``."""
+    """The key a client sent other than by HTTP Basic auth (see :func:`presented_keys`)."""
     authorization = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -72,10 +101,13 @@ def _raw(text: str) -> bytes:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     expected = request.app[keys.SETTINGS].api_key
     if expected and request.method != "OPTIONS" and _needs_key(request):
-        if not key_matches(presented_key(request), expected):
+        # Every candidate is compared (no short cut), so timing says nothing about which matched.
+        matches = [key_matches(key, expected) for key in presented_keys(request)]
+        if not any(matches):
             raise Unauthorized(
-                "this server needs an API key: send 'Authorization: Bearer <API_KEY>'",
-                headers={"WWW-Authenticate": 'Bearer realm="sdxl_server"'},
+                "this server needs an API key: send 'Authorization: Bearer <API_KEY>', "
+                "or HTTP Basic auth with API_KEY as the password (A1111 clients: 'user:API_KEY')",
+                headers=CHALLENGES,
             )
     return await handler(request)
 
@@ -125,13 +157,24 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     response.headers.add(hdrs.VARY, "Origin")
 
 
+SECRET_HEADERS = (hdrs.AUTHORIZATION, "X-API-Key")
+
+
 class RedactingAccessLogger(AccessLogger):
-    """aiohttp's access log, with any ``token`` query parameter (an API key) replaced by ``***``."""
+    """aiohttp's access log, with any ``token`` query parameter (an API key) replaced by ``***``, and
+    the credentials of ``Authorization`` and ``X-API-Key`` too, should a log format show headers."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if request is not None and "token" in request.query:
             query = {name: ("***" if name == "token" else value) for name, value in request.query.items()}
             request = request.clone(rel_url=request.rel_url.with_query(query))
+        if request is not None and any(name in request.headers for name in SECRET_HEADERS):
+            headers = CIMultiDict(request.headers)
+            for name in SECRET_HEADERS:
+                if name in headers:  # keep the scheme ("Basic", "Bearer"), mask the credentials
+                    scheme, _, secret = headers[name].partition(" ")
+                    headers[name] = f"{scheme} ***" if secret and name == hdrs.AUTHORIZATION else "***"
+            request = request.clone(headers=headers)
         super().log(request, response, time)
 
 

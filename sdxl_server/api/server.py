@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from .middleware import error_response, protocol_error
 
@@ -56,3 +57,17 @@ with warnings.catch_warnings():
                 server.request_handler, request_factory=server.request_factory,
                 handler_cancellation=server.handler_cancellation, **server._kwargs,
             )
+
+        def _make_request(self, message: Any, *args: Any, **kwargs: Any) -> web.Request:
+            return super()._make_request(merged_leading_slashes(message), *args, **kwargs)
+
+
+def merged_leading_slashes(message: Any) -> Any:
+    """``//sdapi/v1/txt2img`` as ``/sdapi/v1/txt2img``: clients given a base URL with a trailing
+    slash (``http://host:8001/``) send such paths, and A1111 (Starlette) answers them. Merged before
+    routing, so the route, the key check and the error shape all see the one path."""
+    if not message.path.startswith("//"):
+        return message
+    path = "/" + message.path.lstrip("/")
+    return message._replace(path=path, url=URL.build(path=path.partition("?")[0], query_string=message.url.query_string,
+                                                     encoded=True))

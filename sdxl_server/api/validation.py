@@ -25,9 +25,16 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json"))
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a dict; raises for anything else (``client_max_size`` bounds its size)."""
-    if not _is_json(request.content_type):
+async def read_json_object(
+    request: web.Request, *, untyped_is_json: bool = False, max_bytes: int | None = None
+) -> dict[str, Any]:
+    """The body as a dict; raises for anything else (``client_max_size`` bounds its size, or
+    ``max_bytes`` for a route that takes uploads).
+
+    ``untyped_is_json``: a body sent without any ``Content-Type`` is read as JSON, as FastAPI
+    (and so A1111) does."""
+    untyped = untyped_is_json and hdrs.CONTENT_TYPE not in request.headers
+    if not untyped and not _is_json(request.content_type):
         raise UnsupportedMediaType(
             f"send the body as JSON with 'Content-Type: application/json' (got {request.content_type!r})"
         )
@@ -36,11 +43,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding!r} is not supported: send the body uncompressed, or compressed with gzip or deflate"
         )
-    raw = await _read(request)
+    raw = await _read(request, max_bytes)
     if not raw.strip():
         raise InvalidBody("the request body is empty: send a JSON object")
     try:
-        body = json.loads(raw.decode(request.charset or "utf-8"))
+        body = json.loads(raw.decode((None if untyped else request.charset) or "utf-8"))
     except UnicodeDecodeError:
         raise InvalidBody("the request body is not valid UTF-8") from None
     except LookupError:
@@ -66,9 +73,16 @@ class UnreadableBody(InvalidBody):
     middleware closes it after answering."""
 
 
-async def _read(request: web.Request) -> bytes:
+async def _read(request: web.Request, max_bytes: int | None = None) -> bytes:
     try:
-        return await request.read()
+        if max_bytes is None:
+            return await request.read()
+        body = bytearray()
+        while chunk := await request.content.readany():
+            body.extend(chunk)
+            if len(body) > max_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(body))
+        return bytes(body)
     except web.RequestPayloadError as exc:
         # Nothing more of this body will come; say so, or aiohttp tries to read the rest after the
         # answer and logs the same error again as an unhandled one.

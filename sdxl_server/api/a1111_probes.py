@@ -1,0 +1,152 @@
+"""The AUTOMATIC1111 endpoints clients probe before they generate, answered truthfully in A1111's shapes.
+
+SillyTavern, Open WebUI and ``webuiapi`` list upscalers, VAEs, scripts and embeddings, read
+``cmd-flags`` and ``memory``, ping ``/internal/ping`` and read a PNG's parameters with
+``png-info``. This server has no upscalers (only ``None``), no hires fix (no latent upscale
+modes), no scripts, modules or textual-inversion embeddings: those lists are empty, never
+invented. Never imports torch (CUDA figures come from the engine's ``describe``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from typing import Any
+
+import psutil
+from aiohttp import web
+from marshmallow import EXCLUDE, Schema, fields
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ValidationFailed
+from . import keys
+from .validation import read_json_object, validate
+
+
+async def upscalers(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/upscalers``: only ``None`` (this server does not upscale)."""
+    return web.json_response([{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}])
+
+
+async def latent_upscale_modes(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/latent-upscale-modes``: none (no hires fix here)."""
+    return web.json_response([])
+
+
+async def sd_vae(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/sd-vae``: the VAE the model is configured with, when it is a separate one."""
+    vae = (request.app[keys.ENGINE].describe().get("model") or {}).get("vae")
+    return web.json_response([{"model_name": str(vae).rsplit("/", 1)[-1], "filename": str(vae)}] if vae else [])
+
+
+async def empty_list(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/sd-modules``, ``/face-restorers``, ``/prompt-styles``, ...: none here."""
+    return web.json_response([])
+
+
+async def scripts(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/scripts``: no scripts."""
+    return web.json_response({"txt2img": [], "img2img": []})
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/embeddings``: no textual-inversion embeddings are loaded."""
+    return web.json_response({"loaded": {}, "skipped": {}})
+
+
+async def cmd_flags(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/cmd-flags``: A1111's flags that have a meaning here, from the settings."""
+    settings = request.app[keys.SETTINGS]
+    return web.json_response({
+        "api": True,
+        "nowebui": False,
+        "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+        "port": settings.port,
+        "api_auth": "***" if settings.api_key else None,  # never the key itself
+        "ckpt_dir": str(settings.model_dir),
+        "lora_dir": str(settings.lora_dir),
+        "data_dir": str(settings.output_dir),
+        "medvram": False,
+        "lowvram": False,
+        "xformers": False,
+        "no_half": settings.dtype == "float32",
+    })
+
+
+async def memory(request: web.Request) -> web.Response:
+    """``GET /sdapi/v1/memory``: the machine's RAM, and the CUDA device's as torch sees it."""
+    ram = psutil.virtual_memory()
+    gpu = request.app[keys.ENGINE].describe().get("gpu")
+    if gpu:
+        allocated = gpu["memory_allocated"]
+        cuda: dict[str, Any] = {
+            "system": {"total": gpu["memory_total"]},
+            "allocated": {"current": allocated},
+            "active": {"current": allocated},
+        }
+    else:
+        cuda = {"error": f"CUDA is not in use (device {request.app[keys.SETTINGS].device})"}
+    return web.json_response({"ram": {"free": ram.available, "used": ram.total - ram.available, "total": ram.total}, "cuda": cuda})
+
+
+async def ping(request: web.Request) -> web.Response:
+    """``GET /internal/ping``: ``{}``, as A1111 answers."""
+    return web.json_response({})
+
+
+PNG_INFO_MAX_BYTES = 64 * 1024 * 1024  # an uploaded image, base64: more than MAX_BODY_BYTES allows
+
+
+class PngInfoSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    image = fields.String(required=True, metadata={"description": "A PNG, base64 (a data: URL is fine)."})
+
+
+_INFOTEXT_PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """A ``parameters`` text as A1111's ``parse_generation_parameters`` reads it (the common keys)."""
+    lines = text.strip().split("\n")
+    *prompt_lines, last = lines if len(lines) > 1 and _INFOTEXT_PAIR.match(lines[-1]) and ":" in lines[-1] else (*lines, "")
+    prompt, negative, in_negative = [], [], False
+    for line in prompt_lines:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    result: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _INFOTEXT_PAIR.findall(last):
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        result[key.strip()] = value
+    if "Size" in result and "x" in result["Size"]:
+        result["Size-1"], _, result["Size-2"] = result["Size"].partition("x")
+    return result
+
+
+def _read_png_text(blob: bytes) -> dict[str, str]:
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            return {str(k): str(v) for k, v in (getattr(image, "text", None) or {}).items()}
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ValidationFailed("image is not an image this server can read: send a PNG, base64-encoded",
+                               fields={"image": ["Not a readable image."]}) from None
+
+
+async def png_info(request: web.Request) -> web.Response:
+    """``POST /sdapi/v1/png-info``: the ``parameters`` text chunk of an uploaded PNG, parsed."""
+    body = await read_json_object(request, untyped_is_json=True, max_bytes=PNG_INFO_MAX_BYTES)
+    data = validate(PngInfoSchema(), body)["image"]
+    try:
+        blob = base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=False)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed("image is not base64: send the PNG's bytes base64-encoded",
+                               fields={"image": ["Not base64."]}) from None
+    items = _read_png_text(blob)
+    info = items.pop("parameters", "")
+    return web.json_response({"info": info, "items": items, "parameters": parse_infotext(info) if info else {}})

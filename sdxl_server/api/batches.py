@@ -1,0 +1,55 @@
+"""Requests for more images than one pipeline call may make (``MAX_BATCH``), for the compatible APIs.
+
+OpenAI clients may ask for ``n`` up to 10 and A1111 clients for any ``batch_size`` x ``n_iter``;
+the images are made by consecutive jobs of at most ``MAX_BATCH`` images each, and image ``i`` of
+the whole request still uses seed ``seed + i``, as one large batch would. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiohttp import web
+
+from ..jobs.states import JobStatus
+from ..params import MAX_SEED, GenerationParams
+from . import image_inputs, keys
+
+
+@dataclass
+class Made:
+    """What a request made: each image's ``{id, image_url, meta}``, the first job's id, and whether
+    an interrupt stopped it early."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)
+    first_job: str = ""
+    interrupted: bool = False
+
+
+async def generate_images(
+    app: web.Application, params: GenerationParams, count: int, *, partial: bool = False,
+    skipped: set[str] | None = None, names: Mapping[str, str] | None = None,
+) -> Made:
+    """Make ``count`` images like ``params`` in jobs of at most ``MAX_BATCH``.
+
+    A cancelled job raises (409), unless ``partial``: then the images made so far are returned, as
+    A1111 answers an interrupted request; a job whose id is in ``skipped`` is passed over and the
+    rest of the request goes on (A1111's skip)."""
+    per_call = app[keys.SETTINGS].max_batch
+    made = Made()
+    for start in range(0, count, per_call):
+        chunk = replace(params, num_images=min(per_call, count - start), seed=(params.seed + start) % (MAX_SEED + 1))
+        job, _ = await image_inputs.submit(app, chunk, names=names)  # its input images kept until it holds them
+        made.first_job = made.first_job or job.id
+        await job.wait()
+        if partial and job.status is JobStatus.CANCELLED:
+            if skipped is not None and job.id in skipped:
+                skipped.discard(job.id)
+                continue
+            made.interrupted = True
+            break
+        result = job.outcome()
+        made.images.extend(result.get("images") or [{"id": result["meta"]["id"], "image_url": result["image_url"], "meta": result["meta"]}])
+    return made

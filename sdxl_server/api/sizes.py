@@ -1,0 +1,53 @@
+"""Fitting a size a client asks for into the server's limits (the compatible APIs only).
+
+Clients written for OpenAI or AUTOMATIC1111 ask for sizes they know (DALL·E 3's ``1792x1024``,
+GPT-image's ``1536x1024``, SillyTavern's ``1344x768`` or ``960x540``) whatever this server's
+``MAX_WIDTH``/``MAX_HEIGHT`` are. :func:`fit_size` keeps the aspect ratio, scales the size down to
+the limits (or up to the 64-pixel minimum), snaps each side to a multiple of 8 and prefers one of
+SDXL's native training sizes when one is close in shape and pixel count. The server's own API
+stays strict. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from .schemas import MIN_SIZE
+
+# The sizes SDXL was trained at (about one megapixel), both orientations.
+SDXL_NATIVE = tuple(
+    {(w, h) for base in ((1024, 1024), (1152, 896), (1216, 832), (1344, 768), (1536, 640)) for w, h in (base, base[::-1])}
+)
+ASPECT_TOLERANCE = 0.03  # a native size may differ this much in aspect ratio (relative)
+PIXEL_TOLERANCE = 0.15  # ... and this much in pixel count
+
+
+def fit_size(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
+    """The size to make for a requested ``width`` x ``height`` (both > 0): see the module docstring."""
+    scale = min(1.0, max_width / width, max_height / height)
+    scale = max(scale, MIN_SIZE / min(width, height))  # tiny requests grow to the minimum
+    fitted = (_snap(width * scale, max_width), _snap(height * scale, max_height))
+    return _native_near(width / height, fitted, max_width, max_height) or fitted
+
+
+def _snap(value: float, maximum: int) -> int:
+    return min(max(MIN_SIZE, int(value / 8 + 0.5) * 8), maximum // 8 * 8)  # halves round up
+
+
+def _native_near(aspect: float, fitted: tuple[int, int], max_width: int, max_height: int) -> tuple[int, int] | None:
+    pixels = fitted[0] * fitted[1]
+    close = [
+        (w, h) for w, h in SDXL_NATIVE
+        if w <= max_width and h <= max_height
+        and abs(w / h - aspect) <= ASPECT_TOLERANCE * aspect
+        and abs(w * h - pixels) <= PIXEL_TOLERANCE * pixels
+    ]
+    return min(close, key=lambda size: abs(size[0] / size[1] - aspect), default=None)
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """``'WIDTHxHEIGHT'`` (ASCII digits, both above 0) as a pair, else None."""
+    width, sep, height = text.partition("x")
+    if not sep or not (width.isascii() and width.isdigit() and height.isascii() and height.isdigit()):
+        return None
+    if not (0 < int(width) <= 100_000 and 0 < int(height) <= 100_000):
+        return None
+    return int(width), int(height)
