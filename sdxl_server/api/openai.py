@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..params import GenerationParams
 from ..errors import ValidationFailed
+from ..params import GenerationParams
 from . import keys
 from .batches import generate_images
 from .forwarded import public_base

@@ -23,8 +23,9 @@ from . import keys
 from .image_inputs import with_inputs
 from .loras import with_loras
 from .models import with_model
-from .openai import IGNORED, SIZE, SIZE_NAMES, ImagesAsk, images_response
+from .openai import IGNORED, SIZE_NAMES, ImagesAsk, images_response
 from .schemas import generate_request_fields, to_params
+from .sizes import parse_size
 from .validation import validate as validate_fields
 
 VARIATION_STRENGTH = 0.6
@@ -92,10 +93,10 @@ def _core(values: dict[str, Any], prompt: str) -> tuple[dict[str, Any], list[str
     given: list[str] = []
     size = values.get("size", "auto")
     if size != "auto":
-        match = SIZE.match(size)
-        if not match:
+        asked = parse_size(size)
+        if asked is None:
             raise _invalid("size", "Not a size like 1024x1024 (or 'auto').")
-        core["width"], core["height"], given = int(match.group(1)), int(match.group(2)), ["width", "height"]
+        (core["width"], core["height"]), given = asked, ["width", "height"]
     return core, given, response_format
 
 
