@@ -204,6 +204,13 @@ async def test_basic_auth_with_anything_else_is_refused_with_both_challenges(cli
     assert "HTTP Basic auth with API_KEY as the password" in (await resp.json())["message"]
 
 
+async def test_a_client_that_did_not_try_basic_auth_gets_no_basic_challenge(client):
+    # A browser shows its own login dialog on a Basic challenge: the page's requests must not get one.
+    resp = await client.get("/api/v1/info")
+    assert resp.status == 401
+    assert resp.headers.getall("WWW-Authenticate") == ['Bearer realm="sdxl_server"']
+
+
 async def test_basic_auth_user_and_password_together_may_be_the_key(make_client, settings):
     # A1111's --api-auth is 'user:password'; the same text as API_KEY works whole.
     client = await make_client(settings.replace(api_key="admin:pa55"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.web_log import AccessLogger
@@ -24,7 +25,10 @@ from ..errors import ForbiddenOrigin, Unauthorized
 from . import forwarded, keys
 from .middleware import Handler
 
-CHALLENGES = CIMultiDict([(hdrs.WWW_AUTHENTICATE, 'Bearer realm="sdxl_server"'),
+BEARER_CHALLENGE = CIMultiDict([(hdrs.WWW_AUTHENTICATE, 'Bearer realm="sdxl_server"')])
+# The Basic challenge goes only to clients that tried Basic auth: sent to the web page's own
+# requests, it would make the browser open its login dialog instead of the page's key prompt.
+CHALLENGES = CIMultiDict([*BEARER_CHALLENGE.items(),
                           (hdrs.WWW_AUTHENTICATE, 'Basic realm="sdxl_server", charset="UTF-8"')])
 PROTECTED_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/metrics")
 WS_TOKEN_PROTOCOL = "bearer."
@@ -107,9 +111,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise Unauthorized(
                 "this server needs an API key: send 'Authorization: Bearer <API_KEY>', "
                 "or HTTP Basic auth with API_KEY as the password (A1111 clients: 'user:API_KEY')",
-                headers=CHALLENGES,
+                headers=CHALLENGES if _tried_basic(request) else BEARER_CHALLENGE,
             )
     return await handler(request)
+
+
+def _tried_basic(request: web.Request) -> bool:
+    return request.headers.get(hdrs.AUTHORIZATION, "").lstrip().lower().startswith("basic")
 
 
 def _origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
@@ -160,21 +168,40 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 SECRET_HEADERS = (hdrs.AUTHORIZATION, "X-API-Key")
 
 
+class _Redacted:
+    """A request as the access log sees it: the same, with its secrets masked. (Not a clone:
+    aiohttp refuses to clone a request whose body has been read.)"""
+
+    def __init__(self, request: web.BaseRequest, rel_url: Any, headers: Any) -> None:
+        self._request, self.rel_url, self.headers = request, rel_url, headers
+
+    @property
+    def path_qs(self) -> str:
+        return str(self.rel_url)
+
+    @property
+    def query(self) -> Any:
+        return self.rel_url.query
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
 class RedactingAccessLogger(AccessLogger):
     """aiohttp's access log, with any ``token`` query parameter (an API key) replaced by ``***``, and
     the credentials of ``Authorization`` and ``X-API-Key`` too, should a log format show headers."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if request is not None and "token" in request.query:
-            query = {name: ("***" if name == "token" else value) for name, value in request.query.items()}
-            request = request.clone(rel_url=request.rel_url.with_query(query))
-        if request is not None and any(name in request.headers for name in SECRET_HEADERS):
-            headers = CIMultiDict(request.headers)
-            for name in SECRET_HEADERS:
-                if name in headers:  # keep the scheme ("Basic", "Bearer"), mask the credentials
-                    scheme, _, secret = headers[name].partition(" ")
-                    headers[name] = f"{scheme} ***" if secret and name == hdrs.AUTHORIZATION else "***"
-            request = request.clone(headers=headers)
+        if request is not None:
+            rel_url, headers = request.rel_url, request.headers
+            if "token" in request.query:
+                rel_url = rel_url.with_query({name: ("***" if name == "token" else value) for name, value in request.query.items()})
+            if any(name in headers for name in SECRET_HEADERS):
+                headers = CIMultiDict(headers)
+                for name in SECRET_HEADERS:
+                    if name in headers:  # keep the scheme ("Basic", "Bearer"), mask the credentials
+                        scheme, _, secret = headers[name].partition(" ")
+                        headers[name] = f"{scheme} ***" if secret and name == hdrs.AUTHORIZATION else "***"
+            if rel_url is not request.rel_url or headers is not request.headers:
+                request = _Redacted(request, rel_url, headers)  # type: ignore[assignment]
         super().log(request, response, time)
-
-
