@@ -17,7 +17,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from ..config import Settings
-from . import a1111, a1111_img2img, a1111_probes, openai, openai_edits, schemas
+from . import a1111, a1111_img2img, a1111_probes, openai, openai_edits, responses, schemas
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
@@ -220,22 +220,22 @@ def build_spec(settings: Settings, version: str) -> dict[str, Any]:
         plugins=[MarshmallowPlugin()],
         info={"description": "Self-hosted Stable Diffusion XL text-to-image server with live websocket progress."},
     )
-    spec.components.schema("Error", schema=schemas.ErrorSchema)
+    spec.components.schema("Error", schema=responses.ErrorSchema)
     spec.components.schema("GenerateRequest", schema=schemas.generate_request_schema(settings))
     for name, schema in (
-        ("Meta", schemas.MetaSchema), ("GenerateResponse", schemas.GenerateResponseSchema), ("Job", schemas.JobSchema),
-        ("JobList", schemas.JobListSchema), ("Health", schemas.HealthSchema), ("Info", schemas.InfoSchema),
-        ("Index", schemas.IndexSchema),
+        ("Meta", responses.MetaSchema), ("GenerateResponse", responses.GenerateResponseSchema), ("Job", responses.JobSchema),
+        ("JobList", responses.JobListSchema), ("Health", responses.HealthSchema), ("Info", responses.InfoSchema),
+        ("Index", responses.IndexSchema),
         ("OpenAIImagesRequest", openai.request_schema_for_spec(settings)),
-        ("OpenAIImagesResponse", schemas.OpenAIImagesResponseSchema), ("OpenAIModelList", schemas.OpenAIModelListSchema),
-        ("OpenAIError", schemas.OpenAIErrorSchema), ("A1111Error", schemas.A1111ErrorSchema),
-        ("Txt2ImgRequest", a1111.request_schema_for_spec(settings)), ("Txt2ImgResponse", schemas.Txt2ImgResponseSchema),
-        ("ProgressResponse", schemas.ProgressResponseSchema), ("SDModel", schemas.SDModelSchema),
-        ("Sampler", schemas.SamplerSchema), ("ScheduleType", schemas.ScheduleTypeSchema),
+        ("OpenAIImagesResponse", responses.OpenAIImagesResponseSchema), ("OpenAIModelList", responses.OpenAIModelListSchema),
+        ("OpenAIError", responses.OpenAIErrorSchema), ("A1111Error", responses.A1111ErrorSchema),
+        ("Txt2ImgRequest", a1111.request_schema_for_spec(settings)), ("Txt2ImgResponse", responses.Txt2ImgResponseSchema),
+        ("ProgressResponse", responses.ProgressResponseSchema), ("SDModel", responses.SDModelSchema),
+        ("Sampler", responses.SamplerSchema), ("ScheduleType", responses.ScheduleTypeSchema),
         ("A1111Options", a1111.OptionsSchema), ("A1111PngInfoRequest", a1111_probes.PngInfoSchema),
-        ("LoraList", schemas.LoraListSchema), ("A1111Lora", schemas.A1111LoraSchema),
-        ("ModelList", schemas.ModelListSchema),
-        ("TokenizeRequest", schemas.tokenize_request_schema(settings)), ("TokenizeResponse", schemas.TokenizeResponseSchema),
+        ("LoraList", responses.LoraListSchema), ("A1111Lora", responses.A1111LoraSchema),
+        ("ModelList", responses.ModelListSchema),
+        ("TokenizeRequest", schemas.tokenize_request_schema(settings)), ("TokenizeResponse", responses.TokenizeResponseSchema),
         ("Img2ImgRequest", a1111_img2img.img2img_schema_for_spec(settings)),
         ("OpenAIImageEditRequest", openai_edits.edits_schema_for_spec(settings)),
         ("OpenAIImageVariationRequest", openai_edits.variations_schema_for_spec(settings)),
