@@ -22,7 +22,7 @@ import pytest
 
 import sdxl_server
 
-SHARED = ["sdxl_server", "sdxl_server.config", "sdxl_server.errors", "sdxl_server.params"]
+SHARED = ["sdxl_server", "sdxl_server.config", "sdxl_server.setting_values", "sdxl_server.errors", "sdxl_server.params"]
 
 
 def modules_of(package: str) -> list[str]:

@@ -1,0 +1,192 @@
+"""How each setting's text is read: the value parsers behind :mod:`sdxl_server.config`'s table.
+
+Each parser takes the raw text of an environment variable or flag and returns the value, or raises
+``ValueError``; its ``accepts`` attribute (where set) says what it accepts, for the one-line error.
+Nothing here imports aiohttp or torch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"one of {', '.join(choices)}")
+        return value
+
+    parse.accepts = f"one of {', '.join(choices)}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    accepts = f"a whole number from {low}" + (f" to {high}" if high is not None else " up")
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(accepts) from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(accepts)
+        return value
+
+    parse.accepts = accepts  # type: ignore[attr-defined]
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    accepts = f"a number from {low:g} to {high:g}"
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(accepts) from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(accepts)
+        return value
+
+    parse.accepts = accepts  # type: ignore[attr-defined]
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("true or false (also 1/0, yes/no, on/off)")
+
+
+_bool.accepts = "true or false (also 1/0, yes/no, on/off)"  # type: ignore[attr-defined]
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("a path")
+    return Path(raw.strip()).expanduser()
+
+
+_ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN_RE.match(origin):
+            raise ValueError(_origins.accepts)  # type: ignore[attr-defined]
+    return origins
+
+
+_origins.accepts = "a comma-separated list of origins like https://app.example.com or http://localhost:3000, or *"  # type: ignore[attr-defined]
+
+
+class Networks(tuple):
+    """IP networks (``TRUSTED_PROXIES``), written back the way they are configured."""
+
+    def __str__(self) -> str:
+        return ",".join(
+            str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net) for net in self
+        )
+
+    def covers(self, address: str | None) -> bool:
+        """Whether ``address`` (an IP address as text; anything else is not) is in one of them."""
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        if getattr(ip, "ipv4_mapped", None):
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        return any(ip in net for net in self)
+
+
+def _networks(raw: str) -> Networks:
+    try:
+        return Networks(ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(_networks.accepts) from None  # type: ignore[attr-defined]
+
+
+_networks.accepts = (  # type: ignore[attr-defined]
+    "a comma-separated list of IP addresses or networks like 10.0.0.0/8 or ::1 (host bits unset), or nothing"
+)
+
+
+def _public_url(raw: str) -> str | None:
+    text = raw.strip().rstrip("/")
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if (
+        parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.username is not None
+        or parts.query or parts.fragment
+    ):
+        raise ValueError(_public_url.accepts)  # type: ignore[attr-defined]
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(_public_url.accepts) from None  # type: ignore[attr-defined]
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, "", ""))
+
+
+_public_url.accepts = (  # type: ignore[attr-defined]
+    "an http:// or https:// URL like https://images.example.com or https://example.com/sdxl (no query)"
+)
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def _device(raw: str) -> str:
+    value = raw.strip().lower()
+    if not _DEVICE_RE.match(value):
+        raise ValueError(_device.accepts)  # type: ignore[attr-defined]
+    return value
+
+
+_device.accepts = "auto, cpu, cuda, cuda:N or mps"  # type: ignore[attr-defined]
+
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+
+
+def _dtype(raw: str) -> str:
+    value = raw.strip().lower()
+    value = _DTYPE_ALIASES.get(value, value)
+    if value not in ("auto", "float16", "bfloat16", "float32"):
+        raise ValueError(_dtype.accepts)  # type: ignore[attr-defined]
+    return value
+
+
+_dtype.accepts = "auto, float16, bfloat16 or float32"  # type: ignore[attr-defined]
+
+
+def _concurrency(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(_concurrency.accepts) from None  # type: ignore[attr-defined]
+    if value < 0:
+        raise ValueError(_concurrency.accepts)  # type: ignore[attr-defined]
+    return value
+
+
+_concurrency.accepts = (  # type: ignore[attr-defined]
+    "0 (auto) or 1: one GPU runs one generation at a time, and a second in parallel only slows both and "
+    "risks out-of-memory; let more requests wait with QUEUE_SIZE, or use BACKEND=ray for more GPUs"
+)
