@@ -32,6 +32,7 @@ from .setting_values import (
 )
 
 DEFAULT_HUB_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_HUB_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,11 @@ class Settings:
         "REFINER_ID", None, _optional_str,
         "SDXL refiner: Hub id, diffusers folder, single .safetensors file, or 'tiny'. Unset: a *refiner* "
         "checkpoint or folder in MODEL_DIR, if any. Loads on the first request that asks (at start with PRELOAD)",
+    )
+    refiner_config: str | None = _setting(
+        "REFINER_CONFIG", None, _optional_str,
+        "diffusers folder or Hub id whose configs a single-file refiner is loaded with (offline: a local "
+        "folder). Unset: " + DEFAULT_HUB_REFINER,
     )
     tiny_cache: Path | None = _setting(
         "TINY_CACHE", None, lambda raw: _path(raw) if raw.strip() else None,

@@ -16,7 +16,8 @@ Layout written by :func:`save_original_checkpoint`::
     conditioner.embedders.1.model.*         OpenCLIP bigG text model (transformer.resblocks.N.attn.in_proj_weight,
                                             positional_embedding, ln_final, text_projection ...)
 
-:func:`save_original_vae` writes the VAE alone, without the ``first_stage_model.`` prefix.
+:func:`save_original_refiner` writes a refiner (UNet, VAE, and OpenCLIP bigG as
+``conditioner.embedders.0.model.*``, its only embedder); :func:`save_original_vae` writes the VAE alone, without the ``first_stage_model.`` prefix.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "open_clip_to_original",
     "original_state_dict",
     "save_original_checkpoint",
+    "save_original_refiner",
     "save_original_vae",
     "unet_to_original",
     "vae_to_original",
@@ -42,6 +44,7 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "conditioner.embedders.0.transformer."
 OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+REFINER_OPEN_CLIP_PREFIX = "conditioner.embedders.0.model."
 
 # ----------------------------------------------------------------------------------------------
 # UNet
@@ -252,6 +255,16 @@ def original_state_dict(pipe) -> dict[str, torch.Tensor]:
     }
 
 
+def original_refiner_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """UNet + VAE + text encoder 2 of an SDXL *refiner* pipeline in original layout: the refiner
+    has one embedder, OpenCLIP bigG, at ``conditioner.embedders.0.model.``."""
+    return {
+        **_prefixed(UNET_PREFIX, unet_to_original(pipe.unet)),
+        **_prefixed(VAE_PREFIX, vae_to_original(pipe.vae)),
+        **_prefixed(REFINER_OPEN_CLIP_PREFIX, open_clip_to_original(pipe.text_encoder_2)),
+    }
+
+
 _ALIGN = 64  # PyTorch's CPU allocator alignment
 _DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -340,3 +353,10 @@ def save_original_vae(vae, path, dtype: torch.dtype | None = None) -> Path:
     Load it back with ``AutoencoderKL.from_single_file(path, config=<diffusers folder>, subfolder="vae")``.
     """
     return _save(vae_to_original(vae), path, dtype)
+
+
+def save_original_refiner(pipe, path, dtype: torch.dtype | None = None) -> Path:
+    """Write a refiner pipeline's unet, vae and text_encoder_2 as one original-layout file, like
+    ``sd_xl_refiner_1.0.safetensors``. Load it back with
+    ``StableDiffusionXLImg2ImgPipeline.from_single_file(path, config=<diffusers refiner folder>)``."""
+    return _save(original_refiner_state_dict(pipe), path, dtype)

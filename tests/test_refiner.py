@@ -150,3 +150,46 @@ async def test_a_refiner_folder_in_the_local_model_folder_loads(make_client, set
     assert health["refiner"]["origin"] == "MODEL_DIR" and health["refiner"]["location"] == str(folder / "sd_xl_refiner_1.0")
     data = await _run(client, steps=4, refiner="ensemble")
     assert data["meta"]["refiner_id"] == str(folder / "sd_xl_refiner_1.0")
+
+
+@pytest.fixture(scope="module")
+def seed_checkpoints(tiny_model_dir, tiny_cache, tmp_path_factory):
+    """The seed's model folder with real files: the tiny base and the tiny refiner written as
+    original-layout single files, named as Stability publishes them."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from sdxl_checkpoint import save_original_checkpoint, save_original_refiner
+
+    folder = tmp_path_factory.mktemp("model")
+    save_original_checkpoint(StableDiffusionXLPipeline.from_pretrained(tiny_model_dir), folder / "sd_xl_base_1.0.safetensors")
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(ensure_tiny_refiner(tiny_cache))
+    save_original_refiner(refiner, folder / "sd_xl_refiner_1.0.safetensors")
+    return folder
+
+
+async def test_the_seed_layout_with_a_refiner_file_loads_it_offline(make_client, settings, tiny_model_dir, tiny_cache, seed_checkpoints):
+    body = {"steps": 6, "refiner": "ensemble", "refiner_switch_at": 0.5}
+    reference = await make_client(settings)
+    expected = await _run(reference, **body)
+    expected_image = Image.open(io.BytesIO(await (await reference.get(expected["image_url"])).read()))
+    await reference.close()
+
+    client = await make_client(settings.replace(
+        model_id=None, refiner_id=None, model_dir=seed_checkpoints,
+        model_config=str(tiny_model_dir), refiner_config=str(ensure_tiny_refiner(tiny_cache))))
+    health = await (await client.get("/health")).json()
+    refiner_file = str(seed_checkpoints / "sd_xl_refiner_1.0.safetensors")
+    assert (health["refiner"]["source"], health["refiner"]["origin"], health["refiner"]["location"]) == ("single_file", "MODEL_DIR", refiner_file)
+    data = await _run(client, **body)
+    assert data["meta"]["refiner_id"] == refiner_file
+    image = Image.open(io.BytesIO(await (await client.get(data["image_url"])).read()))
+    # The same weights as the tiny base and refiner, read back from the files: the same picture.
+    assert max(abs(a - b) for a, b in zip(image.tobytes(), expected_image.tobytes())) <= 1
+
+
+async def test_a_refiner_file_without_its_configs_offline_says_to_set_refiner_config(make_client, settings, tiny_model_dir, seed_checkpoints):
+    client = await make_client(settings.replace(refiner_id=str(seed_checkpoints / "sd_xl_refiner_1.0.safetensors")))
+    resp = await client.post("/api/v1/generate", json={"prompt": "x", "steps": 4, "refiner": "ensemble"})
+    assert resp.status == 503, await resp.text()
+    assert "REFINER_CONFIG" in (await resp.json())["message"]
+    health = await (await client.get("/health")).json()
+    assert health["refiner"]["state"] == "failed" and "set REFINER_CONFIG to a local" in health["refiner"]["error"]

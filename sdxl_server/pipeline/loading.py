@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..config import DEFAULT_HUB_MODEL, Settings
+from ..config import DEFAULT_HUB_MODEL, DEFAULT_HUB_REFINER, Settings
 from ..errors import short_message
 from .memory import MemoryPlan
 from .runtime import Runtime, xformers_importable
@@ -107,9 +107,6 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime, plan: 
     }
 
 
-REFINER_CONFIG = "stabilityai/stable-diffusion-xl-refiner-1.0"
-
-
 def load_refiner(settings: Settings, runtime: Runtime, source: ModelSource, base: Any):
     """The SDXL refiner ``source`` names, sharing ``base``'s ``text_encoder_2`` and VAE (neither
     is loaded again), in ``runtime``'s precision."""
@@ -118,7 +115,8 @@ def load_refiner(settings: Settings, runtime: Runtime, source: ModelSource, base
     shared = {"text_encoder_2": base.text_encoder_2, "tokenizer_2": base.tokenizer_2, "vae": base.vae,
               "text_encoder": None, "tokenizer": None, "dtype": runtime.torch_dtype}
     if source.kind == "single_file":
-        return StableDiffusionXLImg2ImgPipeline.from_single_file(source.location, config=REFINER_CONFIG, **shared)
+        config = settings.refiner_config or DEFAULT_HUB_REFINER
+        return StableDiffusionXLImg2ImgPipeline.from_single_file(source.location, config=config, **shared)
     location = _location(source, lambda: ensure_tiny_refiner(settings.tiny_cache))
     return StableDiffusionXLImg2ImgPipeline.from_pretrained(location, **shared)
 

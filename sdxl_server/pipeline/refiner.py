@@ -87,6 +87,7 @@ class Refiner:
 
         from ..errors import ModelUnavailable, short_message
         from .loading import load_refiner, place_refiner
+        from .sources import refiner_fix_hint
 
         log = logging.getLogger(__name__)
         self.state, started = "loading", time.perf_counter()
@@ -97,7 +98,7 @@ class Refiner:
         except Exception as exc:  # noqa: BLE001 - reported on /health and to the request
             self.state = "failed"
             self.error = (f"could not load refiner {self.source.location!r} (chosen by {self.source.origin}): "
-                          f"{short_message(exc)}. Fix: point REFINER_ID at an SDXL refiner (Hub id, folder or .safetensors)")
+                          f"{short_message(exc)}. Fix: {refiner_fix_hint(self.source, self.settings)}")
             log.error("%s", self.error)
             raise ModelUnavailable(self.error) from exc
         self.pipe, self.state = pipe, "ready"

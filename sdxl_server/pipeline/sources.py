@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_HUB_MODEL, Settings
+from ..config import DEFAULT_HUB_MODEL, DEFAULT_HUB_REFINER, Settings
 
 TINY_MODEL_NAME = "tiny"
 
@@ -108,3 +108,14 @@ def fix_hint(source: ModelSource, settings: Settings) -> str:
             f"diffusers SDXL folder (or allow the download of {DEFAULT_HUB_MODEL}'s configs); or {_FIX}"
         )
     return _FIX
+
+
+def refiner_fix_hint(source: ModelSource, settings: Settings) -> str:
+    """What to do when the refiner ``source`` does not load."""
+    hint = "point REFINER_ID at an SDXL refiner (Hub id, diffusers folder or .safetensors), or REFINER_ID=tiny offline"
+    if source.kind == "single_file" and not settings.refiner_config:
+        return (
+            "a single-file refiner needs the refiner's component configs: set REFINER_CONFIG to a local "
+            f"diffusers refiner folder (or allow the download of {DEFAULT_HUB_REFINER}'s configs); or {hint}"
+        )
+    return hint
