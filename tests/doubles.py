@@ -71,7 +71,7 @@ def cuda_out_of_memory() -> BaseException:
 
 class PausingEngine(Engine):
     """A real engine that, after reporting step ``pause_after``, waits until its job is cancelled
-    (so a test can cancel a running job at a known step)."""
+    or asked to stop early (so a test can cancel or interrupt a running job at a known step)."""
 
     def __init__(self, settings, pause_after: int = 2):
         super().__init__(settings)
@@ -81,7 +81,7 @@ class PausingEngine(Engine):
         def pausing(step, total, latents):
             on_step(step, total, latents)
             if step == self.pause_after:
-                _wait_until(cancelled)
+                _wait_until(lambda: cancelled() or inputs.get("stop_early", lambda: False)())
 
         return super().generate(params, pausing, cancelled, **inputs)
 
@@ -110,7 +110,7 @@ class FileGatedEngine(Engine):
         super().__init__(settings)
         self.gate, self.hold_at = gate, hold_at
 
-    def generate(self, params, on_step, cancelled):
+    def generate(self, params, on_step, cancelled, **options):
         def step(index, total, latents):
             on_step(index, total, latents)
             if index == self.hold_at and params.prompt.startswith("hold"):
@@ -118,7 +118,7 @@ class FileGatedEngine(Engine):
 
                 _wait_until(lambda: os.path.exists(self.gate) or cancelled(), limit_s=120)
 
-        return super().generate(params, step, cancelled)
+        return super().generate(params, step, cancelled, **options)
 
 
 class WatchedLatents(torch.Tensor):
@@ -175,7 +175,7 @@ class SyncCheckingEngine(Engine):
     """A real engine that turns on CUDA's sync debug mode ("error") from the first step's callback
     to the last one's, so any host-device synchronisation between steps fails the generation."""
 
-    def generate(self, params, on_step, cancelled):
+    def generate(self, params, on_step, cancelled, **options):
         def checked(step, total, latents):
             if step == 1:
                 torch.cuda.set_sync_debug_mode("error")
@@ -186,7 +186,7 @@ class SyncCheckingEngine(Engine):
                     torch.cuda.set_sync_debug_mode("default")
 
         try:
-            return super().generate(params, checked, cancelled)
+            return super().generate(params, checked, cancelled, **options)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 

@@ -11,7 +11,7 @@ import aiohttp
 
 from doubles import PausingEngine
 from PIL import Image
-from wsclient import events_until
+from wsclient import events_until, events_until_terminal
 
 from sdxl_server.api import keys
 
@@ -121,10 +121,17 @@ async def test_progress_while_a_job_runs_then_interrupt(make_client, settings):
 
     interrupts = await asyncio.gather(*(client.post("/sdapi/v1/interrupt") for _ in range(2)))
     assert [r.status for r in interrupts] == [200, 200]  # twice is fine (Ctrl-C happy clients)
-    resp = await running  # as A1111: 200, with what was made before the interrupt (nothing here)
+    resp = await running  # as A1111: 200, with the image as far as it got
     assert resp.status == 200
     body = await resp.json()
-    assert body["images"] == [] and "interrupted: 0 of 1 images made" in json.loads(body["info"])["extra_generation_params"]["Server notes"]
+    info = json.loads(body["info"])
+    assert "interrupted: 1 of 1 images made, the last stopped at step 2 of 4" in info["extra_generation_params"]["Server notes"]
+    [image] = body["images"]
+    assert Image.open(io.BytesIO(base64.b64decode(image))).size == (TXT2IMG["width"], TXT2IMG["height"])
+    job = await (await client.get(f"/api/v1/jobs/{progress['state']['job']}")).json()
+    assert job["status"] == "succeeded" and job["meta"]["interrupted_at_step"] == 2  # saved, and says so
+    steps = [e["step"] for e in await events_until_terminal(ws, job["id"]) if e["type"] == "progress"]
+    assert 3 not in steps and 4 not in steps  # the remaining steps never ran
 
 
 async def test_a_null_seed_is_random_as_in_a1111(client):
@@ -160,8 +167,11 @@ async def test_interrupt_keeps_the_batches_already_made_and_skip_goes_on(make_cl
     assert (await client.post("/sdapi/v1/interrupt")).status == 200
     resp = await running
     assert resp.status == 200
-    info = json.loads((await resp.json())["info"])
-    assert "interrupted: 0 of 6 images made" in info["extra_generation_params"]["Server notes"]
+    body = await resp.json()
+    info = json.loads(body["info"])
+    # Both jobs stopped after their first step and gave what they had: 4 images, then 2.
+    assert len(body["images"]) == 6 and info["all_seeds"] == list(range(40, 46))
+    assert "interrupted: 6 of 6 images made, the last stopped at step 1 of 2" in info["extra_generation_params"]["Server notes"]
 
 
 async def test_a1111_leniency_strings_nulls_clamps_and_samplers(client, settings):

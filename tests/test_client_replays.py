@@ -1,23 +1,33 @@
 """Replays of what popular clients send, built from their source, parsed the way they parse it.
 
-Sources read (field names, types, nulls, headers):
+Sources read line by line (the versions are listed in docs/compatible-apis.md too):
 - Open WebUI, backend/open_webui/routers/images.py (main, 2026): A1111 mode (``authorization``
   header, empty or ``Basic base64(user:pass)``; options read then written back whole to switch
   models; txt2img ``{prompt, batch_size, width, height, steps, negative_prompt}``; reads
   ``res['images']`` and ``res['info']`` without checking the status) and OpenAI mode (``Bearer``;
   ``{model, prompt, n, size}`` plus ``response_format: b64_json`` except for models answering
   base64 anyway, i.e. ``gpt-image-*``; reads ``url`` or ``b64_json``).
-- SillyTavern, src/endpoints/stable-diffusion.js (release, 2026): every call carries
-  ``Authorization: Basic base64(auth)`` (``"Basic "`` when auth is empty); ping is GET options;
-  set-model POSTs ``{sd_model_checkpoint}`` then polls /progress until ``progress == 0`` and
-  ``job_count == 0``; generate POSTs the whole request body (with SillyTavern's own ``url`` and
-  ``auth`` fields in it) and POSTs /interrupt when its own client disconnects.
-- LibreChat, api/app/clients/tools/structured/OpenAIImageTools.js (``image_gen_oai``:
-  ``{model: 'gpt-image-1', prompt, n, background: 'auto', output_format, output_compression
-  (jpeg/webp only), quality: 'auto', size: 'auto'}``, reads ``data[0].b64_json``), DALLE3.js
-  (``{model: 'dall-e-3', quality, style, size, prompt, n: 1}``, reads ``data[0].url`` and
-  downloads it) and StableDiffusion.js (txt2img ``{prompt, negative_prompt, cfg_scale: 4.5,
-  steps: 22, width: 1024, height: 1024}``, then png-info on ``images[0]``).
+- SillyTavern 1.12.6 (staging 1ac6780e, 2024-10): the extension,
+  public/scripts/extensions/stable-diffusion/index.js (``generateAutoImage``: its defaults are
+  sampler ``DDIM``, scheduler ``normal``, 20 steps, scale 7, 512x512, seed -1 left out, its own
+  ``url`` and ``auth`` inside the body), and the server, src/endpoints/stable-diffusion.js (every
+  call carries ``Authorization: Basic base64(auth)``, ``"Basic "`` when auth is empty; ping is GET
+  options; models by ``title``; set-model POSTs ``{sd_model_checkpoint}`` then polls /progress
+  until ``progress == 0`` and ``state.job_count == 0``; generate forwards the whole body and, when
+  its own client goes away, POSTs /interrupt with no body and aborts the request).
+- LibreChat, api/app/clients/tools/structured/ (upstream 37d31ec and 7cacd8a, 2024; 8731432, 2025;
+  and a 2025 fork snapshot 00b3bc3): OpenAIImageTools.js (``image_gen_oai``: ``{model:
+  'gpt-image-1', prompt, n, background: 'auto', output_format, output_compression (jpeg/webp only),
+  quality: 'auto', size: 'auto'}``, reads ``data[0].b64_json``; ``image_edit_oai``: multipart
+  ``model, prompt, quality, size`` and one ``image[]`` part a picture, reads ``data[0].b64_json``),
+  DALLE3.js (``{model: 'dall-e-3', quality, style, size, prompt, n: 1}`` through the openai SDK at
+  ``DALLE_REVERSE_PROXY`` cut after ``/v1``, with every ``"`` deleted from the prompt; reads
+  ``data[0].url`` and downloads it, without credentials, naming the file by its extension; an error
+  shows ``error.message``) and StableDiffusion.js (axios POST ``${SD_WEBUI_URL}/sdapi/v1/txt2img``,
+  so a URL ending in ``/`` gives ``//sdapi``; ``{prompt, negative_prompt, sampler_index: 'DPM++ 2M
+  Karras' (2024 only), cfg_scale: 4.5, steps: 22, width: 1024, height: 1024}``; no auth header but
+  the URL's own ``user:password@``; decodes ``images[0].split(',', 1)[0]``, parses ``info`` as JSON
+  and reads its ``width``, ``height``, ``seed`` and the last line of ``infotexts[0]``).
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ import base64
 import io
 import json
 
+import aiohttp
 import pytest
 from doubles import PausingEngine
+from images import encode, picture
 from PIL import Image
 from wsclient import events_until
 from yarl import URL
@@ -95,6 +107,38 @@ async def test_open_webui_openai_mode(client, key, model):
     assert Image.open(io.BytesIO(base64.b64decode(image["b64_json"]))).size == (512, 512)
 
 
+@pytest.mark.parametrize("model", ["gpt-image-1", "dall-e-2"])
+async def test_open_webui_openai_mode_edits(client, key, model):
+    # image_edits: multipart of str(value) fields, response_format only for models not matching
+    # IMAGE_URL_RESPONSE_MODELS_REGEX_PATTERN ('^gpt-image'), one `image` part (several: `image[]`).
+    form = aiohttp.FormData()
+    fields = {"model": model, "prompt": "make it night", "n": 1, "size": "512x512", "background": "auto"}
+    if not model.startswith("gpt-image"):
+        fields["response_format"] = "b64_json"
+    for name, value in fields.items():
+        form.add_field(name, str(value))
+    form.add_field("image", encode(picture(64, 64)), filename="0b5e0c1e-0000.png", content_type="image/png")
+    resp = await client.post("/v1/images/edits", data=form, headers={"Authorization": bearer(key)["Authorization"]})
+    resp.raise_for_status()
+    [image] = (await resp.json())["data"]
+    assert "url" not in image  # Open WebUI refuses URLs on private addresses
+    assert Image.open(io.BytesIO(base64.b64decode(image["b64_json"]))).size == (512, 512)
+
+
+def sillytavern_auto_payload(key: str | None, **chosen) -> dict:
+    """``generateAutoImage``'s body with the extension's default settings (``chosen``: the user's)."""
+    payload = {
+        "url": "http://127.0.0.1:8001", "auth": "" if key is None else f"st:{key}",
+        "prompt": "best quality, absurdres, aesthetic, a lighthouse", "negative_prompt": "lowres, bad anatomy",
+        "sampler_name": "DDIM", "scheduler": "normal", "steps": 20, "cfg_scale": 7, "width": 512, "height": 512,
+        "restore_faces": False, "enable_hr": False, "hr_upscaler": "Latent", "hr_scale": 1.0,
+        "denoising_strength": 0.7, "hr_second_pass_steps": 0,
+        "override_settings": {"CLIP_stop_at_last_layers": 1}, "override_settings_restore_afterwards": True,
+        "clip_skip": 1, "save_images": True, "send_images": True, "do_not_save_grid": False, "do_not_save_samples": False,
+    }  # seed -1 is left out (undefined); sd_vae only when a VAE was chosen
+    return {**payload, **chosen}
+
+
 async def test_sillytavern_connect_lists_set_model_generate(client, key):
     auth = sillytavern_auth(key)
     assert (await client.get("/sdapi/v1/options", headers=auth)).ok  # /ping
@@ -107,6 +151,8 @@ async def test_sillytavern_connect_lists_set_model_generate(client, key):
     schedulers = [x["name"] for x in await (await client.get("/sdapi/v1/schedulers", headers=auth)).json()]
     models = [{"value": x["title"], "text": x["title"]} for x in await (await client.get("/sdapi/v1/sd-models", headers=auth)).json()]
     assert "Euler a" in samplers and "karras" in schedulers and models == [{"value": "tiny", "text": "tiny"}]
+    current = await (await client.get("/sdapi/v1/options", headers=auth)).json()  # /get-model sends this as text
+    assert current["sd_model_checkpoint"] in [m["value"] for m in models]
 
     resp = await client.post("/sdapi/v1/options", data=json.dumps({"sd_model_checkpoint": "tiny"}),
                              headers={"Content-Type": "application/json", **auth})
@@ -114,21 +160,17 @@ async def test_sillytavern_connect_lists_set_model_generate(client, key):
     progress = await (await client.get("/sdapi/v1/progress", headers=auth)).json()
     assert progress["progress"] == 0.0 and progress["state"]["job_count"] == 0  # the model is ready
 
-    body = {  # the extension's request, forwarded whole with SillyTavern's url and auth in it
-        "url": "http://127.0.0.1:8001", "auth": "" if key is None else f"st:{key}",
-        "prompt": "a lighthouse", "negative_prompt": "lowres", "sampler_name": "DPM++ SDE", "scheduler": "Karras",
-        "steps": 40, "cfg_scale": 7, "width": 1344, "height": 768, "restore_faces": False, "enable_hr": False,
-        "hr_upscaler": "None", "hr_scale": 1, "hr_additional_modules": [], "denoising_strength": 0.7,
-        "hr_second_pass_steps": 0, "seed": -1, "override_settings": {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"},
-        "override_settings_restore_afterwards": True, "clip_skip": 1, "save_images": True, "send_images": True,
-        "do_not_save_grid": False, "do_not_save_samples": False,
-    }
-    resp = await client.post("/sdapi/v1/txt2img", data=json.dumps(body), headers={"Content-Type": "application/json", **auth})
-    assert resp.ok, await resp.text()
-    data = await resp.json()
-    assert Image.open(io.BytesIO(base64.b64decode(data["images"][0]))).size == (512, 296)
+    for chosen, size in (({}, (512, 512)),  # the extension's defaults: DDIM, scheduler "normal", no seed
+                         ({"sampler_name": "DPM++ SDE", "scheduler": "karras", "steps": 40, "width": 1344,
+                           "height": 768, "seed": 5, "override_settings": {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}},
+                          (512, 296))):
+        body = sillytavern_auto_payload(key, **chosen)
+        resp = await client.post("/sdapi/v1/txt2img", data=json.dumps(body), headers={"Content-Type": "application/json", **auth})
+        assert resp.ok, await resp.text()
+        data = await resp.json()
+        assert Image.open(io.BytesIO(base64.b64decode(data["images"][0]))).size == size  # format: 'png', data: images[0]
     info = json.loads(data["info"])
-    assert info["steps"] == 25 and info["sampler_name"] == "DPM++ 2M SDE Karras"
+    assert info["seed"] == 5 and info["steps"] == 25 and info["sampler_name"] == "DPM++ 2M SDE Karras"
 
 
 async def test_sillytavern_interrupts_when_its_client_disconnects(make_client, settings, key):
@@ -136,15 +178,22 @@ async def test_sillytavern_interrupts_when_its_client_disconnects(make_client, s
     auth = sillytavern_auth(key)
     ws = await client.ws_connect("/api/v1/ws", headers={} if key is None else {"Authorization": f"Bearer {key}"})
     await ws.receive_json()
-    body = {"prompt": "a lighthouse", "steps": 3, "width": 64, "height": 64, "send_images": True}
-    generating = asyncio.create_task(client.post("/sdapi/v1/txt2img", json=body, headers=auth))
-    await events_until(ws, lambda e: e["type"] == "progress" and e["step"] == 1)
-    assert (await client.post("/sdapi/v1/interrupt", headers=auth)).ok  # socket 'close' handler
-    resp = await generating
-    assert resp.status == 200 and (await resp.json())["images"] == []
+    body = sillytavern_auto_payload(key, steps=3, width=64, height=64)
+    generating = asyncio.create_task(client.post("/sdapi/v1/txt2img", data=json.dumps(body),
+                                                 headers={"Content-Type": "application/json", **auth}))
+    started = await events_until(ws, lambda e: e["type"] == "progress" and e["step"] == 1)
+    # request.socket.on('close'): POST /interrupt with the Basic header alone (no body, no
+    # Content-Type), then controller.abort() of the generation request.
+    assert (await client.post("/sdapi/v1/interrupt", headers=auth)).ok
+    generating.cancel()
+    job_id = started[-1]["id"]
+    ended = (await events_until(ws, lambda e: e["id"] == job_id and e["type"] in ("completed", "failed", "cancelled")))[-1]
+    assert ended["type"] == "completed" and ended["meta"]["interrupted_at_step"] == 1  # saved as far as it got
+    progress = await (await client.get("/sdapi/v1/progress", headers=auth)).json()
+    assert progress["state"]["job_count"] == 0 and not progress["state"]["interrupted"]  # ready for the next one
 
 
-async def test_librechat_gpt_image_tool(client, key):
+async def test_librechat_gpt_image_tools(client, key):
     for output_format in ("png", "webp"):
         data = {"model": "gpt-image-1", "prompt": "a lighthouse", "n": 1, "background": "auto",
                 "output_format": output_format, "quality": "auto", "size": "auto"}
@@ -156,22 +205,57 @@ async def test_librechat_gpt_image_tool(client, key):
         assert base64_image, "No image data returned from OpenAI API."
         assert Image.open(io.BytesIO(base64.b64decode(base64_image))).format == output_format.upper()
 
+    # image_edit_oai: axios multipart to {baseURL}/images/edits, one image[] part a picture, no n, no mask.
+    form = aiohttp.FormData()
+    for name, value in (("model", "gpt-image-1"), ("prompt", "make it night"), ("quality", "auto"), ("size", "auto")):
+        form.add_field(name, value)
+    form.add_field("image[]", encode(picture(64, 64)), filename="img-1.png", content_type="image/png")
+    resp = await client.post("/v1/images/edits", data=form, headers={"Authorization": bearer(key)["Authorization"]})
+    assert resp.status == 200, await resp.text()
+    edited = Image.open(io.BytesIO(base64.b64decode((await resp.json())["data"][0]["b64_json"])))
+    assert edited.size == (64, 64)
+
+
+def librechat_dalle3_base_url(reverse_proxy: str) -> str:
+    """extractBaseURL(DALLE_REVERSE_PROXY): cut after ``/v1``; the SDK then joins ``/images/generations``."""
+    return reverse_proxy[: reverse_proxy.index("/v1") + 3] if "/v1" in reverse_proxy else reverse_proxy
+
 
 async def test_librechat_dalle3_tool(client, key):
-    data = {"model": "dall-e-3", "quality": "standard", "style": "vivid", "size": "1792x1024", "prompt": "a lighthouse", "n": 1}
-    resp = await client.post("/v1/images/generations", json=data, headers=bearer(key))
+    base = librechat_dalle3_base_url(str(client.make_url("/v1/images/generations")))
+    prompt = 'A "lighthouse"\nat dusk'.replace("\n", " ").replace('"', "").strip()  # replaceUnwantedChars
+    data = {"model": "dall-e-3", "quality": "standard", "style": "vivid", "size": "1792x1024", "prompt": prompt, "n": 1}
+    resp = await client.post(URL(base + "/images/generations").path, json=data, headers=bearer(key))
     resp.raise_for_status()
     url = (await resp.json())["data"][0]["url"]
-    image = await client.get(URL(url).path)  # the tool downloads the URL
-    assert Image.open(io.BytesIO(await image.read())).size == (512, 296)
+    assert url, "No image URL returned from OpenAI API."
+    assert URL(url).path.endswith(".png")  # the saved file is named by the URL's extension
+    image = await client.get(URL(url).path)  # downloaded with a plain fetch: no credentials
+    assert image.status == 200 and Image.open(io.BytesIO(await image.read())).size == (512, 296)
+
+    # An error is shown as `${status} ${body.error.message}`: the message must say what to change.
+    resp = await client.post(URL(base + "/images/generations").path, json={**data, "prompt": ""}, headers=bearer(key))
+    error = (await resp.json())["error"]
+    assert resp.status == 400 and "prompt" in error["message"]
 
 
-async def test_librechat_stable_diffusion_tool(client, key):
+@pytest.mark.parametrize("version", ["2024", "2025"])
+async def test_librechat_stable_diffusion_tool(client, key, version):
+    # SD_WEBUI_URL as people write it, with a trailing slash (and, with a key, the URL's own
+    # credentials, which axios sends as Basic auth): `${url}/sdapi/v1/txt2img` has a double slash.
     auth = {} if key is None else basic(f"librechat:{key}")
     payload = {"prompt": "a lighthouse", "negative_prompt": "fog", "cfg_scale": 4.5, "steps": 22, "width": 1024, "height": 1024}
-    generation = await (await client.post("/sdapi/v1/txt2img", json=payload, headers=auth)).json()
-    image = generation["images"][0]
-    resp = await client.post("/sdapi/v1/png-info", json={"image": image}, headers=auth)
-    info = await resp.json()
-    assert resp.status == 200, info
-    assert info["info"].startswith("a lighthouse\nNegative prompt: fog\nSteps: 22, ")
+    if version == "2024":
+        payload = {**payload, "sampler_index": "DPM++ 2M Karras"}
+    async with aiohttp.ClientSession() as axios, axios.post(
+            f"http://{client.host}:{client.port}/" + "/sdapi/v1/txt2img", json=payload, headers=auth) as resp:
+        assert resp.status == 200, await resp.text()
+        generation = await resp.json()
+    image = Image.open(io.BytesIO(base64.b64decode(generation["images"][0].split(",", 1)[0])))
+    info = json.loads(generation["info"])
+    assert (info["width"], info["height"]) == image.size == (512, 512)  # 1024 fitted into the tests' limits
+    assert isinstance(info["seed"], int)
+    generation_info = info["infotexts"][0].split("\n").pop()
+    assert generation_info.startswith("Steps: 22, ") and "CFG scale: 4.5" in generation_info
+    if version == "2024":
+        assert "Sampler: DPM++ 2M Karras" in generation_info

@@ -84,7 +84,7 @@ async def test_the_next_job_generates_while_the_previous_one_is_written(make_que
 async def test_a_job_being_written_cannot_be_cancelled_any_more(make_queue, settings, tmp_path):
     outputs = GatedOutputStore(tmp_path / "outputs")
     queue, _ = await make_queue(GatedEngine(settings), outputs)
-    queue.worker._work.engine.gate.set()
+    queue.worker.work.engine.gate.set()
     job, _ = await queue.submit(_params("almost done"))
     await _acquire(outputs.entered)
     with pytest.raises(Exception, match="its files are being written"):

@@ -106,9 +106,9 @@ async def test_a_job_whose_success_was_never_recorded_is_not_run_again(make_clie
     runs = []
 
     class CountingEngine(Engine):
-        def generate(self, params, on_step, cancelled):
+        def generate(self, params, on_step, cancelled, **options):
             runs.append(params.prompt)
-            return super().generate(params, on_step, cancelled)
+            return super().generate(params, on_step, cancelled, **options)
 
     client = await make_client(settings, engine_factory=CountingEngine)
     job = await (await client.get(f"/api/v1/jobs/{submitted['id']}")).json()
@@ -239,7 +239,7 @@ async def test_stop_waits_a_bounded_time_for_a_job_that_ignores_cancel(make_clie
     client = await make_client(settings, engine_factory=GatedEngine)
     engine, queue = client.app[keys.ENGINE], client.app[keys.QUEUE]
 
-    def deaf_generate(params, on_step, cancelled):
+    def deaf_generate(params, on_step, cancelled, **options):
         engine.entered.release()
         engine.gate.wait(60)  # never looks at cancelled()
         raise RuntimeError("released")

@@ -55,3 +55,23 @@ def test_webuiapi_with_api_key_sends_basic_auth(tiny_cache, tmp_path):
         assert result.image.size == (64, 64) and result.info["seed"] == 3
     finally:
         live.stop()
+
+
+async def test_webuiapi_interrupt_returns_the_image_as_far_as_it_got(make_client, settings):
+    # A1111's interrupt ends the waiting txt2img with 200 and the image so far; webuiapi would
+    # raise on anything else. Its calls are blocking: they run on threads while the server serves.
+    import asyncio
+
+    from doubles import PausingEngine
+    from wsclient import events_until
+
+    client = await make_client(settings, engine_factory=lambda s: PausingEngine(s, pause_after=2))
+    api = await asyncio.to_thread(webuiapi.WebUIApi, baseurl=str(client.make_url("/sdapi/v1")), steps=4)  # it asks for scripts
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    waiting = asyncio.create_task(asyncio.to_thread(api.txt2img, prompt="a lighthouse", seed=3, width=64, height=64))
+    await events_until(ws, lambda e: e["type"] == "progress" and e["step"] == 2)
+    await asyncio.to_thread(api.interrupt)
+    result = await waiting
+    assert result.image.size == (64, 64) and result.info["seed"] == 3
+    assert "stopped at step 2 of 4" in result.info["extra_generation_params"]["Server notes"]

@@ -229,9 +229,11 @@ async def respond(app: web.Application, params: GenerationParams, original: dict
     params = await with_model(app, await with_loras(app, params), "override_settings")
     count = original["batch_size"] * original["n_iter"]
     made = await generate_images(app, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES)
-    if made.interrupted:
-        notes.append(f"interrupted: {len(made.images)} of {count} images made")
     metas = [image["meta"] for image in made.images]
+    if made.interrupted:
+        stopped = [meta["interrupted_at_step"] for meta in metas if "interrupted_at_step" in meta]
+        notes.append(f"interrupted: {len(made.images)} of {count} images made"
+                     + (f", the last stopped at step {stopped[-1]} of {params.total_steps}" if stopped else ""))
     encoded = await app[keys.STORE].images_base64([i["id"] for i in made.images]) if original["send_images"] else []
     first = metas[0] if metas else {"seed": params.seed, "sampler_name": SCHEDULERS.get(params.scheduler, params.scheduler),
                                     "model_id": params.model or app[keys.MODELS].default_name}
@@ -290,7 +292,7 @@ async def progress(request: web.Request) -> web.Response:
     skip_image = validate(ProgressQuerySchema(), dict(request.query))["skip_current_image"]
     state = {
         "skipped": False,
-        "interrupted": bool(job and job.cancel_requested()),
+        "interrupted": bool(job and (job.cancel_requested() or job.stop_early_requested())),
         "stopping_generation": False,
         "job": job.id if job else "",
         "job_count": (1 if job else 0) + queue.waiting,
@@ -314,22 +316,31 @@ async def progress(request: web.Request) -> web.Response:
     )
 
 
-async def interrupt(request: web.Request) -> web.Response:
-    """``POST /sdapi/v1/interrupt``: cancel the running job (if any) at its next step."""
-    queue = request.app[keys.QUEUE]
-    if queue.running is not None:
+async def _stop_running(app: web.Application) -> str | None:
+    """Stop the running job as A1111 does: denoising ends at its next step and the image is made
+    from the latents so far (where the backend cannot, the job is cancelled). Its id, or None."""
+    queue = app[keys.QUEUE]
+    job = queue.running
+    if job is None:
+        return None
+    if not queue.stop_early(job):
         with contextlib.suppress(Conflict):  # interrupting twice is fine, as in A1111
-            await queue.cancel(queue.running.id)
+            await queue.cancel(job.id)
+    return job.id
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    """``POST /sdapi/v1/interrupt``: the running job ends at its next step with the image so far;
+    the request that waits for it answers with what was made and runs no more batches."""
+    await _stop_running(request.app)
     return web.json_response(None)
 
 
 async def skip(request: web.Request) -> web.Response:
-    """``POST /sdapi/v1/skip``: stop the running job; its request goes on with its next batch, if any."""
-    queue = request.app[keys.QUEUE]
-    if queue.running is not None:
-        with contextlib.suppress(Conflict):
-            job = await queue.cancel(queue.running.id)
-            request.app[keys.A1111_SKIPPED].add(job.id)
+    """``POST /sdapi/v1/skip``: like interrupt, but the request goes on with its next batch, if any."""
+    job_id = await _stop_running(request.app)
+    if job_id is not None:
+        request.app[keys.A1111_SKIPPED].add(job_id)
     return web.json_response(None)
 
 

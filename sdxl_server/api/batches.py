@@ -35,8 +35,9 @@ async def generate_images(
     """Make ``count`` images like ``params`` in jobs of at most ``MAX_BATCH``.
 
     A cancelled job raises (409), unless ``partial``: then the images made so far are returned, as
-    A1111 answers an interrupted request; a job whose id is in ``skipped`` is passed over and the
-    rest of the request goes on (A1111's skip)."""
+    A1111 answers an interrupted request (a job stopped early by its interrupt gives the image of
+    the latents so far, and no more jobs run); a job whose id is in ``skipped`` does not end the
+    request: the rest of it goes on (A1111's skip)."""
     per_call = app[keys.SETTINGS].max_batch
     made = Made()
     for start in range(0, count, per_call):
@@ -44,12 +45,14 @@ async def generate_images(
         job, _ = await image_inputs.submit(app, chunk, names=names)  # its input images kept until it holds them
         made.first_job = made.first_job or job.id
         await job.wait()
-        if partial and job.status is JobStatus.CANCELLED:
+        cancelled = job.status is JobStatus.CANCELLED
+        if not (partial and cancelled):
+            result = job.outcome()  # raises for a failed job (or a cancelled one, unless partial)
+            made.images.extend(result.get("images") or [{"id": result["meta"]["id"], "image_url": result["image_url"], "meta": result["meta"]}])
+        if partial and (cancelled or job.stop_early_requested()):
             if skipped is not None and job.id in skipped:
                 skipped.discard(job.id)
                 continue
             made.interrupted = True
             break
-        result = job.outcome()
-        made.images.extend(result.get("images") or [{"id": result["meta"]["id"], "image_url": result["image_url"], "meta": result["meta"]}])
     return made

@@ -125,13 +125,25 @@ def _read_request(body: dict[str, Any], settings) -> ImagesAsk:
         core["width"], core["height"] = fit_size(*asked, settings.max_width, settings.max_height)
         if (core["width"], core["height"]) != asked:
             log.info("OpenAI images request: size %dx%d made as %dx%d (the server's limits)", *asked, core["width"], core["height"])
-    gpt_image = (request["model"] or "").startswith("gpt-image")
-    response_format = _default(request["response_format"], "b64_json" if gpt_image else "url")
-    output_format = _default(request["output_format"], "png") if response_format == "b64_json" else "png"
-    if request["background"] == "transparent":
+    return ImagesAsk(core, count, **how_to_answer(request))
+
+
+# The fields that say how to answer, shared by every images route (JSON and multipart).
+ANSWER_FIELDS = ("response_format", "model", "output_format", "output_compression", "quality", "background")
+
+
+def how_to_answer(request: dict[str, Any]) -> dict[str, Any]:
+    """:class:`ImagesAsk`'s answer fields for a request's (validated) ``ANSWER_FIELDS``: base64 by
+    default for ``gpt-image-*`` models (OpenAI answers them so, and their clients read only
+    ``b64_json``), else a URL; other formats than PNG for base64 only."""
+    gpt_image = (request.get("model") or "").startswith("gpt-image")
+    response_format = _default(request.get("response_format"), "b64_json" if gpt_image else "url")
+    output_format = _default(request.get("output_format"), "png") if response_format == "b64_json" else "png"
+    if request.get("background") == "transparent":
         log.info("OpenAI images request: background 'transparent' is not supported; the image is opaque")
-    return ImagesAsk(core, count, response_format, output_format, _default(request["output_compression"], 100),
-                    _default(request["quality"], "auto"), "opaque")
+    return {"response_format": response_format, "output_format": output_format,
+            "compression": _default(request.get("output_compression"), 100),
+            "quality": _default(request.get("quality"), "auto"), "background": "opaque"}
 
 
 SIZE_NAMES = {"width": "size", "height": "size", "num_images": "n"}

@@ -2,8 +2,10 @@
 
 ``edits``: ``image`` (or several ``image[]``: the first is the one edited), an optional ``mask``
 whose fully transparent pixels mark the area to edit (OpenAI's convention), ``prompt``, ``n``,
-``size`` ("auto" or absent: the image's own size, fitted to the limits), ``response_format``,
-``model`` (accepted; the loaded model is used). With a mask it is inpainting at ``strength`` 1 (the
+``size`` ("auto" or absent: the image's own size, fitted to the limits), ``model`` (as on
+generations), and how to answer as on generations (``response_format``, base64 by default for
+``gpt-image-*`` models; ``output_format``, ``output_compression``, ``quality``, ``background``).
+Fields this server does not know are ignored with a log line, as on generations. With a mask it is inpainting at ``strength`` 1 (the
 area is drawn anew); without one, image to image at 0.75. ``variations``: image to image with an
 empty prompt at :data:`VARIATION_STRENGTH`. Our own fields (``negative_prompt``, ``steps``,
 ``guidance_scale``, ``seed``, ``scheduler``, ``strength``) may be added as extensions. Errors take
@@ -12,6 +14,7 @@ OpenAI's shape (see :mod:`.openai`). Never imports torch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +25,8 @@ from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed
 from . import keys
 from .image_inputs import with_inputs
 from .loras import with_loras
-from .models import with_model
-from .openai import IGNORED, SIZE_NAMES, ImagesAsk, images_response
+from .models import openai_model, with_model
+from .openai import ANSWER_FIELDS, IGNORED, SIZE_NAMES, ImagesAsk, ImagesRequestSchema, how_to_answer, images_response
 from .schemas import generate_request_fields, to_params
 from .sizes import parse_size
 from .validation import validate as validate_fields
@@ -31,11 +34,13 @@ from .validation import validate as validate_fields
 VARIATION_STRENGTH = 0.6
 EDIT_STRENGTH = {True: 1.0, False: 0.75}  # with a mask, without one
 _TYPED: dict[str, Callable[[str], Any]] = {
-    "n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float,
+    "n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float, "output_compression": int,
 }
-_TEXT = ("prompt", "size", "response_format", "model", "negative_prompt", "scheduler")
+_TEXT = ("prompt", "size", "negative_prompt", "scheduler", *ANSWER_FIELDS)
 _FILES = ("image", "image[]", "mask")
 _IGNORED = (*IGNORED, "input_fidelity", "stream")
+
+log = logging.getLogger(__name__)
 
 
 def _invalid(name: str, message: str) -> ValidationFailed:
@@ -60,11 +65,12 @@ async def _read_form(request: web.Request) -> tuple[dict[str, Any], list[bytes],
 
 def _form_values(form: Any) -> tuple[dict[str, Any], list[bytes], bytes | None]:
     values: dict[str, Any] = {}
+    unknown = sorted({name for name in form if name not in (*_FILES, *_IGNORED, *_TEXT, *_TYPED)})
+    if unknown:
+        log.info("OpenAI images request: ignoring fields this server does not know: %s", ", ".join(unknown[:20]))
     for name, value in form.items():
-        if name in _FILES or name in _IGNORED:
+        if name in _FILES or name in _IGNORED or name in unknown:
             continue
-        if name not in _TEXT and name not in _TYPED:
-            raise _invalid(name, "Unrecognized request argument supplied.")
         if not isinstance(value, str):
             raise _invalid(name, "Must be a text field, not a file.")
         try:
@@ -82,12 +88,10 @@ def _file_bytes(name: str, item: Any) -> bytes:
     return item.file.read()
 
 
-def _core(values: dict[str, Any], prompt: str) -> tuple[dict[str, Any], list[str], str]:
-    """Our request for the form's ``values``, which sides of the size were given, and the response format."""
-    response_format = values.get("response_format", "url")
-    if response_format not in ("url", "b64_json"):
-        raise _invalid("response_format", "Must be one of: url, b64_json.")
-    core: dict[str, Any] = {"prompt": prompt, "num_images": values.get("n", 1)}
+def _core(values: dict[str, Any], prompt: str) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Our request for the form's ``values``, which sides of the size were given, and how to answer."""
+    answer = validate_fields(ImagesRequestSchema(only=ANSWER_FIELDS), {k: values[k] for k in ANSWER_FIELDS if k in values})
+    core: dict[str, Any] = {"prompt": prompt, "num_images": values.get("n", 1), "model": openai_model(values.get("model"))}
     core.update({name: values[name] for name in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler",
                                                  "strength") if name in values})
     given: list[str] = []
@@ -97,18 +101,17 @@ def _core(values: dict[str, Any], prompt: str) -> tuple[dict[str, Any], list[str
         if asked is None:
             raise _invalid("size", "Not a size like 1024x1024 (or 'auto').")
         (core["width"], core["height"]), given = asked, ["width", "height"]
-    return core, given, response_format
+    return core, given, how_to_answer(answer)
 
 
 async def _run(request: web.Request, core: dict[str, Any], given: list[str], image: bytes, mask: bytes | None,
-               response_format: str, prompt: str) -> web.Response:
+               answer: dict[str, Any], prompt: str) -> web.Response:
     app = request.app
     data = validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES)
     data.update(init_image=image, mask=mask, prompt=prompt)
     data = await with_inputs(app, data, given, names={"init_image": "image", **SIZE_NAMES}, alpha_mask=True)
     params = await with_model(app, await with_loras(app, to_params(data)))
-    asked = ImagesAsk(core=data, count=params.num_images, response_format=response_format,
-                      output_format="png", compression=100, quality="auto", background="opaque")
+    asked = ImagesAsk(core=data, count=params.num_images, **answer)
     return await images_response(request, params, asked)
 
 
@@ -126,8 +129,8 @@ async def edits(request: web.Request) -> web.Response:
     if not prompt.strip():
         raise _invalid("prompt", "A prompt is required.")
     values.setdefault("strength", EDIT_STRENGTH[mask is not None])
-    core, given, response_format = _core(values, prompt)
-    return await _run(request, core, given, image, mask, response_format, prompt)
+    core, given, answer = _core(values, prompt)
+    return await _run(request, core, given, image, mask, answer, prompt)
 
 
 async def variations(request: web.Request) -> web.Response:
@@ -138,8 +141,8 @@ async def variations(request: web.Request) -> web.Response:
     image = _one_image(images)
     values.pop("prompt", None)
     values.setdefault("strength", VARIATION_STRENGTH)
-    core, given, response_format = _core(values, "variation")  # our schema needs a prompt; the job has none
-    return await _run(request, core, given, image, None, response_format, "")
+    core, given, answer = _core(values, "variation")  # our schema needs a prompt; the job has none
+    return await _run(request, core, given, image, None, answer, "")
 
 
 def _form_schema(name: str, settings: Any, *, prompt: bool, mask: bool) -> Schema:
@@ -151,8 +154,7 @@ def _form_schema(name: str, settings: Any, *, prompt: bool, mask: bool) -> Schem
         "n": fields.Integer(load_default=1, validate=validate.Range(min=1, max=settings.max_batch)),
         "size": fields.String(load_default="auto", validate=validate.Regexp(r"^(auto|[0-9]+x[0-9]+)$"),
                               metadata={"description": "'WIDTHxHEIGHT' within the limits, or 'auto' (the image's size)."}),
-        "response_format": fields.String(load_default="url", validate=validate.OneOf(["url", "b64_json"])),
-        "model": fields.String(metadata={"description": "Accepted; the loaded model is used."}),
+        **{field: ImagesRequestSchema().fields[field] for field in ANSWER_FIELDS},
         **{field: core[field] for field in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "strength")},
     }
     if prompt:

@@ -60,6 +60,8 @@ class MetaSchema(ModeFieldsSchema):
                               metadata={"description": "A1111's short hash of each LoRA file, by name."})
     mode = fields.String(validate=validate.OneOf(["txt2img", "img2img", "inpaint"]))
     refiner_id = fields.String(metadata={"description": "The refiner that ran (with refiner 'ensemble' or 'image')."})
+    interrupted_at_step = fields.Integer(metadata={
+        "description": "Present when A1111's /sdapi/v1/interrupt or skip stopped the job: the step its image was made at."})
     init_image_sha256 = fields.String(metadata={"description": "SHA-256 of the input image as it was used (PNG)."})
     mask_sha256 = fields.String(metadata={"description": "Inpainting: SHA-256 of the mask as it was used (PNG)."})
 

@@ -63,6 +63,7 @@ class Job:
     cancel_reason: ApiError | None = None  # why it was cancelled, when not by a client's DELETE
     preview: str | None = field(default=None, repr=False)  # the latest preview (a JPEG data URL), if any was made
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stop_early: threading.Event = field(default_factory=threading.Event, repr=False)  # A1111's interrupt
     _done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _step_started: float | None = field(default=None, repr=False)
     _settled: bool = field(default=False, repr=False)  # it has ended (or is ending): no second end event
@@ -73,6 +74,10 @@ class Job:
 
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
+
+    def stop_early_requested(self) -> bool:
+        """Whether the job should stop denoising and make its image from the latents so far."""
+        return self._stop_early.is_set()
 
     def to_record(self) -> dict[str, Any]:
         """The job as the job store keeps it."""

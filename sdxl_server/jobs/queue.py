@@ -274,6 +274,15 @@ class JobQueue:
             self.announce_positions()
         return job
 
+    def stop_early(self, job: Job) -> bool:
+        """A1111's interrupt: the running ``job`` stops denoising at its next step and ends with the
+        image of the latents so far. False when it cannot (not running, or its work cannot: a Ray
+        replica), so the caller cancels it instead."""
+        if job not in self._running or job._settled or not getattr(self.worker.work, "stops_early", False):
+            return False
+        job._stop_early.set()
+        return True
+
     async def finish(
         self, job: Job, status: JobStatus, *, result: dict | None = None, error: ApiError | None = None
     ) -> None:

@@ -20,6 +20,8 @@ from .outputs import OutputStore, params_meta
 class GenerationWork:
     """Generate one job's image with ``engine`` and save it with ``store``."""
 
+    stops_early = True  # a job asked to stop early (A1111's interrupt) ends with the image so far
+
     def __init__(
         self,
         engine: Any,
@@ -61,7 +63,8 @@ class GenerationWork:
             self.engine.use_model(params.model)
             on_step(0, params.steps, ModelLoading(params.model, time.perf_counter() - switch_started))
         inputs = load_inputs(self.store.inputs, params)
-        generation = self.engine.generate(params, step, cancelled, **({"inputs": inputs} if inputs else {}))
+        generation = self.engine.generate(params, step, cancelled, stop_early=job.stop_early_requested,
+                                          **({"inputs": inputs} if inputs else {}))
         runtime = self.engine.runtime
         common: dict[str, Any] = {
             "model_id": self.engine.model_id,
@@ -73,6 +76,7 @@ class GenerationWork:
             "vae_upcast": generation.info.get("vae_upcast", False),
             "lora_hashes": generation.info.get("lora_hashes", {}),
             **({"refiner_id": generation.info["refiner"]} if "refiner" in generation.info else {}),
+            **({"interrupted_at_step": generation.info["stopped_at"]} if "stopped_at" in generation.info else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
         }
         timings = {

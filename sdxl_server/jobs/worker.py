@@ -46,7 +46,7 @@ class Worker:
 
     def __init__(self, queue: JobQueue, work: Work, executor: Executor, *, preload: bool) -> None:
         self.queue = queue
-        self._work = work
+        self.work = work
         self._executor = executor
         self.encoder = Encoder()
         self._preload = preload
@@ -100,7 +100,7 @@ class Worker:
             await self.ready.wait()
         elif self._preload:  # at start, and again after a restart
             try:
-                await loop.run_in_executor(self._executor, self._work.load)
+                await loop.run_in_executor(self._executor, self.work.load)
             except ApiError:
                 pass  # recorded by the engine; shown on /health and in each refused request
         self.ready.set()  # (after a bug in the load, only once the restarts succeed or give up)
@@ -145,7 +145,7 @@ class Worker:
                 loop.call_soon_threadsafe(self._on_step, job, step, total, time.time(), extra)
 
         try:
-            save = await loop.run_in_executor(self._executor, self._work, job, on_step, job.cancel_requested)
+            save = await loop.run_in_executor(self._executor, self.work, job, on_step, job.cancel_requested)
         except Interrupted as exc:  # its worker was lost (a Ray replica died): the crash rules
             await self.queue.interrupted(job, exc)
         except JobCancelled:

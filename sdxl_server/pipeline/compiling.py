@@ -56,6 +56,8 @@ class Compilation:
     """What ``COMPILE`` did: its mode, state (``off``, ``compiling``, ``ready``, ``failed``), the
     seconds the compile and warm-up took, and the cache it used. Shown on ``/health``."""
 
+    backend: Any = "inductor"  # tests trace with dynamo alone ("eager"), or a backend that fails
+
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.compile
         self.state = "off"
@@ -87,7 +89,13 @@ class Compilation:
         log.info("compiling the UNet and VAE decoder (COMPILE=%s, cache %s)", self.mode, self.cache_dir)
         self._modules = [pipe.unet, pipe.vae.decoder]
         for module in self._modules:
-            module.compile(mode=self.mode, dynamic=True)
+            # Frozen first, as inference wants them: loading a LoRA (PEFT) freezes the base
+            # parameters, and a flag that changed under the graph's guards would compile it again.
+            module.requires_grad_(False)
+            if self.backend == "inductor":
+                module.compile(mode=self.mode, dynamic=True)
+            else:
+                module.compile(backend=self.backend, dynamic=True)
         return True
 
     def finished(self) -> None:

@@ -259,16 +259,18 @@ class Engine:
 
     def generate(
         self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
-        inputs: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, Any] | None = None, stop_early: Callable[[], bool] = lambda: False,
     ) -> Generation:
         """Run one request: ``params.num_images`` images in one pipeline call, or one at a time if
         the batch runs out of memory. Image ``i`` uses seed ``seed + i``, so each can be redone
         alone. ``inputs`` holds the decoded ``init_image`` and ``mask`` of image to image and
-        inpainting (see :mod:`.modes`). Raises :class:`JobCancelled` (checked every step and
+        inpainting (see :mod:`.modes`). When ``stop_early()`` turns true (A1111's interrupt), the
+        remaining steps are skipped and the image is made from the latents so far. Raises :class:`JobCancelled` (checked every step and
         before decoding), :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
         self.use_model(params.model)
         self.ensure_loaded()
-        lora_hashes = self.loras.apply(self.pipe, params.loras)  # on the shared UNet: every mode's pipeline
+        # On the shared UNet (every mode's pipeline); fused into its weights when it is compiled.
+        lora_hashes = self.loras.apply(self.pipe, params.loras, fused=self.compilation.state == "ready")
         with self._failures_translated(params):
             run = prepare_run(self._mode_pipelines(), params, inputs)
         run.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
@@ -277,12 +279,12 @@ class Engine:
             refiner.scheduler = self.refiner.scheduler(params.scheduler, run.pipe.scheduler)
             run.refiner, run.plan = refiner, plan(params, run.pipe.scheduler)
         try:
-            generation = self._generate_in_batches(params, [params.num_images], on_step, cancelled, run)
+            generation = self._generate_in_batches(params, [params.num_images], on_step, cancelled, run, stop_early)
         except OutOfMemory:
             if params.num_images == 1:
                 raise
             log.warning("a batch of %d ran out of memory; generating one image at a time", params.num_images)
-            generation = self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled, run)
+            generation = self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled, run, stop_early)
         generation.info["lora_hashes"] = lora_hashes
         return generation
 
@@ -294,12 +296,13 @@ class Engine:
 
     def _generate_in_batches(
         self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool],
-        run: ModeRun,
+        run: ModeRun, stop_early: Callable[[], bool] = lambda: False,
     ) -> Generation:
         pipe = run.pipe
         images: list[Any] = []
         seeds = [(params.seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
         upcast, inference_s, decode_s, steps_done = False, 0.0, 0.0, 0
+        stopped_at: list[int] = []  # the step at which stop_early() was seen
 
         with self._failures_translated(params):
             prompts = self._prompt_arguments(params)
@@ -309,6 +312,9 @@ class Engine:
                 raise JobCancelled("the job was cancelled")
             per_batch = run.plan.total if run.plan else pipeline.num_timesteps  # base and refiner count as one
             on_step(steps_done + index + 1, per_batch * len(batches), tensors["latents"])
+            if not stopped_at and stop_early():
+                stopped_at.append(steps_done + index + 1)
+                pipeline._interrupt = True  # diffusers skips the remaining steps, keeping these latents
             return {}
 
         def generators(size: int) -> list[Any]:
@@ -325,7 +331,7 @@ class Engine:
                 base_arguments = run.plan.base_arguments if run.plan else {}
                 latents = pipe(**prompts, **common, **run.arguments, **base_arguments, generator=generators(size)).images
                 steps_done += pipe.num_timesteps
-                if run.refiner is not None:
+                if run.refiner is not None and not stopped_at:
                     # The refiner has only the second text encoder: it encodes the prompt text itself.
                     prompt, negative = request_prompt_texts(params, self.settings.prompt_syntax)
                     with self._text_encoders_on(run.refiner):
@@ -341,6 +347,8 @@ class Engine:
             upcast = upcast or batch_upcast
             inference_s += _seconds(started, denoised)
             decode_s += _seconds(denoised, finished)
+            if stopped_at:
+                break
         info = {
             "sampler": sampler_label(params.scheduler, pipe.scheduler),
             "seeds": seeds,
@@ -350,6 +358,8 @@ class Engine:
         }
         if run.refiner is not None:
             info["refiner"] = self.refiner.source.model_id
+        if stopped_at:
+            info["stopped_at"] = stopped_at[0]
         return Generation(images=images, info=info)
 
     @contextlib.contextmanager

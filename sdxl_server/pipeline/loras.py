@@ -5,6 +5,16 @@ Runs on the worker thread. Each LoRA file is loaded once as a named adapter
 recently used; a job's set is made active with ``set_adapters`` and its weights. A job without
 LoRAs runs with the adapters disabled (``disable_lora``): PEFT then calls the untouched base layers,
 so its pixels equal those of a server that never loaded a LoRA.
+
+Under ``COMPILE`` the UNet is a compiled graph, and PEFT's layers in its module tree would make
+torch compile it again for every new adapter and every set. There a job's LoRAs are instead
+*fused* into the base weights (loaded, weighted, ``fuse_lora``, then their PEFT layers removed):
+the module tree the graph was compiled for is back, its weights changed in place, so the next
+image runs the same compiled code with no LoRA cost per step. The original weights of every layer
+a LoRA touched are kept (on the CPU) and copied back before the next set, so a job without LoRAs
+gets the untouched base again. diffusers' ``enable_lora_hotswap`` was the other way; it keeps LoRA
+layers in the graph (their cost at every step), swaps one adapter at a time, and not in the text
+encoders, so a job's several weighted LoRAs would not fit it.
 """
 
 from __future__ import annotations
@@ -39,13 +49,19 @@ class LoraAdapters:
         self._counter = 0
         self._enabled = False
         self.last_load_s: float | None = None
+        self._fused: tuple[tuple[str, float], ...] = ()  # the set fused into the weights (COMPILE)
+        self._fused_hashes: dict[str, str] = {}
+        self._originals: list[tuple[Any, Any]] = []  # (parameter, its original values on the CPU)
 
     @property
     def loaded(self) -> list[str]:
         return list(self._loaded)
 
-    def apply(self, pipe: Any, wanted: tuple[tuple[str, float], ...]) -> dict[str, str]:
-        """Make exactly ``wanted`` active on ``pipe``; return ``{name: short hash}`` for the metadata."""
+    def apply(self, pipe: Any, wanted: tuple[tuple[str, float], ...], *, fused: bool = False) -> dict[str, str]:
+        """Make exactly ``wanted`` active on ``pipe``; return ``{name: short hash}`` for the metadata.
+        ``fused`` (a compiled UNet): fuse them into the weights rather than keep them as adapters."""
+        if fused:
+            return self._apply_fused(pipe, wanted)
         if not wanted:
             if self._enabled:
                 pipe.disable_lora()
@@ -57,14 +73,38 @@ class LoraAdapters:
         self._enabled = True
         return {name: entry.short_hash for (name, _), entry in zip(wanted, entries)}
 
+    def _apply_fused(self, pipe: Any, wanted: tuple[tuple[str, float], ...]) -> dict[str, str]:
+        if wanted == self._fused:
+            return self._fused_hashes
+        self._restore_originals()
+        hashes: dict[str, str] = {}
+        if wanted:
+            try:
+                hashes = self.apply(pipe, wanted)
+                self._originals = [(p, p.detach().to("cpu", copy=True)) for p in _lora_base_parameters(pipe)]
+                pipe.fuse_lora(components=["unet", "text_encoder", "text_encoder_2"],
+                               adapter_names=self.adapter_names([name for name, _ in wanted]))
+            finally:
+                pipe.unload_lora_weights()  # the PEFT layers go; fused weights stay
+                self._loaded.clear()
+                self._enabled = False
+        self._fused, self._fused_hashes = wanted, hashes
+        return hashes
+
+    def _restore_originals(self) -> None:
+        for parameter, original in self._originals:
+            parameter.data.copy_(original)
+        self._originals, self._fused, self._fused_hashes = [], (), {}
+
     def adapter_names(self, names: list[str]) -> list[str]:
         """The PEFT adapter names of loaded LoRAs (to fuse them, say)."""
         return [self._loaded[name].adapter for name in names]
 
     def forget(self) -> None:
-        """The pipeline is gone (model unloaded): its adapters with it."""
+        """The pipeline is gone (model unloaded): its adapters and fused weights with it."""
         self._loaded.clear()
         self._enabled = False
+        self._originals, self._fused, self._fused_hashes = [], (), {}
 
     def _ensure(self, pipe: Any, name: str, keep: set[str]) -> _Loaded:
         file = self.catalog.find(name)
@@ -125,3 +165,18 @@ class LoraAdapters:
             pipe.delete_adapters(adapter)
         except Exception:  # noqa: BLE001 - it was never (fully) loaded
             log.debug("adapter %s was not loaded", adapter, exc_info=True)
+
+
+def _lora_base_parameters(pipe: Any) -> list[Any]:
+    """The weights (and biases) of every layer a loaded LoRA adapter wraps, in every component."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found: dict[int, Any] = {}
+    for component in (pipe.unet, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
+        for module in component.modules() if component is not None else ():
+            if isinstance(module, BaseTunerLayer):
+                base = module.get_base_layer()
+                for parameter in (base.weight, getattr(base, "bias", None)):
+                    if parameter is not None:
+                        found[id(parameter)] = parameter
+    return list(found.values())
