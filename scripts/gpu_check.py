@@ -20,7 +20,9 @@ Each reports s/image, it/s (steady denoising rate), peak GPU memory (``max_memor
 and the peak with the CUDA context: what ``nvidia-smi`` would show) and the server overhead
 ratio (the direct path saves a PNG as a plain script would). The first configuration also
 measures the event loop, progress latency with 1 and 100 websocket clients, and a batch of 4
-against 1 (images/s); last, if time is left, a cold start from the
+against 1 (images/s); then, if time is left, the base with the full-size random SDXL refiner
+(ensemble at 0.8, saved to a folder and loaded with ``REFINER_ID``) against the base alone, in the
+default and 8 GB profiles (``--no-refiner`` to skip); last, if time is left, a cold start from the
 model saved as a diffusers folder (``MODEL_ID=/path``, the path a real model takes).
 
 Every configuration runs in ``try``/``except`` (the error is recorded and the next runs), the
@@ -61,6 +63,7 @@ import torch  # noqa: E402
 from sdxl_server.config import Settings  # noqa: E402
 from sdxl_server.tools.bench.client import Client  # noqa: E402
 from sdxl_server.tools.bench.coldstart import coldstart_once  # noqa: E402
+from sdxl_server.tools.bench.modes import refiner_lines, refiner_section  # noqa: E402
 from sdxl_server.tools.bench.options import BenchOptions  # noqa: E402
 from sdxl_server.tools.bench.sections import section_loop, section_overhead, section_progress  # noqa: E402
 from sdxl_server.tools.bench.speed import section_batch  # noqa: E402
@@ -233,6 +236,23 @@ def run_config(
             torch._dynamo.reset()
 
 
+def optional_step(report: Report, name: str, wanted: bool, flag: str, budget: Budget, needs_s: float,
+                  run: Callable[[], dict[str, Any]]) -> None:
+    """``run()``'s result as the report's ``name``, unless ``flag`` turned it off or it would not
+    finish in the time left; an error is recorded, and the check goes on."""
+    if not wanted:
+        report.data[name] = {"skipped": flag}
+    elif not budget.allows(needs_s):
+        report.data[name] = {"skipped": f"not enough time left ({budget.left():.0f}s)"}
+    else:
+        try:
+            report.data[name] = run()
+        except Exception as exc:  # noqa: BLE001 - recorded; the next step still runs
+            report.data[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+            log(f"{name}: FAILED {exc}")
+    report.write()
+
+
 def summary_line(name: str, r: dict[str, Any]) -> str:
     if "error" in r or "skipped" in r:
         return f"{name:<32} {'SKIPPED: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['error']}"
@@ -260,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-budget-s", type=float, default=240.0, help="time the compile configuration needs")
     parser.add_argument("--no-extras", dest="extras", action="store_false", help="skip loop/progress on the first config")
     parser.add_argument("--no-coldstart", dest="coldstart", action="store_false", help="skip the cold start from a folder")
+    parser.add_argument("--no-refiner", dest="refiner", action="store_false",
+                        help="skip base + refiner (ensemble at 0.8) in the high and 8gb profiles")
     parser.add_argument("--sync-steps", action="store_true",
                         help="synchronise CUDA at each step's timestamp (exact it/s, but one sync per step)")
     parser.add_argument("--configs", default=None, help="only these configurations (comma-separated names)")
@@ -372,31 +394,34 @@ def main(argv: list[str] | None = None) -> int:
             "targets": "peak <= 7.5 GiB with context at <= 1.3x the time",
         }
         log(f"8gb profile: {json.dumps(report.data['8gb_profile'])}")
-    if not args.coldstart:
-        report.data["coldstart"] = {"skipped": "--no-coldstart"}
-    elif not budget.allows(150.0 if cuda else 30.0):
-        report.data["coldstart"] = {"skipped": f"not enough time left ({budget.left():.0f}s)"}
-    else:
+    def refiner_step() -> dict[str, Any]:
+        log(f"refiner: base + refiner, ensemble at 0.8, high and 8gb profiles ({budget.left():.0f}s left)")
+        section = refiner_section(base, factory, opts, cuda, Path(scratch.name))
+        for line in refiner_lines(section):
+            log("refiner: " + line)
+        return section
+
+    def coldstart_step() -> dict[str, Any]:
+        from sdxl_server.pipeline.fullsize import save_fullsize_model
+
         log(f"cold start: saving the model as a diffusers folder ({budget.left():.0f}s left)")
         started = time.perf_counter()
-        try:
-            from sdxl_server.pipeline.fullsize import save_fullsize_model
-
-            folder = Path(scratch.name) / "model"
-            pipe = factory()
-            save_fullsize_model(folder, pipe=pipe)
-            del pipe
-            saved_s = time.perf_counter() - started
-            free_memory(cuda)
-            settings = base.replace(model_id=str(folder), attention="sdpa")
-            result = coldstart_once(settings, opts.body(), timeout=max(30.0, budget.left()))
-            result["save_s"] = round(saved_s, 2)
-            result["folder_bytes"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        except Exception as exc:  # noqa: BLE001
-            result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+        folder = Path(scratch.name) / "model"
+        pipe = factory()
+        save_fullsize_model(folder, pipe=pipe)
+        del pipe
+        saved_s = time.perf_counter() - started
+        free_memory(cuda)
+        settings = base.replace(model_id=str(folder), attention="sdpa")
+        result = coldstart_once(settings, opts.body(), timeout=max(30.0, budget.left()))
+        result["save_s"] = round(saved_s, 2)
+        result["folder_bytes"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         result["section_s"] = round(time.perf_counter() - started, 1)
-        report.data["coldstart"] = result
         log(f"cold start: {json.dumps(result)[:600]}")
+        return result
+
+    optional_step(report, "refiner", args.refiner, "--no-refiner", budget, 240.0 if cuda else 30.0, refiner_step)
+    optional_step(report, "coldstart", args.coldstart, "--no-coldstart", budget, 150.0 if cuda else 30.0, coldstart_step)
     report.data["check"]["elapsed_s"] = round(budget.elapsed(), 1)
     report.write()
     scratch.cleanup()

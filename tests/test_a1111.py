@@ -205,3 +205,20 @@ async def test_a_base_url_with_a_trailing_slash_and_no_content_type(client):
     async with aiohttp.ClientSession() as session:  # what a client with base URL 'http://host:port/' requests
         async with session.get(f"http://{client.host}:{client.port}//sdapi/v1/options") as resp:
             assert resp.status == 200 and (await resp.json())["sd_model_checkpoint"] == "tiny"
+
+
+async def test_interrupt_leaves_other_clients_jobs_alone(make_client, settings):
+    # SillyTavern interrupts whenever its own client goes away, even while its job still waits:
+    # a job from the page (or the OpenAI API) that happens to be running is not A1111's to stop.
+    client = await make_client(settings, engine_factory=lambda s: PausingEngine(s, pause_after=1))
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    job = await (await client.post("/api/v1/jobs", json={"prompt": "from the page", "steps": 3})).json()
+    await events_until(ws, lambda e: e["type"] == "progress" and e["id"] == job["id"] and e["step"] == 1)
+    assert (await client.post("/sdapi/v1/interrupt")).status == 200
+    assert (await client.post("/sdapi/v1/skip")).status == 200
+    progress = await (await client.get("/sdapi/v1/progress")).json()
+    assert progress["state"]["job"] == job["id"] and not progress["state"]["interrupted"]
+    assert (await client.delete(f"/api/v1/jobs/{job['id']}")).status == 200  # its owner may cancel it
+    ended = (await events_until_terminal(ws, job["id"]))[-1]
+    assert ended["type"] == "cancelled"

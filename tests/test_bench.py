@@ -69,6 +69,25 @@ def test_fullsize_parameter_counts_on_meta():
     assert pipe.text_encoder_2.config.eos_token_id == ids[-1]
 
 
+def test_fullsize_refiner_on_meta_fits_the_base_as_the_server_pairs_them():
+    """SDXL refiner 1.0's UNet (4.52 GB in float16: 2.26 B parameters), conditioned on the base's
+    text encoder 2 (1280 wide) with the aesthetic score among its time ids."""
+    import torch
+
+    from sdxl_server.pipeline.fullsize import (
+        EXPECTED_REFINER_UNET_PARAMETERS, build_fullsize_pipeline, build_fullsize_refiner)
+
+    base = build_fullsize_pipeline("meta", torch.float16)
+    refiner = build_fullsize_refiner("meta", torch.float16, base=base)
+    assert sum(p.numel() for p in refiner.unet.parameters()) == EXPECTED_REFINER_UNET_PARAMETERS
+    assert EXPECTED_REFINER_UNET_PARAMETERS * 2 == pytest.approx(4.52e9, rel=2e-3)  # the published fp16 file
+    assert refiner.text_encoder_2 is base.text_encoder_2 and refiner.vae is base.vae and refiner.text_encoder is None
+    config = refiner.unet.config
+    assert config.cross_attention_dim == base.text_encoder_2.config.hidden_size == 1280
+    assert config.projection_class_embeddings_input_dim == 5 * config.addition_time_embed_dim + 1280
+    assert refiner.config.requires_aesthetics_score
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -209,6 +228,12 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     assert 0 < report["8gb_profile"]["time_vs_high"]
     for name in ("fp32_xformers", "fp32_sdpa_compile", "fp32_low"):
         assert "skipped" in configs[name]
+    refiner = report["refiner"]
+    assert set(refiner) == {"high", "8gb"}, refiner
+    for profile in ("high", "8gb"):
+        modes = refiner[profile]["modes"]
+        assert modes["refiner ensemble (0.8)"]["s"]["median"] > 0 and modes["txt2img"]["s"]["median"] > 0
+        assert refiner[profile]["refiner"]["id"] == "tiny"
     cold = report["coldstart"]
     assert "error" not in cold, cold
     assert cold["model_load_s"] > 0 and cold["folder_bytes"] > 0

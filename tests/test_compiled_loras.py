@@ -73,3 +73,22 @@ async def test_a_failed_compile_leaves_the_server_eager_and_serving(make_client,
     compiled = health["compile"]
     assert compiled["state"] == "failed" and "running eager" in compiled["error"] and "no C++ compiler found" in compiled["error"]
     assert await pixels(client, BODY) == expected  # eager again: the same image as a server that never compiled
+
+
+async def test_a_fuse_that_fails_leaves_the_base_weights_for_the_next_job(make_client, settings, lora_dir, traced_only, monkeypatch, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    settings = settings.replace(lora_dir=lora_dir, default_width=64, default_height=64, default_steps=2,
+                                compile="default", compile_cache=tmp_path / "cache")
+    client = await make_client(settings)
+    untouched = await pixels(client, BODY)
+    fuse = StableDiffusionXLPipeline.fuse_lora
+
+    def fuse_then_fail(self, *args, **kwargs):
+        fuse(self, *args, **kwargs)  # the weights are changed, then something goes wrong
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(StableDiffusionXLPipeline, "fuse_lora", fuse_then_fail)
+    resp = await client.post("/api/v1/generate", json={**BODY, "loras": [{"name": "ink", "weight": 1.0}]})
+    assert resp.status == 500 and "illegal memory access" in (await resp.json())["message"]
+    assert await pixels(client, BODY) == untouched

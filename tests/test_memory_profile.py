@@ -9,7 +9,7 @@ import io
 import pytest
 from PIL import Image
 
-from sdxl_server.pipeline.memory import GIB, plan_memory
+from sdxl_server.pipeline.memory import GIB, plan_memory, refiner_placement
 
 CARDS = {  # nominal size -> what such a card reports (a little under its name)
     4: int(3.8 * GIB), 8: 8188 * 1024**2, 12: int(11.7 * GIB), 24: int(23.6 * GIB), 80: int(79.2 * GIB),
@@ -84,3 +84,20 @@ async def test_the_8gb_profile_reports_itself_and_encodes_prompts_to_the_same_im
     assert (chosen["profile"], chosen["reason"], chosen["text_encoder_offload"]) == ("8gb", "MEMORY_PROFILE=8gb", True)
     assert health["options"]["vae_tiling"] is True and health["options"]["text_encoder_offload"] is True
     assert await _image(client, body) == expected  # tiling at 64 px is one tile; embeddings are the same
+
+
+@pytest.mark.parametrize(
+    ("card", "dtype", "offload", "placement"),
+    [
+        (8, "float16", "none", "swapped"),  # the seed's RTX 4060: one UNet on the GPU at a time
+        (12, "float16", "none", "swapped"),
+        (24, "float16", "none", "resident"),
+        (24, "float32", "none", "swapped"),  # float32 weights take twice the room
+        (80, "float16", "none", "resident"),
+        (4, "float16", "model", "offloaded"),
+    ],
+)
+def test_the_refiner_unet_stays_beside_the_base_only_where_both_fit(card, dtype, offload, placement):
+    where, why = refiner_placement(CARDS[card], dtype, offload)
+    assert where == placement and why
+    assert refiner_placement(None, "float32", "none")[0] == "cpu"

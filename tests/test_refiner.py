@@ -166,16 +166,19 @@ def seed_checkpoints(tiny_model_dir, tiny_cache, tmp_path_factory):
     return folder
 
 
-async def test_the_seed_layout_with_a_refiner_file_loads_it_offline(make_client, settings, tiny_model_dir, tiny_cache, seed_checkpoints):
+async def test_the_seed_layout_with_a_refiner_file_loads_it_offline(make_client, settings, tiny_model_dir, tiny_cache, seed_checkpoints, tmp_path):
     body = {"steps": 6, "refiner": "ensemble", "refiner_switch_at": 0.5}
     reference = await make_client(settings)
     expected = await _run(reference, **body)
     expected_image = Image.open(io.BytesIO(await (await reference.get(expected["image_url"])).read()))
     await reference.close()
 
+    # The refiner's configs alone (no weights), as one keeps a copy of the Hub repository's JSON files.
+    configs = tmp_path / "refiner-configs"
+    shutil.copytree(ensure_tiny_refiner(tiny_cache), configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    assert not list(configs.rglob("*.safetensors"))
     client = await make_client(settings.replace(
-        model_id=None, refiner_id=None, model_dir=seed_checkpoints,
-        model_config=str(tiny_model_dir), refiner_config=str(ensure_tiny_refiner(tiny_cache))))
+        model_id=None, refiner_id=None, model_dir=seed_checkpoints, model_config=str(tiny_model_dir), refiner_config=str(configs)))
     health = await (await client.get("/health")).json()
     refiner_file = str(seed_checkpoints / "sd_xl_refiner_1.0.safetensors")
     assert (health["refiner"]["source"], health["refiner"]["origin"], health["refiner"]["location"]) == ("single_file", "MODEL_DIR", refiner_file)
@@ -193,3 +196,32 @@ async def test_a_refiner_file_without_its_configs_offline_says_to_set_refiner_co
     assert "REFINER_CONFIG" in (await resp.json())["message"]
     health = await (await client.get("/health")).json()
     assert health["refiner"]["state"] == "failed" and "set REFINER_CONFIG to a local" in health["refiner"]["error"]
+
+
+async def test_where_both_unets_do_not_fit_only_the_one_in_use_is_on_the_device(make_client, settings, monkeypatch):
+    # A GPU too small for both (refiner_placement says "swapped"): the base's UNet leaves the
+    # device while the refiner runs and comes back after. On this CPU the moves are recorded.
+    from sdxl_server.pipeline.refiner import Refiner
+
+    monkeypatch.setattr(Refiner, "_placement", lambda self, options: ("swapped", "a small GPU"))
+    events: list[str] = []
+    engines = []
+
+    def factory(s):
+        engine = TracingEngine(s)
+        engines.append(engine)
+        return engine
+
+    client = await make_client(settings, engine_factory=factory)
+    engine = engines[0]
+    refiner = engine.refiner.ensure(engine.pipe, engine.options)
+    for name, unet in (("base", engine.pipe.unet), ("refiner", refiner.unet)):
+        def moved(*args, _name=name, _to=unet.to, **kwargs):
+            events.append(f"{_name} to {args[0] if args else kwargs}")
+            return _to(*args, **kwargs)
+        monkeypatch.setattr(unet, "to", moved)
+    await _run(client, steps=10, refiner="ensemble")
+    assert engine.unets == ["base"] * 8 + ["refiner"] * 2
+    assert events == ["base to cpu", f"refiner to {engine.runtime.device}", "refiner to cpu", f"base to {engine.runtime.device}"]
+    health = await (await client.get("/health")).json()
+    assert health["refiner"]["placement"] == {"unet": "swapped", "reason": "a small GPU"}

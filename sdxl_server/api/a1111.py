@@ -228,7 +228,8 @@ async def respond(app: web.Application, params: GenerationParams, original: dict
     (``original``: the A1111 request as loaded, echoed in ``parameters``; ``notes``: what was changed)."""
     params = await with_model(app, await with_loras(app, params), "override_settings")
     count = original["batch_size"] * original["n_iter"]
-    made = await generate_images(app, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES)
+    made = await generate_images(app, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES,
+                                 track=app[keys.A1111_JOBS])
     metas = [image["meta"] for image in made.images]
     if made.interrupted:
         stopped = [meta["interrupted_at_step"] for meta in metas if "interrupted_at_step" in meta]
@@ -318,10 +319,12 @@ async def progress(request: web.Request) -> web.Response:
 
 async def _stop_running(app: web.Application) -> str | None:
     """Stop the running job as A1111 does: denoising ends at its next step and the image is made
-    from the latents so far (where the backend cannot, the job is cancelled). Its id, or None."""
+    from the latents so far (where the backend cannot, the job is cancelled). Its id, or None.
+    Only a job an A1111 request waits for: other clients' jobs (the page, OpenAI) are theirs to
+    cancel, and SillyTavern interrupts whenever its own client goes away."""
     queue = app[keys.QUEUE]
     job = queue.running
-    if job is None:
+    if job is None or job.id not in app[keys.A1111_JOBS]:
         return None
     if not queue.stop_early(job):
         with contextlib.suppress(Conflict):  # interrupting twice is fine, as in A1111
@@ -332,7 +335,8 @@ async def _stop_running(app: web.Application) -> str | None:
 async def interrupt(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/interrupt``: the running job ends at its next step with the image so far;
     the request that waits for it answers with what was made and runs no more batches."""
-    await _stop_running(request.app)
+    job_id = await _stop_running(request.app)
+    request.app[keys.A1111_SKIPPED].discard(job_id)  # skipped, then interrupted: the interrupt wins
     return web.json_response(None)
 
 

@@ -102,6 +102,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.OPENAPI] = build_spec(settings, __version__)
     app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     app[keys.A1111_SKIPPED] = set()
+    app[keys.A1111_JOBS] = set()
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app[keys.LORAS] = LoraCatalog(settings.lora_dir)
     app[keys.MODELS] = ModelCatalog(settings)

@@ -30,21 +30,26 @@ class Made:
 
 async def generate_images(
     app: web.Application, params: GenerationParams, count: int, *, partial: bool = False,
-    skipped: set[str] | None = None, names: Mapping[str, str] | None = None,
+    skipped: set[str] | None = None, names: Mapping[str, str] | None = None, track: set[str] | None = None,
 ) -> Made:
     """Make ``count`` images like ``params`` in jobs of at most ``MAX_BATCH``.
 
     A cancelled job raises (409), unless ``partial``: then the images made so far are returned, as
     A1111 answers an interrupted request (a job stopped early by its interrupt gives the image of
     the latents so far, and no more jobs run); a job whose id is in ``skipped`` does not end the
-    request: the rest of it goes on (A1111's skip)."""
+    request: the rest of it goes on (A1111's skip). Each job's id is in ``track`` while it is awaited."""
     per_call = app[keys.SETTINGS].max_batch
     made = Made()
     for start in range(0, count, per_call):
         chunk = replace(params, num_images=min(per_call, count - start), seed=(params.seed + start) % (MAX_SEED + 1))
         job, _ = await image_inputs.submit(app, chunk, names=names)  # its input images kept until it holds them
         made.first_job = made.first_job or job.id
-        await job.wait()
+        tracked = track if track is not None else set()
+        tracked.add(job.id)
+        try:
+            await job.wait()
+        finally:
+            tracked.discard(job.id)
         cancelled = job.status is JobStatus.CANCELLED
         if not (partial and cancelled):
             result = job.outcome()  # raises for a failed job (or a cancelled one, unless partial)

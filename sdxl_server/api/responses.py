@@ -167,7 +167,7 @@ class HealthSchema(Schema):
     dtype = fields.String(required=True)
     gpu = fields.Dict(required=True, allow_none=True)
     model = fields.Nested(HealthModelSchema, required=True)
-    refiner = fields.Dict(required=True, allow_none=True, metadata={"description": "The refiner (null: none configured): id, source, location, origin, state, loaded, load_seconds, error."})
+    refiner = fields.Dict(required=True, allow_none=True, metadata={"description": "The refiner (null: none configured): id, source, location, origin, state, loaded, load_seconds, error, placement ({unet: resident|swapped|offloaded|cpu, reason})."})
     attention = fields.String(required=True, allow_none=True)
     options = fields.Dict(required=True)
     compile = fields.Dict(metadata={"description": "COMPILE: mode, state (off, compiling, ready, failed), seconds, "

@@ -76,7 +76,6 @@ class GenerationWork:
             "vae_upcast": generation.info.get("vae_upcast", False),
             "lora_hashes": generation.info.get("lora_hashes", {}),
             **({"refiner_id": generation.info["refiner"]} if "refiner" in generation.info else {}),
-            **({"interrupted_at_step": generation.info["stopped_at"]} if "stopped_at" in generation.info else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
         }
         timings = {
@@ -93,6 +92,8 @@ class GenerationWork:
                 for index, image in enumerate(generation.images):
                     output_id = job.id if index == 0 else f"{job.id}-{index}"
                     meta = {"id": output_id, "job_id": job.id, "index": index, **common, "seed": seeds[index]}
+                    if index >= generation.info.get("stopped_from", len(generation.images)):
+                        meta["interrupted_at_step"] = generation.info["stopped_at"]  # stopped early (A1111)
                     encoding = time.perf_counter()
                     png = self.store.encode_png(image, meta)
                     meta["timings"] = {

@@ -19,7 +19,7 @@ import torch
 
 from .. import package_version
 from ..config import Settings
-from ..errors import GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemory, short_message
+from ..errors import ApiError, GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemory, short_message
 from ..params import MAX_SEED, GenerationParams
 from .compiling import Compilation, apply_layout_options
 from .decode import decode_latents
@@ -269,9 +269,9 @@ class Engine:
         before decoding), :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
         self.use_model(params.model)
         self.ensure_loaded()
-        # On the shared UNet (every mode's pipeline); fused into its weights when it is compiled.
-        lora_hashes = self.loras.apply(self.pipe, params.loras, fused=self.compilation.state == "ready")
         with self._failures_translated(params):
+            # On the shared UNet (every mode's pipeline); fused into its weights when it is compiled.
+            lora_hashes = self.loras.apply(self.pipe, params.loras, fused=self.compilation.state == "ready")
             run = prepare_run(self._mode_pipelines(), params, inputs)
         run.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
         if params.refiner != "none":
@@ -302,7 +302,8 @@ class Engine:
         images: list[Any] = []
         seeds = [(params.seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
         upcast, inference_s, decode_s, steps_done = False, 0.0, 0.0, 0
-        stopped_at: list[int] = []  # the step at which stop_early() was seen
+        stopped_at: list[int] = []  # stop_early() seen: [the step of its images, the first of them]
+        batch_start = 0  # steps_done when the running batch began
 
         with self._failures_translated(params):
             prompts = self._prompt_arguments(params)
@@ -313,7 +314,7 @@ class Engine:
             per_batch = run.plan.total if run.plan else pipeline.num_timesteps  # base and refiner count as one
             on_step(steps_done + index + 1, per_batch * len(batches), tensors["latents"])
             if not stopped_at and stop_early():
-                stopped_at.append(steps_done + index + 1)
+                stopped_at.extend((steps_done - batch_start + index + 1, len(images)))
                 pipeline._interrupt = True  # diffusers skips the remaining steps, keeping these latents
             return {}
 
@@ -322,6 +323,7 @@ class Engine:
             return [torch.Generator("cpu").manual_seed(seeds[len(images) + i]) for i in range(size)]
 
         for size in batches:
+            batch_start = steps_done
             started = self._clock()
             with self._failures_translated(params), torch.inference_mode():
                 common = {
@@ -334,7 +336,7 @@ class Engine:
                 if run.refiner is not None and not stopped_at:
                     # The refiner has only the second text encoder: it encodes the prompt text itself.
                     prompt, negative = request_prompt_texts(params, self.settings.prompt_syntax)
-                    with self._text_encoders_on(run.refiner):
+                    with self._text_encoders_on(run.refiner), self.refiner.running(pipe):
                         latents = run.refiner(prompt=prompt, negative_prompt=negative or None, **common, image=latents,
                                               **run.plan.refiner_arguments, generator=generators(size)).images
                     steps_done += run.refiner.num_timesteps
@@ -359,7 +361,7 @@ class Engine:
         if run.refiner is not None:
             info["refiner"] = self.refiner.source.model_id
         if stopped_at:
-            info["stopped_at"] = stopped_at[0]
+            info["stopped_at"], info["stopped_from"] = stopped_at
         return Generation(images=images, info=info)
 
     @contextlib.contextmanager
@@ -367,7 +369,7 @@ class Engine:
         """Turn what the pipeline raises into the errors a client sees; free memory after OOM."""
         try:
             yield
-        except (JobCancelled, OutOfMemory):
+        except ApiError:  # already what the client should see (cancelled, out of memory, a misfit LoRA)
             raise
         except Exception as exc:
             if _is_out_of_memory(exc):

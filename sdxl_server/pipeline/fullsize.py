@@ -19,12 +19,14 @@ The tokenizers are the byte-level CLIP tokenizer of :mod:`sdxl_server.pipeline.t
 text encoders keep CLIP's real vocabulary size (49408) so their embedding tables, parameter
 counts and memory are the real ones.
 
-:func:`build_fullsize_pipeline` builds it on ``meta`` (no memory: for parameter counts), on the
+:func:`build_fullsize_refiner` does the same for SDXL refiner 1.0 (its UNet: 2,259,526,660
+parameters; it shares text encoder 2 and the VAE with the base). :func:`build_fullsize_pipeline` builds it on ``meta`` (no memory: for parameter counts), on the
 CPU, or straight on a GPU; :func:`save_fullsize_model` saves it with ``save_pretrained`` so the
 server loads it as a local folder (``MODEL_ID=/path/to/folder``), the path a real model takes::
 
     python -m sdxl_server.pipeline.fullsize                       # parameter counts (on meta, no memory)
     python -m sdxl_server.pipeline.fullsize --save /tmp/sdxl-random --device cuda   # ~7 GB, seconds on a GPU
+    python -m sdxl_server.pipeline.fullsize --save-refiner /tmp/sdxl-refiner-random --device cuda  # the refiner too
     MODEL_ID=/tmp/sdxl-random python -m sdxl_server      # serve it (or the bench: python -m sdxl_server.tools.bench)
 """
 
@@ -120,6 +122,22 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "timestep_spacing": "leading",
 }
 
+# stable-diffusion-xl-refiner-1.0/unet/config.json: 4 levels, 4 transformer layers where there is
+# attention, conditioned on text encoder 2 alone, with the aesthetic score among its 5 time ids.
+REFINER_UNET_CONFIG: dict[str, Any] = {
+    **UNET_CONFIG,
+    "block_out_channels": (384, 768, 1536, 1536),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": 4,
+    "attention_head_dim": (6, 12, 24, 24),
+    "cross_attention_dim": 1280,
+    "projection_class_embeddings_input_dim": 2560,  # 5 * 256 (size/crop/aesthetic ids) + 1280 (pooled text)
+}
+
+# The refiner's UNet (4.52 GB in float16); it shares text encoder 2 and the VAE with the base.
+EXPECTED_REFINER_UNET_PARAMETERS = 2_259_526_660
+
 # Published sizes (parameters) of SDXL base 1.0's components, for checks.
 EXPECTED_PARAMETERS: dict[str, int] = {
     "unet": 2_567_463_684,
@@ -196,6 +214,26 @@ def build_fullsize_pipeline(device: str | torch.device = "meta", dtype: torch.dt
     )
 
 
+def build_fullsize_refiner(device: str | torch.device = "meta", dtype: torch.dtype = torch.float16, seed: int = 1, base=None):
+    """SDXL refiner 1.0's architecture with random weights: its UNet, with ``base``'s text encoder
+    2, tokenizer and VAE (built anew when ``base`` is None), as the server pairs them."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    base = base or build_fullsize_pipeline(device, dtype, seed)
+    device = torch.device(device)
+    if device.type != "meta":
+        torch.manual_seed(seed)
+    with torch.device(device), _default_dtype(dtype):
+        unet = UNet2DConditionModel(**REFINER_UNET_CONFIG)
+    _tame(unet, torch.nn.Module())
+    unet.eval().requires_grad_(False)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
+        tokenizer_2=base.tokenizer_2, unet=unet, scheduler=base.scheduler,
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+
+
 def parameter_counts(pipe) -> dict[str, int]:
     """Parameters per component (works on ``meta``)."""
     return {
@@ -213,8 +251,20 @@ def save_fullsize_model(
     (a GPU builds in seconds) unless ``pipe`` is given; the folder appears atomically. About
     7 GB in float16.
     """
+    return _save_once(folder, {"name": FULLSIZE_NAME, "version": FULLSIZE_VERSION, "dtype": str(dtype), "seed": seed},
+                      lambda: pipe or build_fullsize_pipeline(device, dtype, seed))
+
+
+def save_fullsize_refiner(folder: str | Path, device: str = "cuda", dtype: torch.dtype = torch.float16, seed: int = 1) -> Path:
+    """Save the full-size random refiner as a folder the server loads with ``REFINER_ID=folder``
+    (about 6 GB in float16: its UNet, and the text encoder 2 and VAE a folder holds)."""
+    return _save_once(folder, {"name": FULLSIZE_NAME + "-refiner", "version": FULLSIZE_VERSION, "dtype": str(dtype), "seed": seed},
+                      lambda: build_fullsize_refiner(device, dtype, seed))
+
+
+def _save_once(folder: str | Path, stamp: dict[str, Any], build) -> Path:
+    """``build()`` saved in ``folder`` with ``stamp``, unless a folder with that stamp is there."""
     folder = Path(folder)
-    stamp = {"name": FULLSIZE_NAME, "version": FULLSIZE_VERSION, "dtype": str(dtype), "seed": seed}
     stamp_file = folder / "fullsize.json"
     if (folder / "model_index.json").is_file() and stamp_file.is_file():
         if json.loads(stamp_file.read_text()) == stamp:
@@ -222,7 +272,7 @@ def save_fullsize_model(
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fullsize-", dir=folder.parent))
     try:
-        (pipe or build_fullsize_pipeline(device, dtype, seed)).save_pretrained(staging)
+        build().save_pretrained(staging)
         (staging / "fullsize.json").write_text(json.dumps(stamp))
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
@@ -234,6 +284,8 @@ def save_fullsize_model(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdxl_server.pipeline.fullsize", description=__doc__.splitlines()[0])
     parser.add_argument("--save", type=Path, default=None, metavar="FOLDER", help="save it there (diffusers folder)")
+    parser.add_argument("--save-refiner", type=Path, default=None, metavar="FOLDER",
+                        help="also save a full-size random SDXL refiner there (serve it with REFINER_ID=FOLDER)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to build it")
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     parser.add_argument("--seed", type=int, default=0)
@@ -241,10 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     counts = parameter_counts(build_fullsize_pipeline("meta", getattr(torch, args.dtype)))
     for name, count in counts.items():
         print(f"{name:<15} {count:>14,} parameters (SDXL base 1.0: {EXPECTED_PARAMETERS[name]:,})")
+    refiner_unet = sum(p.numel() for p in build_fullsize_refiner("meta", getattr(torch, args.dtype)).unet.parameters())
+    print(f"{'refiner unet':<15} {refiner_unet:>14,} parameters (SDXL refiner 1.0: {EXPECTED_REFINER_UNET_PARAMETERS:,})")
     if args.save:
         folder = save_fullsize_model(args.save, args.device, getattr(torch, args.dtype), args.seed)
         print(f"saved to {folder}: serve it with MODEL_ID={folder} python -m sdxl_server")
-    return 0 if counts == EXPECTED_PARAMETERS else 1
+    if args.save_refiner:
+        folder = save_fullsize_refiner(args.save_refiner, args.device, getattr(torch, args.dtype), args.seed + 1)
+        print(f"saved the refiner to {folder}: add REFINER_ID={folder}")
+    return 0 if counts == EXPECTED_PARAMETERS and refiner_unet == EXPECTED_REFINER_UNET_PARAMETERS else 1
 
 
 if __name__ == "__main__":

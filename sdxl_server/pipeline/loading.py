@@ -121,14 +121,19 @@ def load_refiner(settings: Settings, runtime: Runtime, source: ModelSource, base
     return StableDiffusionXLImg2ImgPipeline.from_pretrained(location, **shared)
 
 
-def place_refiner(refiner: Any, settings: Settings, runtime: Runtime, options: dict[str, Any]) -> None:
-    """The base's memory options on the refiner: its attention, and its UNet on the device only
-    while it runs when the base is offloaded."""
+def place_refiner(refiner: Any, settings: Settings, runtime: Runtime, options: dict[str, Any], placement: str) -> None:
+    """The base's memory options on the refiner: its attention, and its UNet where ``placement``
+    says (:func:`.memory.refiner_placement`). Its text encoder 2 and VAE are the base's, already
+    where the base's memory plan put them (the text encoder may be parked on the CPU)."""
     if options.get("attention") == "xformers":
         refiner.enable_xformers_memory_efficient_attention()
     elif options.get("attention") == "slicing":
         refiner.enable_attention_slicing()
-    _place(refiner, options.get("cpu_offload", settings.cpu_offload), runtime)
+    if placement == "offloaded":
+        _place(refiner, options.get("cpu_offload", settings.cpu_offload), runtime)
+        return
+    refiner.unet.to("cpu" if placement == "swapped" else runtime.device)
+    refiner.set_progress_bar_config(disable=True)
 
 
 def _place(pipe: Any, cpu_offload: str, runtime: Runtime) -> None:

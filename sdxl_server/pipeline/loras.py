@@ -49,8 +49,10 @@ class LoraAdapters:
         self._counter = 0
         self._enabled = False
         self.last_load_s: float | None = None
-        self._fused: tuple[tuple[str, float], ...] = ()  # the set fused into the weights (COMPILE)
+        self._fusing = False  # whether sets are fused (COMPILE) rather than kept as adapters
+        self._fused: tuple[tuple[str, float], ...] = ()  # the set fused into the weights
         self._fused_hashes: dict[str, str] = {}
+        self._fused_files: list[Any] = []
         self._originals: list[tuple[Any, Any]] = []  # (parameter, its original values on the CPU)
 
     @property
@@ -59,9 +61,17 @@ class LoraAdapters:
 
     def apply(self, pipe: Any, wanted: tuple[tuple[str, float], ...], *, fused: bool = False) -> dict[str, str]:
         """Make exactly ``wanted`` active on ``pipe``; return ``{name: short hash}`` for the metadata.
-        ``fused`` (a compiled UNet): fuse them into the weights rather than keep them as adapters."""
-        if fused:
-            return self._apply_fused(pipe, wanted)
+        ``fused`` (a compiled UNet): fuse them into the weights rather than keep them as adapters.
+        Changing between the two ways first undoes what the other left (fused weights, adapters)."""
+        if fused != self._fusing:
+            self._restore_originals()
+            if self._loaded:
+                pipe.unload_lora_weights()
+                self._loaded.clear()
+            self._enabled, self._fusing = False, fused
+        return self._apply_fused(pipe, wanted) if fused else self._apply_adapters(pipe, wanted)
+
+    def _apply_adapters(self, pipe: Any, wanted: tuple[tuple[str, float], ...]) -> dict[str, str]:
         if not wanted:
             if self._enabled:
                 pipe.disable_lora()
@@ -74,27 +84,35 @@ class LoraAdapters:
         return {name: entry.short_hash for (name, _), entry in zip(wanted, entries)}
 
     def _apply_fused(self, pipe: Any, wanted: tuple[tuple[str, float], ...]) -> dict[str, str]:
-        if wanted == self._fused:
-            return self._fused_hashes
+        if wanted == self._fused and self._fused_files == self._files(wanted):
+            return self._fused_hashes  # the same set, from the same files: nothing to do
         self._restore_originals()
         hashes: dict[str, str] = {}
         if wanted:
             try:
-                hashes = self.apply(pipe, wanted)
+                hashes = self._apply_adapters(pipe, wanted)
                 self._originals = [(p, p.detach().to("cpu", copy=True)) for p in _lora_base_parameters(pipe)]
                 pipe.fuse_lora(components=["unet", "text_encoder", "text_encoder_2"],
                                adapter_names=self.adapter_names([name for name, _ in wanted]))
+            except BaseException:
+                self._restore_originals()  # whatever was fused goes: the next job gets the base
+                raise
             finally:
                 pipe.unload_lora_weights()  # the PEFT layers go; fused weights stay
                 self._loaded.clear()
                 self._enabled = False
-        self._fused, self._fused_hashes = wanted, hashes
+        self._fused, self._fused_hashes, self._fused_files = wanted, hashes, self._files(wanted)
         return hashes
+
+    def _files(self, wanted: tuple[tuple[str, float], ...]) -> list[Any]:
+        """What is on disk for each of ``wanted`` now (a changed or deleted file is another set)."""
+        found = [self.catalog.find(name) for name, _ in wanted]
+        return [None if f is None else (f.path, f.mtime, f.size, f.problem) for f in found]
 
     def _restore_originals(self) -> None:
         for parameter, original in self._originals:
             parameter.data.copy_(original)
-        self._originals, self._fused, self._fused_hashes = [], (), {}
+        self._originals, self._fused, self._fused_hashes, self._fused_files = [], (), {}, []
 
     def adapter_names(self, names: list[str]) -> list[str]:
         """The PEFT adapter names of loaded LoRAs (to fuse them, say)."""
@@ -104,7 +122,7 @@ class LoraAdapters:
         """The pipeline is gone (model unloaded): its adapters and fused weights with it."""
         self._loaded.clear()
         self._enabled = False
-        self._originals, self._fused, self._fused_hashes = [], (), {}
+        self._originals, self._fused, self._fused_hashes, self._fused_files = [], (), {}, []
 
     def _ensure(self, pipe: Any, name: str, keep: set[str]) -> _Loaded:
         file = self.catalog.find(name)

@@ -92,3 +92,22 @@ def plan_memory(settings: Settings, total_bytes: int | None, dtype: str) -> Memo
     if chosen["cpu_offload"] != "none":
         chosen["text_encoder_offload"] = False  # offload moves the text encoders already
     return MemoryPlan(profile=profile, reason=reason, overrides=overrides, **chosen)
+
+
+REFINER_UNET_GIB = 4.2  # float16: SDXL refiner 1.0's UNet (its text encoder 2 and VAE are the base's)
+
+
+def refiner_placement(total_bytes: int | None, dtype: str, cpu_offload: str) -> tuple[str, str]:
+    """Where the refiner's UNet lives, and why: ``resident`` beside the base's on a GPU with room
+    for both, ``swapped`` (on the GPU only while it runs, the base's UNet on the CPU meanwhile)
+    on a smaller one, ``offloaded`` with the base's CPU offload, ``cpu`` without a GPU."""
+    if cpu_offload != "none":
+        return "offloaded", f"CPU_OFFLOAD={cpu_offload}: the refiner is offloaded like the base"
+    if total_bytes is None:
+        return "cpu", "no GPU"
+    scale = 2.0 if dtype == "float32" else 1.0
+    needed = (HIGH_MIN_GIB + REFINER_UNET_GIB) * scale
+    if total_bytes / GIB >= needed:
+        return "resident", f"the GPU has {total_bytes / GIB:.1f} GiB (>= {needed:g}): both UNets resident"
+    return "swapped", (f"the GPU has {total_bytes / GIB:.1f} GiB (< {needed:g}): only the UNet in use on the GPU, "
+                       "the other on the CPU while the refiner runs")

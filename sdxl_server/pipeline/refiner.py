@@ -10,6 +10,8 @@ a copy of the scheduler, so progress has one true total from the first step.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +68,7 @@ class Refiner:
         self.state = "not_loaded" if self.source else "not_configured"
         self.error: str | None = None
         self.load_seconds: float | None = None
+        self.placement: tuple[str, str] | None = None  # where its UNet lives, and why
         self._schedulers: dict[str, Any] = {}
 
     def ensure(self, base: Any, options: dict[str, Any]) -> Any:
@@ -94,7 +97,8 @@ class Refiner:
         log.info("loading refiner %s (from %s)", self.source.location, self.source.origin)
         try:
             pipe = load_refiner(self.settings, self.runtime, self.source, base)
-            place_refiner(pipe, self.settings, self.runtime, options)
+            self.placement = self._placement(options)
+            place_refiner(pipe, self.settings, self.runtime, options, self.placement[0])
         except Exception as exc:  # noqa: BLE001 - reported on /health and to the request
             self.state = "failed"
             self.error = (f"could not load refiner {self.source.location!r} (chosen by {self.source.origin}): "
@@ -104,6 +108,31 @@ class Refiner:
         self.pipe, self.state = pipe, "ready"
         self.load_seconds = time.perf_counter() - started
         log.info("refiner ready in %.1fs", self.load_seconds)
+
+    def _placement(self, options: dict[str, Any]) -> tuple[str, str]:
+        import torch
+
+        from .memory import refiner_placement
+
+        total = None
+        if self.runtime.on_cuda:
+            total = torch.cuda.get_device_properties(torch.device(self.runtime.device).index or 0).total_memory
+        return refiner_placement(total, self.runtime.dtype, options.get("cpu_offload", "none"))
+
+    @contextlib.contextmanager
+    def running(self, base: Any) -> Iterator[None]:
+        """While the refiner runs: with ``swapped`` placement its UNet takes the base's place on the
+        device (the base's waits on the CPU), and they change back after, whatever happens."""
+        if self.placement is None or self.placement[0] != "swapped":
+            yield
+            return
+        base.unet.to("cpu")
+        self.pipe.unet.to(self.runtime.device)
+        try:
+            yield
+        finally:
+            self.pipe.unet.to("cpu")
+            base.unet.to(self.runtime.device)
 
     def scheduler(self, name: str, base_scheduler: Any) -> Any:
         """A scheduler of the request's kind for the refiner (its own instance: they keep state)."""
@@ -123,4 +152,5 @@ class Refiner:
             "id": self.source.model_id, "source": self.source.kind, "location": self.source.location,
             "origin": self.source.origin, "state": self.state, "loaded": self.state == "ready",
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2), "error": self.error,
+            "placement": None if self.placement is None else {"unet": self.placement[0], "reason": self.placement[1]},
         }

@@ -118,4 +118,6 @@ def refiner_fix_hint(source: ModelSource, settings: Settings) -> str:
             "a single-file refiner needs the refiner's component configs: set REFINER_CONFIG to a local "
             f"diffusers refiner folder (or allow the download of {DEFAULT_HUB_REFINER}'s configs); or {hint}"
         )
+    if source.kind == "single_file":
+        return f"check that REFINER_CONFIG ({settings.refiner_config}) is an SDXL refiner's diffusers folder or Hub id; or {hint}"
     return hint

@@ -1,21 +1,34 @@
 """The ``modes`` section: each generation mode through ``POST /api/v1/generate`` at the bench's
 size — text to image, image to image, inpainting, and with a refiner configured the ensemble and
 image refiners — timed (median of ``runs``), with the steps that really ran, seconds per step,
-the refiner's load time, resident memory and, on CUDA, each mode's peak GPU memory."""
+the refiner's load time, resident memory and, on CUDA, each mode's peak GPU memory.
+:func:`refiner_section` runs base + refiner in the high and 8 GB profiles (the GPU check's
+``refiner`` step)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
+import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
 
+from ...config import Settings
 from .client import Client
+from .options import BenchOptions
+from .server import InProcessServer
 from .stats import percentile, rss_bytes, summarize
+from .timed import TimedEngine
+
+log = logging.getLogger(__name__)
+GIB = 1024**3
 
 STRENGTH = 0.75
 
@@ -68,10 +81,13 @@ async def _steps_run(client: Client, job_id: str) -> int:
         return int((await resp.json())["step"])
 
 
-async def section_modes(client: Client) -> dict[str, Any]:
+async def section_modes(client: Client, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every mode (``only``: those named) timed as the module says."""
     opts = client.opts
     results: dict[str, Any] = {}
     for name, extra in _cases(client).items():
+        if only is not None and name not in only:
+            continue
         body = opts.body(client.fresh_seed(), **extra)
         await client.generate(body)  # warm-up: builds the mode's pipeline (and loads the refiner) once
         await _reset_peak(client)
@@ -117,3 +133,62 @@ def modes_rows(result: dict[str, Any], seconds, gib) -> list[tuple[str, str]]:
     else:
         rows.append(("  refiner", f"{refiner['id']}, loaded in {seconds(refiner['load_s'])}"))
     return rows
+
+
+def _free(cuda: bool) -> None:
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+REFINER_CASES = ("txt2img", "refiner ensemble (0.8)")
+
+
+def refiner_section(base: Settings, factory: Callable[[], Any], opts: BenchOptions, cuda: bool, scratch: Path) -> dict[str, Any]:
+    """The base with the refiner (ensemble at 0.8) against the base alone, in the default (high)
+    and 8 GB profiles: time and peak GPU memory. On CUDA the full-size random refiner is saved to a
+    folder and loaded with REFINER_ID, the path a real one takes; the CPU smoke run uses tiny."""
+    import aiohttp
+
+    refiner_id = "tiny"
+    if cuda:
+        from ...pipeline.fullsize import save_fullsize_refiner
+
+        started = time.perf_counter()
+        refiner_id = str(save_fullsize_refiner(scratch / "refiner", "cuda"))
+        _free(cuda)
+        log.info("refiner: saved the full-size random refiner in %.1fs", time.perf_counter() - started)
+
+    async def modes(server: InProcessServer) -> dict[str, Any]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=opts.timeout_s)) as session:
+            return await section_modes(Client(server, session, opts), only=REFINER_CASES)
+
+    results: dict[str, Any] = {}
+    for profile in ("high", "8gb"):
+        settings = base.replace(attention="sdpa", memory_profile=profile, refiner_id=refiner_id)
+        engine = TimedEngine(settings, pipeline_factory=factory)
+        server = InProcessServer(settings, engine).start()
+        try:
+            result = asyncio.run(modes(server))
+            if cuda:  # the CUDA context and libraries, beside what torch reserved
+                free, total = torch.cuda.mem_get_info()
+                result["cuda_context_bytes"] = (total - free) - torch.cuda.memory_reserved()
+            results[profile] = result
+        finally:
+            server.stop()
+            del engine, server
+            _free(cuda)
+    return results
+
+
+def refiner_lines(section: dict[str, Any]) -> list[str]:
+    """:func:`refiner_section`'s figures, a line per profile and mode."""
+    lines = []
+    for profile, result in section.items():
+        context = result.get("cuda_context_bytes") or 0
+        for name, mode in result["modes"].items():
+            reserved = mode.get("peak_gpu_reserved_bytes")
+            peak = "-" if reserved is None else f"{reserved / GIB:.2f} GiB reserved ({(reserved + context) / GIB:.2f} with context)"
+            lines.append(f"{profile:<5} {name:<24} {mode['s']['median']:7.3f} s  {mode['steps_run']} steps  peak {peak}")
+    return lines
