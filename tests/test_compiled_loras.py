@@ -4,6 +4,10 @@ codegen on a small CPU); tests/test_compile.py runs the real inductor compile.""
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+
 import pytest
 from images import pixels
 from lora_builder import lora_weights, save_diffusers_layout, save_kohya_layout
@@ -45,6 +49,15 @@ async def test_loras_under_compile_change_the_image_without_a_recompile(make_cli
     both = await pixels(client, {**BODY, "loras": [{"name": "ink", "weight": 0.5}, {"name": "film_grain", "weight": 0.7}]})
     again = await pixels(client, BODY)
     assert counters["stats"]["unique_graphs"] == graphs  # LoRAs on, swapped, weighted and off: nothing compiled again
+
+    # A LoRA file replaced on disk is fused anew, not served from before.
+    shutil.copyfile(lora_dir / "ink.safetensors", lora_dir / "swapped.safetensors")
+    assert await pixels(client, {**BODY, "loras": [{"name": "swapped", "weight": 1.0}]}) == made["ink"]
+    shutil.copyfile(lora_dir / "film_grain.safetensors", lora_dir / "swapped.safetensors")
+    later = time.time() + 10
+    os.utime(lora_dir / "swapped.safetensors", (later, later))
+    assert await pixels(client, {**BODY, "loras": [{"name": "swapped", "weight": 1.0}]}) == made["film_grain"]
+    assert counters["stats"]["unique_graphs"] == graphs
 
     assert len({untouched, made["ink"], made["film_grain"], both}) == 4  # each set changes the image
     assert again == untouched  # the base weights came back exactly

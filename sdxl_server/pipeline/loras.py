@@ -37,6 +37,16 @@ class _Loaded:
     adapter: str
     file: LoraFile
     short_hash: str
+    on_disk: tuple[Any, ...] | None  # the file as it was when loaded (a changed file is loaded again)
+
+
+def _on_disk(path: Any) -> tuple[Any, ...] | None:
+    """The file's path, size and modification time now (the catalog's own may be older)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
 class LoraAdapters:
@@ -107,7 +117,7 @@ class LoraAdapters:
     def _files(self, wanted: tuple[tuple[str, float], ...]) -> list[Any]:
         """What is on disk for each of ``wanted`` now (a changed or deleted file is another set)."""
         found = [self.catalog.find(name) for name, _ in wanted]
-        return [None if f is None else (f.path, f.mtime, f.size, f.problem) for f in found]
+        return [None if f is None else (_on_disk(f.path), f.problem) for f in found]
 
     def _restore_originals(self) -> None:
         for parameter, original in self._originals:
@@ -129,7 +139,7 @@ class LoraAdapters:
         if file is None or file.problem:
             raise GenerationFailed(f"LoRA {name!r} is no longer usable: {file.problem if file else 'not in LORA_DIR'}")
         loaded = self._loaded.get(name)
-        if loaded is not None and (loaded.file.path, loaded.file.mtime, loaded.file.size) != (file.path, file.mtime, file.size):
+        if loaded is not None and loaded.on_disk != _on_disk(file.path):
             self._unload(pipe, name)  # the file changed on disk
             loaded = None
         if loaded is None:
@@ -151,6 +161,7 @@ class LoraAdapters:
             raise self._misfit(file, f"it was made for {family} ({file.context_width}-wide text conditioning), "
                                      f"this model's is {width}-wide")
         self._counter += 1
+        on_disk = _on_disk(file.path)  # before reading it: a change while it loads is seen next time
         adapter = f"lora{self._counter}"  # PEFT adapter names become module keys: no dots or spaces
         started = time.perf_counter()
         try:
@@ -161,7 +172,7 @@ class LoraAdapters:
             self._delete_quietly(pipe, adapter)
             raise self._misfit(file, short_message(exc)) from exc
         self.last_load_s = time.perf_counter() - started
-        entry = _Loaded(adapter, file, a1111_hash(file.path)[:12])
+        entry = _Loaded(adapter, file, a1111_hash(file.path)[:12], on_disk)
         self._loaded[file.name] = entry
         log.info("loaded LoRA %s (%s) in %.2fs", file.name, file.layout, self.last_load_s)
         return entry
