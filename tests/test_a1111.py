@@ -9,7 +9,7 @@ import json
 
 import aiohttp
 
-from doubles import PausingEngine
+from doubles import PausingEngine, SmallMemoryEngine
 from PIL import Image
 from wsclient import events_until, events_until_terminal
 
@@ -222,3 +222,22 @@ async def test_interrupt_leaves_other_clients_jobs_alone(make_client, settings):
     assert (await client.delete(f"/api/v1/jobs/{job['id']}")).status == 200  # its owner may cancel it
     ended = (await events_until_terminal(ws, job["id"]))[-1]
     assert ended["type"] == "cancelled"
+
+
+async def test_an_interrupt_after_the_out_of_memory_fallback_marks_only_the_stopped_image(make_client, settings):
+    # A batch of 2 that runs out of memory is made one image at a time (steps 1-2, then 3-4);
+    # stopped at step 3, the first image is whole and the second stopped at its own step 1.
+    class SmallPausingEngine(PausingEngine, SmallMemoryEngine):
+        pass
+
+    client = await make_client(settings, engine_factory=lambda s: SmallPausingEngine(s, pause_after=3))
+    ws = await client.ws_connect("/api/v1/ws")
+    await ws.receive_json()
+    running = asyncio.create_task(client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "steps": 2, "batch_size": 2}))
+    started = await events_until(ws, lambda e: e["type"] == "progress" and e["step"] == 3)
+    assert (await client.post("/sdapi/v1/interrupt")).status == 200
+    body = await (await running).json()
+    assert len(body["images"]) == 2
+    assert "the last stopped at step 1 of 2" in json.loads(body["info"])["extra_generation_params"]["Server notes"]
+    job = await (await client.get(f"/api/v1/jobs/{started[-1]['id']}")).json()
+    assert [image["meta"].get("interrupted_at_step") for image in job["images"]] == [None, 1]

@@ -157,7 +157,7 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def _tame(unet: torch.nn.Module, vae: torch.nn.Module) -> None:
+def _tame(*models: torch.nn.Module) -> None:
     """Keep a random-weights model's activations inside float16's range.
 
     Default initialisation lets the residual streams of a 2.6 B-parameter UNet and of the VAE
@@ -168,20 +168,17 @@ def _tame(unet: torch.nn.Module, vae: torch.nn.Module) -> None:
     random, so every kernel does the same work as with trained weights.
     """
     with torch.no_grad():
-        for name, module in [*unet.named_modules(), *(("vae." + n, m) for n, m in vae.named_modules())]:
+        for name, module in (item for model in models for item in model.named_modules()):
             last = name.endswith(("conv2", "proj_out", "to_out.0", "ff.net.2"))
             if last and isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.weight.device.type != "meta":
                 module.weight.mul_(0.1)
 
 
-def build_fullsize_pipeline(device: str | torch.device = "meta", dtype: torch.dtype = torch.float16, seed: int = 0):
-    """Build SDXL base 1.0's architecture with random weights (seeded) on ``device``.
-
-    ``device="meta"`` allocates nothing (for parameter counts and shapes; it cannot run).
-    Otherwise the weights are created directly on ``device`` in ``dtype``: about 7 GB in
-    float16, 14 GB in float32; on a GPU this takes seconds.
-    """
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def _components(device: str | torch.device, dtype: torch.dtype, seed: int, unet_config: dict[str, Any],
+                text_encoder: bool) -> dict[str, Any]:
+    """An SDXL pipeline's components with random weights, made directly in ``dtype`` on ``device``
+    (no float32 copy, no transfer): the base's, or (``text_encoder=False``) a refiner's."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     device = torch.device(device)
@@ -197,41 +194,51 @@ def build_fullsize_pipeline(device: str | torch.device = "meta", dtype: torch.dt
     )
     if device.type != "meta":
         torch.manual_seed(seed)
-    # Created directly in ``dtype`` on ``device``: no float32 copy, no transfer.
     with torch.device(device), _default_dtype(dtype):
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG, **ids))
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_ENCODER_2_CONFIG, **ids))
-        unet = UNet2DConditionModel(**UNET_CONFIG)
-        vae = AutoencoderKL(**VAE_CONFIG)
-    _tame(unet, vae)
-    models = (text_encoder, text_encoder_2, unet, vae)
-    for model in models:
-        model.eval().requires_grad_(False)
-    scheduler = EulerDiscreteScheduler(**SCHEDULER_CONFIG)
-    return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
-    )
+        models = {
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG, **ids)) if text_encoder else None,
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_ENCODER_2_CONFIG, **ids)),
+            "unet": UNet2DConditionModel(**unet_config),
+            "vae": AutoencoderKL(**VAE_CONFIG),
+        }
+    _tame(models["unet"], models["vae"])
+    for model in models.values():
+        if model is not None:
+            model.eval().requires_grad_(False)
+    return {**models, "tokenizer": tokenizer if text_encoder else None, "tokenizer_2": tokenizer,
+            "scheduler": EulerDiscreteScheduler(**SCHEDULER_CONFIG)}
+
+
+def build_fullsize_pipeline(device: str | torch.device = "meta", dtype: torch.dtype = torch.float16, seed: int = 0):
+    """Build SDXL base 1.0's architecture with random weights (seeded) on ``device``.
+
+    ``device="meta"`` allocates nothing (for parameter counts and shapes; it cannot run).
+    Otherwise the weights are created directly on ``device`` in ``dtype``: about 7 GB in
+    float16, 14 GB in float32; on a GPU this takes seconds.
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(**_components(device, dtype, seed, UNET_CONFIG, text_encoder=True))
 
 
 def build_fullsize_refiner(device: str | torch.device = "meta", dtype: torch.dtype = torch.float16, seed: int = 1, base=None):
     """SDXL refiner 1.0's architecture with random weights: its UNet, with ``base``'s text encoder
-    2, tokenizer and VAE (built anew when ``base`` is None), as the server pairs them."""
+    2, tokenizer and VAE as the server pairs them (without ``base``, a text encoder 2 and VAE of
+    its own: what a saved refiner folder holds; the base's UNet and first encoder are not built)."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 
-    base = base or build_fullsize_pipeline(device, dtype, seed)
-    device = torch.device(device)
-    if device.type != "meta":
-        torch.manual_seed(seed)
-    with torch.device(device), _default_dtype(dtype):
-        unet = UNet2DConditionModel(**REFINER_UNET_CONFIG)
-    _tame(unet, torch.nn.Module())
-    unet.eval().requires_grad_(False)
-    return StableDiffusionXLImg2ImgPipeline(
-        vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
-        tokenizer_2=base.tokenizer_2, unet=unet, scheduler=base.scheduler,
-        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
-    )
+    if base is None:
+        parts = _components(device, dtype, seed, REFINER_UNET_CONFIG, text_encoder=False)
+    else:
+        if torch.device(device).type != "meta":
+            torch.manual_seed(seed)
+        with torch.device(device), _default_dtype(dtype):
+            unet = UNet2DConditionModel(**REFINER_UNET_CONFIG)
+        _tame(unet)
+        unet.eval().requires_grad_(False)
+        parts = {"text_encoder": None, "tokenizer": None, "text_encoder_2": base.text_encoder_2,
+                 "tokenizer_2": base.tokenizer_2, "vae": base.vae, "unet": unet, "scheduler": base.scheduler}
+    return StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
 
 
 def parameter_counts(pipe) -> dict[str, int]:

@@ -100,24 +100,23 @@ def resolve_refiner_source(settings: Settings) -> ModelSource | None:
     return ModelSource("single_file" if found.is_file() else "folder", str(found), "MODEL_DIR")
 
 
+def _hint(source: ModelSource, setting: str, config: str | None, what: str, hub: str, otherwise: str) -> str:
+    """What to do when ``source`` does not load: for a single file, its configs (``setting``,
+    whose value is ``config``) first; ``otherwise`` in every case."""
+    if source.kind != "single_file":
+        return otherwise
+    if not config:
+        return (f"a single-file {what} needs its component configs: set {setting} to a local diffusers "
+                f"folder of one (or allow the download of {hub}'s configs); or {otherwise}")
+    return f"check that {setting} ({config}) is the diffusers folder or Hub id of an SDXL {what}; or {otherwise}"
+
+
 def fix_hint(source: ModelSource, settings: Settings) -> str:
-    """What to do when ``source`` does not load."""
-    if source.kind == "single_file" and not settings.model_config:
-        return (
-            "a single-file checkpoint needs SDXL's component configs: set MODEL_CONFIG to a local "
-            f"diffusers SDXL folder (or allow the download of {DEFAULT_HUB_MODEL}'s configs); or {_FIX}"
-        )
-    return _FIX
+    """What to do when the model ``source`` does not load."""
+    return _hint(source, "MODEL_CONFIG", settings.model_config, "checkpoint", DEFAULT_HUB_MODEL, _FIX)
 
 
 def refiner_fix_hint(source: ModelSource, settings: Settings) -> str:
     """What to do when the refiner ``source`` does not load."""
-    hint = "point REFINER_ID at an SDXL refiner (Hub id, diffusers folder or .safetensors), or REFINER_ID=tiny offline"
-    if source.kind == "single_file" and not settings.refiner_config:
-        return (
-            "a single-file refiner needs the refiner's component configs: set REFINER_CONFIG to a local "
-            f"diffusers refiner folder (or allow the download of {DEFAULT_HUB_REFINER}'s configs); or {hint}"
-        )
-    if source.kind == "single_file":
-        return f"check that REFINER_CONFIG ({settings.refiner_config}) is an SDXL refiner's diffusers folder or Hub id; or {hint}"
-    return hint
+    return _hint(source, "REFINER_CONFIG", settings.refiner_config, "refiner", DEFAULT_HUB_REFINER,
+                 "point REFINER_ID at an SDXL refiner (Hub id, diffusers folder or .safetensors), or REFINER_ID=tiny offline")
