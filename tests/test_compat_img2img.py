@@ -114,3 +114,16 @@ async def test_openai_bad_images_get_openai_errors(ai):
     with pytest.raises(openai.BadRequestError) as caught:
         await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), prompt="x", size="65x64")
     assert caught.value.body["param"] == "size"
+
+
+async def test_a1111_img2img_above_max_batch_runs_every_chunk_on_the_same_inputs(make_client, settings):
+    """The first chunk's end must not delete the input the next chunk needs."""
+    client = await make_client(settings.replace(max_batch=1))
+    resp = await client.post("/sdapi/v1/img2img", json={
+        "init_images": [b64(picture(64, 64))], "mask": b64(right_half_mask(64, 64)), "prompt": "x", "steps": 2,
+        "denoising_strength": 1.0, "batch_size": 1, "n_iter": 3, "seed": 3,
+    })
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    assert len(data["images"]) == 3 and len(set(json.loads(data["info"])["all_seeds"])) == 3
+    assert list((settings.output_dir / "inputs").glob("*.png")) == []  # and then nothing is left behind

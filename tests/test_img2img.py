@@ -208,6 +208,26 @@ async def test_inputs_are_kept_while_the_job_waits_and_survive_a_restart(make_cl
     assert list(inputs.glob("*.png")) == []  # deleted once the job ended
 
 
+async def test_an_upload_survives_another_job_ending_before_it_is_queued(client, monkeypatch):
+    """The race CI's stateful fuzzing found: a request's images are stored (or found already
+    there), and before its job is queued another job ends and sweeps the inputs folder."""
+    from sdxl_server.api import image_inputs
+
+    inputs = client.app[keys.STORE].inputs
+    decode = image_inputs.decode_inputs
+
+    def decode_then_a_job_ends(*args, **kwargs):
+        stored = decode(*args, **kwargs)
+        inputs.sweep()  # what every job's end does
+        return stored
+
+    monkeypatch.setattr(image_inputs, "decode_inputs", decode_then_a_job_ends)
+    body = {"init_image": b64(picture(64, 64)), "mask": b64(right_half_mask(64, 64)), "steps": 2, "strength": 1.0}
+    data, _ = await _generate(client, **body)
+    assert data["meta"]["mode"] == "inpaint"
+    assert list(inputs.root.glob("*.png")) == []
+
+
 async def test_save_inputs_keeps_them(make_client, settings):
     client = await make_client(settings.replace(save_inputs=True))
     data, _ = await _generate(client, init_image=b64(picture(64, 64)), mask=b64(right_half_mask(64, 64)), steps=2)

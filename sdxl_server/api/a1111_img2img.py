@@ -16,7 +16,7 @@ from marshmallow import validate as validate_
 from ..params import INPAINTING_FILLS, RESIZE_MODES
 from . import keys
 from .a1111 import NAMES, core_request, request_schema_for_spec, respond
-from .image_inputs import with_inputs
+from .image_inputs import stored_inputs
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object, validate
 
@@ -74,8 +74,8 @@ async def img2img(request: web.Request) -> web.Response:
     )
     data = validate(app[keys.GENERATE_SCHEMA], core, IMG2IMG_NAMES)
     given = [name for name in ("width", "height") if original[name] is not None]
-    data = await with_inputs(app, data, given, names=IMG2IMG_NAMES, invert_mask=bool(extra["inpainting_mask_invert"]))
     echoed: dict[str, Any] = {**original, **{k: v for k, v in extra.items() if k not in _IMAGES}}
     echoed.update({name: extra[name] if extra["include_init_images"] else None for name in _IMAGES})
-    return await respond(app, to_params(data), echoed, notes)
+    async with stored_inputs(app, data, given, names=IMG2IMG_NAMES, invert_mask=bool(extra["inpainting_mask_invert"])) as data:
+        return await respond(app, to_params(data), echoed, notes)
 

@@ -99,16 +99,21 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         if event["type"] in TERMINAL_EVENTS:
             sweep_inputs()
 
-    def sweep_inputs() -> None:
-        """Delete the input images no queued or running job needs any more (unless SAVE_INPUTS)."""
+    def needed_inputs() -> list[str | None]:
+        """The input images the queued and running jobs need."""
         active = [job for job in queue.active() if not job.status.terminal]
-        app[keys.STORE].inputs.sweep(h for job in active for h in (job.params.init_image, job.params.mask))
+        return [h for job in active for h in (job.params.init_image, job.params.mask)]
+
+    def sweep_inputs() -> None:
+        """Delete the input images nothing needs any more (unless SAVE_INPUTS)."""
+        app[keys.STORE].inputs.sweep()
 
     queue = JobQueue(
         work, app[keys.EXECUTOR], app[keys.JOB_STORE],
         capacity=settings.queue_size, preload=settings.preload, publish=publish, concurrency=settings.concurrency,
         requeue_interrupted=settings.restart_running == "requeue",
     )
+    app[keys.STORE].inputs.needed = needed_inputs
     metrics = _metrics(app, queue)
     app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
     report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)

@@ -3,13 +3,15 @@ they send into stored inputs.
 
 The images are decoded off the event loop (:mod:`sdxl_server.jobs.images`), brought to the size
 the job runs at, and stored by SHA-256 (:class:`~sdxl_server.jobs.inputs.InputStore`) before the
-job is queued; the job's parameters keep only the hashes. Never imports torch.
+job is queued; the job's parameters keep only the hashes. The request holds its stored files until
+its jobs are queued (:func:`stored_inputs`), so no sweep can delete them in between. Never imports torch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +20,7 @@ from marshmallow import fields, validate
 from ..config import Settings
 from ..errors import ApiError, ValidationFailed
 from ..jobs import images
+from ..jobs.inputs import InputHold
 from ..jobs.job import Job
 from ..params import INPAINT_AREAS, INPAINTING_FILLS, RESIZE_MODES, GenerationParams, denoising_steps
 from . import keys
@@ -98,11 +101,11 @@ def _check_combination(data: Mapping[str, Any]) -> None:
 
 
 def decode_inputs(
-    settings: Settings, store: Any, data: dict[str, Any], given: Collection[str], alpha_mask: bool = False,
+    settings: Settings, hold: InputHold, data: dict[str, Any], given: Collection[str], alpha_mask: bool = False,
     invert_mask: bool = False,
 ) -> dict[str, Any]:
-    """On a worker thread: decode the image and mask, size them, store them; return ``data``
-    with their hashes and the size the job runs at."""
+    """On a worker thread: decode the image and mask, size them, store them (held by ``hold``);
+    return ``data`` with their hashes and the size the job runs at."""
     image = images.to_rgb(images.open_image(images.image_bytes(data["init_image"], "init_image"), "init_image",
                                             settings.max_input_pixels))
     size = _output_size(settings, data, given, image.size)
@@ -117,8 +120,8 @@ def decode_inputs(
         mask = images.resize(mask, size, data["resize_mode"])
         images.check_mask(mask)
     image = images.resize(image, size, data["resize_mode"])
-    out = {**data, "width": size[0], "height": size[1], "init_image": store.put(image)}
-    out["mask"] = None if mask is None else store.put(mask)
+    out = {**data, "width": size[0], "height": size[1], "init_image": hold.put(image)}
+    out["mask"] = None if mask is None else hold.put(mask)
     return out
 
 
@@ -132,22 +135,26 @@ def _output_size(settings: Settings, data: Mapping[str, Any], given: Collection[
     return images.fit_size(*size, settings.max_width, settings.max_height)
 
 
-async def with_inputs(
+@contextlib.asynccontextmanager
+async def stored_inputs(
     app: web.Application, data: dict[str, Any], given: Collection[str], *,
     names: Mapping[str, str] | None = None, alpha_mask: bool = False, invert_mask: bool = False,
-) -> dict[str, Any]:
+) -> AsyncIterator[dict[str, Any]]:
     """``data`` (a validated request) with its images decoded and stored: their fields now hold
-    SHA-256s. Errors name the fields as the client sent them (``names``: ours -> theirs)."""
-    try:
-        _check_combination(data)
-        if data.get("init_image") is None:
-            return {**data, **{name: None for name in IMAGE_FIELDS}}
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, decode_inputs, app[keys.SETTINGS], app[keys.STORE].inputs, data, given, alpha_mask, invert_mask
-        )
-    except ApiError as exc:
-        raise _renamed(exc, names) from None
+    SHA-256s. The files are held until the block ends: queue the jobs inside it. Errors name the
+    fields as the client sent them (``names``: ours -> theirs)."""
+    with app[keys.STORE].inputs.held() as hold:
+        try:
+            _check_combination(data)
+            if data.get("init_image") is None:
+                stored = {**data, **{name: None for name in IMAGE_FIELDS}}
+            else:
+                stored = await asyncio.get_running_loop().run_in_executor(
+                    None, decode_inputs, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask
+                )
+        except ApiError as exc:
+            raise _renamed(exc, names) from None
+        yield stored
 
 
 def _renamed(exc: ApiError, names: Mapping[str, str] | None) -> ApiError:
@@ -163,23 +170,14 @@ def _renamed(exc: ApiError, names: Mapping[str, str] | None) -> ApiError:
 async def submit(
     app: web.Application, params: GenerationParams, *, names: Mapping[str, str] | None = None, **idempotency: Any
 ) -> tuple[Job, bool]:
-    """Queue the job (see :meth:`JobQueue.submit`), its stored inputs kept from a sweep until
-    the job holds them. Refuses a refiner when none is configured (naming the field as the
-    client's API does: ``names``)."""
+    """Queue the job (see :meth:`JobQueue.submit`); call it inside :func:`stored_inputs`, which
+    keeps the job's inputs until the job holds them. Refuses a refiner when none is configured
+    (naming the field as the client's API does: ``names``)."""
     try:
         if params.refiner != "none" and app[keys.ENGINE].describe().get("refiner") is None:
             raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
         _check_steps(params.to_dict())
     except ApiError as exc:
         raise _renamed(exc, names) from None
-    with app[keys.STORE].inputs.pinned((params.init_image, params.mask)):
-        return await app[keys.QUEUE].submit(params, **idempotency)
+    return await app[keys.QUEUE].submit(params, **idempotency)
 
-
-async def generate(
-    app: web.Application, params: GenerationParams, *, names: Mapping[str, str] | None = None, **idempotency: Any
-) -> dict[str, Any]:
-    """Queue the job and wait for it: its result, or its error raised."""
-    job, _ = await submit(app, params, names=names, **idempotency)
-    await job.wait()
-    return job.outcome()

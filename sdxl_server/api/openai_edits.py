@@ -23,7 +23,7 @@ from marshmallow import Schema, fields, validate
 
 from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed
 from . import keys
-from .image_inputs import with_inputs
+from .image_inputs import stored_inputs
 from .loras import with_loras
 from .models import openai_model, with_model
 from .openai import ANSWER_FIELDS, IGNORED, SIZE_NAMES, ImagesAsk, ImagesRequestSchema, how_to_answer, images_response
@@ -109,10 +109,10 @@ async def _run(request: web.Request, core: dict[str, Any], given: list[str], ima
     app = request.app
     data = validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES)
     data.update(init_image=image, mask=mask, prompt=prompt)
-    data = await with_inputs(app, data, given, names={"init_image": "image", **SIZE_NAMES}, alpha_mask=True)
-    params = await with_model(app, await with_loras(app, to_params(data)))
-    asked = ImagesAsk(core=data, count=params.num_images, **answer)
-    return await images_response(request, params, asked)
+    async with stored_inputs(app, data, given, names={"init_image": "image", **SIZE_NAMES}, alpha_mask=True) as data:
+        params = await with_model(app, await with_loras(app, to_params(data)))
+        asked = ImagesAsk(core=data, count=params.num_images, **answer)
+        return await images_response(request, params, asked)
 
 
 def _one_image(images: list[bytes]) -> bytes:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -19,12 +20,12 @@ from ..jobs.describe import describe
 from ..jobs.states import JOB_STATUSES, JobStatus
 from ..params import MAX_SEED, SCHEDULERS, GenerationParams
 from . import image_inputs, keys
+from .image_inputs import stored_inputs
 from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
 from .openapi import with_local_names
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
-from .image_inputs import with_inputs
 from .validation import read_json_object, validate
 
 CANCEL_WAIT_S = 10.0
@@ -179,10 +180,13 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
     return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
 
 
-async def _generation_request(request: web.Request) -> dict[str, Any]:
-    """The validated request, its images (if any) decoded and stored: they are named by SHA-256."""
+@contextlib.asynccontextmanager
+async def _generation_request(request: web.Request) -> AsyncIterator[dict[str, Any]]:
+    """The validated request, its images (if any) decoded and stored (named by SHA-256), held
+    until the block ends."""
     body = await read_json_object(request)
-    return await with_inputs(request.app, validate(request.app[keys.GENERATE_SCHEMA], body), body)
+    async with stored_inputs(request.app, validate(request.app[keys.GENERATE_SCHEMA], body), body) as data:
+        yield data
 
 
 async def _checked_params(request: web.Request, data: dict[str, Any]) -> GenerationParams:
@@ -193,16 +197,17 @@ async def _checked_params(request: web.Request, data: dict[str, Any]) -> Generat
 async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
-    data = await _generation_request(request)
-    result = await image_inputs.generate(request.app, await _checked_params(request, data), **_idempotency(request, data))
-    return web.json_response(result)
+    async with _generation_request(request) as data:
+        job, _ = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
+    await job.wait()
+    return web.json_response(job.outcome())
 
 
 async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
-    data = await _generation_request(request)
     queue = request.app[keys.QUEUE]
-    job, replayed = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
+    async with _generation_request(request) as data:
+        job, replayed = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -3,8 +3,9 @@
 A job's parameters hold only the SHA-256 of its input (the PNG the server runs on, after decoding,
 rotation, conversion and resizing), never the bytes, so the job record stays small; the file is
 written (atomically) before the job is recorded, so a queued image-to-image job survives a
-restart. When no queued or running job needs a file any more it is deleted, unless ``SAVE_INPUTS``
-keeps every input. Nothing here imports torch or aiohttp.
+restart. A request holds the files it stores until its jobs are queued; when neither a request nor a
+queued or running job needs a file any more it is deleted, unless ``SAVE_INPUTS`` keeps every input.
+Nothing here imports torch or aiohttp.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +62,33 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+class InputHold:
+    """The inputs one request stored, kept from every sweep until the request lets go of them
+    (see :meth:`InputStore.held`): from then on its queued jobs hold them."""
+
+    def __init__(self, store: InputStore) -> None:
+        self._store = store
+        self.hashes: list[str] = []
+        self.open = True
+
+    def put(self, image: Image.Image) -> str:
+        """Store ``image`` (see :meth:`InputStore.put`), held by this request; return its SHA-256."""
+        return self._store.put(image, self)
+
+
 class InputStore:
-    """The folder of inputs waiting for their jobs, and who still needs each."""
+    """The folder of inputs waiting for their jobs, and who still needs each: the active jobs
+    (``needed``, set by the job queue) and the requests still storing or queueing theirs (holds).
+
+    A lock makes "is it held?" and "delete it" one step, so an upload whose file is already there
+    (stored by an earlier job) cannot lose it to a sweep between finding it and holding it."""
 
     def __init__(self, root: Path, keep: bool = False) -> None:
         self.root = Path(root)
         self.keep = keep
-        self._pinned: Counter[str] = Counter()
+        self.needed: Callable[[], Iterable[str | None]] = tuple
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -78,13 +100,18 @@ class InputStore:
             raise ValueError(f"not a SHA-256: {sha256!r}")
         return self.root / f"{sha256}.png"
 
-    def put(self, image: Image.Image) -> str:
-        """Store ``image`` as PNG (once per content); return its SHA-256."""
+    def put(self, image: Image.Image, hold: InputHold | None = None) -> str:
+        """Store ``image`` as PNG (once per content), held by ``hold`` while that is open; return
+        its SHA-256. Safe on any thread."""
         body = png_bytes(image)
         sha256 = hashlib.sha256(body).hexdigest()
         path = self.path(sha256)
-        if path.is_file():
-            return sha256
+        with self._lock:
+            if hold is not None and hold.open:
+                self._held[sha256] += 1
+                hold.hashes.append(sha256)
+            if path.is_file():
+                return sha256
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -111,28 +138,33 @@ class InputStore:
                                "submit the job again with the image") from exc
 
     @contextlib.contextmanager
-    def pinned(self, hashes: Iterable[str | None]) -> Iterator[None]:
-        """Keep these inputs while a request that stored them is being queued."""
-        held = [h for h in hashes if h]
-        self._pinned.update(held)
+    def held(self) -> Iterator[InputHold]:
+        """A request's hold on the inputs it stores (:meth:`InputHold.put`) until the block ends:
+        by then its jobs are queued and hold them; what nothing needs any more is deleted."""
+        hold = InputHold(self)
         try:
-            yield
+            yield hold
         finally:
-            self._pinned.subtract(held)
-            self._pinned += Counter()  # drop the zeros
+            with self._lock:
+                hold.open = False
+                self._held.subtract(hold.hashes)
+                self._held += Counter()  # drop the zeros
+            self.sweep(hold.hashes)
 
-    def sweep(self, needed: Iterable[str | None]) -> int:
-        """Delete every input that neither ``needed`` (the active jobs') nor a request being
-        queued holds, unless SAVE_INPUTS keeps them; return how many were deleted."""
+    def sweep(self, only: Iterable[str] | None = None) -> int:
+        """Delete every input (or each of ``only``) that neither an active job (``needed``) nor a
+        request holds, unless SAVE_INPUTS keeps them; return how many were deleted."""
         if self.keep:
             return 0
-        keep = {h for h in needed if h} | set(self._pinned)
         deleted = 0
-        for path in self.root.glob("*.png"):
-            if path.stem not in keep:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                    deleted += 1
+        with self._lock:
+            keep = {h for h in self.needed() if h} | set(self._held)
+            paths = self.root.glob("*.png") if only is None else [self.path(h) for h in set(only)]
+            for path in paths:
+                if path.stem not in keep and path.is_file():
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                        deleted += 1
         return deleted
 
 
