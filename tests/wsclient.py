@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import WSMsgType
 
 from sdxl_server.jobs.states import TERMINAL_EVENTS as TERMINAL
 
 
 async def next_event(ws) -> dict:
-    message = await ws.receive(timeout=60)
+    # wait_for bounds the whole call: receive(timeout=) restarts at each ping the server's heartbeat sends
+    message = await asyncio.wait_for(ws.receive(), 60)
     assert message.type == WSMsgType.TEXT, f"expected an event, got {message.type} {message.data!r} {message.extra!r}"
     return message.json()
 
