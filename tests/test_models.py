@@ -220,3 +220,24 @@ async def test_a_single_file_checkpoint_in_models_dir_is_a_model(make_client, se
     difference = max(abs(a - b) for a, b in zip(image.tobytes(), expected.tobytes()))
     assert difference <= 1  # the same weights; converting them may move a level, as in test_engine
     assert image.tobytes() != (await generate_png(client, BODY))[1].tobytes()  # not the default model
+
+
+@pytest.mark.parametrize(("mode", "cache"), [
+    ("ensemble", {"preload": False}),  # the refiner loads on first use, beside whichever model runs then
+    ("image", {"model_ram_cache": 1}),  # a switch back restores tiny from RAM: nothing is loaded again
+])
+async def test_the_refiner_after_a_switch_shares_the_running_models_encoder_and_vae(
+    make_client, model_settings, models_dir, mode, cache,
+):
+    """The refiner borrows the base's text encoder 2 and VAE: after a switch, the running model's
+    (tiny-b's differ from tiny's), as on a server that started on that model."""
+    settings = model_settings.replace(refiner_id="tiny", **cache)
+    body = {**BODY, "refiner": mode, "steps": 4}
+    alone = await make_client(settings.replace(model_id=str(models_dir / "tiny-b")))
+    b_alone = await pixels(alone, body)
+    await alone.close()
+
+    client = await make_client(settings)
+    a = await pixels(client, body)  # the refiner runs beside tiny
+    assert await pixels(client, {**body, "model": "tiny-b"}) == b_alone
+    assert await pixels(client, body) == a  # and back

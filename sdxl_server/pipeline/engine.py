@@ -131,7 +131,7 @@ class Engine:
         log.info("model ready in %.1fs: %s", self.load_seconds, self.options)
         if self.settings.preload and self.refiner.source is not None:
             with contextlib.suppress(ModelUnavailable):  # recorded on /health; the base serves without it
-                self.refiner.load(pipe, self.options)
+                self.refiner.ensure(pipe, self.options)  # loaded once; after a switch, shared anew
 
     def _load_pipeline(self) -> Any:
         return load_pipeline(self.settings, self.runtime, self.source)

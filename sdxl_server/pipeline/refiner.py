@@ -57,7 +57,8 @@ class Refiner:
     """The refiner model, if one is configured: where it comes from, its state, the pipeline.
 
     It is loaded on the first request that asks (or with the base at start-up under ``PRELOAD``),
-    sharing the base's ``text_encoder_2`` and VAE. Runs on the worker thread, like the engine."""
+    sharing the running base's ``text_encoder_2`` and VAE (after a model switch, the new one's: the
+    refiner is not loaded again). Runs on the worker thread, like the engine."""
 
     def __init__(self, settings: Any, runtime: Any) -> None:
         from .sources import resolve_refiner_source
@@ -82,7 +83,20 @@ class Refiner:
             raise ModelUnavailable(self.error or "the refiner failed to load")
         if self.pipe is None:
             self.load(base, options)
+        else:
+            self._share(base, options)
         return self.pipe
+
+    def _share(self, base: Any, options: dict[str, Any]) -> None:
+        """After a model switch, borrow the running model's text encoder 2 and VAE (the refiner has
+        none of its own): not the model it was loaded beside, which may be parked in RAM or freed."""
+        if self.pipe.text_encoder_2 is base.text_encoder_2 and self.pipe.vae is base.vae:
+            return
+        from .loading import place_refiner
+
+        self.pipe.register_modules(text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae)
+        if self.placement is not None and self.placement[0] == "offloaded":
+            place_refiner(self.pipe, self.settings, self.runtime, options, "offloaded")  # hooks on the new modules
 
     def load(self, base: Any, options: dict[str, Any]) -> None:
         import logging
