@@ -10,7 +10,7 @@ import shutil
 import pytest
 from doubles import PausingEngine
 from files import seed_layout
-from images import b64, picture
+from images import b64, picture, pixels
 from PIL import Image
 from wsclient import events_until
 
@@ -225,3 +225,31 @@ async def test_where_both_unets_do_not_fit_only_the_one_in_use_is_on_the_device(
     assert events == ["base to cpu", f"refiner to {engine.runtime.device}", "refiner to cpu", f"base to {engine.runtime.device}"]
     health = await (await client.get("/health")).json()
     assert health["refiner"]["placement"] == {"unet": "swapped", "reason": "a small GPU"}
+
+
+async def test_weight_syntax_means_the_same_to_the_refiner(make_client, settings):
+    """The refiner gets its part of the base's prompt embeddings: ``(lighthouse:1.0)`` is the word
+    with weight 1 in both phases, not parentheses and a number for the refiner to read."""
+    client = await make_client(settings.replace(prompt_syntax="a1111"))
+    body = {"steps": 6, "refiner": "image", "refiner_strength": 0.5, "negative_prompt": "fog"}
+    plain, weighted = [await pixels(client, {"prompt": prompt, "seed": 3, **body})
+                       for prompt in ("a lighthouse", "a (lighthouse:1.0)")]
+    assert weighted == plain
+
+
+def test_the_refiners_embeddings_are_what_it_would_encode_itself(settings):
+    """For a plain prompt, the text encoder 2 part of the base's embeddings equals the refiner
+    pipeline's own encoding (diffusers'), negative and pooled included."""
+    import torch
+
+    from sdxl_server.pipeline.prompt_encoding import encode_prompts, refiner_prompts
+
+    engine = Engine(settings)
+    engine.load()
+    refiner = engine.refiner.ensure(engine.pipe, engine.options)
+    ours = refiner_prompts(encode_prompts(engine.pipe, "a lighthouse at dusk", "fog", "a1111"), refiner.text_encoder_2)
+    theirs = refiner.encode_prompt("a lighthouse at dusk", device=torch.device("cpu"), num_images_per_prompt=1,
+                                   do_classifier_free_guidance=True, negative_prompt="fog")
+    names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    for name, expected in zip(names, theirs):
+        assert torch.allclose(ours[name], expected, atol=1e-5), name

@@ -29,7 +29,7 @@ from .loras import LoraAdapters
 from .memory import MemoryPlan, plan_memory
 from .model_catalog import ModelCatalog
 from .modes import ModePipelines, ModeRun, prepare_run
-from .prompt_encoding import count_prompt_tokens, encode_request_prompts, request_prompt_texts
+from .prompt_encoding import count_prompt_tokens, encode_request_prompts, refiner_prompts
 from .refiner import Refiner, plan
 from .switching import LoadedModel, ModelCache
 from .runtime import Runtime, resolve_runtime
@@ -335,11 +335,10 @@ class Engine:
                 latents = pipe(**prompts, **common, **run.arguments, **base_arguments, generator=generators(size)).images
                 steps_done += pipe.num_timesteps
                 if run.refiner is not None and not stopped_at:
-                    # The refiner has only the second text encoder: it encodes the prompt text itself.
-                    prompt, negative = request_prompt_texts(params, self.settings.prompt_syntax)
+                    # The refiner has only the second text encoder: its part of the base's embeddings.
                     with self._text_encoders_on(run.refiner), self.refiner.running(pipe):
-                        latents = run.refiner(prompt=prompt, negative_prompt=negative or None, **common, image=latents,
-                                              **run.plan.refiner_arguments, generator=generators(size)).images
+                        latents = run.refiner(**refiner_prompts(prompts, run.refiner.text_encoder_2), **common,
+                                              image=latents, **run.plan.refiner_arguments, generator=generators(size)).images
                     steps_done += run.refiner.num_timesteps
                 if cancelled():
                     raise JobCancelled("the job was cancelled")

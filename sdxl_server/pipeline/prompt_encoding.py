@@ -142,6 +142,19 @@ def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, syntax: str) ->
     return arguments
 
 
+def refiner_prompts(arguments: dict[str, Any], text_encoder_2: Any) -> dict[str, Any]:
+    """The base's prompt embeddings (:func:`encode_prompts`) as the refiner takes them: the part
+    its one text encoder (the base's ``text_encoder_2``, shared) made, so weights, ``BREAK`` and
+    long prompts mean the same in both phases. An empty negative stays the refiner pipeline's."""
+    width = text_encoder_2.config.hidden_size
+    refined = {"prompt_embeds": arguments["prompt_embeds"][..., -width:],
+               "pooled_prompt_embeds": arguments["pooled_prompt_embeds"]}
+    if "negative_prompt_embeds" in arguments:
+        refined.update(negative_prompt_embeds=arguments["negative_prompt_embeds"][..., -width:],
+                       negative_pooled_prompt_embeds=arguments["negative_pooled_prompt_embeds"])
+    return refined
+
+
 def request_prompt_texts(params: Any, syntax: str) -> tuple[str, str]:
     """A request's prompt and negative prompt as text: with A1111 syntax its ``<lora:...>`` tags
     are taken out (they choose LoRAs, they are not text); the metadata keeps the prompt as sent."""
