@@ -228,6 +228,30 @@ async def test_an_upload_survives_another_job_ending_before_it_is_queued(client,
     assert list(inputs.root.glob("*.png")) == []
 
 
+async def test_a_waiting_jobs_input_survives_a_job_ending_during_the_shutdown_grace(make_client, settings):
+    """A shutdown suspends the waiting jobs (they run at the next start); the running job that
+    then finishes within the grace period must not sweep their inputs away."""
+    import asyncio
+
+    client = await make_client(settings.replace(shutdown_grace=600.0), engine_factory=GatedEngine)
+    engine, queue = client.app[keys.ENGINE], client.app[keys.QUEUE]
+    await client.post("/api/v1/jobs", json={"prompt": "running", "steps": 1})
+    await asyncio.get_running_loop().run_in_executor(None, engine.entered.acquire)
+    waiting = await (await client.post("/api/v1/jobs", json={"prompt": "x", "init_image": b64(picture(64, 64)),
+                                                              "steps": 2})).json()
+    closing = asyncio.create_task(client.close())
+    while queue.accepting:
+        await asyncio.sleep(0)
+    engine.gate.set()  # the running job finishes within the grace period
+    await closing
+
+    client = await make_client(settings)
+    queued = await client.app[keys.QUEUE].find(waiting["id"])
+    await queued.wait()
+    done = await (await client.get(f"/api/v1/jobs/{waiting['id']}")).json()
+    assert done["status"] == "succeeded" and done["meta"]["mode"] == "img2img"
+
+
 async def test_save_inputs_keeps_them(make_client, settings):
     client = await make_client(settings.replace(save_inputs=True))
     data, _ = await _generate(client, init_image=b64(picture(64, 64)), mask=b64(right_half_mask(64, 64)), steps=2)

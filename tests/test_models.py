@@ -241,3 +241,18 @@ async def test_the_refiner_after_a_switch_shares_the_running_models_encoder_and_
     a = await pixels(client, body)  # the refiner runs beside tiny
     assert await pixels(client, {**body, "model": "tiny-b"}) == b_alone
     assert await pixels(client, body) == a  # and back
+
+
+async def test_a_switch_frees_the_previous_model_even_with_a_refiner_loaded(make_client, model_settings):
+    """The refiner borrows the running model's text encoder 2 and VAE; a switch (no RAM cache)
+    frees the previous model's, whether or not the next request asks for the refiner."""
+    import gc
+    import weakref
+
+    client = await make_client(model_settings.replace(refiner_id="tiny", preload=False))
+    await pixels(client, {**BODY, "refiner": "image", "steps": 4})
+    engine = client.app[keys.ENGINE]
+    first = [weakref.ref(module) for module in (engine.pipe.text_encoder_2, engine.pipe.vae)]
+    await pixels(client, {**BODY, "model": "tiny-b"})
+    gc.collect()
+    assert [ref() for ref in first] == [None, None]

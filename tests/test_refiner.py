@@ -237,9 +237,10 @@ async def test_weight_syntax_means_the_same_to_the_refiner(make_client, settings
     assert weighted == plain
 
 
-def test_the_refiners_embeddings_are_what_it_would_encode_itself(settings):
+@pytest.mark.parametrize("negative", ["fog", ""])
+def test_the_refiners_embeddings_are_what_it_would_encode_itself(settings, negative):
     """For a plain prompt, the text encoder 2 part of the base's embeddings equals the refiner
-    pipeline's own encoding (diffusers'), negative and pooled included."""
+    pipeline's own encoding (diffusers'), negative (given, or empty) and pooled included."""
     import torch
 
     from sdxl_server.pipeline.prompt_encoding import encode_prompts, refiner_prompts
@@ -247,9 +248,19 @@ def test_the_refiners_embeddings_are_what_it_would_encode_itself(settings):
     engine = Engine(settings)
     engine.load()
     refiner = engine.refiner.ensure(engine.pipe, engine.options)
-    ours = refiner_prompts(encode_prompts(engine.pipe, "a lighthouse at dusk", "fog", "a1111"), refiner.text_encoder_2)
+    ours = refiner_prompts(encode_prompts(engine.pipe, "a lighthouse at dusk", negative, "a1111"), refiner)
     theirs = refiner.encode_prompt("a lighthouse at dusk", device=torch.device("cpu"), num_images_per_prompt=1,
-                                   do_classifier_free_guidance=True, negative_prompt="fog")
+                                   do_classifier_free_guidance=True, negative_prompt=negative or None)
     names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
     for name, expected in zip(names, theirs):
         assert torch.allclose(ours[name], expected, atol=1e-5), name
+
+
+async def test_a_long_prompt_without_a_negative_runs_through_the_refiner(make_client, settings):
+    """Two chunks of prompt and no negative: the refiner's empty negative is as long as the prompt
+    (diffusers would encode it at the prompt's length, past what CLIP reads, and fail)."""
+    client = await make_client(settings)
+    for mode in ("ensemble", "image"):
+        resp = await client.post("/api/v1/generate", json={
+            "prompt": "a lighthouse BREAK at dusk", "negative_prompt": "", "steps": 4, "refiner": mode, "seed": 1})
+        assert resp.status == 200, await resp.text()

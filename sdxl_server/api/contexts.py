@@ -100,9 +100,8 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
             sweep_inputs()
 
     def needed_inputs() -> list[str | None]:
-        """The input images the queued and running jobs need."""
-        active = [job for job in queue.active() if not job.status.terminal]
-        return [h for job in active for h in (job.params.init_image, job.params.mask)]
+        """The input images the unfinished jobs need (those a shutdown suspended too: they run again)."""
+        return [h for job in queue.unfinished() for h in (job.params.init_image, job.params.mask)]
 
     def sweep_inputs() -> None:
         """Delete the input images nothing needs any more (unless SAVE_INPUTS)."""

@@ -223,6 +223,11 @@ class JobQueue:
         """The running jobs, then the waiting ones in order."""
         return self.running_jobs + list(self._waiting)
 
+    def unfinished(self) -> list[Job]:
+        """Every job that has not ended: running, waiting, and those a shutdown suspended (queued
+        in the job store, they run at the next start)."""
+        return [job for job in self._jobs.values() if not job.status.terminal]
+
     @property
     def running(self) -> Job | None:
         """The job running longest (the only one with ``concurrency`` 1), or None."""

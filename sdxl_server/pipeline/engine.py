@@ -189,7 +189,7 @@ class Engine:
         frees the host memory, and a full collection (~0.2 s, walking every object the libraries
         made) is not worth paying at every shutdown."""
         if self.pipe is not None:
-            self._free(collect=self.runtime.on_cuda)
+            self._free(collect=self.runtime.device != "cpu")
         self.state = "not_loaded"
 
     # -- several models ---------------------------------------------------------
@@ -237,15 +237,18 @@ class Engine:
             raise ModelUnavailable(f"model {name!r} cannot be used: {entry.broken if entry else 'no longer in MODELS_DIR'}")
         started = time.perf_counter()
         previous = self._current()
+        self.refiner.unshare()  # it borrows the running model's text encoder 2 and VAE
         restored = self.cached.take(name)  # before the previous one goes in: it must not evict the target
         self.cached.put(previous)
         self._become(restored or LoadedModel(name, entry.source, LoraAdapters(self.loras.catalog, self.settings.lora_cache)))
-        if restored is None:
-            try:
+        try:
+            if restored is None:
                 self.load()
-            except ModelUnavailable:
-                self._become(self.cached.take(previous.name) or previous)
-                raise
+        except ModelUnavailable:
+            self._become(self.cached.take(previous.name) or previous)
+            raise
+        finally:
+            self.refiner.share(self.pipe, self.options)
         self.switch_seconds[name] = time.perf_counter() - started
         log.info("switched to model %s in %.2fs", name, self.switch_seconds[name])
 
@@ -337,7 +340,7 @@ class Engine:
                 if run.refiner is not None and not stopped_at:
                     # The refiner has only the second text encoder: its part of the base's embeddings.
                     with self._text_encoders_on(run.refiner), self.refiner.running(pipe):
-                        latents = run.refiner(**refiner_prompts(prompts, run.refiner.text_encoder_2), **common,
+                        latents = run.refiner(**refiner_prompts(prompts, run.refiner), **common,
                                               image=latents, **run.plan.refiner_arguments, generator=generators(size)).images
                     steps_done += run.refiner.num_timesteps
                 if cancelled():

@@ -142,16 +142,21 @@ def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, syntax: str) ->
     return arguments
 
 
-def refiner_prompts(arguments: dict[str, Any], text_encoder_2: Any) -> dict[str, Any]:
+def refiner_prompts(arguments: dict[str, Any], refiner: Any) -> dict[str, Any]:
     """The base's prompt embeddings (:func:`encode_prompts`) as the refiner takes them: the part
     its one text encoder (the base's ``text_encoder_2``, shared) made, so weights, ``BREAK`` and
-    long prompts mean the same in both phases. An empty negative stays the refiner pipeline's."""
-    width = text_encoder_2.config.hidden_size
+    long prompts mean the same in both phases. An empty negative prompt is encoded as the refiner's
+    own pipeline would (SDXL's refiner does not zero it), as many chunks long as the prompt."""
+    width = refiner.text_encoder_2.config.hidden_size
     refined = {"prompt_embeds": arguments["prompt_embeds"][..., -width:],
                "pooled_prompt_embeds": arguments["pooled_prompt_embeds"]}
     if "negative_prompt_embeds" in arguments:
         refined.update(negative_prompt_embeds=arguments["negative_prompt_embeds"][..., -width:],
                        negative_pooled_prompt_embeds=arguments["negative_pooled_prompt_embeds"])
+    elif not refiner.config.get("force_zeros_for_empty_prompt", True):
+        count = refined["prompt_embeds"].shape[1] // (CHUNK_TOKENS + 2)
+        negative, pooled = _encode(refiner.tokenizer_2, refiner.text_encoder_2, _pad(Chunks(), count))
+        refined.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=pooled)
     return refined
 
 

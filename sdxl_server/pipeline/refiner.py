@@ -84,12 +84,14 @@ class Refiner:
         if self.pipe is None:
             self.load(base, options)
         else:
-            self._share(base, options)
+            self.share(base, options)
         return self.pipe
 
-    def _share(self, base: Any, options: dict[str, Any]) -> None:
-        """After a model switch, borrow the running model's text encoder 2 and VAE (the refiner has
-        none of its own): not the model it was loaded beside, which may be parked in RAM or freed."""
+    def share(self, base: Any, options: dict[str, Any]) -> None:
+        """Borrow the running model's text encoder 2 and VAE (the refiner has none of its own),
+        after a model switch: not the model it was loaded beside, which may be parked or freed."""
+        if self.pipe is None or base is None:
+            return
         if self.pipe.text_encoder_2 is base.text_encoder_2 and self.pipe.vae is base.vae:
             return
         from .loading import place_refiner
@@ -97,6 +99,11 @@ class Refiner:
         self.pipe.register_modules(text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae)
         if self.placement is not None and self.placement[0] == "offloaded":
             place_refiner(self.pipe, self.settings, self.runtime, options, "offloaded")  # hooks on the new modules
+
+    def unshare(self) -> None:
+        """Let go of the running model's modules while models switch (a dropped model is freed)."""
+        if self.pipe is not None:
+            self.pipe.register_modules(text_encoder_2=None, tokenizer_2=None, vae=None)
 
     def load(self, base: Any, options: dict[str, Any]) -> None:
         import logging
