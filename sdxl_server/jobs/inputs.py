@@ -100,14 +100,14 @@ class InputStore:
             raise ValueError(f"not a SHA-256: {sha256!r}")
         return self.root / f"{sha256}.png"
 
-    def put(self, image: Image.Image, hold: InputHold | None = None) -> str:
+    def put(self, image: Image.Image, hold: InputHold) -> str:
         """Store ``image`` as PNG (once per content), held by ``hold`` while that is open; return
         its SHA-256. Safe on any thread."""
         body = png_bytes(image)
         sha256 = hashlib.sha256(body).hexdigest()
         path = self.path(sha256)
         with self._lock:
-            if hold is not None and hold.open:
+            if hold.open:
                 self._held[sha256] += 1
                 hold.hashes.append(sha256)
             if path.is_file():

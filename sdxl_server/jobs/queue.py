@@ -196,12 +196,6 @@ class JobQueue:
 
     # -- lookups -------------------------------------------------------------------
 
-    async def generate(self, params: GenerationParams, **idempotency: Any) -> dict[str, Any]:
-        """Submit a job (or find its replay) and wait for it: its result, or its error raised."""
-        job, _ = await self.submit(params, **idempotency)
-        await job.wait()
-        return job.outcome()
-
     async def find(self, job_id: str) -> Job:
         """Any job this server has accepted, from memory or the job store; raises :class:`NotFound`."""
         job = self._jobs.get(job_id)
