@@ -260,7 +260,7 @@ async def respond(app: web.Application, params: GenerationParams, original: dict
         "sd_model_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": params.strength if params.init_image else 0,
+        "denoising_strength": params.image.strength if params.mode != "txt2img" else 0,
         "extra_generation_params": {"Server notes": "; ".join(notes)} if notes else {},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
@@ -268,7 +268,7 @@ async def respond(app: web.Application, params: GenerationParams, original: dict
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(job_id)).created_at)),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
-        "mask_blur": params.mask_blur if params.mask else None,
+        "mask_blur": params.inpaint.mask_blur if params.mode == "inpaint" else None,
         "version": "sdxl_server",
     }
     parameters = {

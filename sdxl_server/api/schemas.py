@@ -170,7 +170,7 @@ def to_params(data: dict[str, Any], rng: random.Random | None = None) -> Generat
     values = dict(data)
     if values.get("seed") in (None, -1):
         values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
-    return GenerationParams(**values)
+    return GenerationParams.from_dict(values)
 
 
 class JobListQuerySchema(Schema):
