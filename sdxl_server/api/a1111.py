@@ -22,7 +22,7 @@ from aiohttp import web
 from marshmallow import EXCLUDE, Schema, fields
 from marshmallow import validate as validate_
 
-from ..errors import Conflict, ValidationFailed
+from ..errors import ApiError, Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS, GenerationParams
 from . import keys
@@ -375,5 +375,8 @@ async def set_options(request: web.Request) -> web.Response:
     uses it, as the queue reaches it); other options are accepted and have no effect."""
     wanted = validate(OptionsSchema(), await read_json_object(request, untyped_is_json=True)).get("sd_model_checkpoint")
     if wanted is not None:
-        await asyncio.to_thread(request.app[keys.MODELS].set_default, wanted, "sd_model_checkpoint")
+        try:
+            await asyncio.to_thread(request.app[keys.MODELS].set_default, wanted)
+        except ApiError as exc:
+            raise exc.renamed({"model": "sd_model_checkpoint"}) from None
     return web.json_response(None)

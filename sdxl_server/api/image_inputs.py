@@ -153,18 +153,8 @@ async def stored_inputs(
                     None, decode_inputs, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask
                 )
         except ApiError as exc:
-            raise _renamed(exc, names) from None
+            raise exc.renamed(names) from None
         yield stored
-
-
-def _renamed(exc: ApiError, names: Mapping[str, str] | None) -> ApiError:
-    """``exc`` naming the fields as the client sent them (``names``: ours -> theirs)."""
-    if names and exc.fields:
-        exc.fields = {names.get(name, name): problems for name, problems in exc.fields.items()}
-        for ours, theirs in names.items():
-            if exc.message.startswith(f"{ours}:"):
-                exc.message = theirs + exc.message[len(ours):]
-    return exc
 
 
 async def submit(
@@ -178,6 +168,6 @@ async def submit(
             raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
         _check_steps(params.to_dict())
     except ApiError as exc:
-        raise _renamed(exc, names) from None
+        raise exc.renamed(names) from None
     return await app[keys.QUEUE].submit(params, **idempotency)
 

@@ -141,6 +141,13 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
                                      "GET /api/v1/loras lists them."},
         ),
         **image_request_fields(settings),
+        **refiner_request_fields(),
+    }
+
+
+def refiner_request_fields() -> dict[str, fields.Field]:
+    """The refiner's fields of the generation request (its group in :class:`GenerationParams`)."""
+    return {
         "refiner": fields.String(
             load_default="none", validate=validate.OneOf(REFINER_MODES),
             metadata={"description": "'ensemble': the base stops at refiner_switch_at and the refiner finishes the "

@@ -30,12 +30,12 @@ class Refiner:
         self._schedulers: dict[str, Any] = {}
 
     def ensure(self, base: Any, options: dict[str, Any]) -> Any:
-        """The loaded refiner; raises :class:`ValidationFailed` when none is configured and
+        """The loaded refiner; raises :class:`Unusable` when none is configured and
         :class:`ModelUnavailable` when it does not load."""
-        from ..errors import ModelUnavailable, ValidationFailed
+        from ..errors import ModelUnavailable, Unusable
 
         if self.source is None:
-            raise ValidationFailed("no refiner is configured (REFINER_ID)", fields={"refiner": ["No refiner is configured."]})
+            raise Unusable("no refiner is configured (REFINER_ID)", fields={"refiner": ["No refiner is configured."]})
         if self.state == "failed":
             raise ModelUnavailable(self.error or "the refiner failed to load")
         if self.pipe is None:
