@@ -92,3 +92,22 @@ async def test_the_token_counter_counts_as_the_encoder_chunks(client):
     assert counts["negative_prompt"]["chunk_tokens"] == [3, 2]
     bad = await client.post("/api/v1/tokenize", json={"negative_prompt": "x"})
     assert bad.status == 422 and "prompt" in (await bad.json())["fields"]
+
+
+@pytest.fixture(scope="module")
+def half_pipe(tiny_cache):
+    from diffusers import StableDiffusionXLPipeline
+
+    from sdxl_server.pipeline.tiny import ensure_tiny_model
+
+    return StableDiffusionXLPipeline.from_pretrained(ensure_tiny_model(tiny_cache), torch_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("prompt", ["(cat:" + "9" * 400 + ")", "(" * 1999 + "cat" + ")" * 1999, "(cat:-1e30) dog", "(cat:10)"])
+def test_no_weight_makes_an_embedding_infinite(tiny_pipe, half_pipe, half, prompt):
+    """The API refuses such weights, but a job queued before that check (or a mean that cancels
+    out) must not reach the UNet as NaN: the image would be black. Half precision too (GPUs)."""
+    with torch.inference_mode():
+        out = encode_prompts(half_pipe if half else tiny_pipe, prompt, "(blur:" + "9" * 400 + ")", "a1111")
+    assert all(torch.isfinite(out[name]).all() for name in ("prompt_embeds", "negative_prompt_embeds"))

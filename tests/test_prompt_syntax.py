@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdxl_server.pipeline.prompt_syntax import BREAK, extract_loras, parse_attention, plain_runs
+from sdxl_server.pipeline.prompt_syntax import BREAK, attention_problem, extract_loras, parse_attention, plain_runs
 
 
 def as_lists(runs):
@@ -87,3 +87,32 @@ def test_a1111_extra_network_form_with_two_weights():
     # <lora:name:te_weight:unet_weight> (A1111 >= 1.5): the first number is the weight.
     text, tags = extract_loras("<lora:ink:0.6:0.4>x")
     assert text == "x" and [(t.name, t.weight) for t in tags] == [("ink", 0.6)]
+
+
+OVERFLOWING = ["(x:" + "9" * 400 + ")", "(" * 1999 + "x" + ")" * 1999, "(x:11)", "[x:-11]" + "(y:-10.5)", "(" * 26 + "x"]
+
+
+@pytest.mark.parametrize("prompt", OVERFLOWING)
+def test_a_weight_beyond_the_range_or_nesting_beyond_the_bound_is_a_problem(prompt):
+    assert attention_problem(prompt) is not None
+
+
+@pytest.mark.parametrize("prompt", ["(x:10)", "(x:-10)", "((((((masterpiece))))))", "(" * 24 + "x", "([" * 16 + "x", "a (b:0) c"])
+def test_weights_within_the_range_are_no_problem(prompt):
+    assert attention_problem(prompt) is None
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+@pytest.mark.parametrize("text", OVERFLOWING[:2])
+async def test_an_overflowing_weight_is_refused_before_queueing_on_every_route(make_client, settings, field, text):
+    """It answered 200 with an all-black image (an infinite weight makes the embedding NaN)."""
+    client = await make_client(settings.replace(max_prompt_length=4000))
+    body = {"prompt": "a cat", field: text}
+    for path, status in (("/api/v1/generate", 422), ("/sdapi/v1/txt2img", 422), ("/v1/images/generations", 400)):
+        extension = {"negative_prompt": text} if path.startswith("/v1") and field == "negative_prompt" else {}
+        resp = await client.post(path, json={**body, **extension})
+        assert resp.status == status, (path, await resp.text())
+        error = await resp.json()
+        named = error["error"]["param"] if path.startswith("/v1") else list(error["fields"])
+        assert field in named and "Cannot be encoded" in str(error), (path, error)
+    assert (await (await client.get("/api/v1/jobs")).json())["jobs"] == []  # none was queued

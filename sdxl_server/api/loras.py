@@ -10,27 +10,49 @@ from aiohttp import web
 
 from ..errors import ValidationFailed
 from ..params import GenerationParams
-from ..pipeline.prompt_syntax import extract_loras
+from ..pipeline.prompt_syntax import MAX_LORA_TAGS, LoraTag, attention_problem, extract_loras
 from . import keys
 
 
 async def with_loras(app: web.Application, params: GenerationParams) -> GenerationParams:
     """``params`` with its LoRAs checked (422 naming each problem): the request's ``loras`` and,
-    with ``PROMPT_SYNTAX=a1111``, the ``<lora:...>`` tags of its prompt."""
+    with ``PROMPT_SYNTAX=a1111``, the ``<lora:...>`` tags of its prompt. Every route calls it
+    before queueing, so it also refuses what the prompt syntax cannot encode (see
+    :func:`prompt_tags`)."""
     settings = app[keys.SETTINGS]
     wanted = [(name, weight, "loras") for name, weight in params.loras]
     if settings.prompt_syntax == "a1111":
-        for tag in extract_loras(params.prompt)[1]:
-            if tag.weight is None:
-                raise ValidationFailed(
-                    f"{tag.text} in the prompt: the weight must be a number, as in <lora:{tag.name}:0.8>",
-                    fields={"prompt": [f"Bad LoRA weight in {tag.text}."]},
-                )
-            wanted.insert(0, (tag.name, tag.weight, "prompt"))  # the loras field wins over a tag
+        tags = await asyncio.to_thread(prompt_tags, params)  # a long prompt is parsed off the loop
+        wanted[:0] = [(tag.name, tag.weight, "prompt") for tag in reversed(tags)]  # the loras field wins over a tag
     if not wanted:
         return params
     checked = await asyncio.to_thread(app[keys.LORAS].check, wanted, settings.max_loras)
     return dataclasses.replace(params, loras=checked)
+
+
+def prompt_tags(params: GenerationParams) -> list[LoraTag]:
+    """The ``<lora:...>`` tags of the prompt, once the A1111 syntax of both prompts is known to be
+    encodable: a tag's weight is a number, at most ``MAX_LORA_TAGS`` tags (each unknown name costs
+    a look in ``LORA_DIR``), brackets nested at most ``MAX_NESTING`` deep and every attention weight
+    within ``WEIGHT_MIN`` to ``WEIGHT_MAX`` (an overflowing one makes a black image)."""
+    text, tags = extract_loras(params.prompt)
+    if len(tags) > MAX_LORA_TAGS:
+        raise _refused("prompt", f"{len(tags)} <lora:...> tags in the prompt; at most {MAX_LORA_TAGS}.")
+    for tag in tags:
+        if tag.weight is None:
+            raise ValidationFailed(
+                f"{tag.text[:80]} in the prompt: the weight must be a number, as in <lora:{tag.name[:40]}:0.8>",
+                fields={"prompt": [f"Bad LoRA weight in {tag.text[:80]}."]},
+            )
+    for field, value in (("prompt", text), ("negative_prompt", extract_loras(params.negative_prompt)[0])):
+        problem = attention_problem(value)
+        if problem:
+            raise _refused(field, f"Cannot be encoded: {problem}.")
+    return tags
+
+
+def _refused(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", fields={field: [message]})
 
 
 async def _files(app: web.Application, refresh: bool = False):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .prompt_syntax import BREAK, extract_loras, parse_attention, plain_runs
+from .prompt_syntax import BREAK, WEIGHT_MAX, WEIGHT_MIN, extract_loras, parse_attention, plain_runs
 
 CHUNK_TOKENS = 75
 
@@ -104,13 +104,28 @@ def _encode(tokenizer: Any, text_encoder: Any, chunks: Chunks) -> tuple[torch.Te
             pooled = output[0]
         hidden = output.hidden_states[-2]
         if any(weight != 1.0 for weight in weights):
-            multipliers = torch.ones(width, dtype=hidden.dtype, device=hidden.device)
-            multipliers[1:1 + len(weights)] = torch.tensor(weights, dtype=hidden.dtype)
-            original_mean = hidden.mean()
-            hidden = hidden * multipliers.reshape(1, -1, 1)
-            hidden = hidden * (original_mean / hidden.mean())
+            hidden = _weighted(hidden, weights)
         states.append(hidden)
     return torch.cat(states, dim=1), pooled
+
+
+def _weighted(hidden: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """A1111's weighting: each token's embedding times its weight, then the chunk rescaled to its
+    original mean. Done in float32 with the weights held to ``WEIGHT_MIN``..``WEIGHT_MAX`` (NaN as
+    1) and the result held to the dtype's finite range: the API refuses weights outside that range,
+    and whatever reaches the encoder (a job queued before that check, a mean that cancels out)
+    must not give a half-precision embedding an infinity or a NaN, which makes a black image."""
+    work = hidden.float()
+    held = [min(max(weight, WEIGHT_MIN), WEIGHT_MAX) if weight == weight else 1.0 for weight in weights]
+    multipliers = torch.ones(work.shape[1], dtype=work.dtype, device=work.device)
+    multipliers[1:1 + len(held)] = torch.tensor(held, dtype=work.dtype)
+    original_mean = work.mean()
+    work = work * multipliers.reshape(1, -1, 1)
+    scale = original_mean / work.mean()
+    if torch.isfinite(scale):
+        work = work * scale
+    limit = torch.finfo(hidden.dtype).max
+    return work.clamp(-limit, limit).to(hidden.dtype)
 
 
 def _encode_both(pipe: Any, per_tokenizer: list[Chunks]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,17 +10,28 @@
 - ``<lora:name:weight>`` asks for a LoRA; :func:`extract_loras` takes the tags out of the text
   before encoding, as A1111 does (``<lora:name>`` means weight 1).
 
-Pure text, so the API may import it too (it checks LoRA names before queueing a job).
+Where A1111 has no bound, this module has one, since a prompt is client text: a weight must stay
+within ``WEIGHT_MIN`` to ``WEIGHT_MAX`` (``(x:1e400)`` or 1999 nested brackets would make it
+infinite, and the image black), at most ``MAX_NESTING`` brackets may be open at once (each one
+costs a pass over what it encloses), and :func:`attention_problem` says what the API refuses. Every
+pattern is matched in linear time: no two quantifiers compete for the same characters.
+
+Pure text, so the API may import it too (it checks a prompt before queueing a job).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 BREAK = "BREAK"  # the marker a parsed prompt carries where a chunk must end
+# Half-precision text encoders stay finite with weights well inside this range (docs/prompts-and-loras.md).
+WEIGHT_MIN, WEIGHT_MAX = -10.0, 10.0
+MAX_NESTING = 32  # brackets open at once; deeper ones are read as text (the API refuses the prompt)
+MAX_LORA_TAGS = 32  # <lora:...> tags in one prompt (the API refuses more)
 
 _ATTENTION = re.compile(
     r"""
@@ -33,8 +44,10 @@ _ATTENTION = re.compile(
     """,
     re.X,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_LORA = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.I)
+# BREAK's surrounding whitespace is stripped with str methods: "\s*\bBREAK\b\s*" backtracks
+# quadratically over a long run of spaces.
+_BREAK = re.compile(r"\bBREAK\b")
+_LORA_OPEN = re.compile(r"<lora:", re.I)
 
 
 @dataclass(frozen=True)
@@ -52,9 +65,39 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     A ``BREAK`` comes back as ``("BREAK", -1.0)``. Neighbouring runs of equal weight are merged;
     an empty prompt is ``[("", 1.0)]``.
     """
-    runs: list[list] = []
+    return _parse(text)[0]
+
+
+def attention_problem(text: str) -> str | None:
+    """Why ``text`` (without its ``<lora:...>`` tags) cannot be encoded as written, or None:
+    brackets nested deeper than ``MAX_NESTING``, or a weight outside ``WEIGHT_MIN`` to ``WEIGHT_MAX``."""
+    runs, too_deep = _parse(text)
+    if too_deep:
+        return f"brackets are nested more than {MAX_NESTING} deep"
+    for run, weight in runs:
+        if run and (run, weight) != (BREAK, -1.0) and not WEIGHT_MIN <= weight <= WEIGHT_MAX:
+            return (f"the attention weight of {run.strip()[:40]!r} is {weight:.4g}, outside "
+                    f"{WEIGHT_MIN:g} to {WEIGHT_MAX:g} (each ( multiplies by 1.1)")
+    return None
+
+
+def _parse(text: str) -> tuple[list[tuple[str, float]], bool]:
+    """The merged runs, and whether an opening bracket was past ``MAX_NESTING`` (read as text).
+
+    A closing bracket multiplies every run since its opening one, so bounding how many are open at
+    once bounds the work to ``MAX_NESTING`` passes over the runs; text between two brackets is one
+    run (its pieces joined once at the end), however many escapes or stray brackets it holds."""
+    runs: list[list] = []  # [pieces of text, weight]
     round_open: list[int] = []
     square_open: list[int] = []
+    too_deep = False
+    fresh = 0  # runs from here on were added since the last bracket or BREAK: text may join them
+
+    def add(piece: str) -> None:
+        if len(runs) > fresh:
+            runs[-1][0].append(piece)
+        else:
+            runs.append([[piece], 1.0])
 
     def multiply_from(start: int, multiplier: float) -> None:
         for run in runs[start:]:
@@ -63,8 +106,13 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     for match in _ATTENTION.finditer(text):
         token, weight = match.group(0), match.group(1)
         if token.startswith("\\"):
-            runs.append([token[1:], 1.0])
-        elif token == "(":
+            add(token[1:])
+            continue
+        if token in ("(", "[") and len(round_open) + len(square_open) >= MAX_NESTING:
+            too_deep = True
+            add(token)
+            continue
+        if token == "(":
             round_open.append(len(runs))
         elif token == "[":
             square_open.append(len(runs))
@@ -75,23 +123,46 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         elif token == "]" and square_open:
             multiply_from(square_open.pop(), SQUARE_MULTIPLIER)
         else:
-            for index, part in enumerate(_BREAK.split(token)):
+            for index, part in enumerate(_break_parts(token)):
                 if index:
-                    runs.append([BREAK, -1.0])
-                runs.append([part, 1.0])
+                    runs.append([[BREAK], -1.0])
+                    fresh = len(runs)
+                add(part)
+            continue
+        fresh = len(runs)
     for start in round_open:
         multiply_from(start, ROUND_MULTIPLIER)
     for start in square_open:
         multiply_from(start, SQUARE_MULTIPLIER)
+    return _merged([("".join(pieces), weight) for pieces, weight in runs]), too_deep
+
+
+def _break_parts(token: str) -> list[str]:
+    """``token`` split at each ``BREAK`` word, the whitespace around each one dropped."""
+    parts = _BREAK.split(token) if BREAK in token else [token]
+    last = len(parts) - 1
+    for index in range(len(parts)):
+        if index > 0:
+            parts[index] = parts[index].lstrip()
+        if index < last:
+            parts[index] = parts[index].rstrip()
+    return parts
+
+
+def _merged(runs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Neighbouring runs of equal weight as one (joined once: ``+=`` on each would be quadratic)."""
     if not runs:
-        runs = [["", 1.0]]
-    merged: list[list] = [runs[0]]
-    for run in runs[1:]:
-        if run[1] == merged[-1][1]:
-            merged[-1][0] += run[0]
+        return [("", 1.0)]
+    merged: list[tuple[str, float]] = []
+    texts, weight = [runs[0][0]], runs[0][1]
+    for text, run_weight in runs[1:]:
+        if run_weight == weight:
+            texts.append(text)
         else:
-            merged.append(run)
-    return [(text_, weight) for text_, weight in merged]
+            merged.append(("".join(texts), weight))
+            texts, weight = [text], run_weight
+    merged.append(("".join(texts), weight))
+    return merged
 
 
 def _is_number(text: str) -> bool:
@@ -109,15 +180,41 @@ def plain_runs(text: str) -> list[tuple[str, float]]:
 
 def extract_loras(prompt: str) -> tuple[str, list[LoraTag]]:
     """Take every ``<lora:name:weight>`` out of ``prompt``: (the text without them, the tags)."""
+    pieces: list[str] = []
     tags: list[LoraTag] = []
+    at = 0
+    for start, end, tag in _lora_tags(prompt):
+        pieces.append(prompt[at:start])
+        tags.append(tag)
+        at = end
+    pieces.append(prompt[at:])
+    return "".join(pieces), tags
 
-    def take(match: re.Match) -> str:
-        raw = match.group(2)
-        try:
-            weight = 1.0 if raw is None or raw.strip() == "" else float(raw)
-        except ValueError:
-            weight = None
-        tags.append(LoraTag(name=match.group(1).strip(), weight=weight, text=match.group(0)))
-        return ""
 
-    return _LORA.sub(take, prompt), tags
+def _lora_tags(prompt: str) -> Iterator[tuple[int, int, LoraTag]]:
+    """Each tag's span and reading, as ``<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>`` would find
+    them, in one pass: the ``>`` that ends a tag is searched once for all the ``<lora:`` before it
+    (the pattern rescans the rest of the prompt from each one)."""
+    end = close = -1
+    for match in _LORA_OPEN.finditer(prompt):
+        if match.start() < end:  # inside the previous tag
+            continue
+        if close < match.end():
+            close = prompt.find(">", match.end())
+            if close < 0:
+                return
+        name, colon, rest = prompt[match.end():close].partition(":")
+        if not name:
+            continue
+        end = close + 1
+        yield match.start(), end, LoraTag(name.strip(), _tag_weight(rest.partition(":")[0] if colon else None),
+                                          prompt[match.start():end])
+
+
+def _tag_weight(raw: str | None) -> float | None:
+    if raw is None or raw.strip() == "":
+        return 1.0
+    try:
+        return float(raw)
+    except ValueError:
+        return None
