@@ -4,6 +4,9 @@ gets the untouched base), weights, <lora:...> tags, listings, bad files and limi
 from __future__ import annotations
 
 import io
+import json
+import struct
+import time
 
 import pytest
 from images import generate_png, pixels
@@ -11,6 +14,7 @@ from lora_builder import lora_weights, save_diffusers_layout, save_kohya_layout,
 from PIL import Image
 
 from sdxl_server.pipeline.lora_files import a1111_hash
+from sdxl_server.pipeline.prompt_syntax import MAX_LORA_TAGS
 
 BODY = {"prompt": "a lighthouse", "seed": 7}
 
@@ -169,3 +173,57 @@ async def test_the_openapi_document_names_the_usable_loras(lora_client):
     items = spec["components"]["schemas"]["GenerateRequest"]["properties"]["loras"]["items"]
     assert items["properties"]["name"]["enum"] == ["film_grain", "ink"]
     assert items["properties"]["weight"]["minimum"] == -5 and items["properties"]["weight"]["maximum"] == 5
+
+
+def _raw_safetensors(path, header: bytes) -> None:
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+
+
+async def test_a_header_of_another_shape_makes_one_file_unusable_and_the_rest_work(make_client, lora_settings, tmp_path):
+    """Valid JSON of an unexpected shape answered 500 on every listing, refresh, OpenAPI and LoRA request."""
+    import shutil
+
+    folder = tmp_path / "odd-loras"
+    shutil.copytree(lora_settings.lora_dir, folder)
+    key = "lora_unet_down_blocks_2_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"
+    odd = {
+        "metadata_list": {"__metadata__": ["a"], key: {"dtype": "F32", "shape": [4, 2048], "data_offsets": [0, 0]}},
+        "text_shape": {key: {"dtype": "F32", "shape": [4, "2048"], "data_offsets": [0, 0]}},
+        "number_shape": {key: {"dtype": "F32", "shape": 4, "data_offsets": [0, 0]}},
+        "list_tensor": {key: [1, 2]},
+    }
+    for name, header in odd.items():
+        _raw_safetensors(folder / f"{name}.safetensors", json.dumps(header).encode())
+    _raw_safetensors(folder / "deep.safetensors", b"[" * 100_000 + b"]" * 100_000)
+    client = await make_client(lora_settings.replace(lora_dir=folder))
+    for path in ("/api/v1/loras", "/sdapi/v1/loras", "/openapi.json"):
+        assert (await client.get(path)).status == 200, path
+    for path in ("/api/v1/loras/refresh", "/sdapi/v1/refresh-loras"):
+        assert (await client.post(path)).status == 200, path
+    listed = {e["name"]: e for e in (await (await client.get("/api/v1/loras")).json())["loras"]}
+    for name in (*odd, "deep"):
+        assert listed[name]["usable"] is False and "not a safetensors file" in listed[name]["problem"], listed[name]
+    assert listed["ink"]["usable"] is True
+    resp = await client.post("/api/v1/generate", json={**BODY, "loras": [{"name": "text_shape"}]})
+    assert resp.status == 422 and "not a safetensors file" in str((await resp.json())["fields"]["loras"])
+    assert len(await pixels(client, {**BODY, "loras": [{"name": "ink"}]})) > 0
+
+
+async def test_unknown_lora_tags_cost_one_rescan_and_unchanged_headers_are_not_read_again(make_client, settings, tmp_path):
+    """Each unknown name used to re-read every header: with megabytes of metadata, seconds per request."""
+    folder = tmp_path / "heavy-loras"
+    folder.mkdir()
+    metadata = {"ss_base_model_version": "sdxl_base_v1-0", "ss_tag_frequency": "x" * 4_000_000}  # as in the report
+    for index in range(20):
+        write_fake_safetensors(folder / f"heavy{index}.safetensors",
+                               {"unet.mid_block.attentions.0.proj_in.lora_A.weight": [4, 8]}, metadata)
+    client = await make_client(settings.replace(lora_dir=folder))
+    assert len((await (await client.get("/api/v1/loras")).json())["loras"]) == 20  # the first scan reads them
+    prompt = " ".join(f"<lora:missing{i}:1>" for i in range(MAX_LORA_TAGS))
+    started = time.perf_counter()
+    resp = await client.post("/api/v1/generate", json={**BODY, "prompt": prompt})
+    assert resp.status == 422 and "missing0" in str((await resp.json())["fields"]["prompt"])
+    assert time.perf_counter() - started < 1.5
+    resp = await client.post("/api/v1/generate", json={**BODY, "prompt": prompt + " <lora:one_more:1>"})
+    assert resp.status == 422
+    assert f"at most {MAX_LORA_TAGS}" in str((await resp.json())["fields"]["prompt"])

@@ -256,3 +256,28 @@ async def test_a_switch_frees_the_previous_model_even_with_a_refiner_loaded(make
     await pixels(client, {**BODY, "model": "tiny-b"})
     gc.collect()
     assert [ref() for ref in first] == [None, None]
+
+
+async def test_checkpoints_with_headers_of_another_shape_are_listed_broken(make_client, settings, tmp_path):
+    """Valid JSON of an unexpected shape (a list __metadata__, a text shape, an empty part in
+    model_index.json) is one broken model with the reason, never a 500 on the listing."""
+    import json
+    import struct
+
+    folder = tmp_path / "odd-models"
+    folder.mkdir()
+    unet = "model.diffusion_model.conv_in.weight"
+    for name, header in {"metadata_list": {"__metadata__": [1], unet: {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]}},
+                         "text_shape": {unet: {"dtype": "F16", "shape": ["4"], "data_offsets": [0, 8]}}}.items():
+        raw = json.dumps(header).encode()
+        (folder / f"{name}.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    (folder / "odd-folder").mkdir()
+    (folder / "odd-folder" / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"], "vae": []}))
+    client = await make_client(settings.replace(models_dir=folder))
+    for method, path in (("GET", "/api/v1/models"), ("POST", "/api/v1/models/refresh"), ("GET", "/sdapi/v1/sd-models")):
+        assert (await client.request(method, path)).status == 200, path
+    models = {m["name"]: m for m in (await (await client.get("/api/v1/models")).json())["models"]}
+    assert "not a safetensors file" in models["metadata_list"]["broken"] and "not a safetensors file" in models["text_shape"]["broken"]
+    assert "unet" in models["odd-folder"]["broken"]
+    resp = await client.post("/api/v1/generate", json={**BODY, "model": "text_shape"})
+    assert resp.status == 422 and "not a safetensors file" in str((await resp.json())["fields"]["model"])

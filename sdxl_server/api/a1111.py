@@ -25,6 +25,7 @@ from marshmallow import validate as validate_
 from ..errors import ApiError, Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS, GenerationParams
+from ..pipeline.model_catalog import MAX_MODEL_NAME
 from . import keys
 from .batches import generate_images
 from .loras import with_loras
@@ -67,7 +68,7 @@ NEAREST_SAMPLER = {
 }
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
-         "refiner": "refiner_checkpoint"}
+         "refiner": "refiner_checkpoint", "model": "override_settings"}
 
 
 class Number(fields.Field):
@@ -130,7 +131,7 @@ class OptionsSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    sd_model_checkpoint = fields.String()
+    sd_model_checkpoint = fields.String(validate=validate_.Length(max=MAX_MODEL_NAME))
 
 
 def request_schema_for_spec(settings) -> Schema:

@@ -19,6 +19,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from ..errors import ValidationFailed
 from ..params import GenerationParams
+from ..pipeline.model_catalog import MAX_MODEL_NAME
 from . import keys
 from .batches import generate_images
 from .forwarded import public_base
@@ -56,7 +57,7 @@ class ImagesRequestSchema(Schema):
                        "the size made is the response's 'size'), or 'auto' for the defaults."})
     response_format = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["url", "b64_json"]),
                                     metadata={"description": "url, or b64_json (the default for gpt-image-* models)."})
-    model = fields.String(load_default=None, allow_none=True, metadata={
+    model = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=MAX_MODEL_NAME), metadata={
         "description": "A local model's name (GET /v1/models); dall-e-* and gpt-image-* mean the default model."})
     output_format = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(FORMATS),
                                   metadata={"description": "png (default), jpeg or webp; b64_json only (URLs are PNGs)."})

@@ -17,6 +17,7 @@ from ..jobs.states import JOB_STATUSES
 from ..params import MAX_SEED, REFINER_MODES, SCHEDULERS, GenerationParams
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
+from ..pipeline.model_catalog import MAX_MODEL_NAME
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MIN_SIZE = 64
@@ -133,7 +134,8 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
         ),
         "model": fields.String(
-            load_default="", metadata={"description": "A model's name from GET /api/v1/models; empty: the default."},
+            load_default="", validate=validate.Length(max=MAX_MODEL_NAME),
+            metadata={"description": "A model's name from GET /api/v1/models; empty: the default."},
         ),
         "loras": fields.List(
             fields.Nested(LoraChoiceSchema), load_default=list, validate=validate.Length(max=settings.max_loras),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat as stat_
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -62,10 +64,35 @@ def read_header(path: Path) -> dict[str, Any]:
         (length,) = struct.unpack("<Q", raw)
         if not 2 <= length <= _MAX_HEADER:
             raise ValueError("not a safetensors file (bad header length)")
-        header = json.loads(handle.read(length).decode("utf-8"))
+        try:
+            header = json.loads(handle.read(length).decode("utf-8"))
+        except RecursionError:
+            raise ValueError("not a safetensors file (header nested too deeply)") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file (header is not an object)")
     return header
+
+
+def header_problem(header: dict[str, Any]) -> str | None:
+    """What is wrong with a header's shape (None: nothing), as safetensors lays it out: an object
+    ``__metadata__`` and, for each tensor, an object with a string ``dtype``, a ``shape`` of
+    non-negative integers and two integer ``data_offsets``. Valid JSON of another shape must make
+    one file unusable, never every listing fail."""
+    if not isinstance(header.get("__metadata__", {}), dict):
+        return "not a safetensors file (__metadata__ is not an object)"
+    for key, spec in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(spec, dict):
+            return f"not a safetensors file (tensor {key[:80]!r} is not an object)"
+        shape, offsets = spec.get("shape"), spec.get("data_offsets")
+        if not isinstance(spec.get("dtype"), str) or not _integers(shape) or not _integers(offsets) or len(offsets) != 2:
+            return f"not a safetensors file (tensor {key[:80]!r} has no dtype, integer shape and two data offsets)"
+    return None
+
+
+def _integers(value: Any) -> bool:
+    return isinstance(value, list) and all(type(item) is int and item >= 0 for item in value)
 
 
 def _layout(keys: list[str]) -> str:
@@ -82,9 +109,9 @@ def _context_width(header: dict[str, Any]) -> int | None:
     for key, spec in header.items():
         flat = key.replace(".", "_")
         if "attn2_to_k" in flat and ("lora_down" in flat or "lora_A" in flat) and isinstance(spec, dict):
-            shape = spec.get("shape") or []
+            shape = spec["shape"]  # integers: header_problem checked
             if len(shape) == 2:
-                return int(shape[1])
+                return shape[1]
     return None
 
 
@@ -105,18 +132,20 @@ def _family(metadata: dict[str, str], keys: list[str]) -> str | None:
     return None
 
 
-def inspect(path: Path) -> LoraFile:
+def inspect(path: Path, stat: os.stat_result | None = None) -> LoraFile:
     """What ``path`` is; never raises for a bad file (``problem`` says what is wrong)."""
-    stat = path.stat()
+    stat = stat or path.stat()
     name = path.stem
     try:
         header = read_header(path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return LoraFile(name, path, stat.st_size, stat.st_mtime, "unknown", None, problem=f"unreadable: {exc}")
-    metadata = {k: str(v) for k, v in (header.pop("__metadata__", None) or {}).items()}
+    problem = header_problem(header)
+    if problem:
+        return LoraFile(name, path, stat.st_size, stat.st_mtime, "unknown", None, problem=problem)
+    metadata = {k: str(v) for k, v in header.pop("__metadata__", {}).items()}
     keys = list(header)
     layout, family = _layout(keys), _family(metadata, keys)
-    problem = None
     if layout == "unknown":
         problem = "not a LoRA (no lora_down/lora_up or lora_A/lora_B weights)"
     elif family not in (None, "sdxl"):
@@ -137,23 +166,45 @@ def a1111_hash(path: Path) -> str:
 
 
 class LoraCatalog:
-    """The LoRAs in one folder, scanned on demand (``refresh``) and when a name is not found."""
+    """The LoRAs in one folder, scanned on demand (``refresh``) and when a name is not found. A
+    file's header is read again only when its size or modification time changed: a header may
+    hold megabytes of metadata, and a request naming unknown LoRAs rescans the folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._files: dict[str, LoraFile] = {}
         self._lock = threading.Lock()
+        self._scan_lock = threading.Lock()  # one scan at a time; the others wait for its result
+        self._inspected: dict[Path, tuple[tuple[int, int], LoraFile]] = {}  # (size, mtime_ns) -> what it is
         self._scanned = False
 
     def refresh(self) -> list[LoraFile]:
-        found: dict[str, LoraFile] = {}
-        if self.root.is_dir():
-            for path in sorted(self.root.rglob("*.safetensors")):
-                if path.is_file():
-                    found.setdefault(path.stem, inspect(path))
+        with self._scan_lock:
+            found: dict[str, LoraFile] = {}
+            seen: dict[Path, tuple[tuple[int, int], LoraFile]] = {}
+            if self.root.is_dir():
+                for path in sorted(self.root.rglob("*.safetensors")):
+                    file = self._inspect(path, seen)
+                    if file is not None:
+                        found.setdefault(path.stem, file)
+            self._inspected = seen
         with self._lock:
             self._files, self._scanned = found, True
         return list(found.values())
+
+    def _inspect(self, path: Path, seen: dict[Path, tuple[tuple[int, int], LoraFile]]) -> LoraFile | None:
+        """``path``'s reading, from the last scan when the file is unchanged; None if it is no file (now)."""
+        try:
+            stat = path.stat()
+        except OSError:  # deleted since the folder was listed
+            return None
+        if not stat_.S_ISREG(stat.st_mode):
+            return None
+        key = (stat.st_size, stat.st_mtime_ns)
+        cached = self._inspected.get(path)
+        file = cached[1] if cached is not None and cached[0] == key else inspect(path, stat)
+        seen[path] = (key, file)
+        return file
 
     def files(self) -> list[LoraFile]:
         if not self._scanned:
@@ -162,11 +213,16 @@ class LoraCatalog:
             return list(self._files.values())
 
     def find(self, name: str) -> LoraFile | None:
+        return self._lookup([name]).get(name)
+
+    def _lookup(self, names: list[str]) -> dict[str, LoraFile]:
+        """The files by name, the folder scanned again (once, whatever the number of names) when
+        one of ``names`` is not known or its file is gone."""
         with self._lock:
-            found = self._files.get(name) if self._scanned else None
-        if found is None or not found.path.is_file():
-            found = {f.name: f for f in self.refresh()}.get(name)
-        return found
+            files = dict(self._files) if self._scanned else None
+        if files is None or any(name not in files or not files[name].path.is_file() for name in names):
+            files = {f.name: f for f in self.refresh()}
+        return files
 
     def check(self, wanted: list[tuple[str, float, str]], max_loras: int) -> tuple[tuple[str, float], ...]:
         """Validate ``(name, weight, field)`` requests; the ``(name, weight)`` pairs to apply, one
@@ -180,8 +236,10 @@ class LoraCatalog:
         if len(chosen) > max_loras:
             fields_.setdefault("loras", []).append(f"{len(chosen)} LoRAs asked for; at most {max_loras} (MAX_LORAS).")
         unknown, unusable = [], []
-        for name, where in {name: where for name, _, where in wanted}.items():
-            found = self.find(name)
+        places = {name: where for name, _, where in wanted}
+        files = self._lookup(list(places))
+        for name, where in places.items():
+            found = files.get(name)
             if found is None:
                 unknown.append(name)
                 fields_.setdefault(where, []).append(f"Unknown LoRA {name!r}.")

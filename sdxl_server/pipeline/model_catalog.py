@@ -10,18 +10,20 @@ without its parts, a file without UNet weights).
 from __future__ import annotations
 
 import json
-import re
+import string
 import threading
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..errors import Unusable
-from .lora_files import read_header
+from .lora_files import header_problem, read_header
 from .sources import ModelSource, resolve_model_source
 
-_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,}\]$")  # A1111 titles: "name.safetensors [abcdef1234]"
+# The longest model name a request may send: a path in MODELS_DIR with A1111's " [hash]" fits.
+MAX_MODEL_NAME = 1024
 OPENAI_DEFAULT_PREFIXES = ("dall-e", "gpt-image")
 
 
@@ -56,12 +58,12 @@ def _folder_size(path: Path) -> int:
 def _folder_problem(path: Path) -> str | None:
     try:
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         return f"model_index.json unreadable: {exc}"
     if not isinstance(index, dict) or "unet" not in index:
         return "model_index.json names no unet: not an SDXL pipeline folder"
     missing = [part for part, spec in index.items()
-               if isinstance(spec, list) and spec[0] is not None and not (path / part).is_dir()]
+               if isinstance(spec, list) and spec and spec[0] is not None and not (path / part).is_dir()]
     return f"missing parts: {', '.join(sorted(missing))}" if missing else None
 
 
@@ -70,9 +72,24 @@ def _file_problem(path: Path) -> str | None:
         header = read_header(path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return f"unreadable: {exc}"
+    problem = header_problem(header)
+    if problem:
+        return problem
     if not any(key.startswith("model.diffusion_model.") for key in header):
         return "no UNet weights (model.diffusion_model.*): not a full checkpoint (a LoRA or a VAE?)"
     return None
+
+
+def without_hash(name: str) -> str:
+    """``name`` without A1111's hash suffix (``"name.safetensors [abcdef1234]"``): at least 8 hex
+    digits in brackets at the end. String operations, linear in the name: the pattern
+    ``\\s*\\[[0-9a-fA-F]{8,}\\]$`` backtracks quadratically over a run of spaces."""
+    text = name.strip()
+    if text.endswith("]"):
+        head, bracket, digits = text[:-1].rpartition("[")
+        if bracket and len(digits) >= 8 and all(char in string.hexdigits for char in digits):
+            return head.rstrip()
+    return text
 
 
 def _default_name(source: ModelSource) -> str:
@@ -82,7 +99,7 @@ def _default_name(source: ModelSource) -> str:
     return path.stem if path.suffix == ".safetensors" else path.name
 
 
-def scan(settings: Settings) -> list[ModelEntry]:
+def scan(settings: Settings, file_problem: Callable[[Path], str | None] = _file_problem) -> list[ModelEntry]:
     """The default model first, then ``MODELS_DIR``'s, sorted by name (a clash keeps the first)."""
     source = resolve_model_source(settings)
     location = Path(source.location)
@@ -103,7 +120,7 @@ def scan(settings: Settings) -> list[ModelEntry]:
                 entries[name] = ModelEntry(name, found, _folder_size(path), broken=_folder_problem(path))
             elif path.is_file() and path.suffix == ".safetensors":
                 found = ModelSource("single_file", str(path), "MODELS_DIR", settings.vae_id)
-                entries[name] = ModelEntry(name, found, path.stat().st_size, broken=_file_problem(path))
+                entries[name] = ModelEntry(name, found, path.stat().st_size, broken=file_problem(path))
     return list(entries.values())
 
 
@@ -114,16 +131,27 @@ class ModelCatalog:
         self.settings = settings
         self._lock = threading.Lock()
         self._entries: dict[str, ModelEntry] = {}
+        self._problems: dict[Path, tuple[tuple[int, int], str | None]] = {}  # by (size, mtime_ns)
         self.default_name = ""
         self.refresh()
 
     def refresh(self) -> list[ModelEntry]:
-        entries = {entry.name: entry for entry in scan(self.settings)}
+        entries = {entry.name: entry for entry in scan(self.settings, self._file_problem)}
         with self._lock:
             self._entries = entries
             if self.default_name not in entries:
                 self.default_name = next(iter(entries))
         return list(entries.values())
+
+    def _file_problem(self, path: Path) -> str | None:
+        """:func:`_file_problem`, read again only when the file's size or modification time
+        changed: a checkpoint's header is megabytes, and a request naming an unknown model rescans."""
+        stat = path.stat()
+        key = (stat.st_size, stat.st_mtime_ns)
+        cached = self._problems.get(path)
+        if cached is None or cached[0] != key:
+            cached = self._problems[path] = (key, _file_problem(path))
+        return cached[1]
 
     def entries(self) -> list[ModelEntry]:
         with self._lock:
@@ -139,14 +167,17 @@ class ModelCatalog:
 
     def lookup(self, wanted: str | None) -> str:
         """The model name a request's ``wanted`` means (None or "": the default); :class:`Unusable`
-        (about ``model``) naming what exists."""
+        (about ``model``) naming what exists. An unknown name rescans ``MODELS_DIR`` once."""
         if not wanted:
             return self.default_name
-        name = _HASH_SUFFIX.sub("", wanted.strip())
-        candidates = [name, Path(name).name, Path(name).stem]
-        entry = next((e for e in (self.get(c) for c in dict.fromkeys(candidates)) if e is not None), None)
+        if len(wanted) > MAX_MODEL_NAME:
+            message = f"At most {MAX_MODEL_NAME} characters (got {len(wanted)})."
+            raise Unusable(f"model: {message}", fields={"model": [message]})
+        name = without_hash(wanted)
+        entry = self._entry_for(name)
         if entry is None:
-            entry = next((e for e in self.entries() if e.source.location == name), None)
+            self.refresh()
+            entry = self._entry_for(name)
         have = ", ".join(e.name for e in self.entries() if not e.broken)
         if entry is None:
             raise Unusable(f"unknown model {wanted!r}: this server has {have}",
@@ -155,6 +186,15 @@ class ModelCatalog:
             raise Unusable(f"model {entry.name!r} cannot be loaded: {entry.broken}; working models: {have}",
                            fields={"model": [f"Broken: {entry.broken}."]})
         return entry.name
+
+    def _entry_for(self, name: str) -> ModelEntry | None:
+        """The entry ``name`` means (its name, a file name, a stem or a location), as scanned last."""
+        with self._lock:
+            entries = dict(self._entries)
+        for candidate in dict.fromkeys([name, Path(name).name, Path(name).stem]):
+            if candidate in entries:
+                return entries[candidate]
+        return next((e for e in entries.values() if e.source.location == name), None)
 
     def set_default(self, wanted: str) -> str:
         name = self.lookup(wanted)
