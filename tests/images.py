@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -52,3 +54,29 @@ async def generate_png(client, body: dict, path: str = "/api/v1/generate") -> tu
 
 async def pixels(client, body: dict) -> bytes:
     return (await generate_png(client, body))[1].tobytes()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_file(width: int, height: int, *, frames: int = 1, text: dict[str, str] | None = None) -> bytes:
+    """A black RGB PNG written chunk by chunk, so it may declare any size (its pixel data is one
+    black row, whatever the size says) or be an APNG of ``frames`` frames (the same data each:
+    built in milliseconds, yet a decoder composes every frame)."""
+    rows = zlib.compress(b"\0" * (1 + width * 3) * (height if width * height <= 1 << 24 else 1))
+    out = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))]
+    out += [_chunk(b"tEXt", f"{key}\0{value}".encode("latin-1")) for key, value in (text or {}).items()]
+    if frames > 1:
+        out.append(_chunk(b"acTL", struct.pack(">II", frames, 0)))
+    sequence = 0
+    for frame in range(frames):
+        if frames > 1:
+            out.append(_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, 1, 10, 0, 0)))
+            sequence += 1
+        if frame == 0:
+            out.append(_chunk(b"IDAT", rows))
+        else:
+            out.append(_chunk(b"fdAT", struct.pack(">I", sequence) + rows))
+            sequence += 1
+    return b"".join([*out, _chunk(b"IEND", b"")])

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import time
 
 import psutil
 import pytest
+from images import png_file
 from PIL import Image, PngImagePlugin
 
 KEY = "probe-key"
@@ -59,6 +62,37 @@ async def test_png_info_of_other_pngs_and_of_garbage(client):
     for junk in ("bm90IGFuIGltYWdl", "%%%"):
         resp = await client.post("/sdapi/v1/png-info", json={"image": junk})
         assert resp.status == 422 and "image" in (await resp.json())["fields"]
+
+
+async def test_png_info_answers_at_once_for_pngs_built_to_stall_it(client):
+    """Its infotext parser took 13-19 s on a long line of spaces, and reading an APNG's text
+    decoded every frame on the event loop; both are read off the loop now, the parser in one pass,
+    an APNG's frames never decoded."""
+    spaces = "a fox\n" + " " * 29_000 + ":" + " " * 1000
+    frames = png_file(1024, 1024, frames=300, text={"parameters": "a fox\nSteps: 3, Seed: 7"})
+    for png, seed in ((png_file(64, 64, text={"parameters": spaces}), None), (frames, "7")):
+        started = time.perf_counter()
+        body = json.dumps({"image": base64.b64encode(png).decode()}).encode()
+        resp = await client.post("/sdapi/v1/png-info", data=io.BytesIO(body), headers={"Content-Type": "application/json"})
+        assert resp.status == 200 and time.perf_counter() - started < 1.5
+        assert (await resp.json())["parameters"].get("Seed") == seed
+
+
+async def test_png_info_refuses_a_bomb_as_the_image_routes_do(client, settings):
+    """100000x100000 declared in a 370-byte file: refused from its header (it answered 500)."""
+    resp = await client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(png_file(100_000, 100_000)).decode()})
+    assert resp.status == 413
+    error = await resp.json()
+    assert error["error"] == "image_too_large" and "image" in error["fields"] and "MAX_INPUT_PIXELS" in error["detail"]
+
+
+def test_infotext_pairs_with_quotes_commas_and_a1111_keys():
+    from sdxl_server.api.a1111_probes import parse_infotext
+
+    parsed = parse_infotext('a fox\nNegative prompt: blur\nSteps: 3, Lora hashes: "ink: 0123, b: 4", CFG-rescale: 0.7, Size: 64x96')
+    assert parsed["Lora hashes"] == "ink: 0123, b: 4" and parsed["CFG-rescale"] == "0.7"
+    assert (parsed["Prompt"], parsed["Negative prompt"], parsed["Size-1"], parsed["Size-2"]) == ("a fox", "blur", "64", "96")
+    assert parse_infotext("one line: no parameters") == {"Prompt": "one line: no parameters", "Negative prompt": ""}
 
 
 @pytest.mark.parametrize("path", ["/sdapi/v1/upscalers", "/sdapi/v1/memory", "/sdapi/v1/cmd-flags"])

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 from doubles import GatedEngine
-from images import b64, encode, picture, png_array, right_half_mask
+from images import b64, encode, picture, png_array, png_file, right_half_mask
 from PIL import Image
 
 from sdxl_server.api import keys
@@ -125,6 +125,38 @@ async def test_exif_rotation_is_applied(client):
     assert (data["meta"]["width"], data["meta"]["height"]) == (64, 96)
 
 
+def _exif(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """An EXIF block of big-endian TIFF entries (tag, type, count, value), written by hand: Pillow
+    would not write a mistyped one."""
+    head, fields, data = b"MM\x00*" + struct.pack(">IH", 8, len(entries)), b"", b""
+    for tag, kind, count, value in entries:  # a value over 4 bytes goes after the IFD, at its offset
+        inline = value.ljust(4, b"\0") if len(value) <= 4 else struct.pack(">I", 14 + 12 * len(entries) + len(data))
+        data += value if len(value) > 4 else b""
+        fields += struct.pack(">HHI", tag, kind, count) + inline
+    return b"Exif\0\0" + head + fields + b"\0\0\0\0" + data
+
+
+@pytest.mark.parametrize("odd", [
+    (0x011A, 2, 4, b"abc\0"),  # XResolution as text: TypeError writing the EXIF back
+    (0x0100, 2, 4, b"abc\0"),  # ImageWidth as text: struct.error
+    (0x010D, 5, 1, struct.pack(">II", 1, 0)),  # DocumentName as a rational: AttributeError
+    (0x0106, 3, 3, b"\0\1\0\2\0\3"),  # PhotometricInterpretation, three of them: KeyError
+])
+async def test_a_jpeg_with_odd_exif_is_used_as_stored(client, odd):
+    """Orientation 6 beside a mistyped tag answered 500 on every image route; the EXIF is ignored."""
+    jpeg = encode(picture(96, 64), "JPEG", exif=_exif((0x0112, 3, 1, b"\0\6"), odd))
+    data, _ = await _generate(client, init_image=b64(jpeg), steps=2)
+    assert (data["meta"]["width"], data["meta"]["height"]) == (96, 64)  # not rotated
+
+
+async def test_a_jpeg_with_a_multi_picture_index_gives_its_first_picture(client):
+    """Phones save Ultra HDR photos with a Multi-Picture index (Pillow's MPO); they were refused."""
+    mpo = encode(picture(96, 64), "MPO", save_all=True, append_images=[Image.new("RGB", (32, 32))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    data, _ = await _generate(client, init_image=b64(mpo), steps=2)
+    assert (data["meta"]["width"], data["meta"]["height"]) == (96, 64)
+
+
 async def test_an_animated_image_gives_its_first_frame_and_modes_are_converted(client):
     first, second = picture(64, 64), Image.new("RGB", (64, 64), (0, 0, 255))
     animated = encode(first, "PNG", save_all=True, append_images=[second])
@@ -133,14 +165,6 @@ async def test_an_animated_image_gives_its_first_frame_and_modes_are_converted(c
     for mode in ("L", "P", "RGBA", "CMYK"):
         converted = picture(64, 64).convert(mode)
         await _generate(client, init_image=b64(converted, "JPEG" if mode == "CMYK" else "PNG"), steps=2)
-
-
-def _bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG header claiming ``width`` x ``height`` (its pixels would take gigabytes)."""
-    png = encode(Image.new("L", (1, 1)))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return png[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[33:]
 
 
 def _truncated() -> bytes:
@@ -156,7 +180,7 @@ def _truncated() -> bytes:
         ({"init_image": b64(b"plain text, not an image")}, 422, "init_image"),
         ({"init_image": b64(_truncated())}, 422, "init_image"),
         ({"init_image": b64(picture(64, 64), "BMP")}, 422, "init_image"),
-        ({"init_image": b64(_bomb_png(50_000, 50_000))}, 413, "init_image"),
+        ({"init_image": b64(png_file(50_000, 50_000))}, 413, "init_image"),
         ({"init_image": b64(picture(64, 64)), "mask": b64(Image.new("L", (64, 64), 0))}, 422, "mask"),
         ({"init_image": b64(picture(64, 64)), "mask": "AAAA"}, 422, "mask"),
         ({"mask": b64(right_half_mask())}, 422, "mask"),

@@ -9,18 +9,19 @@ invented. Never imports torch (CUDA figures come from the engine's ``describe``)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import io
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
 from aiohttp import web
 from marshmallow import EXCLUDE, Schema, fields
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import ValidationFailed
+from ..jobs import images
 from . import keys
 from .validation import read_json_object, validate
 
@@ -106,47 +107,74 @@ class PngInfoSchema(Schema):
     image = fields.String(required=True, metadata={"description": "A PNG, base64 (a data: URL is fine)."})
 
 
-_INFOTEXT_PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_SPACES = re.compile(r"\s*")
+_QUOTED = re.compile(r'"(?:\\.|[^\\"])*"')  # the alternatives never match the same character: linear
 
 
 def parse_infotext(text: str) -> dict[str, Any]:
-    """A ``parameters`` text as A1111's ``parse_generation_parameters`` reads it (the common keys)."""
+    """A ``parameters`` text as A1111's ``parse_generation_parameters`` reads it (the common keys).
+
+    Read in one pass with string operations: A1111's pattern for a ``key: value`` pair
+    (``\\s*(\\w[\\w \\-/]+):\\s*(...)``) backtracks quadratically over a long run of spaces."""
     lines = text.strip().split("\n")
-    *prompt_lines, last = lines if len(lines) > 1 and _INFOTEXT_PAIR.match(lines[-1]) and ":" in lines[-1] else (*lines, "")
+    last = lines.pop() if len(lines) > 1 and ":" in lines[-1] and _is_key(lines[-1].partition(":")[0].strip()) else ""
     prompt, negative, in_negative = [], [], False
-    for line in prompt_lines:
+    for line in lines:
         if line.startswith("Negative prompt:"):
             in_negative, line = True, line[len("Negative prompt:"):].strip()
         (negative if in_negative else prompt).append(line)
     result: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
-    for key, value in _INFOTEXT_PAIR.findall(last):
+    for key, value in _pairs(last):
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]
-        result[key.strip()] = value
+        result[key] = value
     if "Size" in result and "x" in result["Size"]:
         result["Size-1"], _, result["Size-2"] = result["Size"].partition("x")
     return result
 
 
-def _read_png_text(blob: bytes) -> dict[str, str]:
-    try:
-        with Image.open(io.BytesIO(blob)) as image:
-            return {str(k): str(v) for k, v in (getattr(image, "text", None) or {}).items()}
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise ValidationFailed("image is not an image this server can read: send a PNG, base64-encoded",
-                               fields={"image": ["Not a readable image."]}) from None
+def _is_key(key: str) -> bool:
+    """A1111's keys: word characters, spaces, ``-`` and ``/`` (``Steps``, ``Lora hashes``)."""
+    return bool(key) and all(char.isalnum() or char in "_ -/" for char in key)
 
 
-async def png_info(request: web.Request) -> web.Response:
-    """``POST /sdapi/v1/png-info``: the ``parameters`` text chunk of an uploaded PNG, parsed."""
-    body = await read_json_object(request, untyped_is_json=True, max_bytes=PNG_INFO_MAX_BYTES)
-    data = validate(PngInfoSchema(), body)["image"]
+def _pairs(line: str) -> Iterator[tuple[str, str]]:
+    """The ``key: value`` pairs of the last line, split at commas; a value in double quotes
+    (backslash escapes) may hold commas. A pair whose key is not one is skipped."""
+    at = 0
+    while at < len(line):
+        colon = line.find(":", at)
+        if colon < 0:
+            return
+        key, start = line[at:colon].strip(), _SPACES.match(line, colon + 1).end()
+        quoted = _QUOTED.match(line, start) if line.startswith('"', start) else None
+        if quoted and (quoted.end() == len(line) or line[quoted.end()] == ","):
+            end = quoted.end()
+        else:
+            comma = line.find(",", start)
+            end = len(line) if comma < 0 else comma
+        if _is_key(key):
+            yield key, line[start:end]
+        at = end + 1
+
+
+def _png_info(data: str, max_pixels: int) -> dict[str, Any]:
+    """On a worker thread: the body's answer for the base64 image ``data`` (decoded with the
+    other image routes' checks: a bomb is refused before any pixel is decoded)."""
     try:
         blob = base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=False)
     except (binascii.Error, ValueError):
         raise ValidationFailed("image is not base64: send the PNG's bytes base64-encoded",
                                fields={"image": ["Not base64."]}) from None
-    items = _read_png_text(blob)
+    items = images.text_chunks(blob, "image", max_pixels)
     info = items.pop("parameters", "")
-    return web.json_response({"info": info, "items": items, "parameters": parse_infotext(info) if info else {}})
+    return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
+
+
+async def png_info(request: web.Request) -> web.Response:
+    """``POST /sdapi/v1/png-info``: the ``parameters`` text chunk of an uploaded PNG, parsed (off the loop)."""
+    body = await read_json_object(request, untyped_is_json=True, max_bytes=PNG_INFO_MAX_BYTES)
+    data = validate(PngInfoSchema(), body)["image"]
+    max_pixels = request.app[keys.SETTINGS].max_input_pixels
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, _png_info, data, max_pixels))

@@ -2,8 +2,10 @@
 
 Everything a client can send wrong ends here as a clear error naming the field: not base64, not an
 image, a format we do not take, a truncated file, a decompression bomb (refused from its header,
-before any pixel is decoded), a mask with nothing to repaint. Animated images give their first
-frame, EXIF rotation is applied, every mode becomes RGB (masks: L). Plain PIL, no torch, no aiohttp.
+before any pixel is decoded), a mask with nothing to repaint. Animated images and JPEGs with a
+Multi-Picture index (Pillow's MPO: phones' Ultra HDR photos) give their first frame, EXIF rotation
+is applied (bad EXIF is ignored: the image is used as stored), every mode becomes RGB (masks: L).
+Plain PIL, no torch, no aiohttp.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageTooLarge, ValidationFailed
 
-FORMATS = ("PNG", "JPEG", "WEBP")
+FORMATS = ("PNG", "JPEG", "WEBP")  # what clients are asked to send
+_ALSO_READ = ("MPO",)  # a JPEG with a Multi-Picture index: its first frame is the photo
 MIN_SIZE = 64
 
 
@@ -50,27 +53,66 @@ def open_image(raw: bytes, field: str, max_pixels: int) -> Image.Image:
     says. Raises :class:`ImageTooLarge` before decoding when it has more than ``max_pixels``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = _opened(raw, field, max_pixels, (*FORMATS, *_ALSO_READ))
+        _decode(image, field, max_pixels)
+    return _upright(image)
+
+
+def _opened(raw: bytes, field: str, max_pixels: int, formats: tuple[str, ...] | None) -> Image.Image:
+    """``raw``'s header read and checked (its format one of ``formats``, None: any Pillow reads;
+    at most ``max_pixels``), no pixel decoded yet."""
+    try:
+        image = Image.open(io.BytesIO(raw))  # reads the header only
+    except Image.DecompressionBombError:
+        raise _too_large(field, None, max_pixels) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise _invalid(field, f"Not an image: send a {', '.join(FORMATS)} file.") from None
+    if formats is not None and image.format not in formats:
+        raise _invalid(field, f"Unsupported image format {image.format}: send {', '.join(FORMATS)}.")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_large(field, image.size, max_pixels)
+    if width < 1 or height < 1:
+        raise _invalid(field, "The image has no pixels.")
+    return image
+
+
+def _decode(image: Image.Image, field: str, max_pixels: int) -> None:
+    """Decode the first frame (only that one: an animation's others may be many)."""
+    try:
+        image.seek(0)
+        image.load()
+    except Image.DecompressionBombError:
+        raise _too_large(field, image.size, max_pixels) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _invalid(field, f"The image could not be decoded (truncated or damaged: {exc}).") from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image rotated as its EXIF Orientation says; as stored when its EXIF cannot be read or
+    written back (a mistyped tag makes Pillow raise any of several errors, and warn)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            image = Image.open(io.BytesIO(raw))  # reads the header only
-        except Image.DecompressionBombError:
-            raise _too_large(field, None, max_pixels) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise _invalid(field, f"Not an image: send a {', '.join(FORMATS)} file.") from None
-        if image.format not in FORMATS:
-            raise _invalid(field, f"Unsupported image format {image.format}: send {', '.join(FORMATS)}.")
-        width, height = image.size
-        if width * height > max_pixels:
-            raise _too_large(field, image.size, max_pixels)
-        if width < 1 or height < 1:
-            raise _invalid(field, "The image has no pixels.")
-        try:
-            image.seek(0)
-            image.load()
-        except Image.DecompressionBombError:
-            raise _too_large(field, image.size, max_pixels) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise _invalid(field, f"The image could not be decoded (truncated or damaged: {exc}).") from None
-    return ImageOps.exif_transpose(image)
+            return ImageOps.exif_transpose(image)
+        except Exception:  # noqa: BLE001 - any failure of the EXIF is the EXIF's, the pixels are fine
+            return image
+
+
+def text_chunks(raw: bytes, field: str, max_pixels: int) -> dict[str, str]:
+    """An image's text chunks (a PNG's ``tEXt``/``zTXt``/``iTXt``; none for other formats), with
+    :func:`open_image`'s checks: a bomb is refused from its header. A still PNG is decoded (at most
+    ``max_pixels``) to reach chunks written after its pixels; an animated one only to its first
+    frame, whose chunks are those before its pixels: seeking to the last frame decodes them all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = _opened(raw, field, max_pixels, None)
+        if image.format != "PNG":
+            return {}
+        if getattr(image, "is_animated", False):
+            return {str(k): str(v) for k, v in image.info.items() if isinstance(v, str)}
+        _decode(image, field, max_pixels)
+        return {str(k): str(v) for k, v in image.text.items()}
 
 
 def _too_large(field: str, size: tuple[int, int] | None, max_pixels: int) -> ImageTooLarge:
