@@ -127,3 +127,38 @@ async def test_a1111_img2img_above_max_batch_runs_every_chunk_on_the_same_inputs
     data = await resp.json()
     assert len(data["images"]) == 3 and len(set(json.loads(data["info"])["all_seeds"])) == 3
     assert list((settings.output_dir / "inputs").glob("*.png")) == []  # and then nothing is left behind
+
+
+def _multipart(*parts: bytes, boundary: str = "XyZ") -> tuple[bytes, dict[str, str]]:
+    """A multipart body of raw parts (headers and content as given), as no client library writes it."""
+    body = b"".join(b"--" + boundary.encode() + b"\r\n" + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def _text_part(name: str, value: str, content_type: str = "text/plain") -> bytes:
+    return f'Content-Disposition: form-data; name="{name}"\r\nContent-Type: {content_type}\r\n\r\n{value}'.encode()
+
+
+IMAGE_PART = b'Content-Disposition: form-data; name="image"; filename="p.png"\r\nContent-Type: image/png\r\n\r\n' + encode(picture(64, 64))
+
+
+@pytest.mark.parametrize(("part", "words"), [
+    (_text_part("prompt", "x", "text/plain; charset=bogus-charset"), "bogus-charset"),  # a LookupError: it answered 500
+    (b"no headers, and no blank line before the content", "headers"),  # not a header line: it answered 500
+    (b"\r\nno headers at all", "name"),
+])
+@pytest.mark.parametrize("path", ["/v1/images/edits", "/v1/images/variations"])
+async def test_a_multipart_part_that_cannot_be_read_is_a_400(client, path, part, words):
+    body, headers = _multipart(part, IMAGE_PART)  # the bad part first: nothing spooled to a file yet
+    resp = await client.post(path, data=body, headers=headers)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "invalid_body" and words in error["message"]
+
+
+@pytest.mark.parametrize(("name", "value"), [("size", "9" * 5000 + "x64"), ("n", "9" * 5000), ("guidance_scale", "9" * 5000)])
+async def test_a_form_number_with_thousands_of_digits_is_a_400_naming_it(client, name, value):
+    body, headers = _multipart(_text_part("prompt", "x"), _text_part(name, value), IMAGE_PART)
+    resp = await client.post("/v1/images/edits", data=body, headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == name

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 from marshmallow import Schema, fields, validate
 
 from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed
@@ -53,14 +54,23 @@ async def _read_form(request: web.Request) -> tuple[dict[str, Any], list[bytes],
         raise UnsupportedMediaType(f"send the body as multipart/form-data (got {request.content_type!r})")
     try:
         form = await request.post()
-    except ValueError as exc:
-        raise InvalidBody(f"the multipart body cannot be read: {exc}") from None
+    except (ValueError, LookupError, HttpProcessingError) as exc:
+        # ValueError: a part without a name, bytes that are not its charset; LookupError: a charset
+        # Python does not know; HttpProcessingError: a part whose header lines are not headers.
+        raise InvalidBody(f"the multipart body cannot be read: {_reason(exc)}") from None
     try:
         return _form_values(form)
     finally:
         for value in form.values():  # the uploads aiohttp spooled to temporary files
             if hasattr(value, "file"):
                 value.file.close()
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, in one line (aiohttp's header errors carry the bytes they could not parse)."""
+    if isinstance(exc, HttpProcessingError):
+        return f"a part's headers are malformed ({exc.message.splitlines()[0][:200]})"
+    return str(exc)[:200]
 
 
 def _form_values(form: Any) -> tuple[dict[str, Any], list[bytes], bytes | None]:

@@ -43,11 +43,17 @@ def _native_near(aspect: float, fitted: tuple[int, int], max_width: int, max_hei
     return min(close, key=lambda size: abs(size[0] / size[1] - aspect), default=None)
 
 
+MAX_SIDE = 100_000  # a side a client may ask for (then fitted to the limits)
+
+
 def parse_size(text: str) -> tuple[int, int] | None:
-    """``'WIDTHxHEIGHT'`` (ASCII digits, both above 0) as a pair, else None."""
+    """``'WIDTHxHEIGHT'`` (ASCII digits, each side 1 to ``MAX_SIDE``) as a pair, else None. The
+    digits are counted before ``int()`` reads them: Python refuses more than 4300 (``ValueError``)."""
     width, sep, height = text.partition("x")
     if not sep or not (width.isascii() and width.isdigit() and height.isascii() and height.isdigit()):
         return None
-    if not (0 < int(width) <= 100_000 and 0 < int(height) <= 100_000):
+    if max(len(width), len(height)) > len(str(MAX_SIDE)):
+        return None
+    if not (0 < int(width) <= MAX_SIDE and 0 < int(height) <= MAX_SIDE):
         return None
     return int(width), int(height)
