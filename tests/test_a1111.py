@@ -8,6 +8,7 @@ import io
 import json
 
 import aiohttp
+import pytest
 
 from doubles import PausingEngine, SmallMemoryEngine
 from PIL import Image
@@ -241,3 +242,44 @@ async def test_an_interrupt_after_the_out_of_memory_fallback_marks_only_the_stop
     assert "the last stopped at step 1 of 2" in json.loads(body["info"])["extra_generation_params"]["Server notes"]
     job = await (await client.get(f"/api/v1/jobs/{started[-1]['id']}")).json()
     assert [image["meta"].get("interrupted_at_step") for image in job["images"]] == [None, 1]
+
+
+# A valid value for every numeric field of the two A1111 request schemas (the walk below checks
+# that this covers them all, so a field added later is walked too).
+NUMERIC_SAMPLES = {
+    "width": 64, "height": 64, "steps": 2, "cfg_scale": 6.5, "seed": 3, "batch_size": 1, "n_iter": 1, "refiner_switch_at": 0.5,
+    "denoising_strength": 1.0, "mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res_padding": 8,
+    "inpainting_mask_invert": 0, "resize_mode": 0,
+}
+
+
+def _numeric_fields(schema) -> set[str]:
+    from marshmallow import fields
+
+    from sdxl_server.api.a1111 import Number
+
+    return {name for name, field in schema.fields.items() if isinstance(field, (fields.Number, Number))}
+
+
+@pytest.mark.parametrize("form", ["numeric string", "null"])
+async def test_every_numeric_field_of_both_routes_takes_a_numeric_string_and_null(client, form):
+    """A1111 (pydantic) reads "0.75" as 0.75 and null as the default; img2img's and the refiner's
+    fields answered 422 (the AIYA Discord bot sends denoising_strength as a string)."""
+    from images import b64, picture
+
+    from sdxl_server.api.a1111 import Txt2ImgSchema
+    from sdxl_server.api.a1111_img2img import Img2ImgSchema
+
+    txt2img, img2img = _numeric_fields(Txt2ImgSchema()), _numeric_fields(Img2ImgSchema())
+    assert txt2img | img2img == set(NUMERIC_SAMPLES)
+    for path, names, extra in (("/sdapi/v1/txt2img", txt2img, {}),
+                               ("/sdapi/v1/img2img", txt2img | img2img, {"init_images": [b64(picture(64, 64))]})):
+        body = {"prompt": "x", **extra, **{name: str(NUMERIC_SAMPLES[name]) if form != "null" else None for name in names}}
+        resp = await client.post(path, json=body)
+        assert resp.status == 200, (path, await resp.text())
+        info = json.loads((await resp.json())["info"])
+        if form == "null":
+            assert info["steps"] == client.app[keys.SETTINGS].default_steps
+        else:
+            assert (info["steps"], info["seed"], info["cfg_scale"]) == (2, 3, 6.5)
+            assert path.endswith("txt2img") or info["denoising_strength"] == 1.0

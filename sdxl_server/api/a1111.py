@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from marshmallow import EXCLUDE, Schema, fields
+from marshmallow import EXCLUDE, Schema, fields, missing
 from marshmallow import validate as validate_
 
 from ..errors import ApiError, Conflict, ValidationFailed
@@ -115,7 +115,7 @@ class Txt2ImgSchema(Schema):
     send_images = fields.Boolean(load_default=True, allow_none=True)
     refiner_checkpoint = fields.String(load_default=None, allow_none=True,
                                        metadata={"description": "Any refiner name runs the configured refiner; empty or 'None': no refiner."})
-    refiner_switch_at = StrictFloat(load_default=0.8)
+    refiner_switch_at = Number(load_default=0.8, as_float=True)
 
 
 class ProgressQuerySchema(Schema):
@@ -134,13 +134,23 @@ class OptionsSchema(Schema):
     sd_model_checkpoint = fields.String(validate=validate_.Length(max=MAX_MODEL_NAME))
 
 
+def validate_a1111(schema: Schema, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` loaded by one of the A1111 schemas, ``null`` read as the field's default, as
+    FastAPI does for A1111's optional fields (None stays only where the default is None)."""
+    loaded = validate(schema, body)
+    for name, field in schema.fields.items():
+        if name in loaded and loaded[name] is None and field.load_default not in (None, missing):
+            loaded[name] = field.load_default
+    return loaded
+
+
 def request_schema_for_spec(settings) -> Schema:
     """The txt2img fields with the server's limits, for the OpenAPI document (other fields are
     accepted and ignored; ``batch_size`` x ``n_iter`` may be at most ``MAX_BATCH``)."""
     core = generate_request_fields(settings)
     spec_fields = {
         **Txt2ImgSchema().fields,
-        **{name: core[name] for name in ("prompt", "negative_prompt", "width", "height", "steps", "seed")},
+        **{name: core[name] for name in ("prompt", "negative_prompt", "width", "height", "steps", "seed", "refiner_switch_at")},
         "cfg_scale": core["guidance_scale"],
         "batch_size": StrictInteger(load_default=1, validate=validate_.Range(min=1, max=settings.max_batch)),
         "n_iter": StrictInteger(load_default=1, validate=validate_.Range(min=1, max=settings.max_batch)),
@@ -173,10 +183,7 @@ def _scheduler(sampler: str | None, schedule: str | None, notes: list[str]) -> s
 
 def core_request(body: dict[str, Any], settings) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Our request for an A1111 body, the body as read, and the notes for ``info`` (what was changed)."""
-    request = validate(Txt2ImgSchema(), body)
-    for name, default in (("prompt", ""), ("negative_prompt", ""), ("batch_size", 1), ("n_iter", 1), ("send_images", True)):
-        if request[name] is None:
-            request[name] = default
+    request = validate_a1111(Txt2ImgSchema(), body)
     notes: list[str] = []
     core: dict[str, Any] = {
         "prompt": request["prompt"],

@@ -15,9 +15,9 @@ from marshmallow import validate as validate_
 
 from ..params import INPAINTING_FILLS, RESIZE_MODES
 from . import keys
-from .a1111 import NAMES, core_request, request_schema_for_spec, respond
+from .a1111 import NAMES, Number, core_request, request_schema_for_spec, respond, validate_a1111
 from .image_inputs import stored_inputs
-from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
+from .schemas import StrictInteger, generate_request_fields, to_params
 from .validation import read_json_object, validate
 
 IMG2IMG_NAMES = {
@@ -35,16 +35,18 @@ class Img2ImgSchema(Schema):
 
     init_images = fields.List(fields.String(), required=True, validate=validate_.Length(min=1),
                               metadata={"description": "base64 images; the first is used."})
-    denoising_strength = StrictFloat(load_default=0.75)
+    denoising_strength = Number(load_default=0.75, as_float=True)
     mask = fields.String(load_default=None, allow_none=True, metadata={"description": "base64; white repaints."})
-    mask_blur = StrictInteger(load_default=4)
-    inpainting_fill = StrictInteger(load_default=1, validate=validate_.OneOf(list(INPAINTING_FILLS)),
-                                    metadata={"description": "0 fill, 1 original, 2 latent noise, 3 latent nothing."})
-    inpaint_full_res = fields.Boolean(load_default=False, metadata={"description": "Repaint only the masked area, at full resolution."})
-    inpaint_full_res_padding = StrictInteger(load_default=32)
-    inpainting_mask_invert = StrictInteger(load_default=0, validate=validate_.OneOf([0, 1]))
-    resize_mode = StrictInteger(load_default=0, validate=validate_.OneOf(list(RESIZE_MODES)))
-    include_init_images = fields.Boolean(load_default=False, metadata={"description": "Echo the images in parameters."})
+    mask_blur = Number(load_default=4)
+    inpainting_fill = Number(load_default=1, validate=validate_.OneOf(list(INPAINTING_FILLS)),
+                             metadata={"description": "0 fill, 1 original, 2 latent noise, 3 latent nothing."})
+    inpaint_full_res = fields.Boolean(load_default=False, allow_none=True,
+                                      metadata={"description": "Repaint only the masked area, at full resolution."})
+    inpaint_full_res_padding = Number(load_default=32)
+    inpainting_mask_invert = Number(load_default=0, validate=validate_.OneOf([0, 1]))
+    resize_mode = Number(load_default=0, validate=validate_.OneOf(list(RESIZE_MODES)))
+    include_init_images = fields.Boolean(load_default=False, allow_none=True,
+                                         metadata={"description": "Echo the images in parameters."})
 
 
 def img2img_schema_for_spec(settings) -> Schema:
@@ -56,6 +58,9 @@ def img2img_schema_for_spec(settings) -> Schema:
         "denoising_strength": core["strength"],
         "mask_blur": core["mask_blur"],
         "inpaint_full_res_padding": core["mask_padding"],
+        "inpainting_fill": core["inpainting_fill"],
+        "resize_mode": core["resize_mode"],
+        "inpainting_mask_invert": StrictInteger(load_default=0, validate=validate_.OneOf([0, 1])),
     }
     return Schema.from_dict(spec_fields, name="Img2ImgRequest")(unknown=EXCLUDE)
 
@@ -65,7 +70,7 @@ async def img2img(request: web.Request) -> web.Response:
     app = request.app
     body = await read_json_object(request)
     core, original, notes = core_request(body, app[keys.SETTINGS])
-    extra = validate(Img2ImgSchema(), body)
+    extra = validate_a1111(Img2ImgSchema(), body)
     core.update(
         init_image=extra["init_images"][0], strength=extra["denoising_strength"], mask=extra["mask"],
         mask_blur=extra["mask_blur"], inpainting_fill=extra["inpainting_fill"],
