@@ -11,7 +11,7 @@ import pytest
 from sdxl_server.api.a1111_probes import parse_infotext
 from sdxl_server.api.forwarded import _host
 from sdxl_server.pipeline.model_catalog import MAX_MODEL_NAME, without_hash
-from sdxl_server.pipeline.prompt_syntax import attention_problem, extract_loras, parse_attention
+from sdxl_server.pipeline.prompt_syntax import extract_loras, parse_attention
 
 # Generous: each takes milliseconds once it is linear, seconds to hours if not. CPU time of this
 # thread, so that other processes sharing the machine's cores do not count.
@@ -31,8 +31,8 @@ def _prompt_cases() -> list[str]:
 # Every function that runs a regular expression over client text, with input that made the old
 # patterns backtrack (quadratically, or worse).
 CASES = [
-    *[("prompt syntax", lambda text: (parse_attention(text), attention_problem(text), extract_loras(text)), text)
-      for text in _prompt_cases()],
+    *[("prompt syntax", parse_attention, text) for text in _prompt_cases()],  # attention_problem's parse too
+    *[("lora tags", extract_loras, text) for text in _prompt_cases()],
     *[("model name", without_hash, text) for text in (SPACES, "a" + SPACES + "b", SPACES + "[01234567]", "a [" + "0" * N)],
     *[("png-info", parse_infotext, "prompt\n" + text) for text in (
         SPACES + "x", SPACES + ":" + SPACES, "Steps: 1," + SPACES, 'a:"' + '\\"' * (N // 2), 'k:"a,' * (N // 5), "a: " * (N // 3),

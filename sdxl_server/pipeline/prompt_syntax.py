@@ -85,23 +85,25 @@ def _parse(text: str) -> tuple[list[tuple[str, float]], bool]:
     """The merged runs, and whether an opening bracket was past ``MAX_NESTING`` (read as text).
 
     A closing bracket multiplies every run since its opening one, so bounding how many are open at
-    once bounds the work to ``MAX_NESTING`` passes over the runs; text between two brackets is one
-    run (its pieces joined once at the end), however many escapes or stray brackets it holds."""
-    runs: list[list] = []  # [pieces of text, weight]
+    once bounds the work to ``MAX_NESTING`` passes over the weights; text between two brackets is
+    one run, however many escapes or stray brackets it holds. Runs are kept flat (run ``i`` is
+    ``pieces[starts[i]:starts[i + 1]]`` at ``weights[i]``): no object per run."""
+    pieces: list[str] = []
+    starts: list[int] = []
+    weights: list[float] = []
     round_open: list[int] = []
     square_open: list[int] = []
     too_deep = False
     fresh = 0  # runs from here on were added since the last bracket or BREAK: text may join them
 
-    def add(piece: str) -> None:
-        if len(runs) > fresh:
-            runs[-1][0].append(piece)
-        else:
-            runs.append([[piece], 1.0])
+    def add(piece: str, weight: float = 1.0) -> None:
+        if len(starts) <= fresh:
+            starts.append(len(pieces))
+            weights.append(weight)
+        pieces.append(piece)
 
     def multiply_from(start: int, multiplier: float) -> None:
-        for run in runs[start:]:
-            run[1] *= multiplier
+        weights[start:] = [weight * multiplier for weight in weights[start:]]
 
     for match in _ATTENTION.finditer(text):
         token, weight = match.group(0), match.group(1)
@@ -113,9 +115,9 @@ def _parse(text: str) -> tuple[list[tuple[str, float]], bool]:
             add(token)
             continue
         if token == "(":
-            round_open.append(len(runs))
+            round_open.append(len(starts))
         elif token == "[":
-            square_open.append(len(runs))
+            square_open.append(len(starts))
         elif weight is not None and round_open and _is_number(weight):
             multiply_from(round_open.pop(), float(weight))
         elif token == ")" and round_open:
@@ -125,16 +127,17 @@ def _parse(text: str) -> tuple[list[tuple[str, float]], bool]:
         else:
             for index, part in enumerate(_break_parts(token)):
                 if index:
-                    runs.append([[BREAK], -1.0])
-                    fresh = len(runs)
+                    fresh = len(starts)
+                    add(BREAK, -1.0)
+                    fresh = len(starts)
                 add(part)
             continue
-        fresh = len(runs)
+        fresh = len(starts)
     for start in round_open:
         multiply_from(start, ROUND_MULTIPLIER)
     for start in square_open:
         multiply_from(start, SQUARE_MULTIPLIER)
-    return _merged([("".join(pieces), weight) for pieces, weight in runs]), too_deep
+    return _merged(pieces, starts, weights), too_deep
 
 
 def _break_parts(token: str) -> list[str]:
@@ -149,19 +152,17 @@ def _break_parts(token: str) -> list[str]:
     return parts
 
 
-def _merged(runs: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Neighbouring runs of equal weight as one (joined once: ``+=`` on each would be quadratic)."""
-    if not runs:
+def _merged(pieces: list[str], starts: list[int], weights: list[float]) -> list[tuple[str, float]]:
+    """Neighbouring runs of equal weight as one, each joined once (``+=`` would be quadratic)."""
+    if not starts:
         return [("", 1.0)]
     merged: list[tuple[str, float]] = []
-    texts, weight = [runs[0][0]], runs[0][1]
-    for text, run_weight in runs[1:]:
-        if run_weight == weight:
-            texts.append(text)
-        else:
-            merged.append(("".join(texts), weight))
-            texts, weight = [text], run_weight
-    merged.append(("".join(texts), weight))
+    first = 0
+    for index in range(1, len(starts) + 1):
+        if index == len(starts) or weights[index] != weights[first]:
+            end = starts[index] if index < len(starts) else len(pieces)
+            merged.append(("".join(pieces[starts[first]:end]), weights[first]))
+            first = index
     return merged
 
 
