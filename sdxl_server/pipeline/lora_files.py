@@ -74,12 +74,13 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def header_problem(header: dict[str, Any]) -> str | None:
-    """What is wrong with a header's shape (None: nothing), as safetensors lays it out: an object
-    ``__metadata__`` and, for each tensor, an object with a string ``dtype``, a ``shape`` of
-    non-negative integers and two integer ``data_offsets``. Valid JSON of another shape must make
-    one file unusable, never every listing fail."""
-    if not isinstance(header.get("__metadata__", {}), dict):
-        return "not a safetensors file (__metadata__ is not an object)"
+    """What is wrong with a header's shape (None: nothing), as safetensors lays it out (and reads
+    it when the file is loaded): an optional ``__metadata__`` object of strings and, for each
+    tensor, an object with a string ``dtype``, a ``shape`` of non-negative integers and two integer
+    ``data_offsets``. Valid JSON of another shape must make one file unusable, never every listing fail."""
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        return "not a safetensors file (__metadata__ is not an object of strings)"
     for key, spec in header.items():
         if key == "__metadata__":
             continue
@@ -143,7 +144,7 @@ def inspect(path: Path, stat: os.stat_result | None = None) -> LoraFile:
     problem = header_problem(header)
     if problem:
         return LoraFile(name, path, stat.st_size, stat.st_mtime, "unknown", None, problem=problem)
-    metadata = {k: str(v) for k, v in header.pop("__metadata__", {}).items()}
+    metadata: dict[str, str] = header.pop("__metadata__", None) or {}
     keys = list(header)
     layout, family = _layout(keys), _family(metadata, keys)
     if layout == "unknown":
