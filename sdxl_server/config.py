@@ -131,7 +131,11 @@ class Settings:
     max_width: int = _setting("MAX_WIDTH", 1280, _int_range(64, 8192), "largest width a request may ask for")
     max_height: int = _setting("MAX_HEIGHT", 1280, _int_range(64, 8192), "largest height a request may ask for")
     max_steps: int = _setting("MAX_STEPS", 50, _int_range(1, 1000), "most steps a request may ask for")
-    max_batch: int = _setting("MAX_BATCH", 4, _int_range(1, 64), "most images one request may ask for")
+    max_batch: int = _setting("MAX_BATCH", 4, _int_range(1, 64), "most images one job (one pipeline call) makes")
+    max_request_images: int = _setting(
+        "MAX_REQUEST_IMAGES", 16, _int_range(1, 1000),
+        "most images one compatible request makes (A1111's batch_size x n_iter, OpenAI's n), in jobs of at most MAX_BATCH",
+    )
     max_concurrency: int = _setting(
         "MAX_CONCURRENCY", 0, _concurrency,
         "generations at once (0: auto): 1 with BACKEND=local; with BACKEND=ray up to the replicas' total (the default)",
