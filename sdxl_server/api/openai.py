@@ -23,7 +23,7 @@ from . import keys
 from .batches import generate_images
 from .forwarded import public_base
 from .image_formats import FORMATS, reencode
-from .loras import with_loras
+from .loras import prompt_as_used, with_loras
 from .models import openai_model, usable_entries, with_model
 from .schemas import StrictInteger, generate_request_fields, to_params
 from .sizes import fit_size, parse_size
@@ -182,6 +182,8 @@ async def images_response(request: web.Request, params: GenerationParams, asked:
     else:
         base = public_base(request)  # PUBLIC_URL, else the scheme and host as trusted proxies forward them
         data = [{"url": base + image["image_url"]} for image in images]
+    used = prompt_as_used(params.prompt, app[keys.SETTINGS].prompt_syntax)
+    data = [{**item, "revised_prompt": used} for item in data]  # as DALL-E 3 answers (Home Assistant reads it)
     created = int((await app[keys.QUEUE].find(job_id)).created_at)
     return web.json_response({
         "created": created, "data": data, "size": f"{params.width}x{params.height}",

@@ -220,6 +220,7 @@ class OpenAIErrorSchema(Schema):
 class OpenAIImageSchema(Schema):
     url = fields.String(metadata={"description": "With response_format=url (the default but for gpt-image-*): a PNG."})
     b64_json = fields.String(metadata={"description": "With response_format=b64_json: the image in output_format, base64."})
+    revised_prompt = fields.String(metadata={"description": "The prompt as the model was given it (without <lora:...> tags)."})
 
 
 class OpenAIImagesResponseSchema(Schema):
