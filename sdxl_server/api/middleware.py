@@ -7,7 +7,6 @@ before any handler runs (used by :mod:`.server`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import (
@@ -18,13 +17,13 @@ from aiohttp.http_exceptions import (
 
 from ..errors import ApiError, short_message
 from .openai import error_body as openai_error_body
-from .route_table import Access, Family
+from .route_table import Access, Family, View
 from .routes import access_of
 from .validation import ClientDisconnected, UnreadableBody
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = View  # a view, or the rest of the middleware chain
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 

@@ -9,7 +9,9 @@ from functools import partial
 
 from aiohttp import web
 
-from . import a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, views, websocket
+from . import (
+    a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, views, websocket,
+)
 from .route_table import (
     BODY_ERRORS,
     JSON,
@@ -21,6 +23,7 @@ from .route_table import (
     Prefix,
     Route,
     Scope,
+    View,
     array_of,
     errors,
 )
@@ -33,8 +36,10 @@ openai_route = partial(Route, family=Family.OPENAI, tags=("openai",))
 a1111_route = partial(Route, family=Family.A1111, tags=("a1111",))
 
 
-def _as_a1111(schema: dict) -> dict[int, tuple[str, str, dict]]:
-    return {200: (JSON, "As A1111 answers", schema)}
+def _a1111_probe(path: str, view: View, what: str, json_type: str) -> Route:
+    """One of the A1111 listings clients probe before they generate: read, answered as A1111 does."""
+    return a1111_route("GET", path, view, READ, f"AUTOMATIC1111 API: {what}", {
+        200: (JSON, "As A1111 answers", {"type": json_type})})
 
 
 def _done() -> dict[int, tuple[str, str, dict]]:
@@ -81,26 +86,18 @@ ROUTES: tuple[Route, ...] = (
                 "AUTOMATIC1111 API: stop the running request (its txt2img answers 200 with what it made)", _done()),
     a1111_route("POST", "/sdapi/v1/skip", a1111.skip, GENERATE,
                 "AUTOMATIC1111 API: stop the running pipeline call; its request goes on", _done()),
-    a1111_route("GET", "/sdapi/v1/upscalers", a1111_probes.upscalers, READ,
-                "AUTOMATIC1111 API: upscalers (only None: this server does not upscale)", _as_a1111({"type": "array"})),
-    a1111_route("GET", "/sdapi/v1/latent-upscale-modes", a1111_probes.latent_upscale_modes, READ,
-                "AUTOMATIC1111 API: latent upscale modes (none: no hires fix)", _as_a1111({"type": "array"})),
-    a1111_route("GET", "/sdapi/v1/sd-vae", a1111_probes.sd_vae, READ,
-                "AUTOMATIC1111 API: the model's separate VAE, if it has one", _as_a1111({"type": "array"})),
-    a1111_route("GET", "/sdapi/v1/sd-modules", a1111_probes.empty_list, READ,
-                "AUTOMATIC1111 API: text-encoder/VAE modules (none)", _as_a1111({"type": "array"})),
-    a1111_route("GET", "/sdapi/v1/face-restorers", a1111_probes.empty_list, READ,
-                "AUTOMATIC1111 API: face restorers (none)", _as_a1111({"type": "array"})),
-    a1111_route("GET", "/sdapi/v1/prompt-styles", a1111_probes.empty_list, READ,
-                "AUTOMATIC1111 API: prompt styles (none)", _as_a1111({"type": "array"})),
-    a1111_route("GET", "/sdapi/v1/scripts", a1111_probes.scripts, READ,
-                "AUTOMATIC1111 API: scripts (none)", _as_a1111({"type": "object"})),
-    a1111_route("GET", "/sdapi/v1/embeddings", a1111_probes.embeddings, READ,
-                "AUTOMATIC1111 API: textual-inversion embeddings (none)", _as_a1111({"type": "object"})),
-    a1111_route("GET", "/sdapi/v1/cmd-flags", a1111_probes.cmd_flags, READ,
-                "AUTOMATIC1111 API: the flags that mean something here", _as_a1111({"type": "object"})),
-    a1111_route("GET", "/sdapi/v1/memory", a1111_probes.memory, READ,
-                "AUTOMATIC1111 API: RAM and CUDA memory", _as_a1111({"type": "object"})),
+    _a1111_probe("/sdapi/v1/upscalers", a1111_probes.upscalers,
+                 "upscalers (only None: this server does not upscale)", "array"),
+    _a1111_probe("/sdapi/v1/latent-upscale-modes", a1111_probes.latent_upscale_modes,
+                 "latent upscale modes (none: no hires fix)", "array"),
+    _a1111_probe("/sdapi/v1/sd-vae", a1111_probes.sd_vae, "the model's separate VAE, if it has one", "array"),
+    _a1111_probe("/sdapi/v1/sd-modules", a1111_probes.empty_list, "text-encoder/VAE modules (none)", "array"),
+    _a1111_probe("/sdapi/v1/face-restorers", a1111_probes.empty_list, "face restorers (none)", "array"),
+    _a1111_probe("/sdapi/v1/prompt-styles", a1111_probes.empty_list, "prompt styles (none)", "array"),
+    _a1111_probe("/sdapi/v1/scripts", a1111_probes.scripts, "scripts (none)", "object"),
+    _a1111_probe("/sdapi/v1/embeddings", a1111_probes.embeddings, "textual-inversion embeddings (none)", "object"),
+    _a1111_probe("/sdapi/v1/cmd-flags", a1111_probes.cmd_flags, "the flags that mean something here", "object"),
+    _a1111_probe("/sdapi/v1/memory", a1111_probes.memory, "RAM and CUDA memory", "object"),
     a1111_route("POST", "/sdapi/v1/png-info", a1111_probes.png_info, READ,
                 "AUTOMATIC1111 API: a PNG's generation parameters (its parameters text chunk)", {
                     200: (JSON, "info (the text), items (other text chunks), parameters (parsed)", {"type": "object"}),
