@@ -62,7 +62,7 @@ ANONYMOUS = Identity(None, frozenset({Scope.PUBLIC}))  # API_KEY set, no valid k
 API_KEY_HOLDER = Identity(API_KEY_NAME, ALL_SCOPES)
 # Where the auth middleware puts the caller: ``request[IDENTITY]``. A typed key where aiohttp has
 # them (3.14 on); the older releases setup.cfg allows take this plain string.
-IDENTITY: Any = web.RequestKey("identity", Identity) if hasattr(web, "RequestKey") else "sdxl_server.identity"
+IDENTITY = web.RequestKey("identity", Identity) if hasattr(web, "RequestKey") else "sdxl_server.identity"
 
 
 def _is_websocket(request: web.Request) -> bool:
