@@ -155,6 +155,14 @@ class Settings:
         "MAX_IMAGE_BODY_BYTES", 32 * 1024 * 1024, _int_range(1024, 1024 * 1024 * 1024),
         "request body size on the routes that carry images (a PNG at the largest size plus a mask, base64)",
     )
+    body_min_rate: int = _setting(
+        "BODY_MIN_RATE", 8192, _int_range(1, 1 << 30),
+        "bytes per second a request body must keep arriving at (checked every 10 s); slower: 408",
+    )
+    max_receiving_bodies: int = _setting(
+        "MAX_RECEIVING_BODIES", 32, _int_range(1, 100_000),
+        "requests whose bodies may be arriving at once; more: 503 until some have arrived",
+    )
     max_input_pixels: int = _setting(
         "MAX_INPUT_PIXELS", 4096 * 4096, _int_range(64 * 64, 1 << 30),
         "most pixels an input image may have (larger ones are refused before decoding; smaller ones are fitted)",

@@ -33,6 +33,7 @@ from .routes import ROUTES, add_routes
 from .schemas import generate_request_schema
 from .security import add_cors_headers, auth_middleware, cors_middleware
 from .server import Application
+from .slow_bodies import slow_body_middleware
 
 
 def default_engine_factory(settings: Settings) -> Any:
@@ -91,11 +92,13 @@ def _on_second_signal(callback: Callable[[], None]) -> None:
 def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``."""
     app = Application(
-        middlewares=[error_middleware, forwarded_middleware, cors_middleware, auth_middleware, body_limit_middleware],
+        middlewares=[error_middleware, forwarded_middleware, cors_middleware, auth_middleware, body_limit_middleware,
+                     slow_body_middleware],
         client_max_size=settings.max_body_bytes
     )
     app.on_response_prepare.append(add_cors_headers)
     app[keys.SETTINGS] = settings
+    app[keys.RECEIVING] = keys.Receiving(settings.max_receiving_bodies, settings.body_min_rate)
     app[keys.ENGINE_FACTORY] = engine_factory or default_engine_factory
     app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
     app[keys.STATIC_DIR] = find_static_dir()

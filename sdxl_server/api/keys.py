@@ -53,3 +53,16 @@ A1111_JOBS = web.AppKey("a1111_jobs", set)  # ids of the jobs A1111 requests wai
 
 LORAS = web.AppKey("loras", LoraCatalog)  # the files in LORA_DIR (read without torch)
 MODELS = web.AppKey("models", ModelCatalog)  # the default model and MODELS_DIR's (read without torch)
+
+
+@dataclass
+class Receiving:
+    """How many requests are receiving their bodies now, and the limits (one per app)."""
+
+    limit: int
+    min_rate: int
+    window_s: float = 10.0  # how often their progress is checked (api/slow_bodies.py)
+    count: int = 0
+
+
+RECEIVING = web.AppKey("receiving_bodies", Receiving)  # requests whose bodies are arriving (api/slow_bodies.py)

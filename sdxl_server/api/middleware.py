@@ -19,7 +19,7 @@ from ..errors import ApiError, short_message
 from .openai import error_body as openai_error_body
 from .route_table import Access, Family, View
 from .routes import access_of
-from .validation import ClientDisconnected, UnreadableBody
+from .validation import ClientDisconnected
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.Response(status=CLIENT_CLOSED_REQUEST)  # never sent; the access log shows it
     except ApiError as exc:
         response = error_response(request, exc.status, exc.to_dict(), exc.headers)
-        if isinstance(exc, UnreadableBody):
+        if exc.closes_connection:
             response.force_close()
         return response
     except web.HTTPException as exc:

@@ -72,6 +72,8 @@ class UnreadableBody(InvalidBody):
     reading such a body at the bad bytes, so the connection cannot carry another request: the
     middleware closes it after answering."""
 
+    closes_connection = True
+
 
 async def _read(request: web.Request, max_bytes: int | None = None) -> bytes:
     try:
