@@ -4,6 +4,7 @@ gets the untouched base), weights, <lora:...> tags, listings, bad files and limi
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from images import generate_png, pixels
@@ -169,3 +170,14 @@ async def test_the_openapi_document_names_the_usable_loras(lora_client):
     items = spec["components"]["schemas"]["GenerateRequest"]["properties"]["loras"]["items"]
     assert items["properties"]["name"]["enum"] == ["film_grain", "ink"]
     assert items["properties"]["weight"]["minimum"] == -5 and items["properties"]["weight"]["maximum"] == 5
+
+
+async def test_without_the_key_the_openapi_document_names_no_lora_or_model(make_client, lora_settings):
+    client = await make_client(lora_settings.replace(api_key="secret-key"))
+    anonymous = await (await client.get("/openapi.json")).json()
+    request = anonymous["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert "enum" not in request["model"] and "film_grain" not in json.dumps(anonymous)
+    assert "enum" not in json.dumps(request["loras"])
+    spec = await (await client.get("/openapi.json", headers={"Authorization": "Bearer secret-key"})).json()
+    items = spec["components"]["schemas"]["GenerateRequest"]["properties"]["loras"]["items"]
+    assert items["properties"]["name"]["enum"] == ["film_grain", "ink"]

@@ -13,7 +13,7 @@ from sdxl_server.api import keys
 from sdxl_server.api.app import create_app
 from sdxl_server.api.route_table import ALL_SCOPES, BodyLimit, Scope
 from sdxl_server.api.routes import ROUTES, entry_for, unmatched_access
-from sdxl_server.api.security import IDENTITY
+from sdxl_server.api.identity import IDENTITY
 
 KEY = "s3cret-key"
 

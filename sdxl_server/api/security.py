@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -28,7 +27,8 @@ from multidict import CIMultiDict
 from ..errors import ForbiddenOrigin, Unauthorized
 from . import forwarded, keys
 from .middleware import Handler
-from .route_table import ALL_SCOPES, Access, Scope
+from .identity import ANONYMOUS, API_KEY_HOLDER, IDENTITY, OPEN, Identity
+from .route_table import Access
 from .routes import access_of
 
 BEARER_CHALLENGE = CIMultiDict([(hdrs.WWW_AUTHENTICATE, 'Bearer realm="sdxl_server"')])
@@ -40,29 +40,6 @@ WS_TOKEN_PROTOCOL = "bearer."
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-API-Key"
 EXPOSED_HEADERS = "Location, Retry-After"
-API_KEY_NAME = "api_key"  # the name of the one key, API_KEY; the multi-user issue names its keys
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a request comes from: ``name`` None for an anonymous caller, else the key's name; and
-    what it may do. Nothing reads it yet but the key check: it is where per-user scopes, quotas
-    (a route's ``cost``) and job ownership will start."""
-
-    name: str | None
-    scopes: frozenset[Scope]
-
-    @property
-    def anonymous(self) -> bool:
-        return self.name is None
-
-
-OPEN = Identity(None, ALL_SCOPES)  # no API_KEY: anyone may do anything
-ANONYMOUS = Identity(None, frozenset({Scope.PUBLIC}))  # API_KEY set, no valid key sent
-API_KEY_HOLDER = Identity(API_KEY_NAME, ALL_SCOPES)
-# Where the auth middleware puts the caller: ``request[IDENTITY]``. A typed key where aiohttp has
-# them (3.14 on); the older releases setup.cfg allows take this plain string.
-IDENTITY = web.RequestKey("identity", Identity) if hasattr(web, "RequestKey") else "sdxl_server.identity"
 
 
 def _is_websocket(request: web.Request) -> bool:

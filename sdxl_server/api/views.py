@@ -25,7 +25,9 @@ from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
 from .openapi import with_local_names
+from .route_table import Scope
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
+from .identity import IDENTITY
 from .validation import read_json_object, validate
 
 CANCEL_WAIT_S = 10.0
@@ -70,7 +72,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
+    """The API's description; with the local model and LoRA names only for callers who may list
+    them (``/api/v1/models`` and ``/api/v1/loras`` need the key when one is set)."""
     app = request.app
+    if Scope.READ not in request[IDENTITY].scopes:
+        return web.json_response(app[keys.OPENAPI])
     loras = [f.name for f in await asyncio.to_thread(app[keys.LORAS].files) if f.problem is None]
     models = [entry.name for entry in app[keys.MODELS].entries() if not entry.broken]
     return web.json_response(with_local_names(app[keys.OPENAPI], models, loras))
