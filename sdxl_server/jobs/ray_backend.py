@@ -232,6 +232,8 @@ class RayCluster:
 class RayWork:
     """One job on a Ray Serve replica, from a lane's thread (the queue's ``Work`` protocol)."""
 
+    stops_early = False  # a replica cannot be asked to stop early: A1111's interrupt cancels the job
+
     def __init__(
         self, cluster: RayCluster, store: OutputStore, *, previews_wanted: Callable[[str], bool] = lambda job_id: False
     ) -> None:
