@@ -49,8 +49,9 @@ class Work(Protocol):
 
 @dataclass(eq=False)
 class Job:
-    """One request's life. Changed only on the event loop; the worker thread reads ``id``,
-    ``params`` and ``created_at`` and polls :meth:`cancel_requested`."""
+    """One request's life. Changed only on the event loop, its private flags only by its own
+    transitions (below); the worker thread reads ``id``, ``params`` and ``created_at`` and polls
+    :meth:`cancel_requested`."""
 
     params: GenerationParams
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
