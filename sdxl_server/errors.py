@@ -6,6 +6,7 @@ that turns them into responses. Nothing here imports aiohttp or torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -37,6 +38,15 @@ class ApiError(Exception):
         """As the job store keeps it: the body, and the status to answer with."""
         return {**self.to_dict(), "status": self.status}
 
+    def renamed(self, names: Mapping[str, str] | None) -> ApiError:
+        """This error naming the fields as a client's API calls them (``names``: ours -> theirs)."""
+        if names and self.fields:
+            self.fields = {names.get(name, name): problems for name, problems in self.fields.items()}
+            for ours, theirs in names.items():
+                if self.message.startswith(f"{ours}:"):
+                    self.message = theirs + self.message[len(ours):]
+        return self
+
 
 class InvalidBody(ApiError):
     status, code = 400, "invalid_body"
@@ -44,6 +54,13 @@ class InvalidBody(ApiError):
 
 class ValidationFailed(ApiError):
     status, code = 422, "validation_error"
+
+
+class Unusable(ValidationFailed):
+    """A request names something this server cannot use (a model, a LoRA, the refiner). Raised
+    below the API in the request's own terms: ``fields`` is keyed by the parameter
+    (``model``, ``loras``, ``prompt``, ``refiner``); each API renames them to its client's field
+    (:meth:`ApiError.renamed`)."""
 
 
 class ImageTooLarge(ApiError):

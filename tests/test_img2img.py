@@ -265,5 +265,5 @@ async def test_a_job_adopted_from_its_metadata_keeps_its_mode(client):
 
     data, _ = await _generate(client, init_image=b64(picture(64, 64)), mask=b64(right_half_mask(64, 64)), steps=2)
     record = adopted_record(data["id"], [data["meta"]], client.app[keys.STORE], 0.0)
-    params = GenerationParams(**record["params"])
-    assert params.mode == "inpaint" and params.init_image == data["meta"]["init_image_sha256"]
+    params = GenerationParams.from_dict(record["params"])
+    assert params.mode == "inpaint" and params.inputs["init"] == data["meta"]["init_image_sha256"]

@@ -22,7 +22,7 @@ from aiohttp import web
 from marshmallow import EXCLUDE, Schema, fields
 from marshmallow import validate as validate_
 
-from ..errors import Conflict, ValidationFailed
+from ..errors import ApiError, Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS, GenerationParams
 from . import keys
@@ -219,16 +219,21 @@ async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
     core, original, notes = core_request(await read_json_object(request, untyped_is_json=True), app[keys.SETTINGS])
-    return await respond(app, to_params(_validated(app, core)), original, notes)
+    return await respond(request, to_params(_validated(app, core)), original, notes)
 
 
-async def respond(app: web.Application, params: GenerationParams, original: dict[str, Any], notes: list[str]) -> web.Response:
+async def respond(request: web.Request, params: GenerationParams, original: dict[str, Any], notes: list[str]) -> web.Response:
     """Run ``params`` (its LoRAs and model checked; ``batch_size * n_iter`` images, interrupted ones
     answered with what was made) and answer as A1111 does: ``{images, parameters, info}``
     (``original``: the A1111 request as loaded, echoed in ``parameters``; ``notes``: what was changed)."""
+    app = request.app
     params = await with_model(app, await with_loras(app, params), "override_settings")
     count = original["batch_size"] * original["n_iter"]
-    made = await generate_images(app, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES,
+    most = app[keys.SETTINGS].max_request_images
+    if count > most:
+        notes.append(f"batch_size x n_iter = {count} lowered to {most} images (MAX_REQUEST_IMAGES)")
+        count = most
+    made = await generate_images(request, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES,
                                  track=app[keys.A1111_JOBS])
     metas = [image["meta"] for image in made.images]
     if made.interrupted:
@@ -260,7 +265,7 @@ async def respond(app: web.Application, params: GenerationParams, original: dict
         "sd_model_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": params.strength if params.init_image else 0,
+        "denoising_strength": params.image.strength if params.mode != "txt2img" else 0,
         "extra_generation_params": {"Server notes": "; ".join(notes)} if notes else {},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
@@ -268,7 +273,7 @@ async def respond(app: web.Application, params: GenerationParams, original: dict
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(job_id)).created_at)),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
-        "mask_blur": params.mask_blur if params.mask else None,
+        "mask_blur": params.inpaint.mask_blur if params.mode == "inpaint" else None,
         "version": "sdxl_server",
     }
     parameters = {
@@ -375,5 +380,8 @@ async def set_options(request: web.Request) -> web.Response:
     uses it, as the queue reaches it); other options are accepted and have no effect."""
     wanted = validate(OptionsSchema(), await read_json_object(request, untyped_is_json=True)).get("sd_model_checkpoint")
     if wanted is not None:
-        await asyncio.to_thread(request.app[keys.MODELS].set_default, wanted, "sd_model_checkpoint")
+        try:
+            await asyncio.to_thread(request.app[keys.MODELS].set_default, wanted)
+        except ApiError as exc:
+            raise exc.renamed({"model": "sd_model_checkpoint"}) from None
     return web.json_response(None)

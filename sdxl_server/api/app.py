@@ -29,7 +29,7 @@ from .forwarded import forwarded_middleware
 from .limits import body_limit_middleware
 from .middleware import error_middleware
 from .openapi import build_spec
-from .routes import add_routes
+from .routes import ROUTES, add_routes
 from .schemas import generate_request_schema
 from .security import add_cors_headers, auth_middleware, cors_middleware
 from .server import Application
@@ -99,7 +99,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.ENGINE_FACTORY] = engine_factory or default_engine_factory
     app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
     app[keys.STATIC_DIR] = find_static_dir()
-    app[keys.OPENAPI] = build_spec(settings, __version__)
+    app[keys.OPENAPI] = build_spec(settings, __version__, ROUTES)
     app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     app[keys.A1111_SKIPPED] = set()
     app[keys.A1111_JOBS] = set()

@@ -104,7 +104,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def needed_inputs() -> list[str | None]:
         """The input images the unfinished jobs need (those a shutdown suspended too: they run again)."""
-        return [h for job in queue.unfinished() for h in (job.params.init_image, job.params.mask)]
+        return [sha256 for job in queue.unfinished() for sha256 in job.params.inputs.values()]
 
     def sweep_inputs() -> None:
         """Delete the input images nothing needs any more (unless SAVE_INPUTS)."""

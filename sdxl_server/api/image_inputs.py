@@ -22,11 +22,11 @@ from ..errors import ApiError, ValidationFailed
 from ..jobs import images
 from ..jobs.inputs import InputHold
 from ..jobs.job import Job
-from ..params import INPAINT_AREAS, INPAINTING_FILLS, RESIZE_MODES, GenerationParams, denoising_steps
+from ..params import INPUT_ROLES, INPAINT_AREAS, INPAINTING_FILLS, RESIZE_MODES, GenerationParams, denoising_steps
 from . import keys
 from .schemas import StrictFloat, StrictInteger, StrictString
 
-IMAGE_FIELDS = ("init_image", "mask")
+IMAGE_FIELDS = tuple(role.field for role in INPUT_ROLES.values())
 REFINER_HINT = (
     "no refiner is configured: set REFINER_ID to a refiner's Hub id (e.g. stabilityai/stable-diffusion-xl-refiner-1.0), "
     "folder or .safetensors file (or 'tiny' to try it offline), or put sd_xl_refiner_1.0.safetensors in MODEL_DIR"
@@ -153,18 +153,8 @@ async def stored_inputs(
                     None, decode_inputs, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask
                 )
         except ApiError as exc:
-            raise _renamed(exc, names) from None
+            raise exc.renamed(names) from None
         yield stored
-
-
-def _renamed(exc: ApiError, names: Mapping[str, str] | None) -> ApiError:
-    """``exc`` naming the fields as the client sent them (``names``: ours -> theirs)."""
-    if names and exc.fields:
-        exc.fields = {names.get(name, name): problems for name, problems in exc.fields.items()}
-        for ours, theirs in names.items():
-            if exc.message.startswith(f"{ours}:"):
-                exc.message = theirs + exc.message[len(ours):]
-    return exc
 
 
 async def submit(
@@ -174,10 +164,10 @@ async def submit(
     keeps the job's inputs until the job holds them. Refuses a refiner when none is configured
     (naming the field as the client's API does: ``names``)."""
     try:
-        if params.refiner != "none" and app[keys.ENGINE].describe().get("refiner") is None:
+        if params.refiner.mode != "none" and app[keys.ENGINE].describe().get("refiner") is None:
             raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
         _check_steps(params.to_dict())
     except ApiError as exc:
-        raise _renamed(exc, names) from None
+        raise exc.renamed(names) from None
     return await app[keys.QUEUE].submit(params, **idempotency)
 

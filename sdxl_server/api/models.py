@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..errors import ApiError
 from ..params import GenerationParams
 from ..pipeline.model_catalog import OPENAI_DEFAULT_PREFIXES
 from . import keys
@@ -17,7 +18,10 @@ from . import keys
 async def with_model(app: web.Application, params: GenerationParams, field: str = "model") -> GenerationParams:
     """``params`` naming the model its job runs on (the default when it names none); 422 listing
     the models when it names one this server does not have, or one that is broken."""
-    name = await asyncio.to_thread(app[keys.MODELS].lookup, params.model, field)
+    try:
+        name = await asyncio.to_thread(app[keys.MODELS].lookup, params.model)
+    except ApiError as exc:
+        raise exc.renamed({"model": field}) from None
     return dataclasses.replace(params, model=name)
 
 

@@ -1,6 +1,10 @@
 """The response bodies the server answers with, as marshmallow schemas: they are never loaded,
-only documented (api/openapi.py builds the OpenAPI document from them, and schemathesis checks the
-live answers against it). Request schemas, which validate, live in :mod:`.schemas`."""
+only documented. Each route of the table (:data:`.routes.ROUTES`) names its own, :mod:`.openapi`
+registers them, and schemathesis checks the live answers against the document (a missing
+required key or a wrong type fails a test; tests/test_routes.py checks no schema is left
+unnamed). Views answer plain dicts rather than dump through these: a dump reorders keys, writes a
+``Float`` field's integer as ``7.0``, and silently drops a key its schema forgot. Request
+schemas, which validate, live in :mod:`.schemas`."""
 
 from __future__ import annotations
 
@@ -220,6 +224,7 @@ class OpenAIErrorSchema(Schema):
 class OpenAIImageSchema(Schema):
     url = fields.String(metadata={"description": "With response_format=url (the default but for gpt-image-*): a PNG."})
     b64_json = fields.String(metadata={"description": "With response_format=b64_json: the image in output_format, base64."})
+    revised_prompt = fields.String(metadata={"description": "The prompt as the model was given it (without <lora:...> tags)."})
 
 
 class OpenAIImagesResponseSchema(Schema):

@@ -141,6 +141,13 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
                                      "GET /api/v1/loras lists them."},
         ),
         **image_request_fields(settings),
+        **refiner_request_fields(),
+    }
+
+
+def refiner_request_fields() -> dict[str, fields.Field]:
+    """The refiner's fields of the generation request (its group in :class:`GenerationParams`)."""
+    return {
         "refiner": fields.String(
             load_default="none", validate=validate.OneOf(REFINER_MODES),
             metadata={"description": "'ensemble': the base stops at refiner_switch_at and the refiner finishes the "
@@ -170,7 +177,7 @@ def to_params(data: dict[str, Any], rng: random.Random | None = None) -> Generat
     values = dict(data)
     if values.get("seed") in (None, -1):
         values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
-    return GenerationParams(**values)
+    return GenerationParams.from_dict(values)
 
 
 class JobListQuerySchema(Schema):

@@ -115,7 +115,3 @@ def validate(schema: Schema, body: dict[str, Any], names: dict[str, str] | None 
         problems = {(names or {}).get(name, name): messages for name, messages in problems.items()}
         raise ValidationFailed(f"invalid request: check {', '.join(sorted(problems))}", fields=problems) from None
 
-
-async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
-    """Read and validate the request body in one call."""
-    return validate(schema, await read_json_object(request))

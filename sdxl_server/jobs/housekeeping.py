@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import Interrupted, OutputMissing
-from ..params import GenerationParams
+from ..params import INPUT_ROLES, GenerationParams
 from .outputs import OutputStore
 from .store import JobStore
 
@@ -46,11 +46,9 @@ def _timestamp(text: Any, default: float) -> float:
 def adopted_record(job_id: str, metas: list[dict[str, Any]], outputs: OutputStore, now: float) -> dict[str, Any]:
     """A succeeded job rebuilt from its images' metadata sidecars (the database lost it)."""
     first = metas[0]
-    params = {name: first[name] for name in GenerationParams.__dataclass_fields__ if name in first}
-    for name in ("init_image", "mask"):  # the metadata names the inputs by their hashes
-        if f"{name}_sha256" in first:
-            params[name] = first[f"{name}_sha256"]
-    params["seed"] = first.get("seed", 0)
+    params = GenerationParams.from_dict({**first, "seed": first.get("seed", 0)}).to_dict()
+    for role in INPUT_ROLES.values():  # the metadata names the inputs by their hashes
+        params[role.field] = first.get(f"{role.field}_sha256")
     created = _timestamp(first.get("created_at"), now)
     finished_at = created + float((first.get("timings") or {}).get("total_s") or 0.0)
     return {

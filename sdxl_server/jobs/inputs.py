@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import InputMissing, StorageFailed
+from ..params import INPUT_ROLES, GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,11 @@ class InputStore:
         """The stored input, checked against its hash; ``FileNotFoundError`` if it is gone."""
         return _decoded(sha256, self.path(sha256).read_bytes(), mode)
 
-    def files(self, params: Any) -> dict[str, bytes]:
+    def files(self, params: GenerationParams) -> dict[str, bytes]:
         """The stored files a job's parameters name, by SHA-256: what a Ray replica is sent
         (:class:`SentInputs`). Raises :class:`InputMissing` when one is gone."""
         try:
-            return {sha256: self.path(sha256).read_bytes() for sha256 in (params.init_image, params.mask) if sha256}
+            return {sha256: self.path(sha256).read_bytes() for sha256 in params.inputs.values()}
         except OSError as exc:
             raise InputMissing(f"this job's input cannot be read from {self.root}: {exc}; "
                                "submit the job again with the image") from exc
@@ -168,21 +169,17 @@ class InputStore:
         return deleted
 
 
-def load_inputs(store: InputStore, params: Any) -> dict[str, Any] | None:
-    """The decoded input image and mask a job's parameters name (None for text to image).
-    Raises :class:`InputMissing` when one is gone (deleted by hand, or a lost disk)."""
-    if params.init_image is None:
-        return None
+def load_inputs(store: InputStore | SentInputs, params: GenerationParams) -> dict[str, Any]:
+    """The decoded inputs a job's parameters name, by role, each in its role's image mode (none
+    for text to image). Raises :class:`InputMissing` when one is gone (deleted by hand, or a lost disk)."""
     found: dict[str, Any] = {}
-    for name, sha256, mode in (("init_image", params.init_image, "RGB"), ("mask", params.mask, "L")):
-        if sha256 is None:
-            continue
+    for role, sha256 in params.inputs.items():
+        kind = INPUT_ROLES[role]
         try:
-            found[name] = store.get(sha256, mode)
+            found[role] = store.get(sha256, kind.image_mode)
         except (OSError, ValueError) as exc:
             raise InputMissing(
-                f"this job's {name.replace('_', ' ')} ({sha256}) cannot be read from {store.root}: {exc}; "
+                f"this job's {kind.field.replace('_', ' ')} ({sha256}) cannot be read from {store.root}: {exc}; "
                 "submit the job again with the image"
             ) from exc
     return found
-

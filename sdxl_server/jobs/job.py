@@ -172,7 +172,7 @@ class Job:
     def from_record(cls, record: dict[str, Any]) -> Job:
         """A job read back from the job store."""
         job = cls(
-            params=GenerationParams(**record["params"]), id=record["id"], status=JobStatus(record["status"]),
+            params=GenerationParams.from_dict(record["params"]), id=record["id"], status=JobStatus(record["status"]),
             created_at=record["created_at"], started_at=record["started_at"], finished_at=record["finished_at"],
             step=record["step"], total_steps=record["total_steps"], result=record["result"],
             error=StoredError(record["error"]) if record["error"] else None,

@@ -20,13 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
-from ..params import GenerationParams
+from ..params import INPUT_ROLES, GenerationParams
 from .inputs import InputStore
 from .locking import hold_lock
 
@@ -42,32 +41,26 @@ LOCK_NAME = ".sdxl-server.lock"
 DEFAULT_PNG_COMPRESS_LEVEL = 1
 
 
-_IMAGE_FIELDS = ("init_image", "strength", "mask", "mask_blur", "inpaint_area", "mask_padding", "resize_mode", "inpainting_fill")
-_REFINER_FIELDS = ("refiner", "refiner_switch_at", "refiner_strength")
-_MASK_ONLY = ("mask", "mask_blur", "inpaint_area", "mask_padding", "inpainting_fill")
+# The flat fields each mode uses beyond the core ones (the metadata records only those).
+_MODE_FIELDS = {
+    "txt2img": (),
+    "img2img": ("strength", "resize_mode"),
+    "inpaint": ("strength", "resize_mode", "mask_blur", "inpaint_area", "mask_padding", "inpainting_fill"),
+}
+_REFINER_FIELDS = {"none": (), "ensemble": ("refiner", "refiner_switch_at"), "image": ("refiner", "refiner_strength")}
+_OPTIONAL_FIELDS = {name for names in (*_MODE_FIELDS.values(), *_REFINER_FIELDS.values()) for name in names}
 
 
-def params_meta(params: Any) -> dict[str, Any]:
-    """The parameters as the metadata records them: the mode, and only the fields it uses
-    (the input and mask by SHA-256, as ``init_image_sha256`` and ``mask_sha256``)."""
-    values = params.to_dict()
-    if params.mode == "txt2img":
-        dropped = _IMAGE_FIELDS
-    elif params.mode == "img2img":
-        dropped = _MASK_ONLY
-    else:
-        dropped = ()
-    if params.refiner == "none":
-        dropped = (*dropped, *_REFINER_FIELDS)
-    elif params.refiner == "ensemble":
-        dropped = (*dropped, "refiner_strength")
-    else:
-        dropped = (*dropped, "refiner_switch_at")
-    meta = {name: value for name, value in values.items() if name not in dropped}
+def params_meta(params: GenerationParams) -> dict[str, Any]:
+    """The parameters as the metadata records them: the mode, only the options it uses, and each
+    input by role as ``{field}_sha256`` (``init_image_sha256``, ``mask_sha256``)."""
+    used = {*_MODE_FIELDS[params.mode], *_REFINER_FIELDS[params.refiner.mode]}
+    inputs = {role.field for role in INPUT_ROLES.values()}
+    meta = {name: value for name, value in params.to_dict().items()
+            if name not in inputs and (name not in _OPTIONAL_FIELDS or name in used)}
     meta["mode"] = params.mode
-    for name in ("init_image", "mask"):
-        if name in meta:
-            meta[f"{name}_sha256"] = meta.pop(name)
+    for role, sha256 in params.inputs.items():
+        meta[f"{INPUT_ROLES[role].field}_sha256"] = sha256
     return meta
 
 
@@ -303,9 +296,8 @@ class OutputStore:
 
 def _check_metadata(meta: dict[str, Any]) -> None:
     """Raise ``ValueError`` unless ``meta`` describes a generation this server could have made."""
-    names = [f.name for f in dataclasses.fields(GenerationParams)]
     try:
-        GenerationParams(**{name: meta[name] for name in names if name in meta})
+        GenerationParams.from_dict(meta)
     except TypeError as exc:
         raise ValueError(f"the metadata lacks the generation's parameters ({exc})") from None
     if not isinstance(meta.get("index", 0), int) or not isinstance(meta.get("timings") or {}, dict):

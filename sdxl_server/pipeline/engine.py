@@ -12,15 +12,14 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .. import package_version
 from ..config import Settings
-from ..errors import ApiError, GenerationFailed, JobCancelled, ModelUnavailable, OutOfMemory, short_message
-from ..params import MAX_SEED, GenerationParams
+from ..errors import ApiError, GenerationFailed, ModelUnavailable, OutOfMemory, short_message
+from ..params import GenerationParams
 from .compiling import Compilation, apply_layout_options
 from .decode import decode_latents
 from .loading import apply_memory_options, load_pipeline
@@ -28,9 +27,11 @@ from .lora_files import LoraCatalog
 from .loras import LoraAdapters
 from .memory import MemoryPlan, plan_memory
 from .model_catalog import ModelCatalog
-from .modes import ModePipelines, ModeRun, prepare_run
-from .prompt_encoding import count_prompt_tokens, encode_request_prompts, refiner_prompts
-from .refiner import Refiner, plan
+from .modes import ModePipelines, prepare_run
+from .passes import PassContext
+from .plan import Generation, PlanRunner, StepCallback, build_plan
+from .prompt_encoding import count_prompt_tokens, encode_request_prompts
+from .refiner import Refiner
 from .switching import LoadedModel, ModelCache
 from .runtime import Runtime, resolve_runtime
 from .schedulers import make_scheduler, sampler_label
@@ -38,16 +39,6 @@ from .sources import fix_hint, resolve_model_source
 from .text_encoders import text_encoders_on
 
 log = logging.getLogger(__name__)
-
-StepCallback = Callable[[int, int, "torch.Tensor"], None]
-"""``on_step(step, total_steps, latents)``; ``step`` counts completed steps from 1."""
-
-@dataclass
-class Generation:
-    """What one pipeline call produced: PIL images and facts for the metadata."""
-
-    images: list[Any]
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _seconds(start: Any, end: Any) -> float:
@@ -151,10 +142,10 @@ class Engine:
     def _prompt_arguments(self, params: GenerationParams) -> dict[str, Any]:
         """The prompts as embeddings (A1111 syntax, any length); with TEXT_ENCODER_OFFLOAD the text
         encoders visit the device only for this."""
-        with self._text_encoders_on(self.pipe):
+        with self.text_encoders_on(self.pipe):
             return encode_request_prompts(self.pipe, params, self.settings.prompt_syntax)
 
-    def _text_encoders_on(self, pipe: Any) -> contextlib.AbstractContextManager[None]:
+    def text_encoders_on(self, pipe: Any) -> contextlib.AbstractContextManager[None]:
         """``pipe``'s text encoders on the device for a while (parked on the CPU under TEXT_ENCODER_OFFLOAD)."""
         offload = self.memory_plan is not None and self.memory_plan.text_encoder_offload
         return text_encoders_on(pipe, self.runtime.device) if offload else contextlib.nullcontext()
@@ -170,8 +161,7 @@ class Engine:
             steps=2, guidance_scale=settings.default_guidance, seed=0,
         )
         try:
-            run = prepare_run(self._mode_pipelines(), warm_up, None)
-            self._generate_in_batches(warm_up, [1], lambda *_: None, lambda: False, run)
+            self._run(warm_up, lambda *_: None, lambda: False, None)
         except Exception as exc:  # noqa: BLE001 - a compiler problem leaves the server eager, not down
             self.compilation.failed(exc)
         else:
@@ -265,107 +255,39 @@ class Engine:
         self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
         inputs: Mapping[str, Any] | None = None, stop_early: Callable[[], bool] = lambda: False,
     ) -> Generation:
-        """Run one request: ``params.num_images`` images in one pipeline call, or one at a time if
-        the batch runs out of memory. Image ``i`` uses seed ``seed + i``, so each can be redone
-        alone. ``inputs`` holds the decoded ``init_image`` and ``mask`` of image to image and
-        inpainting (see :mod:`.modes`). When ``stop_early()`` turns true (A1111's interrupt), the
-        remaining steps are skipped and the image is made from the latents so far. Raises :class:`JobCancelled` (checked every step and
-        before decoding), :class:`OutOfMemory` (after freeing the cache) or :class:`GenerationFailed`."""
+        """Run one request through its plan of passes (:mod:`.plan`). ``inputs`` holds the decoded
+        input images by role (see :mod:`.modes`). When ``stop_early()`` turns true (A1111's
+        interrupt), the remaining steps are skipped and the image is made from the latents so far.
+        Raises :class:`JobCancelled` (checked every step and before decoding), :class:`OutOfMemory`
+        (after freeing the cache) or :class:`GenerationFailed`."""
         self.use_model(params.model)
         self.ensure_loaded()
         with self._failures_translated(params):
             # On the shared UNet (every mode's pipeline); fused into its weights when it is compiled.
             lora_hashes = self.loras.apply(self.pipe, params.loras, fused=self.compilation.state == "ready")
-            run = prepare_run(self._mode_pipelines(), params, inputs)
-        run.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
-        if params.refiner != "none":
-            refiner = self.refiner.ensure(self.pipe, self.options)
-            refiner.scheduler = self.refiner.scheduler(params.scheduler, run.pipe.scheduler)
-            run.refiner, run.plan = refiner, plan(params, run.pipe.scheduler)
-        try:
-            generation = self._generate_in_batches(params, [params.num_images], on_step, cancelled, run, stop_early)
-        except OutOfMemory:
-            if params.num_images == 1:
-                raise
-            log.warning("a batch of %d ran out of memory; generating one image at a time", params.num_images)
-            generation = self._generate_in_batches(params, [1] * params.num_images, on_step, cancelled, run, stop_early)
+        generation = self._run(params, on_step, cancelled, inputs, stop_early)
         generation.info["lora_hashes"] = lora_hashes
         return generation
+
+    def _run(
+        self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
+        inputs: Mapping[str, Any] | None, stop_early: Callable[[], bool] = lambda: False,
+    ) -> Generation:
+        """Build the request's plan on the running model and run it."""
+        with self._failures_translated(params):
+            mode = prepare_run(self._mode_pipelines(), params, inputs)
+            mode.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
+            sampler = sampler_label(params.scheduler, mode.pipe.scheduler)
+            plan = build_plan(PassContext(params, mode.pipe.scheduler, self, inputs or {}), mode, sampler)
+        runner = PlanRunner(self._prompt_arguments, lambda latents: decode_latents(self.pipe, latents),
+                            self._clock, _seconds, self._failures_translated)
+        return runner.run(plan, params, on_step, cancelled, stop_early)
 
     def _mode_pipelines(self) -> ModePipelines:
         """The image-to-image and inpainting pipelines of the running model (remade after a switch)."""
         if self._modes is None or self._modes.base is not self.pipe:
             self._modes = ModePipelines(self.pipe)
         return self._modes
-
-    def _generate_in_batches(
-        self, params: GenerationParams, batches: list[int], on_step: StepCallback, cancelled: Callable[[], bool],
-        run: ModeRun, stop_early: Callable[[], bool] = lambda: False,
-    ) -> Generation:
-        pipe = run.pipe
-        images: list[Any] = []
-        seeds = [(params.seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
-        upcast, inference_s, decode_s, steps_done = False, 0.0, 0.0, 0
-        stopped_at: list[int] = []  # stop_early() seen: [the step of its images, the first of them]
-        batch_start = 0  # steps_done when the running batch began
-
-        with self._failures_translated(params):
-            prompts = self._prompt_arguments(params)
-
-        def step_end(pipeline, index: int, timestep, tensors: dict[str, Any]) -> dict[str, Any]:
-            if cancelled():
-                raise JobCancelled("the job was cancelled")
-            per_batch = run.plan.total if run.plan else pipeline.num_timesteps  # base and refiner count as one
-            on_step(steps_done + index + 1, per_batch * len(batches), tensors["latents"])
-            if not stopped_at and stop_early():
-                stopped_at.extend((steps_done - batch_start + index + 1, len(images)))
-                pipeline._interrupt = True  # diffusers skips the remaining steps, keeping these latents
-            return {}
-
-        def generators(size: int) -> list[Any]:
-            # CPU generators give the same noise for a seed on every device.
-            return [torch.Generator("cpu").manual_seed(seeds[len(images) + i]) for i in range(size)]
-
-        for size in batches:
-            batch_start = steps_done
-            started = self._clock()
-            with self._failures_translated(params), torch.inference_mode():
-                common = {
-                    "num_inference_steps": params.steps, "guidance_scale": params.guidance_scale,
-                    "num_images_per_prompt": size, "output_type": "latent", "callback_on_step_end": step_end,
-                }
-                base_arguments = run.plan.base_arguments if run.plan else {}
-                latents = pipe(**prompts, **common, **run.arguments, **base_arguments, generator=generators(size)).images
-                steps_done += pipe.num_timesteps
-                if run.refiner is not None and not stopped_at:
-                    # The refiner has only the second text encoder: its part of the base's embeddings.
-                    with self._text_encoders_on(run.refiner), self.refiner.running(pipe):
-                        latents = run.refiner(**refiner_prompts(prompts, run.refiner), **common,
-                                              image=latents, **run.plan.refiner_arguments, generator=generators(size)).images
-                    steps_done += run.refiner.num_timesteps
-                if cancelled():
-                    raise JobCancelled("the job was cancelled")
-                denoised = self._clock()  # on a GPU, marks on its stream: the host never waits for them
-                decoded, batch_upcast = decode_latents(self.pipe, latents)
-                finished = self._clock()
-            images.extend(run.finish(image) for image in decoded)
-            upcast = upcast or batch_upcast
-            inference_s += _seconds(started, denoised)
-            decode_s += _seconds(denoised, finished)
-            if stopped_at:
-                break
-        info = {
-            "sampler": sampler_label(params.scheduler, pipe.scheduler),
-            "seeds": seeds,
-            "vae_upcast": upcast,
-            "inference_s": round(inference_s, 4),
-            "decode_s": round(decode_s, 4),
-        }
-        if run.refiner is not None:
-            info["refiner"] = self.refiner.source.model_id
-        if stopped_at:
-            info["stopped_at"], info["stopped_from"] = stopped_at
-        return Generation(images=images, info=info)
 
     @contextlib.contextmanager
     def _failures_translated(self, params: GenerationParams) -> Iterator[None]:

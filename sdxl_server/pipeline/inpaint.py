@@ -67,11 +67,12 @@ class Inpainting:
     @classmethod
     def prepare(cls, params: GenerationParams, image: Image.Image, mask: Image.Image) -> Inpainting:
         size = (params.width, params.height)
-        mask = blurred(mask.resize(image.size) if mask.size != image.size else mask, params.mask_blur)
-        source = filled(image, mask, params.inpainting_fill, params.seed)
+        options = params.inpaint
+        mask = blurred(mask.resize(image.size) if mask.size != image.size else mask, options.mask_blur)
+        source = filled(image, mask, options.fill, params.seed)
         box = None
-        if params.inpaint_area == "masked":
-            box = crop_box(mask, params.mask_padding, params.width / params.height)
+        if options.area == "masked":
+            box = crop_box(mask, options.padding, params.width / params.height)
             source, crop_mask = source.crop(box), mask.crop(box)
             return cls(image, mask, box, size, source.resize(size, Image.Resampling.LANCZOS), crop_mask.resize(size))
         return cls(image, mask, box, size, source.resize(size), mask.resize(size))

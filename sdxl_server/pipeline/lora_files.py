@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ValidationFailed
+from ..errors import Unusable
 
 WEIGHT_MIN, WEIGHT_MAX = -5.0, 5.0
 _MAX_HEADER = 100 * 1024 * 1024
@@ -170,7 +170,7 @@ class LoraCatalog:
 
     def check(self, wanted: list[tuple[str, float, str]], max_loras: int) -> tuple[tuple[str, float], ...]:
         """Validate ``(name, weight, field)`` requests; the ``(name, weight)`` pairs to apply, one
-        per name (a later mention wins). Raises :class:`ValidationFailed` naming every problem."""
+        per name (a later mention wins). Raises :class:`Unusable` naming every problem."""
         chosen: dict[str, float] = {}
         fields_: dict[str, list[str]] = {}
         for name, weight, where in wanted:
@@ -196,5 +196,5 @@ class LoraCatalog:
             if unusable:
                 parts.append("unusable LoRA " + ", ".join(unusable))
             message = "; ".join(parts) or next(iter(fields_.values()))[0]
-            raise ValidationFailed(message, fields=fields_)
+            raise Unusable(message, fields=fields_)
         return tuple(chosen.items())

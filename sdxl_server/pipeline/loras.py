@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GenerationFailed, ValidationFailed, short_message
+from ..errors import GenerationFailed, Unusable, short_message
 from .lora_files import LoraCatalog, LoraFile, a1111_hash
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,10 @@ class LoraAdapters:
         return loaded
 
     @staticmethod
-    def _misfit(file: LoraFile, problem: str) -> ValidationFailed:
+    def _misfit(file: LoraFile, problem: str) -> Unusable:
         """A file that does not fit the running model is the request's problem (422), not the server's."""
         message = f"LoRA {file.name!r} ({file.path.name}) does not fit this model: {problem}"
-        return ValidationFailed(message, fields={"loras": [message]})
+        return Unusable(message, fields={"loras": [message]})
 
     def _load(self, pipe: Any, file: LoraFile) -> _Loaded:
         width = getattr(pipe.unet.config, "cross_attention_dim", None)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import ValidationFailed
+from ..errors import Unusable
 from .lora_files import read_header
 from .sources import ModelSource, resolve_model_source
 
@@ -137,8 +137,9 @@ class ModelCatalog:
             found = {e.name: e for e in self.refresh()}.get(name)
         return found
 
-    def lookup(self, wanted: str | None, field: str) -> str:
-        """The model name a request's ``wanted`` means (None or "": the default); 422 naming what exists."""
+    def lookup(self, wanted: str | None) -> str:
+        """The model name a request's ``wanted`` means (None or "": the default); :class:`Unusable`
+        (about ``model``) naming what exists."""
         if not wanted:
             return self.default_name
         name = _HASH_SUFFIX.sub("", wanted.strip())
@@ -148,15 +149,15 @@ class ModelCatalog:
             entry = next((e for e in self.entries() if e.source.location == name), None)
         have = ", ".join(e.name for e in self.entries() if not e.broken)
         if entry is None:
-            raise ValidationFailed(f"unknown model {wanted!r}: this server has {have}",
-                                   fields={field: [f"Unknown model; one of: {have}."]})
+            raise Unusable(f"unknown model {wanted!r}: this server has {have}",
+                           fields={"model": [f"Unknown model; one of: {have}."]})
         if entry.broken:
-            raise ValidationFailed(f"model {entry.name!r} cannot be loaded: {entry.broken}; working models: {have}",
-                                   fields={field: [f"Broken: {entry.broken}."]})
+            raise Unusable(f"model {entry.name!r} cannot be loaded: {entry.broken}; working models: {have}",
+                           fields={"model": [f"Broken: {entry.broken}."]})
         return entry.name
 
-    def set_default(self, wanted: str, field: str) -> str:
-        name = self.lookup(wanted, field)
+    def set_default(self, wanted: str) -> str:
+        name = self.lookup(wanted)
         with self._lock:
             self.default_name = name
         return name

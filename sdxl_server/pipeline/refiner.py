@@ -1,56 +1,13 @@
-"""The SDXL refiner's part in one generation: how the steps are split between base and refiner,
-and the arguments each call gets.
-
-``ensemble``: the base stops at ``refiner_switch_at`` of the schedule (diffusers'
-``denoising_end``) and the refiner finishes the same latents (``denoising_start``), so together
-they run the request's schedule once. ``image``: the base runs in full and the refiner repaints
-its result image to image at ``refiner_strength``. The counts are worked out before the run, on
-a copy of the scheduler, so progress has one true total from the first step.
+"""The SDXL refiner model: where it comes from, loading it on first use (sharing the running base's
+``text_encoder_2`` and VAE), where its UNet lives, and its schedulers. How a request's steps split
+between base and refiner is the refiner pass's (:mod:`.passes.refiner`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
-
-from ..params import GenerationParams, denoising_steps
-
-
-@dataclass(frozen=True)
-class RefinerPlan:
-    base_arguments: dict[str, Any] = field(default_factory=dict)
-    refiner_arguments: dict[str, Any] = field(default_factory=dict)
-    base_steps: int = 0
-    refiner_steps: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.base_steps + self.refiner_steps
-
-
-def _timesteps(scheduler: Any, params: GenerationParams, with_strength: bool = True) -> list[float]:
-    """The timesteps of ``params``' schedule (for the base: after image to image's ``strength``)."""
-    copy = type(scheduler).from_config(scheduler.config)
-    copy.set_timesteps(params.steps)
-    timesteps = [float(t) for t in copy.timesteps]
-    if with_strength and params.init_image is not None:
-        timesteps = timesteps[len(timesteps) - denoising_steps(params.steps, params.strength) * copy.order:]
-    return timesteps
-
-
-def plan(params: GenerationParams, scheduler: Any) -> RefinerPlan:
-    """How ``params`` splits between base and refiner, with ``scheduler`` (the base's, as set)."""
-    if params.refiner == "ensemble":
-        train = scheduler.config.num_train_timesteps
-        cutoff = int(round(train - params.refiner_switch_at * train))
-        base = sum(1 for t in _timesteps(scheduler, params) if t >= cutoff)
-        refiner = sum(1 for t in _timesteps(scheduler, params, with_strength=False) if t < cutoff)
-        return RefinerPlan({"denoising_end": params.refiner_switch_at}, {"denoising_start": params.refiner_switch_at},
-                           base, refiner)
-    base = len(_timesteps(scheduler, params))
-    return RefinerPlan({}, {"strength": params.refiner_strength}, base, denoising_steps(params.steps, params.refiner_strength))
 
 
 class Refiner:
@@ -73,12 +30,12 @@ class Refiner:
         self._schedulers: dict[str, Any] = {}
 
     def ensure(self, base: Any, options: dict[str, Any]) -> Any:
-        """The loaded refiner; raises :class:`ValidationFailed` when none is configured and
+        """The loaded refiner; raises :class:`Unusable` when none is configured and
         :class:`ModelUnavailable` when it does not load."""
-        from ..errors import ModelUnavailable, ValidationFailed
+        from ..errors import ModelUnavailable, Unusable
 
         if self.source is None:
-            raise ValidationFailed("no refiner is configured (REFINER_ID)", fields={"refiner": ["No refiner is configured."]})
+            raise Unusable("no refiner is configured (REFINER_ID)", fields={"refiner": ["No refiner is configured."]})
         if self.state == "failed":
             raise ModelUnavailable(self.error or "the refiner failed to load")
         if self.pipe is None:

@@ -34,7 +34,7 @@ engine.load()
 if engine.runtime.on_cuda:
     torch.cuda.synchronize()
 t_loaded = time.perf_counter()
-params = GenerationParams(**json.loads(sys.argv[1]))
+params = GenerationParams.from_dict(json.loads(sys.argv[1]))
 engine.generate(params, lambda *a: None, lambda: False)
 t_first = time.perf_counter()
 engine.generate(params, lambda *a: None, lambda: False)

@@ -58,8 +58,7 @@ class BenchOptions:
 
 def params_from_body(body: dict[str, Any]) -> GenerationParams:
     """The :class:`GenerationParams` the server makes of ``body`` (only the fields it knows)."""
-    names = {f.name for f in dataclasses.fields(GenerationParams)}
-    return GenerationParams(**{k: v for k, v in body.items() if k in names})
+    return GenerationParams.from_dict(body)
 
 
 def prepare_settings(settings: Settings, opts: BenchOptions, output_dir: Path) -> Settings:
