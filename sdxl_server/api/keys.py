@@ -7,15 +7,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from marshmallow import Schema
 
 from ..config import Settings
+from ..jobs.backend import Backend
 from ..jobs.events import EventHub
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
+from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
@@ -23,10 +24,11 @@ from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", OutputStore)
-EngineFactory = Callable[[Settings], Any]
+EngineFactory = Callable[[Settings], Backend]
 
 ENGINE_FACTORY = web.AppKey("engine_factory", Callable)
-ENGINE = web.AppKey("engine", Any)  # sdxl_server.pipeline.engine.Engine, or a test double; typed loosely to keep torch out
+ENGINE = web.AppKey("engine", Backend)  # the local Engine (or a test's subclass), or RayCluster
+STATUS = web.AppKey("status", StatusBoard)  # the engine's latest snapshot: what the event loop reads of it
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 QUEUE = web.AppKey("queue", JobQueue)
 JOB_STORE = web.AppKey("job_store", JobStore)

@@ -36,8 +36,8 @@ CANCEL_WAIT_S = 10.0
 
 
 def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
-    engine, queue = app[keys.ENGINE], app[keys.QUEUE]
-    info = engine.describe()
+    queue = app[keys.QUEUE]
+    info = app[keys.STATUS].latest.described  # as the worker thread last saw the engine: no torch here
     state = info["model"]["state"]
     if state == "failed" or queue.problem:
         status = "error"
@@ -123,7 +123,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def server_info(request: web.Request) -> web.Response:
     """What a client needs to build a form: the model, the limits, the defaults, the samplers."""
     settings = request.app[keys.SETTINGS]
-    described = request.app[keys.ENGINE].describe()
+    described = request.app[keys.STATUS].latest.described
     model = described["model"]
     return web.json_response(
         {

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..params import SCHEDULERS
+from .backend import InProcessBackend
 from .inputs import load_inputs
 from .job import Job, ModelLoading, Save, StepReporter
 from .outputs import OutputStore, params_meta
@@ -24,7 +25,7 @@ class GenerationWork:
 
     def __init__(
         self,
-        engine: Any,
+        engine: InProcessBackend,
         store: OutputStore,
         *,
         previews_wanted: Callable[[str], bool] = lambda job_id: False,
@@ -57,7 +58,7 @@ class GenerationWork:
                 previews.take(latents)
             on_step(step, total, previews.ready() if previews is not None and previews.pending else None)
 
-        if getattr(self.engine, "needs_switch", lambda model: False)(params.model):
+        if self.engine.needs_switch(params.model):
             on_step(0, params.steps, ModelLoading(params.model))
             switch_started = time.perf_counter()
             self.engine.use_model(params.model)
