@@ -164,7 +164,7 @@ async def submit(
     keeps the job's inputs until the job holds them. Refuses a refiner when none is configured
     (naming the field as the client's API does: ``names``)."""
     try:
-        if params.refiner.mode != "none" and app[keys.ENGINE].describe().get("refiner") is None:
+        if params.refiner.mode != "none" and app[keys.STATUS].latest.described.get("refiner") is None:
             raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
         _check_steps(params.to_dict())
     except ApiError as exc:

@@ -130,16 +130,18 @@ class JobListSchema(Schema):
 
 
 class HealthModelSchema(Schema):
-    id = fields.String(required=True)
-    source = fields.String(required=True, validate=validate.OneOf(["tiny", "hub", "folder", "single_file"]))
-    location = fields.String(required=True)
-    origin = fields.String(required=True, validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default", "MODELS_DIR"]))
-    vae = fields.String(required=True, allow_none=True)
+    """Without the key (API_KEY set): only tiny, state, loaded and load_seconds."""
+
+    id = fields.String()
+    source = fields.String(validate=validate.OneOf(["tiny", "hub", "folder", "single_file"]))
+    location = fields.String()
+    origin = fields.String(validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default", "MODELS_DIR"]))
+    vae = fields.String(allow_none=True)
     tiny = fields.Boolean(required=True)
     state = fields.String(required=True, validate=validate.OneOf(["not_loaded", "loading", "ready", "failed"]))
     loaded = fields.Boolean(required=True)
     load_seconds = fields.Float(required=True, allow_none=True)
-    error = fields.String(required=True, allow_none=True, metadata={"description": "Why loading failed, and the fix."})
+    error = fields.String(allow_none=True, metadata={"description": "Why loading failed, and the fix."})
     name = fields.String(metadata={"description": "The running model's name (GET /api/v1/models)."})
 
 
@@ -150,14 +152,17 @@ class HealthModelsSchema(Schema):
 
 
 class HealthQueueSchema(Schema):
-    running = fields.String(required=True, allow_none=True, metadata={"description": "The job running longest."})
-    running_jobs = fields.List(fields.String(), required=True, metadata={"description": "Every running job, oldest first."})
+    """Without the key (API_KEY set): no job ids and no problem text; ``busy`` counts the running jobs."""
+
+    running = fields.String(allow_none=True, metadata={"description": "The job running longest."})
+    running_jobs = fields.List(fields.String(), metadata={"description": "Every running job, oldest first."})
+    busy = fields.Integer(metadata={"description": "Without the key: how many jobs are running."})
     concurrency = fields.Integer(required=True, metadata={"description": "Jobs that may run at once (MAX_CONCURRENCY)."})
     waiting = fields.Integer(required=True)
     capacity = fields.Integer(required=True)
     eta_s = fields.Float(required=True, allow_none=True)
     problem = fields.String(
-        required=True, allow_none=True,
+        allow_none=True,
         metadata={"description": "Why jobs cannot run now (the job store cannot be written, the worker stopped)."},
     )
 
@@ -203,7 +208,7 @@ class IndexSchema(Schema):
     name = fields.String(required=True)
     version = fields.String(required=True)
     status = fields.String(required=True)
-    model = fields.String(required=True)
+    model = fields.String(required=True, allow_none=True, metadata={"description": "null without the key (API_KEY set)."})
     endpoints = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
 
 
