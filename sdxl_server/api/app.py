@@ -21,8 +21,6 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Settings
-from ..pipeline.lora_files import LoraCatalog
-from ..pipeline.model_catalog import ModelCatalog
 from . import keys, websocket
 from .contexts import CONTEXTS
 from .forwarded import forwarded_middleware
@@ -107,8 +105,6 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.A1111_SKIPPED] = set()
     app[keys.A1111_JOBS] = set()
     app[keys.WEBSOCKETS] = weakref.WeakSet()
-    app[keys.LORAS] = LoraCatalog(settings.lora_dir)
-    app[keys.MODELS] = ModelCatalog(settings)
     app.cleanup_ctx.extend(CONTEXTS)
     app.on_shutdown.append(drain)
     add_routes(app)

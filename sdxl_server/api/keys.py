@@ -53,6 +53,7 @@ A1111_SKIPPED = web.AppKey("a1111_skipped", set)  # ids of jobs /sdapi/v1/skip s
 A1111_JOBS = web.AppKey("a1111_jobs", set)  # ids of the jobs A1111 requests wait for: what interrupt may stop
 
 
+# The backend's own catalogs (set beside ENGINE): requests are checked against what it loads from.
 LORAS = web.AppKey("loras", LoraCatalog)  # the files in LORA_DIR (read without torch)
 MODELS = web.AppKey("models", ModelCatalog)  # the default model and MODELS_DIR's (read without torch)
 

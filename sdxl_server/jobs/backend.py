@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..params import GenerationParams
+from ..pipeline.lora_files import LoraCatalog  # plain file logic, no torch
+from ..pipeline.model_catalog import ModelCatalog
 
 
 class RuntimeFacts(Protocol):
@@ -62,6 +64,8 @@ class Backend(Protocol):
 
     options: dict[str, Any]  # the memory and attention options in effect ({} until loaded)
     load_seconds: float | None  # how long the last load took (None until one succeeded)
+    models: ModelCatalog  # the models: the API checks a request's model against it, the engine loads from it
+    lora_files: LoraCatalog  # the LoRA files: likewise, one catalog for both
 
     @property
     def runtime(self) -> RuntimeFacts: ...

@@ -24,6 +24,8 @@ from typing import Any
 
 from ..config import ConfigError, Settings
 from ..errors import ApiError, GenerationFailed, Interrupted, JobCancelled, ModelUnavailable, StoredError, short_message
+from ..pipeline.lora_files import LoraCatalog
+from ..pipeline.model_catalog import ModelCatalog
 from ..pipeline.sources import resolve_model_source
 from .backend import RuntimeInfo
 from .job import Job, Save, StepReporter
@@ -72,6 +74,10 @@ class RayCluster:
         self.settings = settings
         self.source = resolve_model_source(settings)
         self.runtime = RuntimeInfo(device="ray", dtype=settings.dtype)  # the replicas' own: in describe()
+        # The front end's catalogs, which the API checks requests against (each replica reads the
+        # same folders with its own engine's).
+        self.models = ModelCatalog(settings)
+        self.lora_files = LoraCatalog(settings.lora_dir)
         self.options: dict[str, Any] = {}
         self.state = "not_loaded"  # not_loaded -> loading -> ready | failed
         self.error: str | None = None
