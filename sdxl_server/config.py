@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,13 @@ DEFAULT_HUB_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 
 class ConfigError(ValueError):
     """A setting has a value the server cannot start with; the message is one line."""
+
+
+def cache_home() -> Path:
+    """Where the server keeps its caches (the tiny model, the compile cache) by default:
+    ``$XDG_CACHE_HOME/sdxl_server``, else ``~/.cache/sdxl_server``, as torch, pip and the Hub do."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sdxl_server"
 
 
 def _setting(env: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
@@ -73,7 +81,7 @@ class Settings:
     )
     tiny_cache: Path | None = _setting(
         "TINY_CACHE", None, lambda raw: _path(raw) if raw.strip() else None,
-        "where MODEL_ID=tiny is built (default ~/.cache/sdxl_server)",
+        "where MODEL_ID=tiny is built (default $XDG_CACHE_HOME/sdxl_server, else ~/.cache/sdxl_server)",
     )
     device: str = _setting("DEVICE", "auto", _device, "auto, cpu, cuda, cuda:N or mps")
     dtype: str = _setting("DTYPE", "auto", _dtype, "auto, float16, bfloat16 or float32")
@@ -115,7 +123,7 @@ class Settings:
     )
     compile_cache: Path | None = _setting(
         "COMPILE_CACHE", None, lambda raw: _path(raw) if raw.strip() else None,
-        "persistent compile cache (default ~/.cache/sdxl_server/inductor, or TORCHINDUCTOR_CACHE_DIR if set)",
+        "persistent compile cache (default TORCHINDUCTOR_CACHE_DIR if set, else inductor/ in the cache home: $XDG_CACHE_HOME/sdxl_server or ~/.cache/sdxl_server)",
     )
     channels_last: bool = _setting("CHANNELS_LAST", False, _bool, "UNet and VAE in channels-last memory format")
     fuse_qkv: bool = _setting("FUSE_QKV", False, _bool, "fuse attention's query, key and value projections (SDPA)")
@@ -131,7 +139,11 @@ class Settings:
     max_width: int = _setting("MAX_WIDTH", 1280, _int_range(64, 8192), "largest width a request may ask for")
     max_height: int = _setting("MAX_HEIGHT", 1280, _int_range(64, 8192), "largest height a request may ask for")
     max_steps: int = _setting("MAX_STEPS", 50, _int_range(1, 1000), "most steps a request may ask for")
-    max_batch: int = _setting("MAX_BATCH", 4, _int_range(1, 64), "most images one request may ask for")
+    max_batch: int = _setting("MAX_BATCH", 4, _int_range(1, 64), "most images one job (one pipeline call) makes")
+    max_request_images: int = _setting(
+        "MAX_REQUEST_IMAGES", 16, _int_range(1, 1000),
+        "most images one compatible request makes (A1111's batch_size x n_iter, OpenAI's n), in jobs of at most MAX_BATCH",
+    )
     max_concurrency: int = _setting(
         "MAX_CONCURRENCY", 0, _concurrency,
         "generations at once (0: auto): 1 with BACKEND=local; with BACKEND=ray up to the replicas' total (the default)",
@@ -142,6 +154,14 @@ class Settings:
     max_image_body_bytes: int = _setting(
         "MAX_IMAGE_BODY_BYTES", 32 * 1024 * 1024, _int_range(1024, 1024 * 1024 * 1024),
         "request body size on the routes that carry images (a PNG at the largest size plus a mask, base64)",
+    )
+    body_min_rate: int = _setting(
+        "BODY_MIN_RATE", 8192, _int_range(1, 1 << 30),
+        "bytes per second a request body must keep arriving at (checked every 10 s); slower: 408",
+    )
+    max_receiving_bodies: int = _setting(
+        "MAX_RECEIVING_BODIES", 32, _int_range(1, 100_000),
+        "requests whose bodies may be arriving at once; more: 503 until some have arrived",
     )
     max_input_pixels: int = _setting(
         "MAX_INPUT_PIXELS", 4096 * 4096, _int_range(64 * 64, 1 << 30),

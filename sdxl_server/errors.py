@@ -15,6 +15,7 @@ class ApiError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    closes_connection: ClassVar[bool] = False  # the request's body was not read: the answer ends the connection
 
     def __init__(
         self,
@@ -61,6 +62,20 @@ class Unusable(ValidationFailed):
     below the API in the request's own terms: ``fields`` is keyed by the parameter
     (``model``, ``loras``, ``prompt``, ``refiner``); each API renames them to its client's field
     (:meth:`ApiError.renamed`)."""
+
+
+class BodyTooSlow(ApiError):
+    """A request body that stopped arriving (or came slower than ``BODY_MIN_RATE``)."""
+
+    status, code = 408, "request_timeout"
+    closes_connection = True
+
+
+class TooManyUploads(ApiError):
+    """More requests sending their bodies at once than ``MAX_RECEIVING_BODIES``."""
+
+    status, code = 503, "too_many_uploads"
+    closes_connection = True
 
 
 class ImageTooLarge(ApiError):

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
+import logging
+import time
 
 import aiohttp
 import pytest
-
-from doubles import PausingEngine, SmallMemoryEngine
+import rawhttp
+from doubles import GatedEngine, PausingEngine, SmallMemoryEngine
 from PIL import Image
 from wsclient import events_until, events_until_terminal
 
+from aiohttp import web
+
 from sdxl_server.api import keys
+from sdxl_server.api.app import create_app
 
 TXT2IMG = {  # field names as A1111's StableDiffusionTxt2ImgProcessingAPI documents them
     "prompt": "a lighthouse, oil painting",
@@ -283,3 +289,53 @@ async def test_every_numeric_field_of_both_routes_takes_a_numeric_string_and_nul
         else:
             assert (info["steps"], info["seed"], info["cfg_scale"]) == (2, 3, 6.5)
             assert path.endswith("txt2img") or info["denoising_strength"] == 1.0
+
+
+async def test_a_huge_n_iter_is_lowered_to_the_request_limit(make_client, settings):
+    client = await make_client(dataclasses.replace(settings, max_batch=2, max_request_images=3))
+    body = {**TXT2IMG, "batch_size": 1, "n_iter": 1_000_000_000, "steps": 1, "width": 64, "height": 64}
+    resp = await client.post("/sdapi/v1/txt2img", json=body)
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    assert len(answer["images"]) == 3
+    notes = json.loads(answer["info"])["extra_generation_params"]["Server notes"]
+    assert "batch_size x n_iter = 1000000000 lowered to 3 images (MAX_REQUEST_IMAGES)" in notes
+    jobs = (await (await client.get("/api/v1/jobs")).json())["jobs"]
+    assert sorted(job["params"]["num_images"] for job in jobs) == [1, 2]
+
+
+async def test_no_more_batches_are_queued_once_the_client_has_gone(settings, caplog):
+    """Served as ``web.run_app`` serves it (a handler goes on after its client leaves; the test
+    client's server would cancel it instead)."""
+    caplog.set_level(logging.INFO, logger="sdxl_server.api.batches")
+    engine = None
+
+    def gated(s):
+        nonlocal engine
+        engine = GatedEngine(s)
+        return engine
+
+    app = create_app(dataclasses.replace(settings, max_batch=1), engine_factory=gated)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        await app[keys.QUEUE].ready.wait()
+        port = runner.addresses[0][1]
+        body = json.dumps({**TXT2IMG, "batch_size": 1, "n_iter": 20, "steps": 1, "width": 64, "height": 64}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(rawhttp.request("POST", "/sdapi/v1/txt2img", {"Content-Type": "application/json"}, body))
+        await writer.drain()
+        await asyncio.get_running_loop().run_in_executor(None, engine.entered.acquire)  # the first job runs
+        writer.close()  # the client gives up
+        await writer.wait_closed()
+        engine.gate.set()
+        store = app[keys.JOB_STORE]
+        deadline = time.monotonic() + 60
+        while "left after 1 images" not in caplog.text and len(await store.page(100, None, None)) < 2:
+            assert time.monotonic() < deadline, "the request neither stopped nor queued a second job"
+            await asyncio.sleep(0.01)
+        assert len(await store.page(100, None, None)) == 1 and not app[keys.QUEUE].active()
+    finally:
+        await runner.cleanup()

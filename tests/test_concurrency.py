@@ -19,6 +19,8 @@ from sdxl_server.params import GenerationParams
 class GatedWork:
     """Each job waits on the worker thread until the test opens its gate (by prompt)."""
 
+    stops_early = False
+
     def __init__(self) -> None:
         self.gates: dict[str, threading.Event] = {}
         self.opened = False  # at teardown: every gate, also those not made yet, is open

@@ -148,3 +148,17 @@ def test_ray_address_is_checked_with_a_timeout_in_each_form():
         with pytest.raises(ConfigError, match=rf"^RAY_ADDRESS={address}: no Ray cluster answers at 127\.0\.0\.1:9 within 1s"):
             check_reachable(address, timeout_s=1)
     check_reachable("auto")  # Ray finds the cluster itself
+
+
+def test_caches_follow_xdg_cache_home(monkeypatch, tmp_path):
+    """The tiny model and the compile cache go where XDG_CACHE_HOME says, as torch, pip and the Hub's do."""
+    from sdxl_server.config import cache_home
+    from sdxl_server.pipeline.compiling import compile_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert cache_home() == tmp_path / "xdg" / "sdxl_server"
+    assert compile_cache_dir(load_settings({})) == tmp_path / "xdg" / "sdxl_server" / "inductor"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compile_cache_dir(load_settings({})) == tmp_path / "home" / ".cache" / "sdxl_server" / "inductor"

@@ -69,7 +69,7 @@ async def test_the_next_job_generates_while_the_previous_one_is_written(make_que
     await _acquire(outputs.entered)  # the first job's files are being written (held at the gate)
     await _acquire(engine.entered)
     await _acquire(engine.entered)  # ... and the second job's generation has started meanwhile
-    assert first.status is JobStatus.RUNNING and not first._done.is_set()
+    assert first.status is JobStatus.RUNNING and not first.done
     assert queue.position(first) == 0 and not outputs.image_path(first.id).exists()
     assert told == []
 

@@ -5,7 +5,9 @@ by walking the packages, so a new module is covered the day it is added):
 - ``sdxl_server.jobs`` and ``sdxl_server.pipeline`` never import aiohttp;
 - ``sdxl_server.jobs`` imports no torch at import time (the worker thread does, lazily);
 - the shared top-level modules (config, errors, params) import none of them;
-- ``sdxl_server.tools`` may import anything.
+- ``sdxl_server.tools`` may import anything;
+- between the packages, every import (those inside functions too) is one that the ``imports``
+  list of docs/architecture.md allows.
 
 Each check imports the modules in a fresh interpreter, so what an earlier test imported cannot hide
 a violation.
@@ -13,10 +15,13 @@ a violation.
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +108,83 @@ def test_the_default_install_and_backend_local_never_import_ray(settings):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("api", "jobs", "pipeline", "tools")
+
+
+def stated_imports() -> list[tuple[str, str]]:
+    """The ``importer -> imported`` pairs docs/architecture.md allows between the packages."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"```imports\n(.*?)```", page, re.S)
+    assert block, "docs/architecture.md has no imports list"
+    allowed = []
+    for line in block.group(1).splitlines():
+        source, _, targets = line.partition("->")
+        allowed += [(source.strip(), target.strip()) for target in targets.split(",") if target.strip()]
+    return allowed
+
+
+def _package(module: str) -> str:
+    """``api``, ``jobs``, ``pipeline``, ``tools``, ``__main__`` or ``shared``."""
+    parts = module.split(".")[1:]
+    if parts and parts[0] in (*PACKAGES, "__main__"):
+        return parts[0]
+    return "shared"
+
+
+def imports_between_packages(sources: dict[str, str]) -> set[tuple[str, str]]:
+    """``(importer, imported)`` for every import of one package's module by another package's,
+    ``sources`` being module name -> code (relative imports resolved; ``imported`` may end with
+    the name imported from the module)."""
+    found = set()
+    for module, code in sources.items():
+        here = module.rsplit(".", 1)[0].split(".")
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [f"{target}.{alias.name}" for alias in node.names]  # a module, or a name in one
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("sdxl_server") and _package(name) not in ("shared", _package(module)):
+                    found.add((module.removesuffix(".__init__"), name))
+    return found
+
+
+def _allowed(importer: str, imported: str, allowed: list[tuple[str, str]]) -> bool:
+    def under(name: str, stated: str) -> bool:
+        stated = f"sdxl_server.{stated}"
+        return name == stated or name.startswith(stated + ".")
+
+    return any(under(importer, source) and under(imported, target) for source, target in allowed)
+
+
+def package_sources() -> dict[str, str]:
+    sources = {}
+    for path in (ROOT / "sdxl_server").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        sources[name] = path.read_text(encoding="utf-8")
+    return sources
+
+
+def test_every_import_between_packages_is_one_the_architecture_page_states():
+    allowed = stated_imports()
+    stray = sorted(pair for pair in imports_between_packages(package_sources()) if not _allowed(*pair, allowed))
+    assert stray == [], "imports docs/architecture.md does not allow (allow them there, or remove them)"
+
+
+def test_the_import_check_can_fail():
+    """A pipeline module importing the API, or the API importing the engine outside the factory, is caught."""
+    sources = {
+        "sdxl_server.pipeline.example": "from ..api import keys\n",
+        "sdxl_server.api.example": "def f():\n    from ..pipeline.engine import Engine\n",
+        "sdxl_server.api.fine": "from ..jobs.queue import JobQueue\nfrom ..params import GenerationParams\n",
+    }
+    stray = {pair for pair in imports_between_packages(sources) if not _allowed(*pair, stated_imports())}
+    assert stray == {("sdxl_server.pipeline.example", "sdxl_server.api.keys"),
+                     ("sdxl_server.api.example", "sdxl_server.pipeline.engine.Engine")}

@@ -227,3 +227,14 @@ async def test_unknown_lora_tags_cost_one_rescan_and_unchanged_headers_are_not_r
     resp = await client.post("/api/v1/generate", json={**BODY, "prompt": prompt + " <lora:one_more:1>"})
     assert resp.status == 422
     assert f"at most {MAX_LORA_TAGS}" in str((await resp.json())["fields"]["prompt"])
+
+
+async def test_without_the_key_the_openapi_document_names_no_lora_or_model(make_client, lora_settings):
+    client = await make_client(lora_settings.replace(api_key="secret-key"))
+    anonymous = await (await client.get("/openapi.json")).json()
+    request = anonymous["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert "enum" not in request["model"] and "film_grain" not in json.dumps(anonymous)
+    assert "enum" not in json.dumps(request["loras"])
+    spec = await (await client.get("/openapi.json", headers={"Authorization": "Bearer secret-key"})).json()
+    items = spec["components"]["schemas"]["GenerateRequest"]["properties"]["loras"]["items"]
+    assert items["properties"]["name"]["enum"] == ["film_grain", "ink"]

@@ -179,3 +179,26 @@ async def test_without_an_api_key_any_key_works(make_client, settings):
     async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="anything", max_retries=0) as ai:
         result = await ai.images.generate(prompt="a fox", model="gpt-image-1", size="1536x1024", extra_body={"steps": 1})
     assert result.size == "512x344" and Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (512, 344)
+
+
+async def test_more_images_than_the_request_limit_are_refused_naming_n(make_client, settings):
+    client = await make_client(settings.replace(max_request_images=4))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0) as ai:
+        with pytest.raises(openai.BadRequestError) as info:
+            await ai.images.generate(prompt="x", n=5, size="64x64")
+        assert info.value.param == "n" and "MAX_REQUEST_IMAGES" in info.value.body["message"]
+        result = await ai.images.generate(prompt="x", n=4, size="64x64", extra_body={"steps": 1})
+        assert len(result.data) == 4
+
+
+async def test_each_image_carries_the_prompt_as_used(ai):
+    """Home Assistant's generate_image and LibreChat's DALL·E 3 tool read ``revised_prompt``."""
+    result = await ai.images.generate(prompt="a red fox", size="64x64", n=2, extra_body={"steps": 1})
+    assert [item.revised_prompt for item in result.data] == ["a red fox", "a red fox"]
+
+
+def test_the_prompt_as_used_has_no_lora_tags():
+    from sdxl_server.api.loras import prompt_as_used
+
+    assert prompt_as_used("a red fox, <lora:ink:0.7> night", "a1111") == "a red fox, night"
+    assert prompt_as_used("a red fox, <lora:ink:0.7>", "plain") == "a red fox, <lora:ink:0.7>"

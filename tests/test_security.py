@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import aiohttp
@@ -304,3 +305,32 @@ async def test_a_doubled_leading_slash_still_needs_the_key(client):
     for path in ("//sdapi/v1/options", "///api/v1/jobs", "//v1/models"):
         resp = await rawhttp.exchange(client.host, client.port, rawhttp.request("GET", path))
         assert resp.status == 401, path
+
+
+async def test_nothing_public_names_a_job_a_prompt_a_model_location_or_a_lora(make_client, settings, tmp_path):
+    """With API_KEY set, /health, / and /openapi.json answer callers without the key with the
+    server's readiness only: another user's running job (and so its image) cannot be found."""
+    from doubles import GatedEngine
+
+    engine = None
+
+    def gated(s):
+        nonlocal engine
+        engine = GatedEngine(s)
+        return engine
+
+    client = await make_client(settings.replace(preload=True, model_dir=tmp_path / "a-private-folder"), engine_factory=gated)
+    job = await (await client.post("/api/v1/jobs", json={"prompt": "a secret prompt", "steps": 1}, headers=BEARER)).json()
+    await asyncio.get_running_loop().run_in_executor(None, engine.entered.acquire)  # it runs
+    try:
+        for path in ("/health", "/", "/openapi.json"):
+            text = await (await client.get(path, headers={"Accept": "application/json"})).text()
+            for secret in (job["id"], "a secret prompt", "a-private-folder", ': "tiny"'):
+                assert secret not in text, (path, secret)
+            assert path == "/openapi.json" or '"location"' not in text  # (the document describes the field)
+        public = await (await client.get("/health")).json()
+        assert public["queue"]["busy"] == 1 and public["model"]["state"] == "ready" and public["status"] == "ok"
+        full = await (await client.get("/health", headers=BEARER)).json()
+        assert full["queue"]["running"] == job["id"] and full["model"]["id"] == "tiny"
+    finally:
+        engine.gate.set()

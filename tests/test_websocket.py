@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 
 from aiohttp import WSCloseCode, WSMsgType
 from doubles import GatedEngine
@@ -12,6 +13,7 @@ from PIL import Image
 from wsclient import TERMINAL, events_until_terminal, next_event
 
 from sdxl_server.api import keys
+from sdxl_server.jobs.events import EventHub
 
 
 async def test_events_in_order_with_exactly_one_terminal(client):
@@ -184,3 +186,34 @@ async def test_a_ping_is_answered_however_its_json_is_formatted(client):
         await ws.send_str(not_a_ping)
     await ws.send_str('{"type": "ping"}')
     assert await reply() == {"type": "pong", "id": None}  # the others were ignored, the socket is fine
+
+
+async def test_a_writer_ends_when_its_connection_does_even_if_its_cancel_is_lost():
+    """Before Python 3.12, ``asyncio.wait_for`` loses a cancel that arrives as the awaited send
+    completes; the writer then waited for its next event for ever, and so did its handler and the
+    next shutdown. Ending the subscription ends the writer without any cancel."""
+    from sdxl_server.api.websocket import _send_events
+
+    sent = asyncio.Event()
+
+    class Socket:
+        async def send_str(self, text):
+            sent.set()
+
+    hub = EventHub()
+    subscription = hub.subscribe()
+    subscription.offer({"type": "snapshot", "id": None, "jobs": []})
+    writer = asyncio.ensure_future(_send_events(Socket(), subscription))
+    await sent.wait()  # the writer sent the snapshot; it waits for the next event
+    hub.unsubscribe(subscription)  # the connection ended (its cancel never arrives)
+    await asyncio.wait_for(writer, 5)
+    assert writer.done() and writer.exception() is None
+
+
+async def test_websockets_opened_and_closed_at_once_leave_no_handler_behind(client):
+    sockets = [await client.ws_connect("/api/v1/ws") for _ in range(30)]
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    started = time.perf_counter()
+    await client.close()  # shutdown waits for every handler
+    assert time.perf_counter() - started < 5
+    assert len(client.app[keys.WEBSOCKETS]) == 0

@@ -227,16 +227,21 @@ async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
     core, original, notes = core_request(await read_json_object(request, untyped_is_json=True), app[keys.SETTINGS])
-    return await respond(app, to_params(_validated(app, core)), original, notes)
+    return await respond(request, to_params(_validated(app, core)), original, notes)
 
 
-async def respond(app: web.Application, params: GenerationParams, original: dict[str, Any], notes: list[str]) -> web.Response:
+async def respond(request: web.Request, params: GenerationParams, original: dict[str, Any], notes: list[str]) -> web.Response:
     """Run ``params`` (its LoRAs and model checked; ``batch_size * n_iter`` images, interrupted ones
     answered with what was made) and answer as A1111 does: ``{images, parameters, info}``
     (``original``: the A1111 request as loaded, echoed in ``parameters``; ``notes``: what was changed)."""
+    app = request.app
     params = await with_model(app, await with_loras(app, params), "override_settings")
     count = original["batch_size"] * original["n_iter"]
-    made = await generate_images(app, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES,
+    most = app[keys.SETTINGS].max_request_images
+    if count > most:
+        notes.append(f"batch_size x n_iter = {count} lowered to {most} images (MAX_REQUEST_IMAGES)")
+        count = most
+    made = await generate_images(request, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES,
                                  track=app[keys.A1111_JOBS])
     metas = [image["meta"] for image in made.images]
     if made.interrupted:

@@ -82,5 +82,5 @@ async def img2img(request: web.Request) -> web.Response:
     echoed: dict[str, Any] = {**original, **{k: v for k, v in extra.items() if k not in _IMAGES}}
     echoed.update({name: extra[name] if extra["include_init_images"] else None for name in _IMAGES})
     async with stored_inputs(app, data, given, names=IMG2IMG_NAMES, invert_mask=bool(extra["inpainting_mask_invert"])) as data:
-        return await respond(app, to_params(data), echoed, notes)
+        return await respond(request, to_params(data), echoed, notes)
 

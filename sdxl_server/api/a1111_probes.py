@@ -38,7 +38,7 @@ async def latent_upscale_modes(request: web.Request) -> web.Response:
 
 async def sd_vae(request: web.Request) -> web.Response:
     """``GET /sdapi/v1/sd-vae``: the VAE the model is configured with, when it is a separate one."""
-    vae = (request.app[keys.ENGINE].describe().get("model") or {}).get("vae")
+    vae = (request.app[keys.STATUS].latest.described.get("model") or {}).get("vae")
     return web.json_response([{"model_name": str(vae).rsplit("/", 1)[-1], "filename": str(vae)}] if vae else [])
 
 
@@ -79,7 +79,7 @@ async def cmd_flags(request: web.Request) -> web.Response:
 async def memory(request: web.Request) -> web.Response:
     """``GET /sdapi/v1/memory``: the machine's RAM, and the CUDA device's as torch sees it."""
     ram = psutil.virtual_memory()
-    gpu = request.app[keys.ENGINE].describe().get("gpu")
+    gpu = request.app[keys.STATUS].latest.described.get("gpu")
     if gpu:
         allocated = gpu["memory_allocated"]
         cuda: dict[str, Any] = {

@@ -21,18 +21,17 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Settings
-from ..pipeline.lora_files import LoraCatalog
-from ..pipeline.model_catalog import ModelCatalog
 from . import keys, websocket
 from .contexts import CONTEXTS
 from .forwarded import forwarded_middleware
 from .limits import body_limit_middleware
 from .middleware import error_middleware
 from .openapi import build_spec
-from .routes import add_routes
+from .routes import ROUTES, add_routes
 from .schemas import generate_request_schema
 from .security import add_cors_headers, auth_middleware, cors_middleware
 from .server import Application
+from .slow_bodies import slow_body_middleware
 
 
 def default_engine_factory(settings: Settings) -> Any:
@@ -91,21 +90,21 @@ def _on_second_signal(callback: Callable[[], None]) -> None:
 def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``."""
     app = Application(
-        middlewares=[error_middleware, forwarded_middleware, cors_middleware, auth_middleware, body_limit_middleware],
+        middlewares=[error_middleware, forwarded_middleware, cors_middleware, auth_middleware, body_limit_middleware,
+                     slow_body_middleware],
         client_max_size=settings.max_body_bytes
     )
     app.on_response_prepare.append(add_cors_headers)
     app[keys.SETTINGS] = settings
+    app[keys.RECEIVING] = keys.Receiving(settings.max_receiving_bodies, settings.body_min_rate)
     app[keys.ENGINE_FACTORY] = engine_factory or default_engine_factory
     app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
     app[keys.STATIC_DIR] = find_static_dir()
-    app[keys.OPENAPI] = build_spec(settings, __version__)
+    app[keys.OPENAPI] = build_spec(settings, __version__, ROUTES)
     app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     app[keys.A1111_SKIPPED] = set()
     app[keys.A1111_JOBS] = set()
     app[keys.WEBSOCKETS] = weakref.WeakSet()
-    app[keys.LORAS] = LoraCatalog(settings.lora_dir)
-    app[keys.MODELS] = ModelCatalog(settings)
     app.cleanup_ctx.extend(CONTEXTS)
     app.on_shutdown.append(drain)
     add_routes(app)

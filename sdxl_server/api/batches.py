@@ -7,6 +7,7 @@ the whole request still uses seed ``seed + i``, as one large batch would. Never 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,6 +17,8 @@ from aiohttp import web
 from ..jobs.states import JobStatus
 from ..params import MAX_SEED, GenerationParams
 from . import image_inputs, keys
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +32,7 @@ class Made:
 
 
 async def generate_images(
-    app: web.Application, params: GenerationParams, count: int, *, partial: bool = False,
+    request: web.Request, params: GenerationParams, count: int, *, partial: bool = False,
     skipped: set[str] | None = None, names: Mapping[str, str] | None = None, track: set[str] | None = None,
 ) -> Made:
     """Make ``count`` images like ``params`` in jobs of at most ``MAX_BATCH``.
@@ -37,10 +40,15 @@ async def generate_images(
     A cancelled job raises (409), unless ``partial``: then the images made so far are returned, as
     A1111 answers an interrupted request (a job stopped early by its interrupt gives the image of
     the latents so far, and no more jobs run); a job whose id is in ``skipped`` does not end the
-    request: the rest of it goes on (A1111's skip). Each job's id is in ``track`` while it is awaited."""
+    request: the rest of it goes on (A1111's skip). Each job's id is in ``track`` while it is awaited.
+    Once the client has gone, no further job is queued (the running one ends as jobs do)."""
+    app = request.app
     per_call = app[keys.SETTINGS].max_batch
     made = Made()
     for start in range(0, count, per_call):
+        if start and not _connected(request):
+            log.info("the client of a %d-image request left after %d images; the rest are not made", count, start)
+            break
         chunk = replace(params, num_images=min(per_call, count - start), seed=(params.seed + start) % (MAX_SEED + 1))
         job, _ = await image_inputs.submit(app, chunk, names=names)  # its input images kept until it holds them
         made.first_job = made.first_job or job.id
@@ -61,3 +69,7 @@ async def generate_images(
             made.interrupted = True
             break
     return made
+
+
+def _connected(request: web.Request) -> bool:
+    return request.transport is not None and not request.transport.is_closing()

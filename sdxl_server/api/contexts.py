@@ -20,6 +20,7 @@ from ..jobs.job import Work
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
 from ..jobs.states import TERMINAL_EVENTS
+from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..jobs.work import GenerationWork
 from . import a1111, keys
@@ -49,12 +50,15 @@ async def job_store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The engine and the worker thread that owns its pipeline (on Ray: one thread per replica)."""
+    """The engine, the worker thread that owns its pipeline (on Ray: one thread per replica), and
+    the engine's first snapshot (taken there, before any request reads it)."""
     executor = ThreadPoolExecutor(max_workers=app[keys.SETTINGS].concurrency, thread_name_prefix="sdxl-worker")
     engine = app[keys.ENGINE_FACTORY](app[keys.SETTINGS])
     if app[keys.SETTINGS].backend == "ray":
         engine.connect()  # on the main thread, before any request: an unreachable cluster stops start-up
-    app[keys.EXECUTOR], app[keys.ENGINE] = executor, engine
+    app[keys.EXECUTOR], app[keys.ENGINE], app[keys.STATUS] = executor, engine, StatusBoard(engine)
+    app[keys.MODELS], app[keys.LORAS] = engine.models, engine.lora_files  # one catalog each, the engine's
+    await asyncio.get_running_loop().run_in_executor(executor, app[keys.STATUS].take)
     yield
     try:  # behind a generation that ignored its cancel, this could wait for ever: it may not
         await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, engine.close), CLOSE_WAIT_S)
@@ -72,7 +76,7 @@ def _metrics(app: web.Application, queue: JobQueue) -> Metrics:
         running=lambda: len(queue.running_jobs),
         websockets=lambda: len(app[keys.WEBSOCKETS]),
         model_load_seconds=lambda: engine.load_seconds or 0.0,
-        gpu_memory=engine.gpu_memory_allocated if engine.runtime.on_cuda else None,
+        gpu_memory=(lambda: app[keys.STATUS].latest.gpu_memory_allocated) if engine.runtime.on_cuda else None,
     )
 
 
@@ -108,7 +112,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.STORE].inputs.sweep()
 
     queue = JobQueue(
-        work, app[keys.EXECUTOR], app[keys.JOB_STORE],
+        app[keys.STATUS].reporting(work), app[keys.EXECUTOR], app[keys.JOB_STORE],
         capacity=settings.queue_size, preload=settings.preload, publish=publish, concurrency=settings.concurrency,
         requeue_interrupted=settings.restart_running == "requeue",
     )

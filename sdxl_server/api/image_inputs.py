@@ -1,5 +1,5 @@
-"""Requests that carry images (image to image, inpainting): their fields, and turning the images
-they send into stored inputs.
+"""Requests that carry images (image to image, inpainting): turning the images they send into
+stored inputs, and queueing their jobs while those are held (their fields are in :mod:`.schemas`).
 
 The images are decoded off the event loop (:mod:`sdxl_server.jobs.images`), brought to the size
 the job runs at, and stored by SHA-256 (:class:`~sdxl_server.jobs.inputs.InputStore`) before the
@@ -15,64 +15,20 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 from aiohttp import web
-from marshmallow import fields, validate
 
 from ..config import Settings
 from ..errors import ApiError, ValidationFailed
 from ..jobs import images
 from ..jobs.inputs import InputHold
 from ..jobs.job import Job
-from ..params import INPUT_ROLES, INPAINT_AREAS, INPAINTING_FILLS, RESIZE_MODES, GenerationParams, denoising_steps
+from ..params import INPUT_ROLES, GenerationParams, denoising_steps
 from . import keys
-from .schemas import StrictFloat, StrictInteger, StrictString
 
 IMAGE_FIELDS = tuple(role.field for role in INPUT_ROLES.values())
 REFINER_HINT = (
     "no refiner is configured: set REFINER_ID to a refiner's Hub id (e.g. stabilityai/stable-diffusion-xl-refiner-1.0), "
     "folder or .safetensors file (or 'tiny' to try it offline), or put sd_xl_refiner_1.0.safetensors in MODEL_DIR"
 )
-
-
-def image_request_fields(settings: Settings) -> dict[str, fields.Field]:
-    """The fields of image to image and inpainting, added to the generation request."""
-    return {
-        "init_image": StrictString(
-            load_default=None, allow_none=True,
-            metadata={"description": "Image to start from: PNG, JPEG or WebP, base64 (a data: URL too). Without "
-                      "width and height the output takes its size, fitted to the limits (multiples of 8)."},
-        ),
-        "strength": StrictFloat(
-            load_default=0.75, validate=validate.Range(min=0, max=1, min_inclusive=False),
-            metadata={"description": "With init_image: how much is repainted (0 < strength <= 1); "
-                      "about steps x strength steps run.", "exclusiveMinimum": 0},
-        ),
-        "mask": StrictString(
-            load_default=None, allow_none=True,
-            metadata={"description": "With init_image: base64 mask, white repaints, black keeps (or opaque "
-                      "repaints on a transparent layer); resized to the image. Pixels it leaves out come back unchanged."},
-        ),
-        "mask_blur": StrictInteger(
-            load_default=4, validate=validate.Range(min=0, max=64), metadata={"description": "Mask edge blur, pixels."}
-        ),
-        "inpaint_area": fields.String(
-            load_default="whole", validate=validate.OneOf(INPAINT_AREAS),
-            metadata={"description": "'whole' repaints the whole picture; 'masked' only a padded crop around "
-                      "the mask, at full resolution (A1111's 'Only masked')."},
-        ),
-        "mask_padding": StrictInteger(
-            load_default=32, validate=validate.Range(min=0, max=1024),
-            metadata={"description": "With inpaint_area 'masked': pixels around the mask in the crop."},
-        ),
-        "resize_mode": StrictInteger(
-            load_default=0, validate=validate.OneOf(list(RESIZE_MODES)),
-            metadata={"description": "When width/height differ from the input's: 0 stretch, 1 crop, 2 fill."},
-        ),
-        "inpainting_fill": StrictInteger(
-            load_default=1, validate=validate.OneOf(list(INPAINTING_FILLS)),
-            metadata={"description": "What the masked area starts from: 0 its surroundings blurred, "
-                      "1 the original, 2 noise, 3 flat grey."},
-        ),
-    }
 
 
 def _check_steps(data: Mapping[str, Any]) -> None:
@@ -164,7 +120,7 @@ async def submit(
     keeps the job's inputs until the job holds them. Refuses a refiner when none is configured
     (naming the field as the client's API does: ``names``)."""
     try:
-        if params.refiner.mode != "none" and app[keys.ENGINE].describe().get("refiner") is None:
+        if params.refiner.mode != "none" and app[keys.STATUS].latest.described.get("refiner") is None:
             raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
         _check_steps(params.to_dict())
     except ApiError as exc:

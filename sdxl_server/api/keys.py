@@ -7,15 +7,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from marshmallow import Schema
 
 from ..config import Settings
+from ..jobs.backend import Backend
 from ..jobs.events import EventHub
 from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
+from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
@@ -23,10 +24,11 @@ from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", OutputStore)
-EngineFactory = Callable[[Settings], Any]
+EngineFactory = Callable[[Settings], Backend]
 
 ENGINE_FACTORY = web.AppKey("engine_factory", Callable)
-ENGINE = web.AppKey("engine", Any)  # sdxl_server.pipeline.engine.Engine, or a test double; typed loosely to keep torch out
+ENGINE = web.AppKey("engine", Backend)  # the local Engine (or a test's subclass), or RayCluster
+STATUS = web.AppKey("status", StatusBoard)  # the engine's latest snapshot: what the event loop reads of it
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 QUEUE = web.AppKey("queue", JobQueue)
 JOB_STORE = web.AppKey("job_store", JobStore)
@@ -51,5 +53,19 @@ A1111_SKIPPED = web.AppKey("a1111_skipped", set)  # ids of jobs /sdapi/v1/skip s
 A1111_JOBS = web.AppKey("a1111_jobs", set)  # ids of the jobs A1111 requests wait for: what interrupt may stop
 
 
+# The backend's own catalogs (set beside ENGINE): requests are checked against what it loads from.
 LORAS = web.AppKey("loras", LoraCatalog)  # the files in LORA_DIR (read without torch)
 MODELS = web.AppKey("models", ModelCatalog)  # the default model and MODELS_DIR's (read without torch)
+
+
+@dataclass
+class Receiving:
+    """How many requests are receiving their bodies now, and the limits (one per app)."""
+
+    limit: int
+    min_rate: int
+    window_s: float = 10.0  # how often their progress is checked (api/slow_bodies.py)
+    count: int = 0
+
+
+RECEIVING = web.AppKey("receiving_bodies", Receiving)  # requests whose bodies are arriving (api/slow_bodies.py)

@@ -1,5 +1,6 @@
-"""Request body limits: small everywhere (``MAX_BODY_BYTES``), large on the routes that carry
-images (``MAX_IMAGE_BODY_BYTES``). A body over its limit gets 413 before it is read in full."""
+"""Request body limits: small everywhere (``MAX_BODY_BYTES``), large on the routes the table
+declares ``BodyLimit.IMAGE`` (``MAX_IMAGE_BODY_BYTES``): those whose body carries images. A body
+over its limit gets 413 before it is read in full."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ from aiohttp import web
 
 from . import keys
 from .middleware import Handler
-
-IMAGE_ROUTES = frozenset({
-    "/api/v1/generate", "/api/v1/jobs", "/sdapi/v1/img2img", "/v1/images/edits", "/v1/images/variations",
-})
+from .route_table import BodyLimit
+from .routes import route_of
 
 
 @web.middleware
 async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method == "POST" and request.path in IMAGE_ROUTES:
+    route = route_of(request)
+    if route is not None and route.limit is BodyLimit.IMAGE:
         request = request.clone(client_max_size=request.app[keys.SETTINGS].max_image_body_bytes)
     return await handler(request)

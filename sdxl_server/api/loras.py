@@ -55,6 +55,11 @@ def _refused(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{field}: {message}", fields={field: [message]})
 
 
+def prompt_as_used(prompt: str, syntax: str) -> str:
+    """The prompt's text as the model is given it: without its ``<lora:...>`` tags (A1111 syntax)."""
+    return " ".join(extract_loras(prompt)[0].split()) if syntax == "a1111" else prompt
+
+
 async def _files(app: web.Application, refresh: bool = False):
     catalog = app[keys.LORAS]
     return await asyncio.to_thread(catalog.refresh if refresh else catalog.files)

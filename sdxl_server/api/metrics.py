@@ -1,7 +1,7 @@
 """Prometheus metrics (``GET /metrics``), fed by the same job events the websocket sends.
 
 Each application has its own registry, so several apps (tests) never share counters. Never
-imports torch: GPU memory is read through the engine.
+imports torch: GPU memory is read from the engine's latest snapshot (:mod:`sdxl_server.jobs.status`).
 """
 
 from __future__ import annotations

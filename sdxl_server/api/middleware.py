@@ -7,7 +7,6 @@ before any handler runs (used by :mod:`.server`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import (
@@ -18,11 +17,13 @@ from aiohttp.http_exceptions import (
 
 from ..errors import ApiError, short_message
 from .openai import error_body as openai_error_body
-from .validation import ClientDisconnected, UnreadableBody
+from .route_table import Access, Family, View
+from .routes import access_of
+from .validation import ClientDisconnected
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = View  # a view, or the rest of the middleware chain
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
@@ -41,13 +42,15 @@ _HTTP_CODES = {
 
 
 def error_response(
-    request: web.Request, status: int, body: dict, headers: dict[str, str] | None = None
+    request: web.Request, status: int, body: dict, headers: dict[str, str] | None = None, access: Access | None = None
 ) -> web.Response:
-    """The error as JSON, in the shape the client's API family expects: OpenAI's under ``/v1/``,
-    ours plus A1111's ``detail`` under ``/sdapi/``, ours everywhere else."""
-    if request.path.startswith("/v1/"):
+    """The error as JSON, in the shape the client's API family expects (the route's ``family``, or
+    for a request that matched none its prefix's): OpenAI's, ours plus A1111's ``detail``, or ours.
+    ``access``: given where the request never reached the router (:mod:`.server`)."""
+    family = (access or access_of(request)).family
+    if family is Family.OPENAI:
         status, body = openai_error_body(status, body)
-    elif request.path.startswith("/sdapi/"):
+    elif family is Family.A1111:
         body = {**body, "detail": body["message"]}
     return web.json_response(body, status=status, headers=headers)
 
@@ -98,7 +101,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.Response(status=CLIENT_CLOSED_REQUEST)  # never sent; the access log shows it
     except ApiError as exc:
         response = error_response(request, exc.status, exc.to_dict(), exc.headers)
-        if isinstance(exc, UnreadableBody):
+        if exc.closes_connection:
             response.force_close()
         return response
     except web.HTTPException as exc:

@@ -32,13 +32,8 @@ def openai_model(requested: str | None) -> str:
     return requested
 
 
-def _loaded(app: web.Application) -> dict[str, str]:
-    engine = app[keys.ENGINE]
-    return engine.loaded_models() if hasattr(engine, "loaded_models") else {}
-
-
 def _listing(app: web.Application, entries) -> dict[str, Any]:
-    loaded = _loaded(app)
+    loaded = app[keys.ENGINE].loaded_models()
     return {"default": app[keys.MODELS].default_name, "models_dir": str(app[keys.SETTINGS].models_dir),
             "models": [entry.describe(loaded) for entry in entries]}
 
@@ -62,6 +57,6 @@ async def a1111_refresh_checkpoints(request: web.Request) -> web.Response:
 
 def usable_entries(app: web.Application):
     """The models a request may name: not broken on disk, and not one that failed to load."""
-    model = app[keys.ENGINE].describe()["model"]
+    model = app[keys.STATUS].latest.described["model"]
     failed = model["location"] if model["state"] == "failed" else None
     return [entry for entry in app[keys.MODELS].entries() if not entry.broken and entry.source.location != failed]

@@ -24,7 +24,7 @@ from . import keys
 from .batches import generate_images
 from .forwarded import public_base
 from .image_formats import FORMATS, reencode
-from .loras import with_loras
+from .loras import prompt_as_used, with_loras
 from .models import openai_model, usable_entries, with_model
 from .schemas import StrictInteger, generate_request_fields, to_params
 from .sizes import fit_size, parse_size
@@ -113,6 +113,9 @@ def _read_request(body: dict[str, Any], settings) -> ImagesAsk:
         log.info("OpenAI images request: prompt of %d characters cut to MAX_PROMPT_LENGTH (%d)", len(prompt), settings.max_prompt_length)
         prompt = prompt[: settings.max_prompt_length]
     count = _default(request["n"], 1)
+    if count > settings.max_request_images:
+        message = f"At most {settings.max_request_images} images per request (MAX_REQUEST_IMAGES)."
+        raise ValidationFailed(f"n: {message}", fields={"n": [message]})
     core: dict[str, Any] = {"prompt": prompt, "num_images": min(count, settings.max_batch), "model": openai_model(request["model"])}
     core.update({name: body[name] for name in EXTENSIONS if name in body})
     size = _default(request["size"], "auto")
@@ -172,7 +175,7 @@ async def images_response(request: web.Request, params: GenerationParams, asked:
     """Make ``asked.count`` images like ``params`` (in batches of MAX_BATCH) and answer as OpenAI
     does: ``{created, data: [{url} | {b64_json}], size, output_format, quality, background}``."""
     app = request.app
-    made = await generate_images(app, params, asked.count, names=SIZE_NAMES)
+    made = await generate_images(request, params, asked.count, names=SIZE_NAMES)
     images, job_id = made.images, made.first_job
     if asked.response_format == "b64_json":
         blobs = await _base64_images(app, [image["id"] for image in images], asked.output_format, asked.compression)
@@ -180,6 +183,8 @@ async def images_response(request: web.Request, params: GenerationParams, asked:
     else:
         base = public_base(request)  # PUBLIC_URL, else the scheme and host as trusted proxies forward them
         data = [{"url": base + image["image_url"]} for image in images]
+    used = prompt_as_used(params.prompt, app[keys.SETTINGS].prompt_syntax)
+    data = [{**item, "revised_prompt": used} for item in data]  # as DALL-E 3 answers (Home Assistant reads it)
     created = int((await app[keys.QUEUE].find(job_id)).created_at)
     return web.json_response({
         "created": created, "data": data, "size": f"{params.width}x{params.height}",

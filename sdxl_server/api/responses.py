@@ -1,6 +1,10 @@
 """The response bodies the server answers with, as marshmallow schemas: they are never loaded,
-only documented (api/openapi.py builds the OpenAPI document from them, and schemathesis checks the
-live answers against it). Request schemas, which validate, live in :mod:`.schemas`."""
+only documented. Each route of the table (:data:`.routes.ROUTES`) names its own, :mod:`.openapi`
+registers them, and schemathesis checks the live answers against the document (a missing
+required key or a wrong type fails a test; tests/test_routes.py checks no schema is left
+unnamed). Views answer plain dicts rather than dump through these: a dump reorders keys, writes a
+``Float`` field's integer as ``7.0``, and silently drops a key its schema forgot. Request
+schemas, which validate, live in :mod:`.schemas`."""
 
 from __future__ import annotations
 
@@ -126,16 +130,18 @@ class JobListSchema(Schema):
 
 
 class HealthModelSchema(Schema):
-    id = fields.String(required=True)
-    source = fields.String(required=True, validate=validate.OneOf(["tiny", "hub", "folder", "single_file"]))
-    location = fields.String(required=True)
-    origin = fields.String(required=True, validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default", "MODELS_DIR"]))
-    vae = fields.String(required=True, allow_none=True)
+    """Without the key (API_KEY set): only tiny, state, loaded and load_seconds."""
+
+    id = fields.String()
+    source = fields.String(validate=validate.OneOf(["tiny", "hub", "folder", "single_file"]))
+    location = fields.String()
+    origin = fields.String(validate=validate.OneOf(["MODEL_ID", "MODEL_DIR", "default", "MODELS_DIR"]))
+    vae = fields.String(allow_none=True)
     tiny = fields.Boolean(required=True)
     state = fields.String(required=True, validate=validate.OneOf(["not_loaded", "loading", "ready", "failed"]))
     loaded = fields.Boolean(required=True)
     load_seconds = fields.Float(required=True, allow_none=True)
-    error = fields.String(required=True, allow_none=True, metadata={"description": "Why loading failed, and the fix."})
+    error = fields.String(allow_none=True, metadata={"description": "Why loading failed, and the fix."})
     name = fields.String(metadata={"description": "The running model's name (GET /api/v1/models)."})
 
 
@@ -146,14 +152,17 @@ class HealthModelsSchema(Schema):
 
 
 class HealthQueueSchema(Schema):
-    running = fields.String(required=True, allow_none=True, metadata={"description": "The job running longest."})
-    running_jobs = fields.List(fields.String(), required=True, metadata={"description": "Every running job, oldest first."})
+    """Without the key (API_KEY set): no job ids and no problem text; ``busy`` counts the running jobs."""
+
+    running = fields.String(allow_none=True, metadata={"description": "The job running longest."})
+    running_jobs = fields.List(fields.String(), metadata={"description": "Every running job, oldest first."})
+    busy = fields.Integer(metadata={"description": "Without the key: how many jobs are running."})
     concurrency = fields.Integer(required=True, metadata={"description": "Jobs that may run at once (MAX_CONCURRENCY)."})
     waiting = fields.Integer(required=True)
     capacity = fields.Integer(required=True)
     eta_s = fields.Float(required=True, allow_none=True)
     problem = fields.String(
-        required=True, allow_none=True,
+        allow_none=True,
         metadata={"description": "Why jobs cannot run now (the job store cannot be written, the worker stopped)."},
     )
 
@@ -199,7 +208,7 @@ class IndexSchema(Schema):
     name = fields.String(required=True)
     version = fields.String(required=True)
     status = fields.String(required=True)
-    model = fields.String(required=True)
+    model = fields.String(required=True, allow_none=True, metadata={"description": "null without the key (API_KEY set)."})
     endpoints = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
 
 
@@ -220,6 +229,7 @@ class OpenAIErrorSchema(Schema):
 class OpenAIImageSchema(Schema):
     url = fields.String(metadata={"description": "With response_format=url (the default but for gpt-image-*): a PNG."})
     b64_json = fields.String(metadata={"description": "With response_format=b64_json: the image in output_format, base64."})
+    revised_prompt = fields.String(metadata={"description": "The prompt as the model was given it (without <lora:...> tags)."})
 
 
 class OpenAIImagesResponseSchema(Schema):

@@ -14,7 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
-from ..params import MAX_SEED, REFINER_MODES, SCHEDULERS, GenerationParams
+from ..params import INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 from ..pipeline.model_catalog import MAX_MODEL_NAME
@@ -95,7 +95,6 @@ class LoraChoiceSchema(Schema):
 
 def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
     """The fields of a generation request, with this server's limits and defaults."""
-    from .image_inputs import image_request_fields  # it builds on the field types above
     text = validate.Length(max=settings.max_prompt_length)
     return {
         "prompt": StrictString(
@@ -144,6 +143,48 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         ),
         **image_request_fields(settings),
         **refiner_request_fields(),
+    }
+
+
+def image_request_fields(settings: Settings) -> dict[str, fields.Field]:
+    """The fields of image to image and inpainting, added to the generation request."""
+    return {
+        "init_image": StrictString(
+            load_default=None, allow_none=True,
+            metadata={"description": "Image to start from: PNG, JPEG or WebP, base64 (a data: URL too). Without "
+                      "width and height the output takes its size, fitted to the limits (multiples of 8)."},
+        ),
+        "strength": StrictFloat(
+            load_default=0.75, validate=validate.Range(min=0, max=1, min_inclusive=False),
+            metadata={"description": "With init_image: how much is repainted (0 < strength <= 1); "
+                      "about steps x strength steps run.", "exclusiveMinimum": 0},
+        ),
+        "mask": StrictString(
+            load_default=None, allow_none=True,
+            metadata={"description": "With init_image: base64 mask, white repaints, black keeps (or opaque "
+                      "repaints on a transparent layer); resized to the image. Pixels it leaves out come back unchanged."},
+        ),
+        "mask_blur": StrictInteger(
+            load_default=4, validate=validate.Range(min=0, max=64), metadata={"description": "Mask edge blur, pixels."}
+        ),
+        "inpaint_area": fields.String(
+            load_default="whole", validate=validate.OneOf(INPAINT_AREAS),
+            metadata={"description": "'whole' repaints the whole picture; 'masked' only a padded crop around "
+                      "the mask, at full resolution (A1111's 'Only masked')."},
+        ),
+        "mask_padding": StrictInteger(
+            load_default=32, validate=validate.Range(min=0, max=1024),
+            metadata={"description": "With inpaint_area 'masked': pixels around the mask in the crop."},
+        ),
+        "resize_mode": StrictInteger(
+            load_default=0, validate=validate.OneOf(list(RESIZE_MODES)),
+            metadata={"description": "When width/height differ from the input's: 0 stretch, 1 crop, 2 fill."},
+        ),
+        "inpainting_fill": StrictInteger(
+            load_default=1, validate=validate.OneOf(list(INPAINTING_FILLS)),
+            metadata={"description": "What the masked area starts from: 0 its surroundings blurred, "
+                      "1 the original, 2 noise, 3 flat grey."},
+        ),
     }
 
 

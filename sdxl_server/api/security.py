@@ -1,9 +1,12 @@
 """Who may call what: the API key and cross-origin (CORS) rules, as two middlewares.
 
-- ``API_KEY``: every API route (``/api/``, ``/v1/``, ``/sdapi/``, ``/metrics``) and the websocket
-  need the key (a bearer token, or HTTP Basic auth's password for A1111 clients), compared in
-  constant time; ``/``, ``/health``, ``/static/`` and ``/openapi.json``
-  stay public, and ``/outputs/`` needs the key only with ``OUTPUTS_NEED_KEY``.
+- ``API_KEY``: a route whose scope (in the route table, :mod:`.routes`) is not public needs the
+  key (a bearer token, or HTTP Basic auth's password for A1111 clients), compared in constant
+  time. Today that is every API route (``/api/``, ``/v1/``, ``/sdapi/``, ``/metrics``) and the
+  websocket; ``/``, ``/health``, ``/static/``, ``/openapi.json`` and ``/internal/ping`` stay
+  public, and the output files need the key only with ``OUTPUTS_NEED_KEY``. Requests that match
+  no route follow their prefix (:data:`.routes.UNMATCHED`).
+- Every request that passes carries its caller's :class:`Identity` under :data:`IDENTITY`.
 - ``CORS_ORIGINS``: browsers on those origins may call the API; preflight ``OPTIONS`` is answered
   for every route; a websocket's ``Origin`` must be the server's own (as a trusted proxy forwards
   it, or ``PUBLIC_URL``) or on the list.
@@ -24,24 +27,19 @@ from multidict import CIMultiDict
 from ..errors import ForbiddenOrigin, Unauthorized
 from . import forwarded, keys
 from .middleware import Handler
+from .identity import ANONYMOUS, API_KEY_HOLDER, IDENTITY, OPEN, Identity
+from .route_table import Access
+from .routes import access_of
 
 BEARER_CHALLENGE = CIMultiDict([(hdrs.WWW_AUTHENTICATE, 'Bearer realm="sdxl_server"')])
 # The Basic challenge goes only to clients that tried Basic auth: sent to the web page's own
 # requests, it would make the browser open its login dialog instead of the page's key prompt.
 CHALLENGES = CIMultiDict([*BEARER_CHALLENGE.items(),
                           (hdrs.WWW_AUTHENTICATE, 'Basic realm="sdxl_server", charset="UTF-8"')])
-PROTECTED_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/metrics")
 WS_TOKEN_PROTOCOL = "bearer."
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-API-Key"
 EXPOSED_HEADERS = "Location, Retry-After"
-
-
-def _needs_key(request: web.Request) -> bool:
-    path = request.path
-    if path.startswith(PROTECTED_PREFIXES):
-        return True
-    return path.startswith("/outputs/") and request.app[keys.SETTINGS].outputs_need_key
 
 
 def _is_websocket(request: web.Request) -> bool:
@@ -60,7 +58,7 @@ def basic_credentials(token: str) -> tuple[str, ...]:
     return (password, decoded) if colon else ()  # RFC 7617: user-id ":" password
 
 
-def presented_keys(request: web.Request) -> tuple[str, ...]:
+def presented_keys(request: web.Request, access: Access) -> tuple[str, ...]:
     """The keys a client sent: a bearer token, HTTP Basic credentials, an ``X-API-Key`` header, or,
     where headers cannot be set (browser websockets, ``<img>`` URLs), a ``bearer.KEY`` websocket
     subprotocol or ``?token=``."""
@@ -68,11 +66,11 @@ def presented_keys(request: web.Request) -> tuple[str, ...]:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "basic" and token.strip():
         return basic_credentials(token)
-    key = presented_key(request)
+    key = presented_key(request, access)
     return (key,) if key is not None else ()
 
 
-def presented_key(request: web.Request) -> str | None:
+def presented_key(request: web.Request, access: Access) -> str | None:
     """The key a client sent other than by HTTP Basic auth (see :func:`presented_keys`)."""
     authorization = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, token = authorization.partition(" ")
@@ -84,7 +82,7 @@ def presented_key(request: web.Request) -> str | None:
         for protocol in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(","):
             if protocol.strip().startswith(WS_TOKEN_PROTOCOL):
                 return protocol.strip()[len(WS_TOKEN_PROTOCOL):]
-    if _is_websocket(request) or request.path.startswith("/outputs/"):
+    if _is_websocket(request) or access.output_file:
         return request.query.get("token")
     return None
 
@@ -103,17 +101,26 @@ def _raw(text: str) -> bytes:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    expected = request.app[keys.SETTINGS].api_key
-    if expected and request.method != "OPTIONS" and _needs_key(request):
-        # Every candidate is compared (no short cut), so timing says nothing about which matched.
-        matches = [key_matches(key, expected) for key in presented_keys(request)]
-        if not any(matches):
-            raise Unauthorized(
-                "this server needs an API key: send 'Authorization: Bearer <API_KEY>', "
-                "or HTTP Basic auth with API_KEY as the password (A1111 clients: 'user:API_KEY')",
-                headers=CHALLENGES if _tried_basic(request) else BEARER_CHALLENGE,
-            )
+    settings = request.app[keys.SETTINGS]
+    access = access_of(request)
+    identity = identify(request, settings.api_key, access)
+    if request.method != "OPTIONS" and access.required_scope(settings) not in identity.scopes:
+        raise Unauthorized(
+            "this server needs an API key: send 'Authorization: Bearer <API_KEY>', "
+            "or HTTP Basic auth with API_KEY as the password (A1111 clients: 'user:API_KEY')",
+            headers=CHALLENGES if _tried_basic(request) else BEARER_CHALLENGE,
+        )
+    request[IDENTITY] = identity
     return await handler(request)
+
+
+def identify(request: web.Request, expected: str | None, access: Access) -> Identity:
+    """The caller, from the keys it sent (public routes included, so a handler always knows)."""
+    if not expected:
+        return OPEN
+    # Every candidate is compared (no short cut), so timing says nothing about which matched.
+    matches = [key_matches(key, expected) for key in presented_keys(request, access)]
+    return API_KEY_HOLDER if any(matches) else ANONYMOUS
 
 
 def _tried_basic(request: web.Request) -> bool:

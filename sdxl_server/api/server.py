@@ -16,6 +16,7 @@ from aiohttp import web
 from yarl import URL
 
 from .middleware import error_response, protocol_error
+from .routes import unmatched_access
 
 
 class JsonErrorRequestHandler(web.RequestHandler):
@@ -32,7 +33,8 @@ class JsonErrorRequestHandler(web.RequestHandler):
         if request.writer.output_size > 0:  # as aiohttp: an answer has begun, the connection is broken
             raise ConnectionError("Response is sent already, cannot send another response with the error message")
         status, body = protocol_error(status, exc)
-        response = error_response(request, status, body)  # type: ignore[arg-type]
+        # Refused before routing: the path's prefix decides the error's shape.
+        response = error_response(request, status, body, access=unmatched_access(request.path))  # type: ignore[arg-type]
         response.force_close()
         return response
 

@@ -7,7 +7,6 @@ import asyncio
 
 from aiohttp import web
 
-from ..errors import ModelUnavailable
 from . import keys
 from .schemas import tokenize_request_schema
 from .validation import read_json_object, validate
@@ -16,8 +15,6 @@ from .validation import read_json_object, validate
 async def tokenize(request: web.Request) -> web.Response:
     body = validate(tokenize_request_schema(request.app[keys.SETTINGS]), await read_json_object(request))
     engine = request.app[keys.ENGINE]
-    if not hasattr(engine, "count_tokens"):
-        raise ModelUnavailable("this engine does not count tokens")
     counts = {}
     for name in ("prompt", "negative_prompt"):
         counts[name] = await asyncio.to_thread(engine.count_tokens, body[name])

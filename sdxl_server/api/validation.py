@@ -72,6 +72,8 @@ class UnreadableBody(InvalidBody):
     reading such a body at the bad bytes, so the connection cannot carry another request: the
     middleware closes it after answering."""
 
+    closes_connection = True
+
 
 async def _read(request: web.Request, max_bytes: int | None = None) -> bytes:
     try:
@@ -115,7 +117,3 @@ def validate(schema: Schema, body: dict[str, Any], names: dict[str, str] | None 
         problems = {(names or {}).get(name, name): messages for name, messages in problems.items()}
         raise ValidationFailed(f"invalid request: check {', '.join(sorted(problems))}", fields=problems) from None
 
-
-async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
-    """Read and validate the request body in one call."""
-    return validate(schema, await read_json_object(request))

@@ -25,7 +25,9 @@ from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
 from .openapi import with_local_names
+from .route_table import Scope
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
+from .identity import IDENTITY
 from .validation import read_json_object, validate
 
 CANCEL_WAIT_S = 10.0
@@ -34,8 +36,8 @@ CANCEL_WAIT_S = 10.0
 
 
 def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
-    engine, queue = app[keys.ENGINE], app[keys.QUEUE]
-    info = engine.describe()
+    queue = app[keys.QUEUE]
+    info = app[keys.STATUS].latest.described  # as the worker thread last saw the engine: no torch here
     state = info["model"]["state"]
     if state == "failed" or queue.problem:
         status = "error"
@@ -63,14 +65,41 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
     return (200 if status == "ok" else 503), body
 
 
+# What a caller without the key (when API_KEY is set) sees of /health: readiness, the device and
+# the queue's size, never a job id, a prompt, a model's name or location, a LoRA or a file path.
+_PUBLIC_HEALTH = ("status", "version", "auth_required", "cuda_available", "device", "dtype", "gpu", "attention", "versions")
+_PUBLIC_MODEL = ("tiny", "state", "loaded", "load_seconds")
+_PUBLIC_QUEUE = ("concurrency", "waiting", "capacity", "eta_s")
+
+
+def _public_health(body: dict[str, Any]) -> dict[str, Any]:
+    refiner = body.get("refiner")
+    return {
+        **{name: body[name] for name in _PUBLIC_HEALTH if name in body},
+        "model": {name: body["model"][name] for name in _PUBLIC_MODEL},
+        "refiner": None if refiner is None else {name: refiner[name] for name in ("state", "loaded")},
+        "options": {},
+        "queue": {**{name: body["queue"][name] for name in _PUBLIC_QUEUE}, "busy": len(body["queue"]["running_jobs"])},
+    }
+
+
+def _may_read(request: web.Request) -> bool:
+    return Scope.READ in request[IDENTITY].scopes
+
+
 async def health(request: web.Request) -> web.Response:
-    """Readiness: 200 when the model is loaded (or loads on demand), 503 while loading or after a failure."""
+    """Readiness: 200 when the model is loaded (or loads on demand), 503 while loading or after a
+    failure; all of it for callers who may read the API, the readiness alone for the others."""
     status, body = _health(request.app)
-    return web.json_response(body, status=status)
+    return web.json_response(body if _may_read(request) else _public_health(body), status=status)
 
 
 async def openapi(request: web.Request) -> web.Response:
+    """The API's description; with the local model and LoRA names only for callers who may list
+    them (``/api/v1/models`` and ``/api/v1/loras`` need the key when one is set)."""
     app = request.app
+    if not _may_read(request):
+        return web.json_response(app[keys.OPENAPI])
     loras = [f.name for f in await asyncio.to_thread(app[keys.LORAS].files) if f.problem is None]
     models = [entry.name for entry in app[keys.MODELS].entries() if not entry.broken]
     return web.json_response(with_local_names(app[keys.OPENAPI], models, loras))
@@ -99,7 +128,7 @@ async def index(request: web.Request) -> web.StreamResponse:
             "name": "sdxl_server",
             "version": __version__,
             "status": health_body["status"],
-            "model": health_body["model"]["id"],
+            "model": health_body["model"]["id"] if _may_read(request) else None,
             "endpoints": {
                 "generate": "POST /api/v1/generate",
                 "info": "GET /api/v1/info",
@@ -117,7 +146,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def server_info(request: web.Request) -> web.Response:
     """What a client needs to build a form: the model, the limits, the defaults, the samplers."""
     settings = request.app[keys.SETTINGS]
-    described = request.app[keys.ENGINE].describe()
+    described = request.app[keys.STATUS].latest.described
     model = described["model"]
     return web.json_response(
         {

@@ -49,10 +49,16 @@ async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
 
 
 async def _send_events(ws: web.WebSocketResponse, subscription: Subscription) -> None:
+    """Send the subscription's events until it closes (the connection ended) or falls behind.
+
+    It stops on the subscription's close, not only on a cancel: ``asyncio.wait_for`` before
+    Python 3.12 loses a cancel that arrives as the awaited send completes, which left writers (and
+    so their handlers, and the next shutdown) waiting for ever."""
     while True:
         message = await subscription.next()
         if message is None:
-            await _close(ws, WSCloseCode.POLICY_VIOLATION, TOO_SLOW)
+            if subscription.too_slow:
+                await _close(ws, WSCloseCode.POLICY_VIOLATION, TOO_SLOW)
             return
         try:
             await asyncio.wait_for(ws.send_str(message.text), SEND_TIMEOUT_S)
@@ -92,7 +98,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if message.type == WSMsgType.TEXT and _is_ping(message.data):
                 subscription.offer({"type": "pong", "id": job_id})
     finally:
-        hub.unsubscribe(subscription)
+        hub.unsubscribe(subscription)  # closes it: the writer stops even if the cancel below is lost
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
+
 from ..params import GenerationParams
 from .job import Job
 
@@ -53,3 +56,32 @@ class ThroughputEstimate:
         if job.step == 0 and job.started_at is not None:
             left -= now - job.started_at  # still encoding the prompt: part of the overhead is spent
         return max(0.0, left)
+
+    def plan(
+        self, running: list[Job], waiting: Iterable[Job], concurrency: int, now: float
+    ) -> tuple[list[tuple[Job, float | None]], list[float] | None]:
+        """Each waiting job in order with the seconds until it finishes (None: not known yet), and
+        when each of the ``concurrency`` slots is free once they have run (None: unknown).
+
+        Each waiting job goes to the slot that frees first, as the worker takes them; a job for
+        another model than the one before it pays that model's switch."""
+        remaining = [self.remaining_seconds(job, now) for job in running]
+        slots: list[float] | None = None if None in remaining else [
+            *remaining, *[0.0] * max(0, concurrency - len(remaining))]  # type: ignore[list-item]
+        if slots is not None:
+            heapq.heapify(slots)
+        planned: list[tuple[Job, float | None]] = []
+        model = running[-1].params.model if running else None
+        for job in waiting:
+            seconds = self.job_seconds(job.params)
+            if seconds is not None and model is not None and job.params.model != model:
+                seconds += self.switch_seconds(job.params.model)  # measured per model
+            model = job.params.model
+            if slots is None or seconds is None:
+                slots = None
+                planned.append((job, None))
+                continue
+            finish = heapq.heappop(slots) + seconds
+            heapq.heappush(slots, finish)
+            planned.append((job, finish))
+        return planned, slots

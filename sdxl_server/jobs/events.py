@@ -55,6 +55,7 @@ class Subscription:
         self._counter = itertools.count()
         self._ready = asyncio.Event()
         self.too_slow = False
+        self.closed = False  # its connection has ended: its writer stops, whatever happened to a cancel
 
     def wants(self, event: Event) -> bool:
         if event["type"] == "preview" and not self.previews:
@@ -63,7 +64,7 @@ class Subscription:
 
     def offer(self, message: Message | Event) -> None:
         """Queue an event without ever waiting."""
-        if self.too_slow:
+        if self.too_slow or self.closed:
             return
         if not isinstance(message, Message):
             message = Message(message)
@@ -80,12 +81,18 @@ class Subscription:
             self._pending.clear()
         self._ready.set()
 
+    def close(self) -> None:
+        """No more events: a writer waiting in :meth:`next` gets None now."""
+        self.closed = True
+        self._pending.clear()
+        self._ready.set()
+
     async def next(self) -> Message | None:
-        """The oldest pending event; None once the subscriber is too slow."""
-        while not self._pending and not self.too_slow:
+        """The oldest pending event; None once the subscriber is too slow or closed."""
+        while not self._pending and not self.too_slow and not self.closed:
             self._ready.clear()
             await self._ready.wait()
-        if self.too_slow:
+        if self.too_slow or self.closed:
             return None
         key, message = self._pending.popitem(last=False)
         if isinstance(key, tuple) and key[0] in REPLACED:
@@ -114,6 +121,7 @@ class EventHub:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+        subscription.close()
 
     def publish(self, event: Event) -> None:
         message = Message(event)  # encoded at most once, when the first subscriber sends it

@@ -1,6 +1,7 @@
-"""One job: its parameters, its state, and what a waiting client gets when it ends.
+"""One job: its parameters, its state, its transitions, and what a waiting client gets when it ends.
 
-A job is changed only on the event loop; the worker thread reads ``id``, ``params`` and
+A job is changed only on the event loop, and only through its own methods (the queue and the
+worker ask, the job keeps its flags consistent); the worker thread reads ``id``, ``params`` and
 ``created_at`` and polls :meth:`Job.cancel_requested`.
 """
 
@@ -37,6 +38,10 @@ class Work(Protocol):
     """The worker-thread side of a job (see :mod:`sdxl_server.jobs.work`): generating returns
     the :data:`Save` that the encoder thread runs while the worker thread starts the next job."""
 
+    stops_early: bool
+    """Whether a job asked to stop early (A1111's interrupt) ends with the image so far; where it
+    cannot (a Ray replica), the job is cancelled instead."""
+
     def load(self) -> None: ...
 
     def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> Save: ...
@@ -44,8 +49,9 @@ class Work(Protocol):
 
 @dataclass(eq=False)
 class Job:
-    """One request's life. Changed only on the event loop; the worker thread reads ``id``,
-    ``params`` and ``created_at`` and polls :meth:`cancel_requested`."""
+    """One request's life. Changed only on the event loop, its private flags only by its own
+    transitions (below); the worker thread reads ``id``, ``params`` and ``created_at`` and polls
+    :meth:`cancel_requested`."""
 
     params: GenerationParams
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -72,12 +78,85 @@ class Job:
     def __post_init__(self) -> None:
         self.total_steps = self.total_steps or self.params.total_steps
 
+    # -- what others may ask --------------------------------------------------------------
+
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
 
     def stop_early_requested(self) -> bool:
         """Whether the job should stop denoising and make its image from the latents so far."""
         return self._stop_early.is_set()
+
+    @property
+    def settled(self) -> bool:
+        """It has ended, or its ending is being recorded: it gets no second end."""
+        return self._settled
+
+    @property
+    def suspended(self) -> bool:
+        """A shutdown kept it queued for the next start: only a client's cancel may still end it."""
+        return self._suspended
+
+    @property
+    def done(self) -> bool:
+        """Its waiters have been told: it ended, or a shutdown suspended it."""
+        return self._done.is_set()
+
+    # -- transitions (on the event loop) ---------------------------------------------------
+
+    def request_cancel(self, reason: ApiError | None = None) -> None:
+        """Ask it to stop at its next step. ``reason``: why, when it is not a client's cancel; a
+        cancel asked for already keeps its own (a client's cancel stands over a shutdown's)."""
+        if reason is not None and not self._cancel.is_set():
+            self.cancel_reason = reason
+        self._cancel.set()
+
+    def withdraw_cancel(self) -> None:
+        """The cancel of a waiting job could not be recorded: it waits on, not cancelled."""
+        self._cancel.clear()
+
+    def request_stop_early(self) -> None:
+        """A1111's interrupt: stop denoising at the next step and make the image from the latents so far."""
+        self._stop_early.set()
+
+    def time_steps_from(self, at: float) -> None:
+        """The next step is timed from ``at``: the job's start, or the end of a model switch
+        (neither is a step)."""
+        self._step_started = at
+
+    def advance(self, step: int, total: int, at: float) -> float | None:
+        """Step ``step`` of ``total`` ended at ``at``. Returns how long it took when that is a
+        step's time: it follows the one before (the first also encoded the prompt)."""
+        started = self._step_started
+        took = at - started if started is not None and step == self.step + 1 and step > 1 else None
+        self._step_started = at
+        self.step, self.total_steps = step, total
+        return took
+
+    def settle(self, status: JobStatus) -> bool:
+        """Take the job's one ending (before the ending's first await, so a concurrent ending
+        finds it taken). False when it ended already, or a shutdown kept it queued and ``status``
+        is not a client's cancel."""
+        if self._settled or (self._suspended and status is not JobStatus.CANCELLED):
+            return False
+        self._settled = True
+        return True
+
+    def unsettle(self) -> None:
+        """Its ending could not be recorded: it has not ended, and may end later."""
+        self._settled = False
+
+    def suspend(self) -> bool:
+        """A shutdown keeps it queued for the next start. False when it ended already (or is
+        ending), or was suspended before."""
+        if self._settled or self._suspended:
+            return False
+        self._suspended = True
+        return True
+
+    def wake(self) -> None:
+        """Its end (or suspension) is recorded: tell whoever waits on it."""
+        self._done.set()
 
     def to_record(self) -> dict[str, Any]:
         """The job as the job store keeps it."""
@@ -100,7 +179,7 @@ class Job:
             idempotency_key=record["idempotency_key"], request_hash=record["request_hash"], attempts=record["attempts"],
         )
         if job.status.terminal:
-            job._done.set()
+            job.wake()
         return job
 
     @property

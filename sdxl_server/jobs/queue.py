@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import time
 from collections import OrderedDict, deque
@@ -130,7 +129,7 @@ class JobQueue:
             return job, False
         self._waiting.append(job)
         self.wakeup.set()
-        self._publish(self.event(job, "queued"))
+        self.announce(job, "queued")
         return job, False
 
     async def _replay(self, key: str, request_hash: str | None) -> Job | None:
@@ -255,20 +254,20 @@ class JobQueue:
         """Cancel one job: a waiting one leaves the queue now, a running one stops at its next
         step. Raises :class:`Conflict` if it has ended, or is being cancelled already."""
         job = await self.find(job_id)
-        if job.status.terminal or job._settled:
+        if job.status.terminal or job.settled:
             raise Conflict(f"job {job_id} already {job.status.value}")
         if job.cancel_requested():
             raise Conflict(f"job {job_id} is being cancelled already")
         if self.worker.encoder.saving(job):
             raise Conflict(f"job {job_id} has been generated and its files are being written")
-        job._cancel.set()
+        job.request_cancel()
         if job not in self._running:  # waiting, or suspended by a shutdown in progress
             if job in self._waiting:
                 self._waiting.remove(job)
             try:
                 await self.finish(job, JobStatus.CANCELLED)
             except JobStoreUnavailable:
-                job._cancel.clear()
+                job.withdraw_cancel()
                 raise
             self.announce_positions()
         return job
@@ -277,37 +276,36 @@ class JobQueue:
         """A1111's interrupt: the running ``job`` stops denoising at its next step and ends with the
         image of the latents so far. False when it cannot (not running, or its work cannot: a Ray
         replica), so the caller cancels it instead."""
-        if job not in self._running or job._settled or not getattr(self.worker.work, "stops_early", False):
+        if job not in self._running or job.settled or not self.worker.work.stops_early:
             return False
-        job._stop_early.set()
+        job.request_stop_early()
         return True
 
     async def finish(
         self, job: Job, status: JobStatus, *, result: dict | None = None, error: ApiError | None = None
     ) -> None:
         """End a job: record its terminal state, then tell its waiters and subscribers, once."""
-        if job._settled or (job._suspended and status is not JobStatus.CANCELLED):
+        if not job.settle(status):
             return  # it ended already, or a shutdown kept it queued (only a client may still cancel it)
-        job._settled = True  # before the first await: a concurrent ending finds it taken
         try:
             await self.recorder.change(
                 job, status=status, finished_at=time.time(), result=result, error=error, preview=None
             )  # a client told "succeeded" finds it so after any crash
         except JobStoreUnavailable:
-            job._settled = False
+            job.unsettle()
             raise
-        job._done.set()
+        job.wake()
         run_s = None if job.started_at is None else round(job.finished_at - job.started_at, 4)
         extra: dict[str, Any] = dict(result or {}) if status is JobStatus.SUCCEEDED else {}
         if error is not None:
             extra["error"] = error.to_dict()
-        self._publish(self.event(job, END_EVENT[status], run_s=run_s, **extra))
+        self.announce(job, END_EVENT[status], run_s=run_s, **extra)
 
     async def interrupted(self, job: Job, error: ApiError) -> None:
         """The worker running ``job`` was lost (a Ray replica died): by the crash rules, it is
         queued again first (``RESTART_RUNNING=requeue``, fewer than ``MAX_ATTEMPTS`` starts) or
         failed. Either way it ends, or waits again, exactly once."""
-        if job._settled or job._suspended:
+        if job.settled or job.suspended:
             return
         if not self.accepting:
             await self.suspend(job)
@@ -318,24 +316,23 @@ class JobQueue:
             self.release(job)
             self._waiting.appendleft(job)
             log.warning("job %s queued again (attempt %d was interrupted: %s)", job.id, job.attempts, error.message)
-            self._publish(self.event(job, "queued", error=error.to_dict()))
+            self.announce(job, "queued", error=error.to_dict())
             self.announce_positions()
             self.wakeup.set()
 
     async def suspend(self, job: Job) -> None:
         """At shutdown: the job stays queued in the job store and runs when the server starts
         again; whoever waits on it now is told so. A suspension is not an attempt."""
-        if job._settled or job._suspended:
+        if not job.suspend():
             return
-        job._suspended = True
         error = ShuttingDown("the server is shutting down: this job stays queued and runs when the server starts again")
         if job.status is JobStatus.RUNNING:  # a waiting job's row says queued already: nothing to write
             await self.recorder.change(
                 job, status=JobStatus.QUEUED, step=0, preview=None, error=error, attempts=max(0, job.attempts - 1)
             )
         job.error = error
-        job._done.set()
-        self._publish(self.event(job, "suspended", error=error.to_dict()))
+        job.wake()
+        self.announce(job, "suspended", error=error.to_dict())
 
     async def fail_waiting(self, error: ApiError) -> None:
         """The worker cannot run jobs any more: end every waiting one with ``error``."""
@@ -361,30 +358,7 @@ class JobQueue:
         return self._plan()[0]
 
     def _plan(self) -> tuple[list[tuple[Job, float | None]], list[float] | None]:
-        """The schedule, and when each slot is free once the queue has drained (None: unknown).
-
-        Each waiting job goes to the slot that frees first, as the worker takes them."""
-        now = time.time()
-        remaining = [self.estimate.remaining_seconds(job, now) for job in self._running]
-        slots: list[float] | None = None if None in remaining else [
-            *remaining, *[0.0] * max(0, self.concurrency - len(remaining))]  # type: ignore[list-item]
-        if slots is not None:
-            heapq.heapify(slots)
-        planned: list[tuple[Job, float | None]] = []
-        model = self._running[-1].params.model if self._running else None
-        for job in self._waiting:
-            seconds = self.estimate.job_seconds(job.params)
-            if seconds is not None and model is not None and job.params.model != model:
-                seconds += self.estimate.switch_seconds(job.params.model)  # measured per model
-            model = job.params.model
-            if slots is None or seconds is None:
-                slots = None
-                planned.append((job, None))
-                continue
-            finish = heapq.heappop(slots) + seconds
-            heapq.heappush(slots, finish)
-            planned.append((job, finish))
-        return planned, slots
+        return self.estimate.plan(self._running, self._waiting, self.concurrency, time.time())
 
     def eta_seconds(self, job: Job | None) -> float | None:
         """Seconds until ``job`` finishes (None: until the whole queue drains); None if unknown yet."""
@@ -412,8 +386,9 @@ class JobQueue:
                 "eta_s": None if eta is None else round(eta, 2),
             })
 
-    def publish(self, event: dict[str, Any]) -> None:
-        self._publish(event)
+    def announce(self, job: Job, kind: str, **extra: Any) -> None:
+        """Publish ``job``'s ``kind`` event (see :meth:`event`)."""
+        self._publish(self.event(job, kind, **extra))
 
     # -- life cycle ---------------------------------------------------------------------
 

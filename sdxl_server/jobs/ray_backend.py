@@ -20,12 +20,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from ..config import ConfigError, Settings
 from ..errors import ApiError, GenerationFailed, Interrupted, JobCancelled, ModelUnavailable, StoredError, short_message
+from ..pipeline.lora_files import LoraCatalog
+from ..pipeline.model_catalog import ModelCatalog
 from ..pipeline.sources import resolve_model_source
+from .backend import RuntimeInfo
 from .job import Job, Save, StepReporter
 from .outputs import OutputStore
 
@@ -65,12 +67,17 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 
 
 class RayCluster:
-    """The deployment of the pipeline on Ray Serve, as the rest of the server sees an engine."""
+    """The deployment of the pipeline on Ray Serve: the server's :class:`~.backend.Backend` when
+    ``BACKEND=ray``."""
 
     def __init__(self, settings: Settings, replica_engine: Callable[[Settings], Any] | None = None) -> None:
         self.settings = settings
         self.source = resolve_model_source(settings)
-        self.runtime = SimpleNamespace(on_cuda=False, device="ray", dtype=settings.dtype, cuda_available=False)
+        self.runtime = RuntimeInfo(device="ray", dtype=settings.dtype)  # the replicas' own: in describe()
+        # The front end's catalogs, which the API checks requests against (each replica reads the
+        # same folders with its own engine's).
+        self.models = ModelCatalog(settings)
+        self.lora_files = LoraCatalog(settings.lora_dir)
         self.options: dict[str, Any] = {}
         self.state = "not_loaded"  # not_loaded -> loading -> ready | failed
         self.error: str | None = None
@@ -199,7 +206,13 @@ class RayCluster:
     # -- what /health shows -------------------------------------------------------------
 
     def gpu_memory_allocated(self) -> float:
-        return 0.0
+        return 0.0  # none in this process: the replicas hold the GPUs
+
+    def loaded_models(self) -> dict[str, str]:
+        return {}  # the replicas run one model each, not listed here
+
+    def count_tokens(self, prompt: str) -> dict[str, Any]:
+        raise ModelUnavailable("this engine does not count tokens")  # the tokenizers are in the replicas
 
     def describe(self) -> dict[str, Any]:
         remote = self._remote
@@ -231,6 +244,8 @@ class RayCluster:
 
 class RayWork:
     """One job on a Ray Serve replica, from a lane's thread (the queue's ``Work`` protocol)."""
+
+    stops_early = False  # a replica cannot be asked to stop early: A1111's interrupt cancels the job
 
     def __init__(
         self, cluster: RayCluster, store: OutputStore, *, previews_wanted: Callable[[str], bool] = lambda job_id: False

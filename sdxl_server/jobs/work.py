@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..params import SCHEDULERS
+from .backend import Generated, InProcessBackend
 from .inputs import load_inputs
 from .job import Job, ModelLoading, Save, StepReporter
 from .outputs import OutputStore, params_meta
@@ -24,7 +25,7 @@ class GenerationWork:
 
     def __init__(
         self,
-        engine: Any,
+        engine: InProcessBackend,
         store: OutputStore,
         *,
         previews_wanted: Callable[[str], bool] = lambda job_id: False,
@@ -42,7 +43,19 @@ class GenerationWork:
         """Generate the job's images (worker thread); return how to save them (encoder thread)."""
         params = job.params
         started = time.time()
+        self._switch_model(params.model, params.steps, on_step)
+        inputs = load_inputs(self.store.inputs, params)
+        generation = self.engine.generate(params, self._step_reporter(job, on_step), cancelled,
+                                          stop_early=job.stop_early_requested, **({"inputs": inputs} if inputs else {}))
+        timings = {
+            "queue_s": round(started - job.created_at, 4),
+            "inference_s": generation.info.get("inference_s"),
+            "decode_s": generation.info.get("decode_s"),
+        }
+        return self._saver(job, generation, self._common_meta(job, generation), timings)
 
+    def _step_reporter(self, job: Job, on_step: StepReporter) -> Callable[[int, int, Any], None]:
+        """The engine's step callback: progress, and a preview every few steps for a client that wants one."""
         previews: Any = None
 
         def step(step: int, total: int, latents: Any) -> None:
@@ -57,42 +70,46 @@ class GenerationWork:
                 previews.take(latents)
             on_step(step, total, previews.ready() if previews is not None and previews.pending else None)
 
-        if getattr(self.engine, "needs_switch", lambda model: False)(params.model):
-            on_step(0, params.steps, ModelLoading(params.model))
-            switch_started = time.perf_counter()
-            self.engine.use_model(params.model)
-            on_step(0, params.steps, ModelLoading(params.model, time.perf_counter() - switch_started))
-        inputs = load_inputs(self.store.inputs, params)
-        generation = self.engine.generate(params, step, cancelled, stop_early=job.stop_early_requested,
-                                          **({"inputs": inputs} if inputs else {}))
-        runtime = self.engine.runtime
-        common: dict[str, Any] = {
+        return step
+
+    def _switch_model(self, model: str, steps: int, on_step: StepReporter) -> None:
+        """Switch to the job's model first if it is not the running one, telling the queue (a
+        ``loading_model`` event, then how long it took)."""
+        if not self.engine.needs_switch(model):
+            return
+        on_step(0, steps, ModelLoading(model))
+        switch_started = time.perf_counter()
+        self.engine.use_model(model)
+        on_step(0, steps, ModelLoading(model, time.perf_counter() - switch_started))
+
+    def _common_meta(self, job: Job, generation: Generated) -> dict[str, Any]:
+        """The metadata every image of the job shares."""
+        params, runtime, info = job.params, self.engine.runtime, generation.info
+        return {
             "model_id": self.engine.model_id,
             **params_meta(params),
-            "sampler_name": generation.info.get("sampler", SCHEDULERS[params.scheduler]),
+            "sampler_name": info.get("sampler", SCHEDULERS[params.scheduler]),
             "device": runtime.device,
             "dtype": runtime.dtype,
             "attention": self.engine.options.get("attention"),
-            "vae_upcast": generation.info.get("vae_upcast", False),
-            "lora_hashes": generation.info.get("lora_hashes", {}),
-            **({"refiner_id": generation.info["refiner"]} if "refiner" in generation.info else {}),
+            "vae_upcast": info.get("vae_upcast", False),
+            "lora_hashes": info.get("lora_hashes", {}),
+            **({"refiner_id": info["refiner"]} if "refiner" in info else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
         }
-        timings = {
-            "queue_s": round(started - job.created_at, 4),
-            "inference_s": generation.info.get("inference_s"),
-            "decode_s": generation.info.get("decode_s"),
-        }
-        seeds = generation.info.get("seeds") or [params.seed]
+
+    def _saver(self, job: Job, generation: Generated, common: dict[str, Any], timings: dict[str, Any]) -> Save:
+        """How the encoder thread writes the job's images, then their metadata."""
+        seeds = generation.info.get("seeds") or [job.params.seed]
+        stopped_from = generation.info.get("stopped_from", len(generation.images))
 
         def save() -> dict[str, Any]:
-            """On the encoder thread: encode and write each image, then its metadata."""
             metas = []
             try:
                 for index, image in enumerate(generation.images):
                     output_id = job.id if index == 0 else f"{job.id}-{index}"
                     meta = {"id": output_id, "job_id": job.id, "index": index, **common, "seed": seeds[index]}
-                    if index >= generation.info.get("stopped_from", len(generation.images)):
+                    if index >= stopped_from:
                         meta["interrupted_at_step"] = generation.info["stopped_at"]  # stopped early (A1111)
                     encoding = time.perf_counter()
                     png = self.store.encode_png(image, meta)

@@ -4,8 +4,10 @@ run at once (``MAX_CONCURRENCY``): one lane on the single thread that owns the l
 one per Ray Serve replica (:mod:`.ray_backend`), each lane's thread waiting on its replica.
 
 The thread reports steps back only through ``loop.call_soon_threadsafe``; all job state is
-changed on the event loop. A generated job is handed to the :class:`~.encoder.Encoder` and ends
-once its files are written, while the next job already runs. Never imports torch or aiohttp.
+changed on the event loop, through the job's own transitions. A generated job is handed to the
+:class:`~.encoder.Encoder` and ends once its files are written, while the next job already runs.
+The worker knows the queue only as a :class:`JobSource` (it never imports :mod:`.queue`), so what
+it may do to the queue is declared here. Never imports torch or aiohttp.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import (
     ApiError,
@@ -28,11 +30,10 @@ from ..errors import (
     WorkerStopped,
 )
 from .encoder import Encoder
+from .eta import ThroughputEstimate
 from .job import Job, ModelLoading, Save, Work
+from .recording import Recorder
 from .states import JobStatus
-
-if TYPE_CHECKING:
-    from .queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,40 @@ RESTART_WINDOW_S = 60.0  # ... within this many seconds; then the queue reports 
 STOP_WAIT_S = 30.0  # at shutdown, how long a cancelled job may take to reach its next step
 
 
-class Worker:
-    """Runs the queue's jobs, ``queue.concurrency`` at a time (one per lane)."""
+class JobSource(Protocol):
+    """What the worker needs of the queue (:class:`~.queue.JobQueue`), and no more: jobs to take
+    in order, a slot given back, a job's announcements, its recorded changes, and its endings by
+    the queue's rules (exactly once)."""
 
-    def __init__(self, queue: JobQueue, work: Work, executor: Executor, *, preload: bool) -> None:
-        self.queue = queue
+    concurrency: int  # lanes: jobs that may run at once
+    wakeup: asyncio.Event  # set when a job may be waiting to be taken
+    recorder: Recorder
+    estimate: ThroughputEstimate
+
+    def take(self) -> Job | None: ...
+
+    def release(self, job: Job) -> None: ...
+
+    def announce(self, job: Job, kind: str, **extra: Any) -> None: ...
+
+    def announce_positions(self) -> None: ...
+
+    async def finish(
+        self, job: Job, status: JobStatus, *, result: dict | None = None, error: ApiError | None = None
+    ) -> None: ...
+
+    async def interrupted(self, job: Job, error: ApiError) -> None: ...
+
+    async def suspend(self, job: Job) -> None: ...
+
+    async def fail_waiting(self, error: ApiError) -> None: ...
+
+
+class Worker:
+    """Runs the source's jobs, ``source.concurrency`` at a time (one per lane)."""
+
+    def __init__(self, source: JobSource, work: Work, executor: Executor, *, preload: bool) -> None:
+        self.source = source
         self.work = work
         self._executor = executor
         self.encoder = Encoder()
@@ -62,7 +92,7 @@ class Worker:
     # -- supervision ----------------------------------------------------------------------
 
     def start(self) -> None:
-        for lane in range(self.queue.concurrency):
+        for lane in range(self.source.concurrency):
             self._start_lane(lane)
 
     def _start_lane(self, lane: int) -> None:
@@ -80,14 +110,14 @@ class Worker:
         if len(self._failures) == RESTARTS and now - self._failures[0] < RESTART_WINDOW_S:
             self.problem = f"the worker stopped {RESTARTS} times in a minute ({exc!r}); restart the server"
             self.ready.set()
-            self._cleanup = asyncio.ensure_future(self.queue.fail_waiting(WorkerStopped(self.problem)))
+            self._cleanup = asyncio.ensure_future(self.source.fail_waiting(WorkerStopped(self.problem)))
             return
         self._start_lane(lane)
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
         """End the job the worker was running when a bug stopped it (once)."""
         try:
-            await self.queue.finish(job, JobStatus.FAILED, error=GenerationFailed(f"the worker failed: {exc!r}"))
+            await self.source.finish(job, JobStatus.FAILED, error=GenerationFailed(f"the worker failed: {exc!r}"))
         except Exception:  # noqa: BLE001 - the job store is failing too: the next start recovers it
             log.exception("could not record job %s as failed", job.id)
 
@@ -106,10 +136,10 @@ class Worker:
         self.ready.set()  # (after a bug in the load, only once the restarts succeed or give up)
         while True:
             await self.encoder.room()
-            job = self.queue.take()
+            job = self.source.take()
             if job is None:
-                self.queue.wakeup.clear()
-                await self.queue.wakeup.wait()
+                self.source.wakeup.clear()
+                await self.source.wakeup.wait()
                 continue
             self._current[lane] = job
             try:
@@ -118,25 +148,23 @@ class Worker:
                 await self._fail(job, exc)
                 raise  # the supervisor logs it and starts the worker again
             finally:
-                self.queue.release(job)
+                self.source.release(job)
                 self._current.pop(lane, None)
 
     async def _run_one(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
         started = time.time()
-        await self.queue.recorder.change(
+        await self.source.recorder.change(
             job, status=JobStatus.RUNNING, started_at=started, step=0, attempts=job.attempts + 1, error=None
         )  # recorded before anyone is told it started
-        job._step_started = started
-        self.queue.publish(
-            self.queue.event(
-                job, "started", position=0, started_at=started, total_steps=job.total_steps,
-                queued_s=round(started - job.created_at, 4),
-            )
+        job.time_steps_from(started)
+        self.source.announce(
+            job, "started", position=0, started_at=started, total_steps=job.total_steps,
+            queued_s=round(started - job.created_at, 4),
         )
-        self.queue.announce_positions()
+        self.source.announce_positions()
         if job.cancel_requested() and job.cancel_reason is None:
-            await self.queue.finish(job, JobStatus.CANCELLED)
+            await self.source.finish(job, JobStatus.CANCELLED)
             return
 
         def on_step(step: int, total: int, extra: Any = None) -> None:
@@ -147,19 +175,19 @@ class Worker:
         try:
             save = await loop.run_in_executor(self._executor, self.work, job, on_step, job.cancel_requested)
         except Interrupted as exc:  # its worker was lost (a Ray replica died): the crash rules
-            await self.queue.interrupted(job, exc)
+            await self.source.interrupted(job, exc)
         except JobCancelled:
             if isinstance(job.cancel_reason, ShuttingDown):
-                await self.queue.suspend(job)
+                await self.source.suspend(job)
             else:
-                await self.queue.finish(job, JobStatus.CANCELLED, error=job.cancel_reason)
+                await self.source.finish(job, JobStatus.CANCELLED, error=job.cancel_reason)
         except ApiError as exc:
-            await self.queue.finish(job, JobStatus.FAILED, error=exc)
+            await self.source.finish(job, JobStatus.FAILED, error=exc)
         except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the worker
             log.exception("job %s failed", job.id)
-            await self.queue.finish(job, JobStatus.FAILED, error=GenerationFailed(f"generation failed: {exc}"))
+            await self.source.finish(job, JobStatus.FAILED, error=GenerationFailed(f"generation failed: {exc}"))
         else:
-            self.queue.estimate.record_job(job.params, time.time() - started, job.step)
+            self.source.estimate.record_job(job.params, time.time() - started, job.step)
             self.encoder.track(job, self._save(job, save))  # the next job starts while this one is written
 
     async def _save(self, job: Job, save: Save) -> None:
@@ -173,36 +201,33 @@ class Worker:
             outcome = {"error": GenerationFailed(f"saving the images failed: {exc}")}
         else:
             outcome = {"result": result}
-        if job._suspended:  # shutdown gave up waiting: recovery adopts the files at the next start
+        if job.suspended:  # shutdown gave up waiting: recovery adopts the files at the next start
             return
         status = JobStatus.SUCCEEDED if "result" in outcome else JobStatus.FAILED
         with contextlib.suppress(JobStoreUnavailable):  # at shutdown: the job keeps its recorded state
-            await self.queue.finish(job, status, **outcome)
+            await self.source.finish(job, status, **outcome)
 
     def _on_step(self, job: Job, step: int, total: int, at: float, extra: Any) -> None:
-        if job.status is not JobStatus.RUNNING or job._settled:
+        if job.status is not JobStatus.RUNNING or job.settled:
             return
         if isinstance(extra, ModelLoading):
             if extra.seconds is None:
-                self.queue.publish(self.queue.event(job, "loading_model", model=extra.model))
+                self.source.announce(job, "loading_model", model=extra.model)
             else:
-                self.queue.estimate.record_switch(extra.model, extra.seconds)
-                job._step_started = at  # the switch is not a step
+                self.source.estimate.record_switch(extra.model, extra.seconds)
+                job.time_steps_from(at)  # the switch is not a step
             return
-        if job._step_started is not None and step == job.step + 1 and step > 1:
-            self.queue.estimate.record_step(job.params, at - job._step_started)
-        job._step_started = at
-        job.step, job.total_steps = step, total
-        eta = self.queue.estimate.remaining_seconds(job, at)
-        self.queue.publish(
-            self.queue.event(
-                job, "progress", step=step, total_steps=total, progress=job.progress,
-                elapsed_s=round(at - (job.started_at or at), 3), eta_s=None if eta is None else round(eta, 2),
-            )
+        took = job.advance(step, total, at)
+        if took is not None:
+            self.source.estimate.record_step(job.params, took)
+        eta = self.source.estimate.remaining_seconds(job, at)
+        self.source.announce(
+            job, "progress", step=step, total_steps=total, progress=job.progress,
+            elapsed_s=round(at - (job.started_at or at), 3), eta_s=None if eta is None else round(eta, 2),
         )
         if extra is not None:
             job.preview = extra
-            self.queue.publish(self.queue.event(job, "preview", step=step, image=extra))
+            self.source.announce(job, "preview", step=step, image=extra)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -211,26 +236,24 @@ class Worker:
         cancel them at their next step and suspend them; waits at most ``STOP_WAIT_S`` for that
         step, then records them suspended anyway. Then stops the coroutines."""
         self._stopping = True
-        running = [job for job in self.queue.running_jobs if not job._done.is_set()]
+        running = [job for job in self._current.values() if not job.done]  # in the order they were taken
         tasks = list(self._tasks.values())
         if running:
             await _first_of(grace_s, _all_done(running), *([urgent.wait()] if urgent else []))
-            self.queue.recorder.give_up()  # from now on a change that cannot be recorded is not made
-            running = [job for job in running if not job._done.is_set()]
+            self.source.recorder.give_up()  # from now on a change that cannot be recorded is not made
+            running = [job for job in running if not job.done]
             for job in running:
-                if not job.cancel_requested():  # a client's own cancel stands
-                    job.cancel_reason = ShuttingDown("the server is shutting down")
-                job._cancel.set()
+                job.request_cancel(ShuttingDown("the server is shutting down"))  # a client's own cancel stands
             if running:
                 await _first_of(self.stop_wait_s, _all_done(running), *tasks)
             for job in running:
-                if not job._done.is_set():
+                if not job.done:
                     log.warning("job %s did not stop in time; recording it suspended", job.id)
                     with contextlib.suppress(JobStoreUnavailable):
-                        await self.queue.suspend(job)
+                        await self.source.suspend(job)
         await self.encoder.drain(self.stop_wait_s)  # jobs generated already end once written
         self.encoder.close()
-        self.queue.recorder.give_up()
+        self.source.recorder.give_up()
         for task in list(self._tasks.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

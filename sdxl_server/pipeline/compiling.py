@@ -20,21 +20,20 @@ from typing import Any
 
 import torch
 
-from ..config import Settings
+from ..config import Settings, cache_home
 from ..errors import short_message
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path("~/.cache/sdxl_server/inductor")
 
 
 def compile_cache_dir(settings: Settings) -> Path:
-    """``COMPILE_CACHE``, else ``TORCHINDUCTOR_CACHE_DIR`` if set, else the default under ~/.cache."""
+    """``COMPILE_CACHE``, else ``TORCHINDUCTOR_CACHE_DIR`` if set, else ``inductor`` in the cache home."""
     if settings.compile_cache is not None:
         return settings.compile_cache.expanduser()
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    return DEFAULT_CACHE.expanduser()
+    return cache_home() / "inductor"
 
 
 def apply_layout_options(pipe: Any, settings: Settings, attention: str) -> dict[str, Any]:

@@ -68,9 +68,11 @@ class Engine:
         self.options: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
         self._default_scheduler: Any = None
-        self.loras = LoraAdapters(LoraCatalog(settings.lora_dir), settings.lora_cache)
-        self.catalog = ModelCatalog(settings)
-        self.active = self.catalog.default_name
+        # The catalogs the API checks requests against too (one each, see api/contexts.py).
+        self.models = ModelCatalog(settings)
+        self.lora_files = LoraCatalog(settings.lora_dir)
+        self.loras = LoraAdapters(self.lora_files, settings.lora_cache)
+        self.active = self.models.default_name
         movable = self.runtime.on_cuda and settings.cpu_offload == "none"
         self.cached = ModelCache(settings.model_cache, settings.model_ram_cache, self.runtime.device, movable)
         self.switch_seconds: dict[str, float] = {}
@@ -214,15 +216,15 @@ class Engine:
 
     def needs_switch(self, name: str) -> bool:
         """Whether a job for ``name`` ("" : the default) must switch models first."""
-        return (name or self.catalog.default_name) != self.active
+        return (name or self.models.default_name) != self.active
 
     def use_model(self, name: str) -> None:
         """Make ``name`` the running model (from the caches, else loaded). If it fails to load,
         the previous model is running again and :class:`ModelUnavailable` says why."""
-        name = name or self.catalog.default_name
+        name = name or self.models.default_name
         if name == self.active:
             return
-        entry = self.catalog.get(name)
+        entry = self.models.get(name)
         if entry is None or entry.broken:
             raise ModelUnavailable(f"model {name!r} cannot be used: {entry.broken if entry else 'no longer in MODELS_DIR'}")
         started = time.perf_counter()
@@ -230,7 +232,7 @@ class Engine:
         self.refiner.unshare()  # it borrows the running model's text encoder 2 and VAE
         restored = self.cached.take(name)  # before the previous one goes in: it must not evict the target
         self.cached.put(previous)
-        self._become(restored or LoadedModel(name, entry.source, LoraAdapters(self.loras.catalog, self.settings.lora_cache)))
+        self._become(restored or LoadedModel(name, entry.source, LoraAdapters(self.lora_files, self.settings.lora_cache)))
         try:
             if restored is None:
                 self.load()

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from ..config import cache_home
+
 log = logging.getLogger(__name__)
 
 # Bump when the architecture below changes, so old caches are not reused.
 TINY_VERSION = 1
-
-
-def default_cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sdxl_server"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -124,7 +120,7 @@ def _ensure_saved(cache_root: Path | None, name: str, build) -> Path:
     The folder appears atomically (built aside, then renamed), so a crash never leaves a half
     model that a later start would try to load.
     """
-    root = cache_root or default_cache_root()
+    root = cache_root or cache_home()
     folder = root / name
     if (folder / "model_index.json").is_file():
         return folder

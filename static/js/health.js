@@ -18,7 +18,7 @@ function show(kind, text) {
 }
 
 function modelName(model) {
-  if (!model) return "unknown model";
+  if (!model || !model.id) return "the model";  // without the key (API_KEY set) /health names none
   return model.tiny ? `${model.id} (tiny test model — random weights, images are noise)` : model.id;
 }
 

@@ -79,7 +79,7 @@ def section_switching(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         load_s = _timed(engine.load)
         for index, name in enumerate(("bench-a", "bench-b")):
             save_diffusers_layout(lora_weights_for(engine.pipe.unet, seed=index), scratch / "loras" / f"{name}.safetensors")
-        engine.loras.catalog.refresh()
+        engine.lora_files.refresh()
         params = GenerationParams(
             prompt=opts.prompt, negative_prompt=opts.negative_prompt, width=opts.width, height=opts.height,
             steps=opts.steps, guidance_scale=opts.guidance_scale, seed=opts.seed, scheduler=opts.scheduler,
