@@ -100,3 +100,18 @@ async def test_probes_need_the_key_when_one_is_set(make_client, settings, path):
     client = await make_client(settings.replace(api_key=KEY))
     assert (await client.get(path)).status == 401
     assert (await client.get(path, headers={"Authorization": "Basic " + base64.b64encode(f"st:{KEY}".encode()).decode()})).status == 200
+
+
+async def test_png_info_takes_the_image_routes_body_limit(make_client, settings):
+    """MAX_IMAGE_BODY_BYTES, as every route that carries an image (it had its own fixed 64 MiB)."""
+    client = await make_client(settings.replace(max_image_body_bytes=200_000))
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("parameters", "a lighthouse\nSteps: 3, Seed: 1")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, format="PNG", pnginfo=chunk)
+    small = base64.b64encode(buffer.getvalue()).decode()
+    padded = {"image": small, "padding": "x" * 150_000}  # above MAX_BODY_BYTES, below the image limit
+    resp = await client.post("/sdapi/v1/png-info", json=padded)
+    assert resp.status == 200 and (await resp.json())["parameters"]["Seed"] == "1"
+    resp = await client.post("/sdapi/v1/png-info", json={"image": small, "padding": "x" * 250_000})
+    assert resp.status == 413 and (await resp.json())["error"] == "body_too_large"

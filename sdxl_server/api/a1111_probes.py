@@ -97,7 +97,6 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-PNG_INFO_MAX_BYTES = 64 * 1024 * 1024  # an uploaded image, base64: more than MAX_BODY_BYTES allows
 
 
 class PngInfoSchema(Schema):
@@ -174,7 +173,7 @@ def _png_info(data: str, max_pixels: int) -> dict[str, Any]:
 
 async def png_info(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/png-info``: the ``parameters`` text chunk of an uploaded PNG, parsed (off the loop)."""
-    body = await read_json_object(request, untyped_is_json=True, max_bytes=PNG_INFO_MAX_BYTES)
+    body = await read_json_object(request, untyped_is_json=True)  # MAX_IMAGE_BODY_BYTES, as the image routes
     data = validate(PngInfoSchema(), body)["image"]
     max_pixels = request.app[keys.SETTINGS].max_input_pixels
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, _png_info, data, max_pixels))

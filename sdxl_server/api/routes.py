@@ -101,7 +101,7 @@ ROUTES: tuple[Route, ...] = (
     a1111_route("POST", "/sdapi/v1/png-info", a1111_probes.png_info, READ,
                 "AUTOMATIC1111 API: a PNG's generation parameters (its parameters text chunk)", {
                     200: (JSON, "info (the text), items (other text chunks), parameters (parsed)", {"type": "object"}),
-                    **errors(*BODY_ERRORS)}, body="A1111PngInfoRequest"),
+                    **errors(*BODY_ERRORS)}, body="A1111PngInfoRequest", limit=IMAGE),
     # A1111's own path outside /sdapi/: its errors keep our shape, and it is public like /health.
     Route("GET", "/internal/ping", a1111_probes.ping, PUBLIC, "AUTOMATIC1111 API: liveness ({})", {
         200: (JSON, "{}", {"type": "object"})}, tags=("a1111",)),

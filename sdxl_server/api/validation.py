@@ -25,11 +25,9 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json"))
 
 
-async def read_json_object(
-    request: web.Request, *, untyped_is_json: bool = False, max_bytes: int | None = None
-) -> dict[str, Any]:
-    """The body as a dict; raises for anything else (``client_max_size`` bounds its size, or
-    ``max_bytes`` for a route that takes uploads).
+async def read_json_object(request: web.Request, *, untyped_is_json: bool = False) -> dict[str, Any]:
+    """The body as a dict; raises for anything else (``client_max_size`` bounds its size: the
+    route's body limit).
 
     ``untyped_is_json``: a body sent without any ``Content-Type`` is read as JSON, as FastAPI
     (and so A1111) does."""
@@ -43,7 +41,7 @@ async def read_json_object(
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding!r} is not supported: send the body uncompressed, or compressed with gzip or deflate"
         )
-    raw = await _read(request, max_bytes)
+    raw = await _read(request)
     if not raw.strip():
         raise InvalidBody("the request body is empty: send a JSON object")
     try:
@@ -75,16 +73,9 @@ class UnreadableBody(InvalidBody):
     closes_connection = True
 
 
-async def _read(request: web.Request, max_bytes: int | None = None) -> bytes:
+async def _read(request: web.Request) -> bytes:
     try:
-        if max_bytes is None:
-            return await request.read()
-        body = bytearray()
-        while chunk := await request.content.readany():
-            body.extend(chunk)
-            if len(body) > max_bytes:
-                raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(body))
-        return bytes(body)
+        return await request.read()
     except web.RequestPayloadError as exc:
         # Nothing more of this body will come; say so, or aiohttp tries to read the rest after the
         # answer and logs the same error again as an unhandled one.
