@@ -3,9 +3,9 @@
 ``txt2img`` is translated into our own request and validated by the same schema, so limits,
 queue and outputs are shared; ``progress`` reports the running job; ``interrupt`` cancels it.
 ``refiner_checkpoint`` (any name: the server has one refiner, REFINER_ID) with ``refiner_switch_at``
-runs the refiner as an ensemble. Model switching, hires fix, scripts, face restoration and styles
-are not supported:
-their fields are accepted and ignored, as A1111 itself ignores fields it does not know.
+runs the refiner as an ensemble. Hires fix, scripts, face restoration and the like are not
+supported: their fields are accepted, and when sent with a value that would change the image they
+are named in ``info["warnings"]`` (see :mod:`.applied`); fields A1111 does not know are ignored.
 Never imports torch.
 """
 
@@ -27,6 +27,7 @@ from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS, GenerationParams
 from ..pipeline.model_catalog import MAX_MODEL_NAME
 from . import keys
+from .applied import A1111_TXT2IMG, a1111_warnings
 from .batches import generate_images
 from .loras import with_loras
 from .models import usable_entries, with_model
@@ -226,15 +227,19 @@ def _validated(app: web.Application, core: dict[str, Any]) -> dict[str, Any]:
 async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
-    core, original, notes = core_request(await read_json_object(request, untyped_is_json=True), app[keys.SETTINGS])
-    return await respond(request, to_params(_validated(app, core)), original, notes)
+    body = await read_json_object(request, untyped_is_json=True)
+    core, original, notes = core_request(body, app[keys.SETTINGS])
+    return await respond(request, to_params(_validated(app, core)), original, notes, a1111_warnings(A1111_TXT2IMG, body))
 
 
-async def respond(request: web.Request, params: GenerationParams, original: dict[str, Any], notes: list[str]) -> web.Response:
+async def respond(request: web.Request, params: GenerationParams, original: dict[str, Any], notes: list[str],
+                  warnings: list[str] | None = None) -> web.Response:
     """Run ``params`` (its LoRAs and model checked; ``batch_size * n_iter`` images, interrupted ones
     answered with what was made) and answer as A1111 does: ``{images, parameters, info}``
-    (``original``: the A1111 request as loaded, echoed in ``parameters``; ``notes``: what was changed)."""
+    (``original``: the A1111 request as loaded, echoed in ``parameters``; ``notes``: what was changed;
+    ``warnings``: what was asked for and not applied, in ``info`` and each image's metadata)."""
     app = request.app
+    warnings = warnings or []
     params = await with_model(app, await with_loras(app, params), "override_settings")
     count = original["batch_size"] * original["n_iter"]
     most = app[keys.SETTINGS].max_request_images
@@ -242,7 +247,7 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
         notes.append(f"batch_size x n_iter = {count} lowered to {most} images (MAX_REQUEST_IMAGES)")
         count = most
     made = await generate_images(request, params, count, partial=True, skipped=app[keys.A1111_SKIPPED], names=NAMES,
-                                 track=app[keys.A1111_JOBS])
+                                 track=app[keys.A1111_JOBS], warnings=warnings)
     metas = [image["meta"] for image in made.images]
     if made.interrupted:
         stopped = [meta["interrupted_at_step"] for meta in metas if "interrupted_at_step" in meta]
@@ -283,6 +288,7 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
         "is_using_inpainting_conditioning": False,
         "mask_blur": params.inpaint.mask_blur if params.mode == "inpaint" else None,
         "version": "sdxl_server",
+        "warnings": warnings,
     }
     parameters = {
         **{k: v for k, v in original.items()},

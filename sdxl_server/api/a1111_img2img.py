@@ -15,6 +15,7 @@ from marshmallow import validate as validate_
 
 from ..params import INPAINTING_FILLS, RESIZE_MODES
 from . import keys
+from .applied import A1111_IMG2IMG, a1111_warnings
 from .a1111 import NAMES, Number, core_request, request_schema_for_spec, respond, validate_a1111
 from .image_inputs import stored_inputs
 from .schemas import StrictInteger, generate_request_fields, to_params
@@ -82,5 +83,5 @@ async def img2img(request: web.Request) -> web.Response:
     echoed: dict[str, Any] = {**original, **{k: v for k, v in extra.items() if k not in _IMAGES}}
     echoed.update({name: extra[name] if extra["include_init_images"] else None for name in _IMAGES})
     async with stored_inputs(app, data, given, names=IMG2IMG_NAMES, invert_mask=bool(extra["inpainting_mask_invert"])) as data:
-        return await respond(request, to_params(data), echoed, notes)
+        return await respond(request, to_params(data), echoed, notes, a1111_warnings(A1111_IMG2IMG, body))
 

@@ -34,6 +34,7 @@ class Made:
 async def generate_images(
     request: web.Request, params: GenerationParams, count: int, *, partial: bool = False,
     skipped: set[str] | None = None, names: Mapping[str, str] | None = None, track: set[str] | None = None,
+    warnings: list[str] | None = None,
 ) -> Made:
     """Make ``count`` images like ``params`` in jobs of at most ``MAX_BATCH``.
 
@@ -50,7 +51,8 @@ async def generate_images(
             log.info("the client of a %d-image request left after %d images; the rest are not made", count, start)
             break
         chunk = replace(params, num_images=min(per_call, count - start), seed=(params.seed + start) % (MAX_SEED + 1))
-        job, _ = await image_inputs.submit(app, chunk, names=names)  # its input images kept until it holds them
+        # its input images are kept until it holds them
+        job, _ = await image_inputs.submit(app, chunk, names=names, warnings=tuple(warnings or ()))
         made.first_job = made.first_job or job.id
         tracked = track if track is not None else set()
         tracked.add(job.id)

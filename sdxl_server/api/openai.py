@@ -21,6 +21,7 @@ from ..errors import ValidationFailed
 from ..params import GenerationParams
 from ..pipeline.model_catalog import MAX_MODEL_NAME
 from . import keys
+from .applied import OPENAI_GENERATIONS, check_openai
 from .batches import generate_images
 from .forwarded import public_base
 from .image_formats import FORMATS, reencode
@@ -65,7 +66,7 @@ class ImagesRequestSchema(Schema):
                                        metadata={"description": "jpeg/webp quality, 0 to 100 (default 100)."})
     quality = fields.String(load_default=None, allow_none=True, metadata={"description": "Echoed; no effect."})
     background = fields.String(load_default=None, allow_none=True,
-                               metadata={"description": "Echoed as 'opaque': transparency is not supported."})
+                               metadata={"description": "'opaque' or 'auto' (echoed as 'opaque'); 'transparent' is refused."})
     stream = fields.Boolean(load_default=False, allow_none=True)
 
     @validates_schema
@@ -104,6 +105,7 @@ def _default(value: Any, default: Any) -> Any:
 
 def _read_request(body: dict[str, Any], settings) -> ImagesAsk:
     """Our request for OpenAI's ``body``, and how to answer it."""
+    check_openai(OPENAI_GENERATIONS, body)
     unknown = sorted(set(body) - set(ImagesRequestSchema().fields) - set(IGNORED) - set(EXTENSIONS))
     if unknown:
         log.info("OpenAI images request: ignoring fields this server does not know: %s", ", ".join(unknown[:20]))
@@ -143,8 +145,6 @@ def how_to_answer(request: dict[str, Any]) -> dict[str, Any]:
     gpt_image = (request.get("model") or "").startswith("gpt-image")
     response_format = _default(request.get("response_format"), "b64_json" if gpt_image else "url")
     output_format = _default(request.get("output_format"), "png") if response_format == "b64_json" else "png"
-    if request.get("background") == "transparent":
-        log.info("OpenAI images request: background 'transparent' is not supported; the image is opaque")
     return {"response_format": response_format, "output_format": output_format,
             "compression": _default(request.get("output_compression"), 100),
             "quality": _default(request.get("quality"), "auto"), "background": "opaque"}

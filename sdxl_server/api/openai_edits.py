@@ -24,6 +24,7 @@ from marshmallow import Schema, fields, validate
 
 from ..errors import InvalidBody, UnsupportedMediaType, ValidationFailed
 from . import keys
+from .applied import OPENAI_EDITS, OPENAI_VARIATIONS, Rule, check_openai
 from .image_inputs import stored_inputs
 from .loras import with_loras
 from .models import openai_model, with_model
@@ -48,8 +49,9 @@ def _invalid(name: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{name}: {message}", fields={name: [message]})
 
 
-async def _read_form(request: web.Request) -> tuple[dict[str, Any], list[bytes], bytes | None]:
-    """The text fields (typed), the images, and the mask of a multipart body."""
+async def _read_form(request: web.Request, table: dict[str, Rule]) -> tuple[dict[str, Any], list[bytes], bytes | None]:
+    """The text fields (typed), the images, and the mask of a multipart body (checked against the
+    route's ``table`` of fields: one asking for what cannot be made is refused)."""
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType(f"send the body as multipart/form-data (got {request.content_type!r})")
     try:
@@ -59,6 +61,7 @@ async def _read_form(request: web.Request) -> tuple[dict[str, Any], list[bytes],
         # Python does not know; HttpProcessingError: a part whose header lines are not headers.
         raise InvalidBody(f"the multipart body cannot be read: {_reason(exc)}") from None
     try:
+        check_openai(table, {name: form[name] for name in form})
         return _form_values(form)
     finally:
         for value in form.values():  # the uploads aiohttp spooled to temporary files
@@ -133,7 +136,7 @@ def _one_image(images: list[bytes]) -> bytes:
 
 async def edits(request: web.Request) -> web.Response:
     """``POST /v1/images/edits`` (multipart): ``{created, data: [{url} | {b64_json}]}``."""
-    values, images, mask = await _read_form(request)
+    values, images, mask = await _read_form(request, OPENAI_EDITS)
     image = _one_image(images)
     prompt = values.get("prompt", "")
     if not prompt.strip():
@@ -145,7 +148,7 @@ async def edits(request: web.Request) -> web.Response:
 
 async def variations(request: web.Request) -> web.Response:
     """``POST /v1/images/variations`` (multipart): image to image with no prompt."""
-    values, images, mask = await _read_form(request)
+    values, images, mask = await _read_form(request, OPENAI_VARIATIONS)
     if mask is not None:
         raise _invalid("mask", "Variations take no mask: use /v1/images/edits.")
     image = _one_image(images)

@@ -67,6 +67,9 @@ class Job:
     request_hash: str | None = None
     attempts: int = 0  # starts so far, counting any interrupted by a crash
     cancel_reason: ApiError | None = None  # why it was cancelled, when not by a client's DELETE
+    # What the request asked for and did not get (A1111's unapplied fields), for the images' metadata;
+    # not in the job store: a job recovered after a crash is made without them in its metadata.
+    warnings: tuple[str, ...] = ()
     preview: str | None = field(default=None, repr=False)  # the latest preview (a JPEG data URL), if any was made
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _stop_early: threading.Event = field(default_factory=threading.Event, repr=False)  # A1111's interrupt

@@ -95,6 +95,7 @@ class GenerationWork:
             "vae_upcast": info.get("vae_upcast", False),
             "lora_hashes": info.get("lora_hashes", {}),
             **({"refiner_id": info["refiner"]} if "refiner" in info else {}),
+            **({"warnings": list(job.warnings)} if job.warnings else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
         }
 
