@@ -339,3 +339,10 @@ async def test_no_more_batches_are_queued_once_the_client_has_gone(settings, cap
         assert len(await store.page(100, None, None)) == 1 and not app[keys.QUEUE].active()
     finally:
         await runner.cleanup()
+
+
+async def test_a_size_whose_shape_cannot_be_kept_is_a_422_naming_what_can_be_made(client):
+    resp = await client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "width": 1000, "height": 7})
+    assert resp.status == 422
+    error = await resp.json()
+    assert set(error["fields"]) == {"width", "height"} and "64x512 (1:8)" in error["detail"]

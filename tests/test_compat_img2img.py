@@ -7,6 +7,7 @@ import base64
 import io
 import json
 
+import aiohttp
 import numpy as np
 import openai
 import pytest
@@ -112,7 +113,7 @@ async def test_openai_bad_images_get_openai_errors(ai):
         await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), mask=("m.png", mask, "image/png"), prompt="x")
     assert caught.value.body["param"] == "mask"
     with pytest.raises(openai.BadRequestError) as caught:
-        await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), prompt="x", size="65x64")
+        await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), prompt="x", size="65 x 64")  # not a size (65x64 is fitted, as on generations)
     assert caught.value.body["param"] == "size"
 
 
@@ -162,3 +163,30 @@ async def test_a_form_number_with_thousands_of_digits_is_a_400_naming_it(client,
     resp = await client.post("/v1/images/edits", data=body, headers=headers)
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == name
+
+
+@pytest.mark.parametrize("path", ["/v1/images/edits", "/v1/images/variations"])
+async def test_edit_sizes_of_gpt_image_and_dall_e_3_are_fitted_as_on_generations(client, path):
+    """GPT-image's edits document 1536x1024 and 1024x1536; they were refused above the limits (512 here)."""
+    for asked, made in (("1536x1024", (512, 344)), ("1024x1536", (344, 512)), ("1792x1024", (512, 296))):
+        form = aiohttp.FormData()
+        form.add_field("image", encode(picture(64, 64)), filename="a.png", content_type="image/png")
+        for name, value in {"prompt": "a fox", "size": asked, "steps": "2", "response_format": "b64_json"}.items():
+            form.add_field(name, value)
+        resp = await client.post(path, data=form)
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        assert body["size"] == f"{made[0]}x{made[1]}"
+        assert Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"]))).size == made
+
+
+@pytest.mark.parametrize("path", ["/v1/images/edits", "/v1/images/variations"])
+async def test_an_edit_size_whose_shape_cannot_be_kept_is_refused(client, path):
+    form = aiohttp.FormData()
+    form.add_field("image", encode(picture(64, 64)), filename="a.png", content_type="image/png")
+    form.add_field("prompt", "a fox")
+    form.add_field("size", "1000x7")
+    resp = await client.post(path, data=form)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["param"] == "size" and "512x64" in error["message"] and "64x512" in error["message"]

@@ -202,3 +202,13 @@ def test_the_prompt_as_used_has_no_lora_tags():
 
     assert prompt_as_used("a red fox, <lora:ink:0.7> night", "a1111") == "a red fox, night"
     assert prompt_as_used("a red fox, <lora:ink:0.7>", "plain") == "a red fox, <lora:ink:0.7>"
+
+
+async def test_a_size_whose_shape_cannot_be_kept_is_refused_naming_what_can_be_made(ai):
+    """1000x7 was stretched to 512x64 (the limits here are 512x512, sides at least 64)."""
+    for size in ("1000x7", "7x1000"):
+        with pytest.raises(openai.BadRequestError) as info:
+            await ai.images.generate(prompt="x", size=size)
+        assert info.value.param == "size" and "512x64 (8:1)" in info.value.body["message"]
+    result = await ai.images.generate(prompt="x", size="1000x125", response_format="b64_json", extra_body={"steps": 1})
+    assert result.size == "512x64"  # 8:1, the widest shape the limits hold

@@ -128,7 +128,7 @@ def _read_request(body: dict[str, Any], settings) -> ImagesAsk:
                 f"size must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto', not {size[:40]!r}",
                 fields={"size": ["Not a size like 1024x1024."]},
             )
-        core["width"], core["height"] = fit_size(*asked, settings.max_width, settings.max_height)
+        core["width"], core["height"] = fit_size(*asked, settings.max_width, settings.max_height, SIZE_NAMES)
         if (core["width"], core["height"]) != asked:
             log.info("OpenAI images request: size %dx%d made as %dx%d (the server's limits)", *asked, core["width"], core["height"])
     return ImagesAsk(core, count, **how_to_answer(request))

@@ -30,7 +30,7 @@ from .loras import with_loras
 from .models import openai_model, with_model
 from .openai import ANSWER_FIELDS, IGNORED, SIZE_NAMES, ImagesAsk, ImagesRequestSchema, how_to_answer, images_response
 from .schemas import generate_request_fields, to_params
-from .sizes import parse_size
+from .sizes import fit_size, parse_size
 from .validation import validate as validate_fields
 
 VARIATION_STRENGTH = 0.6
@@ -101,8 +101,9 @@ def _file_bytes(name: str, item: Any) -> bytes:
     return item.file.read()
 
 
-def _core(values: dict[str, Any], prompt: str) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
-    """Our request for the form's ``values``, which sides of the size were given, and how to answer."""
+def _core(values: dict[str, Any], prompt: str, settings: Any) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Our request for the form's ``values``, which sides of the size were given, and how to answer.
+    A size is fitted into the limits as on generations (GPT-image's edits take ``1536x1024``)."""
     answer = validate_fields(ImagesRequestSchema(only=ANSWER_FIELDS), {k: values[k] for k in ANSWER_FIELDS if k in values})
     core: dict[str, Any] = {"prompt": prompt, "num_images": values.get("n", 1), "model": openai_model(values.get("model"))}
     core.update({name: values[name] for name in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler",
@@ -113,7 +114,10 @@ def _core(values: dict[str, Any], prompt: str) -> tuple[dict[str, Any], list[str
         asked = parse_size(size)
         if asked is None:
             raise _invalid("size", "Not a size like 1024x1024 (or 'auto').")
-        (core["width"], core["height"]), given = asked, ["width", "height"]
+        core["width"], core["height"] = fit_size(*asked, settings.max_width, settings.max_height, SIZE_NAMES)
+        given = ["width", "height"]
+        if (core["width"], core["height"]) != asked:
+            log.info("OpenAI images request: size %dx%d made as %dx%d (the server's limits)", *asked, core["width"], core["height"])
     return core, given, how_to_answer(answer)
 
 
@@ -142,7 +146,7 @@ async def edits(request: web.Request) -> web.Response:
     if not prompt.strip():
         raise _invalid("prompt", "A prompt is required.")
     values.setdefault("strength", EDIT_STRENGTH[mask is not None])
-    core, given, answer = _core(values, prompt)
+    core, given, answer = _core(values, prompt, request.app[keys.SETTINGS])
     return await _run(request, core, given, image, mask, answer, prompt)
 
 
@@ -154,7 +158,8 @@ async def variations(request: web.Request) -> web.Response:
     image = _one_image(images)
     values.pop("prompt", None)
     values.setdefault("strength", VARIATION_STRENGTH)
-    core, given, answer = _core(values, "variation")  # our schema needs a prompt; the job has none
+    # our schema needs a prompt; the job has none
+    core, given, answer = _core(values, "variation", request.app[keys.SETTINGS])
     return await _run(request, core, given, image, None, answer, "")
 
 
@@ -166,7 +171,7 @@ def _form_schema(name: str, settings: Any, *, prompt: bool, mask: bool) -> Schem
         "image": fields.Raw(required=True, metadata={**binary, "description": "PNG, JPEG or WebP (image[] for several: the first is used)."}),
         "n": fields.Integer(load_default=1, validate=validate.Range(min=1, max=settings.max_batch)),
         "size": fields.String(load_default="auto", validate=validate.Regexp(r"^(auto|[0-9]+x[0-9]+)$"),
-                              metadata={"description": "'WIDTHxHEIGHT' within the limits, or 'auto' (the image's size)."}),
+                              metadata={"description": "'WIDTHxHEIGHT' (fitted into the limits, keeping its shape), or 'auto' (the image's size)."}),
         **{field: ImagesRequestSchema().fields[field] for field in ANSWER_FIELDS},
         **{field: core[field] for field in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "strength")},
     }
