@@ -190,3 +190,9 @@ async def test_an_edit_size_whose_shape_cannot_be_kept_is_refused(client, path):
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert error["param"] == "size" and "512x64" in error["message"] and "64x512" in error["message"]
+
+
+async def test_a_small_input_keeps_its_shape_on_the_compatible_routes(client):
+    resp = await client.post("/sdapi/v1/img2img", json={"init_images": [b64(picture(56, 64))], "prompt": "x", "steps": 2})
+    assert resp.status == 200
+    assert Image.open(io.BytesIO(base64.b64decode((await resp.json())["images"][0]))).size == (64, 72)

@@ -106,6 +106,8 @@ async def test_metadata_records_the_mode_strength_hashes_and_mask_settings(clien
     [
         ((1000, 600), {}, (512, 304)),  # fitted into MAX_WIDTH x MAX_HEIGHT (512), multiples of 8
         ((100, 60), {}, (104, 64)),  # rounded to multiples of 8
+        ((56, 64), {}, (64, 72)),  # a side under 64 scaled up keeping the shape, not stretched to 64x64
+        ((20, 40), {}, (64, 128)),
         ((100, 50), {"width": 128}, (128, 64)),  # one side given: the other keeps the aspect ratio
         ((100, 50), {"width": 64, "height": 64, "resize_mode": 1}, (64, 64)),
         ((100, 50), {"width": 64, "height": 64, "resize_mode": 2}, (64, 64)),

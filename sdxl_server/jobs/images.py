@@ -157,8 +157,11 @@ def check_mask(mask: Image.Image, field: str = "mask") -> None:
 
 
 def fit_size(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
-    """The input's size scaled down (never up) into the limits, each side a multiple of 8."""
+    """The input's size scaled into the limits, each side a multiple of 8: down when too large,
+    up (keeping its shape, as a larger input keeps it) when a side is under ``MIN_SIZE``: 56x64
+    runs at 64x72, not stretched to 64x64. Only a shape the limits cannot hold is stretched."""
     scale = min(1.0, max_width / width, max_height / height)
+    scale = max(scale, MIN_SIZE / min(width, height))
     return _round8(width * scale, max_width), _round8(height * scale, max_height)
 
 
