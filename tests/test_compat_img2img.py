@@ -113,7 +113,8 @@ async def test_openai_bad_images_get_openai_errors(ai):
         await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), mask=("m.png", mask, "image/png"), prompt="x")
     assert caught.value.body["param"] == "mask"
     with pytest.raises(openai.BadRequestError) as caught:
-        await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), prompt="x", size="65 x 64")  # not a size (65x64 is fitted, as on generations)
+        # not a size (65x64 is fitted, as on generations)
+        await ai.images.edit(image=("x.png", encode(picture(64, 64)), "image/png"), prompt="x", size="65 x 64")
     assert caught.value.body["param"] == "size"
 
 

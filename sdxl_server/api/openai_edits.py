@@ -117,7 +117,8 @@ def _core(values: dict[str, Any], prompt: str, settings: Any) -> tuple[dict[str,
         core["width"], core["height"] = fit_size(*asked, settings.max_width, settings.max_height, SIZE_NAMES)
         given = ["width", "height"]
         if (core["width"], core["height"]) != asked:
-            log.info("OpenAI images request: size %dx%d made as %dx%d (the server's limits)", *asked, core["width"], core["height"])
+            log.info("OpenAI images request: size %dx%d made as %dx%d (the server's limits)",
+                     *asked, core["width"], core["height"])
     return core, given, how_to_answer(answer)
 
 
@@ -171,7 +172,8 @@ def _form_schema(name: str, settings: Any, *, prompt: bool, mask: bool) -> Schem
         "image": fields.Raw(required=True, metadata={**binary, "description": "PNG, JPEG or WebP (image[] for several: the first is used)."}),
         "n": fields.Integer(load_default=1, validate=validate.Range(min=1, max=settings.max_batch)),
         "size": fields.String(load_default="auto", validate=validate.Regexp(r"^(auto|[0-9]+x[0-9]+)$"),
-                              metadata={"description": "'WIDTHxHEIGHT' (fitted into the limits, keeping its shape), or 'auto' (the image's size)."}),
+                              metadata={"description": "'WIDTHxHEIGHT' (fitted into the limits, keeping its shape), "
+                                                       "or 'auto' (the image's size)."}),
         **{field: ImagesRequestSchema().fields[field] for field in ANSWER_FIELDS},
         **{field: core[field] for field in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "strength")},
     }
