@@ -30,6 +30,9 @@ SCHEDULERS: dict[str, str] = {
 }
 
 MAX_SEED = 2**32 - 1
+# CLIP skip as A1111 counts it: 1 is the model's usual layer; 12 reaches CLIP-L's first (SDXL's
+# CLIP-L has 12 layers), the deepest skip that means something for both text encoders.
+CLIP_SKIP_MAX = 12
 
 INPAINT_AREAS = ("whole", "masked")
 REFINER_MODES = ("none", "ensemble", "image")
@@ -119,6 +122,7 @@ class GenerationParams:
     num_images: int = 1
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight), checked against LORA_DIR
     model: str = ""  # a name from the model catalog; "" is the default model
+    clip_skip: int = 1  # 1: the text encoders' usual layer; n: n - 1 layers earlier (prompt_encoding.py)
     # role -> the SHA-256 of the input as stored (it waits in OUTPUT_DIR/inputs until the job
     # ends; see jobs/inputs.py): the roles of INPUT_ROLES.
     inputs: Mapping[str, str] = field(default_factory=dict)

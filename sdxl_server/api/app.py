@@ -104,6 +104,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     app[keys.A1111_SKIPPED] = set()
     app[keys.A1111_JOBS] = set()
+    app[keys.A1111_OPTIONS] = {}
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.extend(CONTEXTS)
     app.on_shutdown.append(drain)
