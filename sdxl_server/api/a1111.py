@@ -3,8 +3,8 @@
 ``txt2img`` is translated into our own request and validated by the same schema, so limits,
 queue and outputs are shared; ``progress`` reports the running job; ``interrupt`` cancels it.
 ``refiner_checkpoint`` (any name: the server has one refiner, REFINER_ID) with ``refiner_switch_at``
-runs the refiner as an ensemble. Model switching, hires fix, scripts, face restoration and styles
-are not supported:
+runs the refiner as an ensemble; ``styles`` come from STYLES_FILE (:mod:`.styles`). Hires fix,
+scripts and face restoration are not supported:
 their fields are accepted and ignored, as A1111 itself ignores fields it does not know.
 Never imports torch.
 """
@@ -115,6 +115,8 @@ class Txt2ImgSchema(Schema):
     refiner_checkpoint = fields.String(load_default=None, allow_none=True,
                                        metadata={"description": "Any refiner name runs the configured refiner; empty or 'None': no refiner."})
     refiner_switch_at = Number(load_default=0.8, as_float=True)
+    styles = fields.List(fields.String(), load_default=None, allow_none=True,
+                         metadata={"description": "Names from GET /sdapi/v1/prompt-styles, applied in order."})
 
 
 class ProgressQuerySchema(Schema):
@@ -183,6 +185,7 @@ def core_request(body: dict[str, Any], settings, clip_skip: int = 1) -> tuple[di
         "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"], notes),
         "num_images": min(request["batch_size"] * request["n_iter"], settings.max_batch),
         "clip_skip": request_clip_skip(body, clip_skip),
+        "styles": request["styles"] or [],
     }
     overrides = body.get("override_settings")
     if isinstance(overrides, dict) and isinstance(overrides.get("sd_model_checkpoint"), str):
@@ -270,7 +273,7 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
         "extra_generation_params": {"Server notes": "; ".join(notes)} if notes else {},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
-        "styles": [],
+        "styles": list(params.styles),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(job_id)).created_at)),
         "clip_skip": params.clip_skip,
         "is_using_inpainting_conditioning": False,
