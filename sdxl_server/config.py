@@ -175,6 +175,10 @@ class Settings:
         "Both encode past 77 tokens in 75-token chunks",
     )
     lora_dir: Path = _setting("LORA_DIR", Path("loras"), _path, "folder of LoRA .safetensors files (kohya/A1111 or diffusers layout)")
+    styles_file: Path = _setting(
+        "STYLES_FILE", Path("styles.csv"), _path,
+        "A1111 styles.csv (name,prompt,negative_prompt) a request's styles come from; absent: no styles",
+    )
     lora_cache: int = _setting("LORA_CACHE", 4, _int_range(1, 256), "LoRAs kept loaded (least recently used unloaded first)")
     max_loras: int = _setting("MAX_LORAS", 5, _int_range(1, 64), "most LoRAs one request may use")
 

@@ -30,6 +30,9 @@ SCHEDULERS: dict[str, str] = {
 }
 
 MAX_SEED = 2**32 - 1
+# CLIP skip as A1111 counts it: 1 is the model's usual layer; 12 reaches CLIP-L's first (SDXL's
+# CLIP-L has 12 layers), the deepest skip that means something for both text encoders.
+CLIP_SKIP_MAX = 12
 
 INPAINT_AREAS = ("whole", "masked")
 REFINER_MODES = ("none", "ensemble", "image")
@@ -119,6 +122,10 @@ class GenerationParams:
     num_images: int = 1
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight), checked against LORA_DIR
     model: str = ""  # a name from the model catalog; "" is the default model
+    clip_skip: int = 1  # 1: the text encoders' usual layer; n: n - 1 layers earlier (prompt_encoding.py)
+    # The prompt styles applied (names from STYLES_FILE): the prompts above already hold them
+    # (applied once, before the job is queued; api/styles.py), the names say where they came from.
+    styles: tuple[str, ...] = ()
     # role -> the SHA-256 of the input as stored (it waits in OUTPUT_DIR/inputs until the job
     # ends; see jobs/inputs.py): the roles of INPUT_ROLES.
     inputs: Mapping[str, str] = field(default_factory=dict)
@@ -130,6 +137,7 @@ class GenerationParams:
         # Rebuilt from JSON (job store: lists; metadata: {name, weight}): keep hashable tuples.
         pairs = [(item["name"], item["weight"]) if isinstance(item, dict) else item for item in self.loras]
         object.__setattr__(self, "loras", tuple((str(name), float(weight)) for name, weight in pairs))
+        object.__setattr__(self, "styles", tuple(str(name) for name in self.styles))
         unknown = set(self.inputs) - set(INPUT_ROLES)
         if unknown:
             raise ValueError(f"unknown input roles: {sorted(unknown)}")
@@ -150,6 +158,7 @@ class GenerationParams:
         """The flat form: what clients see (``GET /api/v1/jobs/{id}``) and the job store keeps."""
         values = {name: getattr(self, name) for name in _CORE_FIELDS}
         values["loras"] = [{"name": name, "weight": weight} for name, weight in self.loras]
+        values["styles"] = list(self.styles)
         for role in INPUT_ROLES.values():
             values[role.field] = self.inputs.get(role.role)
         for name, (group, attribute) in FLAT_FIELDS.items():

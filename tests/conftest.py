@@ -39,6 +39,7 @@ def settings(tiny_cache, tmp_path) -> Settings:
         tiny_cache=tiny_cache,
         output_dir=tmp_path / "outputs",
         model_dir=tmp_path / "no-model-here",
+        styles_file=tmp_path / "styles.csv",
         default_width=64,
         default_height=64,
         default_steps=3,

@@ -34,6 +34,23 @@ def test_a_short_plain_prompt_encodes_exactly_as_diffusers_does(tiny_pipe):
     assert torch.equal(ours["negative_pooled_prompt_embeds"], theirs[3])
 
 
+def test_clip_skip_encodes_exactly_as_diffusers_one_layer_less(tiny_pipe):
+    """Our clip_skip counts as A1111 does (1 = the usual layer); diffusers counts the layers skipped
+    beyond SDXL's penultimate: ours 2 is theirs 1, in both encoders, the pooled output unchanged.
+    diffusers skips for the prompt only; A1111 (and we) encode the negative prompt the same way,
+    so ours is what diffusers makes of the negative text given as a prompt."""
+    with torch.inference_mode():
+        ours = encode_prompts(tiny_pipe, "a red fox", "blurry", "a1111", clip_skip=2)
+        theirs = tiny_pipe.encode_prompt("a red fox", device="cpu", clip_skip=1, do_classifier_free_guidance=False)
+        negative = tiny_pipe.encode_prompt("blurry", device="cpu", clip_skip=1, do_classifier_free_guidance=False)
+        usual = encode_prompts(tiny_pipe, "a red fox", "blurry", "a1111")
+    assert torch.equal(ours["prompt_embeds"], theirs[0])
+    assert torch.equal(ours["pooled_prompt_embeds"], theirs[2])
+    assert torch.equal(ours["negative_prompt_embeds"], negative[0])
+    assert torch.equal(ours["negative_pooled_prompt_embeds"], negative[2])
+    assert not torch.equal(ours["prompt_embeds"], usual["prompt_embeds"])
+
+
 def test_long_prompt_is_chunked_for_both_encoders_and_the_negative_padded(tiny_pipe):
     assert count_tokens(tiny_pipe.tokenizer, LONG, "a1111") == {
         "tokens": 200, "chunks": 3, "chunk_tokens": [75, 75, 50], "chunk_size": 75

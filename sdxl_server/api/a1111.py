@@ -3,15 +3,15 @@
 ``txt2img`` is translated into our own request and validated by the same schema, so limits,
 queue and outputs are shared; ``progress`` reports the running job; ``interrupt`` cancels it.
 ``refiner_checkpoint`` (any name: the server has one refiner, REFINER_ID) with ``refiner_switch_at``
-runs the refiner as an ensemble. Hires fix, scripts, face restoration and the like are not
-supported: their fields are accepted, and when sent with a value that would change the image they
-are named in ``info["warnings"]`` (see :mod:`.applied`); fields A1111 does not know are ignored.
+runs the refiner as an ensemble; ``styles`` come from STYLES_FILE (:mod:`.styles`). Hires fix,
+scripts, face restoration and the like are not supported: their fields are accepted, and when sent
+with a value that would change the image they are named in ``info["warnings"]`` (see
+:mod:`.applied`); fields A1111 does not know are ignored.
 Never imports torch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
@@ -22,12 +22,12 @@ from aiohttp import web
 from marshmallow import EXCLUDE, Schema, fields, missing
 from marshmallow import validate as validate_
 
-from ..errors import ApiError, Conflict, ValidationFailed
+from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS, GenerationParams
-from ..pipeline.model_catalog import MAX_MODEL_NAME
 from . import keys
 from .applied import A1111_TXT2IMG, a1111_warnings
+from .a1111_options import OptionsSchema, default_clip_skip, get_options, request_clip_skip, set_options  # noqa: F401 (routes, openapi)
 from .batches import generate_images
 from .loras import with_loras
 from .models import usable_entries, with_model
@@ -117,6 +117,8 @@ class Txt2ImgSchema(Schema):
     refiner_checkpoint = fields.String(load_default=None, allow_none=True,
                                        metadata={"description": "Any refiner name runs the configured refiner; empty or 'None': no refiner."})
     refiner_switch_at = Number(load_default=0.8, as_float=True)
+    styles = fields.List(fields.String(), load_default=None, allow_none=True,
+                         metadata={"description": "Names from GET /sdapi/v1/prompt-styles, applied in order."})
 
 
 class ProgressQuerySchema(Schema):
@@ -124,15 +126,6 @@ class ProgressQuerySchema(Schema):
         unknown = EXCLUDE
 
     skip_current_image = fields.Boolean(load_default=False, metadata={"description": "Leave out the preview."})
-
-
-class OptionsSchema(Schema):
-    """``POST /sdapi/v1/options``: ``sd_model_checkpoint`` (the loaded model); other options are ignored."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    sd_model_checkpoint = fields.String(validate=validate_.Length(max=MAX_MODEL_NAME))
 
 
 def validate_a1111(schema: Schema, body: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +175,9 @@ def _scheduler(sampler: str | None, schedule: str | None, notes: list[str]) -> s
     return scheduler
 
 
-def core_request(body: dict[str, Any], settings) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """Our request for an A1111 body, the body as read, and the notes for ``info`` (what was changed)."""
+def core_request(body: dict[str, Any], settings, clip_skip: int = 1) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Our request for an A1111 body, the body as read, and the notes for ``info`` (what was changed);
+    ``clip_skip``: the server's ``CLIP_stop_at_last_layers``, for a body that sets none."""
     request = validate_a1111(Txt2ImgSchema(), body)
     notes: list[str] = []
     core: dict[str, Any] = {
@@ -192,6 +186,8 @@ def core_request(body: dict[str, Any], settings) -> tuple[dict[str, Any], dict[s
         "seed": -1 if request["seed"] is None else request["seed"],
         "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"], notes),
         "num_images": min(request["batch_size"] * request["n_iter"], settings.max_batch),
+        "clip_skip": request_clip_skip(body, clip_skip),
+        "styles": request["styles"] or [],
     }
     overrides = body.get("override_settings")
     if isinstance(overrides, dict) and isinstance(overrides.get("sd_model_checkpoint"), str):
@@ -228,7 +224,7 @@ async def txt2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
     body = await read_json_object(request, untyped_is_json=True)
-    core, original, notes = core_request(body, app[keys.SETTINGS])
+    core, original, notes = core_request(body, app[keys.SETTINGS], default_clip_skip(app))
     return await respond(request, to_params(_validated(app, core)), original, notes, a1111_warnings(A1111_TXT2IMG, body))
 
 
@@ -282,9 +278,9 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
         "extra_generation_params": {"Server notes": "; ".join(notes)} if notes else {},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
-        "styles": [],
+        "styles": list(params.styles),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(job_id)).created_at)),
-        "clip_skip": 1,
+        "clip_skip": params.clip_skip,
         "is_using_inpainting_conditioning": False,
         "mask_blur": params.inpaint.mask_blur if params.mode == "inpaint" else None,
         "version": "sdxl_server",
@@ -383,19 +379,3 @@ async def schedulers(request: web.Request) -> web.Response:
         [{"name": name, "label": label, "aliases": None, "default_rho": None, "need_inner_model": False}
          for name, label in SCHEDULE_TYPES.items()]
     )
-
-
-async def get_options(request: web.Request) -> web.Response:
-    return web.json_response({"sd_model_checkpoint": request.app[keys.MODELS].default_name, "samples_format": "png"})
-
-
-async def set_options(request: web.Request) -> web.Response:
-    """``sd_model_checkpoint`` names the default model from now on (loaded by the next job that
-    uses it, as the queue reaches it); other options are accepted and have no effect."""
-    wanted = validate(OptionsSchema(), await read_json_object(request, untyped_is_json=True)).get("sd_model_checkpoint")
-    if wanted is not None:
-        try:
-            await asyncio.to_thread(request.app[keys.MODELS].set_default, wanted)
-        except ApiError as exc:
-            raise exc.renamed({"model": "sd_model_checkpoint"}) from None
-    return web.json_response(None)

@@ -16,6 +16,7 @@ from marshmallow import validate as validate_
 from ..params import INPAINTING_FILLS, RESIZE_MODES
 from . import keys
 from .applied import A1111_IMG2IMG, a1111_warnings
+from .a1111_options import default_clip_skip
 from .a1111 import NAMES, Number, core_request, request_schema_for_spec, respond, validate_a1111
 from .image_inputs import stored_inputs
 from .schemas import StrictInteger, generate_request_fields, to_params
@@ -70,7 +71,7 @@ async def img2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/img2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
     body = await read_json_object(request)
-    core, original, notes = core_request(body, app[keys.SETTINGS])
+    core, original, notes = core_request(body, app[keys.SETTINGS], default_clip_skip(app))
     extra = validate_a1111(Img2ImgSchema(), body)
     core.update(
         init_image=extra["init_images"][0], strength=extra["denoising_strength"], mask=extra["mask"],

@@ -32,6 +32,7 @@ from .schemas import generate_request_schema
 from .security import add_cors_headers, auth_middleware, cors_middleware
 from .server import Application
 from .slow_bodies import slow_body_middleware
+from .styles import StyleFile
 
 
 def default_engine_factory(settings: Settings) -> Any:
@@ -104,6 +105,8 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     app[keys.A1111_SKIPPED] = set()
     app[keys.A1111_JOBS] = set()
+    app[keys.A1111_OPTIONS] = {}
+    app[keys.STYLES] = StyleFile(settings.styles_file)
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.extend(CONTEXTS)
     app.on_shutdown.append(drain)

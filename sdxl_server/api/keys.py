@@ -50,6 +50,8 @@ class LastPoll:
 
 A1111_PROGRESS_POLL = web.AppKey("a1111_progress_poll", LastPoll)
 A1111_SKIPPED = web.AppKey("a1111_skipped", set)  # ids of jobs /sdapi/v1/skip stopped (their request goes on)
+STYLES = web.AppKey("styles", object)  # api/styles.py StyleFile: STYLES_FILE, read when it changes
+A1111_OPTIONS = web.AppKey("a1111_options", dict)  # A1111 options kept here (api/a1111_options.py)
 A1111_JOBS = web.AppKey("a1111_jobs", set)  # ids of the jobs A1111 requests wait for: what interrupt may stop
 
 

@@ -12,13 +12,16 @@ from ..errors import ValidationFailed
 from ..params import GenerationParams
 from ..pipeline.prompt_syntax import MAX_LORA_TAGS, LoraTag, attention_problem, extract_loras
 from . import keys
+from .styles import with_styles
 
 
 async def with_loras(app: web.Application, params: GenerationParams) -> GenerationParams:
-    """``params`` with its LoRAs checked (422 naming each problem): the request's ``loras`` and,
-    with ``PROMPT_SYNTAX=a1111``, the ``<lora:...>`` tags of its prompt. Every route calls it
-    before queueing, so it also refuses what the prompt syntax cannot encode (see
+    """``params`` with its styles applied (:func:`.styles.with_styles`: a style may carry
+    ``<lora:...>`` tags, as in A1111) and its LoRAs checked (422 naming each problem): the request's
+    ``loras`` and, with ``PROMPT_SYNTAX=a1111``, the ``<lora:...>`` tags of its prompt. Every route
+    calls it before queueing, so it also refuses what the prompt syntax cannot encode (see
     :func:`prompt_tags`)."""
+    params = await with_styles(app, params)
     settings = app[keys.SETTINGS]
     wanted = [(name, weight, "loras") for name, weight in params.loras]
     if settings.prompt_syntax == "a1111":

@@ -12,6 +12,7 @@ from aiohttp import web
 from . import (
     a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, views, websocket,
 )
+from . import styles
 from .route_table import (
     BODY_ERRORS,
     JSON,
@@ -93,7 +94,7 @@ ROUTES: tuple[Route, ...] = (
     _a1111_probe("/sdapi/v1/sd-vae", a1111_probes.sd_vae, "the model's separate VAE, if it has one", "array"),
     _a1111_probe("/sdapi/v1/sd-modules", a1111_probes.empty_list, "text-encoder/VAE modules (none)", "array"),
     _a1111_probe("/sdapi/v1/face-restorers", a1111_probes.empty_list, "face restorers (none)", "array"),
-    _a1111_probe("/sdapi/v1/prompt-styles", a1111_probes.empty_list, "prompt styles (none)", "array"),
+    _a1111_probe("/sdapi/v1/prompt-styles", styles.a1111_prompt_styles, "prompt styles of STYLES_FILE", "array"),
     _a1111_probe("/sdapi/v1/scripts", a1111_probes.scripts, "scripts (none)", "object"),
     _a1111_probe("/sdapi/v1/embeddings", a1111_probes.embeddings, "textual-inversion embeddings (none)", "object"),
     _a1111_probe("/sdapi/v1/cmd-flags", a1111_probes.cmd_flags, "the flags that mean something here", "object"),
@@ -130,6 +131,9 @@ ROUTES: tuple[Route, ...] = (
         200: "LoraList"}, tags=("loras",)),
     Route("POST", "/api/v1/loras/refresh", loras.refresh_loras, ADMIN, "Scan LORA_DIR again; the new list", {
         200: "LoraList"}, tags=("loras",)),
+    Route("GET", "/api/v1/styles", styles.list_styles, READ, "The prompt styles of STYLES_FILE (and why none, if unreadable)", {
+        200: (JSON, "{styles_file, styles: [{name, prompt, negative_prompt}], problem}", {"type": "object"})},
+        tags=("generate",)),
     a1111_route("GET", "/sdapi/v1/loras", loras.a1111_loras, READ, "AUTOMATIC1111 API: the usable LoRAs", {
         200: (JSON, "LoRAs", array_of("A1111Lora"))}),
     a1111_route("POST", "/sdapi/v1/refresh-loras", loras.a1111_refresh_loras, ADMIN,

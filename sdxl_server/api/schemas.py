@@ -14,12 +14,13 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
-from ..params import INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams
+from ..params import CLIP_SKIP_MAX, INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 from ..pipeline.model_catalog import MAX_MODEL_NAME
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
+MAX_REQUEST_STYLES = 20
 MIN_SIZE = 64
 
 
@@ -140,6 +141,18 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             fields.Nested(LoraChoiceSchema), load_default=list, validate=validate.Length(max=settings.max_loras),
             metadata={"description": f"LoRAs from LORA_DIR for this job only (at most {settings.max_loras}); "
                                      "GET /api/v1/loras lists them."},
+        ),
+        "styles": fields.List(
+            StrictString(validate=validate.Length(min=1, max=MAX_MODEL_NAME)), load_default=list,
+            validate=validate.Length(max=MAX_REQUEST_STYLES),
+            metadata={"description": f"Prompt styles from GET /api/v1/styles (at most {MAX_REQUEST_STYLES}), applied in "
+                                     "order as A1111 does: {prompt} in a style takes the prompt, else the style is "
+                                     "appended after ', '. The metadata records the prompt as styled."},
+        ),
+        "clip_skip": StrictInteger(
+            load_default=1, validate=validate.Range(min=1, max=CLIP_SKIP_MAX),
+            metadata={"description": f"CLIP skip as A1111 counts it (1 to {CLIP_SKIP_MAX}): 1 is SDXL's usual "
+                                     "(penultimate) text-encoder layer; n takes both encoders' layer n - 1 earlier."},
         ),
         **image_request_fields(settings),
         **refiner_request_fields(),

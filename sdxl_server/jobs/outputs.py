@@ -101,6 +101,7 @@ def parameters_text(meta: dict[str, Any]) -> str:
         ("Seed", meta["seed"]),
         ("Size", f"{meta['width']}x{meta['height']}"),
         ("Model", meta["model_id"]),
+        *([("Clip skip", meta["clip_skip"])] if meta.get("clip_skip", 1) != 1 else []),
         *_image_details(meta),
         *_refiner_details(meta),
     ]

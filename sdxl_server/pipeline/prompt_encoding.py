@@ -11,6 +11,10 @@ chunk. Prompt and negative prompt are padded with empty chunks to the same numbe
 
 With all weights 1 and one chunk, the result is exactly what diffusers' own ``encode_prompt``
 computes, so a short plain prompt gives the same image as before.
+
+``clip_skip`` (A1111's count: 1 is the usual layer) moves both encoders ``clip_skip - 1`` layers
+further back from the penultimate: ``hidden_states[-(clip_skip + 1)]``, which is diffusers' SDXL
+``encode_prompt(clip_skip=clip_skip - 1)``. The pooled embedding is always the last layer's.
 """
 
 from __future__ import annotations
@@ -90,7 +94,14 @@ def _encoder_device(module: Any) -> torch.device:
     return get_module_execution_device(module)
 
 
-def _encode(tokenizer: Any, text_encoder: Any, chunks: Chunks) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _layer(hidden_states: tuple[torch.Tensor, ...], clip_skip: int) -> torch.Tensor:
+    """The hidden states ``clip_skip`` asks for: the penultimate layer's at 1, one layer earlier
+    for each step more, held to the embedding layer's for an encoder with fewer layers (a small
+    test model; SDXL's CLIP-L, the shallower encoder, has 12, which CLIP_SKIP_MAX allows for)."""
+    return hidden_states[-min(clip_skip + 1, len(hidden_states))]
+
+
+def _encode(tokenizer: Any, text_encoder: Any, chunks: Chunks, clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states of every chunk laid end to end, pooled output of the first chunk or None)."""
     width = CHUNK_TOKENS + 2
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -102,7 +113,7 @@ def _encode(tokenizer: Any, text_encoder: Any, chunks: Chunks) -> tuple[torch.Te
         output = text_encoder(torch.tensor([row], device=device), output_hidden_states=True)
         if pooled is None and output[0].ndim == 2:
             pooled = output[0]
-        hidden = output.hidden_states[-2]
+        hidden = _layer(output.hidden_states, clip_skip)
         if any(weight != 1.0 for weight in weights):
             hidden = _weighted(hidden, weights)
         states.append(hidden)
@@ -128,18 +139,18 @@ def _weighted(hidden: torch.Tensor, weights: list[float]) -> torch.Tensor:
     return work.clamp(-limit, limit).to(hidden.dtype)
 
 
-def _encode_both(pipe: Any, per_tokenizer: list[Chunks]) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_both(pipe: Any, per_tokenizer: list[Chunks], clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:
     hidden, pooled = [], None
     for tokenizer, text_encoder, chunks in zip(
         (pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2), per_tokenizer
     ):
-        states, pooled_here = _encode(tokenizer, text_encoder, chunks)
+        states, pooled_here = _encode(tokenizer, text_encoder, chunks, clip_skip)
         hidden.append(states)
         pooled = pooled_here if pooled_here is not None else pooled
     return torch.cat(hidden, dim=-1), pooled
 
 
-def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, syntax: str) -> dict[str, Any]:
+def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, syntax: str, clip_skip: int = 1) -> dict[str, Any]:
     """The ``prompt_embeds`` (and negative, and pooled) keyword arguments for an SDXL pipeline call.
 
     An empty negative prompt is left to the pipeline (SDXL base zeroes it), as before.
@@ -149,19 +160,20 @@ def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, syntax: str) ->
     chunked = [[chunk_prompt(tokenizer, prompt_runs(text, syntax)) for tokenizer in tokenizers] for text in texts]
     count = max(len(chunks.ids) for per_text in chunked for chunks in per_text)
     chunked = [[_pad(chunks, count) for chunks in per_text] for per_text in chunked]
-    embeds, pooled = _encode_both(pipe, chunked[0])
+    embeds, pooled = _encode_both(pipe, chunked[0], clip_skip)
     arguments = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
     if negative_prompt:
-        negative, negative_pooled = _encode_both(pipe, chunked[1])
+        negative, negative_pooled = _encode_both(pipe, chunked[1], clip_skip)
         arguments.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=negative_pooled)
     return arguments
 
 
-def refiner_prompts(arguments: dict[str, Any], refiner: Any) -> dict[str, Any]:
+def refiner_prompts(arguments: dict[str, Any], refiner: Any, clip_skip: int = 1) -> dict[str, Any]:
     """The base's prompt embeddings (:func:`encode_prompts`) as the refiner takes them: the part
     its one text encoder (the base's ``text_encoder_2``, shared) made, so weights, ``BREAK`` and
     long prompts mean the same in both phases. An empty negative prompt is encoded as the refiner's
-    own pipeline would (SDXL's refiner does not zero it), as many chunks long as the prompt."""
+    own pipeline would (SDXL's refiner does not zero it), as many chunks long as the prompt, from
+    the layer ``clip_skip`` chose for the prompt."""
     width = refiner.text_encoder_2.config.hidden_size
     refined = {"prompt_embeds": arguments["prompt_embeds"][..., -width:],
                "pooled_prompt_embeds": arguments["pooled_prompt_embeds"]}
@@ -170,7 +182,7 @@ def refiner_prompts(arguments: dict[str, Any], refiner: Any) -> dict[str, Any]:
                        negative_pooled_prompt_embeds=arguments["negative_pooled_prompt_embeds"])
     elif not refiner.config.get("force_zeros_for_empty_prompt", True):
         count = refined["prompt_embeds"].shape[1] // (CHUNK_TOKENS + 2)
-        negative, pooled = _encode(refiner.tokenizer_2, refiner.text_encoder_2, _pad(Chunks(), count))
+        negative, pooled = _encode(refiner.tokenizer_2, refiner.text_encoder_2, _pad(Chunks(), count), clip_skip)
         refined.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=pooled)
     return refined
 
@@ -186,4 +198,4 @@ def request_prompt_texts(params: Any, syntax: str) -> tuple[str, str]:
 
 def encode_request_prompts(pipe: Any, params: Any, syntax: str) -> dict[str, Any]:
     """:func:`encode_prompts` for a request's :func:`request_prompt_texts`."""
-    return encode_prompts(pipe, *request_prompt_texts(params, syntax), syntax)
+    return encode_prompts(pipe, *request_prompt_texts(params, syntax), syntax, params.clip_skip)

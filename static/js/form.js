@@ -10,6 +10,7 @@ import { applyImageInfo, readImageFields } from "./img2img.js";
 import { hasInfo, loadInfo } from "./info.js";
 import { following, followJob, showSubmitting, submitFailed } from "./job.js";
 import { initChoices, loadLoras, loadModels, readChoices, restoreChoices } from "./choices.js";
+import { clearStyles, loadStyles, readStyles } from "./styles.js";
 import { fillPresets, initPresets, syncPreset } from "./presets.js";
 import { initSeed, rememberSeed } from "./seed.js";
 import { initTokens, scheduleCount } from "./tokens.js";
@@ -71,7 +72,7 @@ function applyInfo(info) {
 export async function loadSettings() {
   try {
     applyInfo(await loadInfo());
-    await Promise.all([loadModels(), loadLoras()]);
+    await Promise.all([loadModels(), loadLoras(), loadStyles()]);
     scheduleCount(form);
   } catch (err) {
     if (err.code !== "unauthorized") { // a 401 opens the API key panel instead
@@ -106,7 +107,7 @@ function readForm() {
   const seed = intValue("seed", problems);
   body.seed = seed === undefined ? null : seed; // empty: the server draws one
   body.scheduler = scheduler.value || "default";
-  Object.assign(body, readChoices());
+  Object.assign(body, readChoices(), readStyles());
   Object.assign(body, readImageFields());
   if (Object.keys(problems).length) {
     showFieldErrors(problems);
@@ -128,6 +129,7 @@ export function restoreParams(params) {
     scheduler.value = params.scheduler;
   }
   restoreChoices(params);
+  clearStyles();
   form.dataset.filled = "restored";
   syncPreset();
   scheduleCount(form);

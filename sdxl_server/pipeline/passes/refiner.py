@@ -24,13 +24,14 @@ class RefinerPass:
     steps: int
     arguments: dict[str, Any]
     takes_over_at: float | None
+    clip_skip: int = 1  # the request's, for an empty negative prompt the refiner encodes itself
     name: str = "refiner"
 
     def run(self, batch: Batch, latents: Any, report: StepReport) -> Any:
         host = self.host
         with host.text_encoders_on(self.pipe), host.refiner.running(host.pipe):
             return self.pipe(
-                **refiner_prompts(batch.prompts, self.pipe), **batch.common, image=latents, **self.arguments,
+                **refiner_prompts(batch.prompts, self.pipe, self.clip_skip), **batch.common, image=latents, **self.arguments,
                 generator=batch.generators(), callback_on_step_end=diffusers_step_end(report),
             ).images
 
@@ -49,7 +50,7 @@ def refiner_pass(context: PassContext) -> RefinerPass | None:
     if options.mode == "ensemble":
         cutoff = cutoff_timestep(context.scheduler, options.switch_at)
         steps = sum(1 for t in schedule_timesteps(context.scheduler, params.steps) if t < cutoff)
-        return RefinerPass(pipe, host, steps, {"denoising_start": options.switch_at}, options.switch_at)
+        return RefinerPass(pipe, host, steps, {"denoising_start": options.switch_at}, options.switch_at, params.clip_skip)
     steps = denoising_steps(params.steps, options.strength)
-    return RefinerPass(pipe, host, steps, {"strength": options.strength}, None)
+    return RefinerPass(pipe, host, steps, {"strength": options.strength}, None, params.clip_skip)
 
