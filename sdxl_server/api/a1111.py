@@ -252,8 +252,20 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
     encoded = await app[keys.STORE].images_base64([i["id"] for i in made.images]) if original["send_images"] else []
     first = metas[0] if metas else {"seed": params.seed, "sampler_name": SCHEDULERS.get(params.scheduler, params.scheduler),
                                     "model_id": params.model or app[keys.MODELS].default_name}
-    job_id = made.first_job
-    info = {
+    created = (await app[keys.QUEUE].find(made.first_job)).created_at
+    info = _info(params, original, metas, first, notes, warnings, created)
+    parameters = {
+        **{k: v for k, v in original.items()},
+        "width": params.width, "height": params.height, "steps": params.steps, "cfg_scale": params.guidance_scale,
+        "seed": first["seed"], "sampler_name": first["sampler_name"],
+    }
+    return web.json_response({"images": encoded, "parameters": parameters, "info": json.dumps(info)})
+
+
+def _info(params: GenerationParams, original: dict[str, Any], metas: list[dict[str, Any]], first: dict[str, Any],
+          notes: list[str], warnings: list[str], created: float) -> dict[str, Any]:
+    """A1111's ``info`` (sent as JSON text): what was made, as A1111 reports it."""
+    return {
         "prompt": params.prompt,
         "all_prompts": [params.prompt] * len(metas),
         "negative_prompt": params.negative_prompt,
@@ -279,19 +291,13 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
         "styles": list(params.styles),
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime((await app[keys.QUEUE].find(job_id)).created_at)),
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime(created)),
         "clip_skip": params.clip_skip,
         "is_using_inpainting_conditioning": False,
         "mask_blur": params.inpaint.mask_blur if params.mode == "inpaint" else None,
         "version": "sdxl_server",
         "warnings": warnings,
     }
-    parameters = {
-        **{k: v for k, v in original.items()},
-        "width": params.width, "height": params.height, "steps": params.steps, "cfg_scale": params.guidance_scale,
-        "seed": first["seed"], "sampler_name": first["sampler_name"],
-    }
-    return web.json_response({"images": encoded, "parameters": parameters, "info": json.dumps(info)})
 
 
 def progress_polled_recently(app: web.Application) -> bool:

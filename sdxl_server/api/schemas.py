@@ -133,6 +133,15 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             load_default=1, validate=validate.Range(min=1, max=settings.max_batch),
             metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
         ),
+        **conditioning_request_fields(settings),
+        **image_request_fields(settings),
+        **refiner_request_fields(),
+    }
+
+
+def conditioning_request_fields(settings: Settings) -> dict[str, fields.Field]:
+    """What the request conditions on beside its prompt: the model, LoRAs, styles, CLIP skip."""
+    return {
         "model": fields.String(
             load_default="", validate=validate.Length(max=MAX_MODEL_NAME),
             metadata={"description": "A model's name from GET /api/v1/models; empty: the default."},
@@ -154,8 +163,6 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             metadata={"description": f"CLIP skip as A1111 counts it (1 to {CLIP_SKIP_MAX}): 1 is SDXL's usual "
                                      "(penultimate) text-encoder layer; n takes both encoders' layer n - 1 earlier."},
         ),
-        **image_request_fields(settings),
-        **refiner_request_fields(),
     }
 
 
