@@ -202,3 +202,54 @@ def test_the_prompt_as_used_has_no_lora_tags():
 
     assert prompt_as_used("a red fox, <lora:ink:0.7> night", "a1111") == "a red fox, night"
     assert prompt_as_used("a red fox, <lora:ink:0.7>", "plain") == "a red fox, <lora:ink:0.7>"
+
+
+async def _events(stream) -> list:
+    return [event async for event in stream]
+
+
+def _decoded(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+async def test_a_streamed_generation_sends_partial_images_then_the_image(ai):
+    stream = await ai.images.generate(prompt="a fox", size="128x64", stream=True, partial_images=2,
+                                      extra_body={"steps": 6})
+    events = await _events(stream)
+    assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    images = [_decoded(event.b64_json) for event in events]
+    assert all(image.format == "PNG" and image.size == (128, 64) for image in images)
+    assert "Seed:" in images[-1].text["parameters"]  # the stored image itself
+    done = events[-1]
+    assert done.size == "128x64" and done.output_format == "png" and done.background == "opaque" and done.created_at > 0
+    assert done.usage.total_tokens == 0
+
+
+async def test_a_streamed_edit_sends_partial_images_then_the_image(ai):
+    source = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(source, format="PNG")
+    stream = await ai.images.edit(image=("fox.png", source.getvalue(), "image/png"), prompt="a blue fox", stream=True,
+                                  partial_images=1, output_format="webp", extra_body={"steps": 8})
+    events = await _events(stream)
+    assert [event.type for event in events] == ["image_edit.partial_image", "image_edit.completed"]
+    assert all(_decoded(event.b64_json).format == "WEBP" for event in events)
+    assert events[-1].size == "64x64" and events[-1].output_format == "webp"
+
+
+async def test_a_stream_without_partial_images_is_one_event(ai):
+    events = await _events(await ai.images.generate(prompt="a fox", size="64x64", stream=True, extra_body={"steps": 2}))
+    assert [event.type for event in events] == ["image_generation.completed"]
+    assert _decoded(events[0].b64_json).size == (64, 64)
+
+
+async def test_stream_refusals_name_their_field(ai):
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.generate(prompt="x", n=2, stream=True)
+    assert info.value.param == "stream" and "n=1" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.generate(prompt="x", stream=True, partial_images=4)
+    assert info.value.param == "partial_images"
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.edit(image=("a.png", b"x", "image/png"), prompt="x", stream=True, partial_images=-1)
+    assert info.value.param == "partial_images"
