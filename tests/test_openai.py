@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from yarl import URL
 
+from tests.wsclient import events_until, events_until_terminal, next_event
+
 KEY = "sk-local-test"
 
 
@@ -253,3 +255,37 @@ async def test_stream_refusals_name_their_field(ai):
     with pytest.raises(openai.BadRequestError) as info:
         await ai.images.edit(image=("a.png", b"x", "image/png"), prompt="x", stream=True, partial_images=-1)
     assert info.value.param == "partial_images"
+
+
+async def test_a_job_that_fails_mid_stream_is_an_error_event(make_client, settings):
+    from tests.doubles import FaultyUnetEngine
+
+    client = await make_client(settings, engine_factory=lambda s: FaultyUnetEngine(s, RuntimeError("boom"), at_call=5))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0) as ai:
+        stream = await ai.images.generate(prompt="a fox", size="64x64", stream=True, partial_images=1,
+                                          extra_body={"steps": 8})
+        seen = []
+        with pytest.raises(openai.APIError) as info:
+            async for event in stream:
+                seen.append(event.type)
+    assert seen == ["image_generation.partial_image"]  # sent before the UNet failed at its 5th call
+    assert info.value.body["type"] == "server_error" and info.value.body["message"]
+
+
+async def test_a_client_that_leaves_mid_stream_leaves_the_job_running(client, caplog):
+    caplog.set_level("INFO", logger="sdxl_server.api.openai_stream")
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with client.ws_connect("/api/v1/ws", headers=headers) as ws:
+        await next_event(ws)  # the snapshot: subscribed before the job is queued
+        resp = await client.post("/v1/images/generations", headers=headers, json={
+            "prompt": "a fox", "size": "64x64", "stream": True, "partial_images": 3, "steps": 30})
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        line = await resp.content.readline()
+        assert line == b"event: image_generation.partial_image\n"
+        resp.close()  # the client leaves after its first partial image
+        job_id = (await events_until(ws, lambda e: e["type"] == "queued"))[-1]["id"]
+        ended = await events_until_terminal(ws, job_id)
+    assert ended[-1]["type"] == "completed"
+    job = await (await client.get(f"/api/v1/jobs/{job_id}", headers=headers)).json()
+    assert job["status"] == "succeeded"
+    assert f"the client of streamed job {job_id} left; the job goes on" in caplog.text

@@ -92,10 +92,15 @@ class ImageStream:
             await self.response.prepare(self.request)
             if await self._partials(job, subscription):
                 await self._completed(job)
+                return self.response
         except ConnectionError:
+            pass  # a write found the connection gone
+        except asyncio.CancelledError:  # where aiohttp cancels the handler of a client that left
             log.info("the client of streamed job %s left; the job goes on", job.id)
+            raise
         finally:
             app[keys.HUB].unsubscribe(subscription)
+        log.info("the client of streamed job %s left; the job goes on", job.id)
         return self.response
 
     async def _partials(self, job: Job, subscription: Subscription) -> bool:
@@ -104,7 +109,6 @@ class ImageStream:
         while True:
             message = await subscription.next()
             if not self._connected():
-                log.info("the client of streamed job %s left; the job goes on", job.id)
                 return False
             if message is None:  # fell too far behind: no more previews, wait for the end
                 await job.wait()
