@@ -102,6 +102,9 @@ ROUTES: tuple[Route, ...] = (
                 "AUTOMATIC1111 API: a PNG's generation parameters (its parameters text chunk)", {
                     200: (JSON, "info (the text), items (other text chunks), parameters (parsed)", {"type": "object"}),
                     **errors(*BODY_ERRORS)}, body="A1111PngInfoRequest", limit=IMAGE),
+    a1111_route("POST", "/sdapi/v1/interrogate", a1111_probes.interrogate, READ,
+                "AUTOMATIC1111 API: describe an image (not available here: no interrogator is bundled)", {
+                    501: (JSON, "Not available on this server", {"$ref": "#/components/schemas/A1111Error"})}, limit=IMAGE),
     # A1111's own path outside /sdapi/: its errors keep our shape, and it is public like /health.
     Route("GET", "/internal/ping", a1111_probes.ping, PUBLIC, "AUTOMATIC1111 API: liveness ({})", {
         200: (JSON, "{}", {"type": "object"})}, tags=("a1111",)),
