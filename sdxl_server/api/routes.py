@@ -14,6 +14,7 @@ from . import (
 )
 from .route_table import (
     BODY_ERRORS,
+    EVENT_STREAM,
     JSON,
     MULTIPART,
     NULL,
@@ -31,6 +32,7 @@ from .route_table import (
 PUBLIC, READ, GENERATE, ADMIN = Scope.PUBLIC, Scope.READ, Scope.GENERATE, Scope.ADMIN
 IMAGE = BodyLimit.IMAGE
 GENERATION_ERRORS = (409, 429, 500, 503)
+STREAMED = "The images (JSON); with `stream: true`, OpenAI's image events (text/event-stream)"
 
 openai_route = partial(Route, family=Family.OPENAI, tags=("openai",))
 a1111_route = partial(Route, family=Family.A1111, tags=("a1111",))
@@ -74,7 +76,7 @@ ROUTES: tuple[Route, ...] = (
     # --- OpenAI ------------------------------------------------------------------------------
     openai_route("POST", "/v1/images/generations", openai.images_generations, GENERATE,
                  "OpenAI Images API: generate images", {
-                     200: "OpenAIImagesResponse", **errors(400, 413, 415, *GENERATION_ERRORS)},
+                     200: (EVENT_STREAM, STREAMED, "OpenAIImagesResponse"), **errors(400, 413, 415, *GENERATION_ERRORS)},
                  body="OpenAIImagesRequest", cost=1),
     openai_route("GET", "/v1/models", openai.models, READ, "OpenAI API: every local model", {200: "OpenAIModelList"}),
     # --- AUTOMATIC1111 -----------------------------------------------------------------------
@@ -144,7 +146,7 @@ ROUTES: tuple[Route, ...] = (
                 body="Img2ImgRequest", limit=IMAGE, cost=1),
     openai_route("POST", "/v1/images/edits", openai_edits.edits, GENERATE,
                  "OpenAI Images API: edit an image (mask: transparent = edit)", {
-                     200: "OpenAIImagesResponse", **errors(400, 413, 415, *GENERATION_ERRORS)},
+                     200: (EVENT_STREAM, STREAMED, "OpenAIImagesResponse"), **errors(400, 413, 415, *GENERATION_ERRORS)},
                  body="OpenAIImageEditRequest", body_type=MULTIPART, limit=IMAGE, cost=1),
     openai_route("POST", "/v1/images/variations", openai_edits.variations, GENERATE,
                  "OpenAI Images API: variations of an image", {
