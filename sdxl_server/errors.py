@@ -175,6 +175,12 @@ class ShuttingDown(ApiError):
     status, code = 503, "shutting_down"
 
 
+class NotAvailable(ApiError):
+    """A route a compatible API has that this server does not provide (A1111's interrogate)."""
+
+    status, code = 501, "not_available"
+
+
 def short_message(exc: BaseException, limit: int = 300) -> str:
     """``exc`` as one line of at most ``limit`` characters, for logs and client-facing errors."""
     text = " ".join(str(exc).split()) or type(exc).__name__

@@ -115,3 +115,13 @@ async def test_png_info_takes_the_image_routes_body_limit(make_client, settings)
     assert resp.status == 200 and (await resp.json())["parameters"]["Seed"] == "1"
     resp = await client.post("/sdapi/v1/png-info", json={"image": small, "padding": "x" * 250_000})
     assert resp.status == 413 and (await resp.json())["error"] == "body_too_large"
+
+
+async def test_interrogate_says_plainly_it_is_not_available(make_client, settings):
+    client = await make_client(settings.replace(api_key=KEY))
+    body = {"image": base64.b64encode(png_file(8, 8)).decode(), "model": "clip"}
+    assert (await client.post("/sdapi/v1/interrogate", json=body)).status == 401  # a route like the others
+    resp = await client.post("/sdapi/v1/interrogate", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert resp.status == 501
+    answer = await resp.json()
+    assert answer["error"] == "not_available" and "interrogate is not available on this server" in answer["detail"]

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from yarl import URL
 
+from tests.wsclient import events_until, events_until_terminal, next_event
+
 KEY = "sk-local-test"
 
 
@@ -212,3 +214,88 @@ async def test_a_size_whose_shape_cannot_be_kept_is_refused_naming_what_can_be_m
         assert info.value.param == "size" and "512x64 (8:1)" in info.value.body["message"]
     result = await ai.images.generate(prompt="x", size="1000x125", response_format="b64_json", extra_body={"steps": 1})
     assert result.size == "512x64"  # 8:1, the widest shape the limits hold
+
+
+async def _events(stream) -> list:
+    return [event async for event in stream]
+
+
+def _decoded(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+async def test_a_streamed_generation_sends_partial_images_then_the_image(ai):
+    stream = await ai.images.generate(prompt="a fox", size="128x64", stream=True, partial_images=2,
+                                      extra_body={"steps": 6})
+    events = await _events(stream)
+    assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    images = [_decoded(event.b64_json) for event in events]
+    assert all(image.format == "PNG" and image.size == (128, 64) for image in images)
+    assert "Seed:" in images[-1].text["parameters"]  # the stored image itself
+    done = events[-1]
+    assert done.size == "128x64" and done.output_format == "png" and done.background == "opaque" and done.created_at > 0
+    assert done.usage.total_tokens == 0
+
+
+async def test_a_streamed_edit_sends_partial_images_then_the_image(ai):
+    source = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(source, format="PNG")
+    stream = await ai.images.edit(image=("fox.png", source.getvalue(), "image/png"), prompt="a blue fox", stream=True,
+                                  partial_images=1, output_format="webp", extra_body={"steps": 8})
+    events = await _events(stream)
+    assert [event.type for event in events] == ["image_edit.partial_image", "image_edit.completed"]
+    assert all(_decoded(event.b64_json).format == "WEBP" for event in events)
+    assert events[-1].size == "64x64" and events[-1].output_format == "webp"
+
+
+async def test_a_stream_without_partial_images_is_one_event(ai):
+    events = await _events(await ai.images.generate(prompt="a fox", size="64x64", stream=True, extra_body={"steps": 2}))
+    assert [event.type for event in events] == ["image_generation.completed"]
+    assert _decoded(events[0].b64_json).size == (64, 64)
+
+
+async def test_stream_refusals_name_their_field(ai):
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.generate(prompt="x", n=2, stream=True)
+    assert info.value.param == "stream" and "n=1" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.generate(prompt="x", stream=True, partial_images=4)
+    assert info.value.param == "partial_images"
+    with pytest.raises(openai.BadRequestError) as info:
+        await ai.images.edit(image=("a.png", b"x", "image/png"), prompt="x", stream=True, partial_images=-1)
+    assert info.value.param == "partial_images"
+
+
+async def test_a_job_that_fails_mid_stream_is_an_error_event(make_client, settings):
+    from tests.doubles import FaultyUnetEngine
+
+    client = await make_client(settings, engine_factory=lambda s: FaultyUnetEngine(s, RuntimeError("boom"), at_call=5))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0) as ai:
+        stream = await ai.images.generate(prompt="a fox", size="64x64", stream=True, partial_images=1,
+                                          extra_body={"steps": 8})
+        seen = []
+        with pytest.raises(openai.APIError) as info:
+            async for event in stream:
+                seen.append(event.type)
+    assert seen == ["image_generation.partial_image"]  # sent before the UNet failed at its 5th call
+    assert info.value.body["type"] == "server_error" and info.value.body["message"]
+
+
+async def test_a_client_that_leaves_mid_stream_leaves_the_job_running(client, caplog):
+    caplog.set_level("INFO", logger="sdxl_server.api.openai_stream")
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with client.ws_connect("/api/v1/ws", headers=headers) as ws:
+        await next_event(ws)  # the snapshot: subscribed before the job is queued
+        resp = await client.post("/v1/images/generations", headers=headers, json={
+            "prompt": "a fox", "size": "64x64", "stream": True, "partial_images": 3, "steps": 30})
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        line = await resp.content.readline()
+        assert line == b"event: image_generation.partial_image\n"
+        resp.close()  # the client leaves after its first partial image
+        job_id = (await events_until(ws, lambda e: e["type"] == "queued"))[-1]["id"]
+        ended = await events_until_terminal(ws, job_id)
+    assert ended[-1]["type"] == "completed"
+    job = await (await client.get(f"/api/v1/jobs/{job_id}", headers=headers)).json()
+    assert job["status"] == "succeeded"
+    assert f"the client of streamed job {job_id} left; the job goes on" in caplog.text

@@ -334,3 +334,32 @@ async def test_nothing_public_names_a_job_a_prompt_a_model_location_or_a_lora(ma
         assert full["queue"]["running"] == job["id"] and full["model"]["id"] == "tiny"
     finally:
         engine.gate.set()
+
+
+# What the openai package (openai-node, in a browser with dangerouslyAllowBrowser) sends on each request.
+OPENAI_SDK_HEADERS = ("authorization, content-type, x-stainless-arch, x-stainless-lang, x-stainless-os, "
+                      "x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, "
+                      "x-stainless-runtime-version, x-stainless-timeout, openai-organization, openai-project")
+
+
+async def test_a_preflight_allows_the_headers_it_asks_for_from_allowed_origins(client):
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": OPENAI_SDK_HEADERS}
+    resp = await client.options("/v1/images/generations", headers=preflight)
+    assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    allowed = {name.strip().lower() for name in resp.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {name.strip() for name in OPENAI_SDK_HEADERS.split(",")} <= allowed
+    assert "x-api-key" in allowed and "idempotency-key" in allowed  # ours, whatever was asked
+    assert resp.headers["Vary"] == "Origin, Access-Control-Request-Headers"
+
+    resp = await client.options("/v1/images/generations", headers={**preflight, "Origin": "https://evil.example"})
+    assert resp.status == 403 and "Access-Control-Allow-Headers" not in resp.headers
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_a_preflight_asking_for_malformed_or_endless_headers_is_refused(client):
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
+    for asked in ("x-ok, bad header", "x-ok, a:b", "x-" + "a" * 3000):
+        resp = await client.options("/v1/images/generations", headers={**preflight, "Access-Control-Request-Headers": asked})
+        assert resp.status == 400 and "Access-Control-Allow-Headers" not in resp.headers
+        assert "Access-Control-Request-Headers" in (await resp.json())["error"]["message"]

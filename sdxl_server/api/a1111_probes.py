@@ -20,7 +20,7 @@ import psutil
 from aiohttp import web
 from marshmallow import EXCLUDE, Schema, fields
 
-from ..errors import ValidationFailed
+from ..errors import NotAvailable, ValidationFailed
 from ..jobs import images
 from . import keys
 from .validation import read_json_object, validate
@@ -97,6 +97,11 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+async def interrogate(request: web.Request) -> web.Response:
+    """``POST /sdapi/v1/interrogate``: 501, said plainly (not a 404 that reads as a wrong URL), so
+    a client's "describe this image" button tells its user why nothing comes back."""
+    raise NotAvailable("interrogate is not available on this server: no CLIP or DeepBooru interrogator is bundled "
+                       "(it generates images only)")
 
 
 class PngInfoSchema(Schema):

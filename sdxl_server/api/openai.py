@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 MAX_N = 10  # OpenAI's own limit; above MAX_BATCH the images come from several pipeline calls
 MAX_PROMPT = 4000  # DALL·E 3's limit; what exceeds MAX_PROMPT_LENGTH is cut (and logged)
 # Documented fields that mean nothing here; accepted and ignored so clients need no change.
-IGNORED = ("style", "user", "moderation", "partial_images")
+IGNORED = ("style", "user", "moderation")
 # Our own fields a client may add (an extension): passed through to the core request.
 EXTENSIONS = ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler")
 
@@ -67,12 +67,17 @@ class ImagesRequestSchema(Schema):
     quality = fields.String(load_default=None, allow_none=True, metadata={"description": "Echoed; no effect."})
     background = fields.String(load_default=None, allow_none=True,
                                metadata={"description": "'opaque' or 'auto' (echoed as 'opaque'); 'transparent' is refused."})
-    stream = fields.Boolean(load_default=False, allow_none=True)
+    stream = fields.Boolean(load_default=False, allow_none=True, metadata={
+        "description": "true: answer with server-sent events as OpenAI streams (text/event-stream): "
+                       "partial images, then the image (n must be 1)."})
+    partial_images = StrictInteger(load_default=0, allow_none=True, validate=validate.Range(min=0, max=3), metadata={
+        "description": "With stream: how many partial images (0 to 3) are sent, from the step previews."})
 
     @validates_schema
-    def _no_streaming(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("stream"):
-            raise ValidationError("streaming is not supported: follow progress over /api/v1/ws instead", "stream")
+    def _one_image_when_streaming(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """A streamed answer carries one image: OpenAI's completed event has no index to tell several apart."""
+        if data.get("stream") and (data.get("n") or 1) > 1:
+            raise ValidationError("a streamed answer carries one image: send n=1, or stream false", "stream")
 
 
 def request_schema_for_spec(settings) -> Schema:
@@ -97,6 +102,8 @@ class ImagesAsk:
     compression: int
     quality: str
     background: str
+    stream: bool = False
+    partial_images: int = 0
 
 
 def _default(value: Any, default: Any) -> Any:
@@ -136,6 +143,7 @@ def _read_request(body: dict[str, Any], settings) -> ImagesAsk:
 
 # The fields that say how to answer, shared by every images route (JSON and multipart).
 ANSWER_FIELDS = ("response_format", "model", "output_format", "output_compression", "quality", "background")
+STREAM_FIELDS = ("stream", "partial_images", "n")  # streaming (generations and edits): n=1 only
 
 
 def how_to_answer(request: dict[str, Any]) -> dict[str, Any]:
@@ -143,17 +151,20 @@ def how_to_answer(request: dict[str, Any]) -> dict[str, Any]:
     default for ``gpt-image-*`` models (OpenAI answers them so, and their clients read only
     ``b64_json``), else a URL; other formats than PNG for base64 only."""
     gpt_image = (request.get("model") or "").startswith("gpt-image")
-    response_format = _default(request.get("response_format"), "b64_json" if gpt_image else "url")
+    stream = bool(request.get("stream"))  # streamed events always carry base64
+    response_format = "b64_json" if stream else _default(request.get("response_format"), "b64_json" if gpt_image else "url")
     output_format = _default(request.get("output_format"), "png") if response_format == "b64_json" else "png"
     return {"response_format": response_format, "output_format": output_format,
             "compression": _default(request.get("output_compression"), 100),
-            "quality": _default(request.get("quality"), "auto"), "background": "opaque"}
+            "quality": _default(request.get("quality"), "auto"), "background": "opaque",
+            "stream": stream, "partial_images": _default(request.get("partial_images"), 0)}
 
 
 SIZE_NAMES = {"width": "size", "height": "size", "num_images": "n"}
 
 
-async def _base64_images(app: web.Application, ids: list[str], output_format: str, compression: int) -> list[str]:
+async def base64_images(app: web.Application, ids: list[str], output_format: str, compression: int) -> list[str]:
+    """The stored images ``ids`` in base64, re-encoded off the event loop unless PNG is asked (as stored)."""
     if output_format == "png":
         return await app[keys.STORE].images_base64(ids)
     loop = asyncio.get_running_loop()
@@ -163,11 +174,15 @@ async def _base64_images(app: web.Application, ids: list[str], output_format: st
     return [base64.b64encode(blob).decode("ascii") for blob in blobs]
 
 
-async def images_generations(request: web.Request) -> web.Response:
+async def images_generations(request: web.Request) -> web.StreamResponse:
     """``POST /v1/images/generations``: ``{created, data: [{url} | {b64_json}], size, output_format, ...}``."""
     app = request.app
     asked = _read_request(await read_json_object(request), app[keys.SETTINGS])
     params = await with_model(app, await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], asked.core, SIZE_NAMES))))
+    if asked.stream:
+        from .openai_stream import stream_images  # which imports this module's helpers
+
+        return await stream_images(request, params, asked, "image_generation")
     return await images_response(request, params, asked)
 
 
@@ -178,7 +193,7 @@ async def images_response(request: web.Request, params: GenerationParams, asked:
     made = await generate_images(request, params, asked.count, names=SIZE_NAMES)
     images, job_id = made.images, made.first_job
     if asked.response_format == "b64_json":
-        blobs = await _base64_images(app, [image["id"] for image in images], asked.output_format, asked.compression)
+        blobs = await base64_images(app, [image["id"] for image in images], asked.output_format, asked.compression)
         data = [{"b64_json": blob} for blob in blobs]
     else:
         base = public_base(request)  # PUBLIC_URL, else the scheme and host as trusted proxies forward them

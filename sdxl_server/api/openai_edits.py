@@ -4,7 +4,8 @@
 whose fully transparent pixels mark the area to edit (OpenAI's convention), ``prompt``, ``n``,
 ``size`` ("auto" or absent: the image's own size, fitted to the limits), ``model`` (as on
 generations), and how to answer as on generations (``response_format``, base64 by default for
-``gpt-image-*`` models; ``output_format``, ``output_compression``, ``quality``, ``background``).
+``gpt-image-*`` models; ``output_format``, ``output_compression``, ``quality``, ``background``), and
+``stream`` with ``partial_images`` as OpenAI streams edits (:mod:`.openai_stream`).
 Fields this server does not know are ignored with a log line, as on generations. With a mask it is inpainting at ``strength`` 1 (the
 area is drawn anew); without one, image to image at 0.75. ``variations``: image to image with an
 empty prompt at :data:`VARIATION_STRENGTH`. Our own fields (``negative_prompt``, ``steps``,
@@ -28,7 +29,10 @@ from .applied import OPENAI_EDITS, OPENAI_VARIATIONS, Rule, check_openai
 from .image_inputs import stored_inputs
 from .loras import with_loras
 from .models import openai_model, with_model
-from .openai import ANSWER_FIELDS, IGNORED, SIZE_NAMES, ImagesAsk, ImagesRequestSchema, how_to_answer, images_response
+from .openai import (
+    ANSWER_FIELDS, IGNORED, SIZE_NAMES, STREAM_FIELDS, ImagesAsk, ImagesRequestSchema, how_to_answer, images_response,
+)
+from .openai_stream import stream_images
 from .schemas import generate_request_fields, to_params
 from .sizes import fit_size, parse_size
 from .validation import validate as validate_fields
@@ -37,10 +41,11 @@ VARIATION_STRENGTH = 0.6
 EDIT_STRENGTH = {True: 1.0, False: 0.75}  # with a mask, without one
 _TYPED: dict[str, Callable[[str], Any]] = {
     "n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float, "output_compression": int,
+    "partial_images": int,
 }
-_TEXT = ("prompt", "size", "negative_prompt", "scheduler", *ANSWER_FIELDS)
+_TEXT = ("prompt", "size", "negative_prompt", "scheduler", "stream", *ANSWER_FIELDS)
 _FILES = ("image", "image[]", "mask")
-_IGNORED = (*IGNORED, "input_fidelity", "stream")
+_IGNORED = (*IGNORED, "input_fidelity")
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,8 @@ def _file_bytes(name: str, item: Any) -> bytes:
 def _core(values: dict[str, Any], prompt: str, settings: Any) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """Our request for the form's ``values``, which sides of the size were given, and how to answer.
     A size is fitted into the limits as on generations (GPT-image's edits take ``1536x1024``)."""
-    answer = validate_fields(ImagesRequestSchema(only=ANSWER_FIELDS), {k: values[k] for k in ANSWER_FIELDS if k in values})
+    read = (*ANSWER_FIELDS, *STREAM_FIELDS)
+    answer = validate_fields(ImagesRequestSchema(only=read), {k: values[k] for k in read if k in values})
     core: dict[str, Any] = {"prompt": prompt, "num_images": values.get("n", 1), "model": openai_model(values.get("model"))}
     core.update({name: values[name] for name in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler",
                                                  "strength") if name in values})
@@ -123,13 +129,15 @@ def _core(values: dict[str, Any], prompt: str, settings: Any) -> tuple[dict[str,
 
 
 async def _run(request: web.Request, core: dict[str, Any], given: list[str], image: bytes, mask: bytes | None,
-               answer: dict[str, Any], prompt: str) -> web.Response:
+               answer: dict[str, Any], prompt: str) -> web.StreamResponse:
     app = request.app
     data = validate_fields(app[keys.GENERATE_SCHEMA], core, SIZE_NAMES)
     data.update(init_image=image, mask=mask, prompt=prompt)
     async with stored_inputs(app, data, given, names={"init_image": "image", **SIZE_NAMES}, alpha_mask=True) as data:
         params = await with_model(app, await with_loras(app, to_params(data)))
         asked = ImagesAsk(core=data, count=params.num_images, **answer)
+        if asked.stream:
+            return await stream_images(request, params, asked, "image_edit")
         return await images_response(request, params, asked)
 
 
@@ -139,7 +147,7 @@ def _one_image(images: list[bytes]) -> bytes:
     return images[0]
 
 
-async def edits(request: web.Request) -> web.Response:
+async def edits(request: web.Request) -> web.StreamResponse:
     """``POST /v1/images/edits`` (multipart): ``{created, data: [{url} | {b64_json}]}``."""
     values, images, mask = await _read_form(request, OPENAI_EDITS)
     image = _one_image(images)
@@ -159,8 +167,9 @@ async def variations(request: web.Request) -> web.Response:
     image = _one_image(images)
     values.pop("prompt", None)
     values.setdefault("strength", VARIATION_STRENGTH)
-    # our schema needs a prompt; the job has none
-    core, given, answer = _core(values, "variation", request.app[keys.SETTINGS])
+    core, given, answer = _core(values, "variation", request.app[keys.SETTINGS])  # our schema needs a prompt; the job has none
+    if answer["stream"]:
+        raise _invalid("stream", "Variations are not streamed (nor are OpenAI's): use /v1/images/edits.")
     return await _run(request, core, given, image, None, answer, "")
 
 
@@ -174,7 +183,7 @@ def _form_schema(name: str, settings: Any, *, prompt: bool, mask: bool) -> Schem
         "size": fields.String(load_default="auto", validate=validate.Regexp(r"^(auto|[0-9]+x[0-9]+)$"),
                               metadata={"description": "'WIDTHxHEIGHT' (fitted into the limits, keeping its shape), "
                                                        "or 'auto' (the image's size)."}),
-        **{field: ImagesRequestSchema().fields[field] for field in ANSWER_FIELDS},
+        **{field: ImagesRequestSchema().fields[field] for field in (*ANSWER_FIELDS, "stream", "partial_images")},
         **{field: core[field] for field in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "strength")},
     }
     if prompt:

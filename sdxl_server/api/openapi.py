@@ -19,7 +19,7 @@ from marshmallow import Schema
 
 from ..config import Settings
 from . import a1111, a1111_img2img, a1111_probes, openai, openai_edits, responses, schemas
-from .route_table import JSON, Family, Route, Scope
+from .route_table import EVENT_STREAM, JSON, Family, Route, Scope
 
 ERRORS = {
     400: "The body is empty, not UTF-8, not JSON, or not a JSON object",
@@ -35,6 +35,9 @@ ERRORS = {
     500: "The generation or the output write failed",
     503: "The model is unavailable, out of memory, or the server is shutting down",
 }
+# One server-sent event: its name (OpenAI's event type, or "error") and its data, one JSON object.
+SSE_EVENT = {"type": "object", "required": ["event", "data"],
+             "properties": {"event": {"type": "string"}, "data": {"type": "string", "contentMediaType": JSON}}}
 ERROR_SCHEMAS = {Family.OWN: "Error", Family.OPENAI: "OpenAIError", Family.A1111: "A1111Error"}
 
 
@@ -73,6 +76,8 @@ def _response(spec_status: int, value: Any, error_schema: str) -> dict[str, Any]
     content: dict[str, Any] = {content_type: {"schema": schema} if schema else {}}
     if content_type == "text/html" and schema:
         content = {"text/html": {"schema": {"type": "string"}}, JSON: {"schema": schema}}
+    if content_type == EVENT_STREAM and schema:
+        content = {JSON: {"schema": schema}, EVENT_STREAM: {"schema": SSE_EVENT}}
     return {"description": description, "content": content}
 
 

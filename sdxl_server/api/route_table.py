@@ -28,6 +28,7 @@ from ..config import Settings
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
+EVENT_STREAM = "text/event-stream"  # a 200 that is JSON, or server-sent events when the client streams
 BODY_ERRORS = (400, 413, 415, 422)
 NULL = {"type": "null"}
 

@@ -15,6 +15,7 @@ from . import (
 from . import styles
 from .route_table import (
     BODY_ERRORS,
+    EVENT_STREAM,
     JSON,
     MULTIPART,
     NULL,
@@ -32,6 +33,7 @@ from .route_table import (
 PUBLIC, READ, GENERATE, ADMIN = Scope.PUBLIC, Scope.READ, Scope.GENERATE, Scope.ADMIN
 IMAGE = BodyLimit.IMAGE
 GENERATION_ERRORS = (409, 429, 500, 503)
+STREAMED = "The images (JSON); with `stream: true`, OpenAI's image events (text/event-stream)"
 
 openai_route = partial(Route, family=Family.OPENAI, tags=("openai",))
 a1111_route = partial(Route, family=Family.A1111, tags=("a1111",))
@@ -75,7 +77,7 @@ ROUTES: tuple[Route, ...] = (
     # --- OpenAI ------------------------------------------------------------------------------
     openai_route("POST", "/v1/images/generations", openai.images_generations, GENERATE,
                  "OpenAI Images API: generate images", {
-                     200: "OpenAIImagesResponse", **errors(400, 413, 415, *GENERATION_ERRORS)},
+                     200: (EVENT_STREAM, STREAMED, "OpenAIImagesResponse"), **errors(400, 413, 415, *GENERATION_ERRORS)},
                  body="OpenAIImagesRequest", cost=1),
     openai_route("GET", "/v1/models", openai.models, READ, "OpenAI API: every local model", {200: "OpenAIModelList"}),
     # --- AUTOMATIC1111 -----------------------------------------------------------------------
@@ -103,6 +105,9 @@ ROUTES: tuple[Route, ...] = (
                 "AUTOMATIC1111 API: a PNG's generation parameters (its parameters text chunk)", {
                     200: (JSON, "info (the text), items (other text chunks), parameters (parsed)", {"type": "object"}),
                     **errors(*BODY_ERRORS)}, body="A1111PngInfoRequest", limit=IMAGE),
+    a1111_route("POST", "/sdapi/v1/interrogate", a1111_probes.interrogate, READ,
+                "AUTOMATIC1111 API: describe an image (not available here: no interrogator is bundled)", {
+                    501: (JSON, "Not available on this server", {"$ref": "#/components/schemas/A1111Error"})}, limit=IMAGE),
     # A1111's own path outside /sdapi/: its errors keep our shape, and it is public like /health.
     Route("GET", "/internal/ping", a1111_probes.ping, PUBLIC, "AUTOMATIC1111 API: liveness ({})", {
         200: (JSON, "{}", {"type": "object"})}, tags=("a1111",)),
@@ -145,7 +150,7 @@ ROUTES: tuple[Route, ...] = (
                 body="Img2ImgRequest", limit=IMAGE, cost=1),
     openai_route("POST", "/v1/images/edits", openai_edits.edits, GENERATE,
                  "OpenAI Images API: edit an image (mask: transparent = edit)", {
-                     200: "OpenAIImagesResponse", **errors(400, 413, 415, *GENERATION_ERRORS)},
+                     200: (EVENT_STREAM, STREAMED, "OpenAIImagesResponse"), **errors(400, 413, 415, *GENERATION_ERRORS)},
                  body="OpenAIImageEditRequest", body_type=MULTIPART, limit=IMAGE, cost=1),
     openai_route("POST", "/v1/images/variations", openai_edits.variations, GENERATE,
                  "OpenAI Images API: variations of an image", {

@@ -8,8 +8,10 @@
   no route follow their prefix (:data:`.routes.UNMATCHED`).
 - Every request that passes carries its caller's :class:`Identity` under :data:`IDENTITY`.
 - ``CORS_ORIGINS``: browsers on those origins may call the API; preflight ``OPTIONS`` is answered
-  for every route; a websocket's ``Origin`` must be the server's own (as a trusted proxy forwards
-  it, or ``PUBLIC_URL``) or on the list.
+  for every route, allowing the headers the preflight asks for (the origin is trusted, and client
+  libraries add their own: the OpenAI SDK its ``x-stainless-*`` ones), as CORS libraries do with
+  "allow every header"; a websocket's ``Origin`` must be the server's own (as a trusted proxy
+  forwards it, or ``PUBLIC_URL``) or on the list.
 Never imports torch.
 """
 
@@ -18,13 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.web_log import AccessLogger
 from multidict import CIMultiDict
 
-from ..errors import ForbiddenOrigin, Unauthorized
+from ..errors import ForbiddenOrigin, InvalidBody, Unauthorized
 from . import forwarded, keys
 from .middleware import Handler
 from .identity import ANONYMOUS, API_KEY_HOLDER, IDENTITY, OPEN, Identity
@@ -39,6 +42,8 @@ CHALLENGES = CIMultiDict([*BEARER_CHALLENGE.items(),
 WS_TOKEN_PROTOCOL = "bearer."
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-API-Key"
+MAX_REQUEST_HEADERS_CHARS = 2048  # a preflight's Access-Control-Request-Headers; browsers send a few names
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 EXPOSED_HEADERS = "Location, Retry-After"
 
 
@@ -147,18 +152,38 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     origin = request.headers.get(hdrs.ORIGIN)
     if origin and _is_websocket(request) and not _is_own_origin(request, origin) and not _origin_allowed(origin, allowed):
         raise ForbiddenOrigin(f"websocket connections from {origin} are not allowed: add it to CORS_ORIGINS")
-    if origin and request.method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
+    if origin and _is_preflight(request):
         if not allowed or not _origin_allowed(origin, allowed):
             raise ForbiddenOrigin(f"cross-origin requests from {origin} are not allowed: add it to CORS_ORIGINS")
         return web.Response(
             status=204,
             headers={
                 hdrs.ACCESS_CONTROL_ALLOW_METHODS: ALLOWED_METHODS,
-                hdrs.ACCESS_CONTROL_ALLOW_HEADERS: ALLOWED_HEADERS,
+                hdrs.ACCESS_CONTROL_ALLOW_HEADERS: allowed_headers(request),
                 hdrs.ACCESS_CONTROL_MAX_AGE: "600",
             },
         )
     return await handler(request)
+
+
+def _is_preflight(request: web.Request) -> bool:
+    return request.method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
+
+
+def allowed_headers(request: web.Request) -> str:
+    """Our own headers and every one the preflight asks for (an allowed origin's page may send
+    what it likes: its key is what guards the API). The names must be header names, and few."""
+    asked = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")
+    if len(asked) > MAX_REQUEST_HEADERS_CHARS:
+        raise InvalidBody(f"Access-Control-Request-Headers is too long: at most {MAX_REQUEST_HEADERS_CHARS} characters")
+    names = [name.strip() for name in asked.split(",") if name.strip()]
+    bad = next((name for name in names if not _HEADER_NAME.fullmatch(name)), None)
+    if bad is not None:
+        raise InvalidBody(f"Access-Control-Request-Headers names a header that is not a header name: {bad[:40]!r}")
+    own = ALLOWED_HEADERS.split(", ")
+    known = {name.lower() for name in own}
+    extra = list(dict.fromkeys(name.lower() for name in names if name.lower() not in known))
+    return ", ".join([*own, *extra])
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -169,7 +194,8 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
         return
     response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
     response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
-    response.headers.add(hdrs.VARY, "Origin")
+    # A preflight's answer also depends on the headers it asked for (see allowed_headers).
+    response.headers.add(hdrs.VARY, "Origin, Access-Control-Request-Headers" if _is_preflight(request) else "Origin")
 
 
 SECRET_HEADERS = (hdrs.AUTHORIZATION, "X-API-Key")
