@@ -1,0 +1,146 @@
+"""More replays of what clients send, built from their source, parsed the way they parse it
+(tests/test_client_replays.py has the first ones and the fixtures; versions in docs/compatible-apis.md).
+
+- AIYA, Kilvoctu/aiyabot at eb8ff684 (2025-12): core/settings.py (startup: GET cmd-flags without
+  auth, a 401 meaning ``--api-auth``; ``authenticate_user``: a requests session with Basic
+  ``(apiuser, apipass)``, GET /config, POST /login, neither checked; lists of samplers,
+  prompt-styles, face-restorers, embeddings, hypernetworks, upscalers, sd-models, loras; /config
+  parsed as JSON outside any try), core/stablecog.py (``dream``: options ``{sd_model_checkpoint}``,
+  then txt2img or img2img with ``sampler_index``, ``seed_resize_from_*: -1``, ``denoising_strength:
+  None`` or the user's strength *as a string*, ``styles: [style]`` with the default style
+  ``"None"``, ``override_settings: {CLIP_stop_at_last_layers}``, ``init_images`` as data URLs; hires
+  fix adds ``enable_hr``, ``hr_upscaler``, ``hr_scale: 1``, ``hr_second_pass_steps: steps / 2`` (a
+  float); reads ``images``, then POSTs each to /png-info and keeps its ``info``) and
+  core/upscalecog.py (``extra-single-image``, reading ``image``).
+- Auto-Photoshop-StableDiffusion-Plugin, AbdullahAlfaraj at 6f6d4907 (2023-12): utility/session.js
+  (``getSettings``: the whole UI state, ``seed`` as a string, ``selection_info``, ``mode``,
+  ``uniqueDocumentId``, prompt-shortcut fields; inpaint adds ``mask``, ``expanded_mask``,
+  ``mask_expansion``, ``inpainting_fill``, ``inpaint_full_res*``), utility/sdapi/python_replacement.js
+  (``fetch`` with ``Accept`` and ``Content-Type`` only: no credentials; reads ``images``, each
+  through /png-info's ``info``, parsed by ``convertMetadataToJson``) and typescripts/controlnet/entry.ts
+  (``mapPluginSettingsToControlNet``: ``controlnet_units`` and ``alwayson_scripts.controlnet.args``).
+- stable-gimpfusion, ArtBIT at 3a92fcf7 (2024-01), stable_gimpfusion.py: urllib2 JSON posts without
+  credentials; txt2img/img2img/inpainting bodies with ``sampler_index``, ``denoising_strength``
+  always, ``resize_mode`` and ``inpainting_mask_invert`` as numbers, ControlNet units (defaults
+  plus ``input_image``, no ``enabled``); ``ResponseLayers`` reads ``info`` as JSON, its
+  ``infotexts`` and ``all_seeds``, one layer per seed.
+- Dify, langgenius/dify api/core/tools/provider/builtin/: stablediffusion/tools/stable_diffusion.py
+  at 04bcf81d (httpx ``post(url, data=json.dumps(...))``: no Content-Type; ``base_url`` joined by
+  yarl, its ``user:password@`` sent as Basic auth by httpx; options ``{sd_model_checkpoint}`` must
+  answer 200; models by ``model_name``; txt2img with ``DRAW_TEXT_OPTIONS`` (``s_noise: 0``, ``eta:
+  0``, ``hr_scale: 2``...), img2img with ``script_args: ['outpainting mk2']``; reads
+  ``images[0]``) and dalle/tools/dalle3.py at 18f0c324 (the openai SDK at ``openai_base_url/v1``,
+  ``response_format: b64_json``, sizes 1024x1024, 1024x1792, 1792x1024; decodes ``b64_json``).
+- Home Assistant, home-assistant/core homeassistant/components/openai_conversation/__init__.py at
+  004090ee: ``generate_image`` calls ``images.generate(model='dall-e-3', prompt, size, quality,
+  style, response_format='url', n=1)`` (sizes ``256``/``512``/``1024`` become ``1024x1024``) on
+  ``AsyncOpenAI(api_key)`` (the base URL from ``OPENAI_BASE_URL``), after ``models.list`` at set-up;
+  it answers ``data[0]`` without ``b64_json``: ``url`` and ``revised_prompt``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import openai
+import pytest
+from images import encode, picture
+from PIL import Image
+from test_client_replays import KEY, basic
+from yarl import URL
+
+# The fixtures of tests/test_client_replays.py: every replay runs without and with API_KEY.
+from test_client_replays import key, settings  # noqa: F401  (pytest fixtures)
+
+
+def b64png(width: int = 64, height: int = 64) -> str:
+    return base64.b64encode(encode(picture(width, height))).decode()
+
+
+def decoded(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def warnings_of(res: dict) -> list[str]:
+    return json.loads(res["info"]).get("warnings", [])
+
+
+# --- AIYA -------------------------------------------------------------------------------------
+
+def aiya_auth(key: str | None) -> dict[str, str]:
+    return {} if key is None else basic(f"aiya:{key}")  # s.auth = (apiuser, apipass)
+
+
+async def test_aiya_startup(client, key):
+    flags = await client.get("/sdapi/v1/cmd-flags")  # requests.get, no auth: a 401 means --api-auth
+    assert flags.status == (200 if key is None else 401)  # never 404 ("API is unreachable!")
+    auth = aiya_auth(key)
+    for method, path in (("GET", "/config"), ("POST", "/login")):  # authenticate_user: neither checked
+        assert (await client.request(method, path, headers=auth)).status < 500
+    samplers = [s["name"] for s in await (await client.get("/sdapi/v1/samplers", headers=auth)).json()]
+    styles = {"None": ""} | {s["name"]: (s["prompt"], s["negative_prompt"])
+                             for s in await (await client.get("/sdapi/v1/prompt-styles", headers=auth)).json()}
+    facefix = [s["name"] for s in await (await client.get("/sdapi/v1/face-restorers", headers=auth)).json()]
+    embeddings = await (await client.get("/sdapi/v1/embeddings", headers=auth)).json()
+    assert all(isinstance(embeddings.get(k, {}), dict) for k in ("loaded", "skipped"))
+    hypernetworks = await (await client.get("/sdapi/v1/hypernetworks", headers=auth)).json()
+    assert isinstance(hypernetworks, (list, dict))  # a JSON 404: no names taken from it
+    upscalers = [s["name"] for s in await (await client.get("/sdapi/v1/upscalers", headers=auth)).json()]
+    models = await (await client.get("/sdapi/v1/sd-models", headers=auth)).json()
+    loras = [s["alias"] for s in await (await client.get("/sdapi/v1/loras", headers=auth)).json()]
+    assert "Euler a" in samplers and styles == {"None": ""} and facefix == [] and upscalers == ["None"] and loras == []
+    assert {(m["title"], m["model_name"]) for m in models} == {("tiny", "tiny")} and "filename" in models[0] and "hash" in models[0]
+    config = await (await client.get("/config", headers=auth)).text()
+    assert isinstance(json.loads(config), dict)  # `config_url.json()` is outside its try
+
+
+def aiya_payload(**chosen) -> dict:
+    """``dream``'s payload with the bot's default settings (``chosen``: the user's)."""
+    payload = {
+        "prompt": "a lighthouse", "negative_prompt": "", "steps": 30, "width": 512, "height": 512,
+        "cfg_scale": "7.0", "sampler_index": "Euler a", "seed": 1234567, "seed_resize_from_h": -1,
+        "seed_resize_from_w": -1, "denoising_strength": None, "n_iter": 1, "batch_size": 1, "styles": ["None"],
+        "override_settings": {"CLIP_stop_at_last_layers": 1},
+    }
+    return {**payload, **chosen}
+
+
+async def aiya_dream(client, auth, payload, route="txt2img") -> tuple[list[str], dict]:
+    assert (await client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny"}, headers=auth)).ok
+    resp = await client.post(f"/sdapi/v1/{route}", json=payload, headers=auth)
+    response_data = await resp.json()
+    assert resp.status == 200, response_data  # else: "txt2img failed: An invalid parameter was found! 'images'"
+    infos = []
+    for i in response_data["images"]:
+        decoded(i)
+        png = await client.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + i}, headers=auth)
+        infos.append((await png.json()).get("info"))
+    assert all(isinstance(info, str) and "Seed: " in info for info in infos)
+    return infos, response_data
+
+
+async def test_aiya_draw(client, key):
+    auth = aiya_auth(key)
+    infos, res = await aiya_dream(client, auth, aiya_payload(steps=20))  # style "None" is no style, as in A1111
+    assert "Steps: 20" in infos[0] and "Seed: 1234567" in infos[0] and warnings_of(res) == []
+
+    hires = aiya_payload(steps=25, n_iter=2, enable_hr=True, hr_upscaler="Latent", hr_scale=1,
+                         hr_second_pass_steps=25 / 2, denoising_strength="0.75")
+    infos, res = await aiya_dream(client, auth, hires)
+    assert len(infos) == 2 and any(w.startswith("enable_hr: true not applied") for w in warnings_of(res))
+
+    init = aiya_payload(steps=4, init_images=["data:image/png;base64," + b64png(64, 64)], denoising_strength="0.75",
+                        width=64, height=64, override_settings={"CLIP_stop_at_last_layers": 2})
+    infos, res = await aiya_dream(client, auth, init, "img2img")  # strength sent as the string it was typed as
+    info = json.loads(res["info"])
+    assert info["denoising_strength"] == 0.75 and info["clip_skip"] == 2 and decoded(res["images"][0]).size == (64, 64)
+
+
+async def test_aiya_upscale_is_a_clear_json_error(client, key):
+    payload = {"upscaling_resize": 2.0, "upscaler_1": "None", "image": "data:image/png;base64," + b64png(),
+               "gfpgan_visibility": 0.0, "codeformer_visibility": 0.0, "upscale_first": False}
+    resp = await client.post("/sdapi/v1/extra-single-image", json=payload, headers=aiya_auth(key))
+    body = await resp.json()  # response.json() works; response_data['image'] is AIYA's KeyError message
+    assert resp.status == 404 and "image" not in body and body["error"] == "not_found"
