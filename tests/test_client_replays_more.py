@@ -144,3 +144,125 @@ async def test_aiya_upscale_is_a_clear_json_error(client, key):
     resp = await client.post("/sdapi/v1/extra-single-image", json=payload, headers=aiya_auth(key))
     body = await resp.json()  # response.json() works; response_data['image'] is AIYA's KeyError message
     assert resp.status == 404 and "image" not in body and body["error"] == "not_found"
+
+
+# --- Auto-Photoshop-StableDiffusion-Plugin ----------------------------------------------------
+
+PHOTOSHOP_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}  # no credentials
+
+
+def photoshop_settings(mode: str = "txt2img", **chosen) -> dict:
+    """``getSettings``' payload with the plugin's default UI state (``chosen``: the user's)."""
+    payload = {
+        "selection_info": {"left": 0, "top": 0, "right": 512, "bottom": 512, "width": 512, "height": 512},
+        "alwayson_scripts": {},  # ADetailer deleted when it is not installed
+        "prompt": "a lighthouse", "negative_prompt": "fog", "original_prompt": "a lighthouse",
+        "original_negative_prompt": "fog", "clip_skip": 1, "steps": 20, "sampler_index": "Euler a",
+        "width": 512, "height": 512, "denoising_strength": 0.7, "batch_size": 1, "cfg_scale": 7, "seed": "-1",
+        "mask_blur": 4, "use_sharp_mask": False, "use_prompt_shortcut": True, "prompt_shortcut_ui_dict": {},
+        "uniqueDocumentId": "2f9e1d40-0000", "mode": mode, "restore_faces": False, "tiling": False,
+    }
+    if mode != "txt2img":
+        payload |= {"denoising_strength": 0.7, "init_images": [b64png(64, 64)]}
+    if mode == "inpaint":
+        mask = b64png(64, 64)
+        payload |= {"inpaint_full_res": False, "inpaint_full_res_padding": 32, "inpainting_fill": 1,
+                    "mask_expansion": 20, "mask": mask, "expanded_mask": mask}
+    return {**payload, **chosen}
+
+
+def photoshop_controlnet(settings: dict) -> dict:
+    """``mapPluginSettingsToControlNet``: one enabled unit (of the plugin's maximum, the rest off)."""
+    units = [{"enabled": index == 0, "input_image": b64png(64, 64) if index == 0 else None, "mask": "",
+              "module": "canny", "model": "control_v11p_sd15_canny [d14c016b]", "weight": 1, "resize_mode": "Crop and Resize",
+              "lowvram": False, "processor_res": 512, "threshold_a": 100, "threshold_b": 200, "guidance_start": 0,
+              "guidance_end": 1, "control_mode": 0, "pixel_perfect": False} for index in range(3)]
+    return {**settings, "controlnet_units": units, "subseed": -1, "override_settings": {},
+            "override_settings_restore_afterwards": True,
+            "alwayson_scripts": {**settings["alwayson_scripts"], "controlnet": {"args": units}}}
+
+
+def photoshop_metadata(metadata_str: str) -> dict:
+    """``convertMetadataToJson``, as the plugin reads /png-info's ``info``."""
+    last = metadata_str.rindex("\n")
+    settings_json = dict(zip(("prompt", "negative_prompt"), metadata_str[:last].split("Negative prompt: ")))
+    for setting in metadata_str[last + 1:-1].split(","):
+        key, _, value = (s.lstrip() for s in setting.partition(":"))
+        settings_json[key] = value
+    return settings_json
+
+
+async def photoshop_request(client, route: str, payload: dict) -> tuple[dict, list[dict]]:
+    r = await (await client.post(f"/sdapi/v1/{route}", json=payload, headers=PHOTOSHOP_HEADERS)).json()
+    metadata = []
+    for i in r["images"]:
+        png = await client.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + i}, headers=PHOTOSHOP_HEADERS)
+        metadata.append(photoshop_metadata((await png.json())["info"]))
+    return r, metadata
+
+
+async def test_photoshop_plugin(client, key):
+    if key is not None:  # the plugin's fetch sends no credentials: refused, in JSON it can log
+        resp = await client.post("/sdapi/v1/txt2img", json=photoshop_settings(), headers=PHOTOSHOP_HEADERS)
+        assert resp.status == 401 and "images" not in await resp.json()
+        return
+    r, metadata = await photoshop_request(client, "txt2img", photoshop_settings(enable_hr=True, hr_scale=2,
+                                                                                hr_upscaler="Latent", hr_second_pass_steps=0))
+    assert metadata[0]["Seed"].isdigit() and metadata[0]["prompt"] == "a lighthouse\n"
+    assert any(w.startswith("enable_hr: true not applied") for w in warnings_of(r))
+    r, metadata = await photoshop_request(client, "img2img", photoshop_settings("img2img", width=64, height=64))
+    assert decoded(r["images"][0]).size == (64, 64) and metadata[0]["Denoising strength"] == "0.7"
+    r, _ = await photoshop_request(client, "img2img", photoshop_settings("inpaint", width=64, height=64))
+    assert decoded(r["images"][0]).size == (64, 64) and warnings_of(r) == []
+
+    for route, mode in (("txt2img", "txt2img"), ("img2img", "img2img")):  # requestControlNet{Txt2Img,Img2Img}
+        r, _ = await photoshop_request(client, route, photoshop_controlnet(photoshop_settings(mode, width=64, height=64)))
+        assert len(r["images"]) == 1  # no annotator images after the batch: numberOfAnnotations is 0
+        assert warnings_of(r) == ["alwayson_scripts.controlnet: not applied (extensions' scripts are not available)"]
+
+
+# --- stable-gimpfusion ------------------------------------------------------------------------
+
+CONTROLNET_DEFAULT_SETTINGS = {
+    "input_image": "", "mask": "", "module": "none", "model": "none", "weight": 1.0,
+    "resize_mode": "Scale to Fit (Inner Fit)", "lowvram": False, "processor_res": 64, "threshold_a": 64,
+    "threshold_b": 64, "guidance": 1.0, "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": 0,
+}
+
+
+def gimpfusion_data(**chosen) -> dict:
+    """``textToImage``'s data with the plugin's defaults (``chosen``: the dialog's and the mode's)."""
+    data = {"prompt": "a lighthouse", "negative_prompt": "", "cfg_scale": 7.5, "denoising_strength": 0.8, "steps": 20,
+            "width": 64, "height": 64, "sampler_index": "Euler a", "batch_size": 2, "seed": -1}
+    return {**data, **chosen}
+
+
+async def gimpfusion_post(client, endpoint: str, data: dict) -> tuple[list[tuple[Image.Image, dict]], list[str]]:
+    resp = await client.post(endpoint, data=json.dumps(data),
+                             headers={"Content-Type": "application/json", "Accept": "application/json"})
+    assert resp.status == 200, await resp.text()
+    response = await resp.json()
+    info = json.loads(response["info"])  # ResponseLayers
+    infotexts, seeds = info["infotexts"], info["all_seeds"]
+    assert len(seeds) == len(response["images"])  # else images past the seeds are taken for annotator layers
+    layers = [(decoded(image), {"info": infotexts[index], "seed": seeds[index]}) for index, image in enumerate(response["images"])]
+    return layers, info.get("warnings", [])
+
+
+async def test_gimpfusion(client, key):
+    if key is not None:  # urllib2 without credentials: refused, and its HTTPError is shown
+        resp = await client.post("/sdapi/v1/txt2img", json=gimpfusion_data())
+        assert resp.status == 401
+        return
+    layers, warnings = await gimpfusion_post(client, "/sdapi/v1/txt2img", gimpfusion_data())
+    assert len(layers) == 2 and layers[0][1]["seed"] + 1 == layers[1][1]["seed"] and warnings == []
+    unit = {**CONTROLNET_DEFAULT_SETTINGS, "input_image": b64png(64, 64)}
+    image = {"resize_mode": 0, "init_images": [b64png(64, 64)]}
+    layers, warnings = await gimpfusion_post(client, "/sdapi/v1/img2img",
+                                             gimpfusion_data(**image, alwayson_scripts={"controlnet": {"args": [unit]}}))
+    assert layers[0][0].size == (64, 64)  # units have no `enabled`: each one sent would run, so it is warned about
+    assert warnings == ["alwayson_scripts.controlnet: not applied (extensions' scripts are not available)"]
+    inpaint = {"mask": b64png(64, 64), "inpaint_full_res": 0, "inpaint_full_res_padding": 10, "inpainting_mask_invert": 1}
+    layers, _ = await gimpfusion_post(client, "/sdapi/v1/img2img", gimpfusion_data(**image, **inpaint, batch_size=1))
+    assert layers[0][0].size == (64, 64) and "Denoising strength: 0.8" in layers[0][1]["info"]
+
