@@ -48,6 +48,7 @@ import openai
 import pytest
 from images import encode, picture
 from PIL import Image
+from rawhttp import RawResponse, exchange, request
 from test_client_replays import KEY, basic
 from yarl import URL
 
@@ -91,7 +92,8 @@ async def test_aiya_startup(client, key):
     models = await (await client.get("/sdapi/v1/sd-models", headers=auth)).json()
     loras = [s["alias"] for s in await (await client.get("/sdapi/v1/loras", headers=auth)).json()]
     assert "Euler a" in samplers and styles == {"None": ""} and facefix == [] and upscalers == ["None"] and loras == []
-    assert {(m["title"], m["model_name"]) for m in models} == {("tiny", "tiny")} and "filename" in models[0] and "hash" in models[0]
+    assert {(m["title"], m["model_name"]) for m in models} == {("tiny", "tiny")}
+    assert "filename" in models[0] and "hash" in models[0]  # matched against models.csv
     config = await (await client.get("/config", headers=auth)).text()
     assert isinstance(json.loads(config), dict)  # `config_url.json()` is outside its try
 
@@ -245,7 +247,8 @@ async def gimpfusion_post(client, endpoint: str, data: dict) -> tuple[list[tuple
     info = json.loads(response["info"])  # ResponseLayers
     infotexts, seeds = info["infotexts"], info["all_seeds"]
     assert len(seeds) == len(response["images"])  # else images past the seeds are taken for annotator layers
-    layers = [(decoded(image), {"info": infotexts[index], "seed": seeds[index]}) for index, image in enumerate(response["images"])]
+    layers = [(decoded(image), {"info": infotexts[index], "seed": seeds[index]})
+              for index, image in enumerate(response["images"])]
     return layers, info.get("warnings", [])
 
 
@@ -266,3 +269,83 @@ async def test_gimpfusion(client, key):
     layers, _ = await gimpfusion_post(client, "/sdapi/v1/img2img", gimpfusion_data(**image, **inpaint, batch_size=1))
     assert layers[0][0].size == (64, 64) and "Denoising strength: 0.8" in layers[0][1]["info"]
 
+
+
+# --- Dify -------------------------------------------------------------------------------------
+
+DIFY_DRAW_TEXT_OPTIONS = {
+    "prompt": "", "negative_prompt": "", "seed": -1, "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1,
+    "sampler_index": "DPM++ SDE Karras", "seed_resize_from_w": -1, "batch_size": 1, "n_iter": 1, "steps": 10,
+    "cfg_scale": 7, "width": 1024, "height": 1024, "restore_faces": False, "do_not_save_samples": False,
+    "do_not_save_grid": False, "eta": 0, "denoising_strength": 0, "s_min_uncond": 0, "s_churn": 0, "s_tmax": 0,
+    "s_tmin": 0, "s_noise": 0, "override_settings": {}, "override_settings_restore_afterwards": True,
+    "refiner_switch_at": 0, "disable_extra_networks": False, "comments": {}, "enable_hr": False,
+    "firstphase_width": 0, "firstphase_height": 0, "hr_scale": 2, "hr_second_pass_steps": 0, "hr_resize_x": 0,
+    "hr_resize_y": 0, "hr_prompt": "", "hr_negative_prompt": "", "script_args": [], "send_images": True,
+    "save_images": False, "alwayson_scripts": {},
+}
+
+
+async def dify_post(client, auth: dict, path: str, body: dict) -> RawResponse:
+    """httpx ``post(url, data=json.dumps(body))``: a str body, which httpx sends as it is, with no Content-Type."""
+    return await exchange(client.host, client.port, request("POST", path, headers=auth, body=json.dumps(body).encode()))
+
+
+async def test_dify_stable_diffusion_tool(client, key):
+    auth = {} if key is None else basic(f"dify:{key}")  # base_url http://dify:KEY@host:8001, kept by yarl's `/`
+    models = [d["model_name"] for d in await (await client.get("/sdapi/v1/sd-models", headers=auth)).json()]
+    assert models == ["tiny"]  # validate_models: the model set in the credentials must be listed
+    assert (await dify_post(client, auth, "/sdapi/v1/options", {"sd_model_checkpoint": "tiny"})).status == 200
+
+    draw_options = {**DIFY_DRAW_TEXT_OPTIONS, "prompt": "a cat", "steps": 1,
+                    "override_settings": {"sd_model_checkpoint": "tiny"}}
+    resp = await dify_post(client, auth, "/sdapi/v1/txt2img", draw_options)
+    assert resp.status == 200, resp.body  # else "Failed to generate image"
+    res = resp.json()
+    assert decoded(res["images"][0]).size == (512, 512)
+    assert warnings_of(res) == ["s_noise: 0 not applied (sampler parameters are not adjustable)"]
+
+    img2img = {"init_images": [b64png(64, 64)], "prompt": "a cat", "negative_prompt": "", "denoising_strength": 0.9,
+               "width": 64, "height": 64, "cfg_scale": 7, "sampler_name": "Euler a", "restore_faces": False,
+               "steps": 2, "script_args": ["outpainting mk2"], "override_settings": {"sd_model_checkpoint": "tiny"}}
+    resp = await dify_post(client, auth, "/sdapi/v1/img2img", img2img)
+    assert resp.status == 200, resp.body
+    res = resp.json()
+    assert decoded(res["images"][0]).size == (64, 64) and warnings_of(res) == []  # script_args without script_name
+
+
+@pytest.mark.parametrize("size", ["square", "vertical", "horizontal"])
+async def test_dify_dalle3_tool(client, key, size):
+    size = {"square": "1024x1024", "vertical": "1024x1792", "horizontal": "1792x1024"}[size]
+    base_url = str(URL(str(client.make_url("/"))) / "v1")  # openai_base_url / "v1"
+    async with openai.AsyncOpenAI(api_key=key or "sk-dify", base_url=base_url, max_retries=0) as ai:
+        response = await ai.images.generate(prompt="a cat", model="dall-e-3", size=size, n=1, style="vivid",
+                                            quality="standard", response_format="b64_json")
+    for image in response.data:
+        assert not image.b64_json.startswith("data:image")  # _is_plain_base64: decoded as image/png
+        width, height = decoded(image.b64_json).size
+        assert (width > height) == (size == "1792x1024") and (height > width) == (size == "1024x1792")
+
+
+# --- Home Assistant ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", ["1024x1024", "1792x1024", "512"])
+async def test_home_assistant_generate_image(client, key, size):
+    # openai.AsyncOpenAI(api_key=...), the server given by OPENAI_BASE_URL.
+    async with openai.AsyncOpenAI(api_key=key or "sk-ha", base_url=str(client.make_url("/v1")), max_retries=0) as ai:
+        await ai.with_options(timeout=10.0).models.list()  # async_setup_entry: an AuthenticationError fails it
+        size = "1024x1024" if size in ("256", "512", "1024") else size  # deprecated sizes
+        response = await ai.images.generate(model="dall-e-3", prompt="a cosy living room", size=size,
+                                            quality="standard", style="vivid", response_format="url", n=1)
+    result = response.data[0].model_dump(exclude={"b64_json"})  # what the service call answers
+    assert result["revised_prompt"] == "a cosy living room"
+    image = await client.get(URL(result["url"]).path)  # shown by URL in a dashboard or notification
+    assert image.status == 200 and Image.open(io.BytesIO(await image.read())).format == "PNG"
+
+
+async def test_home_assistant_with_a_wrong_key(client, key):
+    if key is None:
+        pytest.skip("without API_KEY any key works")
+    async with openai.AsyncOpenAI(api_key="sk-wrong", base_url=str(client.make_url("/v1")), max_retries=0) as ai:
+        with pytest.raises(openai.AuthenticationError):  # "Invalid API key": the entry is not set up
+            await ai.models.list()
