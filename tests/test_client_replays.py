@@ -1,4 +1,5 @@
-"""Replays of what popular clients send, built from their source, parsed the way they parse it.
+"""Replays of what popular clients send, built from their source, parsed the way they parse it (more in
+tests/test_client_replays_more.py: AIYA, the Photoshop and GIMP plugins, Dify, Home Assistant).
 
 Sources read line by line (the versions are listed in docs/compatible-apis.md too):
 - Open WebUI, backend/open_webui/routers/images.py (main, 2026): A1111 mode (``authorization``

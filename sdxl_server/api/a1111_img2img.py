@@ -70,7 +70,7 @@ def img2img_schema_for_spec(settings) -> Schema:
 async def img2img(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/img2img``: ``{images: [base64 PNG], parameters, info}``."""
     app = request.app
-    body = await read_json_object(request)
+    body = await read_json_object(request, untyped_is_json=True)  # as txt2img: Dify sends no Content-Type
     core, original, notes = core_request(body, app[keys.SETTINGS], default_clip_skip(app))
     extra = validate_a1111(Img2ImgSchema(), body)
     core.update(

@@ -121,6 +121,12 @@ async def with_styles(app: web.Application, params: GenerationParams) -> Generat
     if not params.styles:
         return params
     known = await current_styles(app)
+    # "None" is AIYA's (and A1111's UI's) "no style", which A1111 skips: so here, unless STYLES_FILE names one so.
+    names = tuple(name for name in params.styles if name != "None" or name in known.styles)
+    if names != params.styles:
+        params = dataclasses.replace(params, styles=names)
+        if not names:
+            return params
     unknown = [name for name in params.styles if name not in known.styles]
     if unknown:
         there = ", ".join(sorted(known.styles)[:50]) or ("none" + (f" ({known.problem})" if known.problem else ""))
