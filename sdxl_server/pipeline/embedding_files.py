@@ -18,7 +18,10 @@ from typing import Any
 from .lora_files import LoraCatalog, header_problem, read_header
 
 PARTS = ("clip_l", "clip_g")  # the tensor for text_encoder / tokenizer, then text_encoder_2 / tokenizer_2
-_OTHER_FAMILIES = {"emb_params": "an SD 1.x/2.x embedding (emb_params)", "string_to_param": "an SD 1.x/2.x embedding (string_to_param)"}
+_OTHER_FAMILIES = {  # the tensor that marks an embedding of another family: what it is
+    "emb_params": "an SD 1.x/2.x embedding (emb_params)",
+    "string_to_param": "an SD 1.x/2.x embedding (string_to_param)",
+}
 
 
 @dataclass

@@ -78,7 +78,8 @@ def write_tiny_embedding(path: Path, vectors: int = 2, seed: int = 0, widths: tu
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(seed)
-    tensors = {part: torch.randn(vectors, width, generator=generator) * 0.5 for part, width in zip(("clip_l", "clip_g"), widths)}
+    parts = zip(("clip_l", "clip_g"), widths)
+    tensors = {part: torch.randn(vectors, width, generator=generator) * 0.5 for part, width in parts}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
