@@ -175,6 +175,10 @@ class Settings:
         "Both encode past 77 tokens in 75-token chunks",
     )
     lora_dir: Path = _setting("LORA_DIR", Path("loras"), _path, "folder of LoRA .safetensors files (kohya/A1111 or diffusers layout)")
+    embeddings_dir: Path = _setting(
+        "EMBEDDINGS_DIR", Path("embeddings"), _path,
+        "folder of SDXL textual-inversion .safetensors files (clip_l and clip_g), used by name in prompts; absent: none",
+    )
     styles_file: Path = _setting(
         "STYLES_FILE", Path("styles.csv"), _path,
         "A1111 styles.csv (name,prompt,negative_prompt) a request's styles come from; absent: no styles",

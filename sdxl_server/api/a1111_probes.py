@@ -3,8 +3,8 @@
 SillyTavern, Open WebUI and ``webuiapi`` list upscalers, VAEs, scripts and embeddings, read
 ``cmd-flags`` and ``memory``, ping ``/internal/ping`` and read a PNG's parameters with
 ``png-info``. This server has no upscalers (only ``None``), no hires fix (no latent upscale
-modes), no scripts, modules or textual-inversion embeddings: those lists are empty, never
-invented. Never imports torch (CUDA figures come from the engine's ``describe``).
+modes), no scripts or modules: those lists are empty, never invented. Embeddings are the running
+model's, from EMBEDDINGS_DIR. Never imports torch (CUDA figures come from the engine's ``describe``).
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ async def scripts(request: web.Request) -> web.Response:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    """``GET /sdapi/v1/embeddings``: no textual-inversion embeddings are loaded."""
-    return web.json_response({"loaded": {}, "skipped": {}})
+    """``GET /sdapi/v1/embeddings``: the textual-inversion embeddings the running model loaded from
+    EMBEDDINGS_DIR and those it skipped (each with its ``reason``), from the engine's last snapshot:
+    the event loop never asks the engine itself (empty until a model is loaded)."""
+    listing = request.app[keys.STATUS].latest.described.get("embeddings") or {}
+    return web.json_response({"loaded": listing.get("loaded", {}), "skipped": listing.get("skipped", {})})
 
 
 async def cmd_flags(request: web.Request) -> web.Response:

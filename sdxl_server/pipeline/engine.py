@@ -22,6 +22,9 @@ from ..errors import ApiError, GenerationFailed, ModelUnavailable, OutOfMemory, 
 from ..params import GenerationParams
 from .compiling import Compilation, apply_layout_options
 from .decode import decode_latents
+from .embedding_files import EmbeddingCatalog
+from .embeddings import empty_listing, load_embeddings
+from .embeddings import listing as embedding_listing
 from .loading import apply_memory_options, load_pipeline
 from .lora_files import LoraCatalog
 from .loras import LoraAdapters
@@ -72,6 +75,7 @@ class Engine:
         self.models = ModelCatalog(settings)
         self.lora_files = LoraCatalog(settings.lora_dir)
         self.loras = LoraAdapters(self.lora_files, settings.lora_cache)
+        self.embedding_files = EmbeddingCatalog(settings.embeddings_dir)
         self.active = self.models.default_name
         movable = self.runtime.on_cuda and settings.cpu_offload == "none"
         self.cached = ModelCache(settings.model_cache, settings.model_ram_cache, self.runtime.device, movable)
@@ -106,6 +110,7 @@ class Engine:
         started = time.perf_counter()
         try:
             pipe = self._load_pipeline()
+            load_embeddings(pipe, self.embedding_files)  # before the offload hooks; a bad file is listed, not raised
             self._apply_options(pipe)
         except Exception as exc:  # noqa: BLE001 - any failure is reported on /health, not raised at start-up
             self.state = "failed"
@@ -362,6 +367,7 @@ class Engine:
             },
             "models": {"running": self.active, "loaded": self.loaded_models()},
             "refiner": self.refiner.describe(),
+            "embeddings": embedding_listing(self.pipe) if self.pipe is not None else empty_listing(),
             "attention": self.options.get("attention"),
             "options": self.options,
             "compile": self.compilation.describe(),

@@ -171,6 +171,9 @@ class LoraCatalog:
     file's header is read again only when its size or modification time changed: a header may
     hold megabytes of metadata, and a request naming unknown LoRAs rescans the folder."""
 
+    # What one file is (a staticmethod): :mod:`.embedding_files` scans its folder the same way.
+    reader = staticmethod(inspect)
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._files: dict[str, LoraFile] = {}
@@ -203,7 +206,7 @@ class LoraCatalog:
             return None
         key = (stat.st_size, stat.st_mtime_ns)
         cached = self._inspected.get(path)
-        file = cached[1] if cached is not None and cached[0] == key else inspect(path, stat)
+        file = cached[1] if cached is not None and cached[0] == key else self.reader(path, stat)
         seen[path] = (key, file)
         return file
 

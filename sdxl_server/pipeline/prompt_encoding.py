@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .embeddings import embedding_tokens
 from .prompt_syntax import BREAK, WEIGHT_MAX, WEIGHT_MIN, extract_loras, parse_attention, plain_runs
 
 CHUNK_TOKENS = 75
@@ -42,6 +43,13 @@ class Chunks:
         self.ids[-1].append(token)
         self.weights[-1].append(weight)
 
+    def add_group(self, tokens: list[int], weight: float) -> None:
+        """An embedding's vectors: kept in one chunk (a new one if they do not fit), as A1111 does."""
+        if self.ids[-1] and len(self.ids[-1]) + len(tokens) > CHUNK_TOKENS:
+            self.close()
+        for token in tokens:
+            self.add(token, weight)
+
     def close(self) -> None:
         self.ids.append([])
         self.weights.append([])
@@ -57,8 +65,10 @@ def prompt_runs(prompt: str, syntax: str) -> list[tuple[str, float]]:
 
 
 def chunk_prompt(tokenizer: Any, runs: list[tuple[str, float]]) -> Chunks:
-    """Tokenize each run and pack the tokens into chunks; ``BREAK`` starts a new chunk."""
+    """Tokenize each run and pack the tokens into chunks; ``BREAK`` starts a new chunk. A word
+    naming a textual-inversion embedding stands for all its vectors (:mod:`.embeddings`)."""
     chunks = Chunks()
+    expand = embedding_tokens(tokenizer)
     for text, weight in runs:
         if weight == -1.0 and text == BREAK:
             chunks.close()
@@ -66,7 +76,10 @@ def chunk_prompt(tokenizer: Any, runs: list[tuple[str, float]]) -> Chunks:
         if not text:
             continue
         for token in tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids:
-            chunks.add(token, weight)
+            if token in expand:
+                chunks.add_group(expand[token], weight)
+            else:
+                chunks.add(token, weight)
     return chunks
 
 

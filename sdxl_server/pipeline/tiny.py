@@ -68,6 +68,23 @@ def _unet(cross_attention_dim: int, time_ids: int):
     )
 
 
+TEXT_WIDTHS = (32, 48)  # the tiny text encoders' widths (SDXL's: 768 and 1280)
+
+
+def write_tiny_embedding(path: Path, vectors: int = 2, seed: int = 0, widths: tuple[int, int] = TEXT_WIDTHS) -> Path:
+    """A textual-inversion embedding for the tiny model in SDXL's layout (``clip_l`` and ``clip_g``,
+    ``[vectors, width]``), random from ``seed`` at a real embedding's scale: tests and benches
+    need one that changes the image, and no real one fits these widths."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    parts = zip(("clip_l", "clip_g"), widths)
+    tensors = {part: torch.randn(vectors, width, generator=generator) * 0.5 for part, width in parts}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
 def build_tiny_pipeline(seed: int = 0):
     """Build the tiny pipeline in memory (random weights from ``seed``)."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
@@ -86,10 +103,10 @@ def build_tiny_pipeline(seed: int = 0):
     # Different widths let the single-file loader tell the two apart; 10 layers in the second let
     # diffusers recognise a checkpoint of this model as SDXL base when no config folder is given.
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, hidden_act="quick_gelu", **text_common)
+        CLIPTextConfig(hidden_size=TEXT_WIDTHS[0], intermediate_size=64, num_hidden_layers=2, hidden_act="quick_gelu", **text_common)
     )
     text_encoder_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=10, hidden_act="gelu", **text_common)
+        CLIPTextConfig(hidden_size=TEXT_WIDTHS[1], intermediate_size=96, num_hidden_layers=10, hidden_act="gelu", **text_common)
     )
     unet = _unet(cross_attention_dim=32 + 48, time_ids=6)
     vae = AutoencoderKL(
