@@ -72,7 +72,7 @@ async def test_a_long_model_name_is_refused_at_once_naming_the_field(client):
         assert resp.status == status, (path, error)
         named = error["error"]["param"] if path.startswith("/v1") else list(error["fields"])
         assert field in named and str(MAX_MODEL_NAME) in str(error), (path, error)
-        assert elapsed < 2, (path, elapsed)
+        assert elapsed < 5, (path, elapsed)  # it took 9-12 s
 
 
 async def test_a_long_name_just_under_the_limit_is_looked_up_quickly(client):
@@ -80,7 +80,7 @@ async def test_a_long_name_just_under_the_limit_is_looked_up_quickly(client):
     started = time.perf_counter()
     resp = await client.post("/api/v1/generate", json={"prompt": "x", "model": name})
     assert resp.status == 422 and "Unknown model" in str((await resp.json())["fields"]["model"])
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 5
 
 
 @pytest.mark.parametrize("size", ["9" * 5000 + "x64", "64x" + "9" * 5000, "1000000x64"])

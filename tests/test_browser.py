@@ -62,7 +62,8 @@ def _models_and_loras(root: Path, tiny_model_dir: Path) -> dict[str, str]:
     build_tiny_pipeline(seed=1).save_pretrained(root / "models" / "tiny-b")
     (root / "loras").mkdir(parents=True)
     save_diffusers_layout(lora_weights(tiny_model_dir, seed=1), root / "loras" / "ink.safetensors")
-    return {"MODELS_DIR": str(root / "models"), "LORA_DIR": str(root / "loras")}
+    (root / "styles.csv").write_text('name,prompt,negative_prompt\nFilm,"{prompt}, 35mm film",grainless\nDusk,at dusk,\n')
+    return {"MODELS_DIR": str(root / "models"), "LORA_DIR": str(root / "loras"), "STYLES_FILE": str(root / "styles.csv")}
 
 
 @pytest.fixture(scope="module")
@@ -588,3 +589,26 @@ def test_the_refiner_choice_runs_the_refiner(page, server):
     expect(page.locator("#result-params")).to_contain_text("ensemble")
     meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
     assert (meta["refiner"], meta["refiner_switch_at"], meta["refiner_id"]) == ("ensemble", 0.7, "tiny")
+
+
+def test_the_styles_picker_styles_the_prompt(servers, browser):
+    live = servers["choices"].wait_ready()
+    context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        open_page(page)
+        styles = page.get_by_label("Styles", exact=True)
+        expect(styles.locator("option")).to_have_count(2)
+        expect(page.locator("#styles-hint")).to_contain_text("in this order")
+        fill_form(page, prompt="a lighthouse", width=64, height=64, steps=2, seed=3)
+        styles.select_option(["Film", "Dusk"])
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+        meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+        assert meta["prompt"] == "a lighthouse, 35mm film, at dusk" and meta["negative_prompt"] == "grainless"
+        assert meta["styles"] == ["Film", "Dusk"]
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

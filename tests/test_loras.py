@@ -223,7 +223,7 @@ async def test_unknown_lora_tags_cost_one_rescan_and_unchanged_headers_are_not_r
     started = time.perf_counter()
     resp = await client.post("/api/v1/generate", json={**BODY, "prompt": prompt})
     assert resp.status == 422 and "missing0" in str((await resp.json())["fields"]["prompt"])
-    assert time.perf_counter() - started < 1.5
+    assert time.perf_counter() - started < 5  # it took 25 s
     resp = await client.post("/api/v1/generate", json={**BODY, "prompt": prompt + " <lora:one_more:1>"})
     assert resp.status == 422
     assert f"at most {MAX_LORA_TAGS}" in str((await resp.json())["fields"]["prompt"])

@@ -299,3 +299,30 @@ async def test_a_client_that_leaves_mid_stream_leaves_the_job_running(client, ca
     job = await (await client.get(f"/api/v1/jobs/{job_id}", headers=headers)).json()
     assert job["status"] == "succeeded"
     assert f"the client of streamed job {job_id} left; the job goes on" in caplog.text
+
+
+async def test_a_stream_whose_job_a_shutdown_keeps_queued_ends_with_an_error_event(make_client, settings):
+    """A shutdown suspends the running job (it runs again at the next start): the stream says so
+    with OpenAI's error event instead of waiting for an end that will not come."""
+    import asyncio
+
+    from doubles import GatedEngine
+
+    from sdxl_server.api import keys
+
+    engine = None
+
+    def gated(s):
+        nonlocal engine
+        engine = GatedEngine(s)
+        return engine
+
+    client = await make_client(settings.replace(api_key=KEY), engine_factory=gated)
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0) as ai:
+        stream = await ai.images.generate(prompt="a fox", size="64x64", stream=True, extra_body={"steps": 2})
+        events = asyncio.ensure_future(_events(stream))
+        await asyncio.get_running_loop().run_in_executor(None, engine.entered.acquire)  # the job runs
+        await client.app[keys.QUEUE].stop(grace_s=0)  # as SIGTERM's drain does
+        with pytest.raises(openai.APIError) as info:
+            await asyncio.wait_for(events, 60)
+        assert "shutting down" in str(info.value)

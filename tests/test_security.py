@@ -330,7 +330,9 @@ async def test_nothing_public_names_a_job_a_prompt_a_model_location_or_a_lora(ma
             assert path == "/openapi.json" or '"location"' not in text  # (the document describes the field)
         public = await (await client.get("/health")).json()
         assert public["queue"]["busy"] == 1 and public["model"]["state"] == "ready" and public["status"] == "ok"
-        full = await (await client.get("/health", headers=BEARER)).json()
+        full = await client.get("/health", headers=BEARER)
+        assert full.headers["Vary"] == "Authorization, X-API-Key"  # a shared cache keeps them apart
+        full = await full.json()
         assert full["queue"]["running"] == job["id"] and full["model"]["id"] == "tiny"
     finally:
         engine.gate.set()

@@ -54,9 +54,41 @@ async def test_uploads_beyond_the_limit_wait_their_turn_and_health_still_answers
         assert head.split()[1] == b"503" and b"Retry-After: 5" in head
         assert json.loads(body)["error"] == "too_many_uploads"
         assert (await client.get("/health")).status == 200  # no body: never held up
-        small = await client.post("/api/v1/generate", json={"prompt": "x", "steps": 1})  # arrived whole at once
-        assert small.status == 200, await small.text()
     finally:
         for _, writer in stalled:
             writer.close()
     await _until(lambda: receiving.count == 0)
+
+
+async def test_a_request_frees_its_slot_once_its_body_is_in_though_it_waits_for_its_image(make_client, settings):
+    """A blocking generate waits for its job: its slot among MAX_RECEIVING_BODIES is free once its
+    body has arrived, not when its answer is sent."""
+    from doubles import GatedEngine
+
+    engine = None
+
+    def gated(s):
+        nonlocal engine
+        engine = GatedEngine(s)
+        return engine
+
+    client = await make_client(settings, engine_factory=gated)
+    receiving = client.app[keys.RECEIVING]
+    body = json.dumps({"prompt": "a slow upload", "steps": 1}).encode()
+    head = ("POST /api/v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head + body[:10])
+        await writer.drain()
+        await _until(lambda: receiving.count == 1)
+        writer.write(body[10:])
+        await writer.drain()
+        await asyncio.get_running_loop().run_in_executor(None, engine.entered.acquire)  # its job runs; it waits
+        assert receiving.count == 0
+        engine.gate.set()
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        assert raw.split()[1] == b"200"
+    finally:
+        engine.gate.set()
+        writer.close()

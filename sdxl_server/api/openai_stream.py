@@ -116,6 +116,10 @@ class ImageStream:
             kind = message.event["type"]
             if kind in TERMINAL_EVENTS:
                 return True
+            if kind == "suspended":  # a shutdown keeps it queued for the next start: this stream ends here
+                _, body = error_body(503, message.event.get("error") or {"error": "shutting_down", "message": "shutting down"})
+                await self._send(body, name="error")
+                return False
             if kind == "progress":
                 self.total = message.event.get("total_steps") or self.total
                 due = partial_steps(self.total, self.asked.partial_images)

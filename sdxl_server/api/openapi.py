@@ -124,12 +124,13 @@ def build_spec(settings: Settings, version: str, routes: Iterable[Route]) -> dic
     return spec.to_dict()
 
 
-def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str]) -> dict[str, Any]:
-    """The document with the names a request may use now (they change with MODELS_DIR, LORA_DIR
-    and their rescans): ``model`` and each LoRA's ``name`` as enums."""
+def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], styles: list[str]) -> dict[str, Any]:
+    """The document with the names a request may use now (they change with MODELS_DIR, LORA_DIR,
+    STYLES_FILE and their rescans): ``model``, each LoRA's ``name`` and each style as enums."""
     spec = copy.deepcopy(spec)
     properties = spec["components"]["schemas"]["GenerateRequest"]["properties"]
     properties["model"]["enum"] = ["", *models]
+    properties["styles"]["items"] = {**properties["styles"].get("items", {}), "enum": ["None", *styles]}  # "None": no style
     if loras:
         choice = copy.deepcopy(spec["components"]["schemas"]["LoraChoice"])
         choice["properties"]["name"]["enum"] = loras

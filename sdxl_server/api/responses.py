@@ -35,6 +35,8 @@ class ModeFieldsSchema(Schema):
     refiner = fields.String(validate=validate.OneOf(REFINER_MODES))
     refiner_switch_at = fields.Float()
     refiner_strength = fields.Float()
+    clip_skip = fields.Integer(metadata={"description": "1: the text encoders' usual layer; N: N-1 layers earlier."})
+    styles = fields.List(fields.String(), metadata={"description": "The prompt styles applied (STYLES_FILE), in order."})
 
 
 class MetaSchema(ModeFieldsSchema):
@@ -66,6 +68,8 @@ class MetaSchema(ModeFieldsSchema):
     refiner_id = fields.String(metadata={"description": "The refiner that ran (with refiner 'ensemble' or 'image')."})
     interrupted_at_step = fields.Integer(metadata={
         "description": "Present when A1111's /sdapi/v1/interrupt or skip stopped the job: the step its image was made at."})
+    warnings = fields.List(fields.String(), metadata={
+        "description": "A1111 requests: what was asked for and not applied (as in the answer's info)."})
     init_image_sha256 = fields.String(metadata={"description": "SHA-256 of the input image as it was used (PNG)."})
     mask_sha256 = fields.String(metadata={"description": "Inpainting: SHA-256 of the mask as it was used (PNG)."})
 
@@ -186,6 +190,8 @@ class HealthSchema(Schema):
     backend = fields.Dict(
         metadata={"description": "BACKEND=ray only: name, address, replicas (or min/max_replicas), gpus_per_replica."}
     )
+    embeddings = fields.Dict(metadata={
+        "description": "Textual-inversion embeddings (EMBEDDINGS_DIR): loaded and skipped, as /sdapi/v1/embeddings lists them."})
     models = fields.Nested(HealthModelsSchema)
 
 

@@ -49,11 +49,22 @@ async def slow_body_middleware(request: web.Request, handler: Handler) -> web.St
             headers={"Retry-After": "5"},
         )
     receiving.count += 1
+    held = True
+
+    def arrived() -> None:
+        """The body is in (or the request is over): its slot is free, though its handler may go on
+        for a whole generation."""
+        nonlocal held
+        if held:
+            held = False
+            receiving.count -= 1
+
+    request.content.on_eof(arrived)
     watcher = asyncio.ensure_future(_watch(request, receiving))
     try:
         return await handler(request)
     finally:
-        receiving.count -= 1
+        arrived()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher

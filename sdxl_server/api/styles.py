@@ -54,11 +54,15 @@ def merge_prompt(style_text: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
 
 
-def apply_styles(prompt: str, negative_prompt: str, styles: list[Style]) -> tuple[str, str]:
-    """The prompt and negative prompt with ``styles`` applied in order."""
+def apply_styles(prompt: str, negative_prompt: str, styles: list[Style], longest: int | None = None) -> tuple[str, str]:
+    """The prompt and negative prompt with ``styles`` applied in order; ValueError as soon as one
+    is longer than ``longest`` (a style may hold ``{prompt}`` twice: twenty of them would double
+    the prompt twenty times)."""
     for style in styles:
         prompt = merge_prompt(style.prompt, prompt)
         negative_prompt = merge_prompt(style.negative_prompt, negative_prompt)
+        if longest is not None and max(len(prompt), len(negative_prompt)) > longest:
+            raise ValueError(f"the prompt with its styles is longer than {longest} characters (MAX_PROMPT_LENGTH)")
     return prompt, negative_prompt
 
 
@@ -132,11 +136,12 @@ async def with_styles(app: web.Application, params: GenerationParams) -> Generat
         there = ", ".join(sorted(known.styles)[:50]) or ("none" + (f" ({known.problem})" if known.problem else ""))
         raise ValidationFailed(f"unknown style {unknown[0][:80]!r}: the styles are {there} (GET /api/v1/styles)",
                                fields={"styles": [f"Unknown style: {unknown[0][:80]}."]})
-    prompt, negative = apply_styles(params.prompt, params.negative_prompt, [known.styles[n] for n in params.styles])
     longest = app[keys.SETTINGS].max_prompt_length
-    if max(len(prompt), len(negative)) > longest:
-        raise ValidationFailed(f"the prompt with its styles is longer than {longest} characters (MAX_PROMPT_LENGTH)",
-                               fields={"styles": [f"The styled prompt is longer than {longest} characters."]})
+    try:
+        prompt, negative = apply_styles(params.prompt, params.negative_prompt,
+                                        [known.styles[n] for n in params.styles], longest)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), fields={"styles": [f"The styled prompt is longer than {longest} characters."]}) from None
     return dataclasses.replace(params, prompt=prompt, negative_prompt=negative)
 
 

@@ -26,8 +26,9 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
 from .openapi import with_local_names
 from .route_table import Scope
-from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
 from .identity import IDENTITY
+from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
+from .styles import current_styles
 from .validation import read_json_object, validate
 
 CANCEL_WAIT_S = 10.0
@@ -87,11 +88,21 @@ def _may_read(request: web.Request) -> bool:
     return Scope.READ in request[IDENTITY].scopes
 
 
+def _by_caller(app: web.Application, also: str = "") -> dict[str, str]:
+    """``Vary`` for an answer that depends on the caller's key (when API_KEY is set): a shared
+    cache must not give a key holder's answer to anyone else."""
+    varies = [also] if also else []
+    if app[keys.SETTINGS].api_key:
+        varies += ["Authorization", "X-API-Key"]
+    return {hdrs.VARY: ", ".join(varies)} if varies else {}
+
+
 async def health(request: web.Request) -> web.Response:
     """Readiness: 200 when the model is loaded (or loads on demand), 503 while loading or after a
     failure; all of it for callers who may read the API, the readiness alone for the others."""
     status, body = _health(request.app)
-    return web.json_response(body if _may_read(request) else _public_health(body), status=status)
+    return web.json_response(body if _may_read(request) else _public_health(body), status=status,
+                             headers=_by_caller(request.app))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -99,10 +110,11 @@ async def openapi(request: web.Request) -> web.Response:
     them (``/api/v1/models`` and ``/api/v1/loras`` need the key when one is set)."""
     app = request.app
     if not _may_read(request):
-        return web.json_response(app[keys.OPENAPI])
+        return web.json_response(app[keys.OPENAPI], headers=_by_caller(app))
     loras = [f.name for f in await asyncio.to_thread(app[keys.LORAS].files) if f.problem is None]
     models = [entry.name for entry in app[keys.MODELS].entries() if not entry.broken]
-    return web.json_response(with_local_names(app[keys.OPENAPI], models, loras))
+    styles = list((await current_styles(app)).styles)
+    return web.json_response(with_local_names(app[keys.OPENAPI], models, loras, styles), headers=_by_caller(app))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -119,7 +131,7 @@ async def index(request: web.Request) -> web.StreamResponse:
     """The web page for browsers; a JSON status for everything else (``Vary: Accept`` on both, so
     a cache never gives one to a client that asked for the other)."""
     static_dir = request.app[keys.STATIC_DIR]
-    vary = {hdrs.VARY: "Accept"}
+    vary = _by_caller(request.app, also="Accept")
     if _wants_html(request) and (static_dir / "index.html").is_file():
         return web.FileResponse(static_dir / "index.html", headers=vary)
     _, health_body = _health(request.app)

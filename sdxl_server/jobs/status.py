@@ -79,8 +79,8 @@ class _ReportingWork:
 
     def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> Save:
         def step(step: int, total: int, extra: Any = None) -> None:
-            if isinstance(extra, ModelLoading) and extra.seconds is not None:
-                self.board.take()  # the switch is over: another model runs
+            if isinstance(extra, ModelLoading):  # a switch begins (loading) or is over (another model runs)
+                self.board.loading() if extra.seconds is None else self.board.take()
             on_step(step, total, extra)
 
         try:

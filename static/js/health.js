@@ -18,8 +18,9 @@ function show(kind, text) {
 }
 
 function modelName(model) {
-  if (!model || !model.id) return "the model";  // without the key (API_KEY set) /health names none
-  return model.tiny ? `${model.id} (tiny test model — random weights, images are noise)` : model.id;
+  if (!model) return "unknown model";
+  const name = model.id || "the model";  // without the key (API_KEY set) /health names none
+  return model.tiny ? `${name} (tiny test model — random weights, images are noise)` : name;
 }
 
 /** [state, text] for the status line from a /health body. */
