@@ -16,6 +16,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from wsclient import events_until
 
+from sdxl_server.api import keys
 from sdxl_server.jobs.states import TERMINAL_EVENTS as TERMINAL
 from sdxl_server.jobs.store import SCHEMA_VERSION
 
@@ -293,3 +294,29 @@ async def test_retention_by_age_never_touches_queued_jobs(make_client, settings)
     ws = await client.ws_connect(f"/api/v1/ws?job={'a' * 32}")
     await events_until(ws, lambda e: e["type"] == "completed" or e.get("job", {}).get("status") == "succeeded")
     assert (await (await client.get(f"/api/v1/jobs/{'a' * 32}")).json())["status"] == "succeeded"
+
+
+async def test_a_schema_1_database_keeps_its_jobs_and_gains_warnings(make_client, settings):
+    """Schema 2 adds each job's warnings (what an A1111 request asked for and was not applied):
+    a job queued under schema 1 is kept, runs, and the new column is there for the next."""
+    from sdxl_server.jobs.store import MIGRATIONS
+
+    settings.output_dir.mkdir(parents=True)
+    with sqlite3.connect(settings.output_dir / "jobs.sqlite3") as db:
+        db.executescript(MIGRATIONS[0])
+        db.execute("PRAGMA user_version = 1")
+        params = {"prompt": "queued under schema 1", "negative_prompt": "", "width": 64, "height": 64, "steps": 1,
+                  "guidance_scale": 7.0, "seed": 5}
+        db.execute("INSERT INTO jobs (id, status, params, created_at) VALUES (?, 'queued', ?, ?)",
+                   ("ab" * 16, json.dumps(params), 1.0))
+    client = await make_client(settings)
+    job = await client.app[keys.QUEUE].find("ab" * 16)
+    await job.wait()
+    assert job.status.value == "succeeded"
+    body = {"prompt": "a lighthouse", "steps": 1, "width": 64, "height": 64, "restore_faces": True}
+    info = json.loads((await (await client.post("/sdapi/v1/txt2img", json=body)).json())["info"])
+    assert any("restore_faces" in warning for warning in info["warnings"])
+    with sqlite3.connect(settings.output_dir / "jobs.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        stored = [json.loads(w) for (w,) in db.execute("SELECT warnings FROM jobs WHERE warnings IS NOT NULL")]
+    assert stored == [info["warnings"]]  # a job recovered after a crash writes them into its metadata too

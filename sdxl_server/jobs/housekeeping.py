@@ -55,6 +55,7 @@ def adopted_record(job_id: str, metas: list[dict[str, Any]], outputs: OutputStor
         "id": job_id, "status": "succeeded", "params": params, "created_at": created, "started_at": None,
         "finished_at": finished_at, "step": params.get("steps", 0), "total_steps": params.get("steps", 0),
         "result": outputs.result_of(metas), "error": None, "idempotency_key": None, "request_hash": None, "attempts": 1,
+        "warnings": first.get("warnings"),
     }
 
 

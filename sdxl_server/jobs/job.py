@@ -169,6 +169,7 @@ class Job:
             "step": self.step, "total_steps": self.total_steps, "result": self.result,
             "error": self.error.to_record() if self.error else None,
             "idempotency_key": self.idempotency_key, "request_hash": self.request_hash, "attempts": self.attempts,
+            "warnings": list(self.warnings) or None,
         }
 
     @classmethod
@@ -180,6 +181,7 @@ class Job:
             step=record["step"], total_steps=record["total_steps"], result=record["result"],
             error=StoredError(record["error"]) if record["error"] else None,
             idempotency_key=record["idempotency_key"], request_hash=record["request_hash"], attempts=record["attempts"],
+            warnings=tuple(record.get("warnings") or ()),
         )
         if job.status.terminal:
             job.wake()

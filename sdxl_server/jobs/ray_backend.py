@@ -260,6 +260,7 @@ class RayWork:
     def __call__(self, job: Job, on_step: StepReporter, cancelled: Callable[[], bool]) -> Save:
         self.cluster.ensure_loaded()
         request = {"id": job.id, "params": job.params.to_dict(), "created_at": job.created_at, "previews": True,
+                   "warnings": list(job.warnings),
                    "inputs": self.store.inputs.files(job.params)}  # image to image: the PNGs, by SHA-256
         try:
             end = self._stream(job, request, on_step, cancelled)

@@ -77,7 +77,8 @@ class Replica:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
-        job = Job(params=GenerationParams.from_dict(request["params"]), id=request["id"], created_at=request["created_at"])
+        job = Job(params=GenerationParams.from_dict(request["params"]), id=request["id"], created_at=request["created_at"],
+                  warnings=tuple(request.get("warnings") or ()))
         outputs = EncodedOutputs(self.png_compress_level, SentInputs(request.get("inputs") or {}))
         work = GenerationWork(
             self.engine, outputs, preview_every=self.preview_every, previews_wanted=lambda job_id: request["previews"]

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (
     "id", "status", "params", "created_at", "started_at", "finished_at", "step", "total_steps",
-    "result", "error", "idempotency_key", "request_hash", "attempts",
+    "result", "error", "idempotency_key", "request_hash", "attempts", "warnings",
 )
-_JSON = ("params", "result", "error")
+_JSON = ("params", "result", "error", "warnings")
 
 # Each entry moves the schema from version i to i + 1. Append; never edit a released one.
 MIGRATIONS: list[str] = [
@@ -50,6 +50,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_by_status ON jobs (status, seq);
     CREATE INDEX jobs_by_finish ON jobs (finished_at);
+    """,
+    # 2: what an A1111 request asked for and was not applied (its images' metadata says it)
+    """
+    ALTER TABLE jobs ADD COLUMN warnings TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
