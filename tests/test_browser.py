@@ -498,41 +498,46 @@ def test_other_errors_are_readable_messages(page, server, case):
     expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
 
 
-def test_model_and_lora_pickers_and_the_token_counter(servers, browser):
+@pytest.fixture
+def choices_page(servers, browser):
+    """The page of the server with two models, a LoRA and a styles file."""
     live = servers["choices"].wait_ready()
     context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        open_page(page)
-        model = page.get_by_label("Model", exact=True)
-        expect(model.locator("option")).to_have_count(2)
-        expect(model.locator("option").first).to_contain_text("tiny (default) · loaded on cpu")
-        expect(model.locator("option").nth(1)).to_contain_text("tiny-b · not loaded")
-
-        long_prompt = " ".join(["abcde"] * 20)  # the tiny tokenizer: 100 tokens
-        fill_form(page, prompt=long_prompt + " (sea:1.2)", width=64, height=64, steps=2, seed=9)
-        expect(page.locator("#prompt-tokens")).to_have_text("103 tokens · 2 chunks of 75: 75 | 28")
-
-        model.select_option("tiny-b")
-        page.get_by_label("LoRAs", exact=True).select_option("ink")
-        weight = page.get_by_label("ink", exact=True)
-        weight.fill("0.6")
-        expect(page.locator(".lora-weight")).to_have_text("0.60")
-        page.get_by_role("button", name="Generate", exact=True).click()
-        expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
-
-        meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
-        assert meta["model_id"].endswith("tiny-b")
-        assert meta["loras"] == [{"name": "ink", "weight": 0.6}]
-        assert meta["prompt"] == long_prompt + " (sea:1.2)"  # the LoRA is not in the prompt text
-        page.reload()
-        wait_for_form(page)
-        expect(model.locator("option").nth(1)).to_contain_text("tiny-b · loaded on cpu")
-    finally:
-        context.close()
+    yield page
+    context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_model_and_lora_pickers_and_the_token_counter(choices_page):
+    page = choices_page
+    open_page(page)
+    model = page.get_by_label("Model", exact=True)
+    expect(model.locator("option")).to_have_count(2)
+    expect(model.locator("option").first).to_contain_text("tiny (default) · loaded on cpu")
+    expect(model.locator("option").nth(1)).to_contain_text("tiny-b · not loaded")
+
+    long_prompt = " ".join(["abcde"] * 20)  # the tiny tokenizer: 100 tokens
+    fill_form(page, prompt=long_prompt + " (sea:1.2)", width=64, height=64, steps=2, seed=9)
+    expect(page.locator("#prompt-tokens")).to_have_text("103 tokens · 2 chunks of 75: 75 | 28")
+
+    model.select_option("tiny-b")
+    page.get_by_label("LoRAs", exact=True).select_option("ink")
+    weight = page.get_by_label("ink", exact=True)
+    weight.fill("0.6")
+    expect(page.locator(".lora-weight")).to_have_text("0.60")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+
+    meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+    assert meta["model_id"].endswith("tiny-b")
+    assert meta["loras"] == [{"name": "ink", "weight": 0.6}]
+    assert meta["prompt"] == long_prompt + " (sea:1.2)"  # the LoRA is not in the prompt text
+    page.reload()
+    wait_for_form(page)
+    expect(model.locator("option").nth(1)).to_contain_text("tiny-b · loaded on cpu")
 
 
 def test_image_to_image_with_a_painted_mask_changes_only_the_masked_region(page, server, tmp_path):
@@ -591,24 +596,16 @@ def test_the_refiner_choice_runs_the_refiner(page, server):
     assert (meta["refiner"], meta["refiner_switch_at"], meta["refiner_id"]) == ("ensemble", 0.7, "tiny")
 
 
-def test_the_styles_picker_styles_the_prompt(servers, browser):
-    live = servers["choices"].wait_ready()
-    context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        open_page(page)
-        styles = page.get_by_label("Styles", exact=True)
-        expect(styles.locator("option")).to_have_count(2)
-        expect(page.locator("#styles-hint")).to_contain_text("in this order")
-        fill_form(page, prompt="a lighthouse", width=64, height=64, steps=2, seed=3)
-        styles.select_option(["Film", "Dusk"])
-        page.get_by_role("button", name="Generate", exact=True).click()
-        expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
-        meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
-        assert meta["prompt"] == "a lighthouse, 35mm film, at dusk" and meta["negative_prompt"] == "grainless"
-        assert meta["styles"] == ["Film", "Dusk"]
-    finally:
-        context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+def test_the_styles_picker_styles_the_prompt(choices_page):
+    page = choices_page
+    open_page(page)
+    styles = page.get_by_label("Styles", exact=True)
+    expect(styles.locator("option")).to_have_count(2)
+    expect(page.locator("#styles-hint")).to_contain_text("in this order")
+    fill_form(page, prompt="a lighthouse", width=64, height=64, steps=2, seed=3)
+    styles.select_option(["Film", "Dusk"])
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+    assert meta["prompt"] == "a lighthouse, 35mm film, at dusk" and meta["negative_prompt"] == "grainless"
+    assert meta["styles"] == ["Film", "Dusk"]
