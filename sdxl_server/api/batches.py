@@ -17,6 +17,7 @@ from aiohttp import web
 from ..jobs.states import JobStatus
 from ..params import MAX_SEED, GenerationParams
 from . import image_inputs, keys
+from .validation import client_connected
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ async def generate_images(
     per_call = app[keys.SETTINGS].max_batch
     made = Made()
     for start in range(0, count, per_call):
-        if start and not _connected(request):
+        if start and not client_connected(request):
             log.info("the client of a %d-image request left after %d images; the rest are not made", count, start)
             break
         chunk = replace(params, num_images=min(per_call, count - start), seed=(params.seed + start) % (MAX_SEED + 1))
@@ -71,7 +72,3 @@ async def generate_images(
             made.interrupted = True
             break
     return made
-
-
-def _connected(request: web.Request) -> bool:
-    return request.transport is not None and not request.transport.is_closing()

@@ -37,6 +37,7 @@ from ..jobs.states import TERMINAL_EVENTS
 from ..params import GenerationParams
 from . import image_inputs, keys
 from .openai import SIZE_NAMES, ImagesAsk, base64_images, error_body
+from .validation import client_connected
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class ImageStream:
         due = partial_steps(self.total, self.asked.partial_images)
         while True:
             message = await subscription.next()
-            if not self._connected():
+            if not client_connected(self.request):
                 return False
             if message is None:  # fell too far behind: no more previews, wait for the end
                 await job.wait()
@@ -150,11 +151,6 @@ class ImageStream:
         """One server-sent event: ``event: <type>`` and its JSON on one ``data:`` line."""
         text = f"event: {name or data['type']}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
         await self.response.write(text.encode())
-
-    def _connected(self) -> bool:
-        transport = self.request.transport
-        return transport is not None and not transport.is_closing()
-
 
 async def stream_images(request: web.Request, params: GenerationParams, asked: ImagesAsk, kind: str) -> web.StreamResponse:
     """Answer ``asked`` (an :class:`.openai.ImagesAsk` with ``stream``) with OpenAI's image events;

@@ -61,6 +61,13 @@ async def read_json_object(request: web.Request, *, untyped_is_json: bool = Fals
     return body
 
 
+def client_connected(request: web.Request) -> bool:
+    """Whether the client is still there: a handler that waits long (a batch of jobs, a stream)
+    goes on after its client leaves when aiohttp does not cancel it (``web.run_app``'s default)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request was read; there is no one to answer."""
 
