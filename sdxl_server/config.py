@@ -202,6 +202,10 @@ class Settings:
     outputs_need_key: bool = _setting(
         "OUTPUTS_NEED_KEY", False, _bool, "with API_KEY: /outputs/ needs the key too (header or ?token=)"
     )
+    url_ttl: float = _setting(
+        "URL_TTL", 3600.0, _float_range(10.0, 7 * 86400.0),
+        "seconds a signed or presigned output URL stays valid (private results, object storage)",
+    )
     cors_origins: tuple[str, ...] = _setting(
         "CORS_ORIGINS", (), _origins, "comma-separated origins allowed to call the API from a browser ('*': any)"
     )

@@ -297,8 +297,9 @@ async def test_retention_by_age_never_touches_queued_jobs(make_client, settings)
 
 
 async def test_a_schema_1_database_keeps_its_jobs_and_gains_warnings(make_client, settings):
-    """Schema 2 adds each job's warnings (what an A1111 request asked for and was not applied):
-    a job queued under schema 1 is kept, runs, and the new column is there for the next."""
+    """Schemas 2 and 3 add each job's warnings (what an A1111 request asked for and was not applied)
+    and its owner: a job queued under schema 1 is kept (owned by the admin: no owner), runs, and
+    the new columns are there for the next."""
     from sdxl_server.jobs.store import MIGRATIONS
 
     settings.output_dir.mkdir(parents=True)
@@ -317,6 +318,8 @@ async def test_a_schema_1_database_keeps_its_jobs_and_gains_warnings(make_client
     info = json.loads((await (await client.post("/sdapi/v1/txt2img", json=body)).json())["info"])
     assert any("restore_faces" in warning for warning in info["warnings"])
     with sqlite3.connect(settings.output_dir / "jobs.sqlite3") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == len(MIGRATIONS)
         stored = [json.loads(w) for (w,) in db.execute("SELECT warnings FROM jobs WHERE warnings IS NOT NULL")]
     assert stored == [info["warnings"]]  # a job recovered after a crash writes them into its metadata too
+    with sqlite3.connect(settings.output_dir / "jobs.sqlite3") as db:
+        assert db.execute("SELECT owner FROM jobs WHERE id = ?", ("ab" * 16,)).fetchone() == (None,)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..jobs.owners import UNLIMITED, Limits
 from .route_table import ALL_SCOPES, Scope
 
 API_KEY_NAME = "api_key"  # the name of the one key, API_KEY; the multi-user issue names its keys
@@ -14,12 +15,12 @@ API_KEY_NAME = "api_key"  # the name of the one key, API_KEY; the multi-user iss
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a request comes from: ``name`` None for an anonymous caller, else the key's name; and
-    what it may do. Nothing reads it yet but the key check: it is where per-user scopes, quotas
-    (a route's ``cost``) and job ownership will start."""
+    """Who a request comes from: ``name`` None for an anonymous caller, else the key's name (a
+    job's ``owner``); what it may do (its scopes) and how much (its :class:`Limits`)."""
 
     name: str | None
     scopes: frozenset[Scope]
+    limits: Limits = UNLIMITED
 
     @property
     def anonymous(self) -> bool:

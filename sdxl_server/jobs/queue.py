@@ -94,7 +94,7 @@ class JobQueue:
 
     async def submit(
         self, params: GenerationParams, *, idempotency_key: str | None = None, request_hash: str | None = None,
-        warnings: tuple[str, ...] = (),
+        warnings: tuple[str, ...] = (), owner: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job once it is safely in the job store; return it and whether it is a replay.
 
@@ -107,7 +107,9 @@ class JobQueue:
             if existing is not None:
                 return existing, True
         self._check_admission()
-        job = Job(params=params, idempotency_key=idempotency_key, request_hash=request_hash, warnings=warnings)
+        job = Job(
+            params=params, idempotency_key=idempotency_key, request_hash=request_hash, warnings=warnings, owner=owner,
+        )
         recorded: asyncio.Future = asyncio.get_running_loop().create_future()  # None, or why not
         if idempotency_key is not None:
             self._by_key[idempotency_key] = job  # a concurrent retry finds it, and waits until it is recorded

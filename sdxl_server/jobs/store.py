@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (
     "id", "status", "params", "created_at", "started_at", "finished_at", "step", "total_steps",
-    "result", "error", "idempotency_key", "request_hash", "attempts", "warnings",
+    "result", "error", "idempotency_key", "request_hash", "attempts", "warnings", "owner",
 )
 _JSON = ("params", "result", "error", "warnings")
 
@@ -54,6 +54,11 @@ MIGRATIONS: list[str] = [
     # 2: what an A1111 request asked for and was not applied (its images' metadata says it)
     """
     ALTER TABLE jobs ADD COLUMN warnings TEXT;
+    """,
+    # 3: who submitted the job (a key's name; NULL: before keys, or the one API_KEY / no key)
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    CREATE INDEX jobs_by_owner ON jobs (owner, seq);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
