@@ -27,6 +27,7 @@ from .setting_values import (
     Networks,
     _networks,
     _public_url,
+    _output_store,
     _device,
     _dtype,
     _concurrency,
@@ -250,6 +251,19 @@ class Settings:
     output_dir: Path = _setting("OUTPUT_DIR", Path("outputs"), _path, "where images and metadata are written")
     save_inputs: bool = _setting(
         "SAVE_INPUTS", False, _bool, "keep input images and masks in OUTPUT_DIR/inputs after their job ends"
+    )
+    output_store: str | None = _setting(
+        "OUTPUT_STORE", None, _output_store,
+        "s3://bucket/prefix: images, metadata and queued jobs' inputs in an S3-compatible bucket (the 's3' extra); "
+        "unset: OUTPUT_DIR",
+    )
+    s3_endpoint_url: str | None = _setting(
+        "S3_ENDPOINT_URL", None, _public_url, "the S3 server for OUTPUT_STORE when not AWS (SeaweedFS, MinIO, R2 ...)"
+    )
+    s3_region: str | None = _setting("S3_REGION", None, _optional_str, "the bucket's region (unset: AWS_REGION, the profile's)")
+    output_public_url: str | None = _setting(
+        "OUTPUT_PUBLIC_URL", None, _public_url,
+        "with OUTPUT_STORE: the bucket's public or CDN URL (objects at URL/prefix/images/ID.png); unset: presigned URLs",
     )
     log_level: str = _setting(
         "LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "logging level"

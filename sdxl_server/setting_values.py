@@ -150,6 +150,25 @@ _public_url.accepts = (  # type: ignore[attr-defined]
     "an http:// or https:// URL like https://images.example.com or https://example.com/sdxl (no query)"
 )
 
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _output_store(raw: str) -> str | None:
+    """``s3://bucket`` or ``s3://bucket/prefix`` (the prefix without slashes at its ends), or unset."""
+    text = raw.strip()
+    if not text or text.lower() == "local":
+        return None
+    bucket, _, prefix = text.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    if not text.startswith("s3://") or not _BUCKET_RE.match(bucket) or "//" in prefix or any(c in prefix for c in "?#\\"):
+        raise ValueError(_output_store.accepts)  # type: ignore[attr-defined]
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+_output_store.accepts = (  # type: ignore[attr-defined]
+    "s3://bucket or s3://bucket/prefix (a bucket name of 3-63 lowercase letters, digits, dots and dashes), or local"
+)
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from sdxl_server.jobs.blobs import LocalBlobs
 from sdxl_server.jobs.outputs import OutputStore
 from sdxl_server.pipeline.engine import Engine
 
@@ -205,8 +206,8 @@ class GatedOutputStore(OutputStore):
         return super().write_outputs(output_id, image, meta)
 
 
-class FullDiskOutputStore(OutputStore):
-    """A real output store on a disk that fills up while the first PNG of ``full_for`` is written."""
+class FullDiskBlobs(LocalBlobs):
+    """Real local blobs on a disk that fills up while the first PNG of ``full_for`` is written."""
 
     def __init__(self, root, full_for: set[str]):
         super().__init__(root)
@@ -221,3 +222,11 @@ class FullDiskOutputStore(OutputStore):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         return super()._write_atomic(path, write_then_fill)
+
+
+class FullDiskOutputStore(OutputStore):
+    """A real output store on a disk that fills up while the first PNG of ``full_for`` is written."""
+
+    def __init__(self, root, full_for: set[str]):
+        super().__init__(root, blobs=FullDiskBlobs(root, full_for))
+        self.full_for = full_for

@@ -251,7 +251,8 @@ async def test_an_upload_survives_another_job_ending_before_it_is_queued(client,
     body = {"init_image": b64(picture(64, 64)), "mask": b64(right_half_mask(64, 64)), "steps": 2, "strength": 1.0}
     data, _ = await _generate(client, **body)
     assert data["meta"]["mode"] == "inpaint"
-    assert list(inputs.root.glob("*.png")) == []
+    await inputs.swept()
+    assert inputs.blobs.names("inputs") == []
 
 
 async def test_a_waiting_jobs_input_survives_a_job_ending_during_the_shutdown_grace(make_client, settings):

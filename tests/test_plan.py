@@ -104,7 +104,7 @@ async def test_a_third_input_role_is_stored_used_recorded_swept_and_recovered(cl
         params = GenerationParams(prompt="a styled picture", negative_prompt="", width=64, height=64, steps=2,
                                   guidance_scale=5.0, seed=1, inputs={"style": sha256})
         job, _ = await app[keys.QUEUE].submit(params)
-        assert inputs.path(sha256).is_file()
+        assert inputs.blobs.exists(inputs.key(sha256))
     # A queued job's record keeps the role, and what a Ray replica is sent includes its file.
     record = Job.from_record(json.loads(json.dumps(job.to_record())))
     assert record.params.inputs == {"style": sha256}
@@ -114,7 +114,8 @@ async def test_a_third_input_role_is_stored_used_recorded_swept_and_recovered(cl
     assert SEEN["style"].mode == "RGB" and SEEN["style"].getpixel((0, 0)) == (200, 30, 30)  # decoded for the passes
     meta = json.loads((app[keys.SETTINGS].output_dir / "metadata" / f"{job.id}.json").read_text())
     assert meta["style_image_sha256"] == sha256  # the metadata names it
-    assert not inputs.path(sha256).exists()  # swept once no job needs it
+    await inputs.swept()
+    assert not inputs.blobs.exists(inputs.key(sha256))  # swept once no job needs it
     # Recovery rebuilds the job from its metadata with the role.
     adopted = adopted_record(job.id, [meta], app[keys.STORE], time.time())
     assert Job.from_record(adopted).params.inputs == {"style": sha256}

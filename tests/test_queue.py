@@ -84,9 +84,9 @@ async def test_unwritable_output_dir_is_a_clear_error_and_leaves_nothing(client,
 
 
 async def test_a_batch_that_cannot_be_saved_leaves_none_of_its_images(client, settings, monkeypatch):
-    from sdxl_server.jobs.outputs import OutputStore
+    from sdxl_server.jobs.blobs import LocalBlobs
 
-    write, calls = OutputStore._write_atomic, []
+    write, calls = LocalBlobs._write_atomic, []
 
     def disk_fills_at_the_second_image(path, content):
         calls.append(path)
@@ -94,9 +94,9 @@ async def test_a_batch_that_cannot_be_saved_leaves_none_of_its_images(client, se
             raise OSError(28, "No space left on device")
         return write(path, content)
 
-    monkeypatch.setattr(OutputStore, "_write_atomic", staticmethod(disk_fills_at_the_second_image))
+    monkeypatch.setattr(LocalBlobs, "_write_atomic", staticmethod(disk_fills_at_the_second_image))
     resp = await client.post("/api/v1/generate", json={"prompt": "three", "num_images": 3, "steps": 1})
     assert resp.status == 500 and (await resp.json())["error"] == "storage_failed"
     assert _outputs(settings) == []
-    monkeypatch.setattr(OutputStore, "_write_atomic", staticmethod(write))
+    monkeypatch.setattr(LocalBlobs, "_write_atomic", staticmethod(write))
     assert (await client.post("/api/v1/generate", json={"prompt": "next", "steps": 1})).status == 200

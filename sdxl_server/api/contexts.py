@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from ..jobs.blobs import blobs_for
 from ..jobs.events import EventHub
 from ..jobs.housekeeping import enforce_retention, recover
 from ..jobs.job import Work
@@ -25,6 +26,7 @@ from ..jobs.store import JobStore
 from ..jobs.work import GenerationWork
 from . import a1111, keys
 from .metrics import Metrics
+from .output_urls import with_output_urls
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,9 @@ CLOSE_WAIT_S = 30.0  # how long the engine's release may wait for the worker thr
 
 async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    store = OutputStore(settings.output_dir, png_compress_level=settings.png_compress_level, save_inputs=settings.save_inputs)
-    store.prepare()
+    store = OutputStore(settings.output_dir, png_compress_level=settings.png_compress_level,
+                        save_inputs=settings.save_inputs, blobs=blobs_for(settings))
+    await asyncio.get_running_loop().run_in_executor(None, store.prepare)  # may reach the object storage
     app[keys.STORE] = store
     yield
     store.close()
@@ -99,17 +102,13 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def publish(event: dict) -> None:
         metrics.observe(event)
-        hub.publish(event)
+        hub.publish(with_output_urls(app, event))
         if event["type"] in TERMINAL_EVENTS:
-            sweep_inputs()
+            app[keys.STORE].inputs.sweep_soon()  # what nothing needs any more (unless SAVE_INPUTS)
 
     def needed_inputs() -> list[str | None]:
         """The input images the unfinished jobs need (those a shutdown suspended too: they run again)."""
         return [sha256 for job in queue.unfinished() for sha256 in job.params.inputs.values()]
-
-    def sweep_inputs() -> None:
-        """Delete the input images nothing needs any more (unless SAVE_INPUTS)."""
-        app[keys.STORE].inputs.sweep()
 
     queue = JobQueue(
         app[keys.STATUS].reporting(work), app[keys.EXECUTOR], app[keys.JOB_STORE],
@@ -121,7 +120,8 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
     report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)
     queue.restore(report.requeued)
-    sweep_inputs()
+    app[keys.STORE].inputs.sweep_soon()
+    await app[keys.STORE].inputs.swept()
     queue.start()
     yield
     await queue.stop()  # already stopped by drain() when the app was shut down

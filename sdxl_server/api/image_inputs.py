@@ -99,18 +99,23 @@ async def stored_inputs(
     """``data`` (a validated request) with its images decoded and stored: their fields now hold
     SHA-256s. The files are held until the block ends: queue the jobs inside it. Errors name the
     fields as the client sent them (``names``: ours -> theirs)."""
-    with app[keys.STORE].inputs.held() as hold:
-        try:
-            _check_combination(data)
-            if data.get("init_image") is None:
-                stored = {**data, **{name: None for name in IMAGE_FIELDS}}
-            else:
-                stored = await asyncio.get_running_loop().run_in_executor(
-                    None, decode_inputs, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask
-                )
-        except ApiError as exc:
-            raise exc.renamed(names) from None
-        yield stored
+    inputs, loop = app[keys.STORE].inputs, asyncio.get_running_loop()
+    try:
+        with inputs.held() as hold:
+            try:
+                _check_combination(data)
+                if data.get("init_image") is None:
+                    stored = {**data, **{name: None for name in IMAGE_FIELDS}}
+                else:
+                    stored = await loop.run_in_executor(
+                        None, decode_inputs, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask
+                    )
+            except ApiError as exc:
+                raise exc.renamed(names) from None
+            yield stored
+    finally:
+        if hold.hashes:  # what no queued job holds now is deleted (maybe in object storage: off the loop)
+            await loop.run_in_executor(None, inputs.sweep, hold.hashes)
 
 
 async def submit(

@@ -23,7 +23,7 @@ from ..pipeline.model_catalog import MAX_MODEL_NAME
 from . import keys
 from .applied import OPENAI_GENERATIONS, check_openai
 from .batches import generate_images
-from .forwarded import public_base
+from .output_urls import absolute_url, output_url
 from .image_formats import FORMATS, reencode
 from .loras import prompt_as_used, with_loras
 from .models import openai_model, usable_entries, with_model
@@ -170,7 +170,7 @@ async def base64_images(app: web.Application, ids: list[str], output_format: str
     loop = asyncio.get_running_loop()
     store = app[keys.STORE]
     blobs = await asyncio.gather(*(loop.run_in_executor(
-        None, lambda i=i: reencode(store.image_path(i).read_bytes(), output_format, compression)) for i in ids))
+        None, lambda i=i: reencode(store.read_image(i), output_format, compression)) for i in ids))
     return [base64.b64encode(blob).decode("ascii") for blob in blobs]
 
 
@@ -196,8 +196,8 @@ async def images_response(request: web.Request, params: GenerationParams, asked:
         blobs = await base64_images(app, [image["id"] for image in images], asked.output_format, asked.compression)
         data = [{"b64_json": blob} for blob in blobs]
     else:
-        base = public_base(request)  # PUBLIC_URL, else the scheme and host as trusted proxies forward them
-        data = [{"url": base + image["image_url"]} for image in images]
+        # the object store's URL, or PUBLIC_URL (else the scheme and host as trusted proxies forward them) + the path
+        data = [{"url": absolute_url(request, output_url(app, image["image_url"]))} for image in images]
     used = prompt_as_used(params.prompt, app[keys.SETTINGS].prompt_syntax)
     data = [{**item, "revised_prompt": used} for item in data]  # as DALL-E 3 answers (Home Assistant reads it)
     created = int((await app[keys.QUEUE].find(job_id)).created_at)

@@ -22,6 +22,7 @@ from ..params import MAX_SEED, SCHEDULERS, GenerationParams
 from . import image_inputs, keys
 from .image_inputs import stored_inputs
 from .loras import with_loras
+from .output_urls import with_output_urls
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
 from .openapi import with_local_names
@@ -241,7 +242,7 @@ async def generate(request: web.Request) -> web.Response:
     async with _generation_request(request) as data:
         job, _ = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
     await job.wait()
-    return web.json_response(job.outcome())
+    return web.json_response(with_output_urls(request.app, job.outcome()))
 
 
 async def submit_job(request: web.Request) -> web.Response:
@@ -252,12 +253,13 @@ async def submit_job(request: web.Request) -> web.Response:
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return web.json_response(describe(queue, job), status=200 if replayed else 202, headers=headers)
+    return web.json_response(with_output_urls(request.app, describe(queue, job)), status=200 if replayed else 202,
+                             headers=headers)
 
 
 async def get_job(request: web.Request) -> web.Response:
     queue = request.app[keys.QUEUE]
-    return web.json_response(describe(queue, await queue.find(request.match_info["job_id"])))
+    return web.json_response(with_output_urls(request.app, describe(queue, await queue.find(request.match_info["job_id"]))))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -266,7 +268,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     queue = request.app[keys.QUEUE]
     status = JobStatus(query["status"]) if query["status"] else None
     jobs, cursor = await queue.page(query["limit"], status, query["before"])
-    return web.json_response({"jobs": [describe(queue, job) for job in jobs], "next_before": cursor})
+    return web.json_response({"jobs": [with_output_urls(request.app, describe(queue, job)) for job in jobs],
+                              "next_before": cursor})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -278,11 +281,16 @@ async def cancel_job(request: web.Request) -> web.Response:
         await asyncio.wait_for(asyncio.shield(job.wait()), CANCEL_WAIT_S)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise Conflict(f"job {job.id} {job.status.value} before it could be cancelled")
-    return web.json_response(describe(queue, job), status=200 if job.status.terminal else 202)
+    return web.json_response(with_output_urls(request.app, describe(queue, job)), status=200 if job.status.terminal else 202)
 
 
-async def _output_file(request: web.Request, folder: str) -> web.FileResponse:
-    path = request.app[keys.STORE].servable(folder, request.match_info["filename"])
+async def _output_file(request: web.Request, folder: str) -> web.StreamResponse:
+    """The file from local disk, or a redirect to the object store's URL for it (public or presigned)."""
+    store, filename = request.app[keys.STORE], request.match_info["filename"]
+    direct = store.direct_url(folder, filename)
+    if direct is not None:
+        raise web.HTTPFound(direct, headers={"Cache-Control": "private, no-store"})  # presigned URLs expire
+    path = store.servable(folder, filename)
     if path is None:
         raise NotFound("no such output")
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})

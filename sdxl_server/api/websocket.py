@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..jobs.describe import describe
 from ..jobs.events import Subscription
 from . import keys
+from .output_urls import with_output_urls
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
     subscription = hub.subscribe(job_id, previews=_flag(request.query.get("preview")))
     if followed is not None:
-        subscription.offer({"type": "snapshot", "id": followed.id, "job": describe(queue, followed)})
+        subscription.offer({"type": "snapshot", "id": followed.id, "job": with_output_urls(app, describe(queue, followed))})
     else:
-        subscription.offer({"type": "snapshot", "id": None, "jobs": [describe(queue, j) for j in queue.active()]})
+        subscription.offer({"type": "snapshot", "id": None,
+                            "jobs": [with_output_urls(app, describe(queue, j)) for j in queue.active()]})
     writer = asyncio.create_task(_send_events(ws, subscription))
     received = 0
     try:

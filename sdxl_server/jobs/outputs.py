@@ -1,6 +1,6 @@
-"""Output files: ``OUTPUT_DIR/images/{id}.png`` and ``OUTPUT_DIR/metadata/{id}.json``.
+"""Output files: ``images/{id}.png`` and ``metadata/{id}.json`` in ``OUTPUT_DIR`` or ``OUTPUT_STORE``.
 
-Each file is written beside its final name and renamed into place, image first and metadata
+Each file is written whole or not at all (:mod:`.blobs`), image first and metadata
 last, so a reader never sees half a file and a metadata file always means its image is whole.
 The server holds a lock on the folder while it runs (one server per OUTPUT_DIR), and never deletes
 a finished image except by retention or an explicit request. Nothing here imports torch or aiohttp.
@@ -14,9 +14,7 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
 from ..params import INPUT_ROLES, GenerationParams
+from .blobs import Blobs, LocalBlobs
 from .inputs import InputStore
 from .locking import hold_lock
 
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 # A job id (32 hex digits), with "-N" for the N-th image of a batch after the first.
 OUTPUT_ID = r"[0-9a-f]{32}(?:-[0-9]{1,3})?"
 _OUTPUT_ID_RE = re.compile(rf"^{OUTPUT_ID}$")
-_TMP_PREFIX = ".partial-"
 LOCK_NAME = ".sdxl-server.lock"
 # zlib level 1: for a 1024x1024 photo 3.6x faster than PIL's default 6 for 11% more bytes
 # (docs/performance.md, "PNG level"); PNG_COMPRESS_LEVEL chooses another.
@@ -121,29 +119,29 @@ def encode_png(image: Image.Image, meta: dict[str, Any], level: int = DEFAULT_PN
 
 
 class OutputStore:
-    """Where generated images and their metadata live, and the only code that writes them."""
+    """Where generated images and their metadata live, and the only code that writes them: on
+    local disk (``OUTPUT_DIR``) or in object storage (``OUTPUT_STORE``), by its :class:`~.blobs.Blobs`."""
 
-    def __init__(self, root: Path, png_compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL, save_inputs: bool = False) -> None:
+    def __init__(self, root: Path, png_compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL, save_inputs: bool = False,
+                 blobs: Blobs | None = None) -> None:
         self.root = Path(root)
         self.png_compress_level = png_compress_level
+        self.blobs: Blobs = blobs or LocalBlobs(self.root)
         self.images_dir = self.root / "images"
         self.metadata_dir = self.root / "metadata"
-        self.inputs = InputStore(self.root / "inputs", keep=save_inputs)
+        self.inputs = InputStore(self.blobs, keep=save_inputs)
         self._lock: Any = None
 
     def prepare(self) -> None:
-        """Lock the folder (:class:`~.locking.AlreadyInUse` if another server has it), create the
-        folders and remove the temporary files an interrupted write left; raise ``OSError``."""
+        """Lock the folder (:class:`~.locking.AlreadyInUse` if another server has it), check the
+        storage (:class:`~.blobs.StorageUnavailable`), create the folders and remove the temporary
+        files an interrupted write left; raise ``OSError``."""
+        self.root.mkdir(parents=True, exist_ok=True)
         self._lock = hold_lock(
             self.root / LOCK_NAME,
             f"another sdxl-server is already using OUTPUT_DIR {self.root}: stop it, or give this one its own OUTPUT_DIR",
         )
-        for folder in (self.images_dir, self.metadata_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob(f"{_TMP_PREFIX}*"):
-                log.warning("removing a partial file left by an interrupted write: %s", stale)
-                stale.unlink(missing_ok=True)
-        self.inputs.prepare()
+        self.blobs.prepare()
 
     def close(self) -> None:
         """Let another server have the folder."""
@@ -156,6 +154,7 @@ class OutputStore:
         return bool(_OUTPUT_ID_RE.match(value))
 
     def image_path(self, output_id: str) -> Path:
+        """The image's file on local disk (``OUTPUT_DIR``)."""
         return self.images_dir / f"{output_id}.png"
 
     def metadata_path(self, output_id: str) -> Path:
@@ -175,7 +174,7 @@ class OutputStore:
 
     def write_outputs(self, output_id: str, image: Image.Image | bytes, meta: dict[str, Any]) -> None:
         """Write the PNG (an image, or :meth:`encode_png`'s bytes) and then the metadata JSON,
-        each atomically.
+        each whole or not at all.
 
         On failure nothing of this output is left behind and :class:`StorageFailed` is raised.
         """
@@ -183,63 +182,46 @@ class OutputStore:
             raise ValueError(f"not an output id: {output_id!r}")
         body = json.dumps(meta, ensure_ascii=False, indent=2).encode("utf-8")  # fails before any file exists
         png = image if isinstance(image, bytes) else self.encode_png(image, meta)
-        image_path = self.image_path(output_id)
         try:
-            self._write_atomic(image_path, lambda f: f.write(png))
-            self._write_atomic(self.metadata_path(output_id), lambda f: f.write(body))
+            self.blobs.put(f"images/{output_id}.png", png, "image/png")
+            self.blobs.put(f"metadata/{output_id}.json", body, "application/json")
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                image_path.unlink(missing_ok=True)
+                self.blobs.delete([f"images/{output_id}.png"])
             if isinstance(exc, OSError):
-                raise StorageFailed(f"could not write the output to {self.root}: {exc.strerror or exc}") from exc
+                raise StorageFailed(f"could not write the output to {self.blobs.where}: {exc.strerror or exc}") from exc
             raise
 
-    @staticmethod
-    def _write_atomic(path: Path, write) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def outputs_of(self, job_id: str) -> list[Path]:
-        """Every file of a job: its images (``{id}.png``, ``{id}-N.png``) and their metadata."""
+    def outputs_of(self, job_id: str) -> list[str]:
+        """The keys of every file of a job: its images (``{id}.png``, ``{id}-N.png``) and their metadata."""
         found = []
-        for folder, suffix in ((self.images_dir, ".png"), (self.metadata_dir, ".json")):
-            found += [p for p in (folder / f"{job_id}{suffix}",) if p.exists() or p.is_symlink()]
-            found += sorted(folder.glob(f"{job_id}-*{suffix}"))
+        for folder, suffix in (("images", ".png"), ("metadata", ".json")):
+            found += [f"{folder}/{name}" for name in self.blobs.names(folder, job_id)
+                      if name == f"{job_id}{suffix}" or (name.startswith(f"{job_id}-") and name.endswith(suffix))]
         return found
 
     def scan(self) -> OutputScan:
-        """What is on disk: each job's readable outputs (an image with its metadata), and the
+        """What is stored: each job's readable outputs (an image with its metadata), and the
         files that cannot be matched to one (a missing or unreadable sidecar, not a file)."""
         found = OutputScan()
-        for image in sorted(self.images_dir.iterdir()):
-            output_id = image.name.removesuffix(".png")
-            if not image.name.endswith(".png") or not self.is_output_id(output_id):
+        images = set(self.blobs.names("images"))
+        for name in sorted(images):
+            output_id = name.removesuffix(".png")
+            if not name.endswith(".png") or not self.is_output_id(output_id):
                 continue
-            sidecar = self.metadata_path(output_id)
             try:
-                if not image.is_file() or image.is_symlink():
-                    raise OSError("not a regular file")
-                meta = json.loads(sidecar.read_text(encoding="utf-8"))
+                meta = json.loads(self.blobs.get(f"metadata/{output_id}.json").decode("utf-8"))
                 if not isinstance(meta, dict) or meta.get("id") != output_id:
                     raise ValueError("the metadata is not this image's")
                 _check_metadata(meta)
             except (OSError, ValueError) as exc:
-                found.unmatched.append(f"{image.name} ({getattr(exc, 'strerror', None) or exc})")
+                found.unmatched.append(f"{name} ({getattr(exc, 'strerror', None) or exc})")
                 continue
             found.outputs.setdefault(output_id[:32], []).append(meta)
-        for sidecar in sorted(self.metadata_dir.iterdir()):
-            output_id = sidecar.name.removesuffix(".json")
-            if self.is_output_id(output_id) and not self.image_path(output_id).exists():
-                found.unmatched.append(f"{sidecar.name} (its image is missing)")
+        for name in self.blobs.names("metadata"):
+            output_id = name.removesuffix(".json")
+            if self.is_output_id(output_id) and f"{output_id}.png" not in images:
+                found.unmatched.append(f"{name} (its image is missing)")
         for metas in found.outputs.values():
             metas.sort(key=lambda meta: meta.get("index", 0))
         return found
@@ -259,40 +241,53 @@ class OutputStore:
 
     def remove_outputs(self, job_id: str) -> int:
         """Delete a job's files; return how many there were."""
-        paths = self.outputs_of(job_id)
-        for path in paths:
-            path.unlink(missing_ok=True)
-        return len(paths)
+        keys = self.outputs_of(job_id)
+        self.blobs.delete(keys)
+        return len(keys)
+
+    def discard_outputs(self, job_id: str) -> None:
+        """Delete what a failed save left of a job, as far as the storage allows (it may be what failed)."""
+        try:
+            self.remove_outputs(job_id)
+        except OSError as exc:
+            log.warning("could not delete the partial outputs of job %s from %s: %s", job_id, self.blobs.where, exc)
+
+    def read_image(self, output_id: str) -> bytes:
+        """An image's PNG bytes (blocking: call it off the event loop)."""
+        return self.blobs.get(f"images/{output_id}.png")
 
     async def images_base64(self, output_ids: list[str]) -> list[str]:
         """The PNGs, base64-encoded (read off the event loop), for APIs that return images inline."""
         loop = asyncio.get_running_loop()
-        blobs = await asyncio.gather(*(loop.run_in_executor(None, self.image_path(i).read_bytes) for i in output_ids))
+        blobs = await asyncio.gather(*(loop.run_in_executor(None, self.read_image, i) for i in output_ids))
         return [base64.b64encode(blob).decode("ascii") for blob in blobs]
 
+    def _key(self, folder: str, filename: str) -> str | None:
+        """The key of ``/outputs/{folder}/{filename}`` if it is a name the server itself writes."""
+        suffix = {"images": ".png", "metadata": ".json"}.get(folder)
+        if suffix is None or not filename.endswith(suffix) or not self.is_output_id(filename[: -len(suffix)]):
+            return None
+        return f"{folder}/{filename}"
+
     def servable(self, folder: str, filename: str) -> Path | None:
-        """The file to serve for ``/outputs/{folder}/{filename}``, or None.
+        """The local file to serve for ``/outputs/{folder}/{filename}``, or None.
 
         Only names the server itself writes are accepted, and the file must be a regular file
         inside ``OUTPUT_DIR`` (no symlinks), so no request can read anything else.
         """
-        suffix = {"images": ".png", "metadata": ".json"}.get(folder)
-        if suffix is None or not filename.endswith(suffix):
+        key = self._key(folder, filename)
+        if key is None:
             return None
-        output_id = filename[: -len(suffix)]
-        if not self.is_output_id(output_id):
-            return None
-        path = (self.images_dir if folder == "images" else self.metadata_dir) / filename
-        try:
-            if path.is_symlink() or not path.is_file():
-                return None
-            if folder == "metadata" and not self.image_path(output_id).is_file():
-                return None  # metadata without its image (deleted outside the server) is never served alone
-            if not path.resolve().is_relative_to(self.root.resolve()):
-                return None
-        except OSError:
-            return None
+        path = self.blobs.file(key)
+        if path is not None and folder == "metadata" and self.blobs.file(f"images/{filename[:-5]}.png") is None:
+            return None  # metadata without its image (deleted outside the server) is never served alone
         return path
+
+    def direct_url(self, folder: str, filename: str) -> str | None:
+        """Where a client fetches ``/outputs/{folder}/{filename}`` straight from the storage
+        (``OUTPUT_PUBLIC_URL``, or presigned for ``URL_TTL``), or None: this server serves it."""
+        key = self._key(folder, filename)
+        return None if key is None else self.blobs.url(key)
 
 
 def _check_metadata(meta: dict[str, Any]) -> None:

@@ -318,7 +318,7 @@ class RayWork:
             for output_id, png, meta in outputs:
                 self.store.write_outputs(output_id, png, meta)
         except BaseException:
-            self.store.remove_outputs(job.id)  # a failed job leaves no image of its batch behind
+            self.store.discard_outputs(job.id)  # a failed job leaves no image of its batch behind
             raise
         return self.store.result_of([meta for _, _, meta in outputs])
 

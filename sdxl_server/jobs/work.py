@@ -122,7 +122,7 @@ class GenerationWork:
                     self.store.write_outputs(output_id, png, meta)
                     metas.append(meta)
             except BaseException:
-                self.store.remove_outputs(job.id)  # a failed job leaves no image of its batch behind
+                self.store.discard_outputs(job.id)  # a failed job leaves no image of its batch behind
                 raise
             return self.store.result_of(metas)
 
