@@ -9,6 +9,7 @@ import base64
 import io
 import itertools
 import json
+import os
 import re
 
 import pytest
@@ -241,3 +242,28 @@ def test_a_storage_server_down_at_start_up_exits_2_with_a_clear_line(tiny_cache,
         assert re.search(r"sdxl-server: error: OUTPUT_STORE s3://sdxl-down/x cannot be reached", server.log_text())
     finally:
         server.stop()
+
+
+@pytest.mark.ray
+async def test_ray_replicas_write_straight_to_the_bucket(make_client, settings, seaweed, bucket):
+    pytest.importorskip("ray.serve", reason="BACKEND=ray needs the ray extra: pip install -e '.[ray]'")
+    import ray
+    from ray import serve
+
+    # The replicas' processes take their credentials from the environment Ray starts them with.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="sdxl_server", log_to_driver=False)
+    try:
+        client = await make_client(in_bucket(settings, seaweed, bucket, prefix="ray").replace(
+            backend="ray", ray_replicas=1, ray_gpus_per_replica=0.0))
+        resp = await client.post("/api/v1/generate", json={"prompt": "from a replica", "steps": 2,
+                                                            "init_image": b64(picture(64, 64)), "strength": 1.0})
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        assert body["meta"]["replica"]["pid"] != os.getpid()  # made (and written) in the replica
+        stored = json.loads(seaweed.client().get_object(Bucket=bucket, Key=f"ray/metadata/{body['id']}.json")["Body"].read())
+        assert stored["replica"] == body["meta"]["replica"]
+        assert (await fetch(client, body["image_url"]))[0] == 200
+        await client.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -261,7 +261,8 @@ class RayWork:
         self.cluster.ensure_loaded()
         request = {"id": job.id, "params": job.params.to_dict(), "created_at": job.created_at, "previews": True,
                    "warnings": list(job.warnings),
-                   "inputs": self.store.inputs.files(job.params)}  # image to image: the PNGs, by SHA-256
+                   # image to image: the PNGs by SHA-256, unless the replica reads them from OUTPUT_STORE
+                   "inputs": {} if self.cluster.settings.output_store else self.store.inputs.files(job.params)}
         try:
             end = self._stream(job, request, on_step, cancelled)
         finally:
@@ -270,6 +271,8 @@ class RayWork:
             if end.get("cancelled"):
                 raise JobCancelled(f"job {job.id} was cancelled")
             raise StoredError(end["error"])
+        if "written" in end:  # the replica wrote them to OUTPUT_STORE
+            return lambda: self.store.result_of(end["written"])
         outputs = end["outputs"]
         return lambda: self._write(job, outputs)  # written on the encoder thread, as local jobs are
 

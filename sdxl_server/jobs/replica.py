@@ -3,7 +3,8 @@
 Runs inside a Ray worker process (see :mod:`.ray_backend` for the front end). Each replica owns an
 engine and runs one job at a time through the same :class:`~.work.GenerationWork` as the local
 backend, so the images and their metadata are the same; the images come back PNG-encoded (with
-their parameters chunk) for the front end to write under ``OUTPUT_DIR``. Cancelling the streaming
+their parameters chunk) for the front end to write under ``OUTPUT_DIR``, or with ``OUTPUT_STORE``
+the replica writes them to the object storage itself (and reads the job's inputs from it). Cancelling the streaming
 response sets the cancel flag the pipeline checks at every step, so a cancelled job frees its GPU
 at the next step. Never imports ray, torch or aiohttp at import time.
 """
@@ -24,7 +25,8 @@ from ..errors import ApiError
 from ..params import GenerationParams
 from .inputs import SentInputs
 from .job import Job
-from .outputs import encode_png
+from .blobs import blobs_for
+from .outputs import OutputStore, encode_png
 from .work import GenerationWork
 
 STOP_WAIT_S = 30.0  # how long a cancelled generation may take to reach its next step
@@ -52,6 +54,22 @@ class EncodedOutputs:
         return {"metas": metas}
 
 
+class StoredOutputs(OutputStore):
+    """With ``OUTPUT_STORE``, where :class:`GenerationWork` puts a replica's images: straight into
+    the object storage the front end serves from (inputs read from it too), each one's metadata
+    naming the replica; only the metadata travels back."""
+
+    def __init__(self, settings: Settings, place: dict[str, Any]) -> None:
+        super().__init__(settings.output_dir, settings.png_compress_level, blobs=blobs_for(settings))
+        self.place = place
+        self.written: list[dict[str, Any]] = []
+
+    def write_outputs(self, output_id: str, image: Any, meta: dict[str, Any]) -> None:
+        meta["replica"] = self.place  # which process on which node made it
+        super().write_outputs(output_id, image, meta)
+        self.written.append(meta)
+
+
 class Replica:
     """The deployment's class: loads the model when Ray starts the replica."""
 
@@ -65,6 +83,7 @@ class Replica:
         self.preview_every = settings.preview_every
         self.png_compress_level = settings.png_compress_level
         self.place = {"pid": os.getpid(), "node": socket.gethostname()}
+        self.settings = settings
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-replica")
 
     def describe(self) -> dict[str, Any]:
@@ -79,7 +98,9 @@ class Replica:
         cancel = threading.Event()
         job = Job(params=GenerationParams.from_dict(request["params"]), id=request["id"], created_at=request["created_at"],
                   warnings=tuple(request.get("warnings") or ()))
-        outputs = EncodedOutputs(self.png_compress_level, SentInputs(request.get("inputs") or {}))
+        outputs: EncodedOutputs | StoredOutputs = (
+            StoredOutputs(self.settings, self.place) if self.settings.output_store
+            else EncodedOutputs(self.png_compress_level, SentInputs(request.get("inputs") or {})))
         work = GenerationWork(
             self.engine, outputs, preview_every=self.preview_every, previews_wanted=lambda job_id: request["previews"]
         )
@@ -90,7 +111,9 @@ class Replica:
 
         def run() -> dict[str, Any]:
             try:
-                work(job, on_step, cancel.is_set)()  # generate, then encode here: PNG bytes travel back
+                work(job, on_step, cancel.is_set)()  # generate, then encode (and with OUTPUT_STORE write) here
+                if isinstance(outputs, StoredOutputs):
+                    return {"type": "outputs", "written": outputs.written}
                 for _, _, meta in outputs.outputs:
                     meta["replica"] = self.place  # which process on which node made it
                 return {"type": "outputs", "outputs": outputs.outputs}
