@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 
 from images import b64, picture
-from live_server import LiveServer
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
+from live_server import LiveServer, free_port
 from sdxl_server.api import keys
 from sdxl_server.jobs.blobs import StorageUnavailable, blobs_for
 from sdxl_server.jobs.housekeeping import enforce_retention
 from sdxl_server.jobs.outputs import OutputStore
 from sdxl_server.jobs.s3_blobs import S3Blobs
+from sdxl_server.tools.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
 pytest.importorskip("boto3", reason="the object-storage tests need boto3 (pip install -e '.[s3]')")
 
@@ -52,7 +52,7 @@ def aws_env(monkeypatch):
 @pytest.fixture
 def bucket(seaweed, aws_env):
     name = f"sdxl-test-{next(_buckets)}"
-    seaweed.client().create_bucket(Bucket=name)
+    seaweed.create_bucket(name)
     return name
 
 
@@ -205,7 +205,7 @@ async def test_storage_down_mid_run_fails_the_job_and_serves_nothing(make_client
     except (RuntimeError, OSError) as exc:
         pytest.skip(f"SeaweedFS could not start: {exc}")
     try:
-        seaweed.client().create_bucket(Bucket="down-mid-run")
+        seaweed.create_bucket("down-mid-run")
         client = await make_client(in_bucket(settings, seaweed, "down-mid-run"))
         seaweed.stop()
         resp = await client.post("/api/v1/generate", json={"prompt": "lost", "steps": 1})
@@ -233,8 +233,6 @@ def test_start_up_refuses_a_missing_bucket_or_bad_credentials(settings, seaweed,
 
 
 def test_a_storage_server_down_at_start_up_exits_2_with_a_clear_line(tiny_cache, tmp_path, aws_env):
-    from live_server import free_port
-
     server = LiveServer(tiny_cache, tmp_path / "out", OUTPUT_STORE="s3://sdxl-down/x",
                         S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", S3_REGION="us-east-1")
     try:
