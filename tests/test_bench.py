@@ -125,7 +125,8 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout
     for title in ("server overhead", "event loop", "progress", "memory", "batch", "PNG encode", "cold start",
-                  "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:"):
+                  "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:",
+                  "storage: one image's files"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -183,6 +184,11 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     }
     assert all(mode["s"]["median"] > 0 and mode["rss_max_mb"] > 0 for mode in modes["modes"].values())
     assert modes["refiner"]["id"] == "tiny" and modes["refiner"]["load_s"] > 0
+
+    storage = report["sections"]["storage"]
+    assert storage["png_bytes"] > 100_000 and storage["local"]["write_ms_median"] > 0
+    s3 = storage["s3"]  # a SeaweedFS the section starts (the test extra installs it), or why not
+    assert s3.get("skipped") or (s3["write_ms_median"] > 0 and s3["url_us"] > 0 and s3["import_boto3_s"] > 0), s3
 
     cold = report["sections"]["coldstart"]
     for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):
