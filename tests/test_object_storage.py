@@ -278,3 +278,21 @@ async def test_ray_replicas_write_straight_to_the_bucket(make_client, settings, 
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.mark.parametrize("raw, parsed", [
+    ("s3://images", "s3://images"), ("s3://images/sdxl/front-a/", "s3://images/sdxl/front-a"),
+    ("local", None), ("", None),
+])
+def test_output_store_accepts_a_bucket_and_a_prefix(raw, parsed):
+    from sdxl_server.config import load_settings
+
+    assert load_settings({"OUTPUT_STORE": raw}).output_store == parsed
+
+
+@pytest.mark.parametrize("raw", ["images", "http://images/x", "s3://", "s3://Images", "s3://ab", "s3://images/a//b", "s3://images/a?b"])
+def test_output_store_refuses_what_is_not_a_bucket(raw):
+    from sdxl_server.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"^OUTPUT_STORE=.* is not valid: expected s3://bucket or s3://bucket/prefix"):
+        load_settings({"OUTPUT_STORE": raw})
