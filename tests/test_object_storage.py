@@ -5,6 +5,7 @@ storage server that is down, a missing bucket or bad credentials give clear erro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import itertools
@@ -212,25 +213,46 @@ async def test_retention_deletes_the_objects(make_client, settings, seaweed, buc
     assert (await fetch(client, old["image_url"]))[0] == 404
 
 
-async def test_storage_down_mid_run_fails_the_job_and_serves_nothing(make_client, settings, aws_env, tmp_path):
+async def test_storage_down_mid_job_fails_the_job_and_serves_nothing(make_client, settings, aws_env, tmp_path):
+    from doubles import GatedEngine
+
     try:
         seaweed = SeaweedServer(tmp_path / "own-seaweed").start()
     except (RuntimeError, OSError) as exc:
         pytest.skip(f"SeaweedFS could not start: {exc}")
     try:
-        seaweed.create_bucket("down-mid-run")
-        client = await make_client(in_bucket(settings, seaweed, "down-mid-run"))
+        seaweed.create_bucket("down-mid-job")
+        client = await make_client(in_bucket(settings, seaweed, "down-mid-job"), engine_factory=GatedEngine)
+        engine = client.app[keys.ENGINE]
+        resp = await client.post("/api/v1/jobs", json={"prompt": "lost", "steps": 1})
+        job_id = (await resp.json())["id"]
+        await asyncio.get_running_loop().run_in_executor(None, engine.entered.acquire)  # it generates now
         seaweed.stop()
-        resp = await client.post("/api/v1/generate", json={"prompt": "lost", "steps": 1})
-        assert resp.status == 500
-        error = await resp.json()
-        assert error["error"] == "storage_failed" and "s3://down-mid-run/run/a" in error["message"]
+        engine.gate.set()
+        job = await client.app[keys.QUEUE].find(job_id)
+        await job.wait()
+        described = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        assert described["status"] == "failed" and "image_url" not in described
+        assert described["error"]["error"] == "storage_failed" and "s3://down-mid-job/run/a" in described["error"]["message"]
         seaweed.start()
-        assert objects(seaweed, "down-mid-run") == []  # nothing half-written
+        assert objects(seaweed, "down-mid-job") == []  # nothing half-written
+        redirect = await client.get(f"/outputs/images/{job_id}.png", allow_redirects=False)
+        assert (await fetch(client, redirect.headers["Location"]))[0] == 404  # nothing served
         resp = await client.post("/api/v1/generate", json={"prompt": "back", "steps": 1})
         assert resp.status == 200, await resp.text()
     finally:
         seaweed.stop()
+
+
+def test_a_large_object_goes_up_in_parts_and_comes_back_whole(seaweed, bucket):
+    from sdxl_server.jobs.s3_blobs import MULTIPART_BYTES
+
+    store = S3Blobs(f"s3://{bucket}/big", endpoint_url=seaweed.endpoint, region="us-east-1")
+    body = os.urandom(MULTIPART_BYTES + 1024 * 1024)
+    store.put("images/big.png", body, "image/png")
+    head = seaweed.client().head_object(Bucket=bucket, Key="big/images/big.png")
+    assert head["ETag"].strip('"').endswith("-2")  # a multipart upload's ETag: the number of its parts
+    assert store.get("images/big.png") == body
 
 
 @pytest.mark.parametrize("case", ["missing bucket", "bad credentials"])
