@@ -112,10 +112,18 @@ class S3Blobs:
         return self._call(f"reading {key}", answer["Body"].read)
 
     def exists(self, key: str) -> bool:
+        """Whether the object is there; without ``s3:ListBucket`` S3 answers a missing object's
+        ``HeadObject`` with 403, which counts as absent too (the caller writes it again)."""
+        from botocore.exceptions import ClientError
+
         try:
-            self._call(f"looking for {key}", self.client.head_object, Bucket=self.bucket, Key=self.key(key))
-        except FileNotFoundError:
-            return False
+            self.client.head_object(Bucket=self.bucket, Key=self.key(key))
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound", "403"):
+                return False
+            return self._call(f"looking for {key}", _raise, exc)
+        except Exception as exc:  # noqa: BLE001 - botocore's own errors, as every other call reports them
+            return self._call(f"looking for {key}", _raise, exc)
         return True
 
     def names(self, folder: str, prefix: str = "") -> list[str]:
@@ -157,3 +165,8 @@ class S3Blobs:
 
     def file(self, key: str) -> Path | None:
         return None
+
+
+def _raise(exc: BaseException) -> None:
+    """Raise ``exc`` (through :meth:`S3Blobs._call`, which words it as the other calls' failures)."""
+    raise exc
