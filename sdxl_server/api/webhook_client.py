@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Mapping
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from ..config import Settings
@@ -28,12 +29,13 @@ REDIRECTS = (301, 302, 303, 307, 308)
 class WebhookClient:
     """Sends deliveries over one connection pool; :meth:`close` it at shutdown."""
 
-    def __init__(self, settings: Settings, guard: AddressGuard | None = None) -> None:
-        self.guard = guard or AddressGuard(settings.webhook_allow)
+    def __init__(self, settings: Settings, resolver: AbstractResolver | None = None) -> None:
+        """``resolver``: where names are looked up (aiohttp's default; tests give their own)."""
+        self.guard = AddressGuard(settings.webhook_allow)
         self._timeout_s = settings.webhook_timeout
         self._redirects = settings.webhook_redirects
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=GuardedResolver(self.guard), limit=32, ttl_dns_cache=10),
+            connector=aiohttp.TCPConnector(resolver=GuardedResolver(self.guard, resolver), limit=32, ttl_dns_cache=10),
             timeout=aiohttp.ClientTimeout(total=self._timeout_s, connect=self._timeout_s / 3),
             trust_env=False, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
         )

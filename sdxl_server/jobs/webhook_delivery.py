@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from standardwebhooks import Webhook
 
-from .. import package_version
+from .. import __version__
 from . import outbox
 from .store import JobStore
 
@@ -89,7 +89,7 @@ def backoff(attempts: int, rng: random.Random) -> float:
 def signed_headers(secret: str | None, delivery_id: str, body: bytes, at: float) -> dict[str, str]:
     """The Standard Webhooks headers of one attempt (unsigned without ``WEBHOOK_SECRET``)."""
     headers = {
-        "Content-Type": "application/json", "User-Agent": f"sdxl-server/{package_version()} (webhooks)",
+        "Content-Type": "application/json", "User-Agent": f"sdxl-server/{__version__} (webhooks)",
         "webhook-id": delivery_id, "webhook-timestamp": str(int(at)),
     }
     if secret:
@@ -110,6 +110,12 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._concurrency = concurrency
         self._busy: dict[str, asyncio.Task] = {}
+        self._warned = bool(secret)  # of unsigned deliveries, once
+
+    @property
+    def sending(self) -> int:
+        """Deliveries in flight now."""
+        return len(self._busy)
 
     async def run(self) -> None:
         """Until cancelled: send what is due, then wait for the next due row or a new one."""
@@ -135,20 +141,30 @@ class Dispatcher:
         return None if next_at is None else max(0.0, next_at - self._clock.now())
 
     async def _deliver(self, row: dict[str, Any]) -> None:
+        release_in = 0.0
+        try:
+            await self._store.run(outbox.record_attempt, row["id"], self._outcome(row, await self._attempt(row)))
+        except Exception:  # noqa: BLE001 - the row stays pending, and is sent again after a pause
+            log.exception("the outcome of webhook %s could not be recorded", row["id"])
+            release_in = STORE_RETRY_S
+        finally:
+            asyncio.get_running_loop().call_later(release_in, self._release, row["id"])
+
+    def _release(self, delivery_id: str) -> None:
+        self._busy.pop(delivery_id, None)
+        self._wakeup.set()
+
+    async def _attempt(self, row: dict[str, Any]) -> Answer:
+        if not self._warned:
+            self._warned = True
+            log.warning("WEBHOOK_SECRET is not set: webhooks are sent unsigned (receivers cannot verify them)")
         try:
             body = row["payload"].encode()
             headers = signed_headers(self._secret, row["id"], body, time.time())  # receivers check it against their clock
-            try:
-                answer = await self._sender.send(row["url"], body, headers)
-            except Exception as exc:  # noqa: BLE001 - a bug in a send must not end the dispatcher
-                log.exception("sending webhook %s failed", row["id"])
-                answer = Answer(None, f"the delivery failed: {exc}")
-            await self._store.run(outbox.record_attempt, row["id"], self._outcome(row, answer))
-        except Exception:  # noqa: BLE001 - the row stays pending and is sent again
-            log.exception("the outcome of webhook %s could not be recorded", row["id"])
-        finally:
-            self._busy.pop(row["id"], None)
-            self._wakeup.set()
+            return await self._sender.send(row["url"], body, headers)
+        except Exception as exc:  # noqa: BLE001 - a bug in one send must not end the dispatcher
+            log.exception("sending webhook %s failed", row["id"])
+            return Answer(None, f"the delivery failed: {type(exc).__name__}: {exc}"[:500])
 
     def _outcome(self, row: dict[str, Any], answer: Answer) -> dict[str, Any]:
         now = self._clock.now()
