@@ -7,7 +7,9 @@ import asyncio
 import json
 import time
 
+import aiohttp
 import pytest
+from live_server import LiveServer
 from standardwebhooks import Webhook
 from webhook_receiver import Receiver
 
@@ -35,7 +37,8 @@ def verified(delivery) -> dict:
 
 async def until_delivered(client, job_id: str, count: int = 1, deadline_s: float = 30.0) -> dict:
     """The job once ``count`` of its deliveries are recorded as delivered (the receiver answers
-    before the server records that)."""
+    before the server records that); ``client`` has ``get(path)`` (a test client, or a session
+    with its ``base_url``)."""
     end = time.monotonic() + deadline_s
     while True:
         body = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
@@ -172,3 +175,33 @@ def test_the_payload_is_json_of_the_job(settings):
     assert fixed["image_url"] == "https://img.example.com/outputs/a.png"
     assert fixed["images"][0] == {"image_url": "https://img.example.com/outputs/a.png", "meta_url": "https://cdn/x.json"}
     assert json.loads(json.dumps(fixed)) == fixed
+
+
+async def test_a_delivery_cut_by_sigkill_is_made_after_the_restart(tiny_cache, tmp_path, receiver):
+    """The server is killed after the job has ended, while its webhook is being sent (the receiver
+    has the request and has not answered): the next start sends it again, with the same id."""
+    receiver.hang = True
+    env = {"WEBHOOK_ALLOW": "127.0.0.1", "WEBHOOK_SECRET": SECRET, "WEBHOOK_TIMEOUT": "120"}
+    server = await asyncio.to_thread(LiveServer(tiny_cache, tmp_path / "out", **env).wait_ready)
+    try:
+        async with aiohttp.ClientSession() as session:
+            answer = await session.post(f"{server.url}/api/v1/jobs", json={"prompt": "x", "webhook": receiver.url + "/hook"})
+            job_id = (await answer.json())["id"]
+            cut = await receiver.next(timeout=120)
+    finally:
+        server.process.kill()  # SIGKILL: no shutdown, nothing flushed
+        await asyncio.to_thread(server.stop)
+    assert verified(cut)["data"]["status"] == "succeeded"
+    receiver.hang = False
+    receiver.release.set()
+    server = await asyncio.to_thread(LiveServer(tiny_cache, tmp_path / "out", **env).wait_ready)
+    try:
+        again = await receiver.next(timeout=120)
+        assert again.headers["webhook-id"] == cut.headers["webhook-id"]
+        assert verified(again)["data"]["id"] == job_id
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            (delivery,) = (await until_delivered(session, job_id))["webhook"]["deliveries"]
+        assert delivery["state"] == "delivered" and delivery["attempts"] == 1  # the cut attempt was never recorded
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert [d.headers["webhook-id"] for d in receiver.received] == [cut.headers["webhook-id"]] * 2
