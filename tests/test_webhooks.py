@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import pytest
+from doubles import GatedEngine
 from live_server import LiveServer
 from standardwebhooks import Webhook
 from webhook_receiver import Receiver
@@ -165,6 +166,24 @@ async def test_a_failing_receiver_is_retried_with_the_same_id(make_client, hooke
     verified(second)
     shown = (await until_delivered(client, job_id))["webhook"]["deliveries"][0]
     assert shown["state"] == "delivered" and shown["attempts"] == 2
+
+
+async def test_a_failed_and_a_cancelled_job_say_so(make_client, hooked, receiver):
+    client = await make_client(hooked, engine_factory=lambda s: GatedEngine(s))
+    engine = client.app[keys.ENGINE]
+    hook = {"webhook": receiver.url, "webhook_events": ["failed", "cancelled"]}
+    running = (await (await client.post("/api/v1/jobs", json={"prompt": "runs", **hook})).json())["id"]
+    await asyncio.to_thread(engine.entered.acquire)
+    waiting = (await (await client.post("/api/v1/jobs", json={"prompt": "waits", **hook})).json())["id"]
+    assert (await client.delete(f"/api/v1/jobs/{waiting}")).status == 200
+    cancelled = verified(await receiver.next())
+    assert cancelled["type"] == "job.cancelled" and cancelled["data"]["id"] == waiting
+    assert cancelled["data"]["status"] == "cancelled"
+    engine.pipe.unet.forward = None  # the running job's generation now fails
+    engine.gate.set()
+    failed = verified(await receiver.next())
+    assert failed["type"] == "job.failed" and failed["data"]["id"] == running
+    assert failed["data"]["status"] == "failed" and failed["data"]["error"]["error"]
 
 
 def test_the_payload_is_json_of_the_job(settings):
