@@ -76,8 +76,8 @@ class AddressGuard:
         kind = kind_of(ip)
         if kind is None:
             return None
-        return f"{host} is {'at ' + str(ip) + ', ' if host != str(ip) else ''}a {kind} address, which webhooks may not reach " \
-               "(WEBHOOK_ALLOW names those allowed)"
+        where = host if host == str(ip) else f"{host} (at {ip})"
+        return f"{where} is a {kind} address, which webhooks may not reach (WEBHOOK_ALLOW names those allowed)"
 
     def check_url(self, url: str) -> str | None:
         """Why ``url`` cannot be a webhook (not http(s), no host, an IP address the guard
