@@ -336,3 +336,14 @@ async def test_an_ended_job_without_its_end_event_gets_it_at_start_up(store):
     row = await _state(store, job.id)
     assert row["event"] == "completed" and row["state"] == "pending"
     assert await letters.reconcile() == 0  # once
+
+
+async def test_deleting_a_job_deletes_its_deliveries(store):
+    """Retention deletes jobs; their outbox rows go with them (and are never sent after)."""
+    letters = Outbox(store, lambda j: {"id": j.id}, progress_interval=1)
+    job = _job("https://receiver.example/hook")
+    await _row(store, letters, job)
+    assert await store.run(outbox.due, time.time() + 1, 10, [])
+    await store.delete([job.id])
+    assert await store.run(outbox.of_job, job.id) == []
+    assert await store.run(outbox.due, time.time() + 1, 10, []) == []
