@@ -18,7 +18,8 @@ from webhook_receiver import Receiver
 
 from sdxl_server.api.webhook_client import MAX_ANSWER_BYTES, WebhookClient
 from sdxl_server.api.webhook_guard import AddressGuard, GuardedResolver, Refused, kind_of
-from sdxl_server.config import Settings
+from sdxl_server.api.webhook_targets import check_default_webhook
+from sdxl_server.config import ConfigError, Settings
 from sdxl_server.jobs import outbox
 from sdxl_server.jobs.job import Job
 from sdxl_server.jobs.states import JobStatus
@@ -347,3 +348,10 @@ async def test_deleting_a_job_deletes_its_deliveries(store):
     await store.delete([job.id])
     assert await store.run(outbox.of_job, job.id) == []
     assert await store.run(outbox.due, time.time() + 1, 10, []) == []
+
+
+def test_a_default_webhook_the_guard_refuses_stops_start_up():
+    with pytest.raises(ConfigError, match="WEBHOOK_URL=.*loopback.*WEBHOOK_ALLOW"):
+        check_default_webhook(Settings(webhook_url="http://127.0.0.1:9000/hook"))
+    check_default_webhook(Settings(webhook_url="http://127.0.0.1:9000/hook", webhook_allow="127.0.0.1"))
+    check_default_webhook(Settings(webhook_url="https://hooks.example.com/x"))
