@@ -30,7 +30,6 @@ from ..jobs.work import GenerationWork
 from . import a1111, keys
 from .metrics import Metrics
 from .webhook_client import WebhookClient
-from .webhook_targets import check_default_webhook
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +141,6 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     """The webhook outbox's dispatcher (its rows written by the queue's recorder) and its HTTP client."""
     settings = app[keys.SETTINGS]
-    check_default_webhook(settings)
     client = WebhookClient(settings)
     dispatcher = Dispatcher(
         app[keys.JOB_STORE], client, app[keys.OUTBOX].wakeup,
