@@ -31,6 +31,10 @@ from .setting_values import (
     _device,
     _dtype,
     _concurrency,
+    WebhookAllow,
+    _webhook_allow,
+    _webhook_secret,
+    _webhook_url,
 )
 
 DEFAULT_HUB_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -245,6 +249,31 @@ class Settings:
         "RETENTION_COUNT", 0, _int_range(0, 10_000_000), "keep at most this many finished jobs and their files (0: all)"
     )
 
+    # Webhooks (docs/operations.md)
+    webhook_url: str | None = _setting(
+        "WEBHOOK_URL", None, _webhook_url, "where jobs report that name no webhook (every route: OpenAI's and A1111's too)"
+    )
+    webhook_secret: str | None = _setting(
+        "WEBHOOK_SECRET", None, _webhook_secret, "the Standard Webhooks key (whsec_...) every delivery is signed with"
+    )
+    webhook_allow: WebhookAllow = _setting(
+        "WEBHOOK_ALLOW", WebhookAllow(), _webhook_allow,
+        "hosts (*.example.com) and IP networks webhooks may reach although private, loopback or link-local",
+    )
+    webhook_progress_interval: float = _setting(
+        "WEBHOOK_PROGRESS_INTERVAL", 5.0, _float_range(0.1, 3600.0), "seconds between a job's progress webhooks"
+    )
+    webhook_timeout: float = _setting(
+        "WEBHOOK_TIMEOUT", 10.0, _float_range(0.5, 300.0), "seconds one delivery may take (connect, send, answer)"
+    )
+    webhook_retry_for: float = _setting(
+        "WEBHOOK_RETRY_FOR", 86400.0, _float_range(0.0, 30 * 86400.0),
+        "seconds a failing delivery is retried (exponential backoff with jitter) before it is given up",
+    )
+    webhook_redirects: int = _setting(
+        "WEBHOOK_REDIRECTS", 0, _int_range(0, 10), "redirects a delivery follows (each target checked again; 0: none)"
+    )
+
     # Server
     host: str = _setting("HOST", "0.0.0.0", lambda raw: raw.strip() or "0.0.0.0", "address to listen on")
     port: int = _setting("PORT", 8001, _int_range(0, 65535), "port to listen on")
@@ -291,9 +320,9 @@ class Settings:
     def __post_init__(self) -> None:
         self._check_concurrency()
         # Given in code (Settings(...), replace()) rather than parsed: the same forms as parsed.
-        for name, parse in (("trusted_proxies", _networks), ("public_url", _public_url)):
+        for name, parse in (("trusted_proxies", _networks), ("public_url", _public_url), ("webhook_allow", _webhook_allow)):
             value = getattr(self, name)
-            if value is None or isinstance(value, Networks):
+            if value is None or isinstance(value, (Networks, WebhookAllow)):
                 continue
             text = value if isinstance(value, str) else ",".join(map(str, value))
             try:

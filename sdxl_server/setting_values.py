@@ -7,6 +7,7 @@ Nothing here imports aiohttp or torch.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import math
 import re
@@ -208,4 +209,82 @@ def _concurrency(raw: str) -> int:
 _concurrency.accepts = (  # type: ignore[attr-defined]
     "0 (auto) or 1: one GPU runs one generation at a time, and a second in parallel only slows both and "
     "risks out-of-memory; let more requests wait with QUEUE_SIZE, or use BACKEND=ray for more GPUs"
+)
+
+
+def _webhook_url(raw: str) -> str | None:
+    text = raw.strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or len(text) > 2048:
+        raise ValueError(_webhook_url.accepts)  # type: ignore[attr-defined]
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(_webhook_url.accepts) from None  # type: ignore[attr-defined]
+    return text
+
+
+_webhook_url.accepts = "an http:// or https:// URL (at most 2048 characters), or nothing"  # type: ignore[attr-defined]
+
+
+def _webhook_secret(raw: str) -> str | None:
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raise ValueError(_webhook_secret.accepts) from None  # type: ignore[attr-defined]
+    if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
+        raise ValueError(_webhook_secret.accepts)  # type: ignore[attr-defined]
+    return text
+
+
+_webhook_secret.accepts = (  # type: ignore[attr-defined]
+    "whsec_ followed by 24 to 64 random bytes in base64 (Standard Webhooks), e.g. "
+    "python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
+)
+
+_HOST_NAME = re.compile(r"(?:\*\.)?[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_])?")
+
+
+class WebhookAllow(tuple):
+    """``WEBHOOK_ALLOW``: host names (``*.example.com`` for its subdomains) and IP networks that
+    webhooks may reach although the SSRF guard would refuse them (a receiver on the LAN)."""
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(entry for entry in self if isinstance(entry, str))
+
+    @property
+    def networks(self) -> Networks:
+        return Networks(entry for entry in self if not isinstance(entry, str))
+
+    def allows_host(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return any(host == name or (name.startswith("*.") and host.endswith(name[1:])) for name in self.hosts)
+
+    def __str__(self) -> str:
+        return ",".join(entry if isinstance(entry, str) else str(Networks([entry])) for entry in self)
+
+
+def _webhook_allow(raw: str) -> WebhookAllow:
+    entries: list[object] = []
+    for part in (part.strip().lower() for part in raw.split(",")):
+        if not part:
+            continue
+        try:
+            entries.append(ipaddress.ip_network(part))
+        except ValueError:
+            if not _HOST_NAME.fullmatch(part) or part.replace(".", "").replace("-", "").isdigit():
+                raise ValueError(_webhook_allow.accepts) from None  # type: ignore[attr-defined]
+            entries.append(part)
+    return WebhookAllow(entries)
+
+
+_webhook_allow.accepts = (  # type: ignore[attr-defined]
+    "a comma-separated list of host names (*.example.com for subdomains) and IP addresses or networks "
+    "like 10.0.0.0/8, or nothing"
 )

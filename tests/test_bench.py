@@ -118,7 +118,7 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     report_path = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "sdxl_server.tools.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
-         "--progress-runs", "2", "--previews", "--health-flood", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3",
+         "--progress-runs", "2", "--previews", "--health-flood", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3", "--webhook-jobs", "5",
          "--json", str(report_path)],
         cwd=tmp_path, env=_env(tiny_cache, REFINER_ID="tiny"), capture_output=True, text=True, timeout=300,
     )
@@ -126,7 +126,7 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     table = done.stdout
     for title in ("server overhead", "event loop", "progress", "memory", "batch", "PNG encode", "cold start",
                   "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:",
-                  "storage: one image's files"):
+                  "storage: one image's files", "webhook delivery after a job ends"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -189,6 +189,9 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     assert storage["png_bytes"] > 100_000 and storage["local"]["write_ms_median"] > 0
     s3 = storage["s3"]  # a SeaweedFS the section starts (the test extra installs it), or why not
     assert s3.get("skipped") or (s3["write_ms_median"] > 0 and s3["url_us"] > 0 and s3["import_boto3_s"] > 0), s3
+    webhooks = report["sections"]["webhooks"]
+    assert webhooks["latency_ms"]["n"] == 5 and webhooks["duplicates"] == 0
+    assert 0 < webhooks["latency_ms"]["min"] <= webhooks["p95_ms"]
 
     cold = report["sections"]["coldstart"]
     for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):

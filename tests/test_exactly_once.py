@@ -54,10 +54,10 @@ class BreakableJobStore(JobStore):
 
     broken = False
 
-    def _save(self, record):
+    def _save(self, record, deliveries=()):
         if self.broken:
             raise sqlite3.OperationalError("database or disk is full")
-        super()._save(record)
+        super()._save(record, deliveries)
 
 
 def _row(settings, job_id):

@@ -33,6 +33,7 @@ from .security import add_cors_headers, auth_middleware, cors_middleware
 from .server import Application
 from .slow_bodies import slow_body_middleware
 from .styles import StyleFile
+from .webhook_targets import check_default_webhook
 
 
 def default_engine_factory(settings: Settings) -> Any:
@@ -96,6 +97,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
         client_max_size=settings.max_body_bytes
     )
     app.on_response_prepare.append(add_cors_headers)
+    check_default_webhook(settings)  # before anything loads: a refused WEBHOOK_URL stops start-up at once
     app[keys.SETTINGS] = settings
     app[keys.RECEIVING] = keys.Receiving(settings.max_receiving_bodies, settings.body_min_rate)
     app[keys.ENGINE_FACTORY] = engine_factory or default_engine_factory

@@ -1,7 +1,8 @@
 """The application's state, created and torn down side by side: one cleanup context each.
 
 They run in order at start-up (and in reverse at shutdown): output files, the job store, the
-engine and its worker thread, the queue with its event hub and metrics, then retention.
+engine and its worker thread, the queue with its event hub, metrics and webhook outbox, the
+webhooks' dispatcher, then retention.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from ..jobs.blobs import blobs_for
+from ..jobs.describe import describe
 from ..jobs.events import EventHub
 from ..jobs.housekeeping import enforce_retention, recover
 from ..jobs.job import Work
@@ -23,10 +25,13 @@ from ..jobs.queue import JobQueue
 from ..jobs.states import TERMINAL_EVENTS
 from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
+from ..jobs.webhook_delivery import Dispatcher
+from ..jobs.webhooks import Outbox
 from ..jobs.work import GenerationWork
 from . import a1111, keys
 from .metrics import Metrics
 from .output_urls import with_output_urls
+from .webhook_client import WebhookClient
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,8 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     def publish(event: dict) -> None:
         metrics.observe(event)
         hub.publish(with_output_urls(app, event))
+        if event["type"] == "progress":
+            letters.observe(event, next((job for job in queue.running_jobs if job.id == event["id"]), None))
         if event["type"] in TERMINAL_EVENTS:
             app[keys.STORE].inputs.sweep_soon()  # what nothing needs any more (unless SAVE_INPUTS)
 
@@ -110,21 +117,43 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         """The input images the unfinished jobs need (those a shutdown suspended too: they run again)."""
         return [sha256 for job in queue.unfinished() for sha256 in job.params.inputs.values()]
 
+    letters = Outbox(
+        app[keys.JOB_STORE], lambda job: describe(queue, job), progress_interval=settings.webhook_progress_interval
+    )
     queue = JobQueue(
         app[keys.STATUS].reporting(work), app[keys.EXECUTOR], app[keys.JOB_STORE],
         capacity=settings.queue_size, preload=settings.preload, publish=publish, concurrency=settings.concurrency,
-        requeue_interrupted=settings.restart_running == "requeue",
+        requeue_interrupted=settings.restart_running == "requeue", letters=letters,
     )
     app[keys.STORE].inputs.needed = needed_inputs
     metrics = _metrics(app, queue)
-    app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
+    app[keys.HUB], app[keys.METRICS], app[keys.QUEUE], app[keys.OUTBOX] = hub, metrics, queue, letters
     report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)
+    await letters.reconcile()  # the end events of jobs recovery ended
     queue.restore(report.requeued)
     app[keys.STORE].inputs.sweep_soon()
     await app[keys.STORE].inputs.swept()
     queue.start()
     yield
     await queue.stop()  # already stopped by drain() when the app was shut down
+
+
+async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The webhook outbox's dispatcher (its rows written by the queue's recorder) and its HTTP client."""
+    settings = app[keys.SETTINGS]
+    client = WebhookClient(settings)
+    dispatcher = Dispatcher(
+        app[keys.JOB_STORE], client, app[keys.OUTBOX].wakeup,
+        secret=settings.webhook_secret, retry_for=settings.webhook_retry_for,
+    )
+    running = asyncio.create_task(dispatcher.run(), name="sdxl-webhooks")
+    yield
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    await dispatcher.close()  # what was being sent stays pending: sent again at the next start
+    await app[keys.OUTBOX].close()
+    await client.close()
 
 
 async def _retention_loop(app: web.Application) -> None:
@@ -149,4 +178,4 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
         await retention
 
 
-CONTEXTS = [outputs_ctx, job_store_ctx, engine_ctx, queue_ctx, retention_ctx]
+CONTEXTS = [outputs_ctx, job_store_ctx, engine_ctx, queue_ctx, webhooks_ctx, retention_ctx]

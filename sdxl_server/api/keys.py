@@ -18,6 +18,7 @@ from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
 from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
+from ..jobs.webhooks import Outbox
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
 from .metrics import Metrics
@@ -38,6 +39,7 @@ HUB = web.AppKey("hub", EventHub)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", dict)
+OUTBOX = web.AppKey("outbox", Outbox)  # the webhook outbox's letters (jobs/webhooks.py), written by the queue's recorder
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from ..jobs.states import JOB_STATUSES
+from ..jobs.webhooks import EVENTS as WEBHOOK_EVENTS
 from ..params import REFINER_MODES
 from .schemas import LoraChoiceSchema
 
@@ -104,6 +105,27 @@ class ParamsSchema(ModeFieldsSchema):
     mask = fields.String(allow_none=True, metadata={"description": "SHA-256 of the mask (null: no inpainting)."})
 
 
+class WebhookDeliverySchema(Schema):
+    """One event owed to a job's webhook, and how its delivery went."""
+
+    id = fields.String(required=True, metadata={"description": "Its webhook-id header (the same on every retry)."})
+    event = fields.String(required=True, validate=validate.OneOf(WEBHOOK_EVENTS))
+    state = fields.String(required=True, validate=validate.OneOf(["pending", "delivered", "failed"]))
+    attempts = fields.Integer(required=True)
+    created_at = fields.Float(required=True)
+    next_at = fields.Float(required=True, metadata={"description": "When it is (or was) due next, Unix seconds."})
+    last_at = fields.Float(required=True, allow_none=True)
+    last_status = fields.Integer(required=True, allow_none=True, metadata={"description": "The receiver's last HTTP status."})
+    last_error = fields.String(required=True, allow_none=True)
+    delivered_at = fields.Float(required=True, allow_none=True)
+
+
+class JobWebhookSchema(Schema):
+    url = fields.String(required=True, metadata={"description": "Without its query and credentials."})
+    events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), required=True)
+    deliveries = fields.List(fields.Nested(WebhookDeliverySchema), required=True)
+
+
 class JobSchema(Schema):
     id = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
@@ -124,6 +146,7 @@ class JobSchema(Schema):
     meta = fields.Nested(MetaSchema)
     images = fields.List(fields.Nested(ImageSchema))
     error = fields.Nested(ErrorSchema)
+    webhook = fields.Nested(JobWebhookSchema, metadata={"description": "GET /api/v1/jobs/{id} of a job with a webhook."})
 
 
 class JobListSchema(Schema):

@@ -14,6 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
+from ..jobs.webhooks import EVENTS as WEBHOOK_EVENTS
 from ..params import CLIP_SKIP_MAX, INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
@@ -22,6 +23,7 @@ from ..pipeline.model_catalog import MAX_MODEL_NAME
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MAX_REQUEST_STYLES = 20
 MIN_SIZE = 64
+MAX_WEBHOOK_URL = 2048
 
 
 class StrictInteger(fields.Integer):
@@ -136,6 +138,7 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         **conditioning_request_fields(settings),
         **image_request_fields(settings),
         **refiner_request_fields(),
+        **webhook_request_fields(),
     }
 
 
@@ -225,6 +228,24 @@ def refiner_request_fields() -> dict[str, fields.Field]:
         "refiner_strength": StrictFloat(
             load_default=0.3, validate=validate.Range(min=0, max=1, min_inclusive=False),
             metadata={"description": "With refiner 'image': how much the refiner repaints.", "exclusiveMinimum": 0},
+        ),
+    }
+
+
+def webhook_request_fields() -> dict[str, fields.Field]:
+    """Where the job's events are delivered (``api/webhook_targets.py`` checks the URL)."""
+    return {
+        "webhook": StrictString(
+            load_default=None, allow_none=True, validate=validate.Length(min=1, max=MAX_WEBHOOK_URL),
+            metadata={"description": "An http(s) URL the job's events are POSTed to, signed per Standard Webhooks "
+                                     "(docs/operations.md); null: the server's WEBHOOK_URL, if any. Private, loopback "
+                                     "and link-local targets are refused unless WEBHOOK_ALLOW names them."},
+        ),
+        "webhook_events": fields.List(
+            fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), load_default=None, allow_none=True,
+            validate=validate.Length(min=1, max=len(WEBHOOK_EVENTS)),
+            metadata={"description": "Which events are delivered; default: the job's end (completed, failed, "
+                                     "cancelled). progress comes at most once per WEBHOOK_PROGRESS_INTERVAL."},
         ),
     }
 

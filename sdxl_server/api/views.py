@@ -18,6 +18,7 @@ from .. import __version__
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.describe import describe
 from ..jobs.states import JOB_STATUSES, JobStatus
+from ..jobs.webhooks import delivery_state
 from ..params import MAX_SEED, SCHEDULERS, GenerationParams
 from . import image_inputs, keys
 from .image_inputs import stored_inputs
@@ -31,6 +32,7 @@ from .identity import IDENTITY
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
 from .styles import current_styles
 from .validation import read_json_object, validate
+from .webhook_targets import job_webhook
 
 CANCEL_WAIT_S = 10.0
 
@@ -240,7 +242,9 @@ async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
     async with _generation_request(request) as data:
-        job, _ = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
+        job, _ = await image_inputs.submit(
+            request.app, await _checked_params(request, data), **_idempotency(request, data), webhook=job_webhook(request, data)
+        )
     await job.wait()
     return web.json_response(with_output_urls(request.app, job.outcome()))
 
@@ -249,7 +253,9 @@ async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
     queue = request.app[keys.QUEUE]
     async with _generation_request(request) as data:
-        job, replayed = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
+        job, replayed = await image_inputs.submit(
+            request.app, await _checked_params(request, data), **_idempotency(request, data), webhook=job_webhook(request, data)
+        )
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -258,8 +264,13 @@ async def submit_job(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
+    """The job, with its webhook's deliveries (if it has one)."""
     queue = request.app[keys.QUEUE]
-    return web.json_response(with_output_urls(request.app, describe(queue, await queue.find(request.match_info["job_id"]))))
+    job = await queue.find(request.match_info["job_id"])
+    body = describe(queue, job)
+    if job.webhook:
+        body["webhook"] = await delivery_state(request.app[keys.JOB_STORE], job)
+    return web.json_response(with_output_urls(request.app, body))
 
 
 async def list_jobs(request: web.Request) -> web.Response:

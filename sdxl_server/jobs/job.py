@@ -73,6 +73,8 @@ class Job:
     # Who submitted it: the name of the caller's key (``Identity.name``); None for an anonymous
     # caller, the one ``API_KEY`` and jobs from before keys (the admin's).
     owner: str | None = None
+    # Where its events are delivered: ``{url, events, base}`` (:mod:`.webhooks`), or None.
+    webhook: dict[str, Any] | None = None
     preview: str | None = field(default=None, repr=False)  # the latest preview (a JPEG data URL), if any was made
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _stop_early: threading.Event = field(default_factory=threading.Event, repr=False)  # A1111's interrupt
@@ -172,7 +174,7 @@ class Job:
             "step": self.step, "total_steps": self.total_steps, "result": self.result,
             "error": self.error.to_record() if self.error else None,
             "idempotency_key": self.idempotency_key, "request_hash": self.request_hash, "attempts": self.attempts,
-            "warnings": list(self.warnings) or None, "owner": self.owner,
+            "warnings": list(self.warnings) or None, "owner": self.owner, "webhook": self.webhook,
         }
 
     @classmethod
@@ -184,7 +186,7 @@ class Job:
             step=record["step"], total_steps=record["total_steps"], result=record["result"],
             error=StoredError(record["error"]) if record["error"] else None,
             idempotency_key=record["idempotency_key"], request_hash=record["request_hash"], attempts=record["attempts"],
-            warnings=tuple(record.get("warnings") or ()), owner=record.get("owner"),
+            warnings=tuple(record.get("warnings") or ()), owner=record.get("owner"), webhook=record.get("webhook"),
         )
         if job.status.terminal:
             job.wake()

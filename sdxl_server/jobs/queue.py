@@ -31,7 +31,7 @@ from ..params import GenerationParams
 from .eta import ThroughputEstimate
 from .housekeeping import MAX_ATTEMPTS
 from .job import Job, Work
-from .recording import Recorder
+from .recording import Letters, Recorder
 from .states import END_EVENT, JobStatus
 from .store import JobStore
 from .worker import Worker
@@ -61,9 +61,10 @@ class JobQueue:
         preload: bool = True,
         concurrency: int = 1,
         requeue_interrupted: bool = True,
+        letters: Letters | None = None,
     ) -> None:
         self._store = store
-        self.recorder = Recorder(store)
+        self.recorder = Recorder(store, letters)  # letters: the webhook outbox's rows of each change
         self.capacity = capacity
         self._history = history
         self._publish = publish or (lambda event: None)
@@ -94,7 +95,7 @@ class JobQueue:
 
     async def submit(
         self, params: GenerationParams, *, idempotency_key: str | None = None, request_hash: str | None = None,
-        warnings: tuple[str, ...] = (), owner: str | None = None,
+        warnings: tuple[str, ...] = (), owner: str | None = None, webhook: dict[str, Any] | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job once it is safely in the job store; return it and whether it is a replay.
 
@@ -109,6 +110,7 @@ class JobQueue:
         self._check_admission()
         job = Job(
             params=params, idempotency_key=idempotency_key, request_hash=request_hash, warnings=warnings, owner=owner,
+            webhook=webhook,
         )
         recorded: asyncio.Future = asyncio.get_running_loop().create_future()  # None, or why not
         if idempotency_key is not None:

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import sqlite3
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import JobStoreUnavailable
 from .job import Job
@@ -26,11 +26,22 @@ RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 
 
-class Recorder:
-    """Writes jobs' changes of state, in order, retrying while the job store fails."""
+class Letters(Protocol):
+    """What a change of state owes beside its record (the webhook outbox, :mod:`.webhooks`):
+    rows written in the same transaction, and a word once they are."""
 
-    def __init__(self, store: JobStore) -> None:
+    def letters(self, before: Job | None, after: Job) -> list[dict[str, Any]]: ...
+
+    def posted(self) -> None: ...
+
+
+class Recorder:
+    """Writes jobs' changes of state, in order, retrying while the job store fails; with
+    ``letters``, each change's outbox rows in the same transaction."""
+
+    def __init__(self, store: JobStore, letters: Letters | None = None) -> None:
         self.store = store
+        self.letters = letters
         self.problem: str | None = None  # why the store cannot be written now, while it cannot
         self._giving_up = asyncio.Event()  # at shutdown: stop retrying, leave the store as it is
 
@@ -40,19 +51,27 @@ class Recorder:
 
     async def insert(self, job: Job) -> None:
         """A new job, once: a failure refuses the request (nothing was acknowledged yet)."""
+        letters = self.letters.letters(None, job) if self.letters else []
         try:
-            await self.store.save_soon(job.to_record())
+            await self.store.save_soon(job.to_record(), letters)
         except Exception as exc:  # noqa: BLE001 - sqlite3 and OS errors alike
             raise JobStoreUnavailable(f"the job could not be recorded, so it was not queued: {exc}") from exc
+        self._posted(letters)
+
+    def _posted(self, letters: list[dict[str, Any]]) -> None:
+        if letters and self.letters:
+            self.letters.posted()
 
     async def change(self, job: Job, **changes: Any) -> None:
         """Record ``job`` with ``changes``, then make them. Raises :class:`JobStoreUnavailable`
         only after :meth:`give_up` (shutdown): the job then keeps its recorded state."""
-        record = dataclasses.replace(job, **changes).to_record()
+        changed = dataclasses.replace(job, **changes)
+        record = changed.to_record()
+        letters = self.letters.letters(job, changed) if self.letters else []
         pause = RETRY_FIRST_S
         while True:
             try:
-                await self.store.save_soon(record)
+                await self.store.save_soon(record, letters)
                 break
             except (sqlite3.OperationalError, OSError) as exc:  # disk full, size limit, locked: may pass
                 if self.problem is None:
@@ -68,3 +87,4 @@ class Recorder:
             self.problem = None
         for name, value in changes.items():
             setattr(job, name, value)
+        self._posted(letters)

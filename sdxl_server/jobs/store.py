@@ -15,9 +15,11 @@ import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import ConfigError
+from . import outbox
 from .locking import hold_lock
 from .states import TERMINAL_STATUSES
 
@@ -26,8 +28,9 @@ log = logging.getLogger(__name__)
 COLUMNS = (
     "id", "status", "params", "created_at", "started_at", "finished_at", "step", "total_steps",
     "result", "error", "idempotency_key", "request_hash", "attempts", "warnings", "owner",
+    "webhook",
 )
-_JSON = ("params", "result", "error", "warnings")
+_JSON = ("params", "result", "error", "warnings", "webhook")
 
 # Each entry moves the schema from version i to i + 1. Append; never edit a released one.
 MIGRATIONS: list[str] = [
@@ -59,6 +62,27 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN owner TEXT;
     CREATE INDEX jobs_by_owner ON jobs (owner, seq);
+    """,
+    # 4: where a job's events are delivered (its webhook), and the outbox of those deliveries (jobs/outbox.py)
+    """
+    ALTER TABLE jobs ADD COLUMN webhook TEXT;
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        event TEXT NOT NULL,
+        url TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        last_at REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        delivered_at REAL
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_at);
+    CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (job_id, created_at);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -172,21 +196,39 @@ class JobStore:
                 record[name] = json.loads(record[name])
         return record
 
-    def _save(self, record: dict[str, Any]) -> None:
+    def _save(self, record: dict[str, Any], deliveries: Sequence[dict[str, Any]] = ()) -> None:
         row = self._encode(record)
         names = ", ".join(COLUMNS)
         marks = ", ".join(f":{name}" for name in COLUMNS)
         updates = ", ".join(f"{name} = excluded.{name}" for name in COLUMNS if name != "id")
-        assert self._db is not None
-        self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates}", row)
+        db = self._db
+        assert db is not None
+        if not deliveries:
+            db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates}", row)
+            return
+        db.execute("BEGIN IMMEDIATE")  # the change and the webhooks it owes: both, or neither
+        try:
+            db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates}", row)
+            outbox.insert(db, deliveries)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     async def save(self, record: dict[str, Any]) -> None:
         """Insert or update one job (its ``id`` names it)."""
         await self._call(self._save, record)
 
-    def save_soon(self, record: dict[str, Any]) -> asyncio.Future:
-        """Queue a save behind earlier ones at once (writes keep their order); await it or not."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, self._save, record)
+    def save_soon(self, record: dict[str, Any], deliveries: Sequence[dict[str, Any]] = ()) -> asyncio.Future:
+        """Queue a save behind earlier ones at once (writes keep their order); await it or not.
+        ``deliveries``: webhook deliveries (:mod:`.outbox` rows) written in the same transaction."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._save, record, deliveries)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(connection, *args)`` on the store's thread, behind the writes queued so far (the
+        outbox's queries, :mod:`.outbox`)."""
+        assert self._db is not None
+        return await self._call(lambda: fn(self._db, *args))
 
     async def flush(self) -> None:
         """Until every write queued so far is done."""

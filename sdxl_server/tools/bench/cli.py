@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=_positive, default=4, help="batch: images per request against 1 (default 4)")
     b.add_argument("--batch-runs", type=_positive, default=2, help="batch: runs of each (default 2)")
     b.add_argument("--png-levels", type=_levels, default=(0, 1, 3, 6, 9), help="png: zlib levels to time (default 0,1,3,6,9)")
+    b.add_argument("--webhook-jobs", type=_positive, default=20, help="webhooks: jobs whose webhook is timed (default 20)")
     b.add_argument("--coldstart-runs", type=_positive, default=1, help="coldstart: fresh processes (default 1)")
     b.add_argument("--timeout", type=float, default=1800.0, help="seconds any one request or process may take")
     b.add_argument("--verbose", action="store_true", help="log at LOG_LEVEL (default: warnings only)")

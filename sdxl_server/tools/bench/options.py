@@ -10,7 +10,11 @@ from typing import Any
 from ...config import Settings, settings_fields
 from ...params import GenerationParams
 
-SECTIONS = ("overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "storage")
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the bench's own server signs its webhooks with it
+
+SECTIONS = (
+    "overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "storage", "webhooks",
+)
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
 
@@ -44,6 +48,7 @@ class BenchOptions:
     batch_size: int = 4
     batch_runs: int = 2
     png_levels: tuple[int, ...] = (0, 1, 3, 6, 9)
+    webhook_jobs: int = 20
     timeout_s: float = 1800.0
 
     def body(self, seed: int | None = None, **changes: Any) -> dict[str, Any]:
@@ -72,6 +77,8 @@ def prepare_settings(settings: Settings, opts: BenchOptions, output_dir: Path) -
         max_height=max(settings.max_height, opts.height, opts.memory_size),
         max_steps=max(settings.max_steps, opts.steps, opts.memory_steps),
         queue_size=max(settings.queue_size, 2),
+        webhook_secret=WEBHOOK_SECRET,  # the webhooks section's receiver verifies with it
+        webhook_allow=",".join(filter(None, (str(settings.webhook_allow), "127.0.0.1"))),
     )
 
 

@@ -164,6 +164,16 @@ def _png_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _webhook_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    _title(rows, f"webhook delivery after a job ends, to a local receiver ({result['jobs']} jobs at {result['size']}px)")
+    latency = result["latency_ms"]
+    rows.append(("  latency", _spread(latency, _ms)))
+    rows.append(("  p95", f"{_ms(result['p95_ms'])} (target < {result['target_p95_ms']} ms)"))
+    rows.append(("  duplicates", str(result["duplicates"])))
+    return rows
+
+
 _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "overhead": _overhead_rows,
     "loop": _loop_rows,
@@ -175,6 +185,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "switching": _switching_rows,
     "modes": lambda result: modes_rows(result, _s, _gib),
     "storage": storage_rows,
+    "webhooks": _webhook_rows,
 }
 
 

@@ -28,6 +28,7 @@ from .storage import section_storage
 from .server import InProcessServer
 from .switching import section_switching
 from .timed import TimedEngine
+from .webhooks import section_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ async def run_server_sections(
     runners = {
         "overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory,
         "batch": section_batch, "png": section_png, "modes": section_modes, "storage": section_storage,
+        "webhooks": section_webhooks,
     }
     connector = aiohttp.TCPConnector(limit=0)  # 100 websockets and the HTTP calls at once
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
