@@ -20,6 +20,7 @@ from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
+from .key_ring import KeyRing
 from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -38,6 +39,7 @@ HUB = web.AppKey("hub", EventHub)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", dict)
+KEY_RING = web.AppKey("key_ring", KeyRing)  # KEYS_FILE's keys, re-read when it changes (api/key_ring.py)
 
 
 @dataclass
