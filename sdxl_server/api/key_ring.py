@@ -67,9 +67,9 @@ class KeyRing:
                     return False
                 entries = parse_keys(text)
             except KeyFileError as exc:
-                if self.problem != str(exc):
+                told, self.problem = self.problem, str(exc)  # set before it is logged: the log says it is shown
+                if told != self.problem:
                     log.error("KEYS_FILE %s: %s; the keys of its last good reading stay in use", self.path, exc)
-                self.problem = str(exc)
                 return False
             self._use(entries, stamp)
             log.info("KEYS_FILE %s read again: %d key(s) in use", self.path, len(self.names))
