@@ -88,6 +88,17 @@ async def test_a_key_sees_lists_gets_and_cancels_only_its_own_jobs(server, http)
         assert (await call(http, "GET", f"/api/v1/jobs/{theirs['id']}", admin))[0] == 200
 
 
+async def test_an_idempotency_key_is_the_keys_own(server, http):
+    body = {"prompt": "once", "steps": 2, "seed": 7}
+    first = await call(http, "POST", "/api/v1/jobs", ALICE, body, {"Idempotency-Key": "order-1"})
+    again = await call(http, "POST", "/api/v1/jobs", ALICE, body, {"Idempotency-Key": "order-1"})
+    assert first[0] == 202 and again[0] == 200 and again[1]["id"] == first[1]["id"]  # alice's retry
+    bobs = await call(http, "POST", "/api/v1/jobs", BOB, body, {"Idempotency-Key": "order-1"})
+    assert bobs[0] == 202 and bobs[1]["id"] != first[1]["id"]  # bob's own job: alice's is not his to see
+    other = await call(http, "POST", "/api/v1/jobs", DAVE, {**body, "seed": 8}, {"Idempotency-Key": "order-1"})
+    assert other[0] == 202  # no conflict with a key another owner used
+
+
 async def test_output_urls_are_signed_and_only_a_good_signature_reads_the_file(server, http):
     mine = await generate(http, ALICE, "a signed picture")
     theirs = await generate(http, BOB, "another picture")

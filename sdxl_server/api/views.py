@@ -226,7 +226,9 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
     if data.get("seed") == -1:
         data = {**data, "seed": None}  # -1, null and absent all mean "random": one request
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
+    owner = request[IDENTITY].name  # each key's Idempotency-Keys are its own: another's never replays, nor conflicts
+    stored = key if owner is None else f"{owner}\n{key}"  # a newline: never in a header's key
+    return {"idempotency_key": stored, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
 
 
 @contextlib.asynccontextmanager
