@@ -126,6 +126,9 @@ async def test_output_urls_are_signed_and_only_a_good_signature_reads_the_file(s
     signature = base64.urlsafe_b64encode(mac).decode().rstrip("=")
     async with http.get(f"{path}?expires={expired}&sig={signature}") as response:
         assert (response.status, await response.text()) == next(iter(answers))
+    log = server.log_text()
+    assert "GET /outputs/images/" in log and query.partition("sig=")[2] not in log  # the access log hides it
+    assert all(key not in log for key in KEYS.values())
     # the OpenAI route's URLs are signed too: its clients fetch them without headers
     status, body = await call(http, "POST", "/v1/images/generations", ALICE, {"prompt": "openai", "response_format": "url"})
     assert status == 200
