@@ -24,6 +24,7 @@ from ..config import Settings
 from . import keys, websocket
 from .contexts import CONTEXTS
 from .forwarded import forwarded_middleware
+from .key_ring import KeyRing
 from .limits import body_limit_middleware
 from .middleware import error_middleware
 from .openapi import build_spec
@@ -109,6 +110,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.A1111_JOBS] = set()
     app[keys.A1111_OPTIONS] = {}
     app[keys.STYLES] = StyleFile(settings.styles_file)
+    app[keys.KEY_RING] = KeyRing(settings.keys_file)
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.extend(CONTEXTS)
     app.on_shutdown.append(drain)

@@ -28,9 +28,13 @@ from ..jobs.store import JobStore
 from ..jobs.webhook_delivery import Dispatcher
 from ..jobs.webhooks import Outbox
 from ..jobs.work import GenerationWork
+from ..config import ConfigError
 from . import a1111, keys
+from .key_file import KeyFileError
+from .key_ring import watch
 from .metrics import Metrics
-from .output_urls import with_output_urls
+from .ownership import present
+from .signed_urls import SECRET_FILE_NAME, UrlSigner, load_secret
 from .webhook_client import WebhookClient
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,32 @@ async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.STORE] = store
     yield
     store.close()
+
+
+async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``KEYS_FILE``: read before the first request (a bad file stops the start), then watched;
+    and the secret that signs output URLs, since results are private with keys."""
+    ring = app[keys.KEY_RING]
+    if not ring.in_use:
+        yield
+        return
+    try:
+        await asyncio.to_thread(ring.load)
+    except KeyFileError as exc:
+        raise ConfigError(f"KEYS_FILE {ring.path}: {exc}") from None
+    log.info("KEYS_FILE %s: %d key(s) in use", ring.path, len(ring.names))
+    settings = app[keys.SETTINGS]
+    secret_file = settings.jobs_db_path.parent / SECRET_FILE_NAME
+    try:
+        secret = await asyncio.to_thread(load_secret, secret_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"the URL signing secret {secret_file} cannot be used: {exc}") from None
+    app[keys.URL_SIGNER] = UrlSigner(secret, settings.url_ttl)
+    watcher = asyncio.create_task(watch(ring))
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
 
 
 async def job_store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -107,7 +137,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def publish(event: dict) -> None:
         metrics.observe(event)
-        hub.publish(with_output_urls(app, event))
+        hub.publish(present(app, event), queue.owner_of(event["id"]))
         if event["type"] == "progress":
             letters.observe(event, next((job for job in queue.running_jobs if job.id == event["id"]), None))
         if event["type"] in TERMINAL_EVENTS:
@@ -118,7 +148,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         return [sha256 for job in queue.unfinished() for sha256 in job.params.inputs.values()]
 
     letters = Outbox(
-        app[keys.JOB_STORE], lambda job: describe(queue, job), progress_interval=settings.webhook_progress_interval
+        app[keys.JOB_STORE], lambda job: present(app, describe(queue, job)), progress_interval=settings.webhook_progress_interval
     )
     queue = JobQueue(
         app[keys.STATUS].reporting(work), app[keys.EXECUTOR], app[keys.JOB_STORE],
@@ -178,4 +208,4 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
         await retention
 
 
-CONTEXTS = [outputs_ctx, job_store_ctx, engine_ctx, queue_ctx, webhooks_ctx, retention_ctx]
+CONTEXTS = [keys_ctx, outputs_ctx, job_store_ctx, engine_ctx, queue_ctx, webhooks_ctx, retention_ctx]

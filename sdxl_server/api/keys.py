@@ -21,7 +21,9 @@ from ..jobs.store import JobStore
 from ..jobs.webhooks import Outbox
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
+from .key_ring import KeyRing
 from .metrics import Metrics
+from .signed_urls import UrlSigner
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", OutputStore)
@@ -40,6 +42,8 @@ WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", dict)
 OUTBOX = web.AppKey("outbox", Outbox)  # the webhook outbox's letters (jobs/webhooks.py), written by the queue's recorder
+KEY_RING = web.AppKey("key_ring", KeyRing)  # KEYS_FILE's keys, re-read when it changes (api/key_ring.py)
+URL_SIGNER = web.AppKey("url_signer", UrlSigner)  # only with KEYS_FILE: output URLs are signed (api/signed_urls.py)
 
 
 @dataclass

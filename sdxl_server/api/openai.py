@@ -23,7 +23,8 @@ from ..pipeline.model_catalog import MAX_MODEL_NAME
 from . import keys
 from .applied import OPENAI_GENERATIONS, check_openai
 from .batches import generate_images
-from .output_urls import absolute_url, output_url
+from .output_urls import absolute_url
+from .ownership import present
 from .image_formats import FORMATS, reencode
 from .loras import prompt_as_used, with_loras
 from .models import openai_model, usable_entries, with_model
@@ -196,8 +197,9 @@ async def images_response(request: web.Request, params: GenerationParams, asked:
         blobs = await base64_images(app, [image["id"] for image in images], asked.output_format, asked.compression)
         data = [{"b64_json": blob} for blob in blobs]
     else:
-        # the object store's URL, or PUBLIC_URL (else the scheme and host as trusted proxies forward them) + the path
-        data = [{"url": absolute_url(request, output_url(app, image["image_url"]))} for image in images]
+        # the object store's URL or a path signed with keys; a path is joined to PUBLIC_URL (else the scheme
+        # and host as trusted proxies forward them)
+        data = [{"url": absolute_url(request, image["image_url"])} for image in present(app, images)]
     used = prompt_as_used(params.prompt, app[keys.SETTINGS].prompt_syntax)
     data = [{**item, "revised_prompt": used} for item in data]  # as DALL-E 3 answers (Home Assistant reads it)
     created = int((await app[keys.QUEUE].find(job_id)).created_at)

@@ -1,9 +1,10 @@
 """Where clients fetch a job's files: the one place their URLs are built.
 
 A job's result keeps the server's own paths (``/outputs/images/{id}.png``, ``/outputs/metadata/{id}.json``)
-in the job store; each answer turns them into the URLs a client should use now: the path itself
-for files this server serves, or the object store's (``OUTPUT_PUBLIC_URL``, or presigned for
-``URL_TTL`` seconds, so never stale in the store). Never imports torch.
+in the job store; each answer turns them into the URLs a client should use now: the object
+store's (``OUTPUT_PUBLIC_URL``, or presigned for ``URL_TTL`` seconds), else the path itself for
+files this server serves, signed (:mod:`.signed_urls`) when keys are in use (``KEYS_FILE``). So
+nothing stale is kept in the store. Never imports torch.
 """
 
 from __future__ import annotations
@@ -14,26 +15,35 @@ from aiohttp import web
 
 from . import keys
 from .forwarded import public_base
-
-_URL_FIELDS = ("image_url", "meta_url")
+from .signed_urls import OUTPUTS_PREFIX, URL_FIELDS
 
 
 def output_url(app: web.Application, path: str) -> str:
     """The URL of the output at ``path`` (``/outputs/{folder}/{filename}``) as a client fetches it."""
-    folder, _, filename = path.removeprefix("/outputs/").partition("/")
-    return app[keys.STORE].direct_url(folder, filename) or path
+    if not path.startswith(OUTPUTS_PREFIX) or "?" in path:
+        return path  # not a server path, or one already made a URL
+    folder, _, filename = path.removeprefix(OUTPUTS_PREFIX).partition("/")
+    direct = app[keys.STORE].direct_url(folder, filename)
+    if direct is not None:
+        return direct
+    signer = app.get(keys.URL_SIGNER)
+    return path if signer is None else signer.sign(path)
 
 
-def with_output_urls(app: web.Application, body: dict[str, Any]) -> dict[str, Any]:
-    """``body`` (a job, a job's event or its result) with its files' URLs as :func:`output_url` gives them."""
-    if not any(name in body for name in (*_URL_FIELDS, "images", "job")):
+def with_output_urls(app: web.Application, body: Any) -> Any:
+    """``body`` (a job, an event, a result; lists and dicts within, but not a request's ``params``)
+    with every output URL under ``image_url`` / ``meta_url`` as :func:`output_url` gives it; a
+    copy: the original (kept in memory and the job store) unchanged."""
+    if isinstance(body, list):
+        return [with_output_urls(app, item) for item in body]
+    if not isinstance(body, dict):
         return body
-    linked = {**body, **{name: output_url(app, body[name]) for name in _URL_FIELDS if isinstance(body.get(name), str)}}
-    if isinstance(body.get("images"), list):
-        linked["images"] = [with_output_urls(app, image) if isinstance(image, dict) else image for image in body["images"]]
-    if isinstance(body.get("job"), dict):
-        linked["job"] = with_output_urls(app, body["job"])
-    return linked
+    return {
+        name: output_url(app, value) if name in URL_FIELDS and isinstance(value, str)
+        else with_output_urls(app, value) if isinstance(value, (dict, list)) and name != "params"
+        else value
+        for name, value in body.items()
+    }
 
 
 def absolute_url(request: web.Request, url: str) -> str:

@@ -15,18 +15,17 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from .. import __version__
-from ..errors import Conflict, NotFound, ValidationFailed
-from ..jobs.describe import describe
+from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..jobs.states import JOB_STATUSES, JobStatus
 from ..jobs.webhooks import delivery_state
 from ..params import MAX_SEED, SCHEDULERS, GenerationParams
 from . import image_inputs, keys
 from .image_inputs import stored_inputs
 from .loras import with_loras
-from .output_urls import with_output_urls
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
 from .openapi import with_local_names
+from .ownership import job_view, may_see, own_job, present
 from .route_table import Scope
 from .identity import IDENTITY
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
@@ -54,7 +53,7 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
     body = {
         "status": status,
         "version": __version__,
-        "auth_required": bool(app[keys.SETTINGS].api_key),
+        "auth_required": bool(app[keys.SETTINGS].api_key) or app[keys.KEY_RING].in_use,
         **info,
         "queue": {
             "running": queue.running.id if queue.running else None,
@@ -95,15 +94,23 @@ def _by_caller(app: web.Application, also: str = "") -> dict[str, str]:
     """``Vary`` for an answer that depends on the caller's key (when API_KEY is set): a shared
     cache must not give a key holder's answer to anyone else."""
     varies = [also] if also else []
-    if app[keys.SETTINGS].api_key:
+    if app[keys.SETTINGS].api_key or app[keys.KEY_RING].in_use:
         varies += ["Authorization", "X-API-Key"]
     return {hdrs.VARY: ", ".join(varies)} if varies else {}
 
 
 async def health(request: web.Request) -> web.Response:
     """Readiness: 200 when the model is loaded (or loads on demand), 503 while loading or after a
-    failure; all of it for callers who may read the API, the readiness alone for the others."""
+    failure; all of it for callers who may read the API, the readiness alone for the others; and
+    for admin keys, ``KEYS_FILE``'s state (why its latest change was refused, if it was)."""
     status, body = _health(request.app)
+    identity = request[IDENTITY]
+    if identity.sees_all and request.app[keys.KEY_RING].in_use:
+        body["keys_file"] = request.app[keys.KEY_RING].describe()
+    elif not identity.sees_all:  # a key learns nothing of other owners' jobs, their ids included
+        running = [job for job in request.app[keys.QUEUE].running_jobs if may_see(identity, job)]
+        body["queue"] = {**body["queue"], "running": running[0].id if running else None,
+                         "running_jobs": [job.id for job in running]}
     return web.json_response(body if _may_read(request) else _public_health(body), status=status,
                              headers=_by_caller(request.app))
 
@@ -221,7 +228,9 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
     if data.get("seed") == -1:
         data = {**data, "seed": None}  # -1, null and absent all mean "random": one request
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
+    owner = request[IDENTITY].name  # each key's Idempotency-Keys are its own: another's never replays, nor conflicts
+    stored = key if owner is None else f"{owner}\n{key}"  # a newline: never in a header's key
+    return {"idempotency_key": stored, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
 
 
 @contextlib.asynccontextmanager
@@ -243,60 +252,66 @@ async def generate(request: web.Request) -> web.Response:
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
     async with _generation_request(request) as data:
         job, _ = await image_inputs.submit(
-            request.app, await _checked_params(request, data), **_idempotency(request, data), webhook=job_webhook(request, data)
+            request, await _checked_params(request, data), **_idempotency(request, data), webhook=job_webhook(request, data)
         )
     await job.wait()
-    return web.json_response(with_output_urls(request.app, job.outcome()))
+    return web.json_response(present(request.app, job.outcome()))
 
 
 async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
-    queue = request.app[keys.QUEUE]
     async with _generation_request(request) as data:
         job, replayed = await image_inputs.submit(
-            request.app, await _checked_params(request, data), **_idempotency(request, data), webhook=job_webhook(request, data)
+            request, await _checked_params(request, data), **_idempotency(request, data), webhook=job_webhook(request, data)
         )
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return web.json_response(with_output_urls(request.app, describe(queue, job)), status=200 if replayed else 202,
-                             headers=headers)
+    return web.json_response(job_view(request, job), status=200 if replayed else 202, headers=headers)
 
 
 async def get_job(request: web.Request) -> web.Response:
-    """The job, with its webhook's deliveries (if it has one)."""
-    queue = request.app[keys.QUEUE]
-    job = await queue.find(request.match_info["job_id"])
-    body = describe(queue, job)
+    """One job of the caller's (any owner's, for admin; another's is 404 as if absent), with its
+    webhook's deliveries (if it has one)."""
+    job = await own_job(request, request.match_info["job_id"])
+    body = job_view(request, job)
     if job.webhook:
         body["webhook"] = await delivery_state(request.app[keys.JOB_STORE], job)
-    return web.json_response(with_output_urls(request.app, body))
+    return web.json_response(body)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs, newest first, a page at a time (``?limit=20&status=succeeded&before=<next_before>``)."""
+    """The caller's jobs (every owner's, for admin), newest first, a page at a time
+    (``?limit=20&status=succeeded&before=<next_before>``)."""
     query = validate(JobListQuerySchema(), dict(request.query))
-    queue = request.app[keys.QUEUE]
     status = JobStatus(query["status"]) if query["status"] else None
-    jobs, cursor = await queue.page(query["limit"], status, query["before"])
-    return web.json_response({"jobs": [with_output_urls(request.app, describe(queue, job)) for job in jobs],
-                              "next_before": cursor})
+    jobs, cursor = await request.app[keys.QUEUE].page(query["limit"], status, query["before"], request[IDENTITY].owner_filter)
+    return web.json_response({"jobs": [job_view(request, job) for job in jobs], "next_before": cursor})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel one job. A queued job is cancelled at once; a running one at its next step, which
     this waits for (up to ``CANCEL_WAIT_S``; after that 202 with ``cancel_requested``)."""
-    queue = request.app[keys.QUEUE]
-    job = await queue.cancel(request.match_info["job_id"])
+    job = await request.app[keys.QUEUE].cancel(request.match_info["job_id"], request[IDENTITY].owner_filter)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(job.wait()), CANCEL_WAIT_S)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise Conflict(f"job {job.id} {job.status.value} before it could be cancelled")
-    return web.json_response(with_output_urls(request.app, describe(queue, job)), status=200 if job.status.terminal else 202)
+    return web.json_response(job_view(request, job), status=200 if job.status.terminal else 202)
 
 
 async def _output_file(request: web.Request, folder: str) -> web.StreamResponse:
-    """The file from local disk, or a redirect to the object store's URL for it (public or presigned)."""
+    """The file, if the URL may read it (with keys in use, only a signed URL or an admin key,
+    checked before the file is looked for, so a refusal never says whether it exists): from local
+    disk, or a redirect to the object store's URL for it (public or presigned)."""
+    cache = "public, max-age=31536000, immutable"
+    signer = request.app.get(keys.URL_SIGNER)
+    if signer is not None and not request[IDENTITY].sees_all:
+        left = signer.seconds_left(request.path, request.query)
+        if left is None:
+            raise Forbidden("this output URL is not signed, or its signature is wrong or has expired: "
+                            "ask for the job again for a fresh URL")
+        cache = f"private, max-age={int(left)}"
     store, filename = request.app[keys.STORE], request.match_info["filename"]
     direct = store.direct_url(folder, filename)
     if direct is not None:
@@ -304,7 +319,7 @@ async def _output_file(request: web.Request, folder: str) -> web.StreamResponse:
     path = store.servable(folder, filename)
     if path is None:
         raise NotFound("no such output")
-    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    return web.FileResponse(path, headers={"Cache-Control": cache})
 
 
 async def output_image(request: web.Request) -> web.FileResponse:

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ..config import ConfigError, Settings
 
@@ -82,18 +83,8 @@ class LocalBlobs:
         self._write_atomic(self.path(key), lambda f: f.write(body))
 
     @staticmethod
-    def _write_atomic(path: Path, write) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+        write_atomic(path, write)
 
     def get(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -131,3 +122,19 @@ def blobs_for(settings: Settings) -> Blobs:
 
     return S3Blobs(settings.output_store, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
                    public_url=settings.output_public_url, url_ttl=settings.url_ttl)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644, prefix: str = TMP_PREFIX) -> None:
+    """Write a file whole or not at all: ``write`` fills a temporary file beside it, which is
+    synced, given ``mode`` and renamed over ``path`` (a reader sees the old file or the new one)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
