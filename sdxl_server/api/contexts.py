@@ -22,9 +22,11 @@ from ..jobs.queue import JobQueue
 from ..jobs.states import TERMINAL_EVENTS
 from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
+from ..jobs.usage import UsageLedger
 from ..jobs.work import GenerationWork
 from . import a1111, keys
 from .metrics import Metrics
+from .usage import limits_lookup, per_key_figures
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +73,16 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _metrics(app: web.Application, queue: JobQueue) -> Metrics:
     engine = app[keys.ENGINE]
-    return Metrics(
+    metrics = Metrics(
         queue_depth=lambda: queue.waiting,
         running=lambda: len(queue.running_jobs),
         websockets=lambda: len(app[keys.WEBSOCKETS]),
         model_load_seconds=lambda: engine.load_seconds or 0.0,
         gpu_memory=(lambda: app[keys.STATUS].latest.gpu_memory_allocated) if engine.runtime.on_cuda else None,
+        per_key=lambda: per_key_figures(queue),
     )
+    queue.quotas.usage.listeners.append(metrics.used)
+    return metrics
 
 
 async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -111,14 +116,16 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         """Delete the input images nothing needs any more (unless SAVE_INPUTS)."""
         app[keys.STORE].inputs.sweep()
 
+    usage = UsageLedger(app[keys.JOB_STORE])
+    await usage.load()
     queue = JobQueue(
         app[keys.STATUS].reporting(work), app[keys.EXECUTOR], app[keys.JOB_STORE],
         capacity=settings.queue_size, preload=settings.preload, publish=publish, concurrency=settings.concurrency,
-        requeue_interrupted=settings.restart_running == "requeue",
+        requeue_interrupted=settings.restart_running == "requeue", limits_of=limits_lookup(app), usage=usage,
     )
     app[keys.STORE].inputs.needed = needed_inputs
     metrics = _metrics(app, queue)
-    app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
+    app[keys.HUB], app[keys.METRICS], app[keys.QUEUE], app[keys.USAGE] = hub, metrics, queue, usage
     report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)
     queue.restore(report.requeued)
     sweep_inputs()

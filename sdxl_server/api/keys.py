@@ -18,8 +18,10 @@ from ..jobs.outputs import OutputStore
 from ..jobs.queue import JobQueue
 from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
+from ..jobs.usage import UsageLedger
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
+from .rates import RateWindow
 from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -38,6 +40,8 @@ HUB = web.AppKey("hub", EventHub)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", dict)
+RATES = web.AppKey("rates", RateWindow)  # each key's requests of the last minute (api/rates.py)
+USAGE = web.AppKey("usage", UsageLedger)  # each key's jobs, images and GPU-seconds per day (jobs/usage.py)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -29,11 +29,14 @@ from ..errors import (
 )
 from ..params import GenerationParams
 from .eta import ThroughputEstimate
+from .fair import FairQueue
 from .housekeeping import MAX_ATTEMPTS
 from .job import Job, Work
+from .quotas import LimitsOf, Quotas, no_limits
 from .recording import Recorder
 from .states import END_EVENT, JobStatus
 from .store import JobStore
+from .usage import UsageLedger
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,10 @@ Publish = Callable[[dict[str, Any]], None]
 
 
 class JobQueue:
-    """A bounded FIFO of jobs, run ``concurrency`` at a time on ``executor`` by its :class:`~.worker.Worker`.
+    """A bounded fair queue of jobs (:class:`~.fair.FairQueue`: round-robin across owners, FIFO
+    within one), run ``concurrency`` at a time on ``executor`` by its :class:`~.worker.Worker`.
+    Each owner's limits (``limits_of``) are applied by :class:`~.quotas.Quotas`, its usage
+    counted in ``usage``.
 
     ``capacity`` jobs may wait behind the running ones (0: a job is accepted only when a slot is free);
     :meth:`submit` raises :class:`QueueFull` beyond that. Finished jobs are remembered (newest
@@ -61,13 +67,16 @@ class JobQueue:
         preload: bool = True,
         concurrency: int = 1,
         requeue_interrupted: bool = True,
+        limits_of: LimitsOf = no_limits,
+        usage: UsageLedger | None = None,
     ) -> None:
         self._store = store
         self.recorder = Recorder(store)
         self.capacity = capacity
         self._history = history
         self._publish = publish or (lambda event: None)
-        self._waiting: deque[Job] = deque()
+        self.quotas = Quotas(usage or UsageLedger(store), limits_of)
+        self._waiting = FairQueue(self.quotas.weight)
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # active jobs and the most recent finished ones
         self._by_key: dict[str, Job] = {}
         self._recording: dict[str, asyncio.Future] = {}  # idempotency key -> its first job's insert
@@ -107,6 +116,7 @@ class JobQueue:
             if existing is not None:
                 return existing, True
         self._check_admission()
+        self._check_quotas(owner, params)
         job = Job(
             params=params, idempotency_key=idempotency_key, request_hash=request_hash, warnings=warnings, owner=owner,
         )
@@ -133,6 +143,8 @@ class JobQueue:
         self._waiting.append(job)
         self.wakeup.set()
         self.announce(job, "queued")
+        if self._waiting.index(job) < len(self._waiting) - 1:  # it went ahead of other owners' jobs
+            self.announce_positions()
         return job, False
 
     async def _replay(self, key: str, request_hash: str | None) -> Job | None:
@@ -166,6 +178,15 @@ class JobQueue:
                 f"the queue is full ({self.capacity} waiting): retry later",
                 headers={"Retry-After": str(max(1, int(wait or 10)))},
             )
+
+    def _check_quotas(self, owner: str | None, params: GenerationParams) -> None:
+        mine = [job for job in self.active() if job.owner == owner]
+        first = next((job for job in mine if job in self._waiting), None)
+        wait_s = None
+        if first is not None:  # until the owner's next job starts: its finish, less its own run
+            eta, run = self.eta_seconds(first), self.estimate.job_seconds(first.params)
+            wait_s = None if eta is None or run is None else max(1.0, eta - run)
+        self.quotas.check(owner, params, mine, wait_s)
 
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job
@@ -238,9 +259,14 @@ class JobQueue:
         """The next job to run, now a running one (for the worker); None if none waits or no slot is free."""
         if not self._waiting or not self.accepting or len(self._running) >= self.concurrency:
             return None
-        job = self._waiting.popleft()
-        self._running.append(job)
+        job = self._waiting.take(blocked=self.quotas.blocked(self._running))
+        if job is not None:
+            self._running.append(job)
         return job
+
+    def charge(self, job: Job, seconds: float) -> None:
+        """``job`` held a worker lane for ``seconds`` (measured): its owner's GPU-seconds."""
+        self.quotas.usage.charge_seconds(job.owner, seconds)
 
     def release(self, job: Job) -> None:
         """The worker no longer runs ``job`` (it ended, or went back to the queue)."""
@@ -250,6 +276,9 @@ class JobQueue:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    def waiting_by_owner(self) -> dict[str | None, int]:
+        return self._waiting.owners()
 
     # -- cancellation and endings ---------------------------------------------------
 
@@ -298,6 +327,8 @@ class JobQueue:
             job.unsettle()
             raise
         job.wake()
+        if job.attempts:  # it ran: its images count against its owner's day
+            self.quotas.usage.count_job(job.owner, len((result or {}).get("images") or ()) or (1 if result else 0))
         run_s = None if job.started_at is None else round(job.finished_at - job.started_at, 4)
         extra: dict[str, Any] = dict(result or {}) if status is JobStatus.SUCCEEDED else {}
         if error is not None:

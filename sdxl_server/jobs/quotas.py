@@ -1,0 +1,98 @@
+"""A key's limits where the queue applies them: before a job is queued (the models and LoRAs it
+may use, its jobs waiting, its images and GPU-seconds of the day) and when the worker takes the
+next job (its jobs running at once). The requests per minute are the api's (its admission, before
+a body is read). Each refusal names the limit and when it resets (:class:`~sdxl_server.errors.OverLimit`).
+Never imports torch or aiohttp.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from ..errors import NotAllowed, OverLimit
+from ..params import GenerationParams
+from .job import Job
+from .owners import UNLIMITED, Limits
+from .states import JobStatus
+from .usage import UsageLedger, iso_time, next_midnight
+
+LimitsOf = Callable[[str | None], Limits]
+"""An owner's limits now (the keys file may change while jobs wait); unknown owners: none."""
+
+
+def no_limits(owner: str | None) -> Limits:
+    return UNLIMITED
+
+
+class Quotas:
+    """The limits of each owner (``limits_of``), checked against the queue and ``usage``."""
+
+    def __init__(self, usage: UsageLedger, limits_of: LimitsOf = no_limits) -> None:
+        self.usage = usage
+        self.limits_of = limits_of
+
+    def weight(self, owner: str | None) -> int:
+        """``owner``'s share of the fair queue."""
+        return self.limits_of(owner).weight
+
+    def check(self, owner: str | None, params: GenerationParams, mine: list[Job], wait_s: float | None) -> None:
+        """Raise :class:`NotAllowed` or :class:`OverLimit` if ``owner`` may not queue ``params``
+        now. ``mine``: its unfinished jobs (waiting and running); ``wait_s``: seconds until its
+        next waiting job starts (None: unknown)."""
+        limits = self.limits_of(owner)
+        if limits is UNLIMITED:
+            return
+        _check_allowed(limits, params)
+        waiting = sum(1 for job in mine if job.status is JobStatus.QUEUED)
+        if limits.waiting is not None and waiting >= limits.waiting:
+            retry = math.ceil(wait_s) if wait_s is not None else 10
+            raise OverLimit(
+                f"this key may have {limits.waiting} job(s) waiting at once and has {waiting}: "
+                "retry once one of them has started",
+                limit="waiting", resets_at=iso_time(self.usage.clock() + retry), retry_after_s=retry,
+            )
+        self._check_daily(owner, limits, params, mine)
+
+    def _check_daily(self, owner: str | None, limits: Limits, params: GenerationParams, mine: list[Job]) -> None:
+        now = self.usage.clock()
+        used = self.usage.today(owner)
+        reset = next_midnight(now)
+        over = dict(limit="images_per_day", resets_at=iso_time(reset), retry_after_s=math.ceil(reset - now))
+        if limits.images_per_day is not None:
+            pending = sum(job.params.num_images for job in mine)
+            if used.images + pending + params.num_images > limits.images_per_day:
+                raise OverLimit(
+                    f"this key may make {limits.images_per_day} image(s) a day (UTC); {used.images} made today, "
+                    f"{pending} queued, {params.num_images} asked for", **over)
+        if limits.gpu_seconds_per_day is not None and used.gpu_seconds >= limits.gpu_seconds_per_day:
+            raise OverLimit(
+                f"this key may use {limits.gpu_seconds_per_day:g} GPU-seconds a day (UTC) and has used "
+                f"{used.gpu_seconds:.1f} today", **{**over, "limit": "gpu_seconds_per_day"})
+
+    def blocked(self, running: Iterable[Job]) -> set[str | None]:
+        """The owners running as many jobs at once as their limit allows: the worker skips their
+        waiting jobs for now."""
+        counts = Counter(job.owner for job in running)
+        return {owner for owner, count in counts.items() if _at_most(self.limits_of(owner).running, count)}
+
+
+def _at_most(limit: int | None, count: int) -> bool:
+    return limit is not None and count >= limit
+
+
+def _check_allowed(limits: Limits, params: GenerationParams) -> None:
+    if limits.models is not None and params.model not in limits.models:
+        raise NotAllowed(
+            f"model: this key may not use the model {params.model[:80]!r}; it may use: {', '.join(limits.models) or 'none'}",
+            limit="models", fields={"model": ["Not allowed for this key."]},
+        )
+    if limits.loras is not None:
+        refused = [name for name, _ in params.loras if name not in limits.loras]
+        if refused:
+            raise NotAllowed(
+                f"loras: this key may not use the LoRA(s) {', '.join(n[:80] for n in refused)}; "
+                f"it may use: {', '.join(limits.loras) or 'none'}",
+                limit="loras", fields={"loras": ["Not allowed for this key."]},
+            )
