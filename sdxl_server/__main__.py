@@ -1,4 +1,5 @@
-"""``python -m sdxl_server`` / ``sdxl-server``: settings from the environment and flags, then serve."""
+"""``python -m sdxl_server`` / ``sdxl-server``: settings from the environment and flags, then serve;
+``python -m sdxl_server keys ...`` manages ``KEYS_FILE`` (:mod:`.tools.keys_cli`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from .config import ConfigError, parse_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["keys"]:  # python -m sdxl_server keys add|list|revoke
+        from .tools.keys_cli import main as keys_main
+
+        return keys_main(arguments[1:], os.environ)
     args, settings = _settings_or_exit(argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -199,6 +199,11 @@ class Settings:
         "API_KEY", None, _optional_str,
         "when set, every API route and the websocket need it (Authorization: Bearer KEY; websocket: ?token=KEY)",
     )
+    keys_file: Path | None = _setting(
+        "KEYS_FILE", None, lambda raw: _path(raw) if raw.strip() else None,
+        "TOML file of named API keys (hashes, scopes, limits) for many users; re-read when it changes. "
+        "Each key sees only its own jobs and results (python -m sdxl_server keys add NAME)",
+    )
     outputs_need_key: bool = _setting(
         "OUTPUTS_NEED_KEY", False, _bool, "with API_KEY: /outputs/ needs the key too (header or ?token=)"
     )

@@ -159,6 +159,10 @@ class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
 class ForbiddenOrigin(ApiError):
     status, code = 403, "forbidden_origin"
 

@@ -111,16 +111,16 @@ async def test_without_api_key_every_caller_is_anonymous_and_may_do_anything(ide
     assert seen[-1].anonymous and seen[-1].name is None and seen[-1].scopes == ALL_SCOPES
 
 
-async def test_with_api_key_the_identity_is_the_keys_name(identity_client, settings):
+async def test_with_api_key_the_identity_is_the_admin_legacy_owner(identity_client, settings):
     client, seen = await identity_client(settings.replace(api_key=KEY))
     assert (await client.get("/health")).status in (200, 503)
     assert seen[-1].anonymous and seen[-1].scopes == {Scope.PUBLIC}
     basic = "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode()
     for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}, {"Authorization": basic}):
         assert (await client.get("/api/v1/info", headers=headers)).status == 200
-        assert seen[-1].name == "api_key" and not seen[-1].anonymous and seen[-1].scopes == ALL_SCOPES
+        assert seen[-1].name is None and seen[-1].scopes == ALL_SCOPES  # the admin/legacy owner
     assert (await client.get("/health", headers={"Authorization": f"Bearer {KEY}"})).status in (200, 503)
-    assert seen[-1].name == "api_key"  # public routes know the caller too
+    assert seen[-1].scopes == ALL_SCOPES  # public routes know the caller too
     count = len(seen)
     assert (await client.get("/api/v1/info", headers={"Authorization": "Bearer wrong"})).status == 401
     assert len(seen) == count  # refused before any view

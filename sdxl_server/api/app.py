@@ -25,6 +25,7 @@ from . import keys, websocket
 from .admission import admission_middleware
 from .contexts import CONTEXTS
 from .forwarded import forwarded_middleware
+from .key_ring import KeyRing
 from .limits import body_limit_middleware
 from .middleware import error_middleware
 from .openapi import build_spec
@@ -110,6 +111,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.A1111_JOBS] = set()
     app[keys.A1111_OPTIONS] = {}
     app[keys.STYLES] = StyleFile(settings.styles_file)
+    app[keys.KEY_RING] = KeyRing(settings.keys_file)
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.extend(CONTEXTS)
     app.on_shutdown.append(drain)

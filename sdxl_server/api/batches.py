@@ -53,7 +53,7 @@ async def generate_images(
             break
         chunk = replace(params, num_images=min(per_call, count - start), seed=(params.seed + start) % (MAX_SEED + 1))
         # its input images are kept until it holds them
-        job, _ = await image_inputs.submit(app, chunk, names=names, warnings=tuple(warnings or ()))
+        job, _ = await image_inputs.submit(request, chunk, names=names, warnings=tuple(warnings or ()))
         made.first_job = made.first_job or job.id
         tracked = track if track is not None else set()
         tracked.add(job.id)

@@ -24,7 +24,10 @@ from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..jobs.usage import UsageLedger
 from ..jobs.work import GenerationWork
+from ..config import ConfigError
 from . import a1111, keys
+from .key_file import KeyFileError
+from .key_ring import watch
 from .metrics import Metrics
 from .usage import limits_lookup, per_key_figures
 
@@ -41,6 +44,24 @@ async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.STORE] = store
     yield
     store.close()
+
+
+async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``KEYS_FILE``: read before the first request (a bad file stops the start), then watched."""
+    ring = app[keys.KEY_RING]
+    if not ring.in_use:
+        yield
+        return
+    try:
+        await asyncio.to_thread(ring.load)
+    except KeyFileError as exc:
+        raise ConfigError(f"KEYS_FILE {ring.path}: {exc}") from None
+    log.info("KEYS_FILE %s: %d key(s) in use", ring.path, len(ring.names))
+    watcher = asyncio.create_task(watch(ring))
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
 
 
 async def job_store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -156,4 +177,4 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
         await retention
 
 
-CONTEXTS = [outputs_ctx, job_store_ctx, engine_ctx, queue_ctx, retention_ctx]
+CONTEXTS = [keys_ctx, outputs_ctx, job_store_ctx, engine_ctx, queue_ctx, retention_ctx]

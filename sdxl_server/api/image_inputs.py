@@ -23,6 +23,7 @@ from ..jobs.inputs import InputHold
 from ..jobs.job import Job
 from ..params import INPUT_ROLES, GenerationParams, denoising_steps
 from . import keys
+from .identity import IDENTITY
 
 IMAGE_FIELDS = tuple(role.field for role in INPUT_ROLES.values())
 REFINER_HINT = (
@@ -114,16 +115,17 @@ async def stored_inputs(
 
 
 async def submit(
-    app: web.Application, params: GenerationParams, *, names: Mapping[str, str] | None = None, **idempotency: Any
+    request: web.Request, params: GenerationParams, *, names: Mapping[str, str] | None = None, **idempotency: Any
 ) -> tuple[Job, bool]:
-    """Queue the job (see :meth:`JobQueue.submit`); call it inside :func:`stored_inputs`, which
-    keeps the job's inputs until the job holds them. Refuses a refiner when none is configured
-    (naming the field as the client's API does: ``names``)."""
+    """Queue the job (see :meth:`JobQueue.submit`), owned by the caller's key; call it inside
+    :func:`stored_inputs`, which keeps the job's inputs until the job holds them. Refuses a refiner
+    when none is configured (naming the field as the client's API does: ``names``)."""
+    app = request.app
     try:
         if params.refiner.mode != "none" and app[keys.STATUS].latest.described.get("refiner") is None:
             raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
         _check_steps(params.to_dict())
     except ApiError as exc:
         raise exc.renamed(names) from None
-    return await app[keys.QUEUE].submit(params, **idempotency)
+    return await app[keys.QUEUE].submit(params, owner=request[IDENTITY].name, **idempotency)
 

@@ -21,8 +21,9 @@ from ..jobs.store import JobStore
 from ..jobs.usage import UsageLedger
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
-from .rates import RateWindow
+from .key_ring import KeyRing
 from .metrics import Metrics
+from .rates import RateWindow
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", OutputStore)
@@ -42,6 +43,7 @@ METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", dict)
 RATES = web.AppKey("rates", RateWindow)  # each key's requests of the last minute (api/rates.py)
 USAGE = web.AppKey("usage", UsageLedger)  # each key's jobs, images and GPU-seconds per day (jobs/usage.py)
+KEY_RING = web.AppKey("key_ring", KeyRing)  # KEYS_FILE's keys, re-read when it changes (api/key_ring.py)
 
 
 @dataclass

@@ -86,7 +86,7 @@ class ImageStream:
     async def run(self) -> web.StreamResponse:
         """Queue the job, then answer with its partial images and its final image."""
         app = self.request.app
-        job, _ = await image_inputs.submit(app, self.params, names=SIZE_NAMES)
+        job, _ = await image_inputs.submit(self.request, self.params, names=SIZE_NAMES)
         # Subscribed before the event loop runs again: the worker cannot have taken a step yet.
         subscription = app[keys.HUB].subscribe(job.id, previews=self.asked.partial_images > 0)
         try:

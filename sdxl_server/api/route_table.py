@@ -67,10 +67,12 @@ class Access:
 
     scope: Scope
     family: Family = Family.OWN
-    output_file: bool = False  # public unless OUTPUTS_NEED_KEY; the key may come as ?token= (<img> URLs)
+    # Public unless OUTPUTS_NEED_KEY (the key may come as ?token=: <img> URLs); with KEYS_FILE the
+    # view asks for a signed URL instead (api/signed_urls.py).
+    output_file: bool = False
 
     def required_scope(self, settings: Settings) -> Scope:
-        if self.output_file and not settings.outputs_need_key:
+        if self.output_file and (settings.keys_file is not None or not settings.outputs_need_key):
             return Scope.PUBLIC
         return self.scope
 

@@ -1,8 +1,10 @@
-"""Who may call what: the API key and cross-origin (CORS) rules, as two middlewares.
+"""Who may call what: the API keys and cross-origin (CORS) rules, as two middlewares.
 
-- ``API_KEY``: a route whose scope (in the route table, :mod:`.routes`) is not public needs the
-  key (a bearer token, or HTTP Basic auth's password for A1111 clients), compared in constant
-  time. Today that is every API route (``/api/``, ``/v1/``, ``/sdapi/``, ``/metrics``) and the
+- ``API_KEY`` (one admin key) and ``KEYS_FILE``'s named keys (:mod:`.key_ring`): a route whose
+  scope (in the route table, :mod:`.routes`) is not public needs a key that has it (a bearer
+  token, an ``X-API-Key`` header, or HTTP Basic auth's password for A1111 clients), compared in
+  constant time. No valid key: 401, the same answer whatever was wrong; a valid key without the
+  route's scope: 403. Today that is every API route (``/api/``, ``/v1/``, ``/sdapi/``, ``/metrics``) and the
   websocket; ``/``, ``/health``, ``/static/``, ``/openapi.json`` and ``/internal/ping`` stay
   public, and the output files need the key only with ``OUTPUTS_NEED_KEY``. Requests that match
   no route follow their prefix (:data:`.routes.UNMATCHED`).
@@ -27,7 +29,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_log import AccessLogger
 from multidict import CIMultiDict
 
-from ..errors import ForbiddenOrigin, InvalidBody, Unauthorized
+from ..errors import Forbidden, ForbiddenOrigin, InvalidBody, Unauthorized
 from . import forwarded, keys
 from .middleware import Handler
 from .identity import ANONYMOUS, API_KEY_HOLDER, IDENTITY, OPEN, Identity
@@ -108,24 +110,36 @@ def _raw(text: str) -> bytes:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
     access = access_of(request)
-    identity = identify(request, settings.api_key, access)
-    if request.method != "OPTIONS" and access.required_scope(settings) not in identity.scopes:
-        raise Unauthorized(
-            "this server needs an API key: send 'Authorization: Bearer <API_KEY>', "
-            "or HTTP Basic auth with API_KEY as the password (A1111 clients: 'user:API_KEY')",
-            headers=CHALLENGES if _tried_basic(request) else BEARER_CHALLENGE,
-        )
+    identity = identify(request, access)
+    required = access.required_scope(settings)
+    if request.method != "OPTIONS" and required not in identity.scopes:
+        if identity is ANONYMOUS:  # no valid key: one answer whatever was wrong with it
+            raise Unauthorized(
+                "this server needs an API key: send 'Authorization: Bearer <key>', 'X-API-Key: <key>', "
+                "or HTTP Basic auth with the key as the password (A1111 clients: 'user:<key>')",
+                headers=CHALLENGES if _tried_basic(request) else BEARER_CHALLENGE,
+            )
+        raise Forbidden(f"this key may not do this: it needs the '{required.value}' scope")
     request[IDENTITY] = identity
     return await handler(request)
 
 
-def identify(request: web.Request, expected: str | None, access: Access) -> Identity:
-    """The caller, from the keys it sent (public routes included, so a handler always knows)."""
-    if not expected:
+def identify(request: web.Request, access: Access) -> Identity:
+    """The caller, from the keys it sent (public routes included, so a handler always knows): the
+    single ``API_KEY`` (the admin/legacy identity), a key of ``KEYS_FILE``, or :data:`ANONYMOUS`;
+    :data:`OPEN` when the server has neither."""
+    expected = request.app[keys.SETTINGS].api_key
+    ring = request.app[keys.KEY_RING]
+    if not expected and not ring.in_use:
         return OPEN
-    # Every candidate is compared (no short cut), so timing says nothing about which matched.
-    matches = [key_matches(key, expected) for key in presented_keys(request, access)]
-    return API_KEY_HOLDER if any(matches) else ANONYMOUS
+    presented = presented_keys(request, access)
+    # Every candidate is compared with every key (no short cut), so timing says nothing about
+    # which matched, or why none did.
+    legacy = [key_matches(key, expected) for key in presented] if expected else []
+    named = ring.match(presented) if ring.in_use else None
+    if any(legacy):
+        return API_KEY_HOLDER
+    return named or ANONYMOUS
 
 
 def _tried_basic(request: web.Request) -> bool:

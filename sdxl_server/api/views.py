@@ -51,7 +51,7 @@ def _health(app: web.Application) -> tuple[int, dict[str, Any]]:
     body = {
         "status": status,
         "version": __version__,
-        "auth_required": bool(app[keys.SETTINGS].api_key),
+        "auth_required": bool(app[keys.SETTINGS].api_key) or app[keys.KEY_RING].in_use,
         **info,
         "queue": {
             "running": queue.running.id if queue.running else None,
@@ -92,15 +92,18 @@ def _by_caller(app: web.Application, also: str = "") -> dict[str, str]:
     """``Vary`` for an answer that depends on the caller's key (when API_KEY is set): a shared
     cache must not give a key holder's answer to anyone else."""
     varies = [also] if also else []
-    if app[keys.SETTINGS].api_key:
+    if app[keys.SETTINGS].api_key or app[keys.KEY_RING].in_use:
         varies += ["Authorization", "X-API-Key"]
     return {hdrs.VARY: ", ".join(varies)} if varies else {}
 
 
 async def health(request: web.Request) -> web.Response:
     """Readiness: 200 when the model is loaded (or loads on demand), 503 while loading or after a
-    failure; all of it for callers who may read the API, the readiness alone for the others."""
+    failure; all of it for callers who may read the API, the readiness alone for the others; and
+    for admin keys, ``KEYS_FILE``'s state (why its latest change was refused, if it was)."""
     status, body = _health(request.app)
+    if request[IDENTITY].sees_all and request.app[keys.KEY_RING].in_use:
+        body["keys_file"] = request.app[keys.KEY_RING].describe()
     return web.json_response(body if _may_read(request) else _public_health(body), status=status,
                              headers=_by_caller(request.app))
 
@@ -239,7 +242,7 @@ async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
     async with _generation_request(request) as data:
-        job, _ = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
+        job, _ = await image_inputs.submit(request, await _checked_params(request, data), **_idempotency(request, data))
     await job.wait()
     return web.json_response(job.outcome())
 
@@ -248,7 +251,7 @@ async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
     queue = request.app[keys.QUEUE]
     async with _generation_request(request) as data:
-        job, replayed = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
+        job, replayed = await image_inputs.submit(request, await _checked_params(request, data), **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

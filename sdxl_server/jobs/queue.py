@@ -186,7 +186,9 @@ class JobQueue:
         if first is not None:  # until the owner's next job starts: its finish, less its own run
             eta, run = self.eta_seconds(first), self.estimate.job_seconds(first.params)
             wait_s = None if eta is None or run is None else max(1.0, eta - run)
-        self.quotas.check(owner, params, mine, wait_s)
+        blocked = self.quotas.blocked(self._running)
+        starts_now = self.concurrency - len(self._running) > len(self._waiting) + self._reserved and owner not in blocked
+        self.quotas.check(owner, params, mine, starts_now=starts_now, wait_s=wait_s)
 
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job

@@ -37,16 +37,19 @@ class Quotas:
         """``owner``'s share of the fair queue."""
         return self.limits_of(owner).weight
 
-    def check(self, owner: str | None, params: GenerationParams, mine: list[Job], wait_s: float | None) -> None:
+    def check(
+        self, owner: str | None, params: GenerationParams, mine: list[Job], *, starts_now: bool, wait_s: float | None,
+    ) -> None:
         """Raise :class:`NotAllowed` or :class:`OverLimit` if ``owner`` may not queue ``params``
-        now. ``mine``: its unfinished jobs (waiting and running); ``wait_s``: seconds until its
-        next waiting job starts (None: unknown)."""
+        now. ``mine``: its unfinished jobs (waiting and running); ``starts_now``: whether the job
+        would start at once (a lane is free for it); ``wait_s``: seconds until the owner's next
+        waiting job starts (None: unknown)."""
         limits = self.limits_of(owner)
         if limits is UNLIMITED:
             return
         _check_allowed(limits, params)
         waiting = sum(1 for job in mine if job.status is JobStatus.QUEUED)
-        if limits.waiting is not None and waiting >= limits.waiting:
+        if limits.waiting is not None and waiting + (not starts_now) > limits.waiting:
             retry = math.ceil(wait_s) if wait_s is not None else 10
             raise OverLimit(
                 f"this key may have {limits.waiting} job(s) waiting at once and has {waiting}: "

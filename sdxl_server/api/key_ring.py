@@ -1,0 +1,129 @@
+"""The keys of ``KEYS_FILE`` as last read well, and who a presented key is.
+
+The file is read at start (a bad one stops the start, in one line) and again whenever it changes
+(its modification time, size or inode: editors that replace the file are seen too), checked
+every :data:`POLL_S` seconds off the event loop. A change that cannot be used (malformed, bad
+limits, unreadable, gone) keeps the keys of the last good reading; why is logged once and
+shown to admin keys on ``/health`` until a good reading replaces it. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..jobs.owners import UNLIMITED, Limits
+from .identity import Identity
+from .key_file import KeyEntry, KeyFileError, digest, parse_keys
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+MAX_KEYS_FILE_BYTES = 4 * 1024 * 1024
+
+
+class KeyRing:
+    """``KEYS_FILE``'s keys (``path`` None: no keys file, no named keys)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: tuple[tuple[KeyEntry, Identity], ...] = ()
+        self._limits: dict[str, Limits] = {}  # name -> its limits (revoked keys' too: their jobs may still wait)
+        self._stamp: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+        self.problem: str | None = None  # why the file as it is now is not in use
+        self.loaded_at: float | None = None
+
+    @property
+    def in_use(self) -> bool:
+        return self.path is not None
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the keys that may be used (not revoked)."""
+        return [entry.name for entry, _ in self._entries if not entry.revoked]
+
+    def load(self) -> None:
+        """Read the file at start; raises :class:`KeyFileError` if it cannot be used."""
+        if self.path is None:
+            return
+        stamp, text = self._read()
+        self._use(parse_keys(text), stamp)
+
+    def refresh(self) -> bool:
+        """Read the file again if it changed (blocking: call it off the event loop); whether the
+        keys in use changed. A bad change keeps the last good keys and sets :attr:`problem`."""
+        if self.path is None:
+            return False
+        with self._lock:
+            try:
+                if self._stat() == self._stamp:
+                    return False
+                stamp, text = self._read()
+                if stamp == self._stamp:
+                    return False
+                entries = parse_keys(text)
+            except KeyFileError as exc:
+                if self.problem != str(exc):
+                    log.error("KEYS_FILE %s: %s; the keys of its last good reading stay in use", self.path, exc)
+                self.problem = str(exc)
+                return False
+            self._use(entries, stamp)
+            log.info("KEYS_FILE %s read again: %d key(s) in use", self.path, len(self.names))
+            return True
+
+    def _stat(self) -> tuple[int, int, int]:
+        assert self.path is not None
+        try:
+            stat = self.path.stat()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read it: {exc.strerror or exc}") from None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def _read(self) -> tuple[tuple[int, int, int], str]:
+        assert self.path is not None
+        stamp = self._stat()
+        if stamp[1] > MAX_KEYS_FILE_BYTES:
+            raise KeyFileError(f"it is {stamp[1]} bytes; at most {MAX_KEYS_FILE_BYTES}")
+        try:
+            return stamp, self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyFileError(f"cannot read it: {exc}") from None
+
+    def _use(self, entries: dict[str, KeyEntry], stamp: tuple[int, int, int]) -> None:
+        self._entries = tuple((e, Identity(e.name, e.scopes, e.limits)) for e in entries.values())
+        self._limits = {e.name: e.limits for e in entries.values()}
+        self._stamp, self.problem, self.loaded_at = stamp, None, time.time()
+
+    def match(self, presented: Iterable[str]) -> Identity | None:
+        """The identity of the first usable key among ``presented``, or None. Each is hashed once
+        and compared with every entry (revoked ones too) in constant time, without a short cut, so
+        timing says nothing of whether, which or how a key failed."""
+        entries = self._entries  # one reading, whatever a reload swaps in meanwhile
+        found: Identity | None = None
+        for key in presented:
+            presented_digest = digest(key)
+            for entry, identity in entries:
+                if hmac.compare_digest(presented_digest, entry.digest) and not entry.revoked and found is None:
+                    found = identity
+        return found
+
+    def limits_of(self, name: str) -> Limits:
+        """The limits of the key ``name`` as the file says now (none for a name it lacks)."""
+        return self._limits.get(name, UNLIMITED)
+
+    def describe(self) -> dict[str, object]:
+        """For ``/health`` (admin keys): the file, its usable keys, and why a change was refused."""
+        return {"file": str(self.path), "keys": len(self.names), "loaded_at": self.loaded_at, "problem": self.problem}
+
+
+async def watch(ring: KeyRing, interval_s: float = POLL_S) -> None:
+    """Re-read the keys file whenever it changes, until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(ring.refresh)
