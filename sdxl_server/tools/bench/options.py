@@ -10,7 +10,7 @@ from typing import Any
 from ...config import Settings, settings_fields
 from ...params import GenerationParams
 
-SECTIONS = ("overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes")
+SECTIONS = ("overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "admission")
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
 
@@ -44,6 +44,8 @@ class BenchOptions:
     batch_size: int = 4
     batch_runs: int = 2
     png_levels: tuple[int, ...] = (0, 1, 3, 6, 9)
+    admission_keys: int = 100
+    admission_samples: int = 2000
     timeout_s: float = 1800.0
 
     def body(self, seed: int | None = None, **changes: Any) -> dict[str, Any]:
