@@ -77,6 +77,9 @@ async def usage(request: web.Request) -> web.Response:
     mine_only = query["key"] is not None or not admin
     report = await request.app[keys.USAGE].report(owner if mine_only else None, query["days"], mine_only)
     queue = request.app[keys.QUEUE]
+    if not mine_only:  # every key of the file, those that used nothing too
+        listed = {entry["key"] for entry in report["keys"]}
+        report["keys"] += [{"key": name, "days": {}} for name in request.app[keys.KEY_RING].names if name not in listed]
     for entry in report["keys"]:
         entry["limits"] = limits_dict(queue.quotas.limits_of(entry["key"]))
     return web.json_response(report)

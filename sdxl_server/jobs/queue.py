@@ -180,6 +180,8 @@ class JobQueue:
             )
 
     def _check_quotas(self, owner: str | None, params: GenerationParams) -> None:
+        if self.quotas.unlimited(owner):
+            return
         mine = [job for job in self.active() if job.owner == owner]
         first = next((job for job in mine if job in self._waiting), None)
         wait_s = None

@@ -33,6 +33,9 @@ class Quotas:
         self.usage = usage
         self.limits_of = limits_of
 
+    def unlimited(self, owner: str | None) -> bool:
+        return self.limits_of(owner) == UNLIMITED
+
     def weight(self, owner: str | None) -> int:
         """``owner``'s share of the fair queue."""
         return self.limits_of(owner).weight
@@ -45,7 +48,7 @@ class Quotas:
         would start at once (a lane is free for it); ``wait_s``: seconds until the owner's next
         waiting job starts (None: unknown)."""
         limits = self.limits_of(owner)
-        if limits is UNLIMITED:
+        if limits == UNLIMITED:
             return
         _check_allowed(limits, params)
         waiting = sum(1 for job in mine if job.status is JobStatus.QUEUED)

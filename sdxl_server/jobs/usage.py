@@ -79,6 +79,8 @@ class UsageLedger:
 
     def _add(self, owner: str | None, **counts: Any) -> None:
         key = (owner or ANONYMOUS, utc_day(self.clock()))
+        if key not in self._days:  # a new day (or owner): the days long past leave memory
+            self.forget_old()
         self._days.setdefault(key, Usage()).add(**counts)
         written = self._store.add_usage_soon(*key, **counts)
         written.add_done_callback(_log_failure)
