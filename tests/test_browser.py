@@ -53,6 +53,21 @@ def server_has_api_keys() -> bool:
     return "api_key" in Settings.__dataclass_fields__
 
 
+USER_KEYS = {"alice": "sdxl-alice-browser-key", "bob": "sdxl-bob-browser-key"}
+
+
+def server_has_keys_file() -> bool:
+    from sdxl_server.config import Settings
+
+    return "keys_file" in Settings.__dataclass_fields__
+
+
+def _hash(key: str) -> str:
+    from sdxl_server.api.key_file import hash_text
+
+    return hash_text(key)
+
+
 def _models_and_loras(root: Path, tiny_model_dir: Path) -> dict[str, str]:
     """A second tiny model and a LoRA, for the pickers."""
     from lora_builder import lora_weights, save_diffusers_layout
@@ -77,6 +92,10 @@ def servers(tiny_cache, tiny_model_dir, tmp_path_factory):
             procs["keyed"] = LiveServer(
                 tiny_cache, root / "keyed", **SERVER_SETTINGS, API_KEY=API_KEY, OUTPUTS_NEED_KEY="true"
             )
+        if server_has_keys_file():
+            keys_file = root / "keys.toml"
+            keys_file.write_text("".join(f'[keys.{name}]\nhash = "{_hash(key)}"\n' for name, key in USER_KEYS.items()))
+            procs["multi"] = LiveServer(tiny_cache, root / "multi", **SERVER_SETTINGS, KEYS_FILE=str(keys_file))
         procs["choices"] = LiveServer(
             tiny_cache, root / "choices", **SERVER_SETTINGS, **_models_and_loras(root / "choices-files", tiny_model_dir)
         )
@@ -99,6 +118,13 @@ def keyed_server(servers) -> LiveServer:
         pytest.skip("this server has no API_KEY setting")
     servers["keyed"].wait_ready()
     return servers["keyed"]
+
+
+@pytest.fixture(scope="module")
+def multi_user_server(servers) -> LiveServer:
+    if "multi" not in servers:
+        pytest.skip("this server has no KEYS_FILE setting")
+    return servers["multi"].wait_ready()
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +377,34 @@ def test_api_key_is_asked_for_stored_and_sent(browser, keyed_server):
         page.reload()  # the key was kept: no prompt, the gallery loads
         expect(page.get_by_role("button", name=re.compile("behind a key"))).to_have_count(1)
         expect(key).to_be_hidden()
+    finally:
+        context.close()
+
+
+def test_with_keys_the_page_asks_for_one_and_shows_only_that_keys_jobs(browser, multi_user_server):
+    server = multi_user_server
+    status, _ = server.request("POST", "/api/v1/generate", {"prompt": "bob's private image", "steps": 2},
+                               headers={"Authorization": f"Bearer {USER_KEYS['bob']}"})
+    assert status == 200
+    context = browser.new_context(base_url=server.url)
+    try:
+        page = context.new_page()
+        page.goto("/")
+        key = page.get_by_label("API key", exact=True)
+        expect(key).to_be_visible()  # the server needs a key: the page asks before showing anything
+        key.fill(USER_KEYS["alice"])
+        page.get_by_role("button", name="Save key").click()
+        expect(key).to_be_hidden()
+        fill_form(page, prompt="alice's own image", width=64, height=64, steps=2)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+        page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 64")
+        src = page.get_attribute("#result-image", "src")
+        assert "sig=" in src and USER_KEYS["alice"] not in src  # a signed URL, never the key
+        page.reload()
+        expect(page.get_by_role("button", name=re.compile("alice's own image"))).to_have_count(1)
+        expect(page.get_by_role("button", name=re.compile("bob's private image"))).to_have_count(0)
+        page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every((img) => img.naturalWidth === 64)")
     finally:
         context.close()
 

@@ -156,3 +156,26 @@ def test_the_keys_file_is_read_again_when_it_changes_and_a_bad_change_keeps_the_
     keys_file.write_text(key_table("alice", ALICE, "revoked = true") + key_table("bob", BOB))
     assert ring.refresh() and ring.problem is None and ring.match([ALICE]) is None
     assert ring.describe()["keys"] == 1
+
+
+def test_every_key_costs_the_same_work_whatever_is_wrong_with_it(tmp_path, monkeypatch):
+    """Timing cannot tell an unknown key from a revoked one, a malformed one or none: each request
+    hashes as many candidates and compares each with every entry."""
+    from sdxl_server.api import key_ring
+
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(key_table("alice", ALICE) + key_table("old", BOB, "revoked = true"))
+    ring = KeyRing(keys_file)
+    ring.load()
+    work = []
+    monkeypatch.setattr(key_ring, "digest", lambda key: work.append("hash") or parse_keys(key_table("x", key))["x"].digest)
+    compared = []
+    real_compare = key_ring.hmac.compare_digest
+    monkeypatch.setattr(key_ring.hmac, "compare_digest", lambda a, b: compared.append(1) or real_compare(a, b))
+    costs = set()
+    for presented in ([], ["unknown"], [BOB], ["\udcff"], ["user:x", "x"], [ALICE]):
+        work.clear()
+        compared.clear()
+        ring.match(presented)
+        costs.add((len(work), len(compared)))
+    assert costs == {(2, 4)}

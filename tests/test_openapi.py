@@ -66,3 +66,14 @@ async def test_security_is_documented_when_a_key_is_set(make_client, settings):
     assert spec["paths"]["/api/v1/generate"]["post"]["security"] == [{"bearer": []}]
     assert "401" in spec["paths"]["/api/v1/generate"]["post"]["responses"]
     assert "security" not in spec["paths"]["/health"]["get"]
+
+
+async def test_with_a_keys_file_the_key_and_the_scope_and_signed_urls_are_documented(make_client, settings, tmp_path):
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text("")
+    client = await make_client(settings.replace(keys_file=keys_file))
+    spec = await (await client.get("/openapi.json")).json()
+    assert spec["paths"]["/api/v1/generate"]["post"]["security"] == [{"bearer": []}]
+    assert {"401", "403"} <= set(spec["paths"]["/api/v1/jobs/{job_id}"]["get"]["responses"])
+    outputs = spec["paths"]["/outputs/images/{filename}"]["get"]
+    assert "403" in outputs["responses"] and "401" not in outputs["responses"] and "security" not in outputs

@@ -202,7 +202,7 @@ async def test_basic_auth_with_anything_else_is_refused_with_both_challenges(cli
     resp = await client.get("/sdapi/v1/options", headers=header)
     assert resp.status == 401
     assert resp.headers.getall("WWW-Authenticate") == ['Bearer realm="sdxl_server"', 'Basic realm="sdxl_server", charset="UTF-8"']
-    assert "HTTP Basic auth with API_KEY as the password" in (await resp.json())["message"]
+    assert "HTTP Basic auth with the key as the password" in (await resp.json())["message"]
 
 
 async def test_a_client_that_did_not_try_basic_auth_gets_no_basic_challenge(client):

@@ -1,7 +1,7 @@
 """A subset of AUTOMATIC1111's web UI API (``/sdapi/v1/...``), for tools written against it.
 
 ``txt2img`` is translated into our own request and validated by the same schema, so limits,
-queue and outputs are shared; ``progress`` reports the running job; ``interrupt`` cancels it.
+queue and outputs are shared; ``progress`` reports the caller's running job; ``interrupt`` stops it.
 ``refiner_checkpoint`` (any name: the server has one refiner, REFINER_ID) with ``refiner_switch_at``
 runs the refiner as an ensemble; ``styles`` come from STYLES_FILE (:mod:`.styles`). Hires fix,
 scripts, face restoration and the like are not supported: their fields are accepted, and when sent
@@ -31,6 +31,7 @@ from .a1111_options import OptionsSchema, default_clip_skip, get_options, reques
 from .batches import generate_images
 from .loras import with_loras
 from .models import usable_entries, with_model
+from .ownership import own_active
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .sizes import fit_size
 from .validation import read_json_object, validate
@@ -306,18 +307,20 @@ def progress_polled_recently(app: web.Application) -> bool:
 
 
 async def progress(request: web.Request) -> web.Response:
-    """``GET /sdapi/v1/progress``: the running job's progress, ETA and latest preview."""
+    """``GET /sdapi/v1/progress``: the caller's running job's progress, ETA and latest preview
+    (any owner's, for admin), and how many of its jobs are queued."""
     app = request.app
     app[keys.A1111_PROGRESS_POLL].at = time.monotonic()
     queue = app[keys.QUEUE]
-    job = queue.running
+    own = own_active(request)
+    job = next((j for j in own if j in queue.running_jobs), None)
     skip_image = validate(ProgressQuerySchema(), dict(request.query))["skip_current_image"]
     state = {
         "skipped": False,
         "interrupted": bool(job and (job.cancel_requested() or job.stop_early_requested())),
         "stopping_generation": False,
         "job": job.id if job else "",
-        "job_count": (1 if job else 0) + queue.waiting,
+        "job_count": len(own),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.gmtime(job.created_at)) if job else "0",
         "job_no": 0,
         "sampling_step": job.step if job else 0,
@@ -338,14 +341,15 @@ async def progress(request: web.Request) -> web.Response:
     )
 
 
-async def _stop_running(app: web.Application) -> str | None:
-    """Stop the running job as A1111 does: denoising ends at its next step and the image is made
-    from the latents so far (where the backend cannot, the job is cancelled). Its id, or None.
-    Only a job an A1111 request waits for: other clients' jobs (the page, OpenAI) are theirs to
-    cancel, and SillyTavern interrupts whenever its own client goes away."""
+async def _stop_running(request: web.Request) -> str | None:
+    """Stop the caller's running job as A1111 does: denoising ends at its next step and the image
+    is made from the latents so far (where the backend cannot, the job is cancelled). Its id, or
+    None. Only a job an A1111 request waits for: other clients' jobs (the page, OpenAI, another
+    key's) are theirs to cancel, and SillyTavern interrupts whenever its own client goes away."""
+    app = request.app
     queue = app[keys.QUEUE]
-    job = queue.running
-    if job is None or job.id not in app[keys.A1111_JOBS]:
+    job = next((j for j in own_active(request) if j in queue.running_jobs and j.id in app[keys.A1111_JOBS]), None)
+    if job is None:
         return None
     if not queue.stop_early(job):
         with contextlib.suppress(Conflict):  # interrupting twice is fine, as in A1111
@@ -356,14 +360,14 @@ async def _stop_running(app: web.Application) -> str | None:
 async def interrupt(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/interrupt``: the running job ends at its next step with the image so far;
     the request that waits for it answers with what was made and runs no more batches."""
-    job_id = await _stop_running(request.app)
+    job_id = await _stop_running(request)
     request.app[keys.A1111_SKIPPED].discard(job_id)  # skipped, then interrupted: the interrupt wins
     return web.json_response(None)
 
 
 async def skip(request: web.Request) -> web.Response:
     """``POST /sdapi/v1/skip``: like interrupt, but the request goes on with its next batch, if any."""
-    job_id = await _stop_running(request.app)
+    job_id = await _stop_running(request)
     if job_id is not None:
         request.app[keys.A1111_SKIPPED].add(job_id)
     return web.json_response(None)

@@ -29,6 +29,8 @@ from . import a1111, keys
 from .key_file import KeyFileError
 from .key_ring import watch
 from .metrics import Metrics
+from .ownership import present
+from .signed_urls import SECRET_FILE_NAME, UrlSigner, load_secret
 from .usage import limits_lookup, per_key_figures
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ async def outputs_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
-    """``KEYS_FILE``: read before the first request (a bad file stops the start), then watched."""
+    """``KEYS_FILE``: read before the first request (a bad file stops the start), then watched;
+    and the secret that signs output URLs, since results are private with keys."""
     ring = app[keys.KEY_RING]
     if not ring.in_use:
         yield
@@ -57,6 +60,13 @@ async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
     except KeyFileError as exc:
         raise ConfigError(f"KEYS_FILE {ring.path}: {exc}") from None
     log.info("KEYS_FILE %s: %d key(s) in use", ring.path, len(ring.names))
+    settings = app[keys.SETTINGS]
+    secret_file = settings.jobs_db_path.parent / SECRET_FILE_NAME
+    try:
+        secret = await asyncio.to_thread(load_secret, secret_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"the URL signing secret {secret_file} cannot be used: {exc}") from None
+    app[keys.URL_SIGNER] = UrlSigner(secret, settings.url_ttl)
     watcher = asyncio.create_task(watch(ring))
     yield
     watcher.cancel()
@@ -125,7 +135,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def publish(event: dict) -> None:
         metrics.observe(event)
-        hub.publish(event)
+        hub.publish(present(app, event) if "image_url" in event else event, queue.owner_of(event["id"]))
         if event["type"] in TERMINAL_EVENTS:
             sweep_inputs()
 

@@ -14,7 +14,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..jobs.owners import UNLIMITED, Limits
@@ -24,6 +24,7 @@ from .key_file import KeyEntry, KeyFileError, digest, parse_keys
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
+CANDIDATES = 2
 MAX_KEYS_FILE_BYTES = 4 * 1024 * 1024
 
 
@@ -69,9 +70,9 @@ class KeyRing:
                     return False
                 entries = parse_keys(text)
             except KeyFileError as exc:
-                if self.problem != str(exc):
+                told, self.problem = self.problem, str(exc)  # set before it is logged: the log says it is shown
+                if told != self.problem:
                     log.error("KEYS_FILE %s: %s; the keys of its last good reading stay in use", self.path, exc)
-                self.problem = str(exc)
                 return False
             self._use(entries, stamp)
             log.info("KEYS_FILE %s read again: %d key(s) in use", self.path, len(self.names))
@@ -100,16 +101,17 @@ class KeyRing:
         self._limits = {e.name: e.limits for e in entries.values()}
         self._stamp, self.problem, self.loaded_at = stamp, None, time.time()
 
-    def match(self, presented: Iterable[str]) -> Identity | None:
-        """The identity of the first usable key among ``presented``, or None. Each is hashed once
-        and compared with every entry (revoked ones too) in constant time, without a short cut, so
-        timing says nothing of whether, which or how a key failed."""
+    def match(self, presented: Sequence[str]) -> Identity | None:
+        """The identity of the first usable key among ``presented`` (at most :data:`CANDIDATES`),
+        or None. As many candidates are always hashed (stand-ins for those not sent), and each is
+        compared with every entry, revoked ones too, in constant time and without a short cut: the
+        work, and so the timing, says nothing of whether, which or how a key failed."""
         entries = self._entries  # one reading, whatever a reload swaps in meanwhile
         found: Identity | None = None
-        for key in presented:
-            presented_digest = digest(key)
+        for index, key in enumerate(padded(presented)):
+            presented_digest, sent = digest(key), index < len(presented)
             for entry, identity in entries:
-                if hmac.compare_digest(presented_digest, entry.digest) and not entry.revoked and found is None:
+                if hmac.compare_digest(presented_digest, entry.digest) and sent and not entry.revoked and found is None:
                     found = identity
         return found
 
@@ -120,6 +122,12 @@ class KeyRing:
     def describe(self) -> dict[str, object]:
         """For ``/health`` (admin keys): the file, its usable keys, and why a change was refused."""
         return {"file": str(self.path), "keys": len(self.names), "loaded_at": self.loaded_at, "problem": self.problem}
+
+
+def padded(presented: Sequence[str]) -> tuple[str, ...]:
+    """``presented`` and stand-ins up to :data:`CANDIDATES` (the most a request carries: HTTP
+    Basic auth's password and its whole ``user:password``), so each request costs the same."""
+    return (*presented, *("",) * (CANDIDATES - len(presented)))
 
 
 async def watch(ring: KeyRing, interval_s: float = POLL_S) -> None:

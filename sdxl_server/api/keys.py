@@ -24,6 +24,7 @@ from ..pipeline.model_catalog import ModelCatalog
 from .key_ring import KeyRing
 from .metrics import Metrics
 from .rates import RateWindow
+from .signed_urls import UrlSigner
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", OutputStore)
@@ -44,6 +45,7 @@ OPENAPI = web.AppKey("openapi", dict)
 RATES = web.AppKey("rates", RateWindow)  # each key's requests of the last minute (api/rates.py)
 USAGE = web.AppKey("usage", UsageLedger)  # each key's jobs, images and GPU-seconds per day (jobs/usage.py)
 KEY_RING = web.AppKey("key_ring", KeyRing)  # KEYS_FILE's keys, re-read when it changes (api/key_ring.py)
+URL_SIGNER = web.AppKey("url_signer", UrlSigner)  # only with KEYS_FILE: output URLs are signed (api/signed_urls.py)
 
 
 @dataclass

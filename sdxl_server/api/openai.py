@@ -23,6 +23,7 @@ from ..pipeline.model_catalog import MAX_MODEL_NAME
 from . import keys
 from .applied import OPENAI_GENERATIONS, check_openai
 from .batches import generate_images
+from .ownership import present
 from .forwarded import public_base
 from .image_formats import FORMATS, reencode
 from .loras import prompt_as_used, with_loras
@@ -197,7 +198,7 @@ async def images_response(request: web.Request, params: GenerationParams, asked:
         data = [{"b64_json": blob} for blob in blobs]
     else:
         base = public_base(request)  # PUBLIC_URL, else the scheme and host as trusted proxies forward them
-        data = [{"url": base + image["image_url"]} for image in images]
+        data = [{"url": base + image["image_url"]} for image in present(app, images)]  # signed with keys
     used = prompt_as_used(params.prompt, app[keys.SETTINGS].prompt_syntax)
     data = [{**item, "revised_prompt": used} for item in data]  # as DALL-E 3 answers (Home Assistant reads it)
     created = int((await app[keys.QUEUE].find(job_id)).created_at)

@@ -23,8 +23,9 @@ from .route_table import EVENT_STREAM, JSON, Family, Route, Scope
 
 ERRORS = {
     400: "The body is empty, not UTF-8, not JSON, or not a JSON object",
-    401: "A valid API key is needed (when API_KEY is set)",
-    403: "The origin is not allowed (CORS_ORIGINS)",
+    401: "A valid API key is needed (when API_KEY or KEYS_FILE is set)",
+    403: "The origin is not allowed (CORS_ORIGINS); with KEYS_FILE: the key lacks the route's scope, or an "
+         "output URL is not signed, altered or expired",
     404: "No such resource",
     409: "The job finished, or was cancelled",
     413: "The body is larger than MAX_BODY_BYTES (MAX_IMAGE_BODY_BYTES on routes that carry images), or an "
@@ -82,8 +83,11 @@ def _response(spec_status: int, value: Any, error_schema: str) -> dict[str, Any]
 
 
 def _operation(route: Route, settings: Settings) -> dict[str, Any]:
-    needs_key = bool(settings.api_key) and route.access.required_scope(settings) is not Scope.PUBLIC
-    statuses = {**route.responses, **({401: None} if needs_key else {})}
+    keyed = bool(settings.api_key) or settings.keys_file is not None
+    needs_key = keyed and route.access.required_scope(settings) is not Scope.PUBLIC
+    # with KEYS_FILE, a valid key may lack the route's scope, and an output URL may be unsigned
+    refused = settings.keys_file is not None and (needs_key or route.output_file)
+    statuses = {**route.responses, **({401: None} if needs_key else {}), **({403: None} if refused else {})}
     operation: dict[str, Any] = {
         "summary": route.summary,
         "tags": list(route.tags),
@@ -116,7 +120,7 @@ def build_spec(settings: Settings, version: str, routes: Iterable[Route]) -> dic
     )
     for name, schema in components(settings):
         spec.components.schema(name, schema=schema)
-    if settings.api_key:
+    if settings.api_key or settings.keys_file is not None:
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for route in routes:
         if route.documented:

@@ -33,6 +33,7 @@ from ..errors import Forbidden, ForbiddenOrigin, InvalidBody, Unauthorized
 from . import forwarded, keys
 from .middleware import Handler
 from .identity import ANONYMOUS, API_KEY_HOLDER, IDENTITY, OPEN, Identity
+from .key_ring import padded
 from .route_table import Access
 from .routes import access_of
 
@@ -133,9 +134,9 @@ def identify(request: web.Request, access: Access) -> Identity:
     if not expected and not ring.in_use:
         return OPEN
     presented = presented_keys(request, access)
-    # Every candidate is compared with every key (no short cut), so timing says nothing about
-    # which matched, or why none did.
-    legacy = [key_matches(key, expected) for key in presented] if expected else []
+    # As many candidates are compared each time, each with every key (no short cut), so timing
+    # says nothing about which matched, or why none did.
+    legacy = [key_matches(key, expected) and i < len(presented) for i, key in enumerate(padded(presented))] if expected else []
     named = ring.match(presented) if ring.in_use else None
     if any(legacy):
         return API_KEY_HOLDER
@@ -213,6 +214,7 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 
 
 SECRET_HEADERS = (hdrs.AUTHORIZATION, "X-API-Key")
+SECRET_PARAMS = ("token", "sig")  # a key in a URL; a signed output URL's signature (it reads the file)
 
 
 class _Redacted:
@@ -235,14 +237,15 @@ class _Redacted:
 
 
 class RedactingAccessLogger(AccessLogger):
-    """aiohttp's access log, with any ``token`` query parameter (an API key) replaced by ``***``, and
+    """aiohttp's access log, with any ``token`` query parameter (an API key) and any ``sig`` (a signed
+    output URL's) replaced by ``***``, and
     the credentials of ``Authorization`` and ``X-API-Key`` too, should a log format show headers."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if request is not None:
             rel_url, headers = request.rel_url, request.headers
-            if "token" in request.query:
-                rel_url = rel_url.with_query({name: ("***" if name == "token" else value) for name, value in request.query.items()})
+            if any(name in request.query for name in SECRET_PARAMS):
+                rel_url = rel_url.with_query({name: ("***" if name in SECRET_PARAMS else value) for name, value in request.query.items()})
             if any(name in headers for name in SECRET_HEADERS):
                 headers = CIMultiDict(headers)
                 for name in SECRET_HEADERS:

@@ -15,8 +15,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from .. import __version__
-from ..errors import Conflict, NotFound, ValidationFailed
-from ..jobs.describe import describe
+from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..jobs.states import JOB_STATUSES, JobStatus
 from ..params import MAX_SEED, SCHEDULERS, GenerationParams
 from . import image_inputs, keys
@@ -25,6 +24,7 @@ from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
 from .openapi import with_local_names
+from .ownership import job_view, may_see, own_job, present
 from .route_table import Scope
 from .identity import IDENTITY
 from .schemas import GUIDANCE_MAX, GUIDANCE_MIN, MIN_SIZE, JobListQuerySchema, to_params
@@ -102,8 +102,13 @@ async def health(request: web.Request) -> web.Response:
     failure; all of it for callers who may read the API, the readiness alone for the others; and
     for admin keys, ``KEYS_FILE``'s state (why its latest change was refused, if it was)."""
     status, body = _health(request.app)
-    if request[IDENTITY].sees_all and request.app[keys.KEY_RING].in_use:
+    identity = request[IDENTITY]
+    if identity.sees_all and request.app[keys.KEY_RING].in_use:
         body["keys_file"] = request.app[keys.KEY_RING].describe()
+    elif not identity.sees_all:  # a key learns nothing of other owners' jobs, their ids included
+        running = [job for job in request.app[keys.QUEUE].running_jobs if may_see(identity, job)]
+        body["queue"] = {**body["queue"], "running": running[0].id if running else None,
+                         "running_jobs": [job.id for job in running]}
     return web.json_response(body if _may_read(request) else _public_health(body), status=status,
                              headers=_by_caller(request.app))
 
@@ -221,7 +226,9 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
     if data.get("seed") == -1:
         data = {**data, "seed": None}  # -1, null and absent all mean "random": one request
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return {"idempotency_key": key, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
+    owner = request[IDENTITY].name  # each key's Idempotency-Keys are its own: another's never replays, nor conflicts
+    stored = key if owner is None else f"{owner}\n{key}"  # a newline: never in a header's key
+    return {"idempotency_key": stored, "request_hash": hashlib.sha256(canonical.encode()).hexdigest()}
 
 
 @contextlib.asynccontextmanager
@@ -244,51 +251,59 @@ async def generate(request: web.Request) -> web.Response:
     async with _generation_request(request) as data:
         job, _ = await image_inputs.submit(request, await _checked_params(request, data), **_idempotency(request, data))
     await job.wait()
-    return web.json_response(job.outcome())
+    return web.json_response(present(request.app, job.outcome()))
 
 
 async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
-    queue = request.app[keys.QUEUE]
     async with _generation_request(request) as data:
         job, replayed = await image_inputs.submit(request, await _checked_params(request, data), **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return web.json_response(describe(queue, job), status=200 if replayed else 202, headers=headers)
+    return web.json_response(job_view(request, job), status=200 if replayed else 202, headers=headers)
 
 
 async def get_job(request: web.Request) -> web.Response:
-    queue = request.app[keys.QUEUE]
-    return web.json_response(describe(queue, await queue.find(request.match_info["job_id"])))
+    """One job of the caller's (any owner's, for admin); another's is 404 as if absent."""
+    return web.json_response(job_view(request, await own_job(request, request.match_info["job_id"])))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs, newest first, a page at a time (``?limit=20&status=succeeded&before=<next_before>``)."""
+    """The caller's jobs (every owner's, for admin), newest first, a page at a time
+    (``?limit=20&status=succeeded&before=<next_before>``)."""
     query = validate(JobListQuerySchema(), dict(request.query))
-    queue = request.app[keys.QUEUE]
     status = JobStatus(query["status"]) if query["status"] else None
-    jobs, cursor = await queue.page(query["limit"], status, query["before"])
-    return web.json_response({"jobs": [describe(queue, job) for job in jobs], "next_before": cursor})
+    jobs, cursor = await request.app[keys.QUEUE].page(query["limit"], status, query["before"], request[IDENTITY].owner_filter)
+    return web.json_response({"jobs": [job_view(request, job) for job in jobs], "next_before": cursor})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel one job. A queued job is cancelled at once; a running one at its next step, which
     this waits for (up to ``CANCEL_WAIT_S``; after that 202 with ``cancel_requested``)."""
-    queue = request.app[keys.QUEUE]
-    job = await queue.cancel(request.match_info["job_id"])
+    job = await request.app[keys.QUEUE].cancel(request.match_info["job_id"], request[IDENTITY].owner_filter)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(job.wait()), CANCEL_WAIT_S)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise Conflict(f"job {job.id} {job.status.value} before it could be cancelled")
-    return web.json_response(describe(queue, job), status=200 if job.status.terminal else 202)
+    return web.json_response(job_view(request, job), status=200 if job.status.terminal else 202)
 
 
 async def _output_file(request: web.Request, folder: str) -> web.FileResponse:
+    """The file, if the URL may read it: with keys in use, only a signed URL (or an admin key),
+    checked before the file is looked for, so a refusal never says whether it exists."""
+    cache = "public, max-age=31536000, immutable"
+    signer = request.app.get(keys.URL_SIGNER)
+    if signer is not None and not request[IDENTITY].sees_all:
+        left = signer.seconds_left(request.path, request.query)
+        if left is None:
+            raise Forbidden("this output URL is not signed, or its signature is wrong or has expired: "
+                            "ask for the job again for a fresh URL")
+        cache = f"private, max-age={int(left)}"
     path = request.app[keys.STORE].servable(folder, request.match_info["filename"])
     if path is None:
         raise NotFound("no such output")
-    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    return web.FileResponse(path, headers={"Cache-Control": cache})
 
 
 async def output_image(request: web.Request) -> web.FileResponse:

@@ -1,7 +1,7 @@
 """``GET /api/v1/ws``: live job events over a websocket.
 
 On connect the client gets a ``snapshot`` of the job it follows (``?job=<id>``) or of every active
-job, then each event as JSON text. A writer task per connection drains the connection's bounded
+job, then each event as JSON text; a key sees its own jobs only (:mod:`.ownership`). A writer task per connection drains the connection's bounded
 :class:`~sdxl_server.jobs.events.Subscription`; a client that falls too far behind, or whose socket
 stops taking data, is closed with 1008 (policy violation) and can reconnect to a fresh snapshot.
 Never imports torch.
@@ -16,9 +16,10 @@ import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..jobs.describe import describe
 from ..jobs.events import Subscription
 from . import keys
+from .identity import IDENTITY
+from .ownership import job_view, own_active, own_job
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,9 @@ async def _send_events(ws: web.WebSocketResponse, subscription: Subscription) ->
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Follow one job (``?job=<id>``) or all; ``?preview=1`` adds JPEG previews every few steps."""
     app = request.app
-    queue, hub = app[keys.QUEUE], app[keys.HUB]
+    hub = app[keys.HUB]
     job_id = request.query.get("job") or None
-    followed = await queue.find(job_id) if job_id else None  # 404 before upgrading
+    followed = await own_job(request, job_id) if job_id else None  # 404 before upgrading (another's too)
     settings = app[keys.SETTINGS]
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat, max_msg_size=settings.ws_max_message_bytes, protocols=(PROTOCOL,)
@@ -82,11 +83,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     app[keys.WEBSOCKETS].add(ws)
 
-    subscription = hub.subscribe(job_id, previews=_flag(request.query.get("preview")))
+    owner = request[IDENTITY].owner_filter  # a key follows its own jobs only
+    subscription = hub.subscribe(job_id, previews=_flag(request.query.get("preview")), owner=owner)
     if followed is not None:
-        subscription.offer({"type": "snapshot", "id": followed.id, "job": describe(queue, followed)})
+        subscription.offer({"type": "snapshot", "id": followed.id, "job": job_view(request, followed)})
     else:
-        subscription.offer({"type": "snapshot", "id": None, "jobs": [describe(queue, j) for j in queue.active()]})
+        subscription.offer({"type": "snapshot", "id": None, "jobs": [job_view(request, j) for j in own_active(request)]})
     writer = asyncio.create_task(_send_events(ws, subscription))
     received = 0
     try:

@@ -45,9 +45,12 @@ class Subscription:
     """One connection's view: which job it follows (None: all), whether it wants previews,
     and its pending events."""
 
-    def __init__(self, job_id: str | None, previews: bool, *, coalesce_after: int, max_pending: int) -> None:
+    def __init__(
+        self, job_id: str | None, previews: bool, *, coalesce_after: int, max_pending: int, owner: str | None = None,
+    ) -> None:
         self.job_id = job_id
         self.previews = previews
+        self.owner = owner  # only this owner's jobs' events (None: every owner's)
         self._coalesce_after = coalesce_after
         self._max_pending = max_pending
         self._pending: OrderedDict[Any, Message] = OrderedDict()
@@ -57,8 +60,10 @@ class Subscription:
         self.too_slow = False
         self.closed = False  # its connection has ended: its writer stops, whatever happened to a cancel
 
-    def wants(self, event: Event) -> bool:
+    def wants(self, event: Event, owner: str | None = None) -> bool:
         if event["type"] == "preview" and not self.previews:
+            return False
+        if self.owner is not None and owner != self.owner:
             return False
         return self.job_id is None or event.get("id") == self.job_id
 
@@ -112,9 +117,10 @@ class EventHub:
         self._coalesce_after = coalesce_after
         self._max_pending = max_pending
 
-    def subscribe(self, job_id: str | None = None, previews: bool = False) -> Subscription:
+    def subscribe(self, job_id: str | None = None, previews: bool = False, owner: str | None = None) -> Subscription:
+        """Events of ``job_id`` (None: every job), of ``owner``'s jobs only if given."""
         subscription = Subscription(
-            job_id, previews, coalesce_after=self._coalesce_after, max_pending=self._max_pending
+            job_id, previews, coalesce_after=self._coalesce_after, max_pending=self._max_pending, owner=owner
         )
         self._subscriptions.add(subscription)
         return subscription
@@ -123,10 +129,11 @@ class EventHub:
         self._subscriptions.discard(subscription)
         subscription.close()
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Event, owner: str | None = None) -> None:
+        """Hand ``event`` (of a job of ``owner``) to every subscriber that follows it."""
         message = Message(event)  # encoded at most once, when the first subscriber sends it
         for subscription in self._subscriptions:
-            if subscription.wants(event):
+            if subscription.wants(event, owner):
                 subscription.offer(message)
 
     def wants_previews(self, job_id: str) -> bool:

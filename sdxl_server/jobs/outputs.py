@@ -17,8 +17,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dataclasses import dataclass, field
 
@@ -196,17 +197,7 @@ class OutputStore:
 
     @staticmethod
     def _write_atomic(path: Path, write) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, write)
 
     def outputs_of(self, job_id: str) -> list[Path]:
         """Every file of a job: its images (``{id}.png``, ``{id}-N.png``) and their metadata."""
@@ -293,6 +284,22 @@ class OutputStore:
         except OSError:
             return None
         return path
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644, prefix: str = _TMP_PREFIX) -> None:
+    """Write a file whole or not at all: ``write`` fills a temporary file beside it, which is
+    synced, given ``mode`` and renamed over ``path`` (a reader sees the old file or the new one)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _check_metadata(meta: dict[str, Any]) -> None:

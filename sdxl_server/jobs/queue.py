@@ -223,19 +223,28 @@ class JobQueue:
 
     # -- lookups -------------------------------------------------------------------
 
-    async def find(self, job_id: str) -> Job:
-        """Any job this server has accepted, from memory or the job store; raises :class:`NotFound`."""
+    async def find(self, job_id: str, owner: str | None = None) -> Job:
+        """Any job this server has accepted, from memory or the job store; with ``owner``, only
+        one of that owner's (another's is absent: the same :class:`NotFound`)."""
         job = self._jobs.get(job_id)
         if job is None:
             record = await self._store.get(job_id)
-            if record is None:
-                raise NotFound(f"no job with id {job_id[:64]!r}")
-            job = Job.from_record(record)
+            job = None if record is None else Job.from_record(record)
+        if job is None or (owner is not None and job.owner != owner):
+            raise NotFound(f"no job with id {job_id[:64]!r}")
         return job
 
-    async def page(self, limit: int, status: JobStatus | None = None, before: int | None = None) -> tuple[list[Job], int | None]:
-        """Newest first from the job store, live jobs as they are now; and the cursor of the next page."""
-        records = await self._store.page(limit, status.value if status else None, before)
+    def owner_of(self, job_id: str) -> str | None:
+        """The owner of a job in memory (every job with events to publish); None if not known."""
+        job = self._jobs.get(job_id)
+        return None if job is None else job.owner
+
+    async def page(
+        self, limit: int, status: JobStatus | None = None, before: int | None = None, owner: str | None = None,
+    ) -> tuple[list[Job], int | None]:
+        """Newest first from the job store (``owner``'s only, if given), live jobs as they are now;
+        and the cursor of the next page."""
+        records = await self._store.page(limit, status.value if status else None, before, owner)
         jobs = [self._jobs.get(r["id"]) or Job.from_record(r) for r in records]
         cursor = records[-1]["seq"] if len(records) == limit else None
         return jobs, cursor
@@ -286,10 +295,11 @@ class JobQueue:
 
     # -- cancellation and endings ---------------------------------------------------
 
-    async def cancel(self, job_id: str) -> Job:
-        """Cancel one job: a waiting one leaves the queue now, a running one stops at its next
-        step. Raises :class:`Conflict` if it has ended, or is being cancelled already."""
-        job = await self.find(job_id)
+    async def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel one job (``owner``'s only, if given: see :meth:`find`): a waiting one leaves the
+        queue now, a running one stops at its next step. Raises :class:`Conflict` if it has ended,
+        or is being cancelled already."""
+        job = await self.find(job_id, owner)
         if job.status.terminal or job.settled:
             raise Conflict(f"job {job_id} already {job.status.value}")
         if job.cancel_requested():

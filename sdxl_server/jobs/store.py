@@ -218,8 +218,11 @@ class JobStore:
     async def by_idempotency_key(self, key: str) -> dict[str, Any] | None:
         return await self._call(self._by_key, key)
 
-    def _page(self, limit: int, status: str | None, before: int | None) -> list[dict[str, Any]]:
+    def _page(self, limit: int, status: str | None, before: int | None, owner: str | None) -> list[dict[str, Any]]:
         clauses, args = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
         if status:
             clauses.append("status = ?")
             args.append(status)
@@ -231,9 +234,12 @@ class JobStore:
         rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
         return [self._decode(row) for row in rows]  # type: ignore[misc]
 
-    async def page(self, limit: int, status: str | None = None, before: int | None = None) -> list[dict[str, Any]]:
-        """Newest first; ``before`` is the ``seq`` of the last row of the previous page."""
-        return await self._call(self._page, limit, status, before)
+    async def page(
+        self, limit: int, status: str | None = None, before: int | None = None, owner: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``before`` is the ``seq`` of the last row of the previous page; with
+        ``owner``, that owner's jobs only."""
+        return await self._call(self._page, limit, status, before, owner)
 
     def _with_status(self, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
         assert self._db is not None

@@ -10,9 +10,7 @@ re-reads it when it changes) never sees half of one. Never imports torch or aioh
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,6 +28,7 @@ from ..api.key_file import (
     parse_keys,
     parse_limits,
 )
+from ..jobs.outputs import write_atomic
 
 _LIST_LIMITS = ("models", "loras")
 
@@ -161,14 +160,4 @@ def _write(path: Path, document: tomlkit.TOMLDocument) -> None:
     text = tomlkit.dumps(document)
     parse_keys(text)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda file: file.write(text.encode("utf-8")), mode=0o600, prefix=f".{path.name}.")

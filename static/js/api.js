@@ -75,9 +75,12 @@ export async function api(path, { method = "GET", json } = {}) {
   return { status: response.status, data: body, headers: response.headers };
 }
 
-/** Output files need ?token= when the server protects them (OUTPUTS_NEED_KEY) and a key is set. */
+/**
+ * Output files need ?token= when the server protects them (OUTPUTS_NEED_KEY) and a key is set;
+ * a signed URL (KEYS_FILE: ?expires=...&sig=...) carries its own right to the file, never the key.
+ */
 export function outputUrl(url) {
   const key = apiKey();
-  if (!url || !key || !url.startsWith("/outputs/")) return url;
+  if (!url || !key || !url.startsWith("/outputs/") || /[?&]sig=/.test(url)) return url;
   return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(key)}`;
 }

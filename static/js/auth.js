@@ -23,10 +23,10 @@ export function askForKey(refused) {
 }
 
 /**
- * Wire the panel. verify() runs with the new key saved and resolves true when the server took it
+ * Wire the panel (onForgotten() runs when the key is removed from this browser). verify() runs with the new key saved and resolves true when the server took it
  * (a refusal shows the panel again through askForKey); then the panel hides and onSaved() runs.
  */
-export function initAuth({ verify, onSaved }) {
+export function initAuth({ verify, onSaved, onForgotten = () => {} }) {
   keyForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const key = keyInput.value.trim();
@@ -46,5 +46,6 @@ export function initAuth({ verify, onSaved }) {
     setApiKey(null);
     keyInput.value = "";
     message.textContent = "Key removed from this browser.";
+    onForgotten(); // what the page showed was that key's: its jobs and images go with it
   });
 }

@@ -48,6 +48,12 @@ export async function loadGallery() {
   }
 }
 
+/** Empty the gallery: its images were another key's (each key sees only its own). */
+export function clearGallery() {
+  list.replaceChildren();
+  setGalleryMessage("Enter the API key to see recent images.");
+}
+
 /** picked(job) runs when an image is chosen (click, Enter or Space). */
 export function initGallery(picked) {
   onPick = picked;

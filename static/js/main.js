@@ -6,7 +6,7 @@ import { onUnauthorized } from "./api.js";
 import { askForKey, initAuth } from "./auth.js";
 import { setNote } from "./feedback.js";
 import { focusPrompt, initForm, loadSettings, restoreParams } from "./form.js";
-import { initGallery, loadGallery, setGalleryMessage } from "./gallery.js";
+import { clearGallery, initGallery, loadGallery, setGalleryMessage } from "./gallery.js";
 import { startHealth } from "./health.js";
 import { initImageInput, useAsInput } from "./img2img.js";
 import { hasInfo, infoLoading } from "./info.js";
@@ -36,7 +36,7 @@ function keySaved() {
 
 async function start() {
   onUnauthorized(({ hadKey }) => askForKey(hadKey));
-  initAuth({ verify: loadSettings, onSaved: keySaved });
+  initAuth({ verify: loadSettings, onSaved: keySaved, onForgotten: clearGallery });
   initForm();
   initImageInput();
   document.getElementById("use-as-input").addEventListener("click", () => {
