@@ -15,6 +15,7 @@ from ..errors import NotFound
 from ..jobs.owners import UNLIMITED, Limits
 from ..jobs.queue import JobQueue
 from ..jobs.quotas import LimitsOf
+from ..jobs.states import JobStatus
 from . import keys
 from .identity import IDENTITY
 from .metrics import key_label
@@ -54,11 +55,10 @@ def limits_dict(limits: Limits) -> dict[str, Any]:
 def per_key_figures(queue: JobQueue) -> dict[str, dict[str, float]]:
     """For the metrics: each owner with jobs waiting or running or with usage today."""
     figures: dict[str, dict[str, float]] = {}
-    for owner, waiting in queue.waiting_by_owner().items():
-        figures.setdefault(key_label(owner), {})["waiting"] = waiting
-    for job in queue.running_jobs:
+    for job in queue.active():
         entry = figures.setdefault(key_label(job.owner), {})
-        entry["running"] = entry.get("running", 0) + 1
+        state = "running" if job.status is JobStatus.RUNNING else "waiting"
+        entry[state] = entry.get(state, 0) + 1
     for owner, used in queue.quotas.usage.today_all().items():
         entry = figures.setdefault(key_label(owner), {})
         entry.update(images_today=used.images, gpu_seconds_today=used.gpu_seconds)

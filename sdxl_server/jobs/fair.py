@@ -138,15 +138,6 @@ class FairQueue:
         except KeyError:
             raise ValueError(f"job {job.id} is not waiting") from None
 
-    def waiting_of(self, owner: str | None) -> int:
-        """How many of ``owner``'s jobs wait."""
-        line = self._lines.get(owner)
-        return len(line.jobs) if line else 0
-
-    def owners(self) -> dict[str | None, int]:
-        """Each owner with jobs waiting, and how many."""
-        return {owner: len(line.jobs) for owner, line in self._lines.items() if line.jobs}
-
     def __contains__(self, job: object) -> bool:
         return isinstance(job, Job) and job.id in self._seq
 

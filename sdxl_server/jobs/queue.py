@@ -116,7 +116,7 @@ class JobQueue:
             if existing is not None:
                 return existing, True
         self._check_admission()
-        self._check_quotas(owner, params)
+        self.quotas.check(owner, params, self)
         job = Job(
             params=params, idempotency_key=idempotency_key, request_hash=request_hash, warnings=warnings, owner=owner,
         )
@@ -178,19 +178,6 @@ class JobQueue:
                 f"the queue is full ({self.capacity} waiting): retry later",
                 headers={"Retry-After": str(max(1, int(wait or 10)))},
             )
-
-    def _check_quotas(self, owner: str | None, params: GenerationParams) -> None:
-        if self.quotas.unlimited(owner):
-            return
-        mine = [job for job in self.active() if job.owner == owner]
-        first = next((job for job in mine if job in self._waiting), None)
-        wait_s = None
-        if first is not None:  # until the owner's next job starts: its finish, less its own run
-            eta, run = self.eta_seconds(first), self.estimate.job_seconds(first.params)
-            wait_s = None if eta is None or run is None else max(1.0, eta - run)
-        blocked = self.quotas.blocked(self._running)
-        starts_now = self.concurrency - len(self._running) > len(self._waiting) + self._reserved and owner not in blocked
-        self.quotas.check(owner, params, mine, starts_now=starts_now, wait_s=wait_s)
 
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job
@@ -289,9 +276,6 @@ class JobQueue:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
-
-    def waiting_by_owner(self) -> dict[str | None, int]:
-        return self._waiting.owners()
 
     # -- cancellation and endings ---------------------------------------------------
 

@@ -10,13 +10,32 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from ..errors import NotAllowed, OverLimit
 from ..params import GenerationParams
+from .eta import ThroughputEstimate
 from .job import Job
 from .owners import UNLIMITED, Limits
 from .states import JobStatus
 from .usage import UsageLedger, iso_time, next_midnight
+
+class QueueState(Protocol):
+    """What the checks read of the queue (:class:`~.queue.JobQueue`)."""
+
+    concurrency: int
+    estimate: ThroughputEstimate
+
+    @property
+    def running_jobs(self) -> list[Job]: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    def active(self) -> list[Job]: ...
+
+    def eta_seconds(self, job: Job | None) -> float | None: ...
+
 
 LimitsOf = Callable[[str | None], Limits]
 """An owner's limits now (the keys file may change while jobs wait); unknown owners: none."""
@@ -33,29 +52,26 @@ class Quotas:
         self.usage = usage
         self.limits_of = limits_of
 
-    def unlimited(self, owner: str | None) -> bool:
-        return self.limits_of(owner) == UNLIMITED
-
     def weight(self, owner: str | None) -> int:
         """``owner``'s share of the fair queue."""
         return self.limits_of(owner).weight
 
-    def check(
-        self, owner: str | None, params: GenerationParams, mine: list[Job], *, starts_now: bool, wait_s: float | None,
-    ) -> None:
+    def check(self, owner: str | None, params: GenerationParams, queue: QueueState) -> None:
         """Raise :class:`NotAllowed` or :class:`OverLimit` if ``owner`` may not queue ``params``
-        now. ``mine``: its unfinished jobs (waiting and running); ``starts_now``: whether the job
-        would start at once (a lane is free for it); ``wait_s``: seconds until the owner's next
-        waiting job starts (None: unknown)."""
+        on ``queue`` now."""
         limits = self.limits_of(owner)
         if limits == UNLIMITED:
             return
         _check_allowed(limits, params)
-        waiting = sum(1 for job in mine if job.status is JobStatus.QUEUED)
-        if limits.waiting is not None and waiting + (not starts_now) > limits.waiting:
-            retry = math.ceil(wait_s) if wait_s is not None else 10
+        mine = [job for job in queue.active() if job.owner == owner]  # running, then waiting in order
+        queued = [job for job in mine if job.status is JobStatus.QUEUED]
+        running = queue.running_jobs
+        starts_now = queue.concurrency - len(running) > queue.waiting and owner not in self.blocked(running)
+        if limits.waiting is not None and len(queued) + (not starts_now) > limits.waiting:
+            retry = _until_start(queue, queued[0]) if queued else None
+            retry = math.ceil(retry) if retry is not None else 10
             raise OverLimit(
-                f"this key may have {limits.waiting} job(s) waiting at once and has {waiting}: "
+                f"this key may have {limits.waiting} job(s) waiting at once and has {len(queued)}: "
                 "retry once one of them has started",
                 limit="waiting", resets_at=iso_time(self.usage.clock() + retry), retry_after_s=retry,
             )
@@ -82,6 +98,12 @@ class Quotas:
         waiting jobs for now."""
         counts = Counter(job.owner for job in running)
         return {owner for owner, count in counts.items() if _at_most(self.limits_of(owner).running, count)}
+
+
+def _until_start(queue: QueueState, job: Job) -> float | None:
+    """Seconds until the waiting ``job`` starts: when it should finish, less its own run."""
+    eta, run = queue.eta_seconds(job), queue.estimate.job_seconds(job.params)
+    return None if eta is None or run is None else max(1.0, eta - run)
 
 
 def _at_most(limit: int | None, count: int) -> bool:
