@@ -21,8 +21,9 @@ _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, float("inf")
 
 
 def key_label(owner: str | None) -> str:
-    """A job owner as the ``key`` label: the key's name, ``anonymous`` for none."""
-    return owner if owner is not None else "anonymous"
+    """A job owner as the ``key`` label: the key's name; ``(none)`` for the jobs of no key of
+    ``KEYS_FILE`` (the single ``API_KEY``, a server without keys), a name no key can have."""
+    return owner if owner is not None else "(none)"
 
 
 class _PerKey(Collector):
