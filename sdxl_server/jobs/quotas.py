@@ -34,6 +34,8 @@ class QueueState(Protocol):
 
     def active(self) -> list[Job]: ...
 
+    def unfinished(self) -> list[Job]: ...
+
     def eta_seconds(self, job: Job | None) -> float | None: ...
 
 
@@ -63,8 +65,7 @@ class Quotas:
         if limits == UNLIMITED:
             return
         _check_allowed(limits, params)
-        mine = [job for job in queue.active() if job.owner == owner]  # running, then waiting in order
-        queued = [job for job in mine if job.status is JobStatus.QUEUED]
+        queued = [job for job in queue.active() if job.owner == owner and job.status is JobStatus.QUEUED]  # in order
         running = queue.running_jobs
         starts_now = queue.concurrency - len(running) > queue.waiting and owner not in self.blocked(running)
         if limits.waiting is not None and len(queued) + (not starts_now) > limits.waiting:
@@ -75,7 +76,7 @@ class Quotas:
                 "retry once one of them has started",
                 limit="waiting", resets_at=iso_time(self.usage.clock() + retry), retry_after_s=retry,
             )
-        self._check_daily(owner, limits, params, mine)
+        self._check_daily(owner, limits, params, [job for job in queue.unfinished() if job.owner == owner])
 
     def _check_daily(self, owner: str | None, limits: Limits, params: GenerationParams, mine: list[Job]) -> None:
         now = self.usage.clock()
