@@ -160,7 +160,7 @@ def test_the_keys_file_is_read_again_when_it_changes_and_a_bad_change_keeps_the_
 
 def test_every_key_costs_the_same_work_whatever_is_wrong_with_it(tmp_path, monkeypatch):
     """Timing cannot tell an unknown key from a revoked one, a malformed one or none: each request
-    hashes as many candidates and compares each with every entry."""
+    hashes as many candidates and compares each once, with its entry or a stand-in."""
     from sdxl_server.api import key_ring
 
     keys_file = tmp_path / "keys.toml"
@@ -178,4 +178,4 @@ def test_every_key_costs_the_same_work_whatever_is_wrong_with_it(tmp_path, monke
         compared.clear()
         ring.match(presented)
         costs.add((len(work), len(compared)))
-    assert costs == {(2, 4)}
+    assert costs == {(2, 2)}

@@ -3,6 +3,7 @@ our shape, OpenAI's and A1111's; ``GET /api/v1/usage``; the metrics by key; a da
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -108,3 +109,15 @@ async def test_images_per_day_counts_usage_shows_it_and_midnight_resets_it(limit
 
     usage.clock = lambda: LATE + 20  # past midnight (UTC): a new day
     assert (await client.post("/api/v1/generate", json=SMALL, headers=bearer(ALICE))).status == 200
+
+
+async def test_a_limit_changed_in_the_keys_file_applies_to_the_next_request(limited, tmp_path):
+    client = await limited('models = ["some-other-model"]\nweight = 3')
+    assert (await client.post("/api/v1/jobs", json=SMALL, headers=bearer(ALICE))).status == 403
+    assert client.app[keys.QUEUE].quotas.weight("alice") == 3
+    keys_file(tmp_path / "keys.toml", "requests_per_minute = 1")  # the operator edits the file
+    assert await asyncio.to_thread(client.app[keys.KEY_RING].refresh)  # as the watcher does when it changes
+    assert (await client.post("/api/v1/jobs", json=SMALL, headers=bearer(ALICE))).status == 202
+    assert client.app[keys.QUEUE].quotas.weight("alice") == 1
+    refused = await client.post("/api/v1/jobs", json=SMALL, headers=bearer(ALICE))
+    assert refused.status == 429 and (await refused.json())["limit"] == "requests_per_minute"

@@ -230,3 +230,25 @@ def test_a_bad_keys_file_stops_the_start_naming_the_problem(tiny_cache, tmp_path
     finally:
         live.stop()
     assert "KEYS_FILE" in live.log_text() and "key 'a': running must be a whole number" in live.log_text()
+
+
+async def test_owners_and_signed_urls_survive_a_restart(tiny_cache, tmp_path):
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(keys_text())
+    first = LiveServer(tiny_cache, tmp_path / "outputs", KEYS_FILE=str(keys_file)).wait_ready()
+    try:
+        async with aiohttp.ClientSession(first.url) as http:
+            made = await generate(http, ALICE, "kept across a restart")
+    finally:
+        first.stop()
+    again = LiveServer(tiny_cache, tmp_path / "outputs", KEYS_FILE=str(keys_file)).wait_ready()
+    try:
+        async with aiohttp.ClientSession(again.url) as http:
+            assert (await call(http, "GET", f"/api/v1/jobs/{made['id']}", ALICE))[0] == 200
+            assert (await call(http, "GET", f"/api/v1/jobs/{made['id']}", BOB))[0] == 404
+            listed = (await call(http, "GET", "/api/v1/jobs", BOB))[1]
+            assert made["id"] not in json.dumps(listed)
+            async with http.get(made["image_url"]) as response:  # the URL signed before the restart
+                assert response.status == 200
+    finally:
+        again.stop()

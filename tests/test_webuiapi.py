@@ -48,7 +48,7 @@ def test_webuiapi_with_api_key_sends_basic_auth(tiny_cache, tmp_path):
     try:
         api = webuiapi.WebUIApi(baseurl=f"{live.url}/sdapi/v1", steps=1)
         refused = api.get_sd_models()  # webuiapi returns the body whatever the status
-        assert refused["error"] == "unauthorized" and "Basic auth with API_KEY as the password" in refused["detail"]
+        assert refused["error"] == "unauthorized" and "Basic auth with the key as the password" in refused["detail"]
         api.set_auth("webui", "sk-local")
         assert [m["title"] for m in api.get_sd_models()] == ["tiny"]
         result = api.txt2img(prompt="a lighthouse", seed=3, width=64, height=64)

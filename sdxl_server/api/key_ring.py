@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 CANDIDATES = 2
+# What a digest that is no key's is compared with: revoked, so it never matches (even the digest of "").
+_NOBODY = (KeyEntry("", bytes(32), frozenset(), Limits(), revoked=True), Identity(None, frozenset()))
 MAX_KEYS_FILE_BYTES = 4 * 1024 * 1024
 
 
@@ -33,7 +35,7 @@ class KeyRing:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._entries: tuple[tuple[KeyEntry, Identity], ...] = ()
+        self._entries: dict[bytes, tuple[KeyEntry, Identity]] = {}
         self._limits: dict[str, Limits] = {}  # name -> its limits (revoked keys' too: their jobs may still wait)
         self._stamp: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
@@ -47,7 +49,7 @@ class KeyRing:
     @property
     def names(self) -> list[str]:
         """The names of the keys that may be used (not revoked)."""
-        return [entry.name for entry, _ in self._entries if not entry.revoked]
+        return [entry.name for entry, _ in self._entries.values() if not entry.revoked]
 
     def load(self) -> None:
         """Read the file at start; raises :class:`KeyFileError` if it cannot be used."""
@@ -97,22 +99,25 @@ class KeyRing:
             raise KeyFileError(f"cannot read it: {exc}") from None
 
     def _use(self, entries: dict[str, KeyEntry], stamp: tuple[int, int, int]) -> None:
-        self._entries = tuple((e, Identity(e.name, e.scopes, e.limits)) for e in entries.values())
+        self._entries = {e.digest: (e, Identity(e.name, e.scopes, e.limits)) for e in entries.values()}  # digests are unique
         self._limits = {e.name: e.limits for e in entries.values()}
         self._stamp, self.problem, self.loaded_at = stamp, None, time.time()
 
     def match(self, presented: Sequence[str]) -> Identity | None:
         """The identity of the first usable key among ``presented`` (at most :data:`CANDIDATES`),
-        or None. As many candidates are always hashed (stand-ins for those not sent), and each is
-        compared with every entry, revoked ones too, in constant time and without a short cut: the
-        work, and so the timing, says nothing of whether, which or how a key failed."""
+        or None. As many candidates are always hashed (stand-ins for those not sent); each digest
+        is looked up (a table of every entry, revoked ones too, keyed by a digest no one can aim
+        at without the secret) and compared in constant time with what it found or a stand-in: the
+        same work, whether a key is unknown, revoked, malformed or missing, and whatever the
+        number of keys."""
         entries = self._entries  # one reading, whatever a reload swaps in meanwhile
         found: Identity | None = None
         for index, key in enumerate(padded(presented)):
-            presented_digest, sent = digest(key), index < len(presented)
-            for entry, identity in entries:
-                if hmac.compare_digest(presented_digest, entry.digest) and sent and not entry.revoked and found is None:
-                    found = identity
+            presented_digest = digest(key)
+            entry, identity = entries.get(presented_digest, _NOBODY)
+            good = hmac.compare_digest(presented_digest, entry.digest) and index < len(presented) and not entry.revoked
+            if good and found is None:
+                found = identity
         return found
 
     def limits_of(self, name: str) -> Limits:
