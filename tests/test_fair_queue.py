@@ -154,3 +154,25 @@ async def test_models_and_loras_outside_a_keys_list_are_refused(queue_of):
     assert refused.value.limit == "loras"
     await queue.submit(dataclasses.replace(_params("x"), model="tiny", loras=(("style", 0.5),)), owner="A")
     await queue.submit(other_model, owner="B")
+
+
+async def test_positions_and_etas_follow_the_running_limit_when_slots_free(queue_of):
+    limits = {"A": Limits(running=1)}
+    queue, work, _ = await queue_of(concurrency=2, capacity=10, limits_of=lambda o: limits.get(o, UNLIMITED))
+    a1, _ = await queue.submit(_params("a1"), owner="A")
+    b1, _ = await queue.submit(_params("b1"), owner="B")
+    assert {await work.entered.get(), await work.entered.get()} == {"a1", "b1"}
+    a2, _ = await queue.submit(_params("a2"), owner="A")
+    b2, _ = await queue.submit(_params("b2"), owner="B")
+    assert [job.id for job in queue.active()[2:]] == [a2.id, b2.id]  # the fair order: A's turn first
+    queue.estimate.record_step(_params("x"), 0.5)  # 2 s a job
+    b1.step = 2  # b1 ends in 1 s, a1 in 2 s
+    # b1's slot frees first, but A may run one job at once: b2 takes it, a2 starts when a1 ends
+    planned = queue.schedule()
+    assert [job.id for job, _ in planned] == [b2.id, a2.id]
+    assert [eta for _, eta in planned] == pytest.approx([3.0, 4.0], abs=0.05)
+    assert (queue.position(b2), queue.position(a2)) == (1, 2)
+    assert queue.eta_seconds(a2) == pytest.approx(4.0, abs=0.05) and queue.eta_seconds(None) == pytest.approx(4.0, abs=0.05)
+    work.gate("b1").set()
+    await b1.wait()
+    assert await work.entered.get() == "b2"  # as planned

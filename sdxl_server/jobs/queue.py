@@ -380,8 +380,8 @@ class JobQueue:
         """1 for the next job to run, 0 for the running one, None once finished."""
         if job.status is JobStatus.RUNNING and (job in self._running or self.worker.encoder.saving(job)):
             return 0
-        if job in self._waiting:
-            return self._waiting.index(job) + 1
+        if job in self._waiting:  # its place in the order jobs will start in (owners' running limits too)
+            return next(index for index, (queued, _) in enumerate(self.schedule(), start=1) if queued is job)
         return None  # finished, or suspended by a shutdown
 
     def schedule(self) -> list[tuple[Job, float | None]]:
@@ -390,7 +390,7 @@ class JobQueue:
         return self._plan()[0]
 
     def _plan(self) -> tuple[list[tuple[Job, float | None]], list[float] | None]:
-        return self.estimate.plan(self._running, self._waiting, self.concurrency, time.time())
+        return self.estimate.plan(self._running, self._waiting, self.concurrency, time.time(), self.quotas.running_limit)
 
     def eta_seconds(self, job: Job | None) -> float | None:
         """Seconds until ``job`` finishes (None: until the whole queue drains); None if unknown yet."""

@@ -54,6 +54,10 @@ class Quotas:
         self.usage = usage
         self.limits_of = limits_of
 
+    def running_limit(self, owner: str | None) -> int | None:
+        """How many of ``owner``'s jobs may run at once (None: any)."""
+        return self.limits_of(owner).running
+
     def weight(self, owner: str | None) -> int:
         """``owner``'s share of the fair queue."""
         return self.limits_of(owner).weight
