@@ -100,6 +100,33 @@ class QueueFull(ApiError):
     status, code = 429, "queue_full"
 
 
+class OverLimit(ApiError):
+    """A key went over one of its limits (``limit``: the name of the limit in the keys file);
+    ``resets_at`` (ISO 8601, UTC) is when it allows the request again, as ``Retry-After`` says."""
+
+    status, code = 429, "over_limit"
+
+    def __init__(self, message: str, *, limit: str, resets_at: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+        self.limit, self.resets_at = limit, resets_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "limit": self.limit, "resets_at": self.resets_at}
+
+
+class NotAllowed(ApiError):
+    """A key asked for a model or a LoRA its limits do not allow (``fields`` names which)."""
+
+    status, code = 403, "not_allowed"
+
+    def __init__(self, message: str, *, limit: str, fields: dict[str, Any]) -> None:
+        super().__init__(message, fields=fields)
+        self.limit = limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "limit": self.limit}
+
+
 class ModelUnavailable(ApiError):
     """The model failed to load; the message says why and how to fix it."""
 

@@ -126,7 +126,8 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     table = done.stdout
     for title in ("server overhead", "event loop", "progress", "memory", "batch", "PNG encode", "cold start",
                   "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:",
-                  "storage: one image's files", "webhook delivery after a job ends"):
+                  "storage: one image's files", "webhook delivery after a job ends",
+                  "key check + admission per request"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -266,3 +267,20 @@ def test_bench_switching_section(tiny_cache, tmp_path):
     assert all(value > 0 for value in lora["step_s"].values())
     assert model["other"] == "tiny-b" and model["switch_from_disk_s"] > 0
     assert model["switch_back_from_ram_s"] < model["switch_from_disk_s"]  # the RAM cache skips the load
+
+
+# --------------------------------------------------------------------------- admission
+
+
+def test_the_admission_section_times_the_real_key_check(tmp_path):
+    from sdxl_server.tools.bench.admission import admission_rows, section_admission
+    from sdxl_server.tools.bench.options import BenchOptions
+
+    opts = BenchOptions(width=64, height=64, steps=1, guidance_scale=1.0, admission_keys=20, admission_samples=50)
+    result = section_admission(Settings(model_id="tiny", output_dir=tmp_path), opts)
+    assert result["keys"] == 20
+    for case in ("valid_key", "wrong_key", "api_key"):
+        assert result[case]["n"] == result[case]["cpu_ms"]["n"] == 50
+        assert 0 < result[case]["median"] <= result[case]["p99"] <= result[case]["max"]
+    assert set(result["within_target"]) == {"wall", "cpu"}
+    assert "a wrong key (401)" in "\n".join(label for label, _ in admission_rows(result))

@@ -6,8 +6,8 @@ from doubles import FaultyUnetEngine
 from prometheus_client.parser import text_string_to_metric_families
 
 
-async def scrape(client) -> dict[str, float]:
-    resp = await client.get("/metrics")
+async def scrape(client, headers: dict[str, str] | None = None) -> dict[str, float]:
+    resp = await client.get("/metrics", headers=headers)
     assert resp.status == 200 and resp.content_type == "text/plain"
     samples = {}
     for family in text_string_to_metric_families(await resp.text()):

@@ -226,3 +226,31 @@ def test_sigterm_drains_the_running_job_and_leaves_no_ray_process_behind(tiny_ca
         server.stop()
     assert f"images/{job['id']}.png" in output_files(tmp_path / "outputs")  # it finished within the grace period
     assert [pid for pid in ray_processes if _alive(pid)] == []
+
+
+async def test_per_key_limits_and_the_fair_queue_work_the_same_on_ray(make_client, ray_settings, gate, tmp_path):
+    """Admission and fairness stay in the front end: key alice (one job running at once) fills
+    neither replica twice, bob's job takes the other replica ahead of alice's waiting ones, and
+    each key's GPU-seconds are measured while its jobs held a replica."""
+    from test_limits import ALICE, BOB, bearer
+    from test_limits import keys_file as write_keys
+
+    path = write_keys(tmp_path / "keys.toml", "running = 1")
+    client = await _ray_client(make_client, ray_settings.replace(keys_file=path, queue_size=4), gate)
+    ws = await client.ws_connect("/api/v1/ws", headers=bearer(ALICE))
+    await next_event(ws)  # snapshot
+    alice = [(await (await client.post("/api/v1/jobs", json={"prompt": f"hold {n}"}, headers=bearer(ALICE))).json())["id"]
+             for n in range(3)]
+    bob = (await (await client.post("/api/v1/jobs", json={"prompt": "hold bob"}, headers=bearer(BOB))).json())["id"]
+    bobs_ws = await client.ws_connect("/api/v1/ws", headers=bearer(BOB))
+    await next_event(bobs_ws)
+    await _held(ws, {alice[0]})
+    await _held(bobs_ws, {bob})  # bob's job runs on the second replica while alice's others wait
+    assert sorted(job.id for job in client.app[keys.QUEUE].running_jobs) == sorted([alice[0], bob])
+    second = await (await client.get(f"/api/v1/jobs/{alice[1]}", headers=bearer(ALICE))).json()
+    assert second["status"] == "queued" and second["position"] == 1
+    gate.touch()
+    await _until_all_end(ws, set(alice))
+    usage = await (await client.get("/api/v1/usage", headers=bearer(ALICE))).json()
+    (day,) = usage["keys"][0]["days"].values()
+    assert day["jobs"] == 3 and day["gpu_seconds"] > 0

@@ -22,12 +22,14 @@ from aiohttp import web
 from .. import __version__
 from ..config import Settings
 from . import keys, websocket
+from .admission import admission_middleware
 from .contexts import CONTEXTS
 from .forwarded import forwarded_middleware
 from .key_ring import KeyRing
 from .limits import body_limit_middleware
 from .middleware import error_middleware
 from .openapi import build_spec
+from .rates import RateWindow
 from .routes import ROUTES, add_routes
 from .schemas import generate_request_schema
 from .security import add_cors_headers, auth_middleware, cors_middleware
@@ -93,8 +95,8 @@ def _on_second_signal(callback: Callable[[], None]) -> None:
 def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``."""
     app = Application(
-        middlewares=[error_middleware, forwarded_middleware, cors_middleware, auth_middleware, body_limit_middleware,
-                     slow_body_middleware],
+        middlewares=[error_middleware, forwarded_middleware, cors_middleware, auth_middleware, admission_middleware,
+                     body_limit_middleware, slow_body_middleware],
         client_max_size=settings.max_body_bytes
     )
     app.on_response_prepare.append(add_cors_headers)
@@ -105,6 +107,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
     app[keys.STATIC_DIR] = find_static_dir()
     app[keys.OPENAPI] = build_spec(settings, __version__, ROUTES)
+    app[keys.RATES] = RateWindow()
     app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     app[keys.A1111_SKIPPED] = set()
     app[keys.A1111_JOBS] = set()

@@ -27,6 +27,7 @@ from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..jobs.webhook_delivery import Dispatcher
 from ..jobs.webhooks import Outbox
+from ..jobs.usage import UsageLedger
 from ..jobs.work import GenerationWork
 from ..config import ConfigError
 from . import a1111, keys
@@ -36,6 +37,7 @@ from .metrics import Metrics
 from .ownership import present
 from .signed_urls import SECRET_FILE_NAME, UrlSigner, load_secret
 from .webhook_client import WebhookClient
+from .usage import limits_lookup, per_key_figures
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +111,16 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _metrics(app: web.Application, queue: JobQueue) -> Metrics:
     engine = app[keys.ENGINE]
-    return Metrics(
+    metrics = Metrics(
         queue_depth=lambda: queue.waiting,
         running=lambda: len(queue.running_jobs),
         websockets=lambda: len(app[keys.WEBSOCKETS]),
         model_load_seconds=lambda: engine.load_seconds or 0.0,
         gpu_memory=(lambda: app[keys.STATUS].latest.gpu_memory_allocated) if engine.runtime.on_cuda else None,
+        per_key=lambda: per_key_figures(queue),
     )
+    queue.quotas.usage.listeners.append(metrics.used)
+    return metrics
 
 
 async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -150,14 +155,18 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     letters = Outbox(
         app[keys.JOB_STORE], lambda job: present(app, describe(queue, job)), progress_interval=settings.webhook_progress_interval
     )
+    usage = UsageLedger(app[keys.JOB_STORE])
+    await usage.load()
     queue = JobQueue(
         app[keys.STATUS].reporting(work), app[keys.EXECUTOR], app[keys.JOB_STORE],
         capacity=settings.queue_size, preload=settings.preload, publish=publish, concurrency=settings.concurrency,
-        requeue_interrupted=settings.restart_running == "requeue", letters=letters,
+        requeue_interrupted=settings.restart_running == "requeue", letters=letters, limits_of=limits_lookup(app),
+        usage=usage,
     )
     app[keys.STORE].inputs.needed = needed_inputs
     metrics = _metrics(app, queue)
-    app[keys.HUB], app[keys.METRICS], app[keys.QUEUE], app[keys.OUTBOX] = hub, metrics, queue, letters
+    app[keys.HUB], app[keys.METRICS], app[keys.QUEUE] = hub, metrics, queue
+    app[keys.OUTBOX], app[keys.USAGE] = letters, usage
     report = await recover(app[keys.JOB_STORE], app[keys.STORE], settings.restart_running)
     await letters.reconcile()  # the end events of jobs recovery ended
     queue.restore(report.requeued)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..jobs.owners import Limits
+from ..jobs.owners import UNLIMITED, Limits
 from .identity import Identity
 from .key_file import KeyEntry, KeyFileError, digest, parse_keys
 
@@ -36,6 +36,7 @@ class KeyRing:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._entries: dict[bytes, tuple[KeyEntry, Identity]] = {}
+        self._limits: dict[str, Limits] = {}  # name -> its limits (revoked keys' too: their jobs may still wait)
         self._stamp: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
         self.problem: str | None = None  # why the file as it is now is not in use
@@ -99,6 +100,7 @@ class KeyRing:
 
     def _use(self, entries: dict[str, KeyEntry], stamp: tuple[int, int, int]) -> None:
         self._entries = {e.digest: (e, Identity(e.name, e.scopes, e.limits)) for e in entries.values()}  # digests are unique
+        self._limits = {e.name: e.limits for e in entries.values()}
         self._stamp, self.problem, self.loaded_at = stamp, None, time.time()
 
     def match(self, presented: Sequence[str]) -> Identity | None:
@@ -117,6 +119,10 @@ class KeyRing:
             if good and found is None:
                 found = identity
         return found
+
+    def limits_of(self, name: str) -> Limits:
+        """The limits of the key ``name`` as the file says now (none for a name it lacks)."""
+        return self._limits.get(name, UNLIMITED)
 
     def describe(self) -> dict[str, object]:
         """For ``/health`` (admin keys): the file, its usable keys, and why a change was refused."""

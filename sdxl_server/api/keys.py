@@ -19,10 +19,12 @@ from ..jobs.queue import JobQueue
 from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..jobs.webhooks import Outbox
+from ..jobs.usage import UsageLedger
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
 from .key_ring import KeyRing
 from .metrics import Metrics
+from .rates import RateWindow
 from .signed_urls import UrlSigner
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -42,6 +44,8 @@ WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", dict)
 OUTBOX = web.AppKey("outbox", Outbox)  # the webhook outbox's letters (jobs/webhooks.py), written by the queue's recorder
+RATES = web.AppKey("rates", RateWindow)  # each key's requests of the last minute (api/rates.py)
+USAGE = web.AppKey("usage", UsageLedger)  # each key's jobs, images and GPU-seconds per day (jobs/usage.py)
 KEY_RING = web.AppKey("key_ring", KeyRing)  # KEYS_FILE's keys, re-read when it changes (api/key_ring.py)
 URL_SIGNER = web.AppKey("url_signer", UrlSigner)  # only with KEYS_FILE: output URLs are signed (api/signed_urls.py)
 

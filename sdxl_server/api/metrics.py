@@ -11,11 +11,42 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 - re-exported for the view
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from ..jobs.states import TERMINAL_EVENTS
 
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, float("inf"))
+
+
+def key_label(owner: str | None) -> str:
+    """A job owner as the ``key`` label: the key's name; ``(none)`` for the jobs of no key of
+    ``KEYS_FILE`` (the single ``API_KEY``, a server without keys), a name no key can have."""
+    return owner if owner is not None else "(none)"
+
+
+class _PerKey(Collector):
+    """Gauges read at each scrape: each key's jobs waiting and running now, and its use of today
+    (``read()``: key -> {"waiting", "running", "images_today", "gpu_seconds_today"})."""
+
+    _DOCS = {
+        "waiting": "Jobs waiting now, by key",
+        "running": "Jobs running now, by key",
+        "images_today": "Images made today (UTC), by key",
+        "gpu_seconds_today": "GPU-seconds used today (UTC), by key",
+    }
+
+    def __init__(self, read: Callable[[], dict[str, dict[str, float]]]) -> None:
+        self._read = read
+
+    def collect(self):
+        values = self._read()
+        for name, doc in self._DOCS.items():
+            family = GaugeMetricFamily(f"sdxl_key_{name}", doc, labels=["key"])
+            for key, figures in values.items():
+                family.add_metric([key], figures.get(name, 0.0))
+            yield family
 
 
 class Metrics:
@@ -29,6 +60,7 @@ class Metrics:
         websockets: Callable[[], float],
         model_load_seconds: Callable[[], float],
         gpu_memory: Callable[[], float] | None = None,
+        per_key: Callable[[], dict[str, dict[str, float]]] | None = None,
     ) -> None:
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
@@ -56,6 +88,28 @@ class Metrics:
                 gpu_memory
             )
         self._last_step: dict[str, tuple[int, float]] = {}
+        self._keys(registry, per_key)
+
+    def _keys(self, registry: CollectorRegistry, per_key: Callable[[], dict[str, dict[str, float]]] | None) -> None:
+        """The metrics labelled by key name (as many series as keys: only keys label them)."""
+        self.key_jobs = Counter("sdxl_key_jobs", "Jobs that ran, by key", ["key"], registry=registry)
+        self.key_images = Counter("sdxl_key_images", "Images made, by key", ["key"], registry=registry)
+        self.key_gpu_seconds = Counter(
+            "sdxl_key_gpu_seconds", "Seconds a key's jobs held a worker (measured)", ["key"], registry=registry)
+        self.key_refused = Counter(
+            "sdxl_key_refused", "Requests refused by a key's limits, by key and limit", ["key", "limit"], registry=registry)
+        if per_key is not None:
+            registry.register(_PerKey(per_key))
+
+    def used(self, owner: str | None, jobs: int = 0, images: int = 0, gpu_seconds: float = 0.0) -> None:
+        """A key's usage grew (fed by the usage ledger)."""
+        key = key_label(owner)
+        for counter, amount in ((self.key_jobs, jobs), (self.key_images, images), (self.key_gpu_seconds, gpu_seconds)):
+            if amount:
+                counter.labels(key=key).inc(amount)
+
+    def refused(self, owner: str | None, limit: str) -> None:
+        self.key_refused.labels(key=key_label(owner), limit=limit).inc()
 
     def observe(self, event: dict[str, Any]) -> None:
         kind, job_id = event["type"], event.get("id")

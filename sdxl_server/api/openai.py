@@ -218,6 +218,7 @@ async def models(request: web.Request) -> web.Response:
 
 _TYPES = {401: "invalid_request_error", 429: "rate_limit_error"}
 _CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
+_KEPT = ("limit", "resets_at")
 
 
 def error_body(status: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -231,5 +232,7 @@ def error_body(status: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     if param is not None and message.startswith("invalid request"):
         message = f"{param}: {' '.join(fields_[param])}"
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return status, {"error": {"message": message, "type": kind, "param": param, "code": _CODES.get(status, body["error"])}}
+    error = {"message": message, "type": kind, "param": param, "code": _CODES.get(status, body["error"])}
+    error.update({name: body[name] for name in _KEPT if name in body})  # a key's limit, and when it resets
+    return status, {"error": error}
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from . import (
     a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, views, websocket,
 )
-from . import styles
+from . import styles, usage
 from .route_table import (
     BODY_ERRORS,
     EVENT_STREAM,
@@ -72,6 +72,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/jobs/{job_id}", views.get_job, READ, "One job", {200: "Job", **errors(404)}, tags=("jobs",)),
     Route("DELETE", "/api/v1/jobs/{job_id}", views.cancel_job, GENERATE, "Cancel one job", {
         200: "Job", 202: (JSON, "Still stopping (cancel_requested)", "Job"), **errors(404, 409)}, tags=("jobs",)),
+    Route("GET", "/api/v1/usage", usage.usage, READ,
+          "What keys used per UTC day (jobs, images, GPU-seconds) and their limits: a key its own, admin every key's", {
+              200: (JSON, "{today, resets_at, keys: [{key, days: {date: {jobs, images, gpu_seconds}}, limits}]}",
+                    {"type": "object"}), **errors(404, 422)}, query=usage.UsageQuerySchema, tags=("jobs",)),
     Route("GET", "/api/v1/ws", websocket.websocket, READ, "Websocket of live job events (the protocol: docs/api.md)", {
         101: ("", "Switching protocols", None), **errors(400, 403, 404)}, tags=("jobs",)),
     # --- OpenAI ------------------------------------------------------------------------------

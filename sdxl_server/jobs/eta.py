@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 from ..params import GenerationParams
 from .job import Job
+
+RunningLimit = Callable[[str | None], int | None]  # an owner's jobs that may run at once (None: any)
 
 
 class ThroughputEstimate:
@@ -58,13 +61,19 @@ class ThroughputEstimate:
         return max(0.0, left)
 
     def plan(
-        self, running: list[Job], waiting: Iterable[Job], concurrency: int, now: float
+        self, running: list[Job], waiting: Iterable[Job], concurrency: int, now: float,
+        running_limit: RunningLimit | None = None,
     ) -> tuple[list[tuple[Job, float | None]], list[float] | None]:
         """Each waiting job in order with the seconds until it finishes (None: not known yet), and
         when each of the ``concurrency`` slots is free once they have run (None: unknown).
 
         Each waiting job goes to the slot that frees first, as the worker takes them; a job for
-        another model than the one before it pays that model's switch."""
+        another model than the one before it pays that model's switch. With ``running_limit``
+        (an owner's jobs that may run at once, None: any), an owner at its limit is skipped as the
+        worker skips it, and the jobs come back in the order they will start."""
+        waiting = list(waiting)
+        if running_limit is not None and any(running_limit(job.owner) is not None for job in [*running, *waiting]):
+            return self._plan_limited(running, waiting, concurrency, now, running_limit)
         remaining = [self.remaining_seconds(job, now) for job in running]
         slots: list[float] | None = None if None in remaining else [
             *remaining, *[0.0] * max(0, concurrency - len(remaining))]  # type: ignore[list-item]
@@ -85,3 +94,41 @@ class ThroughputEstimate:
             heapq.heappush(slots, finish)
             planned.append((job, finish))
         return planned, slots
+
+    def _plan_limited(
+        self, running: list[Job], waiting: list[Job], concurrency: int, now: float, running_limit: RunningLimit,
+    ) -> tuple[list[tuple[Job, float | None]], list[float] | None]:
+        """:meth:`plan` when owners have running limits: the worker simulated, a slot that frees
+        taking the first waiting job whose owner is below its limit (a slot idle while none is)."""
+        remaining = [self.remaining_seconds(job, now) for job in running]
+        if None in remaining:
+            return [(job, None) for job in waiting], None
+        ends = [(left, job.owner) for left, job in zip(remaining, running)]  # (when a slot frees, whose job ends)
+        heapq.heapify(ends)
+        counts = Counter(job.owner for job in running)
+        idle, at, pending, planned = max(0, concurrency - len(running)), 0.0, list(waiting), []
+        model = running[-1].params.model if running else None
+        while pending:
+            index = next((i for i, job in enumerate(pending) if _below(running_limit(job.owner), counts[job.owner])), None)
+            if idle and index is not None:
+                job = pending.pop(index)
+                seconds = self.job_seconds(job.params)
+                if seconds is None:
+                    return planned + [(other, None) for other in [job, *pending]], None
+                if model is not None and job.params.model != model:
+                    seconds += self.switch_seconds(job.params.model)
+                model, idle = job.params.model, idle - 1
+                counts[job.owner] += 1
+                heapq.heappush(ends, (at + seconds, job.owner))
+                planned.append((job, at + seconds))
+            elif ends:  # wait for the next job to end
+                at, owner = heapq.heappop(ends)
+                counts[owner] -= 1
+                idle += 1
+            else:
+                break  # (cannot happen: with nothing running every owner is below its limit)
+        return planned, [end for end, _ in ends] + [at] * idle
+
+
+def _below(limit: int | None, count: int) -> bool:
+    return limit is None or count < limit

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -29,11 +29,14 @@ from ..errors import (
 )
 from ..params import GenerationParams
 from .eta import ThroughputEstimate
+from .fair import FairQueue
 from .housekeeping import MAX_ATTEMPTS
 from .job import Job, Work
+from .quotas import LimitsOf, Quotas, no_limits
 from .recording import Letters, Recorder
 from .states import END_EVENT, JobStatus
 from .store import JobStore
+from .usage import UsageLedger
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,10 @@ Publish = Callable[[dict[str, Any]], None]
 
 
 class JobQueue:
-    """A bounded FIFO of jobs, run ``concurrency`` at a time on ``executor`` by its :class:`~.worker.Worker`.
+    """A bounded fair queue of jobs (:class:`~.fair.FairQueue`: round-robin across owners, FIFO
+    within one), run ``concurrency`` at a time on ``executor`` by its :class:`~.worker.Worker`.
+    Each owner's limits (``limits_of``) are applied by :class:`~.quotas.Quotas`, its usage
+    counted in ``usage``.
 
     ``capacity`` jobs may wait behind the running ones (0: a job is accepted only when a slot is free);
     :meth:`submit` raises :class:`QueueFull` beyond that. Finished jobs are remembered (newest
@@ -62,13 +68,16 @@ class JobQueue:
         concurrency: int = 1,
         requeue_interrupted: bool = True,
         letters: Letters | None = None,
+        limits_of: LimitsOf = no_limits,
+        usage: UsageLedger | None = None,
     ) -> None:
         self._store = store
         self.recorder = Recorder(store, letters)  # letters: the webhook outbox's rows of each change
         self.capacity = capacity
         self._history = history
         self._publish = publish or (lambda event: None)
-        self._waiting: deque[Job] = deque()
+        self.quotas = Quotas(usage or UsageLedger(store), limits_of)
+        self._waiting = FairQueue(self.quotas.weight)
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # active jobs and the most recent finished ones
         self._by_key: dict[str, Job] = {}
         self._recording: dict[str, asyncio.Future] = {}  # idempotency key -> its first job's insert
@@ -108,6 +117,7 @@ class JobQueue:
             if existing is not None:
                 return existing, True
         self._check_admission()
+        self.quotas.check(owner, params, self)
         job = Job(
             params=params, idempotency_key=idempotency_key, request_hash=request_hash, warnings=warnings, owner=owner,
             webhook=webhook,
@@ -135,6 +145,8 @@ class JobQueue:
         self._waiting.append(job)
         self.wakeup.set()
         self.announce(job, "queued")
+        if self._waiting.index(job) < len(self._waiting) - 1:  # it went ahead of other owners' jobs
+            self.announce_positions()
         return job, False
 
     async def _replay(self, key: str, request_hash: str | None) -> Job | None:
@@ -249,9 +261,14 @@ class JobQueue:
         """The next job to run, now a running one (for the worker); None if none waits or no slot is free."""
         if not self._waiting or not self.accepting or len(self._running) >= self.concurrency:
             return None
-        job = self._waiting.popleft()
-        self._running.append(job)
+        job = self._waiting.take(blocked=self.quotas.blocked(self._running))
+        if job is not None:
+            self._running.append(job)
         return job
+
+    def charge(self, job: Job, seconds: float) -> None:
+        """``job`` held a worker lane for ``seconds`` (measured): its owner's GPU-seconds."""
+        self.quotas.usage.charge_seconds(job.owner, seconds)
 
     def release(self, job: Job) -> None:
         """The worker no longer runs ``job`` (it ended, or went back to the queue)."""
@@ -310,6 +327,8 @@ class JobQueue:
             job.unsettle()
             raise
         job.wake()
+        if job.attempts:  # it ran: its images count against its owner's day
+            self.quotas.usage.count_job(job.owner, len((result or {}).get("images") or ()) or (1 if result else 0))
         run_s = None if job.started_at is None else round(job.finished_at - job.started_at, 4)
         extra: dict[str, Any] = dict(result or {}) if status is JobStatus.SUCCEEDED else {}
         if error is not None:
@@ -363,8 +382,8 @@ class JobQueue:
         """1 for the next job to run, 0 for the running one, None once finished."""
         if job.status is JobStatus.RUNNING and (job in self._running or self.worker.encoder.saving(job)):
             return 0
-        if job in self._waiting:
-            return self._waiting.index(job) + 1
+        if job in self._waiting:  # its place in the order jobs will start in (owners' running limits too)
+            return next(index for index, (queued, _) in enumerate(self.schedule(), start=1) if queued is job)
         return None  # finished, or suspended by a shutdown
 
     def schedule(self) -> list[tuple[Job, float | None]]:
@@ -373,7 +392,7 @@ class JobQueue:
         return self._plan()[0]
 
     def _plan(self) -> tuple[list[tuple[Job, float | None]], list[float] | None]:
-        return self.estimate.plan(self._running, self._waiting, self.concurrency, time.time())
+        return self.estimate.plan(self._running, self._waiting, self.concurrency, time.time(), self.quotas.running_limit)
 
     def eta_seconds(self, job: Job | None) -> float | None:
         """Seconds until ``job`` finishes (None: until the whole queue drains); None if unknown yet."""

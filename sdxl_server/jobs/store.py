@@ -84,6 +84,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_at);
     CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (job_id, created_at);
     """,
+    # 5: what each key used, per UTC day (jobs/usage.py); owner '' is the anonymous caller
+    """
+    CREATE TABLE usage (
+        owner TEXT NOT NULL,
+        day TEXT NOT NULL,
+        jobs INTEGER NOT NULL DEFAULT 0,
+        images INTEGER NOT NULL DEFAULT 0,
+        gpu_seconds REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (owner, day)
+    );
+    CREATE INDEX usage_by_day ON usage (day);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -314,3 +326,31 @@ class JobStore:
 
     async def count(self) -> int:
         return await self._call(self._count)
+
+    # -- usage per key per day (jobs/usage.py) ------------------------------------------
+
+    def _add_usage(self, owner: str, day: str, jobs: int, images: int, gpu_seconds: float) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "INSERT INTO usage (owner, day, jobs, images, gpu_seconds) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(owner, day) DO UPDATE SET jobs = jobs + excluded.jobs, images = images + excluded.images, "
+            "gpu_seconds = gpu_seconds + excluded.gpu_seconds",
+            (owner, day, jobs, images, gpu_seconds),
+        )
+
+    def add_usage_soon(self, owner: str, day: str, *, jobs: int = 0, images: int = 0, gpu_seconds: float = 0.0) -> asyncio.Future:
+        """Add to ``owner``'s usage of ``day`` (a UTC date), behind the writes queued before it."""
+        return asyncio.get_running_loop().run_in_executor(
+            self._executor, self._add_usage, owner, day, jobs, images, gpu_seconds)
+
+    def _usage(self, since: str, owner: str | None) -> list[dict[str, Any]]:
+        assert self._db is not None
+        query = "SELECT owner, day, jobs, images, gpu_seconds FROM usage WHERE day >= ?"
+        args: tuple[Any, ...] = (since,)
+        if owner is not None:
+            query, args = query + " AND owner = ?", (since, owner)
+        return [dict(row) for row in self._db.execute(query + " ORDER BY day, owner", args)]
+
+    async def usage(self, since: str, owner: str | None = None) -> list[dict[str, Any]]:
+        """Usage rows from the UTC date ``since`` on (every owner's, or ``owner``'s), oldest first."""
+        return await self._call(self._usage, since, owner)

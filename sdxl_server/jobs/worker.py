@@ -56,6 +56,8 @@ class JobSource(Protocol):
 
     def release(self, job: Job) -> None: ...
 
+    def charge(self, job: Job, seconds: float) -> None: ...
+
     def announce(self, job: Job, kind: str, **extra: Any) -> None: ...
 
     def announce_positions(self) -> None: ...
@@ -173,7 +175,7 @@ class Worker:
                 loop.call_soon_threadsafe(self._on_step, job, step, total, time.time(), extra)
 
         try:
-            save = await loop.run_in_executor(self._executor, self.work, job, on_step, job.cancel_requested)
+            save = await self._generate(job, on_step)
         except Interrupted as exc:  # its worker was lost (a Ray replica died): the crash rules
             await self.source.interrupted(job, exc)
         except JobCancelled:
@@ -189,6 +191,16 @@ class Worker:
         else:
             self.source.estimate.record_job(job.params, time.time() - started, job.step)
             self.encoder.track(job, self._save(job, save))  # the next job starts while this one is written
+
+    async def _generate(self, job: Job, on_step: Any) -> Save:
+        """Run ``job``'s work on the executor; however it ends, its owner is charged the seconds
+        it held the lane (measured on the monotonic clock, which never jumps)."""
+        ran_from = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.work, job, on_step, job.cancel_requested)
+        finally:
+            self.source.charge(job, time.monotonic() - ran_from)
 
     async def _save(self, job: Job, save: Save) -> None:
         """End ``job`` once the encoder thread has written its files (or failed to)."""

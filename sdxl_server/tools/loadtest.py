@@ -4,7 +4,8 @@ It submits ``--burst`` jobs at once (several times ``QUEUE_SIZE``), then checks 
 the operator see: every accepted job (202) ends exactly once and succeeds, every refused one got
 ``429`` with ``Retry-After``, ``/metrics`` counts what the client counted, and the server's
 resident memory after the burst is back near where it was before it. Loopback use only: it
-prints a table and exits 1 if a check fails.
+prints a table and exits 1 if a check fails. With ``--key NAME=KEY`` twice or more, the
+multi-key mode (:mod:`.loadtest_keys`): one key's burst while the others work.
 """
 
 from __future__ import annotations
@@ -121,10 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--rss-tolerance-mb", type=float, default=64.0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--key", action="append", default=[], metavar="NAME=KEY",
+                        help="multi-key mode: a key of KEYS_FILE (repeat; the first bursts, the others submit --per-key)")
+    parser.add_argument("--per-key", type=int, default=1, help="multi-key mode: jobs each other key submits")
+    parser.add_argument("--admin-key", default=None, help="multi-key mode: a key that may read /metrics")
     args = parser.parse_args(argv)
     if not (args.url.startswith("http://127.") or args.url.startswith("http://localhost")):
         parser.error("the load test only runs against a server on loopback")
     body = {"prompt": "load test", "width": args.width, "height": args.height, "steps": args.steps}
+    if args.key:
+        return _multi_key(parser, args, body)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     report = asyncio.run(run_load(args.url, args.burst, body, headers, args.rss_tolerance_mb))
     if args.json:
@@ -136,6 +143,21 @@ def main(argv: list[str] | None = None) -> int:
               f"queue depth after {report.queue_depth_after:g}")
         print(f"resident memory {report.rss_before_mb:.1f} MB before, {report.rss_after_mb:.1f} MB after")
         print("OK" if not report.failures else "FAILED: " + "; ".join(report.failures))
+    return 1 if report.failures else 0
+
+
+def _multi_key(parser: argparse.ArgumentParser, args: argparse.Namespace, body: dict) -> int:
+    from .loadtest_keys import print_report, run_keys
+
+    pairs = [item.partition("=") for item in args.key]
+    if len(pairs) < 2 or any(not name or not secret for name, _, secret in pairs):
+        parser.error("multi-key mode needs at least two --key NAME=KEY")
+    keys = {name: secret for name, _, secret in pairs}
+    report = asyncio.run(run_keys(args.url, keys, args.burst, args.per_key, body, args.admin_key))
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print_report(report)
     return 1 if report.failures else 0
 
 

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--png-levels", type=_levels, default=(0, 1, 3, 6, 9), help="png: zlib levels to time (default 0,1,3,6,9)")
     b.add_argument("--webhook-jobs", type=_positive, default=20, help="webhooks: jobs whose webhook is timed (default 20)")
     b.add_argument("--coldstart-runs", type=_positive, default=1, help="coldstart: fresh processes (default 1)")
+    b.add_argument("--admission-keys", type=_positive, default=100, help="admission: keys in the KEYS_FILE (default 100)")
+    b.add_argument("--admission-samples", type=_positive, default=2000, help="admission: requests timed per case (default 2000)")
     b.add_argument("--timeout", type=float, default=1800.0, help="seconds any one request or process may take")
     b.add_argument("--verbose", action="store_true", help="log at LOG_LEVEL (default: warnings only)")
     add_arguments(parser)

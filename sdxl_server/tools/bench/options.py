@@ -14,6 +14,7 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the bench's own ser
 
 SECTIONS = (
     "overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "storage", "webhooks",
+    "admission",
 )
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
@@ -49,6 +50,8 @@ class BenchOptions:
     batch_runs: int = 2
     png_levels: tuple[int, ...] = (0, 1, 3, 6, 9)
     webhook_jobs: int = 20
+    admission_keys: int = 100
+    admission_samples: int = 2000
     timeout_s: float = 1800.0
 
     def body(self, seed: int | None = None, **changes: Any) -> dict[str, Any]:

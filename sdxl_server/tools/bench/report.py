@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .admission import admission_rows
 from .modes import modes_rows
 from .storage import storage_rows
 
@@ -186,6 +187,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "modes": lambda result: modes_rows(result, _s, _gib),
     "storage": storage_rows,
     "webhooks": _webhook_rows,
+    "admission": admission_rows,
 }
 
 

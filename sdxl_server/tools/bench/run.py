@@ -19,6 +19,7 @@ import torch
 from ... import package_version
 from ...config import Settings
 from .client import Client
+from .admission import section_admission
 from .coldstart import section_coldstart
 from .modes import section_modes
 from .options import BenchOptions, prepare_settings
@@ -31,6 +32,7 @@ from .timed import TimedEngine
 from .webhooks import section_webhooks
 
 log = logging.getLogger(__name__)
+STANDALONE = {"coldstart": section_coldstart, "switching": section_switching, "admission": section_admission}
 
 def environment_info(engine: Any) -> dict[str, Any]:
     info: dict[str, Any] = {
@@ -99,7 +101,7 @@ def run_bench(settings: Settings, opts: BenchOptions, sections: Sequence[str], e
     with tempfile.TemporaryDirectory(prefix="sdxl-bench-") as scratch:
         served = prepare_settings(settings, opts, Path(scratch) / "outputs")
         engine = engine or TimedEngine(served)
-        in_process = [s for s in sections if s not in ("coldstart", "switching")]
+        in_process = [s for s in sections if s not in STANDALONE]
         if in_process:
             server = InProcessServer(served, engine).start()
             try:
@@ -113,7 +115,7 @@ def run_bench(settings: Settings, opts: BenchOptions, sections: Sequence[str], e
             from ...pipeline.tiny import ensure_tiny_model
 
             ensure_tiny_model(served.tiny_cache)
-        for name, section in (("coldstart", section_coldstart), ("switching", section_switching)):
+        for name, section in STANDALONE.items():
             if name not in sections:
                 continue
             started = time.perf_counter()
