@@ -21,6 +21,8 @@ from ..config import Settings
 from ..errors import ApiError, GenerationFailed, ModelUnavailable, OutOfMemory, short_message
 from ..params import GenerationParams
 from .compiling import Compilation, apply_layout_options
+from .controlnet_files import ControlNetCatalog
+from .controlnets import ControlNetCache
 from .decode import decode_latents
 from .embedding_files import EmbeddingCatalog
 from .embeddings import empty_listing, load_embeddings
@@ -76,6 +78,9 @@ class Engine:
         self.lora_files = LoraCatalog(settings.lora_dir)
         self.loras = LoraAdapters(self.lora_files, settings.lora_cache)
         self.embedding_files = EmbeddingCatalog(settings.embeddings_dir)
+        self.controlnet_files = ControlNetCatalog(settings.controlnet_dir)
+        self.controlnets = ControlNetCache(self.controlnet_files, settings.controlnet_cache, self.runtime.device,
+                                           self.runtime.torch_dtype)
         self.active = self.models.default_name
         movable = self.runtime.on_cuda and settings.cpu_offload == "none"
         self.cached = ModelCache(settings.model_cache, settings.model_ram_cache, self.runtime.device, movable)
@@ -282,7 +287,7 @@ class Engine:
     ) -> Generation:
         """Build the request's plan on the running model and run it."""
         with self._failures_translated(params):
-            mode = prepare_run(self._mode_pipelines(), params, inputs)
+            mode = prepare_run(self._mode_pipelines(), params, inputs, self.controlnets)
             mode.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
             sampler = sampler_label(params.scheduler, mode.pipe.scheduler)
             plan = build_plan(PassContext(params, mode.pipe.scheduler, self, inputs or {}), mode, sampler)

@@ -10,13 +10,22 @@ each decoded image afterwards (inpainting's overlay).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..params import GenerationParams
+from .controlnets import check_fits, control_arguments, control_modes
 from .inpaint import Inpainting
+
+
+class ControlNetSource(Protocol):
+    """Where a run finds a unit's loaded ControlNet (:class:`.controlnets.ControlNetCache`)."""
+
+    def get(self, name: str, index: int = 0) -> Any:
+        """The ControlNet ``name`` (unit ``index`` names it), loaded."""
 
 
 class _NoEmptyCastWarnings(logging.Filter):
@@ -36,48 +45,71 @@ def _identity(image: Any) -> Any:
 
 @dataclass
 class ModeRun:
-    """What runs for one request: the pipeline, its mode's arguments, each image's post-processing."""
+    """What runs for one request: the pipeline, its mode's arguments, each image's post-processing,
+    and what is held around the pipeline call (the ControlNet units' control modes)."""
 
     pipe: Any
     arguments: dict[str, Any]
     finish: Callable[[Any], Any] = _identity
+    around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
 
-Arguments = Callable[[GenerationParams, Mapping[str, Any]], tuple[dict[str, Any], Callable[[Any], Any]]]
+@dataclass
+class ModeArguments:
+    """A mode's own arguments, what happens to each decoded image, and how a control map (at the
+    job's size) is brought to the pipeline's image (inpainting's "only masked" crop)."""
+
+    arguments: dict[str, Any]
+    finish: Callable[[Any], Any] = _identity
+    fit: Callable[[Any], Any] = _identity
 
 
-def _txt2img(params: GenerationParams, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
-    return {"width": params.width, "height": params.height}, _identity
+Arguments = Callable[[GenerationParams, Mapping[str, Any]], ModeArguments]
 
 
-def _img2img(params: GenerationParams, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
+def _txt2img(params: GenerationParams, inputs: Mapping[str, Any]) -> ModeArguments:
+    return ModeArguments({"width": params.width, "height": params.height})
+
+
+def _img2img(params: GenerationParams, inputs: Mapping[str, Any]) -> ModeArguments:
     size = (params.width, params.height)
     image = inputs["init"] if inputs["init"].size == size else inputs["init"].resize(size)
-    return {"image": image, "strength": params.image.strength}, _identity
+    return ModeArguments({"image": image, "strength": params.image.strength})
 
 
-def _inpaint(params: GenerationParams, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
+def _inpaint(params: GenerationParams, inputs: Mapping[str, Any]) -> ModeArguments:
     inpainting = Inpainting.prepare(params, inputs["init"], inputs["mask"])
     arguments = {
         "image": inpainting.pipeline_image, "mask_image": inpainting.pipeline_mask, "strength": params.image.strength,
         "width": params.width, "height": params.height,
     }
-    return arguments, inpainting.finish
+    return ModeArguments(arguments, inpainting.finish, inpainting.fit)
 
 
 @dataclass(frozen=True)
 class Mode:
-    """A mode's diffusers pipeline class (None: the loaded base pipeline itself) and its arguments."""
+    """A mode's diffusers pipeline class (None: the loaded base pipeline itself), its arguments,
+    and its ControlNet pipeline class with the argument its control images go in."""
 
     pipeline: str | None
     arguments: Arguments
+    control_pipeline: str
+    control_argument: str
 
 
 MODES: dict[str, Mode] = {
-    "txt2img": Mode(None, _txt2img),
-    "img2img": Mode("StableDiffusionXLImg2ImgPipeline", _img2img),
-    "inpaint": Mode("StableDiffusionXLInpaintPipeline", _inpaint),
+    "txt2img": Mode(None, _txt2img, "StableDiffusionXLControlNetPipeline", "image"),
+    "img2img": Mode("StableDiffusionXLImg2ImgPipeline", _img2img, "StableDiffusionXLControlNetImg2ImgPipeline", "control_image"),
+    "inpaint": Mode("StableDiffusionXLInpaintPipeline", _inpaint, "StableDiffusionXLControlNetInpaintPipeline", "control_image"),
 }
+
+
+def _from_pipe(name: str, base: Any, **components: Any) -> Any:
+    import diffusers
+
+    made = getattr(diffusers, name).from_pipe(base, **components)
+    made.set_progress_bar_config(disable=True)
+    return made
 
 
 @dataclass
@@ -92,20 +124,43 @@ class ModePipelines:
         if name is None:
             return self.base
         if mode not in self._made:
-            import diffusers
-
-            made = getattr(diffusers, name).from_pipe(self.base)
-            made.set_progress_bar_config(disable=True)
-            self._made[mode] = made
+            self._made[mode] = _from_pipe(name, self.base)
         return self._made[mode]
 
+    def control_pipeline(self, mode: str, nets: list[Any]) -> Any:
+        """The mode's ControlNet pipeline with ``nets`` (several: diffusers' multi-ControlNet), on
+        the base's modules; made per request (cheap: no weights are copied), so no cached pipeline
+        keeps an unloaded ControlNet alive."""
+        if len(nets) == 1:
+            controlnet = nets[0]
+        else:
+            from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-def prepare_run(pipelines: ModePipelines, params: GenerationParams, inputs: Mapping[str, Any] | None) -> ModeRun:
+            controlnet = MultiControlNetModel(nets)
+        return _from_pipe(MODES[mode].control_pipeline, self.base, controlnet=controlnet)
+
+
+def prepare_run(
+    pipelines: ModePipelines, params: GenerationParams, inputs: Mapping[str, Any] | None,
+    controlnets: ControlNetSource | None = None,
+) -> ModeRun:
     """The pipeline, its mode's arguments and the post-processing for ``params``; ``inputs``
-    holds the decoded input images by role (``init`` RGB, ``mask`` L)."""
+    holds the decoded input images by role (``init`` RGB, ``mask`` L, ``control0``... RGB maps);
+    ``controlnets`` gives the loaded ControlNet of a unit's model."""
     mode = params.mode
     missing = sorted(set(params.inputs) - set(inputs or {}))
     if missing:
         raise ValueError(f"an {mode} job needs its input images: {', '.join(missing)}")
-    arguments, finish = MODES[mode].arguments(params, inputs or {})
-    return ModeRun(pipelines.pipeline(mode), arguments, finish)
+    made = MODES[mode].arguments(params, inputs or {})
+    units = params.control.units
+    if not units:
+        return ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
+    if controlnets is None:
+        raise ValueError("this engine has no ControlNets")
+    nets = [controlnets.get(unit.model, index) for index, unit in enumerate(units)]
+    check_fits(nets, pipelines.base.unet)
+    maps = [made.fit(inputs[f"control{index}"]) for index in range(len(units))]  # type: ignore[index]
+    arguments = {**made.arguments, MODES[mode].control_argument: maps[0] if len(maps) == 1 else maps,
+                 **control_arguments(units)}
+    return ModeRun(pipelines.control_pipeline(mode, nets), arguments, made.finish,
+                   lambda: control_modes(nets, units, params))

@@ -131,15 +131,15 @@ def ensure_tiny_model(cache_root: Path | None = None) -> Path:
     return _ensure_saved(cache_root, f"tiny-sdxl-v{TINY_VERSION}", build_tiny_pipeline)
 
 
-def _ensure_saved(cache_root: Path | None, name: str, build) -> Path:
-    """``build()`` saved under ``cache_root/name``, unless it is there already.
+def _ensure_saved(cache_root: Path | None, name: str, build, marker: str = "model_index.json") -> Path:
+    """``build()`` saved under ``cache_root/name``, unless it is there already (its ``marker`` file is).
 
     The folder appears atomically (built aside, then renamed), so a crash never leaves a half
     model that a later start would try to load.
     """
     root = cache_root or cache_home()
     folder = root / name
-    if (folder / "model_index.json").is_file():
+    if (folder / marker).is_file():
         return folder
     root.mkdir(parents=True, exist_ok=True)
     log.info("building the tiny random-weights %s in %s", name, folder)
@@ -149,7 +149,7 @@ def _ensure_saved(cache_root: Path | None, name: str, build) -> Path:
         try:
             staging.rename(folder)
         except OSError:
-            if not (folder / "model_index.json").is_file():  # another process did not win the race
+            if not (folder / marker).is_file():  # another process did not win the race
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -175,3 +175,24 @@ def build_tiny_refiner(seed: int = 1):
 def ensure_tiny_refiner(cache_root: Path | None = None) -> Path:
     """The folder of the saved tiny refiner, built there first if needed."""
     return _ensure_saved(cache_root, f"tiny-sdxl-refiner-v{TINY_VERSION}", build_tiny_refiner)
+
+
+def build_tiny_controlnet(seed: int = 2):
+    """A tiny SDXL ControlNet for the tiny base: its UNet's encoder half (copied from the base's
+    shapes, random weights from ``seed``) with an 8x-downsampling control-image embedding. Its
+    output convolutions, zero in a fresh ControlNet, are random too, so a unit visibly changes the image."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(
+        _unet(cross_attention_dim=32 + 48, time_ids=6), conditioning_embedding_out_channels=(8, 8, 16, 16),
+    )
+    with torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.normal_(0, 0.3)
+    return controlnet
+
+
+def ensure_tiny_controlnet(folder: Path, seed: int = 2) -> Path:
+    """The tiny SDXL ControlNet saved as a diffusers folder at ``folder`` (e.g. in CONTROLNET_DIR), built first if needed."""
+    return _ensure_saved(folder.parent, folder.name, lambda: build_tiny_controlnet(seed), marker="config.json")
