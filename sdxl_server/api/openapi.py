@@ -18,7 +18,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from ..config import Settings
-from . import a1111, a1111_img2img, a1111_probes, openai, openai_edits, responses, schemas
+from . import a1111, a1111_img2img, a1111_probes, controlnets, openai, openai_edits, responses, schemas
 from .route_table import EVENT_STREAM, JSON, Family, Route, Scope
 
 ERRORS = {
@@ -62,6 +62,8 @@ def components(settings: Settings) -> list[tuple[str, Schema | type[Schema]]]:
         ("Img2ImgRequest", a1111_img2img.img2img_schema_for_spec(settings)),
         ("OpenAIImageEditRequest", openai_edits.edits_schema_for_spec(settings)),
         ("OpenAIImageVariationRequest", openai_edits.variations_schema_for_spec(settings)),
+        ("ControlNetList", responses.ControlNetListSchema), ("PreprocessorList", responses.PreprocessorListSchema),
+        ("PreprocessRequest", controlnets.PreprocessRequestSchema), ("PreprocessResponse", responses.PreprocessResponseSchema),
     ]
 
 

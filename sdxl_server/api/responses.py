@@ -355,3 +355,48 @@ class TokenCountSchema(Schema):
 class TokenizeResponseSchema(Schema):
     prompt = fields.Nested(TokenCountSchema)
     negative_prompt = fields.Nested(TokenCountSchema)
+
+
+class ControlNetSchema(Schema):
+    """One ControlNet in CONTROLNET_DIR (``GET /api/v1/controlnets``)."""
+
+    name = fields.String(metadata={"description": "What a unit's model calls it: the folder's name, or the file's without .safetensors."})
+    file = fields.String(metadata={"description": "Path inside CONTROLNET_DIR."})
+    layout = fields.String(metadata={"description": "folder (diffusers) or single_file."})
+    type = fields.String(allow_none=True, metadata={"description": "Its control type as its name says (canny, depth, ...), union, or null."})
+    union = fields.Boolean(metadata={"description": "A ControlNet-Union model: a unit chooses its type."})
+    control_types = fields.List(fields.String(), metadata={"description": "A Union model's control types."})
+    usable = fields.Boolean()
+    problem = fields.String(allow_none=True, metadata={"description": "Why it cannot be used (not SDXL, not a ControlNet, unreadable)."})
+
+
+class ControlNetListSchema(Schema):
+    controlnet_dir = fields.String()
+    max_controlnets = fields.Integer()
+    controlnets = fields.List(fields.Nested(ControlNetSchema))
+
+
+class ThresholdSchema(Schema):
+    name = fields.String()
+    default = fields.Float()
+    min = fields.Float()
+    max = fields.Float()
+
+
+class PreprocessorSchema(Schema):
+    name = fields.String()
+    description = fields.String()
+    available = fields.Boolean()
+    problem = fields.String(allow_none=True, metadata={"description": "Why it cannot run here; null: it can."})
+    thresholds = fields.List(fields.Nested(ThresholdSchema), metadata={"description": "What threshold_a and threshold_b mean for it."})
+
+
+class PreprocessorListSchema(Schema):
+    preprocessors = fields.List(fields.Nested(PreprocessorSchema))
+
+
+class PreprocessResponseSchema(Schema):
+    module = fields.String()
+    width = fields.Integer()
+    height = fields.Integer()
+    image = fields.String(metadata={"description": "The control map, PNG, base64."})

@@ -12,7 +12,7 @@ from aiohttp import web
 from . import (
     a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, views, websocket,
 )
-from . import styles
+from . import controlnets, styles
 from .route_table import (
     BODY_ERRORS,
     EVENT_STREAM,
@@ -134,6 +134,12 @@ ROUTES: tuple[Route, ...] = (
                 "AUTOMATIC1111 API: scan MODELS_DIR again", _done()),
     Route("GET", "/api/v1/loras", loras.list_loras, READ, "The LoRAs in LORA_DIR, usable or not (and why)", {
         200: "LoraList"}, tags=("loras",)),
+    Route("GET", "/api/v1/controlnets", controlnets.list_controlnets, READ,
+          "The ControlNets in CONTROLNET_DIR, usable or not (and why)", {200: "ControlNetList"}, tags=("controlnet",)),
+    Route("GET", "/api/v1/preprocessors", controlnets.list_preprocessors, READ,
+          "ControlNet preprocessors: which run here, their thresholds", {200: "PreprocessorList"}, tags=("controlnet",)),
+    Route("POST", "/api/v1/preprocess", controlnets.preprocess, GENERATE, "The control map a preprocessor makes of an image", {
+        200: "PreprocessResponse", **errors(*BODY_ERRORS)}, body="PreprocessRequest", tags=("controlnet",), limit=IMAGE),
     Route("POST", "/api/v1/loras/refresh", loras.refresh_loras, ADMIN, "Scan LORA_DIR again; the new list", {
         200: "LoraList"}, tags=("loras",)),
     Route("GET", "/api/v1/styles", styles.list_styles, READ, "The prompt styles of STYLES_FILE (and why none, if unreadable)", {

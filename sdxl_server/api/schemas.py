@@ -10,18 +10,23 @@ import random
 import unicodedata
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
-from ..params import CLIP_SKIP_MAX, INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams
+from ..params import (
+    CLIP_SKIP_MAX, CONTROL_MODES, CONTROL_WEIGHT_MAX, INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, REFINER_MODES, RESIZE_MODES,
+    SCHEDULERS, GenerationParams,
+)
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 from ..pipeline.model_catalog import MAX_MODEL_NAME
+from ..pipeline.preprocessors import PREPROCESSORS, threshold_problem
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MAX_REQUEST_STYLES = 20
 MIN_SIZE = 64
+PROCESSOR_RES_MIN, PROCESSOR_RES_MAX = 64, 2048
 
 
 class StrictInteger(fields.Integer):
@@ -136,6 +141,7 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         **conditioning_request_fields(settings),
         **image_request_fields(settings),
         **refiner_request_fields(),
+        **control_request_fields(settings.max_controlnets),
     }
 
 
@@ -227,6 +233,55 @@ def refiner_request_fields() -> dict[str, fields.Field]:
             metadata={"description": "With refiner 'image': how much the refiner repaints.", "exclusiveMinimum": 0},
         ),
     }
+
+
+class ControlUnitSchema(Schema):
+    """One ControlNet unit of a request."""
+
+    model = StrictString(required=True, validate=validate.Length(min=1, max=200),
+                         metadata={"description": "A ControlNet's name from GET /api/v1/controlnets."})
+    image = StrictString(required=True, metadata={
+        "description": "The control image: PNG, JPEG or WebP, base64 (a data: URL too); the preprocessor "
+                       "(module) makes the control map from it at the job's size."})
+    module = fields.String(load_default="none", validate=validate.OneOf(list(PREPROCESSORS)), metadata={
+        "description": "The preprocessor (GET /api/v1/preprocessors): 'none' when the image is a control map already."})
+    weight = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=CONTROL_WEIGHT_MAX), metadata={
+        "description": f"0 to {CONTROL_WEIGHT_MAX:g}; 0 leaves the image as without the unit."})
+    start = StrictFloat(load_default=0.0, validate=validate.Range(min=0, max=1), metadata={
+        "description": "The fraction of the steps done when the unit starts acting."})
+    end = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=1), metadata={
+        "description": "The fraction of the steps done when it stops (after start)."})
+    control_mode = fields.String(load_default="balanced", validate=validate.OneOf(list(CONTROL_MODES.values())), metadata={
+        "description": "balanced; prompt (the prompt matters more); controlnet (the ControlNet matters more)."})
+    resize_mode = StrictInteger(load_default=1, validate=validate.OneOf(list(RESIZE_MODES)), metadata={
+        "description": "How the image meets the job's size: 0 stretch, 1 crop (the default), 2 fill."})
+    type = fields.String(load_default="", validate=validate.Length(max=40), metadata={
+        "description": "A ControlNet-Union model's control type (its control_types in GET /api/v1/controlnets)."})
+    processor_res = StrictInteger(load_default=None, allow_none=True,
+                                  validate=validate.Range(min=PROCESSOR_RES_MIN, max=PROCESSOR_RES_MAX), metadata={
+        "description": "Pixels on the short side the preprocessor works at (null: the job's size)."})
+    threshold_a = StrictFloat(load_default=None, allow_none=True, metadata={
+        "description": "The preprocessor's first number (canny: low threshold); null: its default."})
+    threshold_b = StrictFloat(load_default=None, allow_none=True, metadata={
+        "description": "Its second number (canny: high threshold); null: its default."})
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data["start"] >= data["end"]:
+            raise ValidationError("start must be below end (the unit must act on some steps).", "start")
+        module = PREPROCESSORS[data["module"]]
+        if module.problem:
+            raise ValidationError(f"Preprocessor {module.name!r} {module.problem}.", "module")
+        problem = threshold_problem(data["module"], data["threshold_a"], data["threshold_b"])
+        if problem:
+            raise ValidationError(problem[1], problem[0])
+
+
+def control_request_fields(max_units: int) -> dict[str, fields.Field]:
+    """The ``controlnet`` field of the generation request."""
+    return {"controlnet": fields.List(fields.Nested(ControlUnitSchema), load_default=list, validate=validate.Length(max=max_units), metadata={
+        "description": f"ControlNet units (at most {max_units}, MAX_CONTROLNETS): each guides the image by its control "
+                       "image's edges, lines or layout."})}
 
 
 def generate_request_schema(settings: Settings) -> Schema:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..params import GenerationParams
+from ..pipeline.controlnet_files import ControlNetCatalog  # plain file logic, no torch
 from ..pipeline.lora_files import LoraCatalog  # plain file logic, no torch
 from ..pipeline.model_catalog import ModelCatalog
 
@@ -66,6 +67,7 @@ class Backend(Protocol):
     load_seconds: float | None  # how long the last load took (None until one succeeded)
     models: ModelCatalog  # the models: the API checks a request's model against it, the engine loads from it
     lora_files: LoraCatalog  # the LoRA files: likewise, one catalog for both
+    controlnet_files: ControlNetCatalog  # the ControlNets in CONTROLNET_DIR: likewise
 
     @property
     def runtime(self) -> RuntimeFacts: ...

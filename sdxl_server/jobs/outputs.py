@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
-from ..params import INPUT_ROLES, GenerationParams
+from ..params import CONTROL_MODE_LABELS, INPUT_ROLES, GenerationParams
 from .inputs import InputStore
 from .locking import hold_lock
 
@@ -59,6 +59,8 @@ def params_meta(params: GenerationParams) -> dict[str, Any]:
     meta = {name: value for name, value in params.to_dict().items()
             if name not in inputs and (name not in _OPTIONAL_FIELDS or name in used)}
     meta["mode"] = params.mode
+    if not params.control.units:
+        del meta["controlnet"]
     for role, sha256 in params.inputs.items():
         meta[f"{INPUT_ROLES[role].field}_sha256"] = sha256
     return meta
@@ -89,6 +91,27 @@ def _image_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     return details
 
 
+_RESIZE_LABELS = {0: "Just Resize", 1: "Crop and Resize", 2: "Resize and Fill"}
+
+
+def _control_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The ControlNet units in the sd-webui-controlnet extension's words (its "ControlNet N" entries)."""
+    details = []
+    for index, unit in enumerate(meta.get("controlnet") or []):
+        parts = [
+            ("Module", unit["module"]), ("Model", unit["model"]), ("Weight", f"{unit['weight']:g}"),
+            ("Resize Mode", _RESIZE_LABELS[unit["resize_mode"]]),
+            *([("Processor Res", unit["processor_res"])] if unit.get("processor_res") else []),
+            *([("Threshold A", f"{unit['threshold_a']:g}")] if unit.get("threshold_a") is not None else []),
+            *([("Threshold B", f"{unit['threshold_b']:g}")] if unit.get("threshold_b") is not None else []),
+            *([("Control Type", unit["type"])] if unit.get("type") else []),
+            ("Guidance Start", f"{unit['start']:g}"), ("Guidance End", f"{unit['end']:g}"),
+            ("Control Mode", CONTROL_MODE_LABELS[unit["control_mode"]]),
+        ]
+        details.append((f"ControlNet {index}", '"' + ", ".join(f"{k}: {v}" for k, v in parts) + '"'))
+    return details
+
+
 def parameters_text(meta: dict[str, Any]) -> str:
     """The generation parameters in the common "parameters" text-chunk format (A1111 and others read it)."""
     lines = [meta["prompt"]]
@@ -104,6 +127,7 @@ def parameters_text(meta: dict[str, Any]) -> str:
         *([("Clip skip", meta["clip_skip"])] if meta.get("clip_skip", 1) != 1 else []),
         *_image_details(meta),
         *_refiner_details(meta),
+        *_control_details(meta),
     ]
     if meta.get("lora_hashes"):  # A1111's form, so its "PNG info" and civitai read the LoRAs back
         details.append(("Lora hashes", '"' + ", ".join(f"{k}: {v}" for k, v in meta["lora_hashes"].items()) + '"'))
