@@ -102,6 +102,7 @@ CONTROL_MODES = {0: "balanced", 1: "prompt", 2: "controlnet"}
 CONTROL_MODE_LABELS = {"balanced": "Balanced", "prompt": "My prompt is more important",
                        "controlnet": "ControlNet is more important"}
 CONTROL_WEIGHT_MAX = 2.0
+CONTROL_RESIZE_LABELS = ("Just Resize", "Crop and Resize", "Resize and Fill")  # the extension's names of RESIZE_MODES
 
 
 @dataclass(frozen=True)

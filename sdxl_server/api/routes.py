@@ -12,7 +12,7 @@ from aiohttp import web
 from . import (
     a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, views, websocket,
 )
-from . import controlnets, styles
+from . import a1111_controlnet, controlnets, styles
 from .route_table import (
     BODY_ERRORS,
     EVENT_STREAM,
@@ -162,6 +162,14 @@ ROUTES: tuple[Route, ...] = (
                  "OpenAI Images API: variations of an image", {
                      200: "OpenAIImagesResponse", **errors(400, 413, 415, *GENERATION_ERRORS)},
                  body="OpenAIImageVariationRequest", body_type=MULTIPART, limit=IMAGE, cost=1),
+    # --- the sd-webui-controlnet extension's API (outside /sdapi/, as the extension mounts it) -----
+    _a1111_probe("/controlnet/version", a1111_controlnet.version, "ControlNet extension: its API version", "object"),
+    _a1111_probe("/controlnet/model_list", a1111_controlnet.model_list, "ControlNet extension: the usable ControlNets", "object"),
+    _a1111_probe("/controlnet/module_list", a1111_controlnet.module_list, "ControlNet extension: the preprocessors that run here", "object"),
+    _a1111_probe("/controlnet/control_types", a1111_controlnet.control_types, "ControlNet extension: control types", "object"),
+    _a1111_probe("/controlnet/settings", a1111_controlnet.settings, "ControlNet extension: units per request", "object"),
+    a1111_route("POST", "/controlnet/detect", a1111_controlnet.detect, GENERATE, "ControlNet extension: preprocess images", {
+        200: (JSON, "As the extension answers: {images, info}", {"type": "object"}), **errors(*BODY_ERRORS)}, limit=IMAGE),
     # --- files -------------------------------------------------------------------------------
     Route("GET", "/outputs/images/{filename}", views.output_image, READ, "A generated image: `{id}.png`", {
         200: ("image/png", "The PNG, with a `parameters` text chunk", None), **errors(404)},
@@ -177,6 +185,7 @@ ROUTES: tuple[Route, ...] = (
 UNMATCHED: tuple[Prefix, ...] = (
     Prefix("/v1/", Access(READ, Family.OPENAI)),
     Prefix("/sdapi/", Access(READ, Family.A1111)),
+    Prefix("/controlnet/", Access(READ, Family.A1111)),
     Prefix("/api/", Access(READ)),
     Prefix("/metrics", Access(ADMIN)),
     Prefix("/outputs/", Access(READ, output_file=True)),

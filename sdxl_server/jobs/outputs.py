@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
-from ..params import CONTROL_MODE_LABELS, INPUT_ROLES, GenerationParams
+from ..params import CONTROL_MODE_LABELS, CONTROL_RESIZE_LABELS, INPUT_ROLES, GenerationParams
 from .inputs import InputStore
 from .locking import hold_lock
 
@@ -91,16 +91,13 @@ def _image_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     return details
 
 
-_RESIZE_LABELS = {0: "Just Resize", 1: "Crop and Resize", 2: "Resize and Fill"}
-
-
 def _control_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     """The ControlNet units in the sd-webui-controlnet extension's words (its "ControlNet N" entries)."""
     details = []
     for index, unit in enumerate(meta.get("controlnet") or []):
         parts = [
             ("Module", unit["module"]), ("Model", unit["model"]), ("Weight", f"{unit['weight']:g}"),
-            ("Resize Mode", _RESIZE_LABELS[unit["resize_mode"]]),
+            ("Resize Mode", CONTROL_RESIZE_LABELS[unit["resize_mode"]]),
             *([("Processor Res", unit["processor_res"])] if unit.get("processor_res") else []),
             *([("Threshold A", f"{unit['threshold_a']:g}")] if unit.get("threshold_a") is not None else []),
             *([("Threshold B", f"{unit['threshold_b']:g}")] if unit.get("threshold_b") is not None else []),
