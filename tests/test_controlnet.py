@@ -14,7 +14,7 @@ import pytest
 from images import b64 as png_b64
 from PIL import Image
 
-from sdxl_server.pipeline.tiny import ensure_tiny_controlnet
+from sdxl_server.pipeline.tiny import ensure_tiny_controlnet, ensure_tiny_union_controlnet
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -24,6 +24,7 @@ def controlnet_dir(tmp_path_factory):
     """CONTROLNET_DIR with the tiny SDXL ControlNet, an SD 1.x-shaped config and a file that is no ControlNet."""
     root = tmp_path_factory.mktemp("controlnet")
     ensure_tiny_controlnet(root / "tiny-canny")
+    ensure_tiny_union_controlnet(root / "tiny-union")
     (root / "sd15-depth").mkdir()
     (root / "sd15-depth" / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel", "cross_attention_dim": 768}))
     (root / "notes.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
@@ -151,3 +152,29 @@ async def test_more_units_than_allowed(cn_client, settings):
     units = [_unit()] * (settings.max_controlnets + 1)
     response = await cn_client.post("/api/v1/generate", json={"prompt": "x", "controlnet": units})
     assert response.status == 422 and "controlnet" in (await response.json())["fields"]
+
+
+async def test_union_with_two_control_types(cn_client):
+    listed = {e["name"]: e for e in (await (await cn_client.get("/api/v1/controlnets")).json())["controlnets"]}
+    assert listed["tiny-union"]["union"] and "canny" in listed["tiny-union"]["control_types"]
+    canny, meta = await _generate(cn_client, controlnet=[_unit(model="tiny-union", type="canny")])
+    depth, _ = await _generate(cn_client, controlnet=[_unit(model="tiny-union", type="depth")])
+    plain, _ = await _generate(cn_client)
+    assert np.abs(canny - plain).mean() > 1 and np.abs(canny - depth).mean() > 1
+    both, _ = await _generate(cn_client, controlnet=[_unit(model="tiny-union", type="canny"),
+                                                     _unit(model="tiny-union", type="depth", weight=0.6)])
+    assert np.abs(both - canny).mean() > 0.5
+    assert "Control Type: canny" in meta["parameters"]
+
+
+@pytest.mark.parametrize(("units", "field", "words"), [
+    ([{"model": "tiny-union"}], "controlnet[0].type", "needs a control type"),
+    ([{"model": "tiny-union", "type": "sketchy"}], "controlnet[0].type", "canny"),
+    ([{"model": "tiny-canny", "type": "canny"}], "controlnet[0].type", "Only a ControlNet-Union"),
+    ([{"model": "tiny-canny"}, {"model": "tiny-union", "type": "canny"}], "controlnet[0].model", "cannot be mixed"),
+])
+async def test_union_refusals(cn_client, units, field, words):
+    response = await cn_client.post("/api/v1/generate", json={"prompt": "x", "controlnet": [_unit(**u) for u in units]})
+    assert response.status == 422
+    text = json.dumps(await response.json())
+    assert field in text and words in text

@@ -229,7 +229,7 @@ async def txt2img(request: web.Request) -> web.Response:
     body = await read_json_object(request, untyped_is_json=True)
     core, original, notes = core_request(body, app[keys.SETTINGS], default_clip_skip(app))
     warnings = a1111_warnings(A1111_TXT2IMG, body)
-    control = a1111_units(body, None, notes, warnings)
+    control = await a1111_units(app, body, None, notes, warnings)
     given = [name for name in ("width", "height") if original[name] is not None]
     async with stored_inputs(app, _validated(app, {**core, "controlnet": control.units}), given, names=NAMES) as data:
         return await respond(request, to_params(data), original, notes, warnings, control.maps)

@@ -38,6 +38,12 @@ RESIZE_NAMES = {**{label.lower(): number for number, label in enumerate(CONTROL_
                 "scale to fit (inner fit)": 1, "envelope (outer fit)": 2}
 CONTROL_LABELS = tuple(CONTROL_MODE_LABELS[mode] for mode in CONTROL_MODES.values())
 CONTROL_MODE_NAMES = {label.lower(): number for number, label in enumerate(CONTROL_LABELS)}
+# The extension's union_control_type names (and our preprocessors) -> a Union model's control type.
+UNION_TYPE_NAMES = {"openpose": "openpose", "depth": "depth", "softedge": "softedge", "scribble": "softedge",
+                    "canny": "canny", "lineart": "canny", "mlsd": "canny", "normal": "normal", "segment": "segment",
+                    "tile": "tile", "repaint": "repaint", "inpaint": "repaint"}
+MODULE_UNION_TYPES = {"canny": "canny", "invert": "canny", "lineart_standard": "canny", "binary": "softedge",
+                      "tile_resample": "tile"}
 _HASH_SUFFIX = re.compile(r" \[[0-9a-fA-F]{4,64}\]$")  # the extension lists models as "name [hash]"
 
 
@@ -138,11 +144,27 @@ class A1111Units:
     maps: list[int] = field(default_factory=list)
 
 
-def _unit(unit: Mapping[str, Any], where: str, init_image: str | None, notes: list[str], warnings: list[str]) -> dict[str, Any]:
+def _union_type(unit: Mapping[str, Any], module: str, where: str) -> str:
+    """A Union model's control type: the unit's ``union_control_type`` ("Canny", "Soft Edge", ...), else its module's."""
+    given = unit.get("union_control_type") or unit.get("control_type")
+    if given in (None, "", "Unknown", "All"):
+        if module in MODULE_UNION_TYPES:
+            return MODULE_UNION_TYPES[module]
+        raise _refused(f"{where}.union_control_type", "A ControlNet-Union unit with this module needs its union_control_type "
+                                                      f"({', '.join(sorted(set(UNION_TYPE_NAMES.values())))}).")
+    kind = UNION_TYPE_NAMES.get(re.sub(r"[^a-z]", "", str(given).lower()))
+    if kind is None:
+        raise _refused(f"{where}.union_control_type", f"Unknown control type {str(given)[:40]!r}.")
+    return kind
+
+
+def _unit(unit: Mapping[str, Any], where: str, init_image: str | None, notes: list[str], warnings: list[str],
+          unions: set[str]) -> dict[str, Any]:
     module = module_name(unit.get("module"), f"{where}.module")
     model = unit.get("model")
     if not isinstance(model, str) or model.strip() in ("", "None", "none"):
         raise _refused(f"{where}.model", "An enabled unit needs a model (GET /controlnet/model_list).")
+    model = _HASH_SUFFIX.sub("", model.strip())
     weight = _number(unit, "weight", where, 1.0)
     if not 0 <= weight <= CONTROL_WEIGHT_MAX:
         raise _refused(f"{where}.weight", f"Must be from 0 to {CONTROL_WEIGHT_MAX:g}.")
@@ -160,7 +182,8 @@ def _unit(unit: Mapping[str, Any], where: str, init_image: str | None, notes: li
         asked = _number(unit, "processor_res", where, -1)
         resolution = int(min(max(asked, PROCESSOR_RES_MIN), PROCESSOR_RES_MAX)) if asked > 0 else DEFAULT_PROCESSOR_RES
     return {
-        "model": _HASH_SUFFIX.sub("", model.strip()), "image": _image(unit, where, init_image), "module": module,
+        "model": model, "image": _image(unit, where, init_image), "module": module,
+        "type": _union_type(unit, module, where) if model in unions else "",
         "weight": weight, "start": start, "end": end, "processor_res": resolution,
         "resize_mode": _choice(unit, "resize_mode", where, CONTROL_RESIZE_LABELS, RESIZE_NAMES, 1),
         "control_mode": CONTROL_MODES[_choice(unit, "control_mode", where, CONTROL_LABELS, CONTROL_MODE_NAMES, 0)],
@@ -181,10 +204,16 @@ def _script_args(body: Mapping[str, Any]) -> list[Any]:
     return args
 
 
-def a1111_units(body: Mapping[str, Any], init_image: str | None, notes: list[str], warnings: list[str]) -> A1111Units:
+async def a1111_units(
+    app: web.Application, body: Mapping[str, Any], init_image: str | None, notes: list[str], warnings: list[str],
+) -> A1111Units:
     """The enabled units of ``alwayson_scripts.controlnet.args`` in our form (``enabled: false`` skipped)."""
     found = A1111Units()
-    for index, unit in enumerate(_script_args(body)):
+    args = _script_args(body)
+    if not args:
+        return found
+    unions = {entry.name for entry in await asyncio.to_thread(app[keys.CONTROLNETS].files) if entry.union}
+    for index, unit in enumerate(args):
         where = f"{WHERE}[{index}]"
         if not isinstance(unit, dict):
             raise _refused(where, "Must be an object (a ControlNet unit).")
@@ -192,7 +221,7 @@ def a1111_units(body: Mapping[str, Any], init_image: str | None, notes: list[str
             continue
         if unit.get("save_detected_map", True) not in (False, "false", 0):
             found.maps.append(len(found.units))
-        found.units.append(_unit(unit, where, init_image, notes, warnings))
+        found.units.append(_unit(unit, where, init_image, notes, warnings, unions))
     return found
 
 

@@ -81,7 +81,7 @@ async def img2img(request: web.Request) -> web.Response:
         mask_padding=extra["inpaint_full_res_padding"], resize_mode=extra["resize_mode"],
     )
     warnings = a1111_warnings(A1111_IMG2IMG, body)
-    control = a1111_units(body, core["init_image"], notes, warnings)
+    control = await a1111_units(app, body, core["init_image"], notes, warnings)
     data = validate(app[keys.GENERATE_SCHEMA], {**core, "controlnet": control.units}, IMG2IMG_NAMES)
     given = [name for name in ("width", "height") if original[name] is not None]
     echoed: dict[str, Any] = {**original, **{k: v for k, v in extra.items() if k not in _IMAGES}}

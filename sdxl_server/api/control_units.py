@@ -25,7 +25,7 @@ async def check_units(app: web.Application, data: Mapping[str, Any]) -> None:
     """422 naming the unit when a unit's model is unknown or unusable (before any image is decoded)."""
     units = data.get(FIELD) or []
     if units:
-        await asyncio.to_thread(app[keys.CONTROLNETS].check, [unit["model"] for unit in units])
+        await asyncio.to_thread(app[keys.CONTROLNETS].check, [(unit["model"], unit.get("type", "")) for unit in units])
 
 
 def _unit_map(unit: Mapping[str, Any], index: int, size: tuple[int, int], max_pixels: int) -> Any:

@@ -36,15 +36,19 @@ class ControlNetFile:
     name: str
     path: Path
     layout: str  # "folder" or "single_file"
-    union: bool
+    union_types: tuple[str, ...]  # a ControlNet-Union model's control types (empty: not a Union model)
     control_type: str | None
     problem: str | None = None
+
+    @property
+    def union(self) -> bool:
+        return bool(self.union_types)
 
     def describe(self, root: Path) -> dict[str, Any]:
         return {
             "name": self.name, "file": str(self.path.relative_to(root)), "layout": self.layout,
             "type": "union" if self.union else self.control_type, "union": self.union,
-            "control_types": list(UNION_TYPES) if self.union else [], "usable": self.problem is None,
+            "control_types": list(self.union_types), "usable": self.problem is None,
             "problem": self.problem,
         }
 
@@ -54,37 +58,42 @@ def _control_type(name: str) -> str | None:
     return next((kind for kind in _TYPES if re.search(rf"(^|[^a-z]){re.escape(kind)}", lowered)), None)
 
 
-def _folder_facts(path: Path) -> tuple[bool, str | None]:
-    """(union, problem) from a diffusers folder's ``config.json``."""
+def _types(count: Any) -> tuple[str, ...]:
+    return UNION_TYPES[: count if isinstance(count, int) and count > 0 else 0]
+
+
+def _folder_facts(path: Path) -> tuple[tuple[str, ...], str | None]:
+    """(Union control types, problem) from a diffusers folder's ``config.json``."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        return False, f"config.json unreadable: {str(exc)[:200]}"
+        return (), f"config.json unreadable: {str(exc)[:200]}"
     if not isinstance(config, dict):
-        return False, "config.json is not an object"
+        return (), "config.json is not an object"
     kind = config.get("_class_name")
     if kind not in ("ControlNetModel", "ControlNetUnionModel"):
-        return False, f"not a ControlNet (its config.json names {str(kind)[:80]!r})"
+        return (), f"not a ControlNet (its config.json names {str(kind)[:80]!r})"
     if config.get("addition_embed_type") != "text_time":
-        return False, _NOT_SDXL.format(why="no SDXL size-and-crop conditioning: SD 1.x or 2.x")
-    return kind == "ControlNetUnionModel", None
+        return (), _NOT_SDXL.format(why="no SDXL size-and-crop conditioning: SD 1.x or 2.x")
+    return (_types(config.get("num_control_type", 6)) if kind == "ControlNetUnionModel" else ()), None
 
 
-def _file_facts(path: Path) -> tuple[bool, str | None]:
-    """(union, problem) from a single file's safetensors header."""
+def _file_facts(path: Path) -> tuple[tuple[str, ...], str | None]:
+    """(Union control types, problem) from a single file's safetensors header."""
     try:
         header = read_header(path)
     except (OSError, ValueError) as exc:
-        return False, str(exc)[:200]
+        return (), str(exc)[:200]
     problem = header_problem(header)
     if problem:
-        return False, problem
+        return (), problem
     keys = [key for key in header if key != "__metadata__"]
     if not any("controlnet_cond_embedding" in key or "input_hint_block" in key for key in keys):
-        return False, "not a ControlNet (no control-image embedding among its tensors)"
+        return (), "not a ControlNet (no control-image embedding among its tensors)"
     if not any(key.startswith(("add_embedding.", "control_model.label_emb.", "label_emb.")) for key in keys):
-        return False, _NOT_SDXL.format(why="no SDXL size-and-crop conditioning: SD 1.x or 2.x")
-    return any("task_embedding" in key for key in keys), None
+        return (), _NOT_SDXL.format(why="no SDXL size-and-crop conditioning: SD 1.x or 2.x")
+    task = next((header[key]["shape"] for key in keys if key.endswith("task_embedding")), None)
+    return (_types(task[0]) if task else ()), None
 
 
 def inspect(path: Path) -> ControlNetFile | None:
@@ -92,11 +101,11 @@ def inspect(path: Path) -> ControlNetFile | None:
     if path.name.startswith("."):
         return None
     if path.is_dir() and (path / "config.json").exists():
-        union, problem = _folder_facts(path)
-        return ControlNetFile(path.name, path, "folder", union, _control_type(path.name), problem)
+        types, problem = _folder_facts(path)
+        return ControlNetFile(path.name, path, "folder", types, _control_type(path.name), problem)
     if path.is_file() and path.suffix == ".safetensors":
-        union, problem = _file_facts(path)
-        return ControlNetFile(path.stem, path, "single_file", union, _control_type(path.stem), problem)
+        types, problem = _file_facts(path)
+        return ControlNetFile(path.stem, path, "single_file", types, _control_type(path.stem), problem)
     return None
 
 
@@ -119,18 +128,27 @@ class ControlNetCatalog:
     def find(self, name: str) -> ControlNetFile | None:
         return next((entry for entry in self.files() if entry.name == name), None)
 
-    def check(self, names: list[str], field: str = "controlnet") -> dict[str, ControlNetFile]:
-        """The ControlNets of a request's units, by name; 422 naming the unit when one is unknown or unusable."""
+    def check(self, units: list[tuple[str, str]], field: str = "controlnet") -> None:
+        """422 naming the unit when a unit's ControlNet (``(model, control type)``) is unknown or
+        unusable, or its control type is not one its model has (a Union model needs one, others none)."""
         entries = {entry.name: entry for entry in self.files()}
         usable = sorted(name for name, entry in entries.items() if entry.problem is None)
-        for index, name in enumerate(names):
+        for index, (name, kind) in enumerate(units):
             entry = entries.get(name)
-            where = f"{field}[{index}].model"
             if entry is None:
-                message = (f"No ControlNet {name[:100]!r} in CONTROLNET_DIR ({self.root}); available: "
-                           f"{', '.join(usable) or 'none'} (GET /api/v1/controlnets).")
-                raise ValidationFailed(f"{where}: {message}", fields={where: [message]})
-            if entry.problem is not None:
-                message = f"ControlNet {name!r} cannot be used: {entry.problem}."
-                raise ValidationFailed(f"{where}: {message}", fields={where: [message]})
-        return {name: entries[name] for name in names}
+                _refuse(f"{field}[{index}].model", f"No ControlNet {name[:100]!r} in CONTROLNET_DIR ({self.root}); "
+                                                   f"available: {', '.join(usable) or 'none'} (GET /api/v1/controlnets).")
+            elif entry.problem is not None:
+                _refuse(f"{field}[{index}].model", f"ControlNet {name!r} cannot be used: {entry.problem}.")
+            elif entry.union and kind not in entry.union_types:
+                _refuse(f"{field}[{index}].type", f"ControlNet-Union {name!r} needs a control type, one of "
+                                                  f"{', '.join(entry.union_types)} (got {kind[:40]!r}).")
+            elif not entry.union and kind:
+                _refuse(f"{field}[{index}].type", f"Only a ControlNet-Union model takes a control type; {name!r} is not one.")
+        kinds = {entry.union for name, _ in units if (entry := entries.get(name)) is not None}
+        if len(kinds) > 1:
+            _refuse(f"{field}[0].model", "ControlNet-Union models and other ControlNets cannot be mixed in one request.")
+
+
+def _refuse(where: str, message: str) -> None:
+    raise ValidationFailed(f"{where}: {message}", fields={where: [message]})

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import ValidationFailed
 from ..params import ControlUnit, GenerationParams
-from .controlnet_files import ControlNetCatalog, ControlNetFile
+from .controlnet_files import UNION_TYPES, ControlNetCatalog, ControlNetFile
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,36 @@ def check_fits(nets: Sequence[Any], unet: Any) -> None:
             message = (f"This ControlNet conditions on {net.config.cross_attention_dim}-wide text, the running model on "
                        f"{width}: it was made for another model family.")
             raise ValidationFailed(f"controlnet[{index}].model: {message}", fields={f"controlnet[{index}].model": [message]})
+
+
+def _unit_error(index: int, field: str, message: str) -> ValidationFailed:
+    where = f"controlnet[{index}].{field}"
+    return ValidationFailed(f"{where}: {message}", fields={where: [message]})
+
+
+def check_union(nets: Sequence[Any], units: Sequence[ControlUnit]) -> bool:
+    """Whether the units run on ControlNet-Union models (each then names its control type); 422
+    when union and plain ControlNets are mixed (diffusers runs one kind per call)."""
+    unions = [hasattr(net.config, "num_control_type") for net in nets]
+    if any(unions) and not all(unions):
+        raise _unit_error(unions.index(not unions[0]), "model",
+                          "ControlNet-Union models and other ControlNets cannot be mixed in one request.")
+    if not unions[0]:
+        for index, unit in enumerate(units):
+            if unit.type:
+                raise _unit_error(index, "type", f"Only a ControlNet-Union model takes a control type; {unit.model!r} is not one.")
+    return unions[0]
+
+
+def union_types(nets: Sequence[Any], units: Sequence[ControlUnit]) -> list[int]:
+    """diffusers' ``control_mode`` for Union units: each unit's control type as the model's slot."""
+    slots = []
+    for index, (net, unit) in enumerate(zip(nets, units)):
+        known = UNION_TYPES[: net.config.num_control_type]
+        if unit.type not in known:
+            raise _unit_error(index, "type", f"A ControlNet-Union unit needs its control type, one of {', '.join(known)}.")
+        slots.append(known.index(unit.type))
+    return slots
 
 
 def control_arguments(units: Sequence[ControlUnit]) -> dict[str, Any]:

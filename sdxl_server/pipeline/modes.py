@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..params import GenerationParams
-from .controlnets import check_fits, control_arguments, control_modes
+from .controlnets import check_fits, check_union, control_arguments, control_modes, union_types
 from .inpaint import Inpainting
 
 
@@ -95,12 +95,16 @@ class Mode:
     arguments: Arguments
     control_pipeline: str
     control_argument: str
+    union_pipeline: str  # with ControlNet-Union models (their control images always go in ``control_image``)
 
 
 MODES: dict[str, Mode] = {
-    "txt2img": Mode(None, _txt2img, "StableDiffusionXLControlNetPipeline", "image"),
-    "img2img": Mode("StableDiffusionXLImg2ImgPipeline", _img2img, "StableDiffusionXLControlNetImg2ImgPipeline", "control_image"),
-    "inpaint": Mode("StableDiffusionXLInpaintPipeline", _inpaint, "StableDiffusionXLControlNetInpaintPipeline", "control_image"),
+    "txt2img": Mode(None, _txt2img, "StableDiffusionXLControlNetPipeline", "image",
+                    "StableDiffusionXLControlNetUnionPipeline"),
+    "img2img": Mode("StableDiffusionXLImg2ImgPipeline", _img2img, "StableDiffusionXLControlNetImg2ImgPipeline",
+                    "control_image", "StableDiffusionXLControlNetUnionImg2ImgPipeline"),
+    "inpaint": Mode("StableDiffusionXLInpaintPipeline", _inpaint, "StableDiffusionXLControlNetInpaintPipeline",
+                    "control_image", "StableDiffusionXLControlNetUnionInpaintPipeline"),
 }
 
 
@@ -127,17 +131,22 @@ class ModePipelines:
             self._made[mode] = _from_pipe(name, self.base)
         return self._made[mode]
 
-    def control_pipeline(self, mode: str, nets: list[Any]) -> Any:
-        """The mode's ControlNet pipeline with ``nets`` (several: diffusers' multi-ControlNet), on
-        the base's modules; made per request (cheap: no weights are copied), so no cached pipeline
-        keeps an unloaded ControlNet alive."""
+    def control_pipeline(self, mode: str, nets: list[Any], union: bool) -> Any:
+        """The mode's ControlNet (or ControlNet-Union) pipeline with ``nets`` (several: diffusers'
+        multi-ControlNet), on the base's modules; made per request (cheap: no weights are copied),
+        so no cached pipeline keeps an unloaded ControlNet alive."""
         if len(nets) == 1:
             controlnet = nets[0]
+        elif union:
+            from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
+
+            controlnet = MultiControlNetUnionModel(nets)
         else:
             from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
             controlnet = MultiControlNetModel(nets)
-        return _from_pipe(MODES[mode].control_pipeline, self.base, controlnet=controlnet)
+        name = MODES[mode].union_pipeline if union else MODES[mode].control_pipeline
+        return _from_pipe(name, self.base, controlnet=controlnet)
 
 
 def prepare_run(
@@ -152,15 +161,26 @@ def prepare_run(
     if missing:
         raise ValueError(f"an {mode} job needs its input images: {', '.join(missing)}")
     made = MODES[mode].arguments(params, inputs or {})
-    units = params.control.units
-    if not units:
+    if not params.control.units:
         return ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
     if controlnets is None:
         raise ValueError("this engine has no ControlNets")
+    return _control_run(pipelines, params, made, controlnets, inputs or {})
+
+
+def _control_run(pipelines: ModePipelines, params: GenerationParams, made: ModeArguments, controlnets: ControlNetSource,
+                 inputs: Mapping[str, Any]) -> ModeRun:
+    """The run of a request with ControlNet units: their ControlNets loaded and checked against the
+    running model, their control maps fitted to the pipeline's image, their arguments."""
+    mode, units = params.mode, params.control.units
     nets = [controlnets.get(unit.model, index) for index, unit in enumerate(units)]
     check_fits(nets, pipelines.base.unet)
-    maps = [made.fit(inputs[f"control{index}"]) for index in range(len(units))]  # type: ignore[index]
-    arguments = {**made.arguments, MODES[mode].control_argument: maps[0] if len(maps) == 1 else maps,
-                 **control_arguments(units)}
-    return ModeRun(pipelines.control_pipeline(mode, nets), arguments, made.finish,
+    union = check_union(nets, units)
+    maps = [made.fit(inputs[f"control{index}"]) for index in range(len(units))]
+    if union:
+        images = {"control_image": maps, "control_mode": union_types(nets, units)}  # one per unit (diffusers nests them)
+    else:
+        images = {MODES[mode].control_argument: maps[0] if len(maps) == 1 else maps}
+    arguments = {**made.arguments, **images, **control_arguments(units)}
+    return ModeRun(pipelines.control_pipeline(mode, nets, union), arguments, made.finish,
                    lambda: control_modes(nets, units, params))

@@ -196,3 +196,27 @@ def build_tiny_controlnet(seed: int = 2):
 def ensure_tiny_controlnet(folder: Path, seed: int = 2) -> Path:
     """The tiny SDXL ControlNet saved as a diffusers folder at ``folder`` (e.g. in CONTROLNET_DIR), built first if needed."""
     return _ensure_saved(folder.parent, folder.name, lambda: build_tiny_controlnet(seed), marker="config.json")
+
+
+def build_tiny_union_controlnet(seed: int = 3):
+    """A tiny SDXL ControlNet-Union (eight control types, as xinsir's promax): the tiny ControlNet's
+    shapes with the Union's control-type embedding and transformer at the tiny width; its output
+    convolutions and per-type projection random, so each control type makes its own image."""
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    plain = ControlNetModel.from_unet(_unet(cross_attention_dim=32 + 48, time_ids=6), conditioning_embedding_out_channels=(8, 8, 16, 16))
+    config = {key: value for key, value in plain.config.items() if not key.startswith("_") and key != "mid_block_type"}
+    union = ControlNetUnionModel.from_config(
+        {**config, "num_trans_channel": 8, "num_proj_channel": 8, "num_trans_head": 2, "num_control_type": 8}
+    )
+    with torch.no_grad():
+        for conv in [*union.controlnet_down_blocks, union.controlnet_mid_block]:
+            conv.weight.normal_(0, 0.3)
+        union.spatial_ch_projs.weight.normal_(0, 0.5)
+    return union
+
+
+def ensure_tiny_union_controlnet(folder: Path, seed: int = 3) -> Path:
+    """The tiny SDXL ControlNet-Union saved as a diffusers folder at ``folder``, built first if needed."""
+    return _ensure_saved(folder.parent, folder.name, lambda: build_tiny_union_controlnet(seed), marker="config.json")
