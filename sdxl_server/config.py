@@ -191,6 +191,10 @@ class Settings:
         "folder of SDXL ControlNets (diffusers folders or .safetensors files, ControlNet-Union too); absent: none",
     )
     max_controlnets: int = _setting("MAX_CONTROLNETS", 3, _int_range(1, MAX_CONTROL_UNITS), "most ControlNet units one request may use")
+    ip_adapter_dir: Path = _setting(
+        "IP_ADAPTER_DIR", Path("models/ip-adapter"), _path,
+        "folder of SDXL IP-Adapter weights (.safetensors) with their CLIP image encoder in image_encoder/; absent: none",
+    )
     controlnet_cache: int = _setting("CONTROLNET_CACHE", 2, _int_range(1, 64), "ControlNets kept loaded (least recently used unloaded first)")
 
     # Progress

@@ -56,11 +56,15 @@ class InputRole:
 # ControlNet units a request may carry at most (MAX_CONTROLNETS chooses fewer): each unit's control
 # map is an input role of its own, ``control0`` ... (field ``control0_image``).
 MAX_CONTROL_UNITS = 8
+# IP-Adapter units a request may carry; each one's reference image is input role ``ip{i}``.
+MAX_IP_ADAPTERS = 4
+IP_ADAPTER_WEIGHT_MAX = 2.0
 
 INPUT_ROLES: dict[str, InputRole] = {
     "init": InputRole("init", "init_image", "RGB"),
     "mask": InputRole("mask", "mask", "L"),
     **{f"control{i}": InputRole(f"control{i}", f"control{i}_image", "RGB", listed=False) for i in range(MAX_CONTROL_UNITS)},
+    **{f"ip{i}": InputRole(f"ip{i}", f"ip_adapter{i}_image", "RGB", listed=False) for i in range(MAX_IP_ADAPTERS)},
 }
 
 
@@ -137,6 +141,26 @@ class ControlOptions:
         object.__setattr__(self, "units", units)
 
 
+@dataclass(frozen=True)
+class IpAdapterUnit:
+    """One IP-Adapter unit: the adapter (a weights file's name in IP_ADAPTER_DIR) and its scale;
+    its reference image is input role ``ip{index}``."""
+
+    name: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class IpAdapterOptions:
+    """The request's IP-Adapter units, in order."""
+
+    units: tuple[IpAdapterUnit, ...] = ()
+
+    def __post_init__(self) -> None:
+        units = tuple(unit if isinstance(unit, IpAdapterUnit) else IpAdapterUnit(**unit) for unit in self.units)
+        object.__setattr__(self, "units", units)
+
+
 # flat name -> (group, field): the one map between what clients, the job store and the metadata
 # see and the groups. A new group adds its lines here.
 FLAT_FIELDS: dict[str, tuple[str, str]] = {
@@ -150,9 +174,11 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "refiner_switch_at": ("refiner", "switch_at"),
     "refiner_strength": ("refiner", "strength"),
     "controlnet": ("control", "units"),
+    "ip_adapter": ("ip", "units"),
 }
 GROUPS: dict[str, type] = {
     "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "control": ControlOptions,
+    "ip": IpAdapterOptions,
 }
 
 
@@ -189,6 +215,7 @@ class GenerationParams:
     inpaint: InpaintOptions = InpaintOptions()
     refiner: RefinerOptions = RefinerOptions()
     control: ControlOptions = ControlOptions()
+    ip: IpAdapterOptions = IpAdapterOptions()
 
     def __post_init__(self) -> None:
         # Rebuilt from JSON (job store: lists; metadata: {name, weight}): keep hashable tuples.

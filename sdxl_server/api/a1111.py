@@ -71,7 +71,8 @@ NEAREST_SAMPLER = {
 }
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
-         "refiner": "refiner_checkpoint", "model": "override_settings", "controlnet": WHERE}
+         "refiner": "refiner_checkpoint", "model": "override_settings", "controlnet": WHERE,
+         "ip_adapter": WHERE}
 
 
 class Number(fields.Field):
@@ -231,7 +232,7 @@ async def txt2img(request: web.Request) -> web.Response:
     warnings = a1111_warnings(A1111_TXT2IMG, body)
     control = await a1111_units(app, body, None, notes, warnings)
     given = [name for name in ("width", "height") if original[name] is not None]
-    async with stored_inputs(app, _validated(app, {**core, "controlnet": control.units}), given, names=NAMES) as data:
+    async with stored_inputs(app, _validated(app, control.into(core)), given, names=NAMES) as data:
         return await respond(request, to_params(data), original, notes, warnings, control.maps)
 
 

@@ -142,6 +142,24 @@ class A1111Units:
 
     units: list[dict[str, Any]] = field(default_factory=list)
     maps: list[int] = field(default_factory=list)
+    adapters: list[dict[str, Any]] = field(default_factory=list)  # units with an ip-adapter_* module
+
+    def into(self, core: dict[str, Any]) -> dict[str, Any]:
+        """Our request ``core`` with these units."""
+        return {**core, "controlnet": self.units, "ip_adapter": self.adapters}
+
+
+def _ip_adapter(unit: Mapping[str, Any], where: str, init_image: str | None, warnings: list[str]) -> dict[str, Any]:
+    """An ``ip-adapter_*`` unit as our IP-Adapter unit: the model names the adapter in IP_ADAPTER_DIR."""
+    model = unit.get("model")
+    if not isinstance(model, str) or model.strip() in ("", "None", "none"):
+        raise _refused(f"{where}.model", "An IP-Adapter unit needs its model (GET /api/v1/ip-adapters).")
+    weight = _number(unit, "weight", where, 1.0)
+    if not 0 <= weight <= CONTROL_WEIGHT_MAX:
+        raise _refused(f"{where}.weight", f"Must be from 0 to {CONTROL_WEIGHT_MAX:g}.")
+    if _number(unit, "guidance_start", where, 0.0) != 0 or _number(unit, "guidance_end", where, 1.0) != 1:
+        warnings.append(f"{where}.guidance_start/guidance_end: not applied (an IP-Adapter acts on every step here)")
+    return {"name": _HASH_SUFFIX.sub("", model.strip()), "image": _image(unit, where, init_image), "weight": weight}
 
 
 def _union_type(unit: Mapping[str, Any], module: str, where: str) -> str:
@@ -218,6 +236,9 @@ async def a1111_units(
         if not isinstance(unit, dict):
             raise _refused(where, "Must be an object (a ControlNet unit).")
         if not _enabled(unit):
+            continue
+        if str(unit.get("module") or "").lower().startswith("ip-adapter"):
+            found.adapters.append(_ip_adapter(unit, where, init_image, warnings))
             continue
         if unit.get("save_detected_map", True) not in (False, "false", 0):
             found.maps.append(len(found.units))

@@ -82,7 +82,7 @@ async def img2img(request: web.Request) -> web.Response:
     )
     warnings = a1111_warnings(A1111_IMG2IMG, body)
     control = await a1111_units(app, body, core["init_image"], notes, warnings)
-    data = validate(app[keys.GENERATE_SCHEMA], {**core, "controlnet": control.units}, IMG2IMG_NAMES)
+    data = validate(app[keys.GENERATE_SCHEMA], control.into(core), IMG2IMG_NAMES)
     given = [name for name in ("width", "height") if original[name] is not None]
     echoed: dict[str, Any] = {**original, **{k: v for k, v in extra.items() if k not in _IMAGES}}
     echoed.update({name: extra[name] if extra["include_init_images"] else None for name in _IMAGES})

@@ -1,5 +1,5 @@
-"""ControlNet's own routes: the ControlNets in CONTROLNET_DIR (usable or not, and why), the
-preprocessors (available or not, and why), and ``POST /api/v1/preprocess``, the control map a
+"""ControlNet's and IP-Adapter's own routes: the ControlNets in CONTROLNET_DIR and the IP-Adapters
+in IP_ADAPTER_DIR (usable or not, and why), the preprocessors (available or not, and why), and ``POST /api/v1/preprocess``, the control map a
 preprocessor makes from an image (the page's preview; the A1111 extension's ``/controlnet/detect``
 uses :func:`detect_map` too). Never imports torch: the preprocessors are OpenCV and numpy, run off the loop.
 """
@@ -30,6 +30,13 @@ async def list_controlnets(request: web.Request) -> web.Response:
         "controlnet_dir": str(catalog.root), "max_controlnets": request.app[keys.SETTINGS].max_controlnets,
         "controlnets": [entry.describe(catalog.root) for entry in entries],
     })
+
+
+async def list_ip_adapters(request: web.Request) -> web.Response:
+    """``GET /api/v1/ip-adapters``: every IP-Adapter in IP_ADAPTER_DIR, usable or not (and why)."""
+    catalog = request.app[keys.IP_ADAPTERS]
+    entries = await asyncio.to_thread(catalog.files)
+    return web.json_response({"ip_adapter_dir": str(catalog.root), "ip_adapters": [e.describe(catalog.root) for e in entries]})
 
 
 async def list_preprocessors(request: web.Request) -> web.Response:

@@ -23,8 +23,7 @@ from ..jobs.inputs import InputHold
 from ..jobs.job import Job
 from ..params import INPUT_ROLES, GenerationParams, denoising_steps
 from . import keys
-from .control_units import FIELD as CONTROL_FIELD
-from .control_units import check_units, store_control_maps
+from .control_units import check_units, has_units, store_control_maps
 
 IMAGE_FIELDS = tuple(role.field for role in INPUT_ROLES.values() if role.listed)
 REFINER_HINT = (
@@ -118,7 +117,7 @@ async def stored_inputs(
         try:
             _check_combination(data)
             await check_units(app, data)
-            if data.get("init_image") is None and not data.get(CONTROL_FIELD):
+            if data.get("init_image") is None and not has_units(data):
                 stored = {**data, **{name: None for name in IMAGE_FIELDS}}
             else:
                 stored = await asyncio.get_running_loop().run_in_executor(

@@ -62,7 +62,7 @@ def components(settings: Settings) -> list[tuple[str, Schema | type[Schema]]]:
         ("Img2ImgRequest", a1111_img2img.img2img_schema_for_spec(settings)),
         ("OpenAIImageEditRequest", openai_edits.edits_schema_for_spec(settings)),
         ("OpenAIImageVariationRequest", openai_edits.variations_schema_for_spec(settings)),
-        ("ControlNetList", responses.ControlNetListSchema), ("PreprocessorList", responses.PreprocessorListSchema),
+        ("ControlNetList", responses.ControlNetListSchema), ("IpAdapterList", responses.IpAdapterListSchema), ("PreprocessorList", responses.PreprocessorListSchema),
         ("PreprocessRequest", controlnets.PreprocessRequestSchema), ("PreprocessResponse", responses.PreprocessResponseSchema),
     ]
 

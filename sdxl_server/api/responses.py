@@ -400,3 +400,17 @@ class PreprocessResponseSchema(Schema):
     width = fields.Integer()
     height = fields.Integer()
     image = fields.String(metadata={"description": "The control map, PNG, base64."})
+
+
+class IpAdapterSchema(Schema):
+    """One IP-Adapter in IP_ADAPTER_DIR (``GET /api/v1/ip-adapters``)."""
+
+    name = fields.String(metadata={"description": "What a unit's name calls it: the file's name without .safetensors."})
+    file = fields.String()
+    usable = fields.Boolean()
+    problem = fields.String(allow_none=True, metadata={"description": "Why it cannot be used (not an IP-Adapter, no image encoder)."})
+
+
+class IpAdapterListSchema(Schema):
+    ip_adapter_dir = fields.String()
+    ip_adapters = fields.List(fields.Nested(IpAdapterSchema))

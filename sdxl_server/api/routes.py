@@ -136,6 +136,8 @@ ROUTES: tuple[Route, ...] = (
         200: "LoraList"}, tags=("loras",)),
     Route("GET", "/api/v1/controlnets", controlnets.list_controlnets, READ,
           "The ControlNets in CONTROLNET_DIR, usable or not (and why)", {200: "ControlNetList"}, tags=("controlnet",)),
+    Route("GET", "/api/v1/ip-adapters", controlnets.list_ip_adapters, READ,
+          "The IP-Adapters in IP_ADAPTER_DIR, usable or not (and why)", {200: "IpAdapterList"}, tags=("controlnet",)),
     Route("GET", "/api/v1/preprocessors", controlnets.list_preprocessors, READ,
           "ControlNet preprocessors: which run here, their thresholds", {200: "PreprocessorList"}, tags=("controlnet",)),
     Route("POST", "/api/v1/preprocess", controlnets.preprocess, GENERATE, "The control map a preprocessor makes of an image", {

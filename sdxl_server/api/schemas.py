@@ -15,8 +15,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
 from ..params import (
-    CLIP_SKIP_MAX, CONTROL_MODES, CONTROL_WEIGHT_MAX, INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, REFINER_MODES, RESIZE_MODES,
-    SCHEDULERS, GenerationParams,
+    CLIP_SKIP_MAX, CONTROL_MODES, CONTROL_WEIGHT_MAX, INPAINT_AREAS, INPAINTING_FILLS, IP_ADAPTER_WEIGHT_MAX, MAX_IP_ADAPTERS,
+    MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams,
 )
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
@@ -277,11 +277,27 @@ class ControlUnitSchema(Schema):
             raise ValidationError(problem[1], problem[0])
 
 
+class IpAdapterUnitSchema(Schema):
+    """One IP-Adapter unit of a request."""
+
+    name = StrictString(required=True, validate=validate.Length(min=1, max=200),
+                        metadata={"description": "An IP-Adapter's name from GET /api/v1/ip-adapters."})
+    image = StrictString(required=True, metadata={
+        "description": "The reference image whose style or subject the image takes: PNG, JPEG or WebP, base64."})
+    weight = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=IP_ADAPTER_WEIGHT_MAX), metadata={
+        "description": f"0 to {IP_ADAPTER_WEIGHT_MAX:g} (diffusers' IP-Adapter scale); 0 leaves the image as without it."})
+
+
 def control_request_fields(max_units: int) -> dict[str, fields.Field]:
     """The ``controlnet`` field of the generation request."""
     return {"controlnet": fields.List(fields.Nested(ControlUnitSchema), load_default=list, validate=validate.Length(max=max_units), metadata={
         "description": f"ControlNet units (at most {max_units}, MAX_CONTROLNETS): each guides the image by its control "
-                       "image's edges, lines or layout."})}
+                       "image's edges, lines or layout."}),
+        "ip_adapter": fields.List(fields.Nested(IpAdapterUnitSchema), load_default=list,
+                                  validate=validate.Length(max=MAX_IP_ADAPTERS), metadata={
+            "description": f"IP-Adapter units (at most {MAX_IP_ADAPTERS}): the image takes the style or subject of "
+                           "each reference image. Unloaded again for the next job without them."}),
+    }
 
 
 def generate_request_schema(settings: Settings) -> Schema:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ..params import GenerationParams
 from ..pipeline.controlnet_files import ControlNetCatalog  # plain file logic, no torch
+from ..pipeline.ip_adapter_files import IpAdapterCatalog  # plain file logic, no torch
 from ..pipeline.lora_files import LoraCatalog  # plain file logic, no torch
 from ..pipeline.model_catalog import ModelCatalog
 
@@ -68,6 +69,7 @@ class Backend(Protocol):
     models: ModelCatalog  # the models: the API checks a request's model against it, the engine loads from it
     lora_files: LoraCatalog  # the LoRA files: likewise, one catalog for both
     controlnet_files: ControlNetCatalog  # the ControlNets in CONTROLNET_DIR: likewise
+    ip_adapter_files: IpAdapterCatalog  # the IP-Adapters in IP_ADAPTER_DIR: likewise
 
     @property
     def runtime(self) -> RuntimeFacts: ...

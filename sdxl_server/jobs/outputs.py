@@ -59,8 +59,9 @@ def params_meta(params: GenerationParams) -> dict[str, Any]:
     meta = {name: value for name, value in params.to_dict().items()
             if name not in inputs and (name not in _OPTIONAL_FIELDS or name in used)}
     meta["mode"] = params.mode
-    if not params.control.units:
-        del meta["controlnet"]
+    for name, group in (("controlnet", params.control), ("ip_adapter", params.ip)):
+        if not group.units:
+            del meta[name]
     for role, sha256 in params.inputs.items():
         meta[f"{INPUT_ROLES[role].field}_sha256"] = sha256
     return meta
@@ -106,6 +107,8 @@ def _control_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
             ("Control Mode", CONTROL_MODE_LABELS[unit["control_mode"]]),
         ]
         details.append((f"ControlNet {index}", '"' + ", ".join(f"{k}: {v}" for k, v in parts) + '"'))
+    for index, unit in enumerate(meta.get("ip_adapter") or []):
+        details.append((f"IP-Adapter {index}", f'"Model: {unit["name"]}, Weight: {unit["weight"]:g}"'))
     return details
 
 

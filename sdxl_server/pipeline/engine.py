@@ -23,6 +23,8 @@ from ..params import GenerationParams
 from .compiling import Compilation, apply_layout_options
 from .controlnet_files import ControlNetCatalog
 from .controlnets import ControlNetCache
+from .ip_adapter_files import IpAdapterCatalog
+from .ip_adapters import IpAdapters
 from .decode import decode_latents
 from .embedding_files import EmbeddingCatalog
 from .embeddings import empty_listing, load_embeddings
@@ -79,6 +81,8 @@ class Engine:
         self.loras = LoraAdapters(self.lora_files, settings.lora_cache)
         self.embedding_files = EmbeddingCatalog(settings.embeddings_dir)
         self.controlnet_files = ControlNetCatalog(settings.controlnet_dir)
+        self.ip_adapter_files = IpAdapterCatalog(settings.ip_adapter_dir)
+        self.ip_adapters = IpAdapters(self.ip_adapter_files)
         self.controlnets = ControlNetCache(self.controlnet_files, settings.controlnet_cache, self.runtime.device,
                                            self.runtime.torch_dtype)
         self.active = self.models.default_name
@@ -182,6 +186,7 @@ class Engine:
     def _free(self, collect: bool = True) -> None:
         self.pipe, self._modes = None, None
         self.loras.forget()
+        self.ip_adapters.forget()
         self.refiner.close()
         if collect:
             self._recover_memory()
@@ -272,11 +277,15 @@ class Engine:
         interrupt), the remaining steps are skipped and the image is made from the latents so far.
         Raises :class:`JobCancelled` (checked every step and before decoding), :class:`OutOfMemory`
         (after freeing the cache) or :class:`GenerationFailed`."""
+        if self.ip_adapters.loaded and self.needs_switch(params.model):
+            self.ip_adapters.unload(self.pipe)  # the model kept in the cache goes back as it was loaded
         self.use_model(params.model)
         self.ensure_loaded()
         with self._failures_translated(params):
             # On the shared UNet (every mode's pipeline); fused into its weights when it is compiled.
             lora_hashes = self.loras.apply(self.pipe, params.loras, fused=self.compilation.state == "ready")
+            if self.ip_adapters.apply(self.pipe, params.ip.units):
+                self._modes = None  # the image encoder came or went: the mode pipelines are made again
         generation = self._run(params, on_step, cancelled, inputs, stop_early)
         generation.info["lora_hashes"] = lora_hashes
         return generation

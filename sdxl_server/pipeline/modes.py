@@ -161,6 +161,8 @@ def prepare_run(
     if missing:
         raise ValueError(f"an {mode} job needs its input images: {', '.join(missing)}")
     made = MODES[mode].arguments(params, inputs or {})
+    if params.ip.units:  # the reference images of the IP-Adapters loaded for this job (see .ip_adapters)
+        made.arguments["ip_adapter_image"] = [inputs[f"ip{index}"] for index in range(len(params.ip.units))]  # type: ignore[index]
     if not params.control.units:
         return ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
     if controlnets is None:

@@ -220,3 +220,32 @@ def build_tiny_union_controlnet(seed: int = 3):
 def ensure_tiny_union_controlnet(folder: Path, seed: int = 3) -> Path:
     """The tiny SDXL ControlNet-Union saved as a diffusers folder at ``folder``, built first if needed."""
     return _ensure_saved(folder.parent, folder.name, lambda: build_tiny_union_controlnet(seed), marker="config.json")
+
+
+def write_tiny_ip_adapter(folder: Path, name: str = "tiny-ip-adapter", seed: int = 4) -> Path:
+    """A tiny SDXL IP-Adapter for the tiny base in ``folder`` (an IP_ADAPTER_DIR): ``{name}.safetensors``
+    in h94's layout (``image_proj.``: the image embedding projected to four 80-wide tokens;
+    ``ip_adapter.{1,3,...}.to_k_ip/to_v_ip``: a key and value projection per cross-attention layer,
+    in the UNet's order) and a tiny CLIP image encoder in ``image_encoder/``. Random from ``seed``,
+    large enough that it visibly changes the image."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+        projection_dim=16,
+    ))
+    encoder.save_pretrained(folder / "image_encoder")
+    unet = _unet(cross_attention_dim=32 + 48, time_ids=6)
+    width = unet.config.cross_attention_dim
+    tensors = {"image_proj.proj.weight": torch.randn(width * 4, 16) * 0.5, "image_proj.proj.bias": torch.zeros(width * 4),
+               "image_proj.norm.weight": torch.ones(width), "image_proj.norm.bias": torch.zeros(width)}
+    cross = [key for key in unet.attn_processors if not key.endswith("attn1.processor")]
+    for index, key in enumerate(cross):
+        attention = unet.get_submodule(key.removesuffix(".processor"))
+        for kind, linear in (("to_k_ip", attention.to_k), ("to_v_ip", attention.to_v)):
+            tensors[f"ip_adapter.{2 * index + 1}.{kind}.weight"] = torch.randn_like(linear.weight) * 0.5
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(folder / f"{name}.safetensors"))
+    return folder / f"{name}.safetensors"
