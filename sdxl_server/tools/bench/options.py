@@ -10,7 +10,7 @@ from typing import Any
 from ...config import Settings, settings_fields
 from ...params import GenerationParams
 
-SECTIONS = ("overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes")
+SECTIONS = ("overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "controlnet")
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
 
@@ -72,6 +72,7 @@ def prepare_settings(settings: Settings, opts: BenchOptions, output_dir: Path) -
         max_height=max(settings.max_height, opts.height, opts.memory_size),
         max_steps=max(settings.max_steps, opts.steps, opts.memory_steps),
         queue_size=max(settings.queue_size, 2),
+        controlnet_dir=output_dir.parent / "controlnet",  # the controlnet section saves its ControlNet here
     )
 
 
