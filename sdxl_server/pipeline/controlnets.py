@@ -41,10 +41,13 @@ def _load(entry: ControlNetFile, dtype: torch.dtype) -> Any:
 
 
 class ControlNetCache:
-    """The loaded ControlNets, least recently used dropped first beyond ``capacity``."""
+    """The loaded ControlNets, least recently used dropped first beyond ``capacity``. With ``park``
+    (the small-card profiles' CPU offload) they wait in CPU memory and visit the device only while
+    a job runs them (:meth:`on_device`)."""
 
     def __init__(self, catalog: ControlNetCatalog, capacity: int, device: str, dtype: torch.dtype) -> None:
         self.catalog, self.capacity, self.device, self.dtype = catalog, capacity, device, dtype
+        self.park = False
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.load_seconds: dict[str, float] = {}
@@ -60,7 +63,7 @@ class ControlNetCache:
             message = f"ControlNet {name!r} cannot be used: {entry.problem if entry else 'no longer in CONTROLNET_DIR'}."
             raise ValidationFailed(message, fields={f"controlnet[{index}].model": [message]})
         started = time.perf_counter()
-        model = _load(entry, self.dtype).to(self.device).eval()
+        model = _load(entry, self.dtype).to("cpu" if self.park else self.device).eval()
         self.load_seconds[name] = time.perf_counter() - started
         log.info("loaded ControlNet %s in %.2fs", name, self.load_seconds[name])
         with self._lock:
@@ -69,6 +72,20 @@ class ControlNetCache:
                 dropped, _ = self._loaded.popitem(last=False)
                 log.info("unloaded ControlNet %s (CONTROLNET_CACHE=%d)", dropped, self.capacity)
         return model
+
+    @contextlib.contextmanager
+    def on_device(self, nets: Sequence[Any]) -> Iterator[None]:
+        """``nets`` on the device while the block runs; parked ones go back to the CPU after it."""
+        if not self.park:
+            yield
+            return
+        for net in nets:
+            net.to(self.device)
+        try:
+            yield
+        finally:
+            for net in nets:
+                net.to("cpu")
 
     def loaded(self) -> list[str]:
         with self._lock:

@@ -148,6 +148,7 @@ class Engine:
         log.info("memory profile %s (%s)%s", self.memory_plan.profile, self.memory_plan.reason,
                  f"; overridden by {', '.join(self.memory_plan.overrides)}" if self.memory_plan.overrides else "")
         self.options = apply_memory_options(pipe, self.settings, self.runtime, self.memory_plan)
+        self.controlnets.park = self.memory_plan.cpu_offload != "none"  # only what runs sits on the GPU
         self.options.update(apply_layout_options(pipe, self.settings, self.options["attention"]))
 
     def _gpu_total_memory(self) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +26,9 @@ class ControlNetSource(Protocol):
 
     def get(self, name: str, index: int = 0) -> Any:
         """The ControlNet ``name`` (unit ``index`` names it), loaded."""
+
+    def on_device(self, nets: Any) -> contextlib.AbstractContextManager[None]:
+        """``nets`` on the device while the block runs."""
 
 
 class _NoEmptyCastWarnings(logging.Filter):
@@ -185,4 +188,12 @@ def _control_run(pipelines: ModePipelines, params: GenerationParams, made: ModeA
         images = {MODES[mode].control_argument: maps[0] if len(maps) == 1 else maps}
     arguments = {**made.arguments, **images, **control_arguments(units)}
     return ModeRun(pipelines.control_pipeline(mode, nets, union), arguments, made.finish,
-                   lambda: control_modes(nets, units, params))
+                   lambda: _held(controlnets.on_device(nets), control_modes(nets, units, params)))
+
+
+@contextlib.contextmanager
+def _held(*managers: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield
