@@ -11,14 +11,14 @@ import base64
 from typing import Any
 
 from aiohttp import web
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, fields, validate, validates_schema
 
 from ..config import Settings
 from ..jobs import images
 from ..jobs.inputs import png_bytes
-from ..pipeline.preprocessors import PREPROCESSORS, control_map, threshold_problem
+from ..pipeline.preprocessors import PREPROCESSORS, control_map
 from . import keys
-from .schemas import PROCESSOR_RES_MAX, PROCESSOR_RES_MIN, StrictFloat, StrictInteger, StrictString
+from .schemas import PROCESSOR_RES_MAX, PROCESSOR_RES_MIN, StrictFloat, StrictInteger, StrictString, check_preprocessor
 from .validation import read_json_object, validate as validate_body
 
 
@@ -58,12 +58,7 @@ class PreprocessRequestSchema(Schema):
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
-        module = PREPROCESSORS[data["module"]]
-        if module.problem:
-            raise ValidationError(f"Preprocessor {module.name!r} {module.problem}.", "module")
-        problem = threshold_problem(data["module"], data["threshold_a"], data["threshold_b"])
-        if problem:
-            raise ValidationError(problem[1], problem[0])
+        check_preprocessor(data)
 
 
 def detect_map(settings: Settings, data: dict[str, Any], field: str = "image") -> tuple[bytes, tuple[int, int]]:

@@ -269,12 +269,17 @@ class ControlUnitSchema(Schema):
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         if data["start"] >= data["end"]:
             raise ValidationError("start must be below end (the unit must act on some steps).", "start")
-        module = PREPROCESSORS[data["module"]]
-        if module.problem:
-            raise ValidationError(f"Preprocessor {module.name!r} {module.problem}.", "module")
-        problem = threshold_problem(data["module"], data["threshold_a"], data["threshold_b"])
-        if problem:
-            raise ValidationError(problem[1], problem[0])
+        check_preprocessor(data)
+
+
+def check_preprocessor(data: dict[str, Any]) -> None:
+    """A loaded ``module`` that runs here, with thresholds in its range (else the field's error)."""
+    module = PREPROCESSORS[data["module"]]
+    if module.problem:
+        raise ValidationError(f"Preprocessor {module.name!r} {module.problem}.", "module")
+    problem = threshold_problem(data["module"], data["threshold_a"], data["threshold_b"])
+    if problem:
+        raise ValidationError(problem[1], problem[0])
 
 
 class IpAdapterUnitSchema(Schema):
