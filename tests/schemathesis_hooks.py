@@ -1,7 +1,7 @@
 """schemathesis hooks (loaded with SCHEMATHESIS_HOOKS by tests/test_schemathesis.py).
 
-What JSON Schema cannot say about a request with images or the refiner: ``init_image`` and
-``mask`` must be real images (any string is schema-valid), a mask needs an image, and every model
+What JSON Schema cannot say about a request with images or the refiner: ``init_image``, ``mask``
+and ``POST /api/v1/preprocess``'s ``image`` must be real images (any string is schema-valid), a mask needs an image, and every model
 must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``), which the
 test server's few steps only allow at ``strength`` 1, two steps split at 0.5, ``refiner_strength`` 1. Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
@@ -37,6 +37,17 @@ def _valid_strength(value) -> bool:
 def map_case(context, case):
     if isinstance(case.body, dict):
         case.body = _with_images(case.body)
+    return case
+
+
+@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/preprocess$")
+def map_preprocess(context, case):
+    """A real image; numeric thresholds left to the preprocessor's defaults (each preprocessor has
+    its own range, which the schema, one for all, cannot say)."""
+    if isinstance(case.body, dict) and isinstance(case.body.get("image"), str):
+        numbers = {name: None for name in ("threshold_a", "threshold_b")
+                   if isinstance(case.body.get(name), (int, float)) and not isinstance(case.body.get(name), bool)}
+        case.body = {**case.body, "image": _IMAGE, **numbers}
     return case
 
 

@@ -11,14 +11,16 @@ import base64
 from typing import Any
 
 from aiohttp import web
-from marshmallow import RAISE, Schema, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, validate, validates_schema
 
 from ..config import Settings
 from ..jobs import images
 from ..jobs.inputs import png_bytes
 from ..pipeline.preprocessors import PREPROCESSORS, control_map
 from . import keys
-from .schemas import PROCESSOR_RES_MAX, PROCESSOR_RES_MIN, StrictFloat, StrictInteger, StrictString, check_preprocessor
+from .schemas import (
+    PROCESSOR_RES_MAX, PROCESSOR_RES_MIN, StrictFloat, StrictInteger, StrictString, check_preprocessor, preprocessor_field,
+)
 from .validation import read_json_object, validate as validate_body
 
 
@@ -48,8 +50,7 @@ class PreprocessRequestSchema(Schema):
     """``POST /api/v1/preprocess``."""
 
     image = StrictString(required=True, metadata={"description": "PNG, JPEG or WebP, base64 (a data: URL too)."})
-    module = fields.String(required=True, validate=validate.OneOf(list(PREPROCESSORS)),
-                           metadata={"description": "A preprocessor from GET /api/v1/preprocessors."})
+    module = preprocessor_field(required=True)
     processor_res = StrictInteger(load_default=None, allow_none=True,
                                   validate=validate.Range(min=PROCESSOR_RES_MIN, max=PROCESSOR_RES_MAX),
                                   metadata={"description": "Pixels on the short side it works at (null: the image's)."})

@@ -126,9 +126,11 @@ def build_spec(settings: Settings, version: str, routes: Iterable[Route]) -> dic
     return spec.to_dict()
 
 
-def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], styles: list[str]) -> dict[str, Any]:
+def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], styles: list[str],
+                     controlnets: list[str] = (), ip_adapters: list[str] = ()) -> dict[str, Any]:
     """The document with the names a request may use now (they change with MODELS_DIR, LORA_DIR,
-    STYLES_FILE and their rescans): ``model``, each LoRA's ``name`` and each style as enums."""
+    STYLES_FILE, CONTROLNET_DIR, IP_ADAPTER_DIR and their rescans): ``model``, each LoRA's,
+    ControlNet unit's and IP-Adapter unit's name and each style as enums (no units without any)."""
     spec = copy.deepcopy(spec)
     properties = spec["components"]["schemas"]["GenerateRequest"]["properties"]
     properties["model"]["enum"] = ["", *models]
@@ -139,4 +141,11 @@ def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], 
         properties["loras"]["items"] = choice
     else:
         properties["loras"]["maxItems"] = 0
+    for field, key, names in (("controlnet", "model", controlnets), ("ip_adapter", "name", ip_adapters)):
+        if names:
+            unit = copy.deepcopy(spec["components"]["schemas"]["ControlUnit" if field == "controlnet" else "IpAdapterUnit"])
+            unit["properties"][key]["enum"] = list(names)
+            properties[field]["items"] = unit
+        else:
+            properties[field]["maxItems"] = 0
     return spec

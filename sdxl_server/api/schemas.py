@@ -21,7 +21,7 @@ from ..params import (
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 from ..pipeline.model_catalog import MAX_MODEL_NAME
-from ..pipeline.preprocessors import PREPROCESSORS, threshold_problem
+from ..pipeline.preprocessors import AVAILABLE, PREPROCESSORS, threshold_problem
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MAX_REQUEST_STYLES = 20
@@ -235,6 +235,21 @@ def refiner_request_fields() -> dict[str, fields.Field]:
     }
 
 
+def preprocessor_name(value: str) -> None:
+    """A preprocessor that runs here; one that needs weights is refused with the reason."""
+    if value not in PREPROCESSORS:
+        raise ValidationError(f"Must be one of: {', '.join(AVAILABLE)} (GET /api/v1/preprocessors).")
+    if PREPROCESSORS[value].problem:
+        raise ValidationError(f"Preprocessor {value!r} {PREPROCESSORS[value].problem}.")
+
+
+def preprocessor_field(**kwargs: Any) -> fields.String:
+    """A request's ``module``: a preprocessor that runs here (the OpenAPI enum lists those)."""
+    return fields.String(validate=preprocessor_name, metadata={
+        "enum": list(AVAILABLE), "description": "The preprocessor (GET /api/v1/preprocessors): 'none' when the "
+                                                "image is a control map already."}, **kwargs)
+
+
 class ControlUnitSchema(Schema):
     """One ControlNet unit of a request."""
 
@@ -243,8 +258,7 @@ class ControlUnitSchema(Schema):
     image = StrictString(required=True, metadata={
         "description": "The control image: PNG, JPEG or WebP, base64 (a data: URL too); the preprocessor "
                        "(module) makes the control map from it at the job's size."})
-    module = fields.String(load_default="none", validate=validate.OneOf(list(PREPROCESSORS)), metadata={
-        "description": "The preprocessor (GET /api/v1/preprocessors): 'none' when the image is a control map already."})
+    module = preprocessor_field(load_default="none")
     weight = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=CONTROL_WEIGHT_MAX), metadata={
         "description": f"0 to {CONTROL_WEIGHT_MAX:g}; 0 leaves the image as without the unit."})
     start = StrictFloat(load_default=0.0, validate=validate.Range(min=0, max=1), metadata={
@@ -273,10 +287,7 @@ class ControlUnitSchema(Schema):
 
 
 def check_preprocessor(data: dict[str, Any]) -> None:
-    """A loaded ``module`` that runs here, with thresholds in its range (else the field's error)."""
-    module = PREPROCESSORS[data["module"]]
-    if module.problem:
-        raise ValidationError(f"Preprocessor {module.name!r} {module.problem}.", "module")
+    """The thresholds given are in ``module``'s range (else the field's error)."""
     problem = threshold_problem(data["module"], data["threshold_a"], data["threshold_b"])
     if problem:
         raise ValidationError(problem[1], problem[0])
