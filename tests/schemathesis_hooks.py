@@ -33,22 +33,21 @@ def _valid_strength(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
-@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs)$")
+@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs|preprocess)$")
 def map_case(context, case):
     if isinstance(case.body, dict):
-        case.body = _with_images(case.body)
+        case.body = _preprocess(case.body) if case.path.endswith("/preprocess") else _with_images(case.body)
     return case
 
 
-@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/preprocess$")
-def map_preprocess(context, case):
+def _preprocess(body: dict) -> dict:
     """A real image; numeric thresholds left to the preprocessor's defaults (each preprocessor has
     its own range, which the schema, one for all, cannot say)."""
-    if isinstance(case.body, dict) and isinstance(case.body.get("image"), str):
-        numbers = {name: None for name in ("threshold_a", "threshold_b")
-                   if isinstance(case.body.get(name), (int, float)) and not isinstance(case.body.get(name), bool)}
-        case.body = {**case.body, "image": _IMAGE, **numbers}
-    return case
+    if not isinstance(body.get("image"), str):
+        return body
+    numbers = {name: None for name in ("threshold_a", "threshold_b")
+               if isinstance(body.get(name), (int, float)) and not isinstance(body.get(name), bool)}
+    return {**body, "image": _IMAGE, **numbers}
 
 
 def _with_images(body: dict) -> dict:

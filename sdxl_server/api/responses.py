@@ -11,7 +11,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from ..jobs.states import JOB_STATUSES
-from ..params import REFINER_MODES
+from ..params import INPUT_ROLES, REFINER_MODES
 from .schemas import LoraChoiceSchema
 
 class ErrorSchema(Schema):
@@ -37,9 +37,26 @@ class ModeFieldsSchema(Schema):
     refiner_strength = fields.Float()
     clip_skip = fields.Integer(metadata={"description": "1: the text encoders' usual layer; N: N-1 layers earlier."})
     styles = fields.List(fields.String(), metadata={"description": "The prompt styles applied (STYLES_FILE), in order."})
+    controlnet = fields.List(fields.Dict(), metadata={
+        "description": "The ControlNet units as run (their fields as in the request, without the image)."})
+    ip_adapter = fields.List(fields.Dict(), metadata={"description": "The IP-Adapter units as run ({name, weight})."})
 
 
-class MetaSchema(ModeFieldsSchema):
+# The unit roles' images (control0..., ip0...), present only when used: SHA-256s in a job's params
+# (``control0_image``) and in the metadata (``control0_image_sha256``).
+_UNIT_ROLES = [role for role in INPUT_ROLES.values() if not role.listed]
+UnitImagesSchema = Schema.from_dict(
+    {role.field: fields.String(metadata={"description": "SHA-256 of a unit's image as stored."}) for role in _UNIT_ROLES},
+    name="UnitImages",
+)
+UnitHashesSchema = Schema.from_dict(
+    {f"{role.field}_sha256": fields.String(metadata={"description": "SHA-256 of a unit's image as it was used (PNG)."})
+     for role in _UNIT_ROLES},
+    name="UnitHashes",
+)
+
+
+class MetaSchema(ModeFieldsSchema, UnitHashesSchema):
     id = fields.String()
     model_id = fields.String()
     prompt = fields.String()
@@ -88,7 +105,7 @@ class GenerateResponseSchema(ImageSchema):
     images = fields.List(fields.Nested(ImageSchema))
 
 
-class ParamsSchema(ModeFieldsSchema):
+class ParamsSchema(ModeFieldsSchema, UnitImagesSchema):
     prompt = fields.String(required=True)
     negative_prompt = fields.String(required=True)
     width = fields.Integer(required=True)
