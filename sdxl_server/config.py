@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .params import MAX_CONTROL_UNITS
 from .setting_values import (
     _choice,
     _int_range,
@@ -190,6 +191,16 @@ class Settings:
     )
     lora_cache: int = _setting("LORA_CACHE", 4, _int_range(1, 256), "LoRAs kept loaded (least recently used unloaded first)")
     max_loras: int = _setting("MAX_LORAS", 5, _int_range(1, 64), "most LoRAs one request may use")
+    controlnet_dir: Path = _setting(
+        "CONTROLNET_DIR", Path("models/controlnet"), _path,
+        "folder of SDXL ControlNets (diffusers folders or .safetensors files, ControlNet-Union too); absent: none",
+    )
+    max_controlnets: int = _setting("MAX_CONTROLNETS", 3, _int_range(1, MAX_CONTROL_UNITS), "most ControlNet units one request may use")
+    ip_adapter_dir: Path = _setting(
+        "IP_ADAPTER_DIR", Path("models/ip-adapter"), _path,
+        "folder of SDXL IP-Adapter weights (.safetensors) with their CLIP image encoder in image_encoder/; absent: none",
+    )
+    controlnet_cache: int = _setting("CONTROLNET_CACHE", 2, _int_range(1, 64), "ControlNets kept loaded (least recently used unloaded first)")
 
     # Progress
     preview_every: int = _setting(

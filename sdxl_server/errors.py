@@ -40,13 +40,21 @@ class ApiError(Exception):
         return {**self.to_dict(), "status": self.status}
 
     def renamed(self, names: Mapping[str, str] | None) -> ApiError:
-        """This error naming the fields as a client's API calls them (``names``: ours -> theirs)."""
+        """This error naming the fields as a client's API calls them (``names``: ours -> theirs;
+        a field inside one, ``controlnet[0].model``, keeps its path under the client's name)."""
         if names and self.fields:
-            self.fields = {names.get(name, name): problems for name, problems in self.fields.items()}
-            for ours, theirs in names.items():
-                if self.message.startswith(f"{ours}:"):
-                    self.message = theirs + self.message[len(ours):]
+            self.fields = {_renamed(name, names): problems for name, problems in self.fields.items()}
+            head = self.message.split(":", 1)[0]
+            if head and " " not in head:
+                self.message = _renamed(head, names) + self.message[len(head):]
         return self
+
+
+def _renamed(name: str, names: Mapping[str, str]) -> str:
+    for ours, theirs in names.items():
+        if name == ours or name.startswith((f"{ours}[", f"{ours}.")):
+            return theirs + name[len(ours):]
+    return name
 
 
 class InvalidBody(ApiError):

@@ -49,12 +49,22 @@ class InputRole:
     role: str
     field: str
     image_mode: str
+    listed: bool = True  # in the flat form when unused (null) too; the many control roles only when used
 
 
 # Every input role: storage, holds, sweeps, recovery, Ray and the metadata iterate this table.
+# ControlNet units a request may carry at most (MAX_CONTROLNETS chooses fewer): each unit's control
+# map is an input role of its own, ``control0`` ... (field ``control0_image``).
+MAX_CONTROL_UNITS = 8
+# IP-Adapter units a request may carry; each one's reference image is input role ``ip{i}``.
+MAX_IP_ADAPTERS = 4
+IP_ADAPTER_WEIGHT_MAX = 2.0
+
 INPUT_ROLES: dict[str, InputRole] = {
     "init": InputRole("init", "init_image", "RGB"),
     "mask": InputRole("mask", "mask", "L"),
+    **{f"control{i}": InputRole(f"control{i}", f"control{i}_image", "RGB", listed=False) for i in range(MAX_CONTROL_UNITS)},
+    **{f"ip{i}": InputRole(f"ip{i}", f"ip_adapter{i}_image", "RGB", listed=False) for i in range(MAX_IP_ADAPTERS)},
 }
 
 
@@ -91,6 +101,66 @@ class RefinerOptions:
     strength: float = 0.3
 
 
+# ControlNet's control modes (the extension's names in the metadata and its A1111 API's numbers).
+CONTROL_MODES = {0: "balanced", 1: "prompt", 2: "controlnet"}
+CONTROL_MODE_LABELS = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                       "controlnet": "ControlNet is more important"}
+CONTROL_WEIGHT_MAX = 2.0
+CONTROL_RESIZE_LABELS = ("Just Resize", "Crop and Resize", "Resize and Fill")  # the extension's names of RESIZE_MODES
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet unit: the model (a name from CONTROLNET_DIR), the preprocessor that made its
+    control map from the client's image (``module``; the map itself is the input role
+    ``control{index}``), how strongly and over which fraction of the steps it acts, and its control
+    mode. ``type`` is a ControlNet-Union model's control type ("" for other models)."""
+
+    model: str
+    module: str = "none"
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    control_mode: str = "balanced"
+    resize_mode: int = 1
+    type: str = ""
+    processor_res: int | None = None
+    threshold_a: float | None = None
+    threshold_b: float | None = None
+
+
+@dataclass(frozen=True)
+class ControlOptions:
+    """The request's ControlNet units, in order (unit ``i``'s control map is input role ``control{i}``)."""
+
+    units: tuple[ControlUnit, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Rebuilt from JSON (a job record, the metadata, a Ray request): dicts become units.
+        units = tuple(unit if isinstance(unit, ControlUnit) else ControlUnit(**unit) for unit in self.units)
+        object.__setattr__(self, "units", units)
+
+
+@dataclass(frozen=True)
+class IpAdapterUnit:
+    """One IP-Adapter unit: the adapter (a weights file's name in IP_ADAPTER_DIR) and its scale;
+    its reference image is input role ``ip{index}``."""
+
+    name: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class IpAdapterOptions:
+    """The request's IP-Adapter units, in order."""
+
+    units: tuple[IpAdapterUnit, ...] = ()
+
+    def __post_init__(self) -> None:
+        units = tuple(unit if isinstance(unit, IpAdapterUnit) else IpAdapterUnit(**unit) for unit in self.units)
+        object.__setattr__(self, "units", units)
+
+
 # flat name -> (group, field): the one map between what clients, the job store and the metadata
 # see and the groups. A new group adds its lines here.
 FLAT_FIELDS: dict[str, tuple[str, str]] = {
@@ -103,8 +173,20 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "refiner": ("refiner", "mode"),
     "refiner_switch_at": ("refiner", "switch_at"),
     "refiner_strength": ("refiner", "strength"),
+    "controlnet": ("control", "units"),
+    "ip_adapter": ("ip", "units"),
 }
-GROUPS: dict[str, type] = {"image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions}
+GROUPS: dict[str, type] = {
+    "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "control": ControlOptions,
+    "ip": IpAdapterOptions,
+}
+
+
+def _flat(value: Any) -> Any:
+    """A group's value as JSON holds it (a tuple of units: a list of dicts)."""
+    if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        return [dataclasses.asdict(item) for item in value]
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
@@ -132,6 +214,8 @@ class GenerationParams:
     image: ImageOptions = ImageOptions()
     inpaint: InpaintOptions = InpaintOptions()
     refiner: RefinerOptions = RefinerOptions()
+    control: ControlOptions = ControlOptions()
+    ip: IpAdapterOptions = IpAdapterOptions()
 
     def __post_init__(self) -> None:
         # Rebuilt from JSON (job store: lists; metadata: {name, weight}): keep hashable tuples.
@@ -160,9 +244,10 @@ class GenerationParams:
         values["loras"] = [{"name": name, "weight": weight} for name, weight in self.loras]
         values["styles"] = list(self.styles)
         for role in INPUT_ROLES.values():
-            values[role.field] = self.inputs.get(role.role)
+            if role.listed or role.role in self.inputs:
+                values[role.field] = self.inputs.get(role.role)
         for name, (group, attribute) in FLAT_FIELDS.items():
-            values[name] = getattr(getattr(self, group), attribute)
+            values[name] = _flat(getattr(getattr(self, group), attribute))
         return values
 
     def replace(self, **changes: Any) -> GenerationParams:

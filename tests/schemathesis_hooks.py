@@ -1,7 +1,7 @@
 """schemathesis hooks (loaded with SCHEMATHESIS_HOOKS by tests/test_schemathesis.py).
 
-What JSON Schema cannot say about a request with images or the refiner: ``init_image`` and
-``mask`` must be real images (any string is schema-valid), a mask needs an image, and every model
+What JSON Schema cannot say about a request with images or the refiner: ``init_image``, ``mask``
+and ``POST /api/v1/preprocess``'s ``image`` must be real images (any string is schema-valid), a mask needs an image, and every model
 must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``), which the
 test server's few steps only allow at ``strength`` 1, two steps split at 0.5, ``refiner_strength`` 1. Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
@@ -33,11 +33,21 @@ def _valid_strength(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
-@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs)$")
+@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs|preprocess)$")
 def map_case(context, case):
     if isinstance(case.body, dict):
-        case.body = _with_images(case.body)
+        case.body = _preprocess(case.body) if case.path.endswith("/preprocess") else _with_images(case.body)
     return case
+
+
+def _preprocess(body: dict) -> dict:
+    """A real image; numeric thresholds left to the preprocessor's defaults (each preprocessor has
+    its own range, which the schema, one for all, cannot say)."""
+    if not isinstance(body.get("image"), str):
+        return body
+    numbers = {name: None for name in ("threshold_a", "threshold_b")
+               if isinstance(body.get(name), (int, float)) and not isinstance(body.get(name), bool)}
+    return {**body, "image": _IMAGE, **numbers}
 
 
 def _with_images(body: dict) -> dict:

@@ -81,7 +81,7 @@ A1111_WARNED = {
     "restore_faces": (True, False), "tiling": (True, False), "eta": (0.5, 1), "s_min_uncond": (0.5, 0),
     "s_churn": (1, 0), "s_tmax": (5, 0), "s_tmin": (0.2, 0), "s_noise": (0.9, 1), "disable_extra_networks": (True, False),
     "firstpass_image": (IMAGE, None), "script_name": ("x/y/z plot", "None"), "infotext": ("a fox\nSteps: 20", None),
-    "alwayson_scripts": ({"ControlNet": {"args": [{"enabled": True, "module": "canny"}]}},
+    "alwayson_scripts": ({"ADetailer": {"args": [True, {"ad_model": "face_yolov8n.pt"}]}},
                          {"ControlNet": {"args": [{"enabled": False}]}, "ADetailer": {"args": []}}),
     "enable_hr": (True, False), "mask_blur_x": (8, 4), "mask_blur_y": (8, 4), "mask_round": (False, True),
     "initial_noise_multiplier": (0.5, 1), "latent_mask": (MASK, None),
@@ -139,7 +139,7 @@ async def test_a1111_unapplied_fields_are_warned_and_defaults_are_not(client, ro
     assert status == 200 and len(images) == 1
     said = {line.split(":")[0].split(".")[0] for line in info["warnings"]}
     assert said == warned | {"override_settings"}
-    assert "alwayson_scripts.ControlNet: not applied" in "\n".join(info["warnings"])
+    assert "alwayson_scripts.ADetailer: not applied" in "\n".join(info["warnings"])
     assert "override_settings.sd_vae" in "\n".join(info["warnings"])
     assert "restore_faces: true not applied" in caplog.text
     metas = [json.loads(path.read_text()) for path in (settings.output_dir / "metadata").glob("*.json")]

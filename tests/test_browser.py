@@ -69,16 +69,18 @@ def _hash(key: str) -> str:
 
 
 def _models_and_loras(root: Path, tiny_model_dir: Path) -> dict[str, str]:
-    """A second tiny model and a LoRA, for the pickers."""
+    """A second tiny model, a LoRA and a ControlNet, for the pickers."""
     from lora_builder import lora_weights, save_diffusers_layout
 
-    from sdxl_server.pipeline.tiny import build_tiny_pipeline
+    from sdxl_server.pipeline.tiny import build_tiny_pipeline, ensure_tiny_controlnet
 
+    ensure_tiny_controlnet(root / "controlnet" / "tiny-canny")
     build_tiny_pipeline(seed=1).save_pretrained(root / "models" / "tiny-b")
     (root / "loras").mkdir(parents=True)
     save_diffusers_layout(lora_weights(tiny_model_dir, seed=1), root / "loras" / "ink.safetensors")
     (root / "styles.csv").write_text('name,prompt,negative_prompt\nFilm,"{prompt}, 35mm film",grainless\nDusk,at dusk,\n')
-    return {"MODELS_DIR": str(root / "models"), "LORA_DIR": str(root / "loras"), "STYLES_FILE": str(root / "styles.csv")}
+    return {"MODELS_DIR": str(root / "models"), "LORA_DIR": str(root / "loras"), "STYLES_FILE": str(root / "styles.csv"),
+            "CONTROLNET_DIR": str(root / "controlnet")}
 
 
 @pytest.fixture(scope="module")
@@ -663,3 +665,27 @@ def test_the_styles_picker_styles_the_prompt(choices_page):
     meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
     assert meta["prompt"] == "a lighthouse, 35mm film, at dusk" and meta["negative_prompt"] == "grainless"
     assert meta["styles"] == ["Film", "Dusk"]
+
+
+def test_a_control_image_with_its_map_previewed_guides_the_image(choices_page, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[16:48, 16:48] = 230
+    Image.fromarray(pixels).save(tmp_path / "edges.png")
+    page = choices_page
+    open_page(page)
+    expect(page.locator("#control-field")).to_be_visible()
+    expect(page.get_by_label("ControlNet", exact=True).locator("option")).to_have_text(["tiny-canny (canny)"])
+    page.locator("#control-file").set_input_files(str(tmp_path / "edges.png"))
+    page.get_by_label("Preprocessor", exact=True).select_option("canny")
+    page.get_by_role("button", name="Preview the control map").click()
+    expect(page.get_by_alt_text("Its control map")).to_be_visible()
+    expect(page.locator("#control-status")).to_have_text("The canny map, 64x64.")
+    page.get_by_label("ControlNet weight").fill("0.8")
+    fill_form(page, prompt="a box", width=64, height=64, steps=2, seed=4)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+    assert [(u["model"], u["module"], u["weight"]) for u in meta["controlnet"]] == [("tiny-canny", "canny", 0.8)]

@@ -218,9 +218,13 @@ async def test_photoshop_plugin(client, key):
     assert decoded(r["images"][0]).size == (64, 64) and warnings_of(r) == []
 
     for route, mode in (("txt2img", "txt2img"), ("img2img", "img2img")):  # requestControlNet{Txt2Img,Img2Img}
-        r, _ = await photoshop_request(client, route, photoshop_controlnet(photoshop_settings(mode, width=64, height=64)))
-        assert len(r["images"]) == 1  # no annotator images after the batch: numberOfAnnotations is 0
-        assert warnings_of(r) == ["alwayson_scripts.controlnet: not applied (extensions' scripts are not available)"]
+        # Its SD 1.5 ControlNet is not in CONTROLNET_DIR: refused, naming the unit (the units that
+        # run, and their maps after the images: tests/test_a1111_controlnet.py)
+        resp = await client.post(f"/sdapi/v1/{route}", json=photoshop_controlnet(photoshop_settings(mode, width=64, height=64)),
+                                 headers=PHOTOSHOP_HEADERS)
+        body = await resp.json()
+        assert resp.status == 422 and "alwayson_scripts.controlnet.args[0].model" in body["fields"]
+        assert "control_v11p_sd15_canny" in body["detail"]
 
 
 # --- stable-gimpfusion ------------------------------------------------------------------------
@@ -261,10 +265,10 @@ async def test_gimpfusion(client, key):
     assert len(layers) == 2 and layers[0][1]["seed"] + 1 == layers[1][1]["seed"] and warnings == []
     unit = {**CONTROLNET_DEFAULT_SETTINGS, "input_image": b64png(64, 64)}
     image = {"resize_mode": 0, "init_images": [b64png(64, 64)]}
-    layers, warnings = await gimpfusion_post(client, "/sdapi/v1/img2img",
-                                             gimpfusion_data(**image, alwayson_scripts={"controlnet": {"args": [unit]}}))
-    assert layers[0][0].size == (64, 64)  # units have no `enabled`: each one sent would run, so it is warned about
-    assert warnings == ["alwayson_scripts.controlnet: not applied (extensions' scripts are not available)"]
+    # A ControlNet layer left on the plugin's defaults (model "none"): refused, naming the unit (the
+    # units that run, and the annotator layers: tests/test_a1111_controlnet.py)
+    resp = await client.post("/sdapi/v1/img2img", json=gimpfusion_data(**image, alwayson_scripts={"controlnet": {"args": [unit]}}))
+    assert resp.status == 422 and "alwayson_scripts.controlnet.args[0].model" in (await resp.json())["fields"]
     inpaint = {"mask": b64png(64, 64), "inpaint_full_res": 0, "inpaint_full_res_padding": 10, "inpainting_mask_invert": 1}
     layers, _ = await gimpfusion_post(client, "/sdapi/v1/img2img", gimpfusion_data(**image, **inpaint, batch_size=1))
     assert layers[0][0].size == (64, 64) and "Denoising strength: 0.8" in layers[0][1]["info"]

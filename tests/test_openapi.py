@@ -54,7 +54,8 @@ async def test_every_operation_documents_its_errors(client):
             assert op["responses"], (method, path)
             for status, response in op["responses"].items():
                 if int(status) >= 400 and path != "/health":  # /health's 503 carries the health body
-                    family = "OpenAIError" if path.startswith("/v1/") else "A1111Error" if path.startswith("/sdapi/") else "Error"
+                    a1111 = path.startswith(("/sdapi/", "/controlnet/"))
+                    family = "OpenAIError" if path.startswith("/v1/") else "A1111Error" if a1111 else "Error"
                     assert response["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{family}"}
     assert "security" not in generate and "securitySchemes" not in spec.get("components", {})
 

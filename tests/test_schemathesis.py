@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from live_server import LiveServer
 
-COMPAT = r"^/(v1|sdapi)/"
+COMPAT = r"^/(v1|sdapi|controlnet)/"
 RUNS = {
     "own-api": ["--exclude-checks", "use_after_free", "--exclude-path", "/api/v1/ws", "--exclude-path-regex", COMPAT],
     "compatible-apis": [

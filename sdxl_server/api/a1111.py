@@ -26,9 +26,11 @@ from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS, GenerationParams
 from . import keys
+from .a1111_controlnet import WHERE, a1111_units, detected_maps
 from .applied import A1111_TXT2IMG, a1111_warnings
 from .a1111_options import OptionsSchema, default_clip_skip, get_options, request_clip_skip, set_options  # noqa: F401 (routes, openapi)
 from .batches import generate_images
+from .image_inputs import stored_inputs
 from .loras import with_loras
 from .models import usable_entries, with_model
 from .ownership import own_active
@@ -70,7 +72,8 @@ NEAREST_SAMPLER = {
 }
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
-         "refiner": "refiner_checkpoint", "model": "override_settings"}
+         "refiner": "refiner_checkpoint", "model": "override_settings", "controlnet": WHERE,
+         "ip_adapter": WHERE}
 
 
 class Number(fields.Field):
@@ -222,19 +225,26 @@ def _validated(app: web.Application, core: dict[str, Any]) -> dict[str, Any]:
 
 
 async def txt2img(request: web.Request) -> web.Response:
-    """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``."""
+    """``POST /sdapi/v1/txt2img``: ``{images: [base64 PNG], parameters, info}``; ControlNet units
+    (``alwayson_scripts.controlnet``) guide it and their detected maps follow the images."""
     app = request.app
     body = await read_json_object(request, untyped_is_json=True)
     core, original, notes = core_request(body, app[keys.SETTINGS], default_clip_skip(app))
-    return await respond(request, to_params(_validated(app, core)), original, notes, a1111_warnings(A1111_TXT2IMG, body))
+    warnings = a1111_warnings(A1111_TXT2IMG, body)
+    control = await a1111_units(app, body, None, notes, warnings)
+    given = [name for name in ("width", "height") if original[name] is not None]
+    async with stored_inputs(app, _validated(app, control.into(core)), given, names=NAMES) as data:
+        return await respond(request, to_params(data), original, notes, warnings, control.maps)
 
 
 async def respond(request: web.Request, params: GenerationParams, original: dict[str, Any], notes: list[str],
-                  warnings: list[str] | None = None) -> web.Response:
+                  warnings: list[str] | None = None, detected: list[int] | None = None) -> web.Response:
     """Run ``params`` (its LoRAs and model checked; ``batch_size * n_iter`` images, interrupted ones
     answered with what was made) and answer as A1111 does: ``{images, parameters, info}``
     (``original``: the A1111 request as loaded, echoed in ``parameters``; ``notes``: what was changed;
-    ``warnings``: what was asked for and not applied, in ``info`` and each image's metadata)."""
+    ``warnings``: what was asked for and not applied, in ``info`` and each image's metadata;
+    ``detected``: the ControlNet units whose control maps follow the images, as the extension
+    answers; call it while the request holds its inputs)."""
     app = request.app
     warnings = warnings or []
     params = await with_model(app, await with_loras(app, params), "override_settings")
@@ -251,6 +261,8 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
         notes.append(f"interrupted: {len(made.images)} of {count} images made"
                      + (f", the last stopped at step {stopped[-1]} of {params.total_steps}" if stopped else ""))
     encoded = await app[keys.STORE].images_base64([i["id"] for i in made.images]) if original["send_images"] else []
+    if original["send_images"] and detected:
+        encoded += await detected_maps(app, [params.inputs[f"control{index}"] for index in detected])
     first = metas[0] if metas else {"seed": params.seed, "sampler_name": SCHEDULERS.get(params.scheduler, params.scheduler),
                                     "model_id": params.model or app[keys.MODELS].default_name}
     created = (await app[keys.QUEUE].find(made.first_job)).created_at

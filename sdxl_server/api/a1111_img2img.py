@@ -15,6 +15,7 @@ from marshmallow import validate as validate_
 
 from ..params import INPAINTING_FILLS, RESIZE_MODES
 from . import keys
+from .a1111_controlnet import a1111_units
 from .applied import A1111_IMG2IMG, a1111_warnings
 from .a1111_options import default_clip_skip
 from .a1111 import NAMES, Number, core_request, request_schema_for_spec, respond, validate_a1111
@@ -79,10 +80,12 @@ async def img2img(request: web.Request) -> web.Response:
         inpaint_area="masked" if extra["inpaint_full_res"] else "whole",
         mask_padding=extra["inpaint_full_res_padding"], resize_mode=extra["resize_mode"],
     )
-    data = validate(app[keys.GENERATE_SCHEMA], core, IMG2IMG_NAMES)
+    warnings = a1111_warnings(A1111_IMG2IMG, body)
+    control = await a1111_units(app, body, core["init_image"], notes, warnings)
+    data = validate(app[keys.GENERATE_SCHEMA], control.into(core), IMG2IMG_NAMES)
     given = [name for name in ("width", "height") if original[name] is not None]
     echoed: dict[str, Any] = {**original, **{k: v for k, v in extra.items() if k not in _IMAGES}}
     echoed.update({name: extra[name] if extra["include_init_images"] else None for name in _IMAGES})
     async with stored_inputs(app, data, given, names=IMG2IMG_NAMES, invert_mask=bool(extra["inpainting_mask_invert"])) as data:
-        return await respond(request, to_params(data), echoed, notes, a1111_warnings(A1111_IMG2IMG, body))
+        return await respond(request, to_params(data), echoed, notes, warnings, control.maps)
 

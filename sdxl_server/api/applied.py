@@ -79,14 +79,19 @@ def _unapplied_options(value: Any) -> list[str]:
     return [key for key in value if key not in APPLIED_OPTIONS and not str(key).startswith(HARMLESS_OPTIONS)]
 
 
+# alwayson_scripts this server runs itself (ControlNet: api/a1111_controlnet.py), by lowercased name.
+APPLIED_SCRIPTS = ("controlnet",)
+
+
 def _enabled_scripts(value: Any) -> list[str]:
-    """The ``alwayson_scripts`` entries that would run: args not empty, and not every unit disabled."""
+    """The ``alwayson_scripts`` entries that would run, and are not run here: args not empty, and
+    not every unit disabled."""
     if not isinstance(value, dict):
         return []
     running = []
     for name, entry in value.items():
         args = entry.get("args") if isinstance(entry, dict) else entry
-        if not args:
+        if not args or str(name).lower() in APPLIED_SCRIPTS:
             continue
         units = [arg for arg in args if isinstance(arg, dict)] if isinstance(args, list) else []
         if units and len(units) == len(args) and not any(unit.get("enabled", True) for unit in units):

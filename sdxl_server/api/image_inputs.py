@@ -24,8 +24,9 @@ from ..jobs.job import Job
 from ..params import INPUT_ROLES, GenerationParams, denoising_steps
 from . import keys
 from .identity import IDENTITY
+from .control_units import check_units, has_units, store_control_maps
 
-IMAGE_FIELDS = tuple(role.field for role in INPUT_ROLES.values())
+IMAGE_FIELDS = tuple(role.field for role in INPUT_ROLES.values() if role.listed)
 REFINER_HINT = (
     "no refiner is configured: set REFINER_ID to a refiner's Hub id (e.g. stabilityai/stable-diffusion-xl-refiner-1.0), "
     "folder or .safetensors file (or 'tiny' to try it offline), or put sd_xl_refiner_1.0.safetensors in MODEL_DIR"
@@ -82,6 +83,19 @@ def decode_inputs(
     return out
 
 
+def decode_all(
+    settings: Settings, hold: InputHold, data: dict[str, Any], given: Collection[str], alpha_mask: bool = False,
+    invert_mask: bool = False,
+) -> dict[str, Any]:
+    """On a worker thread: the input image and mask (when given), then the ControlNet units'
+    control maps at the size the job runs at; return the request with their hashes."""
+    if data.get("init_image") is not None:
+        data = decode_inputs(settings, hold, data, given, alpha_mask, invert_mask)
+    else:
+        data = {**data, "init_image": None, "mask": None}
+    return store_control_maps(hold, data, (data["width"], data["height"]), settings.max_input_pixels)
+
+
 def _output_size(settings: Settings, data: Mapping[str, Any], given: Collection[str], size: tuple[int, int]) -> tuple[int, int]:
     if "width" in given and "height" in given:
         return data["width"], data["height"]
@@ -105,11 +119,12 @@ async def stored_inputs(
         with inputs.held() as hold:
             try:
                 _check_combination(data)
-                if data.get("init_image") is None:
+                await check_units(app, data)
+                if data.get("init_image") is None and not has_units(data):
                     stored = {**data, **{name: None for name in IMAGE_FIELDS}}
                 else:
                     stored = await loop.run_in_executor(
-                        None, decode_inputs, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask
+                        None, decode_all, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask
                     )
             except ApiError as exc:
                 raise exc.renamed(names) from None

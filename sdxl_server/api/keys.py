@@ -20,6 +20,8 @@ from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..jobs.webhooks import Outbox
 from ..jobs.usage import UsageLedger
+from ..pipeline.controlnet_files import ControlNetCatalog
+from ..pipeline.ip_adapter_files import IpAdapterCatalog
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
 from .key_ring import KeyRing
@@ -67,6 +69,8 @@ A1111_JOBS = web.AppKey("a1111_jobs", set)  # ids of the jobs A1111 requests wai
 
 # The backend's own catalogs (set beside ENGINE): requests are checked against what it loads from.
 LORAS = web.AppKey("loras", LoraCatalog)  # the files in LORA_DIR (read without torch)
+CONTROLNETS = web.AppKey("controlnets", ControlNetCatalog)  # the ControlNets in CONTROLNET_DIR (read without torch)
+IP_ADAPTERS = web.AppKey("ip_adapters", IpAdapterCatalog)  # the IP-Adapters in IP_ADAPTER_DIR (read without torch)
 MODELS = web.AppKey("models", ModelCatalog)  # the default model and MODELS_DIR's (read without torch)
 
 

@@ -18,7 +18,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from ..config import Settings
-from . import a1111, a1111_img2img, a1111_probes, openai, openai_edits, responses, schemas
+from . import a1111, a1111_img2img, a1111_probes, controlnets, openai, openai_edits, responses, schemas
 from .route_table import EVENT_STREAM, JSON, Family, Route, Scope
 
 ERRORS = {
@@ -63,6 +63,8 @@ def components(settings: Settings) -> list[tuple[str, Schema | type[Schema]]]:
         ("Img2ImgRequest", a1111_img2img.img2img_schema_for_spec(settings)),
         ("OpenAIImageEditRequest", openai_edits.edits_schema_for_spec(settings)),
         ("OpenAIImageVariationRequest", openai_edits.variations_schema_for_spec(settings)),
+        ("ControlNetList", responses.ControlNetListSchema), ("IpAdapterList", responses.IpAdapterListSchema), ("PreprocessorList", responses.PreprocessorListSchema),
+        ("PreprocessRequest", controlnets.PreprocessRequestSchema), ("PreprocessResponse", responses.PreprocessResponseSchema),
     ]
 
 
@@ -128,9 +130,11 @@ def build_spec(settings: Settings, version: str, routes: Iterable[Route]) -> dic
     return spec.to_dict()
 
 
-def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], styles: list[str]) -> dict[str, Any]:
+def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], styles: list[str],
+                     controlnets: list[str] = (), ip_adapters: list[str] = ()) -> dict[str, Any]:
     """The document with the names a request may use now (they change with MODELS_DIR, LORA_DIR,
-    STYLES_FILE and their rescans): ``model``, each LoRA's ``name`` and each style as enums."""
+    STYLES_FILE, CONTROLNET_DIR, IP_ADAPTER_DIR and their rescans): ``model``, each LoRA's,
+    ControlNet unit's and IP-Adapter unit's name and each style as enums (no units without any)."""
     spec = copy.deepcopy(spec)
     properties = spec["components"]["schemas"]["GenerateRequest"]["properties"]
     properties["model"]["enum"] = ["", *models]
@@ -141,4 +145,11 @@ def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], 
         properties["loras"]["items"] = choice
     else:
         properties["loras"]["maxItems"] = 0
+    for field, key, names in (("controlnet", "model", controlnets), ("ip_adapter", "name", ip_adapters)):
+        if names:
+            unit = copy.deepcopy(spec["components"]["schemas"]["ControlUnit" if field == "controlnet" else "IpAdapterUnit"])
+            unit["properties"][key]["enum"] = list(names)
+            properties[field]["items"] = unit
+        else:
+            properties[field]["maxItems"] = 0
     return spec

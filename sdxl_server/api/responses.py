@@ -12,7 +12,7 @@ from marshmallow import Schema, fields, validate
 
 from ..jobs.states import JOB_STATUSES
 from ..jobs.webhooks import EVENTS as WEBHOOK_EVENTS
-from ..params import REFINER_MODES
+from ..params import INPUT_ROLES, REFINER_MODES
 from .schemas import LoraChoiceSchema
 
 class ErrorSchema(Schema):
@@ -38,9 +38,26 @@ class ModeFieldsSchema(Schema):
     refiner_strength = fields.Float()
     clip_skip = fields.Integer(metadata={"description": "1: the text encoders' usual layer; N: N-1 layers earlier."})
     styles = fields.List(fields.String(), metadata={"description": "The prompt styles applied (STYLES_FILE), in order."})
+    controlnet = fields.List(fields.Dict(), metadata={
+        "description": "The ControlNet units as run (their fields as in the request, without the image)."})
+    ip_adapter = fields.List(fields.Dict(), metadata={"description": "The IP-Adapter units as run ({name, weight})."})
 
 
-class MetaSchema(ModeFieldsSchema):
+# The unit roles' images (control0..., ip0...), present only when used: SHA-256s in a job's params
+# (``control0_image``) and in the metadata (``control0_image_sha256``).
+_UNIT_ROLES = [role for role in INPUT_ROLES.values() if not role.listed]
+UnitImagesSchema = Schema.from_dict(
+    {role.field: fields.String(metadata={"description": "SHA-256 of a unit's image as stored."}) for role in _UNIT_ROLES},
+    name="UnitImages",
+)
+UnitHashesSchema = Schema.from_dict(
+    {f"{role.field}_sha256": fields.String(metadata={"description": "SHA-256 of a unit's image as it was used (PNG)."})
+     for role in _UNIT_ROLES},
+    name="UnitHashes",
+)
+
+
+class MetaSchema(ModeFieldsSchema, UnitHashesSchema):
     id = fields.String()
     model_id = fields.String()
     prompt = fields.String()
@@ -89,7 +106,7 @@ class GenerateResponseSchema(ImageSchema):
     images = fields.List(fields.Nested(ImageSchema))
 
 
-class ParamsSchema(ModeFieldsSchema):
+class ParamsSchema(ModeFieldsSchema, UnitImagesSchema):
     prompt = fields.String(required=True)
     negative_prompt = fields.String(required=True)
     width = fields.Integer(required=True)
@@ -378,3 +395,62 @@ class TokenCountSchema(Schema):
 class TokenizeResponseSchema(Schema):
     prompt = fields.Nested(TokenCountSchema)
     negative_prompt = fields.Nested(TokenCountSchema)
+
+
+class ControlNetSchema(Schema):
+    """One ControlNet in CONTROLNET_DIR (``GET /api/v1/controlnets``)."""
+
+    name = fields.String(metadata={"description": "What a unit's model calls it: the folder's name, or the file's without .safetensors."})
+    file = fields.String(metadata={"description": "Path inside CONTROLNET_DIR."})
+    layout = fields.String(metadata={"description": "folder (diffusers) or single_file."})
+    type = fields.String(allow_none=True, metadata={"description": "Its control type as its name says (canny, depth, ...), union, or null."})
+    union = fields.Boolean(metadata={"description": "A ControlNet-Union model: a unit chooses its type."})
+    control_types = fields.List(fields.String(), metadata={"description": "A Union model's control types."})
+    usable = fields.Boolean()
+    problem = fields.String(allow_none=True, metadata={"description": "Why it cannot be used (not SDXL, not a ControlNet, unreadable)."})
+
+
+class ControlNetListSchema(Schema):
+    controlnet_dir = fields.String()
+    max_controlnets = fields.Integer()
+    controlnets = fields.List(fields.Nested(ControlNetSchema))
+
+
+class ThresholdSchema(Schema):
+    name = fields.String()
+    default = fields.Float()
+    min = fields.Float()
+    max = fields.Float()
+
+
+class PreprocessorSchema(Schema):
+    name = fields.String()
+    description = fields.String()
+    available = fields.Boolean()
+    problem = fields.String(allow_none=True, metadata={"description": "Why it cannot run here; null: it can."})
+    thresholds = fields.List(fields.Nested(ThresholdSchema), metadata={"description": "What threshold_a and threshold_b mean for it."})
+
+
+class PreprocessorListSchema(Schema):
+    preprocessors = fields.List(fields.Nested(PreprocessorSchema))
+
+
+class PreprocessResponseSchema(Schema):
+    module = fields.String()
+    width = fields.Integer()
+    height = fields.Integer()
+    image = fields.String(metadata={"description": "The control map, PNG, base64."})
+
+
+class IpAdapterSchema(Schema):
+    """One IP-Adapter in IP_ADAPTER_DIR (``GET /api/v1/ip-adapters``)."""
+
+    name = fields.String(metadata={"description": "What a unit's name calls it: the file's name without .safetensors."})
+    file = fields.String()
+    usable = fields.Boolean()
+    problem = fields.String(allow_none=True, metadata={"description": "Why it cannot be used (not an IP-Adapter, no image encoder)."})
+
+
+class IpAdapterListSchema(Schema):
+    ip_adapter_dir = fields.String()
+    ip_adapters = fields.List(fields.Nested(IpAdapterSchema))

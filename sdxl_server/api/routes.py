@@ -12,7 +12,7 @@ from aiohttp import web
 from . import (
     a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, views, websocket,
 )
-from . import styles, usage
+from . import a1111_controlnet, controlnets, styles, usage
 from .route_table import (
     BODY_ERRORS,
     EVENT_STREAM,
@@ -138,6 +138,14 @@ ROUTES: tuple[Route, ...] = (
                 "AUTOMATIC1111 API: scan MODELS_DIR again", _done()),
     Route("GET", "/api/v1/loras", loras.list_loras, READ, "The LoRAs in LORA_DIR, usable or not (and why)", {
         200: "LoraList"}, tags=("loras",)),
+    Route("GET", "/api/v1/controlnets", controlnets.list_controlnets, READ,
+          "The ControlNets in CONTROLNET_DIR, usable or not (and why)", {200: "ControlNetList"}, tags=("controlnet",)),
+    Route("GET", "/api/v1/ip-adapters", controlnets.list_ip_adapters, READ,
+          "The IP-Adapters in IP_ADAPTER_DIR, usable or not (and why)", {200: "IpAdapterList"}, tags=("controlnet",)),
+    Route("GET", "/api/v1/preprocessors", controlnets.list_preprocessors, READ,
+          "ControlNet preprocessors: which run here, their thresholds", {200: "PreprocessorList"}, tags=("controlnet",)),
+    Route("POST", "/api/v1/preprocess", controlnets.preprocess, GENERATE, "The control map a preprocessor makes of an image", {
+        200: "PreprocessResponse", **errors(*BODY_ERRORS)}, body="PreprocessRequest", tags=("controlnet",), limit=IMAGE),
     Route("POST", "/api/v1/loras/refresh", loras.refresh_loras, ADMIN, "Scan LORA_DIR again; the new list", {
         200: "LoraList"}, tags=("loras",)),
     Route("GET", "/api/v1/styles", styles.list_styles, READ, "The prompt styles of STYLES_FILE (and why none, if unreadable)", {
@@ -160,6 +168,14 @@ ROUTES: tuple[Route, ...] = (
                  "OpenAI Images API: variations of an image", {
                      200: "OpenAIImagesResponse", **errors(400, 413, 415, *GENERATION_ERRORS)},
                  body="OpenAIImageVariationRequest", body_type=MULTIPART, limit=IMAGE, cost=1),
+    # --- the sd-webui-controlnet extension's API (outside /sdapi/, as the extension mounts it) -----
+    _a1111_probe("/controlnet/version", a1111_controlnet.version, "ControlNet extension: its API version", "object"),
+    _a1111_probe("/controlnet/model_list", a1111_controlnet.model_list, "ControlNet extension: the usable ControlNets", "object"),
+    _a1111_probe("/controlnet/module_list", a1111_controlnet.module_list, "ControlNet extension: the preprocessors that run here", "object"),
+    _a1111_probe("/controlnet/control_types", a1111_controlnet.control_types, "ControlNet extension: control types", "object"),
+    _a1111_probe("/controlnet/settings", a1111_controlnet.settings, "ControlNet extension: units per request", "object"),
+    a1111_route("POST", "/controlnet/detect", a1111_controlnet.detect, GENERATE, "ControlNet extension: preprocess images", {
+        200: (JSON, "As the extension answers: {images, info}", {"type": "object"}), **errors(*BODY_ERRORS)}, limit=IMAGE),
     # --- files -------------------------------------------------------------------------------
     Route("GET", "/outputs/images/{filename}", views.output_image, READ, "A generated image: `{id}.png`", {
         200: ("image/png", "The PNG, with a `parameters` text chunk", None), **errors(404)},
@@ -175,6 +191,7 @@ ROUTES: tuple[Route, ...] = (
 UNMATCHED: tuple[Prefix, ...] = (
     Prefix("/v1/", Access(READ, Family.OPENAI)),
     Prefix("/sdapi/", Access(READ, Family.A1111)),
+    Prefix("/controlnet/", Access(READ, Family.A1111)),
     Prefix("/api/", Access(READ)),
     Prefix("/metrics", Access(ADMIN)),
     Prefix("/outputs/", Access(READ, output_file=True)),

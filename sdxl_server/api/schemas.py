@@ -10,20 +10,25 @@ import random
 import unicodedata
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
 from ..jobs.webhooks import EVENTS as WEBHOOK_EVENTS
-from ..params import CLIP_SKIP_MAX, INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams
+from ..params import (
+    CLIP_SKIP_MAX, CONTROL_MODES, CONTROL_WEIGHT_MAX, INPAINT_AREAS, INPAINTING_FILLS, IP_ADAPTER_WEIGHT_MAX, MAX_IP_ADAPTERS,
+    MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams,
+)
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 from ..pipeline.model_catalog import MAX_MODEL_NAME
+from ..pipeline.preprocessors import AVAILABLE, PREPROCESSORS, threshold_problem
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MAX_REQUEST_STYLES = 20
 MIN_SIZE = 64
 MAX_WEBHOOK_URL = 2048
+PROCESSOR_RES_MIN, PROCESSOR_RES_MAX = 64, 2048
 
 
 class StrictInteger(fields.Integer):
@@ -139,6 +144,7 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         **image_request_fields(settings),
         **refiner_request_fields(),
         **webhook_request_fields(),
+        **control_request_fields(settings.max_controlnets),
     }
 
 
@@ -247,6 +253,87 @@ def webhook_request_fields() -> dict[str, fields.Field]:
             metadata={"description": "Which events are delivered; default: the job's end (completed, failed, "
                                      "cancelled). progress comes at most once per WEBHOOK_PROGRESS_INTERVAL."},
         ),
+    }
+
+
+def preprocessor_name(value: str) -> None:
+    """A preprocessor that runs here; one that needs weights is refused with the reason."""
+    if value not in PREPROCESSORS:
+        raise ValidationError(f"Must be one of: {', '.join(AVAILABLE)} (GET /api/v1/preprocessors).")
+    if PREPROCESSORS[value].problem:
+        raise ValidationError(f"Preprocessor {value!r} {PREPROCESSORS[value].problem}.")
+
+
+def preprocessor_field(**kwargs: Any) -> fields.String:
+    """A request's ``module``: a preprocessor that runs here (the OpenAPI enum lists those)."""
+    return fields.String(validate=preprocessor_name, metadata={
+        "enum": list(AVAILABLE), "description": "The preprocessor (GET /api/v1/preprocessors): 'none' when the "
+                                                "image is a control map already."}, **kwargs)
+
+
+class ControlUnitSchema(Schema):
+    """One ControlNet unit of a request."""
+
+    model = StrictString(required=True, validate=validate.Length(min=1, max=200),
+                         metadata={"description": "A ControlNet's name from GET /api/v1/controlnets."})
+    image = StrictString(required=True, metadata={
+        "description": "The control image: PNG, JPEG or WebP, base64 (a data: URL too); the preprocessor "
+                       "(module) makes the control map from it at the job's size."})
+    module = preprocessor_field(load_default="none")
+    weight = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=CONTROL_WEIGHT_MAX), metadata={
+        "description": f"0 to {CONTROL_WEIGHT_MAX:g}; 0 leaves the image as without the unit."})
+    start = StrictFloat(load_default=0.0, validate=validate.Range(min=0, max=1), metadata={
+        "description": "The fraction of the steps done when the unit starts acting."})
+    end = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=1), metadata={
+        "description": "The fraction of the steps done when it stops (after start)."})
+    control_mode = fields.String(load_default="balanced", validate=validate.OneOf(list(CONTROL_MODES.values())), metadata={
+        "description": "balanced; prompt (the prompt matters more); controlnet (the ControlNet matters more)."})
+    resize_mode = StrictInteger(load_default=1, validate=validate.OneOf(list(RESIZE_MODES)), metadata={
+        "description": "How the image meets the job's size: 0 stretch, 1 crop (the default), 2 fill."})
+    type = fields.String(load_default="", validate=validate.Length(max=40), metadata={
+        "description": "A ControlNet-Union model's control type (its control_types in GET /api/v1/controlnets)."})
+    processor_res = StrictInteger(load_default=None, allow_none=True,
+                                  validate=validate.Range(min=PROCESSOR_RES_MIN, max=PROCESSOR_RES_MAX), metadata={
+        "description": "Pixels on the short side the preprocessor works at (null: the job's size)."})
+    threshold_a = StrictFloat(load_default=None, allow_none=True, metadata={
+        "description": "The preprocessor's first number (canny: low threshold); null: its default."})
+    threshold_b = StrictFloat(load_default=None, allow_none=True, metadata={
+        "description": "Its second number (canny: high threshold); null: its default."})
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data["start"] >= data["end"]:
+            raise ValidationError("start must be below end (the unit must act on some steps).", "start")
+        check_preprocessor(data)
+
+
+def check_preprocessor(data: dict[str, Any]) -> None:
+    """The thresholds given are in ``module``'s range (else the field's error)."""
+    problem = threshold_problem(data["module"], data["threshold_a"], data["threshold_b"])
+    if problem:
+        raise ValidationError(problem[1], problem[0])
+
+
+class IpAdapterUnitSchema(Schema):
+    """One IP-Adapter unit of a request."""
+
+    name = StrictString(required=True, validate=validate.Length(min=1, max=200),
+                        metadata={"description": "An IP-Adapter's name from GET /api/v1/ip-adapters."})
+    image = StrictString(required=True, metadata={
+        "description": "The reference image whose style or subject the image takes: PNG, JPEG or WebP, base64."})
+    weight = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=IP_ADAPTER_WEIGHT_MAX), metadata={
+        "description": f"0 to {IP_ADAPTER_WEIGHT_MAX:g} (diffusers' IP-Adapter scale); 0 leaves the image as without it."})
+
+
+def control_request_fields(max_units: int) -> dict[str, fields.Field]:
+    """The ``controlnet`` field of the generation request."""
+    return {"controlnet": fields.List(fields.Nested(ControlUnitSchema), load_default=list, validate=validate.Length(max=max_units), metadata={
+        "description": f"ControlNet units (at most {max_units}, MAX_CONTROLNETS): each guides the image by its control "
+                       "image's edges, lines or layout."}),
+        "ip_adapter": fields.List(fields.Nested(IpAdapterUnitSchema), load_default=list,
+                                  validate=validate.Length(max=MAX_IP_ADAPTERS), metadata={
+            "description": f"IP-Adapter units (at most {MAX_IP_ADAPTERS}): the image takes the style or subject of "
+                           "each reference image. Unloaded again for the next job without them."}),
     }
 
 

@@ -113,5 +113,14 @@ def validate(schema: Schema, body: dict[str, Any], names: dict[str, str] | None 
     except ValidationError as exc:
         problems = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         problems = {(names or {}).get(name, name): messages for name, messages in problems.items()}
-        raise ValidationFailed(f"invalid request: check {', '.join(sorted(problems))}", fields=problems) from None
+        raise ValidationFailed(f"invalid request: check {', '.join(sorted(_paths(problems)))}", fields=problems) from None
+
+
+def _paths(problems: dict[Any, Any], prefix: str = "") -> list[str]:
+    """Where each problem is, as a client reads it: ``steps``, ``controlnet[0].weight``."""
+    found: list[str] = []
+    for name, inner in problems.items():
+        path = f"{prefix}[{name}]" if isinstance(name, int) else f"{prefix}.{name}" if prefix else str(name)
+        found.extend(_paths(inner, path) if isinstance(inner, dict) else [path])
+    return found
 

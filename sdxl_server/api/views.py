@@ -124,7 +124,10 @@ async def openapi(request: web.Request) -> web.Response:
     loras = [f.name for f in await asyncio.to_thread(app[keys.LORAS].files) if f.problem is None]
     models = [entry.name for entry in app[keys.MODELS].entries() if not entry.broken]
     styles = list((await current_styles(app)).styles)
-    return web.json_response(with_local_names(app[keys.OPENAPI], models, loras, styles), headers=_by_caller(app))
+    controlnets = [f.name for f in await asyncio.to_thread(app[keys.CONTROLNETS].files) if f.problem is None]
+    adapters = [f.name for f in await asyncio.to_thread(app[keys.IP_ADAPTERS].files) if f.problem is None]
+    return web.json_response(with_local_names(app[keys.OPENAPI], models, loras, styles, controlnets, adapters),
+                             headers=_by_caller(app))
 
 
 async def metrics(request: web.Request) -> web.Response:

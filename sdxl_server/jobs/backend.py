@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..params import GenerationParams
+from ..pipeline.controlnet_files import ControlNetCatalog  # plain file logic, no torch
+from ..pipeline.ip_adapter_files import IpAdapterCatalog  # plain file logic, no torch
 from ..pipeline.lora_files import LoraCatalog  # plain file logic, no torch
 from ..pipeline.model_catalog import ModelCatalog
 
@@ -66,6 +68,8 @@ class Backend(Protocol):
     load_seconds: float | None  # how long the last load took (None until one succeeded)
     models: ModelCatalog  # the models: the API checks a request's model against it, the engine loads from it
     lora_files: LoraCatalog  # the LoRA files: likewise, one catalog for both
+    controlnet_files: ControlNetCatalog  # the ControlNets in CONTROLNET_DIR: likewise
+    ip_adapter_files: IpAdapterCatalog  # the IP-Adapters in IP_ADAPTER_DIR: likewise
 
     @property
     def runtime(self) -> RuntimeFacts: ...

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
-from ..params import INPUT_ROLES, GenerationParams
+from ..params import CONTROL_MODE_LABELS, CONTROL_RESIZE_LABELS, INPUT_ROLES, GenerationParams
 from .blobs import Blobs, LocalBlobs
 from .inputs import InputStore
 from .locking import hold_lock
@@ -57,6 +57,9 @@ def params_meta(params: GenerationParams) -> dict[str, Any]:
     meta = {name: value for name, value in params.to_dict().items()
             if name not in inputs and (name not in _OPTIONAL_FIELDS or name in used)}
     meta["mode"] = params.mode
+    for name, group in (("controlnet", params.control), ("ip_adapter", params.ip)):
+        if not group.units:
+            del meta[name]
     for role, sha256 in params.inputs.items():
         meta[f"{INPUT_ROLES[role].field}_sha256"] = sha256
     return meta
@@ -87,6 +90,26 @@ def _image_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     return details
 
 
+def _control_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The ControlNet units in the sd-webui-controlnet extension's words (its "ControlNet N" entries)."""
+    details = []
+    for index, unit in enumerate(meta.get("controlnet") or []):
+        parts = [
+            ("Module", unit["module"]), ("Model", unit["model"]), ("Weight", f"{unit['weight']:g}"),
+            ("Resize Mode", CONTROL_RESIZE_LABELS[unit["resize_mode"]]),
+            *([("Processor Res", unit["processor_res"])] if unit.get("processor_res") else []),
+            *([("Threshold A", f"{unit['threshold_a']:g}")] if unit.get("threshold_a") is not None else []),
+            *([("Threshold B", f"{unit['threshold_b']:g}")] if unit.get("threshold_b") is not None else []),
+            *([("Control Type", unit["type"])] if unit.get("type") else []),
+            ("Guidance Start", f"{unit['start']:g}"), ("Guidance End", f"{unit['end']:g}"),
+            ("Control Mode", CONTROL_MODE_LABELS[unit["control_mode"]]),
+        ]
+        details.append((f"ControlNet {index}", '"' + ", ".join(f"{k}: {v}" for k, v in parts) + '"'))
+    for index, unit in enumerate(meta.get("ip_adapter") or []):
+        details.append((f"IP-Adapter {index}", f'"Model: {unit["name"]}, Weight: {unit["weight"]:g}"'))
+    return details
+
+
 def parameters_text(meta: dict[str, Any]) -> str:
     """The generation parameters in the common "parameters" text-chunk format (A1111 and others read it)."""
     lines = [meta["prompt"]]
@@ -102,6 +125,7 @@ def parameters_text(meta: dict[str, Any]) -> str:
         *([("Clip skip", meta["clip_skip"])] if meta.get("clip_skip", 1) != 1 else []),
         *_image_details(meta),
         *_refiner_details(meta),
+        *_control_details(meta),
     ]
     if meta.get("lora_hashes"):  # A1111's form, so its "PNG info" and civitai read the LoRAs back
         details.append(("Lora hashes", '"' + ", ".join(f"{k}: {v}" for k, v in meta["lora_hashes"].items()) + '"'))

@@ -24,6 +24,8 @@ from typing import Any
 
 from ..config import ConfigError, Settings
 from ..errors import ApiError, GenerationFailed, Interrupted, JobCancelled, ModelUnavailable, StoredError, short_message
+from ..pipeline.controlnet_files import ControlNetCatalog
+from ..pipeline.ip_adapter_files import IpAdapterCatalog
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
 from ..pipeline.sources import resolve_model_source
@@ -78,6 +80,8 @@ class RayCluster:
         # same folders with its own engine's).
         self.models = ModelCatalog(settings)
         self.lora_files = LoraCatalog(settings.lora_dir)
+        self.controlnet_files = ControlNetCatalog(settings.controlnet_dir)
+        self.ip_adapter_files = IpAdapterCatalog(settings.ip_adapter_dir)
         self.options: dict[str, Any] = {}
         self.state = "not_loaded"  # not_loaded -> loading -> ready | failed
         self.error: str | None = None

@@ -21,6 +21,10 @@ from ..config import Settings
 from ..errors import ApiError, GenerationFailed, ModelUnavailable, OutOfMemory, short_message
 from ..params import GenerationParams
 from .compiling import Compilation, apply_layout_options
+from .controlnet_files import ControlNetCatalog
+from .controlnets import ControlNetCache
+from .ip_adapter_files import IpAdapterCatalog
+from .ip_adapters import IpAdapters
 from .decode import decode_latents
 from .embedding_files import EmbeddingCatalog
 from .embeddings import empty_listing, load_embeddings
@@ -76,6 +80,11 @@ class Engine:
         self.lora_files = LoraCatalog(settings.lora_dir)
         self.loras = LoraAdapters(self.lora_files, settings.lora_cache)
         self.embedding_files = EmbeddingCatalog(settings.embeddings_dir)
+        self.controlnet_files = ControlNetCatalog(settings.controlnet_dir)
+        self.ip_adapter_files = IpAdapterCatalog(settings.ip_adapter_dir)
+        self.ip_adapters = IpAdapters(self.ip_adapter_files)
+        self.controlnets = ControlNetCache(self.controlnet_files, settings.controlnet_cache, self.runtime.device,
+                                           self.runtime.torch_dtype)
         self.active = self.models.default_name
         movable = self.runtime.on_cuda and settings.cpu_offload == "none"
         self.cached = ModelCache(settings.model_cache, settings.model_ram_cache, self.runtime.device, movable)
@@ -139,6 +148,7 @@ class Engine:
         log.info("memory profile %s (%s)%s", self.memory_plan.profile, self.memory_plan.reason,
                  f"; overridden by {', '.join(self.memory_plan.overrides)}" if self.memory_plan.overrides else "")
         self.options = apply_memory_options(pipe, self.settings, self.runtime, self.memory_plan)
+        self.controlnets.park = self.memory_plan.cpu_offload != "none"  # only what runs sits on the GPU
         self.options.update(apply_layout_options(pipe, self.settings, self.options["attention"]))
 
     def _gpu_total_memory(self) -> int | None:
@@ -177,6 +187,7 @@ class Engine:
     def _free(self, collect: bool = True) -> None:
         self.pipe, self._modes = None, None
         self.loras.forget()
+        self.ip_adapters.forget()
         self.refiner.close()
         if collect:
             self._recover_memory()
@@ -267,11 +278,15 @@ class Engine:
         interrupt), the remaining steps are skipped and the image is made from the latents so far.
         Raises :class:`JobCancelled` (checked every step and before decoding), :class:`OutOfMemory`
         (after freeing the cache) or :class:`GenerationFailed`."""
+        if self.ip_adapters.loaded and self.needs_switch(params.model):
+            self.ip_adapters.unload(self.pipe)  # the model kept in the cache goes back as it was loaded
         self.use_model(params.model)
         self.ensure_loaded()
         with self._failures_translated(params):
             # On the shared UNet (every mode's pipeline); fused into its weights when it is compiled.
             lora_hashes = self.loras.apply(self.pipe, params.loras, fused=self.compilation.state == "ready")
+            if self.ip_adapters.apply(self.pipe, params.ip.units):
+                self._modes = None  # the image encoder came or went: the mode pipelines are made again
         generation = self._run(params, on_step, cancelled, inputs, stop_early)
         generation.info["lora_hashes"] = lora_hashes
         return generation
@@ -282,7 +297,7 @@ class Engine:
     ) -> Generation:
         """Build the request's plan on the running model and run it."""
         with self._failures_translated(params):
-            mode = prepare_run(self._mode_pipelines(), params, inputs)
+            mode = prepare_run(self._mode_pipelines(), params, inputs, self.controlnets)
             mode.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
             sampler = sampler_label(params.scheduler, mode.pipe.scheduler)
             plan = build_plan(PassContext(params, mode.pipe.scheduler, self, inputs or {}), mode, sampler)

@@ -77,6 +77,12 @@ class Inpainting:
             return cls(image, mask, box, size, source.resize(size, Image.Resampling.LANCZOS), crop_mask.resize(size))
         return cls(image, mask, box, size, source.resize(size), mask.resize(size))
 
+    def fit(self, control: Image.Image) -> Image.Image:
+        """A control map at the job's size as the pipeline sees the image: the "only masked" crop too."""
+        if self.box is None:
+            return control if control.size == self.size else control.resize(self.size)
+        return control.crop(self.box).resize(self.size, Image.Resampling.LANCZOS)
+
     def finish(self, generated: Image.Image) -> Image.Image:
         """The output: the repainted pixels where the mask is, the original everywhere else."""
         if self.box is None:

@@ -10,13 +10,25 @@ each decoded image afterwards (inpainting's overlay).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..params import GenerationParams
+from .controlnets import check_fits, check_union, control_arguments, control_modes, union_types
 from .inpaint import Inpainting
+
+
+class ControlNetSource(Protocol):
+    """Where a run finds a unit's loaded ControlNet (:class:`.controlnets.ControlNetCache`)."""
+
+    def get(self, name: str, index: int = 0) -> Any:
+        """The ControlNet ``name`` (unit ``index`` names it), loaded."""
+
+    def on_device(self, nets: Any) -> contextlib.AbstractContextManager[None]:
+        """``nets`` on the device while the block runs."""
 
 
 class _NoEmptyCastWarnings(logging.Filter):
@@ -36,48 +48,75 @@ def _identity(image: Any) -> Any:
 
 @dataclass
 class ModeRun:
-    """What runs for one request: the pipeline, its mode's arguments, each image's post-processing."""
+    """What runs for one request: the pipeline, its mode's arguments, each image's post-processing,
+    and what is held around the pipeline call (the ControlNet units' control modes)."""
 
     pipe: Any
     arguments: dict[str, Any]
     finish: Callable[[Any], Any] = _identity
+    around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
 
-Arguments = Callable[[GenerationParams, Mapping[str, Any]], tuple[dict[str, Any], Callable[[Any], Any]]]
+@dataclass
+class ModeArguments:
+    """A mode's own arguments, what happens to each decoded image, and how a control map (at the
+    job's size) is brought to the pipeline's image (inpainting's "only masked" crop)."""
+
+    arguments: dict[str, Any]
+    finish: Callable[[Any], Any] = _identity
+    fit: Callable[[Any], Any] = _identity
 
 
-def _txt2img(params: GenerationParams, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
-    return {"width": params.width, "height": params.height}, _identity
+Arguments = Callable[[GenerationParams, Mapping[str, Any]], ModeArguments]
 
 
-def _img2img(params: GenerationParams, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
+def _txt2img(params: GenerationParams, inputs: Mapping[str, Any]) -> ModeArguments:
+    return ModeArguments({"width": params.width, "height": params.height})
+
+
+def _img2img(params: GenerationParams, inputs: Mapping[str, Any]) -> ModeArguments:
     size = (params.width, params.height)
     image = inputs["init"] if inputs["init"].size == size else inputs["init"].resize(size)
-    return {"image": image, "strength": params.image.strength}, _identity
+    return ModeArguments({"image": image, "strength": params.image.strength})
 
 
-def _inpaint(params: GenerationParams, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
+def _inpaint(params: GenerationParams, inputs: Mapping[str, Any]) -> ModeArguments:
     inpainting = Inpainting.prepare(params, inputs["init"], inputs["mask"])
     arguments = {
         "image": inpainting.pipeline_image, "mask_image": inpainting.pipeline_mask, "strength": params.image.strength,
         "width": params.width, "height": params.height,
     }
-    return arguments, inpainting.finish
+    return ModeArguments(arguments, inpainting.finish, inpainting.fit)
 
 
 @dataclass(frozen=True)
 class Mode:
-    """A mode's diffusers pipeline class (None: the loaded base pipeline itself) and its arguments."""
+    """A mode's diffusers pipeline class (None: the loaded base pipeline itself), its arguments,
+    and its ControlNet pipeline class with the argument its control images go in."""
 
     pipeline: str | None
     arguments: Arguments
+    control_pipeline: str
+    control_argument: str
+    union_pipeline: str  # with ControlNet-Union models (their control images always go in ``control_image``)
 
 
 MODES: dict[str, Mode] = {
-    "txt2img": Mode(None, _txt2img),
-    "img2img": Mode("StableDiffusionXLImg2ImgPipeline", _img2img),
-    "inpaint": Mode("StableDiffusionXLInpaintPipeline", _inpaint),
+    "txt2img": Mode(None, _txt2img, "StableDiffusionXLControlNetPipeline", "image",
+                    "StableDiffusionXLControlNetUnionPipeline"),
+    "img2img": Mode("StableDiffusionXLImg2ImgPipeline", _img2img, "StableDiffusionXLControlNetImg2ImgPipeline",
+                    "control_image", "StableDiffusionXLControlNetUnionImg2ImgPipeline"),
+    "inpaint": Mode("StableDiffusionXLInpaintPipeline", _inpaint, "StableDiffusionXLControlNetInpaintPipeline",
+                    "control_image", "StableDiffusionXLControlNetUnionInpaintPipeline"),
 }
+
+
+def _from_pipe(name: str, base: Any, **components: Any) -> Any:
+    import diffusers
+
+    made = getattr(diffusers, name).from_pipe(base, **components)
+    made.set_progress_bar_config(disable=True)
+    return made
 
 
 @dataclass
@@ -92,20 +131,69 @@ class ModePipelines:
         if name is None:
             return self.base
         if mode not in self._made:
-            import diffusers
-
-            made = getattr(diffusers, name).from_pipe(self.base)
-            made.set_progress_bar_config(disable=True)
-            self._made[mode] = made
+            self._made[mode] = _from_pipe(name, self.base)
         return self._made[mode]
 
+    def control_pipeline(self, mode: str, nets: list[Any], union: bool) -> Any:
+        """The mode's ControlNet (or ControlNet-Union) pipeline with ``nets`` (several: diffusers'
+        multi-ControlNet), on the base's modules; made per request (cheap: no weights are copied),
+        so no cached pipeline keeps an unloaded ControlNet alive."""
+        if len(nets) == 1:
+            controlnet = nets[0]
+        elif union:
+            from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
 
-def prepare_run(pipelines: ModePipelines, params: GenerationParams, inputs: Mapping[str, Any] | None) -> ModeRun:
+            controlnet = MultiControlNetUnionModel(nets)
+        else:
+            from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+            controlnet = MultiControlNetModel(nets)
+        name = MODES[mode].union_pipeline if union else MODES[mode].control_pipeline
+        return _from_pipe(name, self.base, controlnet=controlnet)
+
+
+def prepare_run(
+    pipelines: ModePipelines, params: GenerationParams, inputs: Mapping[str, Any] | None,
+    controlnets: ControlNetSource | None = None,
+) -> ModeRun:
     """The pipeline, its mode's arguments and the post-processing for ``params``; ``inputs``
-    holds the decoded input images by role (``init`` RGB, ``mask`` L)."""
+    holds the decoded input images by role (``init`` RGB, ``mask`` L, ``control0``... RGB maps);
+    ``controlnets`` gives the loaded ControlNet of a unit's model."""
     mode = params.mode
     missing = sorted(set(params.inputs) - set(inputs or {}))
     if missing:
         raise ValueError(f"an {mode} job needs its input images: {', '.join(missing)}")
-    arguments, finish = MODES[mode].arguments(params, inputs or {})
-    return ModeRun(pipelines.pipeline(mode), arguments, finish)
+    made = MODES[mode].arguments(params, inputs or {})
+    if params.ip.units:  # the reference images of the IP-Adapters loaded for this job (see .ip_adapters)
+        made.arguments["ip_adapter_image"] = [inputs[f"ip{index}"] for index in range(len(params.ip.units))]  # type: ignore[index]
+    if not params.control.units:
+        return ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
+    if controlnets is None:
+        raise ValueError("this engine has no ControlNets")
+    return _control_run(pipelines, params, made, controlnets, inputs or {})
+
+
+def _control_run(pipelines: ModePipelines, params: GenerationParams, made: ModeArguments, controlnets: ControlNetSource,
+                 inputs: Mapping[str, Any]) -> ModeRun:
+    """The run of a request with ControlNet units: their ControlNets loaded and checked against the
+    running model, their control maps fitted to the pipeline's image, their arguments."""
+    mode, units = params.mode, params.control.units
+    nets = [controlnets.get(unit.model, index) for index, unit in enumerate(units)]
+    check_fits(nets, pipelines.base.unet)
+    union = check_union(nets, units)
+    maps = [made.fit(inputs[f"control{index}"]) for index in range(len(units))]
+    if union:
+        images = {"control_image": maps, "control_mode": union_types(nets, units)}  # one per unit (diffusers nests them)
+    else:
+        images = {MODES[mode].control_argument: maps[0] if len(maps) == 1 else maps}
+    arguments = {**made.arguments, **images, **control_arguments(units)}
+    return ModeRun(pipelines.control_pipeline(mode, nets, union), arguments, made.finish,
+                   lambda: _held(controlnets.on_device(nets), control_modes(nets, units, params)))
+
+
+@contextlib.contextmanager
+def _held(*managers: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield

@@ -131,15 +131,15 @@ def ensure_tiny_model(cache_root: Path | None = None) -> Path:
     return _ensure_saved(cache_root, f"tiny-sdxl-v{TINY_VERSION}", build_tiny_pipeline)
 
 
-def _ensure_saved(cache_root: Path | None, name: str, build) -> Path:
-    """``build()`` saved under ``cache_root/name``, unless it is there already.
+def _ensure_saved(cache_root: Path | None, name: str, build, marker: str = "model_index.json") -> Path:
+    """``build()`` saved under ``cache_root/name``, unless it is there already (its ``marker`` file is).
 
     The folder appears atomically (built aside, then renamed), so a crash never leaves a half
     model that a later start would try to load.
     """
     root = cache_root or cache_home()
     folder = root / name
-    if (folder / "model_index.json").is_file():
+    if (folder / marker).is_file():
         return folder
     root.mkdir(parents=True, exist_ok=True)
     log.info("building the tiny random-weights %s in %s", name, folder)
@@ -149,7 +149,7 @@ def _ensure_saved(cache_root: Path | None, name: str, build) -> Path:
         try:
             staging.rename(folder)
         except OSError:
-            if not (folder / "model_index.json").is_file():  # another process did not win the race
+            if not (folder / marker).is_file():  # another process did not win the race
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -175,3 +175,77 @@ def build_tiny_refiner(seed: int = 1):
 def ensure_tiny_refiner(cache_root: Path | None = None) -> Path:
     """The folder of the saved tiny refiner, built there first if needed."""
     return _ensure_saved(cache_root, f"tiny-sdxl-refiner-v{TINY_VERSION}", build_tiny_refiner)
+
+
+def build_tiny_controlnet(seed: int = 2):
+    """A tiny SDXL ControlNet for the tiny base: its UNet's encoder half (copied from the base's
+    shapes, random weights from ``seed``) with an 8x-downsampling control-image embedding. Its
+    output convolutions, zero in a fresh ControlNet, are random too, so a unit visibly changes the image."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(
+        _unet(cross_attention_dim=32 + 48, time_ids=6), conditioning_embedding_out_channels=(8, 8, 16, 16),
+    )
+    with torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.normal_(0, 0.3)
+    return controlnet
+
+
+def ensure_tiny_controlnet(folder: Path, seed: int = 2) -> Path:
+    """The tiny SDXL ControlNet saved as a diffusers folder at ``folder`` (e.g. in CONTROLNET_DIR), built first if needed."""
+    return _ensure_saved(folder.parent, folder.name, lambda: build_tiny_controlnet(seed), marker="config.json")
+
+
+def build_tiny_union_controlnet(seed: int = 3):
+    """A tiny SDXL ControlNet-Union (eight control types, as xinsir's promax): the tiny ControlNet's
+    shapes with the Union's control-type embedding and transformer at the tiny width; its output
+    convolutions and per-type projection random, so each control type makes its own image."""
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    plain = ControlNetModel.from_unet(_unet(cross_attention_dim=32 + 48, time_ids=6), conditioning_embedding_out_channels=(8, 8, 16, 16))
+    config = {key: value for key, value in plain.config.items() if not key.startswith("_") and key != "mid_block_type"}
+    union = ControlNetUnionModel.from_config(
+        {**config, "num_trans_channel": 8, "num_proj_channel": 8, "num_trans_head": 2, "num_control_type": 8}
+    )
+    with torch.no_grad():
+        for conv in [*union.controlnet_down_blocks, union.controlnet_mid_block]:
+            conv.weight.normal_(0, 0.3)
+        union.spatial_ch_projs.weight.normal_(0, 0.5)
+    return union
+
+
+def ensure_tiny_union_controlnet(folder: Path, seed: int = 3) -> Path:
+    """The tiny SDXL ControlNet-Union saved as a diffusers folder at ``folder``, built first if needed."""
+    return _ensure_saved(folder.parent, folder.name, lambda: build_tiny_union_controlnet(seed), marker="config.json")
+
+
+def write_tiny_ip_adapter(folder: Path, name: str = "tiny-ip-adapter", seed: int = 4) -> Path:
+    """A tiny SDXL IP-Adapter for the tiny base in ``folder`` (an IP_ADAPTER_DIR): ``{name}.safetensors``
+    in h94's layout (``image_proj.``: the image embedding projected to four 80-wide tokens;
+    ``ip_adapter.{1,3,...}.to_k_ip/to_v_ip``: a key and value projection per cross-attention layer,
+    in the UNet's order) and a tiny CLIP image encoder in ``image_encoder/``. Random from ``seed``,
+    large enough that it visibly changes the image."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+        projection_dim=16,
+    ))
+    encoder.save_pretrained(folder / "image_encoder")
+    unet = _unet(cross_attention_dim=32 + 48, time_ids=6)
+    width = unet.config.cross_attention_dim
+    tensors = {"image_proj.proj.weight": torch.randn(width * 4, 16) * 0.5, "image_proj.proj.bias": torch.zeros(width * 4),
+               "image_proj.norm.weight": torch.ones(width), "image_proj.norm.bias": torch.zeros(width)}
+    cross = [key for key in unet.attn_processors if not key.endswith("attn1.processor")]
+    for index, key in enumerate(cross):
+        attention = unet.get_submodule(key.removesuffix(".processor"))
+        for kind, linear in (("to_k_ip", attention.to_k), ("to_v_ip", attention.to_v)):
+            tensors[f"ip_adapter.{2 * index + 1}.{kind}.weight"] = torch.randn_like(linear.weight) * 0.5
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(folder / f"{name}.safetensors"))
+    return folder / f"{name}.safetensors"

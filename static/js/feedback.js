@@ -36,10 +36,18 @@ export function clearErrors() {
 }
 
 /** Show the server's {name: [messages]} next to each field; return what had no field. */
+/** A nested error (a list's items: `{controlnet: {0: {weight: [...]}}}`) as `[path, messages]` pairs. */
+function flatErrors(name, messages) {
+  if (messages && typeof messages === "object" && !Array.isArray(messages)) {
+    return Object.entries(messages).flatMap(([key, inner]) => flatErrors(/^\d+$/.test(key) ? `${name}[${key}]` : `${name}.${key}`, inner));
+  }
+  return [[name, messages]];
+}
+
 export function showFieldErrors(fields) {
   const unplaced = [];
   let first = null;
-  for (const [name, messages] of Object.entries(fields || {})) {
+  for (const [name, messages] of Object.entries(fields || {}).flatMap(([key, value]) => flatErrors(key, value))) {
     const text = (Array.isArray(messages) ? messages : [messages]).map(sentence).join(" ");
     const input = fieldInput(name);
     const slot = $(`${name}-error`);

@@ -6,6 +6,7 @@ import { $ } from "./dom.js";
 import { clearErrors, fieldInput, setError, showFieldErrors } from "./feedback.js";
 import { describeError } from "./format.js";
 import { refreshHealth } from "./health.js";
+import { initControlNet, loadControlNets, readControlFields } from "./controlnet.js";
 import { applyImageInfo, readImageFields } from "./img2img.js";
 import { hasInfo, loadInfo } from "./info.js";
 import { following, followJob, showSubmitting, submitFailed } from "./job.js";
@@ -72,7 +73,7 @@ function applyInfo(info) {
 export async function loadSettings() {
   try {
     applyInfo(await loadInfo());
-    await Promise.all([loadModels(), loadLoras(), loadStyles()]);
+    await Promise.all([loadModels(), loadLoras(), loadStyles(), loadControlNets()]);
     scheduleCount(form);
   } catch (err) {
     if (err.code !== "unauthorized") { // a 401 opens the API key panel instead
@@ -108,7 +109,7 @@ function readForm() {
   body.seed = seed === undefined ? null : seed; // empty: the server draws one
   body.scheduler = scheduler.value || "default";
   Object.assign(body, readChoices(), readStyles());
-  Object.assign(body, readImageFields());
+  Object.assign(body, readImageFields(), readControlFields());
   if (Object.keys(problems).length) {
     showFieldErrors(problems);
     return null;
@@ -199,6 +200,7 @@ export function initForm() {
   initPresets();
   initSeed();
   initChoices();
+  initControlNet();
   initTokens(form);
   enterSubmits(form.prompt);
   enterSubmits(form.negative_prompt);

@@ -32,10 +32,11 @@ class BasePass:
         return cls(mode, sum(1 for t in timesteps if t >= cutoff), {"denoising_end": denoising_end})
 
     def run(self, batch: Batch, latents: Any, report: StepReport) -> Any:
-        return self.mode.pipe(
-            **batch.prompts, **batch.common, **self.mode.arguments, **self.until,
-            generator=batch.generators(), callback_on_step_end=diffusers_step_end(report),
-        ).images
+        with self.mode.around():
+            return self.mode.pipe(
+                **batch.prompts, **batch.common, **self.mode.arguments, **self.until,
+                generator=batch.generators(), callback_on_step_end=diffusers_step_end(report),
+            ).images
 
     def info(self) -> dict[str, Any]:
         return {}

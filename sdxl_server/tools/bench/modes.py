@@ -64,19 +64,19 @@ def _cases(client: Client) -> dict[str, dict[str, Any]]:
     return cases
 
 
-async def _reset_peak(client: Client) -> None:
+async def reset_peak(client: Client) -> None:
     if client.engine.runtime.on_cuda:
         device = torch.device(client.engine.runtime.device)
         await asyncio.wrap_future(client.server.run_in_worker(torch.cuda.reset_peak_memory_stats, device))
 
 
-def _peak() -> tuple[int | None, int | None]:
+def peak_memory() -> tuple[int | None, int | None]:
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None, None
     return int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved())
 
 
-async def _steps_run(client: Client, job_id: str) -> int:
+async def steps_run(client: Client, job_id: str) -> int:
     async with client.session.get(f"{client.url}/api/v1/jobs/{job_id}", headers=client.headers) as resp:
         return int((await resp.json())["step"])
 
@@ -90,14 +90,14 @@ async def section_modes(client: Client, only: tuple[str, ...] | None = None) -> 
             continue
         body = opts.body(client.fresh_seed(), **extra)
         await client.generate(body)  # warm-up: builds the mode's pipeline (and loads the refiner) once
-        await _reset_peak(client)
+        await reset_peak(client)
         seconds, rss, steps = [], [], 0
         for _ in range(opts.runs):
             elapsed, data = await client.generate({**body, "seed": client.fresh_seed()})
             seconds.append(elapsed)
             rss.append((rss_bytes() or 0) / 2**20)
-            steps = await _steps_run(client, data["id"])
-        peak, reserved = _peak() if client.engine.runtime.on_cuda else (None, None)
+            steps = await steps_run(client, data["id"])
+        peak, reserved = peak_memory() if client.engine.runtime.on_cuda else (None, None)
         median = percentile(seconds, 50)
         results[name] = {
             "s": summarize(seconds),

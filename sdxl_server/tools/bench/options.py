@@ -14,7 +14,7 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the bench's own ser
 
 SECTIONS = (
     "overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "storage", "webhooks",
-    "admission",
+    "admission", "controlnet",
 )
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
@@ -82,6 +82,7 @@ def prepare_settings(settings: Settings, opts: BenchOptions, output_dir: Path) -
         queue_size=max(settings.queue_size, 2),
         webhook_secret=WEBHOOK_SECRET,  # the webhooks section's receiver verifies with it
         webhook_allow=",".join(filter(None, (str(settings.webhook_allow), "127.0.0.1"))),
+        controlnet_dir=output_dir.parent / "controlnet",  # the controlnet section saves its ControlNet here
     )
 
 

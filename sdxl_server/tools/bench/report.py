@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .admission import admission_rows
+from .controlnet import controlnet_rows
 from .modes import modes_rows
 from .storage import storage_rows
 
@@ -188,6 +189,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "storage": storage_rows,
     "webhooks": _webhook_rows,
     "admission": admission_rows,
+    "controlnet": lambda result: controlnet_rows(result, _s, _gib),
 }
 
 

@@ -21,6 +21,7 @@ from ...config import Settings
 from .client import Client
 from .admission import section_admission
 from .coldstart import section_coldstart
+from .controlnet import section_controlnet
 from .modes import section_modes
 from .options import BenchOptions, prepare_settings
 from .sections import section_loop, section_memory, section_overhead, section_progress
@@ -66,7 +67,7 @@ async def run_server_sections(
     runners = {
         "overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory,
         "batch": section_batch, "png": section_png, "modes": section_modes, "storage": section_storage,
-        "webhooks": section_webhooks,
+        "webhooks": section_webhooks, "controlnet": section_controlnet,
     }
     connector = aiohttp.TCPConnector(limit=0)  # 100 websockets and the HTTP calls at once
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)

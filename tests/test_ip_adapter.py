@@ -1,0 +1,84 @@
+"""IP-Adapter on the tiny model with a tiny IP-Adapter and image encoder built by the project: it
+changes the image, the next job without it is a fresh server's image, the listing, the A1111
+extension's ip-adapter units, and the refusals."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+from images import b64
+from PIL import Image
+
+from sdxl_server.pipeline.tiny import write_tiny_ip_adapter
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def ip_adapter_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ip-adapter")
+    write_tiny_ip_adapter(root)
+    (root / "not-an-adapter.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    return root
+
+
+@pytest.fixture
+def ip_settings(settings, ip_adapter_dir):
+    return dataclasses.replace(settings, ip_adapter_dir=ip_adapter_dir)
+
+
+def _reference() -> Image.Image:
+    rng = np.random.default_rng(1)
+    return Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8))
+
+
+async def _generate(client, **fields) -> np.ndarray:
+    response = await client.post("/api/v1/generate", json={"prompt": "a house", "seed": 3, "steps": 4, **fields})
+    assert response.status == 200, await response.text()
+    result = await response.json()
+    png = await (await client.get(result["image_url"])).read()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+async def test_ip_adapter_changes_the_image_and_the_next_job_is_untouched(make_client, ip_settings):
+    fresh = await make_client(ip_settings)
+    untouched = await _generate(fresh)
+    await fresh.close()
+    client = await make_client(dataclasses.replace(ip_settings, output_dir=ip_settings.output_dir.parent / "second"))
+    adapted = await _generate(client, ip_adapter=[{"name": "tiny-ip-adapter", "image": b64(_reference())}])
+    assert np.abs(adapted - untouched).mean() > 1
+    weaker = await _generate(client, ip_adapter=[{"name": "tiny-ip-adapter", "image": b64(_reference()), "weight": 0.3}])
+    assert np.abs(weaker - adapted).mean() > 0.5
+    after = await _generate(client)
+    assert np.array_equal(after, untouched)
+
+
+async def test_listing_and_refusals(make_client, ip_settings):
+    client = await make_client(ip_settings)
+    listed = {e["name"]: e for e in (await (await client.get("/api/v1/ip-adapters")).json())["ip_adapters"]}
+    assert listed["tiny-ip-adapter"]["usable"] and not listed["not-an-adapter"]["usable"]
+    for unit, words in (({"name": "nope"}, "tiny-ip-adapter"), ({"name": "not-an-adapter"}, "cannot be used"),
+                        ({"name": "tiny-ip-adapter", "weight": 9}, "weight")):
+        response = await client.post("/api/v1/generate", json={
+            "prompt": "x", "ip_adapter": [{"image": b64(_reference()), **unit}]})
+        assert response.status == 422
+        assert words in json.dumps(await response.json())
+
+
+async def test_a1111_ip_adapter_units(make_client, ip_settings):
+    client = await make_client(ip_settings)
+    body = {"prompt": "a house", "seed": 3, "steps": 4, "width": 64, "height": 64}
+    unit = {"enabled": True, "module": "ip-adapter_clip_sdxl", "model": "tiny-ip-adapter [abcdef12]",
+            "image": b64(_reference()), "weight": 1, "pixel_perfect": True}
+    adapted = await (await client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [unit]}}})).json()
+    plain = await (await client.post("/sdapi/v1/txt2img", json=body)).json()
+    assert len(adapted["images"]) == 1  # no detected map for an IP-Adapter unit
+    first = np.asarray(Image.open(io.BytesIO(base64.b64decode(adapted["images"][0])))).astype(int)
+    second = np.asarray(Image.open(io.BytesIO(base64.b64decode(plain["images"][0])))).astype(int)
+    assert np.abs(first - second).mean() > 1
+    assert 'IP-Adapter 0: "Model: tiny-ip-adapter, Weight: 1"' in json.loads(adapted["info"])["infotexts"][0]
