@@ -249,7 +249,7 @@ async def a1111_units(
 async def detected_maps(app: web.Application, hashes: list[str]) -> list[str]:
     """The stored control maps (held by the request) as base64 PNGs, as the extension appends them to ``images``."""
     store = app[keys.STORE].inputs
-    return await asyncio.to_thread(lambda: [base64.b64encode(store.path(h).read_bytes()).decode("ascii") for h in hashes])
+    return await asyncio.to_thread(lambda: [base64.b64encode(store.blobs.get(store.key(h))).decode("ascii") for h in hashes])
 
 
 # --- the extension's routes -------------------------------------------------------------------
