@@ -47,10 +47,12 @@ class GenerationWork:
         inputs = load_inputs(self.store.inputs, params)
         generation = self.engine.generate(params, self._step_reporter(job, on_step), cancelled,
                                           stop_early=job.stop_early_requested, **({"inputs": inputs} if inputs else {}))
+        hires = generation.info.get("hires") or {}
         timings = {
             "queue_s": round(started - job.created_at, 4),
             "inference_s": generation.info.get("inference_s"),
             "decode_s": generation.info.get("decode_s"),
+            **{f"hires_{name}": hires[name] for name in ("upscale_s", "second_pass_s") if name in hires},
         }
         return self._saver(job, generation, self._common_meta(job, generation), timings)
 
@@ -95,6 +97,8 @@ class GenerationWork:
             "vae_upcast": info.get("vae_upcast", False),
             "lora_hashes": info.get("lora_hashes", {}),
             **({"refiner_id": info["refiner"]} if "refiner" in info else {}),
+            **({"hires_sampler_name": info["hires"]["sampler"], "image_width": info["hires"]["width"],
+                "image_height": info["hires"]["height"]} if "hires" in info else {}),
             **({"warnings": list(job.warnings)} if job.warnings else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
         }

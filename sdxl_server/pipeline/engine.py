@@ -21,7 +21,7 @@ from ..config import Settings
 from ..errors import ApiError, GenerationFailed, ModelUnavailable, OutOfMemory, short_message
 from ..params import GenerationParams
 from .compiling import Compilation, apply_layout_options
-from .decode import decode_latents
+from .decode import decode_latents, is_out_of_memory
 from .embedding_files import EmbeddingCatalog
 from .embeddings import empty_listing, load_embeddings
 from .embeddings import listing as embedding_listing
@@ -52,10 +52,6 @@ def _seconds(start: Any, end: Any) -> float:
         return end - start
     end.synchronize()
     return start.elapsed_time(end) / 1000.0
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class Engine:
@@ -315,7 +311,7 @@ class Engine:
         except ApiError:  # already what the client should see (cancelled, out of memory, a misfit LoRA)
             raise
         except Exception as exc:
-            if _is_out_of_memory(exc):
+            if is_out_of_memory(exc):
                 self._recover_memory()
                 raise OutOfMemory(
                     f"the {self.runtime.device} device ran out of memory at {params.width}x{params.height}"
