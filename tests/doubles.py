@@ -221,3 +221,17 @@ class FullDiskOutputStore(OutputStore):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         return super()._write_atomic(path, write_then_fill)
+
+
+class UpscalePausingEngine(Engine):
+    """A real engine whose pixel upscaling (hires fix's upscale phase) waits, once it has begun,
+    until its job is cancelled: a test cancels a job between its two passes."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.upscaling = threading.Event()
+
+    def upscale_image(self, image, upscaler, cover, size, cancelled):
+        self.upscaling.set()
+        _wait_until(cancelled)
+        return super().upscale_image(image, upscaler, cover, size, cancelled)
