@@ -138,6 +138,10 @@ class Settings:
     default_guidance: float = _setting("DEFAULT_GUIDANCE", 7.0, _float_range(0.0, 30.0), "default CFG scale")
     max_width: int = _setting("MAX_WIDTH", 1280, _int_range(64, 8192), "largest width a request may ask for")
     max_height: int = _setting("MAX_HEIGHT", 1280, _int_range(64, 8192), "largest height a request may ask for")
+    max_output_pixels: int = _setting(
+        "MAX_OUTPUT_PIXELS", 2048 * 2048, _int_range(64 * 64, 1 << 28),
+        "most pixels of one image after hires fix (its first pass keeps MAX_WIDTH x MAX_HEIGHT)",
+    )
     max_steps: int = _setting("MAX_STEPS", 50, _int_range(1, 1000), "most steps a request may ask for")
     max_batch: int = _setting("MAX_BATCH", 4, _int_range(1, 64), "most images one job (one pipeline call) makes")
     max_request_images: int = _setting(

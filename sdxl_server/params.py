@@ -38,6 +38,12 @@ INPAINT_AREAS = ("whole", "masked")
 REFINER_MODES = ("none", "ensemble", "image")
 RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fill"}
 INPAINTING_FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+# Hires fix's upscalers that need no weights, as A1111 names them: the latent modes (the latents
+# interpolated; pipeline/hires_upscale.py) and the pixel ones (the decoded image resized).
+LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                    "Latent (nearest)", "Latent (nearest-exact)")
+PIXEL_UPSCALERS = ("Lanczos", "Nearest")
+HIRES_SCALE_MAX = 4.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,49 @@ class UpscaleOptions:
     crop_height: int = 0
 
 
+@dataclass(frozen=True)
+class HiresOptions:
+    """Hires fix: after the first pass (and the refiner, as A1111 runs it), the latents or the
+    image are upscaled to the target (``scale``, or ``width``/``height``: one of them 0 keeps the
+    aspect, both cover then crop the centre, as A1111 does) and repainted image to image at
+    ``denoise`` for ``steps`` (0: the request's) with their own prompts and sampler ("": the first
+    pass's)."""
+
+    enabled: bool = False
+    scale: float = 2.0
+    width: int = 0
+    height: int = 0
+    upscaler: str = "Latent"
+    steps: int = 0
+    denoise: float = 0.7
+    prompt: str = ""
+    negative_prompt: str = ""
+    scheduler: str = ""
+
+    def target(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(the size the first pass's result is upscaled to, the final size after the centre
+        crop), in multiples of 8, for a first pass of ``width`` x ``height``."""
+        if not self.width and not self.height:
+            size = (_eighth(width * self.scale), _eighth(height * self.scale))
+            return size, size
+        if not self.height:
+            size = (_eighth(self.width), _eighth(self.width * height / width))
+            return size, size
+        if not self.width:
+            size = (_eighth(self.height * width / height), _eighth(self.height))
+            return size, size
+        cover = max(self.width / width, self.height / height)
+        return (max(_eighth(width * cover), self.width), max(_eighth(height * cover), self.height)), (self.width, self.height)
+
+    def pass_steps(self, steps: int) -> int:
+        """The steps the second pass runs (image to image at ``denoise``)."""
+        return denoising_steps(self.steps or steps, self.denoise)
+
+
+def _eighth(value: float) -> int:
+    return max(8, int(value) // 8 * 8)
+
+
 # flat name -> (group, field): the one map between what clients, the job store and the metadata
 # see and the groups. A new group adds its lines here.
 FLAT_FIELDS: dict[str, tuple[str, str]] = {
@@ -125,6 +174,12 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
 }
 GROUPS: dict[str, type] = {
     "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "upscale": UpscaleOptions,
+    "hires": ("hires", "enabled"),
+    **{f"hires_{name}": ("hires", name) for name in ("scale", "width", "height", "upscaler", "steps", "denoise",
+                                                      "prompt", "negative_prompt", "scheduler")},
+}
+GROUPS: dict[str, type] = {
+    "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "hires": HiresOptions,
 }
 
 
@@ -154,6 +209,7 @@ class GenerationParams:
     inpaint: InpaintOptions = InpaintOptions()
     refiner: RefinerOptions = RefinerOptions()
     upscale: UpscaleOptions = UpscaleOptions()
+    hires: HiresOptions = HiresOptions()
 
     def __post_init__(self) -> None:
         # Rebuilt from JSON (job store: lists; metadata: {name, weight}): keep hashable tuples.
@@ -204,8 +260,31 @@ class GenerationParams:
             return self.steps  # a guess until the job's tiles are counted (the worker reports them)
         base = self.steps if self.mode == "txt2img" else denoising_steps(self.steps, self.image.strength)
         if self.refiner.mode == "image":
-            return base + denoising_steps(self.steps, self.refiner.strength)
-        return base  # ensemble: the same schedule, split between the two models
+            base += denoising_steps(self.steps, self.refiner.strength)
+        return base + self.hires_steps  # ensemble: the same schedule, split between the two models
+
+    @property
+    def hires_steps(self) -> int:
+        """The steps of hires fix's second pass (0 without it)."""
+        return self.hires.pass_steps(self.steps) if self.hires.enabled else 0
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images the job makes: hires fix's target, else ``width`` x ``height``."""
+        return self.hires.target(self.width, self.height)[1] if self.hires.enabled else (self.width, self.height)
+
+    def megapixel_steps(self, done: int, total: int) -> float:
+        """Megapixel-steps left after ``done`` of ``total`` steps: what the time left scales with
+        (hires fix's second pass runs its steps at the final size)."""
+        second = min(self.hires_steps, total)
+        first_left = max(0, total - second - done)
+        second_left = min(second, total - done)
+        width, height = self.output_size
+        return (first_left * self.pixels + second_left * width * height * self.num_images) / 1e6
+
+    def step_megapixels(self, step: int, total: int) -> float:
+        """The megapixels step ``step`` (from 1) of ``total`` runs at."""
+        return self.megapixel_steps(step - 1, total) - self.megapixel_steps(step, total)
 
     @property
     def pixels(self) -> int:

@@ -9,8 +9,8 @@
   then txt2img or img2img with ``sampler_index``, ``seed_resize_from_*: -1``, ``denoising_strength:
   None`` or the user's strength *as a string*, ``styles: [style]`` with the default style
   ``"None"``, ``override_settings: {CLIP_stop_at_last_layers}``, ``init_images`` as data URLs; hires
-  fix adds ``enable_hr``, ``hr_upscaler``, ``hr_scale: 1``, ``hr_second_pass_steps: steps / 2`` (a
-  float); reads ``images``, then POSTs each to /png-info and keeps its ``info``) and
+  fix adds ``enable_hr``, ``hr_upscaler``, ``hr_scale``, ``hr_second_pass_steps: steps / 2`` (a
+  float) and the user's ``denoising_strength``; reads ``images``, then POSTs each to /png-info and keeps its ``info``) and
   core/upscalecog.py (``extra-single-image``, reading ``image``).
 - Auto-Photoshop-StableDiffusion-Plugin, AbdullahAlfaraj at 6f6d4907 (2023-12): utility/session.js
   (``getSettings``: the whole UI state, ``seed`` as a string, ``selection_info``, ``mode``,
@@ -128,10 +128,15 @@ async def test_aiya_draw(client, key):
     infos, res = await aiya_dream(client, auth, aiya_payload(steps=20))  # style "None" is no style, as in A1111
     assert "Steps: 20" in infos[0] and "Seed: 1234567" in infos[0] and warnings_of(res) == []
 
-    hires = aiya_payload(steps=25, n_iter=2, enable_hr=True, hr_upscaler="Latent", hr_scale=1,
-                         hr_second_pass_steps=25 / 2, denoising_strength="0.75")
+    hires = aiya_payload(steps=4, n_iter=2, width=64, height=64, enable_hr=True, hr_upscaler="Latent", hr_scale=1,
+                         hr_second_pass_steps=5 / 2, denoising_strength="0.75")  # the bot's steps / 2, a float
     infos, res = await aiya_dream(client, auth, hires)
-    assert len(infos) == 2 and any(w.startswith("enable_hr: true not applied") for w in warnings_of(res))
+    assert len(infos) == 2 and warnings_of(res) == []
+    assert "Hires upscale: 1, Hires steps: 2, Hires upscaler: Latent" in infos[0] and "Denoising strength: 0.75" in infos[0]
+    hires = aiya_payload(steps=4, width=64, height=64, enable_hr=True, hr_upscaler="Latent (nearest-exact)", hr_scale=2,
+                         hr_second_pass_steps=4, denoising_strength="0.5")
+    infos, res = await aiya_dream(client, auth, hires)
+    assert decoded(res["images"][0]).size == (128, 128) and "Size: 64x64" in infos[0] and "Hires upscale: 2" in infos[0]
 
     init = aiya_payload(steps=4, init_images=["data:image/png;base64," + b64png(64, 64)], denoising_strength="0.75",
                         width=64, height=64, override_settings={"CLIP_stop_at_last_layers": 2})
@@ -208,10 +213,11 @@ async def test_photoshop_plugin(client, key):
         resp = await client.post("/sdapi/v1/txt2img", json=photoshop_settings(), headers=PHOTOSHOP_HEADERS)
         assert resp.status == 401 and "images" not in await resp.json()
         return
-    r, metadata = await photoshop_request(client, "txt2img", photoshop_settings(enable_hr=True, hr_scale=2,
-                                                                                hr_upscaler="Latent", hr_second_pass_steps=0))
+    r, metadata = await photoshop_request(client, "txt2img", photoshop_settings(
+        width=64, height=64, steps=4, enable_hr=True, hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=0))
     assert metadata[0]["Seed"].isdigit() and metadata[0]["prompt"] == "a lighthouse\n"
-    assert any(w.startswith("enable_hr: true not applied") for w in warnings_of(r))
+    assert warnings_of(r) == [] and decoded(r["images"][0]).size == (128, 128)
+    assert metadata[0]["Hires upscale"] == "2" and metadata[0]["Denoising strength"] == "0.7"
     r, metadata = await photoshop_request(client, "img2img", photoshop_settings("img2img", width=64, height=64))
     assert decoded(r["images"][0]).size == (64, 64) and metadata[0]["Denoising strength"] == "0.7"
     r, _ = await photoshop_request(client, "img2img", photoshop_settings("inpaint", width=64, height=64))

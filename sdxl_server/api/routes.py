@@ -92,7 +92,7 @@ ROUTES: tuple[Route, ...] = (
     _a1111_probe("/sdapi/v1/upscalers", a1111_probes.upscalers,
                  "upscalers (only None: this server does not upscale)", "array"),
     _a1111_probe("/sdapi/v1/latent-upscale-modes", a1111_probes.latent_upscale_modes,
-                 "latent upscale modes (none: no hires fix)", "array"),
+                 "hires fix's latent upscale modes", "array"),
     _a1111_probe("/sdapi/v1/sd-vae", a1111_probes.sd_vae, "the model's separate VAE, if it has one", "array"),
     _a1111_probe("/sdapi/v1/sd-modules", a1111_probes.empty_list, "text-encoder/VAE modules (none)", "array"),
     _a1111_probe("/sdapi/v1/face-restorers", a1111_probes.empty_list, "face restorers (none)", "array"),

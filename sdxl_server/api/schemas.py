@@ -18,6 +18,7 @@ from ..params import CLIP_SKIP_MAX, INPAINT_AREAS, INPAINTING_FILLS, MAX_SEED, R
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 from ..pipeline.model_catalog import MAX_MODEL_NAME
+from .hires import flatten, hires_request_fields
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MAX_REQUEST_STYLES = 20
@@ -136,6 +137,7 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         **conditioning_request_fields(settings),
         **image_request_fields(settings),
         **refiner_request_fields(),
+        **hires_request_fields(settings),
     }
 
 
@@ -237,7 +239,7 @@ def generate_request_schema(settings: Settings) -> Schema:
 
 def to_params(data: dict[str, Any], rng: random.Random | None = None) -> GenerationParams:
     """Turn a loaded request into :class:`GenerationParams`, drawing a seed if none was given."""
-    values = dict(data)
+    values = flatten(dict(data))
     if values.get("seed") in (None, -1):
         values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
     return GenerationParams.from_dict(values)

@@ -55,10 +55,12 @@ class GenerationWork:
 
     @staticmethod
     def _timings(job: Job, started: float, generation: Generated) -> dict[str, Any]:
+        hires = generation.info.get("hires") or {}
         return {
             "queue_s": round(started - job.created_at, 4),
             "inference_s": generation.info.get("inference_s"),
             "decode_s": generation.info.get("decode_s"),
+            **{f"hires_{name}": hires[name] for name in ("upscale_s", "second_pass_s") if name in hires},
         }
 
     def _step_reporter(self, job: Job, on_step: StepReporter) -> Callable[[int, int, Any], None]:
@@ -102,6 +104,8 @@ class GenerationWork:
             "vae_upcast": info.get("vae_upcast", False),
             "lora_hashes": info.get("lora_hashes", {}),
             **({"refiner_id": info["refiner"]} if "refiner" in info else {}),
+            **({"hires_sampler_name": info["hires"]["sampler"], "image_width": info["hires"]["width"],
+                "image_height": info["hires"]["height"]} if "hires" in info else {}),
             **({"warnings": list(job.warnings)} if job.warnings else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
         }

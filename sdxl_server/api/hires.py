@@ -1,0 +1,110 @@
+"""Hires fix on our own API: the ``hires`` group of a generation request (``scale`` or
+``width``/``height``, ``upscaler``, ``steps``, ``denoise``, ``prompt``, ``negative_prompt``,
+``scheduler``), flattened into :class:`~sdxl_server.params.HiresOptions`' flat fields, and the
+checks every API's hires request passes before its job is queued: a known upscaler, a final size
+within ``MAX_OUTPUT_PIXELS`` (422 naming the limit and the largest scale allowed), at least one
+second-pass step, and no mask (inpainting keeps its unmasked pixels at the first pass's size).
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from ..config import Settings
+from ..errors import ValidationFailed
+from ..params import HIRES_SCALE_MAX, LATENT_UPSCALERS, PIXEL_UPSCALERS, SCHEDULERS, GenerationParams, HiresOptions
+
+DEFAULTS = HiresOptions()
+HIRES_SIZE_MAX = 16384
+
+
+def builtin_upscalers() -> list[str]:
+    """The upscalers hires fix can use without weights: the latent modes, then the pixel ones."""
+    return [*LATENT_UPSCALERS, *PIXEL_UPSCALERS]
+
+
+def available_upscalers(app: Any) -> list[str]:
+    """The upscalers a hires request may name here."""
+    return builtin_upscalers()
+
+
+def _zero_or_size(value: int) -> None:
+    if value and (value < 64 or value % 8):
+        raise ValidationError(f"Must be 0 (from scale) or a multiple of 8 from 64 (got {value}).")
+
+
+def hires_schema(settings: Settings) -> Schema:
+    """The ``hires`` group: its fields with this server's limits (unknown ones refused)."""
+    from .schemas import StrictFloat, StrictInteger, StrictString
+
+    text = validate.Length(max=settings.max_prompt_length)
+    size = {"validate": [validate.Range(min=0, max=HIRES_SIZE_MAX), _zero_or_size], "load_default": 0}
+    cls = Schema.from_dict({
+        "scale": StrictFloat(load_default=DEFAULTS.scale, validate=validate.Range(min=1, max=HIRES_SCALE_MAX),
+                             metadata={"description": f"The final size as a multiple of width x height (1 to {HIRES_SCALE_MAX:g}); "
+                                                      "width or height here win over it."}),
+        "width": StrictInteger(**size, metadata={"description": "The final width (0: from scale, or from height "
+                                                                "keeping the aspect); with height both: cover, then crop the centre."}),
+        "height": StrictInteger(**size, metadata={"description": "The final height (0: from scale or width)."}),
+        "upscaler": fields.String(load_default=DEFAULTS.upscaler, validate=validate.Length(min=1, max=200),
+                                  metadata={"description": "A latent mode (" + ", ".join(LATENT_UPSCALERS) + ") or a pixel "
+                                            "upscaler (Lanczos, Nearest, or a model of GET /api/v1/upscalers)."}),
+        "steps": StrictInteger(load_default=0, validate=validate.Range(min=0, max=settings.max_steps),
+                               metadata={"description": "The second pass's steps before denoise (0: the request's steps)."}),
+        "denoise": StrictFloat(load_default=DEFAULTS.denoise, validate=validate.Range(min=0, max=1, min_inclusive=False),
+                               metadata={"description": "How much the second pass repaints (A1111's denoising strength).",
+                                         "exclusiveMinimum": 0}),
+        "prompt": StrictString(load_default="", validate=text, metadata={"description": "The second pass's prompt (empty: the request's)."}),
+        "negative_prompt": StrictString(load_default="", validate=text,
+                                        metadata={"description": "The second pass's negative prompt (empty: the request's)."}),
+        "scheduler": fields.String(load_default="", validate=validate.OneOf(["", *SCHEDULERS]),
+                                   metadata={"description": "The second pass's sampler (empty: the request's)."}),
+    }, name="HiresRequest")
+    return cls(unknown=RAISE)
+
+
+def hires_request_fields(settings: Settings) -> dict[str, fields.Field]:
+    """The generation request's ``hires`` field: absent or null, no hires fix."""
+    return {"hires": fields.Nested(
+        hires_schema(settings), load_default=None, allow_none=True,
+        metadata={"description": "Hires fix: the first pass at width x height, its result upscaled to the final size "
+                                 f"(at most MAX_OUTPUT_PIXELS = {settings.max_output_pixels} pixels) and repainted image "
+                                 "to image. One progress count over both passes."},
+    )}
+
+
+def flatten(values: dict[str, Any]) -> dict[str, Any]:
+    """A loaded request with its ``hires`` group as the flat fields (``hires``, ``hires_scale`` ...)."""
+    group = values.pop("hires", None)
+    if group is not None:
+        values.update({"hires": True, **{f"hires_{name}": value for name, value in group.items()}})
+    return values
+
+
+def check_hires(params: GenerationParams, settings: Settings, upscalers: list[str]) -> None:
+    """Refuse a hires request this server cannot make (fields named ``hires.<name>``)."""
+    options = params.hires
+    if not options.enabled:
+        return
+    if options.upscaler not in upscalers:
+        _refuse("upscaler", f"Unknown upscaler {options.upscaler[:60]!r}: use one of {', '.join(upscalers)}.")
+    if params.mode == "inpaint":
+        _refuse("upscaler", "Hires fix does not take a mask: inpaint at the size you want, or upscale afterwards.")
+    width, height = params.output_size
+    if width * height > settings.max_output_pixels:
+        largest = math.floor(math.sqrt(settings.max_output_pixels / (params.width * params.height)) * 100) / 100
+        _refuse("width" if options.width or options.height else "scale",
+                f"The final size {width}x{height} has more than MAX_OUTPUT_PIXELS = {settings.max_output_pixels} pixels: "
+                f"from {params.width}x{params.height} the largest scale allowed is {largest:g}.")
+    if params.hires_steps < 1:
+        steps = options.steps or params.steps
+        _refuse("denoise", f"With {steps} steps, denoise {options.denoise} runs no second-pass step: "
+                           f"raise it to at least {1 / steps:.2f} or raise steps.")
+
+
+def _refuse(name: str, message: str) -> None:
+    raise ValidationFailed(f"hires.{name}: {message}", fields={f"hires.{name}": [message]})
