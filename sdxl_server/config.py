@@ -187,6 +187,14 @@ class Settings:
         "STYLES_FILE", Path("styles.csv"), _path,
         "A1111 styles.csv (name,prompt,negative_prompt) a request's styles come from; absent: no styles",
     )
+    upscalers_dir: Path = _setting(
+        "UPSCALERS_DIR", Path("models/upscalers"), _path,
+        "folder of upscaler models (.pth, .safetensors: ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, ... read with spandrel)",
+    )
+    upscale_tile: int = _setting("UPSCALE_TILE", 512, _int_range(32, 4096), "tile size (pixels) upscaler models run in; halves on out of memory")
+    upscale_tile_overlap: int = _setting(
+        "UPSCALE_TILE_OVERLAP", 32, _int_range(0, 512), "pixels of context each upscaler tile reads beyond its edges"
+    )
     lora_cache: int = _setting("LORA_CACHE", 4, _int_range(1, 256), "LoRAs kept loaded (least recently used unloaded first)")
     max_loras: int = _setting("MAX_LORAS", 5, _int_range(1, 64), "most LoRAs one request may use")
 

@@ -61,6 +61,7 @@ class InputRole:
 INPUT_ROLES: dict[str, InputRole] = {
     "init": InputRole("init", "init_image", "RGB"),
     "mask": InputRole("mask", "mask", "L"),
+    "upscale": InputRole("upscale", "upscale_image", "RGB"),  # an upscale job's image (no generation)
 }
 
 
@@ -95,6 +96,19 @@ class RefinerOptions:
     mode: str = "none"
     switch_at: float = 0.8
     strength: float = 0.3
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """An upscale job: the upscaler (a built-in or a file of ``UPSCALERS_DIR``), a second one
+    blended in at ``visibility_2`` (A1111's extras), and a centre crop to ``crop_width`` x
+    ``crop_height`` after upscaling (0: none). The job's ``width`` x ``height`` is the upscaled size."""
+
+    upscaler: str = "None"
+    upscaler_2: str = "None"
+    visibility_2: float = 0.0
+    crop_width: int = 0
+    crop_height: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,14 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "refiner": ("refiner", "mode"),
     "refiner_switch_at": ("refiner", "switch_at"),
     "refiner_strength": ("refiner", "strength"),
+    "upscaler": ("upscale", "upscaler"),
+    "upscaler_2": ("upscale", "upscaler_2"),
+    "upscaler_2_visibility": ("upscale", "visibility_2"),
+    "upscale_crop_width": ("upscale", "crop_width"),
+    "upscale_crop_height": ("upscale", "crop_height"),
+}
+GROUPS: dict[str, type] = {
+    "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "upscale": UpscaleOptions,
     "hires": ("hires", "enabled"),
     **{f"hires_{name}": ("hires", name) for name in ("scale", "width", "height", "upscaler", "steps", "denoise",
                                                       "prompt", "negative_prompt", "scheduler")},
@@ -186,6 +208,7 @@ class GenerationParams:
     image: ImageOptions = ImageOptions()
     inpaint: InpaintOptions = InpaintOptions()
     refiner: RefinerOptions = RefinerOptions()
+    upscale: UpscaleOptions = UpscaleOptions()
     hires: HiresOptions = HiresOptions()
 
     def __post_init__(self) -> None:
@@ -226,13 +249,15 @@ class GenerationParams:
 
     @property
     def mode(self) -> str:
-        """``txt2img``, ``img2img`` or ``inpaint``: the first mode whose input roles the request has."""
+        """``upscale``, ``txt2img``, ``img2img`` or ``inpaint``: the first mode whose input roles the request has."""
         return next(mode for mode, roles in MODE_ROLES.items() if roles <= self.inputs.keys())
 
     @property
     def total_steps(self) -> int:
         """Denoising steps that really run (about; the engine's plan counts them exactly): image to
         image skips the first ``1 - strength`` of them; the refiner's steps are added."""
+        if self.mode == "upscale":
+            return self.steps  # a guess until the job's tiles are counted (the worker reports them)
         base = self.steps if self.mode == "txt2img" else denoising_steps(self.steps, self.image.strength)
         if self.refiner.mode == "image":
             base += denoising_steps(self.steps, self.refiner.strength)
@@ -273,6 +298,7 @@ _CORE_FIELDS = tuple(
 
 # mode -> the input roles it needs, most specific first (the first match is the request's mode).
 MODE_ROLES: dict[str, frozenset[str]] = {
+    "upscale": frozenset({"upscale"}),
     "inpaint": frozenset({"init", "mask"}),
     "img2img": frozenset({"init"}),
     "txt2img": frozenset(),

@@ -108,3 +108,9 @@ class InProcessBackend(Backend, Protocol):
         inputs: Mapping[str, Any] | None = None, stop_early: Callable[[], bool] = lambda: False,
     ) -> Generated:
         """Run one job's generation, reporting each step; raises ``JobCancelled`` once ``cancelled()``."""
+
+    def upscale(
+        self, params: GenerationParams, on_step: Callable[[int, int, Any], None], cancelled: Callable[[], bool],
+        inputs: Mapping[str, Any],
+    ) -> Generated:
+        """Run one upscale job (``params.mode == "upscale"``), reporting tiles as steps."""

@@ -46,6 +46,7 @@ _MODE_FIELDS = {
     "txt2img": (),
     "img2img": ("strength", "resize_mode"),
     "inpaint": ("strength", "resize_mode", "mask_blur", "inpaint_area", "mask_padding", "inpainting_fill"),
+    "upscale": ("upscaler", "upscaler_2", "upscaler_2_visibility", "upscale_crop_width", "upscale_crop_height"),
 }
 _REFINER_FIELDS = {"none": (), "ensemble": ("refiner", "refiner_switch_at"), "image": ("refiner", "refiner_strength")}
 _HIRES_FIELDS = tuple(name for name in FLAT_FIELDS if name.startswith("hires"))
@@ -111,8 +112,23 @@ def _image_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     return details
 
 
+def _upscale_text(meta: dict[str, Any]) -> str:
+    """An upscale job's parameters in A1111's extras wording."""
+    details: list[tuple[str, Any]] = [("Postprocess upscale to", f"{meta['width']}x{meta['height']}"),
+                                      ("Postprocess upscaler", meta["upscaler"])]
+    if meta.get("upscaler_2", "None") != "None" and meta.get("upscaler_2_visibility"):
+        details += [("Postprocess upscaler 2", meta["upscaler_2"]),
+                    ("Postprocess upscaler 2 visibility", meta["upscaler_2_visibility"])]
+    if meta.get("upscale_crop_width") and meta.get("upscale_crop_height"):
+        details.append(("Postprocess crop to", f"{meta['upscale_crop_width']}x{meta['upscale_crop_height']}"))
+    details.append(("Upscale image hash", meta.get("upscale_image_sha256")))
+    return ", ".join(f"{key}: {value}" for key, value in details)
+
+
 def parameters_text(meta: dict[str, Any]) -> str:
     """The generation parameters in the common "parameters" text-chunk format (A1111 and others read it)."""
+    if meta.get("mode") == "upscale":
+        return _upscale_text(meta)
     lines = [meta["prompt"]]
     if meta.get("negative_prompt"):
         lines.append(f"Negative prompt: {meta['negative_prompt']}")

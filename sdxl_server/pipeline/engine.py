@@ -41,6 +41,8 @@ from .runtime import Runtime, resolve_runtime
 from .schedulers import sampler_label, scheduler_named
 from .sources import fix_hint, resolve_model_source
 from .text_encoders import text_encoders_on
+from .upscale_job import run_upscale_job
+from .upscalers import engine_upscalers
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,9 @@ class Engine:
         self.memory_plan: MemoryPlan | None = None
         self._modes: ModePipelines | None = None
         self.refiner = Refiner(settings, self.runtime)
+        # Upscaler models: on the GPU between jobs only under the `high` profile (one model at a time otherwise).
+        self.upscalers = engine_upscalers(settings, self.runtime.device, self.runtime.dtype, self.source.kind == "tiny",
+                                          lambda: self.memory_plan is None or self.memory_plan.profile == "high")
 
     # -- loading ----------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class Engine:
         made) is not worth paying at every shutdown."""
         if self.pipe is not None:
             self._free(collect=self.runtime.device != "cpu")
+        self.upscalers.close()
         self.state = "not_loaded"
 
     # -- several models ---------------------------------------------------------
@@ -282,6 +288,13 @@ class Engine:
         generation = self._run(params, on_step, cancelled, inputs, stop_early)
         generation.info["lora_hashes"] = lora_hashes
         return generation
+
+    def upscale(
+        self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool], inputs: Mapping[str, Any],
+    ) -> Generation:
+        """An upscale job (no generation: the model need not be loaded); progress counts tiles."""
+        with self._failures_translated(params):
+            return run_upscale_job(self.upscalers, params, inputs, on_step, cancelled)
 
     def _run(
         self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
