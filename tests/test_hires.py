@@ -257,3 +257,21 @@ def test_a_decode_that_runs_out_of_memory_is_redone_in_tiles():
     with torch.inference_mode():
         images, _ = decode_latents(pipe, latents)
     assert images[0].size == (128, 128) and tiled == [False, True] and pipe.vae.use_tiling is False
+
+
+def test_a_model_upscaler_between_the_passes(settings):
+    from sdxl_server.pipeline.engine import Engine
+    from sdxl_server.pipeline.tiny import TINY_UPSCALER
+
+    engine = Engine(settings)
+    engine.load()
+    try:
+        params = GenerationParams.from_dict({"prompt": "x", "negative_prompt": "", "width": 64, "height": 48, "steps": 2,
+                                             "guidance_scale": 5, "seed": 1, "hires": True, "hires_scale": 2.5,
+                                             "hires_upscaler": TINY_UPSCALER, "hires_denoise": 0.5})
+        steps = []
+        generation = engine.generate(params, lambda step, total, latents: steps.append((step, total)), lambda: False)
+        assert generation.images[0].size == (160, 120) and steps == [(1, 3), (2, 3), (3, 3)]
+        assert generation.info["hires"]["upscale_s"] > 0
+    finally:
+        engine.close()

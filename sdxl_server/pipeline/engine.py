@@ -25,7 +25,7 @@ from .decode import decode_latents, is_out_of_memory
 from .embedding_files import EmbeddingCatalog
 from .embeddings import empty_listing, load_embeddings
 from .embeddings import listing as embedding_listing
-from .hires_upscale import upscale_image
+from .hires_upscale import center_crop
 from .loading import apply_memory_options, load_pipeline
 from .lora_files import LoraCatalog
 from .loras import LoraAdapters
@@ -269,7 +269,8 @@ class Engine:
 
     def upscale_image(self, image: Any, upscaler: str, cover: tuple[int, int], size: tuple[int, int],
                       cancelled: Callable[[], bool]) -> Any:
-        return upscale_image(image, upscaler, cover, size, cancelled)
+        upscaled = self.upscalers.upscale(image, upscaler, 1.0, lambda done, total: None, cancelled, size=cover)
+        return center_crop(upscaled, size)
 
     def generate(
         self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],

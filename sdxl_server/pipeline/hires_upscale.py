@@ -1,23 +1,21 @@
-"""Hires fix's upscale between its passes: the latent modes (the latents interpolated, as A1111's
-``Latent (...)`` upscalers do) and the pixel ones (the decoded images resized: ``Lanczos``,
-``Nearest``), each to a size that covers the target, then cropped to it at the centre."""
+"""Hires fix's latent upscale between its passes: the latents interpolated, as A1111's
+``Latent (...)`` upscalers do, to a size that covers the target, then cropped to it at the centre
+(the pixel upscalers are :mod:`.upscalers`', their result cropped by :func:`center_crop`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..params import LATENT_UPSCALERS, PIXEL_UPSCALERS
+from ..params import LATENT_UPSCALERS
 
 # A1111's names -> (torch's interpolation mode, antialias), as its shared.latent_upscale_modes.
 LATENT_MODES: dict[str, tuple[str, bool]] = dict(zip(LATENT_UPSCALERS, (
     ("bilinear", False), ("bilinear", True), ("bicubic", False), ("bicubic", True), ("nearest", False),
     ("nearest-exact", False),
 )))
-_PIL_FILTERS = dict(zip(PIXEL_UPSCALERS, ("LANCZOS", "NEAREST")))
 
 
 def is_latent(upscaler: str) -> bool:
@@ -34,22 +32,6 @@ def upscale_latents(latents: torch.Tensor, upscaler: str, cover: tuple[int, int]
 def _crop(tensor: torch.Tensor, width: int, height: int) -> torch.Tensor:
     top, left = (tensor.shape[-2] - height) // 2, (tensor.shape[-1] - width) // 2
     return tensor[..., top:top + height, left:left + width]
-
-
-def upscale_image(image: Any, upscaler: str, cover: tuple[int, int], size: tuple[int, int],
-                  cancelled: Callable[[], bool]) -> Any:
-    """A PIL image upscaled by the pixel upscaler ``upscaler`` to ``cover``, cropped to ``size``."""
-    if upscaler in _PIL_FILTERS:
-        return resize_image(image, upscaler, cover, size)
-    raise ValueError(f"unknown upscaler {upscaler!r}")
-
-
-def resize_image(image: Any, upscaler: str, cover: tuple[int, int], size: tuple[int, int]) -> Any:
-    """A PIL image resized to ``cover`` by a built-in pixel upscaler, cropped to ``size`` at the centre."""
-    from PIL import Image
-
-    resized = image.resize(cover, getattr(Image.Resampling, _PIL_FILTERS[upscaler]))
-    return center_crop(resized, size)
 
 
 def center_crop(image: Any, size: tuple[int, int]) -> Any:
