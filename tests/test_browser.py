@@ -609,3 +609,21 @@ def test_the_styles_picker_styles_the_prompt(choices_page):
     meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
     assert meta["prompt"] == "a lighthouse, 35mm film, at dusk" and meta["negative_prompt"] == "grainless"
     assert meta["styles"] == ["Film", "Dusk"]
+
+
+def test_the_hires_toggle_makes_a_larger_image_with_progress_over_both_passes(page, server):
+    open_page(page)
+    fill_form(page, prompt="a harbour", width=64, height=64, steps=6)
+    expect(page.get_by_label("Upscale by", exact=True)).to_be_hidden()
+    page.get_by_label("Hires fix", exact=True).check()
+    page.get_by_label("Upscale by", exact=True).fill("2")
+    page.get_by_label("Upscaler", exact=True).select_option("Latent (bicubic)")
+    page.locator("#hires_denoise").fill("0.5")
+    page.evaluate(RECORD_PROGRESS)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 128")
+    progress = page.evaluate("window.__seen")["progress"]
+    assert any(re.match(r"step \d+/9 \(first pass\)", text) for text in progress), progress  # 6 + int(6 x 0.5)
+    meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+    assert (meta["hires_scale"], meta["hires_upscaler"], meta["image_width"]) == (2.0, "Latent (bicubic)", 128)

@@ -9,6 +9,7 @@ import { focusPrompt, initForm, loadSettings, restoreParams } from "./form.js";
 import { initGallery, loadGallery, setGalleryMessage } from "./gallery.js";
 import { startHealth } from "./health.js";
 import { initImageInput, useAsInput } from "./img2img.js";
+import { initHires } from "./hires.js";
 import { hasInfo, infoLoading } from "./info.js";
 import { initJob, resumeJob, resumeWithKey, showPastResult } from "./job.js";
 
@@ -39,6 +40,7 @@ async function start() {
   initAuth({ verify: loadSettings, onSaved: keySaved });
   initForm();
   initImageInput();
+  initHires();
   document.getElementById("use-as-input").addEventListener("click", () => {
     useAsInput(document.getElementById("result-image").src);
     focusPrompt();
