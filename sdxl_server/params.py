@@ -171,15 +171,13 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "upscaler_2_visibility": ("upscale", "visibility_2"),
     "upscale_crop_width": ("upscale", "crop_width"),
     "upscale_crop_height": ("upscale", "crop_height"),
-}
-GROUPS: dict[str, type] = {
-    "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "upscale": UpscaleOptions,
     "hires": ("hires", "enabled"),
     **{f"hires_{name}": ("hires", name) for name in ("scale", "width", "height", "upscaler", "steps", "denoise",
                                                       "prompt", "negative_prompt", "scheduler")},
 }
 GROUPS: dict[str, type] = {
-    "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "hires": HiresOptions,
+    "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "upscale": UpscaleOptions,
+    "hires": HiresOptions,
 }
 
 
