@@ -609,3 +609,21 @@ def test_the_styles_picker_styles_the_prompt(choices_page):
     meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
     assert meta["prompt"] == "a lighthouse, 35mm film, at dusk" and meta["negative_prompt"] == "grainless"
     assert meta["styles"] == ["Film", "Dusk"]
+
+
+def test_the_upscale_buttons_upscale_a_gallery_image_and_the_result(page, server):
+    make_image(server, prompt="upscale: a small boat", width=96, height=64, steps=2, seed=77)
+    open_page(page)
+    expect(page.locator("#upscale-upscaler option[value='tiny-compact-2x']")).to_have_count(1)  # GET /api/v1/upscalers
+    expect(page.get_by_label("Upscaler", exact=True)).to_have_value("tiny-compact-2x")  # a model before the resamplers
+    page.get_by_role("button", name="Upscale the 96 × 64 image, seed 77").click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 192")
+    expect(page.locator("#result-params")).to_contain_text("tiny-compact-2x")
+
+    page.get_by_label("Upscaler", exact=True).select_option("Nearest")
+    page.get_by_label("Scale", exact=True).fill("1.5")
+    page.get_by_role("button", name="Upscale", exact=True).click()  # the result's own button: 192x128 -> 288x192
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 288")
+    expect(page.locator("#gallery li").first).to_contain_text("Upscaled with Nearest")
