@@ -38,11 +38,10 @@ INPAINT_AREAS = ("whole", "masked")
 REFINER_MODES = ("none", "ensemble", "image")
 RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fill"}
 INPAINTING_FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
-# Hires fix's upscalers that need no weights, as A1111 names them: the latent modes (the latents
-# interpolated; pipeline/hires_upscale.py) and the pixel ones (the decoded image resized).
+# Hires fix's latent upscalers, as A1111 names them (the latents interpolated; pipeline/hires_upscale.py);
+# its pixel upscalers are the upscaler catalog's (pipeline/upscaler_catalog.py).
 LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                     "Latent (nearest)", "Latent (nearest-exact)")
-PIXEL_UPSCALERS = ("Lanczos", "Nearest")
 HIRES_SCALE_MAX = 4.0
 
 

@@ -85,6 +85,14 @@ class PausingEngine(Engine):
 
         return super().generate(params, pausing, cancelled, **inputs)
 
+    def upscale(self, params, on_step, cancelled, inputs):
+        def pausing(step, total, preview):  # an upscale job's steps are its tiles
+            on_step(step, total, preview)
+            if step == self.pause_after:
+                _wait_until(cancelled)
+
+        return super().upscale(params, pausing, cancelled, inputs)
+
 
 class SmallMemoryEngine(Engine):
     """A real engine whose UNet runs out of memory for more than one image at a time."""

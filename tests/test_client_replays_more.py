@@ -91,7 +91,8 @@ async def test_aiya_startup(client, key):
     upscalers = [s["name"] for s in await (await client.get("/sdapi/v1/upscalers", headers=auth)).json()]
     models = await (await client.get("/sdapi/v1/sd-models", headers=auth)).json()
     loras = [s["alias"] for s in await (await client.get("/sdapi/v1/loras", headers=auth)).json()]
-    assert "Euler a" in samplers and styles == {"None": ""} and facefix == [] and upscalers == ["None"] and loras == []
+    assert "Euler a" in samplers and styles == {"None": ""} and facefix == [] and loras == []
+    assert upscalers == ["None", "Lanczos", "Nearest", "tiny-compact-2x"]  # the tiny model's demo upscaler
     assert {(m["title"], m["model_name"]) for m in models} == {("tiny", "tiny")}
     assert "filename" in models[0] and "hash" in models[0]  # matched against models.csv
     config = await (await client.get("/config", headers=auth)).text()
@@ -145,12 +146,38 @@ async def test_aiya_draw(client, key):
     assert info["denoising_strength"] == 0.75 and info["clip_skip"] == 2 and decoded(res["images"][0]).size == (64, 64)
 
 
-async def test_aiya_upscale_is_a_clear_json_error(client, key):
-    payload = {"upscaling_resize": 2.0, "upscaler_1": "None", "image": "data:image/png;base64," + b64png(),
-               "gfpgan_visibility": 0.0, "codeformer_visibility": 0.0, "upscale_first": False}
-    resp = await client.post("/sdapi/v1/extra-single-image", json=payload, headers=aiya_auth(key))
-    body = await resp.json()  # response.json() works; response_data['image'] is AIYA's KeyError message
-    assert resp.status == 404 and "image" not in body and body["error"] == "not_found"
+def aiya_upscale_payload(resize, upscaler_1: str, image: str, **options) -> dict:
+    """upscalecog's payload: the slash command's options as Discord gives them (strings), and
+    ``upscaler_2`` with its strength whenever it is not None (its default is the string "None")."""
+    chosen = {"upscaler_2": "None", "upscaler_2_strength": "0.5", "gfpgan": "0.0", "codeformer": "0.0",
+              "upscale_first": False, **options}
+    payload = {"upscaling_resize": resize, "upscaler_1": upscaler_1, "image": "data:image/png;base64," + image,
+               "gfpgan_visibility": chosen["gfpgan"], "codeformer_visibility": chosen["codeformer"],
+               "upscale_first": chosen["upscale_first"]}
+    if chosen["upscaler_2"] is not None:
+        payload |= {"upscaler_2": chosen["upscaler_2"], "extras_upscaler_2_visibility": chosen["upscaler_2_strength"]}
+    return payload
+
+
+async def test_aiya_upscale(client, key):
+    auth = aiya_auth(key)
+    resp = await client.post("/sdapi/v1/extra-single-image", json=aiya_upscale_payload(2.0, "tiny-compact-2x", b64png(48, 40)),
+                             headers=auth)
+    body = await resp.json()
+    image = decoded(body["image"])  # base64.b64decode(response_data['image']), then Image.open
+    assert resp.status == 200 and image.size == (96, 80)
+    assert "Postprocess upscaler: tiny-compact-2x" in body["html_info"] and "Warning" not in body["html_info"]
+
+    blended = aiya_upscale_payload("1.5", "Lanczos", b64png(48, 40), upscaler_2="tiny-compact-2x", gfpgan="0.4")
+    body = await (await client.post("/sdapi/v1/extra-single-image", json=blended, headers=auth)).json()
+    assert decoded(body["image"]).size == (72, 56)  # A1111's multiples of 8, rounded down
+    assert "Postprocess upscaler 2: tiny-compact-2x" in body["html_info"]
+    assert "gfpgan_visibility: &#x27;0.4&#x27; not applied (face restoration is not available" in body["html_info"]
+
+    resp = await client.post("/sdapi/v1/extra-single-image", json=aiya_upscale_payload(2.0, "4x-UltraSharp", b64png()),
+                             headers=auth)
+    body = await resp.json()  # a clear error, in A1111's shape, naming what there is
+    assert resp.status == 422 and "image" not in body and "tiny-compact-2x" in json.dumps(body)
 
 
 # --- Auto-Photoshop-StableDiffusion-Plugin ----------------------------------------------------
@@ -227,6 +254,36 @@ async def test_photoshop_plugin(client, key):
         r, _ = await photoshop_request(client, route, photoshop_controlnet(photoshop_settings(mode, width=64, height=64)))
         assert len(r["images"]) == 1  # no annotator images after the batch: numberOfAnnotations is 0
         assert warnings_of(r) == ["alwayson_scripts.controlnet: not applied (extensions' scripts are not available)"]
+
+
+def photoshop_upscale_settings(selection: int, **extras) -> dict:
+    """``UpscaleMode.getSettings``: the extras page's store (its defaults, then the user's choices)."""
+    store = {"upscaling_resize": 2, "upscaler_1": "", "upscaler_2": "", "resize_mode": 0, "show_extras_results": 0,
+             "gfpgan_visibility": 0, "codeformer_visibility": 0, "codeformer_weight": 0, "upscaling_crop": True,
+             "extras_upscaler_2_visibility": 0, "upscale_first": False, **extras}
+    return {
+        "resize_mode": store["resize_mode"], "show_extras_results": store["show_extras_results"],
+        "gfpgan_visibility": store["gfpgan_visibility"], "codeformer_visibility": store["codeformer_visibility"],
+        "codeformer_weight": store["codeformer_weight"], "upscaling_resize": store["upscaling_resize"],
+        "upscaling_resize_w": selection * store["upscaling_resize"], "upscaling_resize_h": selection * store["upscaling_resize"],
+        "upscaling_crop": store["upscaling_crop"], "upscaler_1": store["upscaler_1"] or "None",
+        "upscaler_2": store["upscaler_2"] or "None", "extras_upscaler_2_visibility": store["extras_upscaler_2_visibility"],
+        "upscale_first": store["upscale_first"], "image": b64png(selection, selection),
+    }
+
+
+async def test_photoshop_plugin_upscale(client, key):
+    if key is not None:  # no credentials: refused in JSON (its request.json() works, then r['image'] is undefined)
+        resp = await client.post("/sdapi/v1/extra-single-image", json=photoshop_upscale_settings(32), headers=PHOTOSHOP_HEADERS)
+        assert resp.status == 401
+        return
+    for extras, size in (({"upscaler_1": "tiny-compact-2x", "upscaling_resize": 2.5}, (80, 80)),
+                         ({"upscaler_1": "Nearest", "resize_mode": 1, "upscaling_resize": 1.5}, (48, 48)),
+                         ({}, (32, 32))):  # no upscaler chosen: "None", the image as it was
+        resp = await client.post("/sdapi/v1/extra-single-image", json=photoshop_upscale_settings(32, **extras),
+                                 headers=PHOTOSHOP_HEADERS)
+        r = await resp.json()
+        assert resp.status == 200 and decoded(r["image"]).size == size, (extras, r)
 
 
 # --- stable-gimpfusion ------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from wsclient import events_until
 
 from sdxl_server.api import keys
 from sdxl_server.jobs.states import TERMINAL_EVENTS as TERMINAL
-from sdxl_server.params import LATENT_UPSCALERS, PIXEL_UPSCALERS, GenerationParams, HiresOptions
+from sdxl_server.params import LATENT_UPSCALERS, GenerationParams, HiresOptions
 from sdxl_server.pipeline.decode import decode_latents
 from sdxl_server.pipeline.memory import decode_needs_tiling
-from sdxl_server.pipeline.tiny import ensure_tiny_refiner
+from sdxl_server.pipeline.tiny import TINY_UPSCALER, ensure_tiny_refiner
 
 STEPS = 3
 
@@ -43,7 +43,7 @@ async def run_job(client, body: dict) -> tuple[dict, list[dict], Image.Image]:
     return state, [e for e in events if e["type"] == "progress"], image
 
 
-@pytest.mark.parametrize("upscaler", ["Latent", "Latent (bicubic antialiased)", "Lanczos", "Nearest"])
+@pytest.mark.parametrize("upscaler", ["Latent", "Latent (bicubic antialiased)", "Lanczos", TINY_UPSCALER])
 async def test_hires_makes_the_scaled_size_with_one_progress_count(client, upscaler):
     state, progress, image = await run_job(client, hires_job(scale=2, upscaler=upscaler))
     assert image.size == (128, 128)
@@ -57,7 +57,9 @@ async def test_hires_makes_the_scaled_size_with_one_progress_count(client, upsca
 
 
 async def test_every_upscaler_the_api_offers_runs(client):
-    for upscaler in (*LATENT_UPSCALERS, *PIXEL_UPSCALERS):
+    listed = [u["name"] for u in (await (await client.get("/api/v1/upscalers")).json())["upscalers"] if u["name"] != "None"]
+    assert {"Lanczos", "Nearest", TINY_UPSCALER} <= set(listed)  # the tiny model's server has the tiny upscaler
+    for upscaler in (*LATENT_UPSCALERS, *listed):
         resp = await client.post("/api/v1/generate", json=hires_job(width=96, height=80, upscaler=upscaler, steps=2))
         assert resp.status == 200, (upscaler, await resp.text())
         image = Image.open(io.BytesIO(await (await client.get((await resp.json())["image_url"])).read()))
@@ -182,6 +184,16 @@ async def test_bad_hires_requests_are_named(client, hires, field):
         assert "Latent (nearest-exact), Lanczos, Nearest" in body["message"]
 
 
+async def test_an_upscaler_file_that_cannot_be_read_is_refused(make_client, settings, tmp_path):
+    folder = tmp_path / "upscalers"
+    folder.mkdir()
+    (folder / "4x-broken.pth").write_bytes(b"not a model")
+    client = await make_client(settings.replace(upscalers_dir=folder))
+    resp = await client.post("/api/v1/jobs", json=hires_job(upscaler="4x-broken"))
+    body = await resp.json()
+    assert resp.status == 422 and list(body["fields"]) == ["hires.upscaler"] and "cannot be used" in body["message"]
+
+
 async def test_hires_takes_no_mask(client):
     mask = Image.new("L", (64, 64), 255)
     resp = await client.post("/api/v1/jobs", json={**hires_job(), "init_image": b64(picture(64, 64)), "mask": b64(mask)})
@@ -205,6 +217,8 @@ async def test_a1111_hires_fix(client):
     other = await (await client.post("/sdapi/v1/txt2img", json={**body, "hr_checkpoint_name": "other.safetensors"})).json()
     assert json.loads(other["info"])["warnings"] == [
         "hr_checkpoint_name: 'other.safetensors' not applied (the second pass runs on the first pass's model)"]
+    lanczos = await (await client.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "None"})).json()
+    assert "Hires upscaler: Lanczos" in json.loads(lanczos["info"])["infotexts"][0]  # resized, as A1111 does
     resp = await client.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "R-ESRGAN 4x+"})
     assert resp.status == 422 and list((await resp.json())["fields"]) == ["hr_upscaler"]
     resp = await client.post("/sdapi/v1/txt2img", json={**body, "hr_scale": 40})
@@ -258,20 +272,3 @@ def test_a_decode_that_runs_out_of_memory_is_redone_in_tiles():
         images, _ = decode_latents(pipe, latents)
     assert images[0].size == (128, 128) and tiled == [False, True] and pipe.vae.use_tiling is False
 
-
-def test_a_model_upscaler_between_the_passes(settings):
-    from sdxl_server.pipeline.engine import Engine
-    from sdxl_server.pipeline.tiny import TINY_UPSCALER
-
-    engine = Engine(settings)
-    engine.load()
-    try:
-        params = GenerationParams.from_dict({"prompt": "x", "negative_prompt": "", "width": 64, "height": 48, "steps": 2,
-                                             "guidance_scale": 5, "seed": 1, "hires": True, "hires_scale": 2.5,
-                                             "hires_upscaler": TINY_UPSCALER, "hires_denoise": 0.5})
-        steps = []
-        generation = engine.generate(params, lambda step, total, latents: steps.append((step, total)), lambda: False)
-        assert generation.images[0].size == (160, 120) and steps == [(1, 3), (2, 3), (3, 3)]
-        assert generation.info["hires"]["upscale_s"] > 0
-    finally:
-        engine.close()

@@ -3,7 +3,8 @@ reads it (numbers as strings, nulls as defaults, ``hr_second_pass_steps`` as a f
 onto our ``hires`` group; its facts for A1111's ``info``. A1111's img2img takes no hires fix.
 
 - ``hr_scale`` or ``hr_resize_x``/``hr_resize_y`` (one 0: the aspect kept; both: cover and crop);
-- ``hr_upscaler``: a latent mode, ``Lanczos``, ``Nearest`` or an upscaler model (null: ``Latent``);
+- ``hr_upscaler``: a latent mode, ``Lanczos``, ``Nearest`` or an upscaler model (null: ``Latent``;
+  ``None``: resized with Lanczos, as A1111 does);
 - ``hr_second_pass_steps`` (0: the first pass's), ``denoising_strength`` (A1111's default 0.75);
 - ``hr_prompt``/``hr_negative_prompt`` (empty: the first pass's), ``hr_sampler_name`` and
   ``hr_scheduler`` (``Use same sampler``/``Use same scheduler`` or empty: the first pass's);
@@ -51,6 +52,13 @@ def _same(value: str | None) -> bool:
     return (value or "").strip().lower() in SAME
 
 
+def _upscaler(name: str | None) -> str:
+    """A1111's ``hr_upscaler``: null is its default latent mode; "None" resizes with Lanczos, as A1111 does."""
+    if not name:
+        return "Latent"
+    return "Lanczos" if name.strip() == "None" else name
+
+
 def hires_group(body: dict[str, Any], first_scheduler: str, notes: list[str]) -> dict[str, Any]:
     """``{"hires": {...}}`` for a txt2img body with ``enable_hr``, else ``{}``; ``first_scheduler``:
     the first pass's sampler (ours), for an ``hr_scheduler`` without a sampler of its own."""
@@ -60,7 +68,7 @@ def hires_group(body: dict[str, Any], first_scheduler: str, notes: list[str]) ->
     if not asked["enable_hr"]:
         return {}
     group: dict[str, Any] = {
-        "upscaler": asked["hr_upscaler"] or "Latent", "denoise": asked["denoising_strength"],
+        "upscaler": _upscaler(asked["hr_upscaler"]), "denoise": asked["denoising_strength"],
         "steps": max(0, asked["hr_second_pass_steps"]), "prompt": asked["hr_prompt"] or "",
         "negative_prompt": asked["hr_negative_prompt"] or "",
     }

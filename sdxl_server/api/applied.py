@@ -143,6 +143,17 @@ A1111_IMG2IMG: dict[str, Rule] = {
     "latent_mask": Rule(WARNED, "a separate latent mask is not supported"),
 }
 
+_FACES = "face restoration is not available (no GFPGAN or CodeFormer here)"
+A1111_EXTRAS: dict[str, Rule] = {  # extra-single-image and extra-batch-images (api/a1111_extras.py)
+    **_rules(APPLIED, "image imageList resize_mode upscaling_resize upscaling_resize_w upscaling_resize_h upscaling_crop "
+                      "upscaler_1 upscaler_2 extras_upscaler_2_visibility"),
+    "gfpgan_visibility": Rule(WARNED, _FACES, _above(0)),
+    "codeformer_visibility": Rule(WARNED, _FACES, _above(0)),
+    "codeformer_weight": Rule(WARNED, _FACES, lambda value, body: (_number(body.get("codeformer_visibility")) or 0) > 0),
+    "show_extras_results": Rule(NO_EFFECT, "the images are always answered, as A1111 does for these routes"),
+    "upscale_first": Rule(NO_EFFECT, "without face restoration there is nothing to order the upscale against"),
+}
+
 _OPENAI_ANSWER: dict[str, Rule] = {
     **_rules(APPLIED, "prompt model n size response_format output_format output_compression stream partial_images"),
     "background": Rule(REFUSED, "transparent backgrounds cannot be made: ask for 'opaque' or 'auto'",
@@ -164,6 +175,7 @@ OPENAI_VARIATIONS: dict[str, Rule] = {
 TABLES: dict[str, dict[str, Rule]] = {
     "/sdapi/v1/txt2img": A1111_TXT2IMG, "/sdapi/v1/img2img": A1111_IMG2IMG, "/v1/images/generations": OPENAI_GENERATIONS,
     "/v1/images/edits": OPENAI_EDITS, "/v1/images/variations": OPENAI_VARIATIONS,
+    "/sdapi/v1/extra-single-image": A1111_EXTRAS, "/sdapi/v1/extra-batch-images": A1111_EXTRAS,
 }
 
 

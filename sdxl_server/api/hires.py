@@ -9,27 +9,28 @@ Never imports torch.
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from ..config import Settings
 from ..errors import ValidationFailed
-from ..params import HIRES_SCALE_MAX, LATENT_UPSCALERS, PIXEL_UPSCALERS, SCHEDULERS, GenerationParams, HiresOptions
+from ..params import HIRES_SCALE_MAX, LATENT_UPSCALERS, SCHEDULERS, GenerationParams, HiresOptions
+from ..pipeline.upscaler_catalog import NONE
+from . import keys
 
 DEFAULTS = HiresOptions()
 HIRES_SIZE_MAX = 16384
 
 
-def builtin_upscalers() -> list[str]:
-    """The upscalers hires fix can use without weights: the latent modes, then the pixel ones."""
-    return [*LATENT_UPSCALERS, *PIXEL_UPSCALERS]
-
-
-def available_upscalers(app: Any) -> list[str]:
-    """The upscalers a hires request may name here."""
-    return builtin_upscalers()
+async def hires_upscalers(app: Any) -> dict[str, str | None]:
+    """The upscalers a hires request may name here, each with why it cannot be used (None: it can):
+    the latent modes, then the upscaler catalog's (its files read off the event loop)."""
+    entries = await asyncio.to_thread(app[keys.UPSCALERS].entries)
+    return {**dict.fromkeys(LATENT_UPSCALERS), **{entry.name: entry.broken for entry in entries if entry.name != NONE}}
 
 
 def _zero_or_size(value: int) -> None:
@@ -85,13 +86,18 @@ def flatten(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def check_hires(params: GenerationParams, settings: Settings, upscalers: list[str]) -> None:
-    """Refuse a hires request this server cannot make (fields named ``hires.<name>``)."""
+def check_hires(params: GenerationParams, settings: Settings, upscalers: Mapping[str, str | None]) -> None:
+    """Refuse a hires request this server cannot make (fields named ``hires.<name>``); ``upscalers``:
+    :func:`hires_upscalers`."""
     options = params.hires
     if not options.enabled:
         return
+    usable = ", ".join(name for name, broken in upscalers.items() if broken is None)
     if options.upscaler not in upscalers:
-        _refuse("upscaler", f"Unknown upscaler {options.upscaler[:60]!r}: use one of {', '.join(upscalers)}.")
+        _refuse("upscaler", f"Unknown upscaler {options.upscaler[:60]!r}: use one of {usable}.")
+    if upscalers[options.upscaler] is not None:
+        _refuse("upscaler", f"The upscaler {options.upscaler!r} cannot be used: {upscalers[options.upscaler]}. "
+                            f"Usable: {usable}.")
     if params.mode == "inpaint":
         _refuse("upscaler", "Hires fix does not take a mask: inpaint at the size you want, or upscale afterwards.")
     width, height = params.output_size

@@ -23,7 +23,7 @@ from ..jobs.inputs import InputHold
 from ..jobs.job import Job
 from ..params import INPUT_ROLES, GenerationParams, denoising_steps
 from . import keys
-from .hires import available_upscalers, check_hires
+from .hires import check_hires, hires_upscalers
 
 IMAGE_FIELDS = tuple(role.field for role in INPUT_ROLES.values())
 REFINER_HINT = (
@@ -124,7 +124,8 @@ async def submit(
         if params.refiner.mode != "none" and app[keys.STATUS].latest.described.get("refiner") is None:
             raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
         _check_steps(params.to_dict())
-        check_hires(params, app[keys.SETTINGS], available_upscalers(app))
+        if params.hires.enabled:
+            check_hires(params, app[keys.SETTINGS], await hires_upscalers(app))
     except ApiError as exc:
         raise exc.renamed(names) from None
     return await app[keys.QUEUE].submit(params, **idempotency)

@@ -20,6 +20,7 @@ from ..jobs.status import StatusBoard
 from ..jobs.store import JobStore
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
+from ..pipeline.upscaler_catalog import UpscalerCatalog
 from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -58,6 +59,7 @@ A1111_JOBS = web.AppKey("a1111_jobs", set)  # ids of the jobs A1111 requests wai
 # The backend's own catalogs (set beside ENGINE): requests are checked against what it loads from.
 LORAS = web.AppKey("loras", LoraCatalog)  # the files in LORA_DIR (read without torch)
 MODELS = web.AppKey("models", ModelCatalog)  # the default model and MODELS_DIR's (read without torch)
+UPSCALERS = web.AppKey("upscalers", UpscalerCatalog)  # the built-ins and UPSCALERS_DIR's files (spandrel reads new ones)
 
 
 @dataclass

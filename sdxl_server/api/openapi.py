@@ -18,7 +18,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from ..config import Settings
-from . import a1111, a1111_img2img, a1111_probes, openai, openai_edits, responses, schemas
+from . import a1111, a1111_extras, a1111_img2img, a1111_probes, openai, openai_edits, responses, schemas, upscale
 from .route_table import EVENT_STREAM, JSON, Family, Route, Scope
 
 ERRORS = {
@@ -62,6 +62,11 @@ def components(settings: Settings) -> list[tuple[str, Schema | type[Schema]]]:
         ("Img2ImgRequest", a1111_img2img.img2img_schema_for_spec(settings)),
         ("OpenAIImageEditRequest", openai_edits.edits_schema_for_spec(settings)),
         ("OpenAIImageVariationRequest", openai_edits.variations_schema_for_spec(settings)),
+        ("UpscaleRequest", upscale.upscale_request_schema()), ("UpscalerList", responses.UpscalerListSchema),
+        ("ExtrasSingleImageRequest", a1111_extras.SingleImageSchema),
+        ("ExtrasSingleImageResponse", responses.ExtrasSingleImageResponseSchema),
+        ("ExtrasBatchImagesRequest", a1111_extras.BatchImagesSchema),
+        ("ExtrasBatchImagesResponse", responses.ExtrasBatchImagesResponseSchema),
     ]
 
 

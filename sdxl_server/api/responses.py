@@ -355,3 +355,28 @@ class TokenCountSchema(Schema):
 class TokenizeResponseSchema(Schema):
     prompt = fields.Nested(TokenCountSchema)
     negative_prompt = fields.Nested(TokenCountSchema)
+
+
+class UpscalerSchema(Schema):
+    name = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["builtin", "model"]))
+    scale = fields.Integer(allow_none=True, metadata={"description": "The model's own scale (null: a resampler, any scale)."})
+    architecture = fields.String(allow_none=True, metadata={"description": "As spandrel detects it (ESRGAN, SwinIR, ...)."})
+    file = fields.String(allow_none=True)
+    size = fields.Integer(allow_none=True)
+    broken = fields.String(allow_none=True, metadata={"description": "Why the file cannot be used (null: usable)."})
+
+
+class UpscalerListSchema(Schema):
+    upscalers_dir = fields.String(required=True)
+    upscalers = fields.List(fields.Nested(UpscalerSchema), required=True)
+
+
+class ExtrasSingleImageResponseSchema(Schema):
+    html_info = fields.String(required=True, metadata={"description": "What was done (A1111's infotext as HTML), and warnings."})
+    image = fields.String(required=True, metadata={"description": "The PNG, base64."})
+
+
+class ExtrasBatchImagesResponseSchema(Schema):
+    html_info = fields.String(required=True)
+    images = fields.List(fields.String(), required=True, metadata={"description": "The PNGs, base64, in the request's order."})

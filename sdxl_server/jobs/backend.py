@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from ..params import GenerationParams
 from ..pipeline.lora_files import LoraCatalog  # plain file logic, no torch
 from ..pipeline.model_catalog import ModelCatalog
+from ..pipeline.upscaler_catalog import UpscalerCatalog
 
 
 class RuntimeFacts(Protocol):
@@ -66,6 +67,7 @@ class Backend(Protocol):
     load_seconds: float | None  # how long the last load took (None until one succeeded)
     models: ModelCatalog  # the models: the API checks a request's model against it, the engine loads from it
     lora_files: LoraCatalog  # the LoRA files: likewise, one catalog for both
+    upscaler_catalog: UpscalerCatalog  # the upscalers: likewise
 
     @property
     def runtime(self) -> RuntimeFacts: ...

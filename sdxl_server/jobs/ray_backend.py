@@ -26,6 +26,7 @@ from ..config import ConfigError, Settings
 from ..errors import ApiError, GenerationFailed, Interrupted, JobCancelled, ModelUnavailable, StoredError, short_message
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
+from ..pipeline.upscaler_catalog import UpscalerCatalog
 from ..pipeline.sources import resolve_model_source
 from .backend import RuntimeInfo
 from .job import Job, Save, StepReporter
@@ -78,6 +79,7 @@ class RayCluster:
         # same folders with its own engine's).
         self.models = ModelCatalog(settings)
         self.lora_files = LoraCatalog(settings.lora_dir)
+        self.upscaler_catalog = UpscalerCatalog(settings.upscalers_dir)  # the replicas read the same folder
         self.options: dict[str, Any] = {}
         self.state = "not_loaded"  # not_loaded -> loading -> ready | failed
         self.error: str | None = None

@@ -87,6 +87,7 @@ class Engine:
         # Upscaler models: on the GPU between jobs only under the `high` profile (one model at a time otherwise).
         self.upscalers = engine_upscalers(settings, self.runtime.device, self.runtime.dtype, self.source.kind == "tiny",
                                           lambda: self.memory_plan is None or self.memory_plan.profile == "high")
+        self.upscaler_catalog = self.upscalers.catalog
 
     # -- loading ----------------------------------------------------------------
 
