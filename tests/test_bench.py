@@ -125,7 +125,8 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout
     for title in ("server overhead", "event loop", "progress", "memory", "batch", "PNG encode", "cold start",
-                  "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:"):
+                  "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:",
+                  "hires:"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -183,6 +184,13 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     }
     assert all(mode["s"]["median"] > 0 and mode["rss_max_mb"] > 0 for mode in modes["modes"].values())
     assert modes["refiner"]["id"] == "tiny" and modes["refiner"]["load_s"] > 0
+
+    hires = report["sections"]["hires"]
+    assert list(hires["upscalers"]) == ["Latent", "Lanczos", "tiny-compact-2x"]  # the tiny model's upscaler model
+    for case in hires["upscalers"].values():  # 64x64 x2; 3 steps, then 3 x 0.5 -> 1
+        assert case["size"] == [128, 128] and case["steps_run"] == 4 and case["second_pass_steps"] == 1
+        assert all(seconds >= 0 for seconds in case["phases_s"].values()) and case["phases_s"]["second_pass_s"] > 0
+    assert "hires: 64x64 x2" in table
 
     cold = report["sections"]["coldstart"]
     for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):

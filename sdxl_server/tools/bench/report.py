@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .hires import hires_rows
 from .modes import modes_rows
 
 
@@ -173,6 +174,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "coldstart": _coldstart_rows,
     "switching": _switching_rows,
     "modes": lambda result: modes_rows(result, _s, _gib),
+    "hires": lambda result: hires_rows(result, _s, _gib),
 }
 
 
