@@ -272,3 +272,29 @@ def test_a_decode_that_runs_out_of_memory_is_redone_in_tiles():
         images, _ = decode_latents(pipe, latents)
     assert images[0].size == (128, 128) and tiled == [False, True] and pipe.vae.use_tiling is False
 
+
+
+async def test_loras_and_another_model_run_both_passes(make_client, settings, tmp_path, tiny_model_dir):
+    from lora_builder import lora_weights, save_diffusers_layout
+
+    from sdxl_server.pipeline.tiny import build_tiny_pipeline
+
+    (tmp_path / "loras").mkdir()
+    save_diffusers_layout(lora_weights(tiny_model_dir, seed=1), tmp_path / "loras" / "ink.safetensors")
+    build_tiny_pipeline(seed=1).save_pretrained(tmp_path / "models" / "tiny-b")
+    client = await make_client(settings.replace(lora_dir=tmp_path / "loras", models_dir=tmp_path / "models"))
+
+    async def made(**extra) -> tuple[bytes, dict]:
+        resp = await client.post("/api/v1/generate", json={**hires_job(scale=2, upscaler="Lanczos"), "num_images": 2, **extra})
+        assert resp.status == 200, await resp.text()
+        data = await resp.json()
+        images = [Image.open(io.BytesIO(await (await client.get(i["image_url"])).read())) for i in data["images"]]
+        assert [image.size for image in images] == [(128, 128)] * 2  # a batch through the pixel upscaler
+        return images[0].tobytes(), data["meta"]
+
+    plain, _ = await made()
+    with_lora, meta = await made(loras=[{"name": "ink", "weight": 1.0}])
+    assert with_lora != plain and meta["lora_hashes"]
+    other, meta = await made(model="tiny-b")
+    assert other != plain and meta["model"] == "tiny-b" and meta["image_width"] == 128
+    assert (await made())[0] == plain  # the default model again, LoRA off: as before
