@@ -252,7 +252,7 @@ class GenerationParams:
     @property
     def total_steps(self) -> int:
         """Denoising steps that really run (about; the engine's plan counts them exactly): image to
-        image skips the first ``1 - strength`` of them; the refiner's steps are added."""
+        image skips the first ``1 - strength`` of them; the refiner's and hires fix's second pass's are added."""
         if self.mode == "upscale":
             return self.steps  # a guess until the job's tiles are counted (the worker reports them)
         base = self.steps if self.mode == "txt2img" else denoising_steps(self.steps, self.image.strength)

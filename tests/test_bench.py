@@ -242,6 +242,10 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
         modes = refiner[profile]["modes"]
         assert modes["refiner ensemble (0.8)"]["s"]["median"] > 0 and modes["txt2img"]["s"]["median"] > 0
         assert refiner[profile]["refiner"]["id"] == "tiny"
+    hires = report["hires"]
+    assert set(hires) == {"high", "8gb"}, hires
+    for profile in ("high", "8gb"):  # 64x64 -> 128x128
+        assert hires[profile]["Latent"]["size"] == [128, 128] and hires[profile]["Latent"]["s"]["median"] > 0
     cold = report["coldstart"]
     assert "error" not in cold, cold
     assert cold["model_load_s"] > 0 and cold["folder_bytes"] > 0

@@ -127,14 +127,8 @@ async def test_cancel_in_a_pass(make_client, settings, phase, pause_after):
 
 
 async def test_cancel_while_upscaling(make_client, settings):
-    engine = None
-
-    def factory(s):
-        nonlocal engine
-        engine = UpscalePausingEngine(s)
-        return engine
-
-    client = await make_client(settings, engine_factory=factory)
+    client = await make_client(settings, engine_factory=UpscalePausingEngine)
+    engine = client.app[keys.ENGINE]
     job_id = (await (await client.post("/api/v1/jobs", json=hires_job(scale=2, upscaler="Lanczos"))).json())["id"]
     assert await asyncio.get_running_loop().run_in_executor(None, engine.upscaling.wait, 30)
     assert (await client.delete(f"/api/v1/jobs/{job_id}")).status in (200, 202)

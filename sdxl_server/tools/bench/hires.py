@@ -6,11 +6,15 @@ the peak GPU memory and whether the decode was tiled by the memory check."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from .client import Client
-from .modes import _peak, _reset_peak, _steps_run
+from .modes import GIB, _free, _peak, _reset_peak, _steps_run
 from .stats import percentile, rss_bytes, summarize
 
 HIRES_SCALE = 2.0
@@ -82,3 +86,53 @@ def hires_rows(result: dict[str, Any], seconds, gib) -> list[tuple[str, str]]:
             f"RSS max {case['rss_max_mb']:.1f} MB{gpu}")))
     return rows
 
+
+
+PROFILE_UPSCALERS = ("Latent",)
+
+
+def hires_profiles(base: Any, factory: Callable[[], Any], opts: Any, cuda: bool) -> dict[str, Any]:
+    """Hires fix x2 (``Latent``) from the check's size in the default (high) and 8 GB profiles:
+    time, phases and peak GPU memory (a 1024² first pass makes 2048², the decode tiled where the
+    free memory is short). The GPU check's ``hires`` step."""
+    import aiohttp
+
+    from .server import InProcessServer
+    from .timed import TimedEngine
+
+    async def measure(server: Any) -> dict[str, Any]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=opts.timeout_s)) as session:
+            client = Client(server, session, opts)
+            return {name: await _case(client, name) for name in PROFILE_UPSCALERS}
+
+    results: dict[str, Any] = {}
+    for profile in ("high", "8gb"):
+        settings = base.replace(attention="sdpa", memory_profile=profile, max_output_pixels=4 * opts.width * opts.height)
+        engine = TimedEngine(settings, pipeline_factory=factory)
+        server = InProcessServer(settings, engine).start()
+        try:
+            results[profile] = asyncio.run(measure(server))
+            if cuda:
+                free, total = torch.cuda.mem_get_info()
+                results[profile]["cuda_context_bytes"] = (total - free) - torch.cuda.memory_reserved()
+        finally:
+            server.stop()
+            del engine, server
+            _free(cuda)
+    return results
+
+
+def hires_profile_lines(section: dict[str, Any]) -> list[str]:
+    """:func:`hires_profiles`' figures, a line per profile."""
+    lines = []
+    for profile, result in section.items():
+        context = result.get("cuda_context_bytes") or 0
+        for name, case in result.items():
+            if not isinstance(case, dict):
+                continue
+            reserved = case.get("peak_gpu_reserved_bytes")
+            peak = "-" if reserved is None else f"{reserved / GIB:.2f} GiB reserved ({(reserved + context) / GIB:.2f} with context)"
+            phases = "  ".join(f"{key} {value:.3f}" for key, value in case["phases_s"].items())
+            lines.append(f"{profile:<5} {name} -> {case['size'][0]}x{case['size'][1]}  {case['s']['median']:7.3f} s  "
+                         f"{phases}  peak {peak}")
+    return lines
