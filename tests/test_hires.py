@@ -191,7 +191,8 @@ async def test_an_upscaler_file_that_cannot_be_read_is_refused(make_client, sett
 async def test_hires_takes_no_mask(client):
     mask = Image.new("L", (64, 64), 255)
     resp = await client.post("/api/v1/jobs", json={**hires_job(), "init_image": b64(picture(64, 64)), "mask": b64(mask)})
-    assert resp.status == 422 and "mask" in (await resp.json())["message"]
+    body = await resp.json()
+    assert resp.status == 422 and list(body["fields"]) == ["mask"] and "Hires fix does not take a mask" in body["message"]
 
 
 async def test_a1111_hires_fix(client):

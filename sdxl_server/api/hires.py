@@ -99,7 +99,7 @@ def check_hires(params: GenerationParams, settings: Settings, upscalers: Mapping
         _refuse("upscaler", f"The upscaler {options.upscaler!r} cannot be used: {upscalers[options.upscaler]}. "
                             f"Usable: {usable}.")
     if params.mode == "inpaint":
-        _refuse("upscaler", "Hires fix does not take a mask: inpaint at the size you want, or upscale afterwards.")
+        _refuse("mask", "Hires fix does not take a mask: inpaint at the size you want, or upscale afterwards.")
     width, height = params.output_size
     if width * height > settings.max_output_pixels:
         largest = math.floor(math.sqrt(settings.max_output_pixels / (params.width * params.height)) * 100) / 100
@@ -113,4 +113,5 @@ def check_hires(params: GenerationParams, settings: Settings, upscalers: Mapping
 
 
 def _refuse(name: str, message: str) -> None:
-    raise ValidationFailed(f"hires.{name}: {message}", fields={f"hires.{name}": [message]})
+    field = name if name == "mask" else f"hires.{name}"
+    raise ValidationFailed(f"{field}: {message}", fields={field: [message]})
