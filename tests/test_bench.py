@@ -126,7 +126,7 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     table = done.stdout
     for title in ("server overhead", "event loop", "progress", "memory", "batch", "PNG encode", "cold start",
                   "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:",
-                  "hires:"):
+                  "upscale:", "hires:"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -269,3 +269,19 @@ def test_bench_switching_section(tiny_cache, tmp_path):
     assert all(value > 0 for value in lora["step_s"].values())
     assert model["other"] == "tiny-b" and model["switch_from_disk_s"] > 0
     assert model["switch_back_from_ram_s"] < model["switch_from_disk_s"]  # the RAM cache skips the load
+
+
+def test_bench_upscale_section(tiny_cache, tmp_path):
+    report_path = tmp_path / "upscale.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "sdxl_server.tools.bench", "--only", "upscale", "--width", "96", "--height", "64",
+         "--steps", "2", "--runs", "2", "--json", str(report_path)],
+        cwd=tmp_path, env=_env(tiny_cache, UPSCALE_TILE="64"), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "upscale: POST /api/v1/upscale of 96x64 x4, 64 px tiles" in done.stdout, done.stdout
+    result = json.loads(report_path.read_text())["sections"]["upscale"]
+    assert list(result["upscalers"]) == ["Lanczos", "tiny-compact-2x"]
+    model = result["upscalers"]["tiny-compact-2x"]
+    assert model["output"] == "384x256" and model["tiles"] == 2 + 6  # 96x64, then 192x128, in 64 px tiles
+    assert 0 < model["upscale_s"] <= model["s"]["median"] and result["upscalers"]["Lanczos"]["tiles"] == 1

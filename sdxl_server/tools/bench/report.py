@@ -7,6 +7,7 @@ from typing import Any
 
 from .hires import hires_rows
 from .modes import modes_rows
+from .upscaling import upscale_rows
 
 
 def _ms(value: float | None) -> str:
@@ -174,6 +175,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "coldstart": _coldstart_rows,
     "switching": _switching_rows,
     "modes": lambda result: modes_rows(result, _s, _gib),
+    "upscale": lambda result: upscale_rows(result, _s, _gib),
     "hires": lambda result: hires_rows(result, _s, _gib),
 }
 

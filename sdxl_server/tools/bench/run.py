@@ -27,6 +27,7 @@ from .sections import section_loop, section_memory, section_overhead, section_pr
 from .speed import section_batch, section_png
 from .server import InProcessServer
 from .switching import section_switching
+from .upscaling import section_upscale
 from .timed import TimedEngine
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ async def run_server_sections(
     """Run the in-process sections against a started server, reporting each as it ends."""
     runners = {
         "overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory,
-        "batch": section_batch, "png": section_png, "modes": section_modes, "hires": section_hires,
+        "batch": section_batch, "png": section_png, "modes": section_modes, "upscale": section_upscale,
+        "hires": section_hires,
     }
     connector = aiohttp.TCPConnector(limit=0)  # 100 websockets and the HTTP calls at once
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
