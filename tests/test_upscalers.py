@@ -95,6 +95,9 @@ class RunsOutOfMemory:
     def __init__(self, model, limit: int) -> None:
         self.model, self.limit, self.refused = model, limit, 0
 
+    def __getattr__(self, name):  # scale, device, dtype, to(): the real model's
+        return getattr(self.model, name)
+
     def __call__(self, tensor):
         if max(tensor.shape[2:]) > self.limit:
             self.refused += 1
@@ -120,6 +123,21 @@ def test_below_the_floor_the_out_of_memory_error_is_raised(folder):
         upscale_tiled(double, torch.rand(1, 3, 64, 64), 2, tile=64, overlap=4, report=lambda *_: None,
                       cancelled=lambda: False, floor=32)
     assert double.refused == 2  # 64, then 32: the floor
+
+
+def test_an_upscale_job_out_of_memory_even_at_the_floor_is_a_503_that_says_what_to_do(folder):
+    from sdxl_server.errors import OutOfMemory
+    from sdxl_server.params import GenerationParams, UpscaleOptions
+    from sdxl_server.pipeline.upscale_job import run_upscale_job
+
+    upscalers = make_upscalers(folder, tile=128)
+    real = upscalers._descriptor
+    upscalers._descriptor = lambda entry: RunsOutOfMemory(real(entry), limit=8)  # every tile is too large
+    params = GenerationParams(prompt="", negative_prompt="", width=256, height=256, steps=1, guidance_scale=0, seed=0,
+                              inputs={"upscale": "0" * 64}, upscale=UpscaleOptions("tiny-2x"))
+    with pytest.raises(OutOfMemory) as refused:
+        run_upscale_job(upscalers, params, {"upscale": noise_image(128, 128)}, lambda *_: None, lambda: False)
+    assert refused.value.status == 503 and "256x256" in refused.value.message and "UPSCALE_TILE_OVERLAP" in refused.value.message
 
 
 def test_cancel_stops_between_tiles(folder):
