@@ -177,3 +177,18 @@ def test_the_default_install_still_imports_transformers_and_diffusers_beside_spa
     assert done.returncode == 0, done.stderr[-2000:]
     version, architectures = done.stdout.split()
     assert version.startswith("0.4") and int(architectures) > 30
+
+
+def test_an_upscale_jobs_tiles_do_not_teach_the_step_estimate():
+    from sdxl_server.jobs.eta import ThroughputEstimate
+    from sdxl_server.params import GenerationParams, UpscaleOptions
+
+    estimate = ThroughputEstimate()
+    upscale = GenerationParams(prompt="", negative_prompt="", width=256, height=256, steps=1, guidance_scale=0, seed=0,
+                               inputs={"upscale": "0" * 64}, upscale=UpscaleOptions("Lanczos"))
+    estimate.record_step(upscale, 5.0, 1, 4)
+    estimate.record_job(upscale, 20.0, 4)
+    assert estimate.step_s_per_mpx is None and estimate.overhead_s_per_mpx is None
+    generation = GenerationParams(prompt="a fox", negative_prompt="", width=64, height=64, steps=2, guidance_scale=5, seed=1)
+    estimate.record_step(generation, 0.5, 1, 2)
+    assert estimate.step_s_per_mpx == pytest.approx(0.5 / (64 * 64 / 1e6))
