@@ -143,3 +143,25 @@ async def test_upscale_jobs_are_in_the_job_list_like_generations(client):
     listed = await (await client.get("/api/v1/jobs")).json()
     assert listed["jobs"][0]["id"] == done["id"] and listed["jobs"][0]["params"]["upscaler"] == "Nearest"
     assert client.app[keys.UPSCALERS].directory.name == "upscalers"
+
+
+# ExtrasBaseRequest's fields (A1111 modules/api/models.py at 008a8e75), and each route's image field
+EXTRAS_FIELDS = """resize_mode show_extras_results gfpgan_visibility codeformer_visibility codeformer_weight
+    upscaling_resize upscaling_resize_w upscaling_resize_h upscaling_crop upscaler_1 upscaler_2
+    extras_upscaler_2_visibility upscale_first""".split()
+
+
+def test_every_extras_field_is_applied_warned_or_without_effect():
+    from sdxl_server.api.applied import TABLES
+
+    for route in ("/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images"):
+        assert set(TABLES[route]) == {*EXTRAS_FIELDS, "image", "imageList"}, route
+
+
+async def test_extras_fields_without_effect_leave_the_image_as_it_was(client):
+    body = {"image": b64(picture(24, 24)), "upscaler_1": "tiny-compact-2x"}
+    plain = await (await client.post("/sdapi/v1/extra-single-image", json=body)).json()
+    same = await (await client.post("/sdapi/v1/extra-single-image",
+                                    json={**body, "show_extras_results": False, "upscale_first": True})).json()
+    assert decoded(plain["image"]).tobytes() == decoded(same["image"]).tobytes()
+    assert same["html_info"] == plain["html_info"] and "Warning" not in same["html_info"]

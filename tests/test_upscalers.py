@@ -95,6 +95,9 @@ class RunsOutOfMemory:
     def __init__(self, model, limit: int) -> None:
         self.model, self.limit, self.refused = model, limit, 0
 
+    def __getattr__(self, name):  # scale, device, dtype, to(): the real model's
+        return getattr(self.model, name)
+
     def __call__(self, tensor):
         if max(tensor.shape[2:]) > self.limit:
             self.refused += 1
@@ -120,6 +123,21 @@ def test_below_the_floor_the_out_of_memory_error_is_raised(folder):
         upscale_tiled(double, torch.rand(1, 3, 64, 64), 2, tile=64, overlap=4, report=lambda *_: None,
                       cancelled=lambda: False, floor=32)
     assert double.refused == 2  # 64, then 32: the floor
+
+
+def test_an_upscale_job_out_of_memory_even_at_the_floor_is_a_503_that_says_what_to_do(folder):
+    from sdxl_server.errors import OutOfMemory
+    from sdxl_server.params import GenerationParams, UpscaleOptions
+    from sdxl_server.pipeline.upscale_job import run_upscale_job
+
+    upscalers = make_upscalers(folder, tile=128)
+    real = upscalers._descriptor
+    upscalers._descriptor = lambda entry: RunsOutOfMemory(real(entry), limit=8)  # every tile is too large
+    params = GenerationParams(prompt="", negative_prompt="", width=256, height=256, steps=1, guidance_scale=0, seed=0,
+                              inputs={"upscale": "0" * 64}, upscale=UpscaleOptions("tiny-2x"))
+    with pytest.raises(OutOfMemory) as refused:
+        run_upscale_job(upscalers, params, {"upscale": noise_image(128, 128)}, lambda *_: None, lambda: False)
+    assert refused.value.status == 503 and "256x256" in refused.value.message and "UPSCALE_TILE_OVERLAP" in refused.value.message
 
 
 def test_cancel_stops_between_tiles(folder):
@@ -159,3 +177,18 @@ def test_the_default_install_still_imports_transformers_and_diffusers_beside_spa
     assert done.returncode == 0, done.stderr[-2000:]
     version, architectures = done.stdout.split()
     assert version.startswith("0.4") and int(architectures) > 30
+
+
+def test_an_upscale_jobs_tiles_do_not_teach_the_step_estimate():
+    from sdxl_server.jobs.eta import ThroughputEstimate
+    from sdxl_server.params import GenerationParams, UpscaleOptions
+
+    estimate = ThroughputEstimate()
+    upscale = GenerationParams(prompt="", negative_prompt="", width=256, height=256, steps=1, guidance_scale=0, seed=0,
+                               inputs={"upscale": "0" * 64}, upscale=UpscaleOptions("Lanczos"))
+    estimate.record_step(upscale, 5.0, 1, 4)
+    estimate.record_job(upscale, 20.0, 4)
+    assert estimate.step_s_per_mpx is None and estimate.overhead_s_per_mpx is None
+    generation = GenerationParams(prompt="a fox", negative_prompt="", width=64, height=64, steps=2, guidance_scale=5, seed=1)
+    estimate.record_step(generation, 0.5, 1, 2)
+    assert estimate.step_s_per_mpx == pytest.approx(0.5 / (64 * 64 / 1e6))

@@ -33,12 +33,15 @@ class ThroughputEstimate:
         return new if old is None else old + self.alpha * (new - old)
 
     def record_step(self, params: GenerationParams, seconds: float, step: int = 1, total: int = 0) -> None:
-        """One step's time; ``step`` of ``total`` says its size (hires fix's second pass runs larger)."""
+        """One step's time; ``step`` of ``total`` says its size (hires fix's second pass runs larger).
+        An upscale job's steps are tiles, not denoising steps: they teach nothing here."""
+        if params.mode == "upscale":
+            return
         mpx = params.step_megapixels(step, total) if total else self._mpx(params)
         self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / (mpx or self._mpx(params)))
 
     def record_job(self, params: GenerationParams, seconds: float, steps_done: int) -> None:
-        if self.step_s_per_mpx is None:
+        if self.step_s_per_mpx is None or params.mode == "upscale":
             return
         done_mpx = params.megapixel_steps(0, params.total_steps) - params.megapixel_steps(steps_done, params.total_steps)
         overhead = max(0.0, seconds - self.step_s_per_mpx * done_mpx)

@@ -10,8 +10,10 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import OutOfMemory
 from ..params import GenerationParams
 from .plan import Generation
+from .tiling import MIN_TILE, is_out_of_memory
 from .upscaler_catalog import NONE
 from .upscalers import Upscalers
 
@@ -34,10 +36,17 @@ def run_upscale_job(
     def then(done: int, total: int) -> None:
         on_step(first_total[0] + done, first_total[0] + total, None)
 
-    result = upscalers.upscale(image, options.upscaler, 0, first, cancelled, size=size)
-    if blend:
-        second = upscalers.upscale(image, options.upscaler_2, 0, then, cancelled, size=size)
-        result = Image.blend(result.convert("RGB"), second.convert("RGB"), options.visibility_2)
+    try:
+        result = upscalers.upscale(image, options.upscaler, 0, first, cancelled, size=size)
+        if blend:
+            second = upscalers.upscale(image, options.upscaler_2, 0, then, cancelled, size=size)
+            result = Image.blend(result.convert("RGB"), second.convert("RGB"), options.visibility_2)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        upscalers.close()  # the model goes, and the CUDA cache with it
+        raise OutOfMemory(f"the device ran out of memory upscaling to {size[0]}x{size[1]} even in {MIN_TILE} px tiles: "
+                          "lower UPSCALE_TILE_OVERLAP, upscale less at a time, or close other GPU programs") from exc
     if options.crop_width and options.crop_height:
         result = centre_crop(result, (options.crop_width, options.crop_height))
     return Generation([result], {"inference_s": round(time.perf_counter() - started, 4), "decode_s": 0.0,
