@@ -35,18 +35,15 @@ def _valid_strength(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
-@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs)$")
+@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs|upscale)$")
 def map_case(context, case):
-    if isinstance(case.body, dict):
+    if not isinstance(case.body, dict):
+        return case
+    if case.path.endswith("/upscale"):  # an upscale request's image: any string is schema-valid
+        if isinstance(case.body.get("image"), str):
+            case.body = {**case.body, "image": _IMAGE}
+    else:
         case.body = _with_images(case.body)
-    return case
-
-
-@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/upscale$")
-def map_upscale(context, case):
-    """An upscale request's ``image`` (any string is schema-valid) is a real image."""
-    if isinstance(case.body, dict) and isinstance(case.body.get("image"), str):
-        case.body = {**case.body, "image": _IMAGE}
     return case
 
 
@@ -79,9 +76,9 @@ def _hires(hires: dict) -> dict:
     that runs a step, where the generated values are schema-valid."""
     hires = dict(hires)
     for name in ("width", "height"):
-        if isinstance(hires.get(name), int) and not isinstance(hires[name], bool) and hires[name] % 8 == 0 \
-                and 64 <= hires[name] <= 16384:
-            hires[name] = 128
+        value = hires.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value % 8 == 0 and 64 <= value <= 16384:
+            hires[name] = 128  # JSON Schema's integers include 11680.0
     if isinstance(hires.get("upscaler"), str) and 0 < len(hires["upscaler"]) <= 200:
         hires["upscaler"] = "Latent"
     if "denoise" not in hires or _valid_strength(hires["denoise"]):
