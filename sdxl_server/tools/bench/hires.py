@@ -6,15 +6,12 @@ the peak GPU memory and whether the decode was tiled by the memory check."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from .client import Client
-from .modes import GIB, _free, _peak, _reset_peak, _steps_run
+from .modes import GIB, _peak, _reset_peak, _steps_run, in_profiles
 from .stats import percentile, rss_bytes, summarize
 
 HIRES_SCALE = 2.0
@@ -97,29 +94,12 @@ def hires_profiles(base: Any, factory: Callable[[], Any], opts: Any, cuda: bool)
     free memory is short). The GPU check's ``hires`` step."""
     import aiohttp
 
-    from .server import InProcessServer
-    from .timed import TimedEngine
-
     async def measure(server: Any) -> dict[str, Any]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=opts.timeout_s)) as session:
             client = Client(server, session, opts)
             return {name: await _case(client, name) for name in PROFILE_UPSCALERS}
 
-    results: dict[str, Any] = {}
-    for profile in ("high", "8gb"):
-        settings = base.replace(attention="sdpa", memory_profile=profile, max_output_pixels=4 * opts.width * opts.height)
-        engine = TimedEngine(settings, pipeline_factory=factory)
-        server = InProcessServer(settings, engine).start()
-        try:
-            results[profile] = asyncio.run(measure(server))
-            if cuda:
-                free, total = torch.cuda.mem_get_info()
-                results[profile]["cuda_context_bytes"] = (total - free) - torch.cuda.memory_reserved()
-        finally:
-            server.stop()
-            del engine, server
-            _free(cuda)
-    return results
+    return in_profiles(base, factory, cuda, measure, max_output_pixels=4 * opts.width * opts.height)
 
 
 def hires_profile_lines(section: dict[str, Any]) -> list[str]:
