@@ -5,7 +5,8 @@ What JSON Schema cannot say about a request with images or the refiner: ``init_i
 must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``), which the
 test server's few steps only allow at ``strength`` 1, two steps split at 0.5, ``refiner_strength`` 1. Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
-generated, so the negative checks keep their teeth.
+generated, so the negative checks keep their teeth. An upscale's image, upscalers and size are
+mapped the same way (``_upscale``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ def _valid_strength(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
-@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs)$")
+@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs|upscale)$")
 def map_case(context, case):
     if isinstance(case.body, dict):
-        case.body = _with_images(case.body)
+        case.body = _upscale(case.body) if case.path == "/api/v1/upscale" else _with_images(case.body)
     return case
 
 
@@ -59,4 +60,23 @@ def _with_images(body: dict) -> dict:
             body["mask"] = _MASK
         else:
             body["mask"] = None
+    return body
+
+
+def _valid_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 16384
+
+
+def _upscale(body: dict) -> dict:
+    """An upscale's image must be one, its upscalers the server's, its final size within
+    MAX_OUTPUT_PIXELS (a 64x64 image by at most 8 is): schema-valid values become such."""
+    body = dict(body)
+    if isinstance(body.get("image"), str) and body["image"]:
+        body["image"] = _IMAGE
+    for name, usable in (("upscaler", "Lanczos"), ("upscaler_2", "Nearest")):
+        if isinstance(body.get(name), str) and 1 <= len(body[name]) <= 256:
+            body[name] = usable
+    for name in ("width", "height"):
+        if _valid_size(body.get(name)):
+            body[name] = min(body[name], 256)
     return body
