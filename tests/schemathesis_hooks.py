@@ -2,8 +2,10 @@
 
 What JSON Schema cannot say about a request with images or the refiner: ``init_image`` and
 ``mask`` must be real images (any string is schema-valid), a mask needs an image, and every model
-must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``), which the
-test server's few steps only allow at ``strength`` 1, two steps split at 0.5, ``refiner_strength`` 1. Wherever a generated body holds a schema-valid value for these
+must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``; hires fix's
+``denoise``), which the test server's few steps only allow at ``strength`` 1, two steps split at
+0.5, ``refiner_strength`` 1, ``denoise`` 1; hires fix's upscaler must be one the server has, its
+size within ``MAX_OUTPUT_PIXELS``, and it takes no mask. Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
 generated, so the negative checks keep their teeth. An upscale's image, upscalers and size are
 mapped the same way (``_upscale``).
@@ -56,10 +58,12 @@ def _with_images(body: dict) -> dict:
         if "refiner_strength" not in body or _valid_strength(body["refiner_strength"]):
             body["refiner_strength"] = 1.0
     if isinstance(body.get("mask"), str):
-        if has_image:
+        if has_image and not isinstance(body.get("hires"), dict):
             body["mask"] = _MASK
         else:
             body["mask"] = None
+    if isinstance(body.get("hires"), dict):
+        body["hires"] = _hires(body["hires"])
     return body
 
 
@@ -80,3 +84,18 @@ def _upscale(body: dict) -> dict:
         if _valid_size(body.get(name)):
             body[name] = min(body[name], 256)
     return body
+
+
+def _hires(hires: dict) -> dict:
+    """Hires fix: a final size within MAX_OUTPUT_PIXELS, an upscaler the server has and a denoise
+    that runs a step, where the generated values are schema-valid."""
+    hires = dict(hires)
+    for name in ("width", "height"):
+        if isinstance(hires.get(name), int) and not isinstance(hires[name], bool) and hires[name] % 8 == 0 \
+                and 64 <= hires[name] <= 16384:
+            hires[name] = 128
+    if isinstance(hires.get("upscaler"), str) and 0 < len(hires["upscaler"]) <= 200:
+        hires["upscaler"] = "Latent"
+    if "denoise" not in hires or _valid_strength(hires["denoise"]):
+        hires["denoise"] = 1.0
+    return hires

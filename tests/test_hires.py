@@ -165,6 +165,7 @@ async def test_the_final_size_has_its_own_limit(make_client, limited):
     ({"scale": 4.5}, "hires"),
     ({"scale": "2"}, "hires"),
     ({"width": 100}, "hires"),
+    ({"height": 40}, "hires"),
     ({"denoise": 0}, "hires"),
     ({"denoise": 0.2}, "hires.denoise"),  # int(3 x 0.2) = 0: no second-pass step
     ({"scheduler": "k_lms"}, "hires"),

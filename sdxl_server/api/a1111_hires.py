@@ -72,9 +72,9 @@ def hires_group(body: dict[str, Any], first_scheduler: str, notes: list[str]) ->
         "steps": max(0, asked["hr_second_pass_steps"]), "prompt": asked["hr_prompt"] or "",
         "negative_prompt": asked["hr_negative_prompt"] or "",
     }
-    resize = (max(0, asked["hr_resize_x"]) // 8 * 8, max(0, asked["hr_resize_y"]) // 8 * 8)
-    if any(resize):
-        group["width"], group["height"] = resize
+    resize = {"width": max(0, asked["hr_resize_x"]) // 8 * 8, "height": max(0, asked["hr_resize_y"]) // 8 * 8}
+    if any(resize.values()):
+        group.update({name: value for name, value in resize.items() if value})
     else:
         group["scale"] = asked["hr_scale"]
     sampler, schedule = asked["hr_sampler_name"], asked["hr_scheduler"]

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 
 from ..config import Settings
 from ..errors import ValidationFailed
@@ -33,24 +33,20 @@ async def hires_upscalers(app: Any) -> dict[str, str | None]:
     return {**dict.fromkeys(LATENT_UPSCALERS), **{entry.name: entry.broken for entry in entries if entry.name != NONE}}
 
 
-def _zero_or_size(value: int) -> None:
-    if value and (value < 64 or value % 8):
-        raise ValidationError(f"Must be 0 (from scale) or a multiple of 8 from 64 (got {value}).")
-
-
 def hires_schema(settings: Settings) -> Schema:
     """The ``hires`` group: its fields with this server's limits (unknown ones refused)."""
-    from .schemas import StrictFloat, StrictInteger, StrictString
+    from .schemas import StrictFloat, StrictInteger, StrictString, _size
 
     text = validate.Length(max=settings.max_prompt_length)
-    size = {"validate": [validate.Range(min=0, max=HIRES_SIZE_MAX), _zero_or_size], "load_default": 0}
+    size = {"validate": _size(HIRES_SIZE_MAX), "load_default": None, "allow_none": True}
     cls = Schema.from_dict({
         "scale": StrictFloat(load_default=DEFAULTS.scale, validate=validate.Range(min=1, max=HIRES_SCALE_MAX),
                              metadata={"description": f"The final size as a multiple of width x height (1 to {HIRES_SCALE_MAX:g}); "
                                                       "width or height here win over it."}),
-        "width": StrictInteger(**size, metadata={"description": "The final width (0: from scale, or from height "
-                                                                "keeping the aspect); with height both: cover, then crop the centre."}),
-        "height": StrictInteger(**size, metadata={"description": "The final height (0: from scale or width)."}),
+        "width": StrictInteger(**size, metadata={"description": "The final width, a multiple of 8 (null: from scale, or "
+                                                                "from height keeping the aspect); with height: cover, then crop the centre.",
+                                                 "multipleOf": 8}),
+        "height": StrictInteger(**size, metadata={"description": "The final height (null: from scale or width).", "multipleOf": 8}),
         "upscaler": fields.String(load_default=DEFAULTS.upscaler, validate=validate.Length(min=1, max=200),
                                   metadata={"description": "A latent mode (" + ", ".join(LATENT_UPSCALERS) + ") or a pixel "
                                             "upscaler (Lanczos, Nearest, or a model of GET /api/v1/upscalers)."}),
@@ -81,8 +77,8 @@ def hires_request_fields(settings: Settings) -> dict[str, fields.Field]:
 def flatten(values: dict[str, Any]) -> dict[str, Any]:
     """A loaded request with its ``hires`` group as the flat fields (``hires``, ``hires_scale`` ...)."""
     group = values.pop("hires", None)
-    if group is not None:
-        values.update({"hires": True, **{f"hires_{name}": value for name, value in group.items()}})
+    if group is not None:  # a size not given is 0 in HiresOptions
+        values.update({"hires": True, **{f"hires_{name}": 0 if value is None else value for name, value in group.items()}})
     return values
 
 
