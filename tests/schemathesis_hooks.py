@@ -68,7 +68,8 @@ def _with_images(body: dict) -> dict:
 
 
 def _valid_size(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 16384
+    """A schema-valid integer (JSON Schema counts 16384.0 as one) in the upscale's range."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and 0 <= value <= 16384
 
 
 def _upscale(body: dict) -> dict:
@@ -82,7 +83,7 @@ def _upscale(body: dict) -> dict:
             body[name] = usable
     for name in ("width", "height"):
         if _valid_size(body.get(name)):
-            body[name] = min(body[name], 256)
+            body[name] = min(int(body[name]), 256)
     return body
 
 
