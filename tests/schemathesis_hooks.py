@@ -92,9 +92,9 @@ def _hires(hires: dict) -> dict:
     that runs a step, where the generated values are schema-valid."""
     hires = dict(hires)
     for name in ("width", "height"):
-        if isinstance(hires.get(name), int) and not isinstance(hires[name], bool) and hires[name] % 8 == 0 \
-                and 64 <= hires[name] <= 16384:
-            hires[name] = 128
+        value = hires.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value % 8 == 0 and 64 <= value <= 16384:
+            hires[name] = 128  # JSON Schema's integers include 11680.0
     if isinstance(hires.get("upscaler"), str) and 0 < len(hires["upscaler"]) <= 200:
         hires["upscaler"] = "Latent"
     if "denoise" not in hires or _valid_strength(hires["denoise"]):

@@ -35,7 +35,7 @@ async def hires_upscalers(app: Any) -> dict[str, str | None]:
 
 def hires_schema(settings: Settings) -> Schema:
     """The ``hires`` group: its fields with this server's limits (unknown ones refused)."""
-    from .schemas import StrictFloat, StrictInteger, StrictString, _size
+    from .schemas import TEXT_PATTERN, StrictFloat, StrictInteger, StrictString, _size
 
     text = validate.Length(max=settings.max_prompt_length)
     size = {"validate": _size(HIRES_SIZE_MAX), "load_default": None, "allow_none": True}
@@ -55,9 +55,10 @@ def hires_schema(settings: Settings) -> Schema:
         "denoise": StrictFloat(load_default=DEFAULTS.denoise, validate=validate.Range(min=0, max=1, min_inclusive=False),
                                metadata={"description": "How much the second pass repaints (A1111's denoising strength).",
                                          "exclusiveMinimum": 0}),
-        "prompt": StrictString(load_default="", validate=text, metadata={"description": "The second pass's prompt (empty: the request's)."}),
-        "negative_prompt": StrictString(load_default="", validate=text,
-                                        metadata={"description": "The second pass's negative prompt (empty: the request's)."}),
+        "prompt": StrictString(load_default="", validate=text, metadata={
+            "description": "The second pass's prompt (empty: the request's).", "pattern": TEXT_PATTERN}),
+        "negative_prompt": StrictString(load_default="", validate=text, metadata={
+            "description": "The second pass's negative prompt (empty: the request's).", "pattern": TEXT_PATTERN}),
         "scheduler": fields.String(load_default="", validate=validate.OneOf(["", *SCHEDULERS]),
                                    metadata={"description": "The second pass's sampler (empty: the request's)."}),
     }, name="HiresRequest")
