@@ -7,7 +7,8 @@ must run at least a step (``steps`` x ``strength``; the refiner's share of ``ste
 0.5, ``refiner_strength`` 1, ``denoise`` 1; hires fix's upscaler must be one the server has, its
 size within ``MAX_OUTPUT_PIXELS``, and it takes no mask. Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
-generated, so the negative checks keep their teeth.
+generated, so the negative checks keep their teeth. An upscale's image, upscalers and size are
+mapped the same way (``_upscale``).
 """
 
 from __future__ import annotations
@@ -37,13 +38,8 @@ def _valid_strength(value) -> bool:
 
 @schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs|upscale)$")
 def map_case(context, case):
-    if not isinstance(case.body, dict):
-        return case
-    if case.path.endswith("/upscale"):  # an upscale request's image: any string is schema-valid
-        if isinstance(case.body.get("image"), str):
-            case.body = {**case.body, "image": _IMAGE}
-    else:
-        case.body = _with_images(case.body)
+    if isinstance(case.body, dict):
+        case.body = _upscale(case.body) if case.path == "/api/v1/upscale" else _with_images(case.body)
     return case
 
 
@@ -68,6 +64,26 @@ def _with_images(body: dict) -> dict:
             body["mask"] = None
     if isinstance(body.get("hires"), dict):
         body["hires"] = _hires(body["hires"])
+    return body
+
+
+def _valid_size(value) -> bool:
+    """A schema-valid integer (JSON Schema counts 16384.0 as one) in the upscale's range."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and 0 <= value <= 16384
+
+
+def _upscale(body: dict) -> dict:
+    """An upscale's image must be one, its upscalers the server's, its final size within
+    MAX_OUTPUT_PIXELS (a 64x64 image by at most 8 is): schema-valid values become such."""
+    body = dict(body)
+    if isinstance(body.get("image"), str) and body["image"]:
+        body["image"] = _IMAGE
+    for name, usable in (("upscaler", "Lanczos"), ("upscaler_2", "Nearest")):
+        if isinstance(body.get(name), str) and 1 <= len(body[name]) <= 256:
+            body[name] = usable
+    for name in ("width", "height"):
+        if _valid_size(body.get(name)):
+            body[name] = min(int(body[name]), 256)
     return body
 
 

@@ -165,3 +165,9 @@ async def test_extras_fields_without_effect_leave_the_image_as_it_was(client):
                                     json={**body, "show_extras_results": False, "upscale_first": True})).json()
     assert decoded(plain["image"]).tobytes() == decoded(same["image"]).tobytes()
     assert same["html_info"] == plain["html_info"] and "Warning" not in same["html_info"]
+
+
+async def test_our_upscale_api_is_strict_about_types(client):
+    for body in ({"crop": 0}, {"scale": "2"}, {"width": True}):
+        resp = await client.post("/api/v1/upscale", json={"image": b64(picture(16, 16)), **body})
+        assert resp.status == 422 and set((await resp.json())["fields"]) == set(body), body

@@ -120,6 +120,15 @@ async def queue_upscale(app: web.Application, ask: UpscaleAsk, names: Mapping[st
     return job
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only (marshmallow's Boolean takes 0, 1, "yes"...: our API is strict)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 def upscale_request_schema() -> Schema:
     """``POST /api/v1/upscale``'s body (unknown fields refused)."""
     size = {"load_default": 0, "validate": validate.Range(min=0, max=SIDE_MAX)}
@@ -132,7 +141,7 @@ def upscale_request_schema() -> Schema:
                              metadata={"description": f"Times the image's size (1 to {SCALE_MAX:g}); width/height win over it."}),
         "width": StrictInteger(**size, metadata={"description": "The final width (0: from scale or height, aspect kept)."}),
         "height": StrictInteger(**size, metadata={"description": "The final height; with width: cover both, then crop."}),
-        "crop": fields.Boolean(load_default=True, metadata={"description": "With width and height: crop the centre to them."}),
+        "crop": StrictBoolean(load_default=True, metadata={"description": "With width and height: crop the centre to them."}),
         "upscaler_2": fields.String(load_default=NONE, validate=validate.Length(min=1, max=256),
                                     metadata={"description": "A second upscaler blended in (A1111's extras)."}),
         "upscaler_2_visibility": StrictFloat(load_default=0.0, validate=validate.Range(min=0.0, max=1.0),
