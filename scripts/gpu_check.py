@@ -22,7 +22,8 @@ ratio (the direct path saves a PNG as a plain script would). The first configura
 measures the event loop, progress latency with 1 and 100 websocket clients, and a batch of 4
 against 1 (images/s); then, if time is left, the base with the full-size random SDXL refiner
 (ensemble at 0.8, saved to a folder and loaded with ``REFINER_ID``) against the base alone, in the
-default and 8 GB profiles (``--no-refiner`` to skip); last, if time is left, a cold start from the
+default and 8 GB profiles (``--no-refiner`` to skip); then hires fix x2 (``Latent``, 1024² to
+2048²) in the same two profiles: time, phases, peak memory (``--no-hires``); last, if time is left, a cold start from the
 model saved as a diffusers folder (``MODEL_ID=/path``, the path a real model takes).
 
 Every configuration runs in ``try``/``except`` (the error is recorded and the next runs), the
@@ -63,6 +64,7 @@ import torch  # noqa: E402
 from sdxl_server.config import Settings  # noqa: E402
 from sdxl_server.tools.bench.client import Client  # noqa: E402
 from sdxl_server.tools.bench.coldstart import coldstart_once  # noqa: E402
+from sdxl_server.tools.bench.hires import hires_profile_lines, hires_profiles  # noqa: E402
 from sdxl_server.tools.bench.modes import refiner_lines, refiner_section  # noqa: E402
 from sdxl_server.tools.bench.options import BenchOptions  # noqa: E402
 from sdxl_server.tools.bench.sections import section_loop, section_overhead, section_progress  # noqa: E402
@@ -280,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-budget-s", type=float, default=240.0, help="time the compile configuration needs")
     parser.add_argument("--no-extras", dest="extras", action="store_false", help="skip loop/progress on the first config")
     parser.add_argument("--no-coldstart", dest="coldstart", action="store_false", help="skip the cold start from a folder")
+    parser.add_argument("--no-hires", dest="hires", action="store_false",
+                        help="skip hires fix x2 in the high and 8gb profiles (1024² -> 2048² on a GPU)")
     parser.add_argument("--no-refiner", dest="refiner", action="store_false",
                         help="skip base + refiner (ensemble at 0.8) in the high and 8gb profiles")
     parser.add_argument("--sync-steps", action="store_true",
@@ -401,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
             log("refiner: " + line)
         return section
 
+    def hires_step() -> dict[str, Any]:
+        log(f"hires: x2 (Latent) from {size}x{size}, high and 8gb profiles ({budget.left():.0f}s left)")
+        section = hires_profiles(base, factory, opts, cuda)
+        for line in hires_profile_lines(section):
+            log("hires: " + line)
+        return section
+
     def coldstart_step() -> dict[str, Any]:
         from sdxl_server.pipeline.fullsize import save_fullsize_model
 
@@ -421,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     optional_step(report, "refiner", args.refiner, "--no-refiner", budget, 240.0 if cuda else 30.0, refiner_step)
+    optional_step(report, "hires", args.hires, "--no-hires", budget, 240.0 if cuda else 30.0, hires_step)
     optional_step(report, "coldstart", args.coldstart, "--no-coldstart", budget, 150.0 if cuda else 30.0, coldstart_step)
     report.data["check"]["elapsed_s"] = round(budget.elapsed(), 1)
     report.write()

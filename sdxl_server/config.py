@@ -144,6 +144,10 @@ class Settings:
     default_guidance: float = _setting("DEFAULT_GUIDANCE", 7.0, _float_range(0.0, 30.0), "default CFG scale")
     max_width: int = _setting("MAX_WIDTH", 1280, _int_range(64, 8192), "largest width a request may ask for")
     max_height: int = _setting("MAX_HEIGHT", 1280, _int_range(64, 8192), "largest height a request may ask for")
+    max_output_pixels: int = _setting(
+        "MAX_OUTPUT_PIXELS", 2048 * 2048, _int_range(64 * 64, 1 << 28),
+        "most pixels of one image after hires fix (its first pass keeps MAX_WIDTH x MAX_HEIGHT)",
+    )
     max_steps: int = _setting("MAX_STEPS", 50, _int_range(1, 1000), "most steps a request may ask for")
     max_batch: int = _setting("MAX_BATCH", 4, _int_range(1, 64), "most images one job (one pipeline call) makes")
     max_request_images: int = _setting(
@@ -188,6 +192,14 @@ class Settings:
     styles_file: Path = _setting(
         "STYLES_FILE", Path("styles.csv"), _path,
         "A1111 styles.csv (name,prompt,negative_prompt) a request's styles come from; absent: no styles",
+    )
+    upscalers_dir: Path = _setting(
+        "UPSCALERS_DIR", Path("models/upscalers"), _path,
+        "folder of upscaler models (.pth, .safetensors: ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, ... read with spandrel)",
+    )
+    upscale_tile: int = _setting("UPSCALE_TILE", 512, _int_range(32, 4096), "tile size (pixels) upscaler models run in; halves on out of memory")
+    upscale_tile_overlap: int = _setting(
+        "UPSCALE_TILE_OVERLAP", 32, _int_range(0, 512), "pixels of context each upscaler tile reads beyond its edges"
     )
     lora_cache: int = _setting("LORA_CACHE", 4, _int_range(1, 256), "LoRAs kept loaded (least recently used unloaded first)")
     max_loras: int = _setting("MAX_LORAS", 5, _int_range(1, 64), "most LoRAs one request may use")

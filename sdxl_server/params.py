@@ -38,6 +38,11 @@ INPAINT_AREAS = ("whole", "masked")
 REFINER_MODES = ("none", "ensemble", "image")
 RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fill"}
 INPAINTING_FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+# Hires fix's latent upscalers, as A1111 names them (the latents interpolated; pipeline/hires_upscale.py);
+# its pixel upscalers are the upscaler catalog's (pipeline/upscaler_catalog.py).
+LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                    "Latent (nearest)", "Latent (nearest-exact)")
+HIRES_SCALE_MAX = 4.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ INPUT_ROLES: dict[str, InputRole] = {
     "mask": InputRole("mask", "mask", "L"),
     **{f"control{i}": InputRole(f"control{i}", f"control{i}_image", "RGB", listed=False) for i in range(MAX_CONTROL_UNITS)},
     **{f"ip{i}": InputRole(f"ip{i}", f"ip_adapter{i}_image", "RGB", listed=False) for i in range(MAX_IP_ADAPTERS)},
+    "upscale": InputRole("upscale", "upscale_image", "RGB"),  # an upscale job's image (no generation)
 }
 
 
@@ -160,6 +166,61 @@ class IpAdapterOptions:
         units = tuple(unit if isinstance(unit, IpAdapterUnit) else IpAdapterUnit(**unit) for unit in self.units)
         object.__setattr__(self, "units", units)
 
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """An upscale job: the upscaler (a built-in or a file of ``UPSCALERS_DIR``), a second one
+    blended in at ``visibility_2`` (A1111's extras), and a centre crop to ``crop_width`` x
+    ``crop_height`` after upscaling (0: none). The job's ``width`` x ``height`` is the upscaled size."""
+
+    upscaler: str = "None"
+    upscaler_2: str = "None"
+    visibility_2: float = 0.0
+    crop_width: int = 0
+    crop_height: int = 0
+
+
+@dataclass(frozen=True)
+class HiresOptions:
+    """Hires fix: after the first pass (and the refiner, as A1111 runs it), the latents or the
+    image are upscaled to the target (``scale``, or ``width``/``height``: one of them 0 keeps the
+    aspect, both cover then crop the centre, as A1111 does) and repainted image to image at
+    ``denoise`` for ``steps`` (0: the request's) with their own prompts and sampler ("": the first
+    pass's)."""
+
+    enabled: bool = False
+    scale: float = 2.0
+    width: int = 0
+    height: int = 0
+    upscaler: str = "Latent"
+    steps: int = 0
+    denoise: float = 0.7
+    prompt: str = ""
+    negative_prompt: str = ""
+    scheduler: str = ""
+
+    def target(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(the size the first pass's result is upscaled to, the final size after the centre
+        crop), in multiples of 8, for a first pass of ``width`` x ``height``."""
+        if not self.width and not self.height:
+            size = (_eighth(width * self.scale), _eighth(height * self.scale))
+            return size, size
+        if not self.height:
+            size = (_eighth(self.width), _eighth(self.width * height / width))
+            return size, size
+        if not self.width:
+            size = (_eighth(self.height * width / height), _eighth(self.height))
+            return size, size
+        cover = max(self.width / width, self.height / height)
+        return (max(_eighth(width * cover), self.width), max(_eighth(height * cover), self.height)), (self.width, self.height)
+
+    def pass_steps(self, steps: int) -> int:
+        """The steps the second pass runs (image to image at ``denoise``)."""
+        return denoising_steps(self.steps or steps, self.denoise)
+
+
+def _eighth(value: float) -> int:
+    return max(8, int(value) // 8 * 8)
+
 
 # flat name -> (group, field): the one map between what clients, the job store and the metadata
 # see and the groups. A new group adds its lines here.
@@ -175,10 +236,18 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "refiner_strength": ("refiner", "strength"),
     "controlnet": ("control", "units"),
     "ip_adapter": ("ip", "units"),
+    "upscaler": ("upscale", "upscaler"),
+    "upscaler_2": ("upscale", "upscaler_2"),
+    "upscaler_2_visibility": ("upscale", "visibility_2"),
+    "upscale_crop_width": ("upscale", "crop_width"),
+    "upscale_crop_height": ("upscale", "crop_height"),
+    "hires": ("hires", "enabled"),
+    **{f"hires_{name}": ("hires", name) for name in ("scale", "width", "height", "upscaler", "steps", "denoise",
+                                                      "prompt", "negative_prompt", "scheduler")},
 }
 GROUPS: dict[str, type] = {
     "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "control": ControlOptions,
-    "ip": IpAdapterOptions,
+    "ip": IpAdapterOptions, "upscale": UpscaleOptions, "hires": HiresOptions,
 }
 
 
@@ -216,6 +285,8 @@ class GenerationParams:
     refiner: RefinerOptions = RefinerOptions()
     control: ControlOptions = ControlOptions()
     ip: IpAdapterOptions = IpAdapterOptions()
+    upscale: UpscaleOptions = UpscaleOptions()
+    hires: HiresOptions = HiresOptions()
 
     def __post_init__(self) -> None:
         # Rebuilt from JSON (job store: lists; metadata: {name, weight}): keep hashable tuples.
@@ -256,17 +327,42 @@ class GenerationParams:
 
     @property
     def mode(self) -> str:
-        """``txt2img``, ``img2img`` or ``inpaint``: the first mode whose input roles the request has."""
+        """``upscale``, ``txt2img``, ``img2img`` or ``inpaint``: the first mode whose input roles the request has."""
         return next(mode for mode, roles in MODE_ROLES.items() if roles <= self.inputs.keys())
 
     @property
     def total_steps(self) -> int:
         """Denoising steps that really run (about; the engine's plan counts them exactly): image to
-        image skips the first ``1 - strength`` of them; the refiner's steps are added."""
+        image skips the first ``1 - strength`` of them; the refiner's and hires fix's second pass's are added."""
+        if self.mode == "upscale":
+            return self.steps  # a guess until the job's tiles are counted (the worker reports them)
         base = self.steps if self.mode == "txt2img" else denoising_steps(self.steps, self.image.strength)
         if self.refiner.mode == "image":
-            return base + denoising_steps(self.steps, self.refiner.strength)
-        return base  # ensemble: the same schedule, split between the two models
+            base += denoising_steps(self.steps, self.refiner.strength)
+        return base + self.hires_steps  # ensemble: the same schedule, split between the two models
+
+    @property
+    def hires_steps(self) -> int:
+        """The steps of hires fix's second pass (0 without it)."""
+        return self.hires.pass_steps(self.steps) if self.hires.enabled else 0
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images the job makes: hires fix's target, else ``width`` x ``height``."""
+        return self.hires.target(self.width, self.height)[1] if self.hires.enabled else (self.width, self.height)
+
+    def megapixel_steps(self, done: int, total: int) -> float:
+        """Megapixel-steps left after ``done`` of ``total`` steps: what the time left scales with
+        (hires fix's second pass runs its steps at the final size)."""
+        second = min(self.hires_steps, total)
+        first_left = max(0, total - second - done)
+        second_left = min(second, total - done)
+        width, height = self.output_size
+        return (first_left * self.pixels + second_left * width * height * self.num_images) / 1e6
+
+    def step_megapixels(self, step: int, total: int) -> float:
+        """The megapixels step ``step`` (from 1) of ``total`` runs at."""
+        return self.megapixel_steps(step - 1, total) - self.megapixel_steps(step, total)
 
     @property
     def pixels(self) -> int:
@@ -280,6 +376,7 @@ _CORE_FIELDS = tuple(
 
 # mode -> the input roles it needs, most specific first (the first match is the request's mode).
 MODE_ROLES: dict[str, frozenset[str]] = {
+    "upscale": frozenset({"upscale"}),
     "inpaint": frozenset({"init", "mask"}),
     "img2img": frozenset({"init"}),
     "txt2img": frozenset(),

@@ -41,6 +41,7 @@ def settings(tiny_cache, tmp_path) -> Settings:
         model_dir=tmp_path / "no-model-here",
         styles_file=tmp_path / "styles.csv",
         embeddings_dir=tmp_path / "embeddings",
+        upscalers_dir=tmp_path / "upscalers",
         default_width=64,
         default_height=64,
         default_steps=3,

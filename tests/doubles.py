@@ -86,6 +86,14 @@ class PausingEngine(Engine):
 
         return super().generate(params, pausing, cancelled, **inputs)
 
+    def upscale(self, params, on_step, cancelled, inputs):
+        def pausing(step, total, preview):  # an upscale job's steps are its tiles
+            on_step(step, total, preview)
+            if step == self.pause_after:
+                _wait_until(cancelled)
+
+        return super().upscale(params, pausing, cancelled, inputs)
+
 
 class SmallMemoryEngine(Engine):
     """A real engine whose UNet runs out of memory for more than one image at a time."""
@@ -230,3 +238,16 @@ class FullDiskOutputStore(OutputStore):
     def __init__(self, root, full_for: set[str]):
         super().__init__(root, blobs=FullDiskBlobs(root, full_for))
         self.full_for = full_for
+
+class UpscalePausingEngine(Engine):
+    """A real engine whose pixel upscaling (hires fix's upscale phase) waits, once it has begun,
+    until its job is cancelled: a test cancels a job between its two passes."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.upscaling = threading.Event()
+
+    def upscale_image(self, image, upscaler, cover, size, cancelled):
+        self.upscaling.set()
+        _wait_until(cancelled)
+        return super().upscale_image(image, upscaler, cover, size, cancelled)

@@ -1,11 +1,14 @@
 """schemathesis hooks (loaded with SCHEMATHESIS_HOOKS by tests/test_schemathesis.py).
 
-What JSON Schema cannot say about a request with images or the refiner: ``init_image``, ``mask``
-and ``POST /api/v1/preprocess``'s ``image`` must be real images (any string is schema-valid), a mask needs an image, and every model
-must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``), which the
-test server's few steps only allow at ``strength`` 1, two steps split at 0.5, ``refiner_strength`` 1. Wherever a generated body holds a schema-valid value for these
+What JSON Schema cannot say about a request with images or the refiner: ``init_image``,
+``mask`` and ``POST /api/v1/preprocess``'s ``image`` must be real images (any string is schema-valid), a mask needs an image, and every model
+must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``; hires fix's
+``denoise``), which the test server's few steps only allow at ``strength`` 1, two steps split at
+0.5, ``refiner_strength`` 1, ``denoise`` 1; hires fix's upscaler must be one the server has, its
+size within ``MAX_OUTPUT_PIXELS``, and it takes no mask. Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
-generated, so the negative checks keep their teeth.
+generated, so the negative checks keep their teeth. An upscale's image, upscalers and size are
+mapped the same way (``_upscale``).
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ def _valid_strength(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
-@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs|preprocess)$")
+@schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs|preprocess|upscale)$")
 def map_case(context, case):
     if isinstance(case.body, dict):
-        case.body = _preprocess(case.body) if case.path.endswith("/preprocess") else _with_images(case.body)
+        if case.path.endswith("/preprocess"):
+            case.body = _preprocess(case.body)
+        elif case.path == "/api/v1/upscale":
+            case.body = _upscale(case.body)
+        else:
+            case.body = _with_images(case.body)
     return case
 
 
@@ -65,8 +73,45 @@ def _with_images(body: dict) -> dict:
         if "refiner_strength" not in body or _valid_strength(body["refiner_strength"]):
             body["refiner_strength"] = 1.0
     if isinstance(body.get("mask"), str):
-        if has_image:
+        if has_image and not isinstance(body.get("hires"), dict):
             body["mask"] = _MASK
         else:
             body["mask"] = None
+    if isinstance(body.get("hires"), dict):
+        body["hires"] = _hires(body["hires"])
     return body
+
+
+def _valid_size(value) -> bool:
+    """A schema-valid integer (JSON Schema counts 16384.0 as one) in the upscale's range."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and 0 <= value <= 16384
+
+
+def _upscale(body: dict) -> dict:
+    """An upscale's image must be one, its upscalers the server's, its final size within
+    MAX_OUTPUT_PIXELS (a 64x64 image by at most 8 is): schema-valid values become such."""
+    body = dict(body)
+    if isinstance(body.get("image"), str) and body["image"]:
+        body["image"] = _IMAGE
+    for name, usable in (("upscaler", "Lanczos"), ("upscaler_2", "Nearest")):
+        if isinstance(body.get(name), str) and 1 <= len(body[name]) <= 256:
+            body[name] = usable
+    for name in ("width", "height"):
+        if _valid_size(body.get(name)):
+            body[name] = min(int(body[name]), 256)
+    return body
+
+
+def _hires(hires: dict) -> dict:
+    """Hires fix: a final size within MAX_OUTPUT_PIXELS, an upscaler the server has and a denoise
+    that runs a step, where the generated values are schema-valid."""
+    hires = dict(hires)
+    for name in ("width", "height"):
+        value = hires.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value % 8 == 0 and 64 <= value <= 16384:
+            hires[name] = 128  # JSON Schema's integers include 11680.0
+    if isinstance(hires.get("upscaler"), str) and 0 < len(hires["upscaler"]) <= 200:
+        hires["upscaler"] = "Latent"
+    if "denoise" not in hires or _valid_strength(hires["denoise"]):
+        hires["denoise"] = 1.0
+    return hires

@@ -16,8 +16,11 @@ KEY = "probe-key"
 
 
 async def test_lists_of_what_this_server_does_not_have(client):
-    assert [u["name"] for u in await (await client.get("/sdapi/v1/upscalers")).json()] == ["None"]
-    for path in ("latent-upscale-modes", "sd-vae", "sd-modules", "face-restorers", "prompt-styles"):
+    upscalers = [u["name"] for u in await (await client.get("/sdapi/v1/upscalers")).json()]
+    assert upscalers == ["None", "Lanczos", "Nearest", "tiny-compact-2x"]  # the built-ins, the tiny model's upscaler
+    modes = [m["name"] for m in await (await client.get("/sdapi/v1/latent-upscale-modes")).json()]
+    assert modes[0] == "Latent" and "Latent (nearest-exact)" in modes  # hires fix's
+    for path in ("sd-vae", "sd-modules", "face-restorers", "prompt-styles"):
         resp = await client.get(f"/sdapi/v1/{path}")
         assert resp.status == 200 and await resp.json() == [], path
     assert await (await client.get("/sdapi/v1/scripts")).json() == {"txt2img": [], "img2img": []}

@@ -74,7 +74,14 @@ A1111_APPLIED = {
     "inpainting_fill": (0, {"mask": MASK}), "inpaint_full_res": (True, {"mask": MASK}),
     "inpaint_full_res_padding": (8, {"mask": MASK, "inpaint_full_res": True}),
     "inpainting_mask_invert": (1, {"mask": MASK}), "include_init_images": (True, {}),
+    "enable_hr": (True, {"hr_scale": 1.5}), "hr_scale": (1.5, {"enable_hr": True}),
+    "hr_upscaler": ("Lanczos", {"enable_hr": True}), "hr_second_pass_steps": (3, {"enable_hr": True}),
+    "hr_resize_x": (128, {"enable_hr": True, "hr_scale": 1.5}), "hr_resize_y": (128, {"enable_hr": True, "hr_scale": 1.5}),
+    "hr_sampler_name": ("DDIM", {"enable_hr": True}), "hr_scheduler": ("Karras", {"enable_hr": True, "sampler_name": "DPM++ 2M"}),
+    "hr_prompt": ("a dog", {"enable_hr": True}), "hr_negative_prompt": ("blurry", {"enable_hr": True}),
 }
+# denoising_strength acts on image to image, and on text to image with enable_hr
+A1111_APPLIED_ON = {"/sdapi/v1/txt2img": {"denoising_strength": (0.5, {"enable_hr": True})}}
 # field -> (a value that asks for what is not applied, A1111's default: no warning)
 A1111_WARNED = {
     "subseed_strength": (0.5, 0), "seed_resize_from_h": (128, -1), "seed_resize_from_w": (128, -1),
@@ -83,16 +90,13 @@ A1111_WARNED = {
     "firstpass_image": (IMAGE, None), "script_name": ("x/y/z plot", "None"), "infotext": ("a fox\nSteps: 20", None),
     "alwayson_scripts": ({"ADetailer": {"args": [True, {"ad_model": "face_yolov8n.pt"}]}},
                          {"ControlNet": {"args": [{"enabled": False}]}, "ADetailer": {"args": []}}),
-    "enable_hr": (True, False), "mask_blur_x": (8, 4), "mask_blur_y": (8, 4), "mask_round": (False, True),
+    "hr_checkpoint_name": ("other", "Use same checkpoint"), "mask_blur_x": (8, 4), "mask_blur_y": (8, 4), "mask_round": (False, True),
     "initial_noise_multiplier": (0.5, 1), "latent_mask": (MASK, None),
 }
 A1111_NO_EFFECT = {
     "subseed": 99, "do_not_save_samples": True, "do_not_save_grid": True, "save_images": True, "comments": {"a": 1},
     "override_settings_restore_afterwards": False, "force_task_id": "task-1", "script_args": [1, 2],
-    "denoising_strength": 0.3, "firstphase_width": 128, "firstphase_height": 128, "hr_scale": 1.5,
-    "hr_upscaler": "Latent", "hr_second_pass_steps": 5, "hr_resize_x": 128, "hr_resize_y": 128,
-    "hr_checkpoint_name": "x", "hr_sampler_name": "Euler", "hr_scheduler": "Karras", "hr_prompt": "y",
-    "hr_negative_prompt": "z", "image_cfg_scale": 1.5,
+    "firstphase_width": 128, "firstphase_height": 128, "image_cfg_scale": 1.5,
 }
 
 
@@ -116,7 +120,7 @@ async def test_a1111_applied_fields_change_the_answer(client, route):
     base = BASES[route]
     assert await _answer(client, route, base) == await _answer(client, route, base)  # the same request, the same answer
     for name in sorted(applied):
-        value, needs = A1111_APPLIED[name]
+        value, needs = {**A1111_APPLIED, **A1111_APPLIED_ON.get(route, {})}[name]
         before = await _answer(client, route, {**base, **needs})
         after = await _answer(client, route, {**base, **needs, name: value})
         assert after != before, name

@@ -127,7 +127,7 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     for title in ("server overhead", "event loop", "progress", "memory", "batch", "PNG encode", "cold start",
                   "ratio server/direct", "compile none; channels_last False; fused QKV False; memory profile cpu", "modes:",
                   "storage: one image's files", "webhook delivery after a job ends",
-                  "key check + admission per request"):
+                  "key check + admission per request", "upscale:", "hires:"):
         assert title in table, table
     assert "FAILED" not in table
 
@@ -193,6 +193,12 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     webhooks = report["sections"]["webhooks"]
     assert webhooks["latency_ms"]["n"] == 5 and webhooks["duplicates"] == 0
     assert 0 < webhooks["latency_ms"]["min"] <= webhooks["p95_ms"]
+    hires = report["sections"]["hires"]
+    assert list(hires["upscalers"]) == ["Latent", "Lanczos", "tiny-compact-2x"]  # the tiny model's upscaler model
+    for case in hires["upscalers"].values():  # 64x64 x2; 3 steps, then 3 x 0.5 -> 1
+        assert case["size"] == [128, 128] and case["steps_run"] == 4 and case["second_pass_steps"] == 1
+        assert all(seconds >= 0 for seconds in case["phases_s"].values()) and case["phases_s"]["second_pass_s"] > 0
+    assert "hires: 64x64 x2" in table
 
     cold = report["sections"]["coldstart"]
     for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):
@@ -244,6 +250,10 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
         modes = refiner[profile]["modes"]
         assert modes["refiner ensemble (0.8)"]["s"]["median"] > 0 and modes["txt2img"]["s"]["median"] > 0
         assert refiner[profile]["refiner"]["id"] == "tiny"
+    hires = report["hires"]
+    assert set(hires) == {"high", "8gb"}, hires
+    for profile in ("high", "8gb"):  # 64x64 -> 128x128
+        assert hires[profile]["Latent"]["size"] == [128, 128] and hires[profile]["Latent"]["s"]["median"] > 0
     cold = report["coldstart"]
     assert "error" not in cold, cold
     assert cold["model_load_s"] > 0 and cold["folder_bytes"] > 0
@@ -284,3 +294,19 @@ def test_the_admission_section_times_the_real_key_check(tmp_path):
         assert 0 < result[case]["median"] <= result[case]["p99"] <= result[case]["max"]
     assert set(result["within_target"]) == {"wall", "cpu"}
     assert "a wrong key (401)" in "\n".join(label for label, _ in admission_rows(result))
+
+
+def test_bench_upscale_section(tiny_cache, tmp_path):
+    report_path = tmp_path / "upscale.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "sdxl_server.tools.bench", "--only", "upscale", "--width", "96", "--height", "64",
+         "--steps", "2", "--runs", "2", "--json", str(report_path)],
+        cwd=tmp_path, env=_env(tiny_cache, UPSCALE_TILE="64"), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "upscale: POST /api/v1/upscale of 96x64 x4, 64 px tiles" in done.stdout, done.stdout
+    result = json.loads(report_path.read_text())["sections"]["upscale"]
+    assert list(result["upscalers"]) == ["Lanczos", "tiny-compact-2x"]
+    model = result["upscalers"]["tiny-compact-2x"]
+    assert model["output"] == "384x256" and model["tiles"] == 2 + 6  # 96x64, then 192x128, in 64 px tiles
+    assert 0 < model["upscale_s"] <= model["s"]["median"] and result["upscalers"]["Lanczos"]["tiles"] == 1

@@ -689,3 +689,39 @@ def test_a_control_image_with_its_map_previewed_guides_the_image(choices_page, t
     expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
     meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
     assert [(u["model"], u["module"], u["weight"]) for u in meta["controlnet"]] == [("tiny-canny", "canny", 0.8)]
+
+
+def test_the_hires_toggle_makes_a_larger_image_with_progress_over_both_passes(page, server):
+    open_page(page)
+    fill_form(page, prompt="a harbour", width=64, height=64, steps=6)
+    expect(page.get_by_label("Upscale by", exact=True)).to_be_hidden()
+    page.get_by_label("Hires fix", exact=True).check()
+    page.get_by_label("Upscale by", exact=True).fill("2")
+    page.get_by_label("Hires upscaler", exact=True).select_option("Latent (bicubic)")
+    page.locator("#hires_denoise").fill("0.5")
+    page.evaluate(RECORD_PROGRESS)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 128")
+    progress = page.evaluate("window.__seen")["progress"]
+    assert any(re.match(r"step \d+/9 \(first pass\)", text) for text in progress), progress  # 6 + int(6 x 0.5)
+    meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+    assert (meta["hires_scale"], meta["hires_upscaler"], meta["image_width"]) == (2.0, "Latent (bicubic)", 128)
+
+
+def test_the_upscale_buttons_upscale_a_gallery_image_and_the_result(page, server):
+    make_image(server, prompt="upscale: a small boat", width=96, height=64, steps=2, seed=77)
+    open_page(page)
+    expect(page.locator("#upscale-upscaler option[value='tiny-compact-2x']")).to_have_count(1)  # GET /api/v1/upscalers
+    expect(page.get_by_label("Upscaler", exact=True)).to_have_value("tiny-compact-2x")  # a model before the resamplers
+    page.get_by_role("button", name="Upscale the 96 × 64 image, seed 77").click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 192")
+    expect(page.locator("#result-params")).to_contain_text("tiny-compact-2x")
+
+    page.get_by_label("Upscaler", exact=True).select_option("Nearest")
+    page.get_by_label("Scale", exact=True).fill("1.5")
+    page.get_by_role("button", name="Upscale", exact=True).click()  # the result's own button: 192x128 -> 288x192
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    page.wait_for_function("() => document.getElementById('result-image').naturalWidth === 288")
+    expect(page.locator("#gallery li").first).to_contain_text("Upscaled with Nearest")

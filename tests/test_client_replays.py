@@ -46,6 +46,8 @@ from PIL import Image
 from wsclient import events_until
 from yarl import URL
 
+from sdxl_server.params import LATENT_UPSCALERS
+
 KEY = "sk-replay"
 
 
@@ -145,7 +147,8 @@ async def test_sillytavern_connect_lists_set_model_generate(client, key):
     assert (await client.get("/sdapi/v1/options", headers=auth)).ok  # /ping
     upscalers = [x["name"] for x in await (await client.get("/sdapi/v1/upscalers", headers=auth)).json()]
     latent = [x["name"] for x in await (await client.get("/sdapi/v1/latent-upscale-modes", headers=auth)).json()]
-    assert upscalers[:1] + latent + upscalers[1:] == ["None"]
+    listed = upscalers[:1] + latent + upscalers[1:]  # the extension's upscaler list, latent modes after None
+    assert listed == ["None", *LATENT_UPSCALERS, "Lanczos", "Nearest", "tiny-compact-2x"]
     vaes = await (await client.get("/sdapi/v1/sd-vae", headers=auth)).json()
     assert [x["model_name"] for x in vaes] == []
     samplers = [x["name"] for x in await (await client.get("/sdapi/v1/samplers", headers=auth)).json()]

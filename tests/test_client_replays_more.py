@@ -9,8 +9,8 @@
   then txt2img or img2img with ``sampler_index``, ``seed_resize_from_*: -1``, ``denoising_strength:
   None`` or the user's strength *as a string*, ``styles: [style]`` with the default style
   ``"None"``, ``override_settings: {CLIP_stop_at_last_layers}``, ``init_images`` as data URLs; hires
-  fix adds ``enable_hr``, ``hr_upscaler``, ``hr_scale: 1``, ``hr_second_pass_steps: steps / 2`` (a
-  float); reads ``images``, then POSTs each to /png-info and keeps its ``info``) and
+  fix adds ``enable_hr``, ``hr_upscaler``, ``hr_scale``, ``hr_second_pass_steps: steps / 2`` (a
+  float) and the user's ``denoising_strength``; reads ``images``, then POSTs each to /png-info and keeps its ``info``) and
   core/upscalecog.py (``extra-single-image``, reading ``image``).
 - Auto-Photoshop-StableDiffusion-Plugin, AbdullahAlfaraj at 6f6d4907 (2023-12): utility/session.js
   (``getSettings``: the whole UI state, ``seed`` as a string, ``selection_info``, ``mode``,
@@ -91,7 +91,8 @@ async def test_aiya_startup(client, key):
     upscalers = [s["name"] for s in await (await client.get("/sdapi/v1/upscalers", headers=auth)).json()]
     models = await (await client.get("/sdapi/v1/sd-models", headers=auth)).json()
     loras = [s["alias"] for s in await (await client.get("/sdapi/v1/loras", headers=auth)).json()]
-    assert "Euler a" in samplers and styles == {"None": ""} and facefix == [] and upscalers == ["None"] and loras == []
+    assert "Euler a" in samplers and styles == {"None": ""} and facefix == [] and loras == []
+    assert upscalers == ["None", "Lanczos", "Nearest", "tiny-compact-2x"]  # the tiny model's demo upscaler
     assert {(m["title"], m["model_name"]) for m in models} == {("tiny", "tiny")}
     assert "filename" in models[0] and "hash" in models[0]  # matched against models.csv
     config = await (await client.get("/config", headers=auth)).text()
@@ -128,10 +129,15 @@ async def test_aiya_draw(client, key):
     infos, res = await aiya_dream(client, auth, aiya_payload(steps=20))  # style "None" is no style, as in A1111
     assert "Steps: 20" in infos[0] and "Seed: 1234567" in infos[0] and warnings_of(res) == []
 
-    hires = aiya_payload(steps=25, n_iter=2, enable_hr=True, hr_upscaler="Latent", hr_scale=1,
-                         hr_second_pass_steps=25 / 2, denoising_strength="0.75")
+    hires = aiya_payload(steps=4, n_iter=2, width=64, height=64, enable_hr=True, hr_upscaler="Latent", hr_scale=1,
+                         hr_second_pass_steps=5 / 2, denoising_strength="0.75")  # the bot's steps / 2, a float
     infos, res = await aiya_dream(client, auth, hires)
-    assert len(infos) == 2 and any(w.startswith("enable_hr: true not applied") for w in warnings_of(res))
+    assert len(infos) == 2 and warnings_of(res) == []
+    assert "Hires upscale: 1, Hires steps: 2, Hires upscaler: Latent" in infos[0] and "Denoising strength: 0.75" in infos[0]
+    hires = aiya_payload(steps=4, width=64, height=64, enable_hr=True, hr_upscaler="Latent (nearest-exact)", hr_scale=2,
+                         hr_second_pass_steps=4, denoising_strength="0.5")
+    infos, res = await aiya_dream(client, auth, hires)
+    assert decoded(res["images"][0]).size == (128, 128) and "Size: 64x64" in infos[0] and "Hires upscale: 2" in infos[0]
 
     init = aiya_payload(steps=4, init_images=["data:image/png;base64," + b64png(64, 64)], denoising_strength="0.75",
                         width=64, height=64, override_settings={"CLIP_stop_at_last_layers": 2})
@@ -140,12 +146,38 @@ async def test_aiya_draw(client, key):
     assert info["denoising_strength"] == 0.75 and info["clip_skip"] == 2 and decoded(res["images"][0]).size == (64, 64)
 
 
-async def test_aiya_upscale_is_a_clear_json_error(client, key):
-    payload = {"upscaling_resize": 2.0, "upscaler_1": "None", "image": "data:image/png;base64," + b64png(),
-               "gfpgan_visibility": 0.0, "codeformer_visibility": 0.0, "upscale_first": False}
-    resp = await client.post("/sdapi/v1/extra-single-image", json=payload, headers=aiya_auth(key))
-    body = await resp.json()  # response.json() works; response_data['image'] is AIYA's KeyError message
-    assert resp.status == 404 and "image" not in body and body["error"] == "not_found"
+def aiya_upscale_payload(resize, upscaler_1: str, image: str, **options) -> dict:
+    """upscalecog's payload: the slash command's options as Discord gives them (strings), and
+    ``upscaler_2`` with its strength whenever it is not None (its default is the string "None")."""
+    chosen = {"upscaler_2": "None", "upscaler_2_strength": "0.5", "gfpgan": "0.0", "codeformer": "0.0",
+              "upscale_first": False, **options}
+    payload = {"upscaling_resize": resize, "upscaler_1": upscaler_1, "image": "data:image/png;base64," + image,
+               "gfpgan_visibility": chosen["gfpgan"], "codeformer_visibility": chosen["codeformer"],
+               "upscale_first": chosen["upscale_first"]}
+    if chosen["upscaler_2"] is not None:
+        payload |= {"upscaler_2": chosen["upscaler_2"], "extras_upscaler_2_visibility": chosen["upscaler_2_strength"]}
+    return payload
+
+
+async def test_aiya_upscale(client, key):
+    auth = aiya_auth(key)
+    resp = await client.post("/sdapi/v1/extra-single-image", json=aiya_upscale_payload(2.0, "tiny-compact-2x", b64png(48, 40)),
+                             headers=auth)
+    body = await resp.json()
+    image = decoded(body["image"])  # base64.b64decode(response_data['image']), then Image.open
+    assert resp.status == 200 and image.size == (96, 80)
+    assert "Postprocess upscaler: tiny-compact-2x" in body["html_info"] and "Warning" not in body["html_info"]
+
+    blended = aiya_upscale_payload("1.5", "Lanczos", b64png(48, 40), upscaler_2="tiny-compact-2x", gfpgan="0.4")
+    body = await (await client.post("/sdapi/v1/extra-single-image", json=blended, headers=auth)).json()
+    assert decoded(body["image"]).size == (72, 56)  # A1111's multiples of 8, rounded down
+    assert "Postprocess upscaler 2: tiny-compact-2x" in body["html_info"]
+    assert "gfpgan_visibility: &#x27;0.4&#x27; not applied (face restoration is not available" in body["html_info"]
+
+    resp = await client.post("/sdapi/v1/extra-single-image", json=aiya_upscale_payload(2.0, "4x-UltraSharp", b64png()),
+                             headers=auth)
+    body = await resp.json()  # a clear error, in A1111's shape, naming what there is
+    assert resp.status == 422 and "image" not in body and "tiny-compact-2x" in json.dumps(body)
 
 
 # --- Auto-Photoshop-StableDiffusion-Plugin ----------------------------------------------------
@@ -208,10 +240,11 @@ async def test_photoshop_plugin(client, key):
         resp = await client.post("/sdapi/v1/txt2img", json=photoshop_settings(), headers=PHOTOSHOP_HEADERS)
         assert resp.status == 401 and "images" not in await resp.json()
         return
-    r, metadata = await photoshop_request(client, "txt2img", photoshop_settings(enable_hr=True, hr_scale=2,
-                                                                                hr_upscaler="Latent", hr_second_pass_steps=0))
+    r, metadata = await photoshop_request(client, "txt2img", photoshop_settings(
+        width=64, height=64, steps=4, enable_hr=True, hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=0))
     assert metadata[0]["Seed"].isdigit() and metadata[0]["prompt"] == "a lighthouse\n"
-    assert any(w.startswith("enable_hr: true not applied") for w in warnings_of(r))
+    assert warnings_of(r) == [] and decoded(r["images"][0]).size == (128, 128)
+    assert metadata[0]["Hires upscale"] == "2" and metadata[0]["Denoising strength"] == "0.7"
     r, metadata = await photoshop_request(client, "img2img", photoshop_settings("img2img", width=64, height=64))
     assert decoded(r["images"][0]).size == (64, 64) and metadata[0]["Denoising strength"] == "0.7"
     r, _ = await photoshop_request(client, "img2img", photoshop_settings("inpaint", width=64, height=64))
@@ -225,6 +258,36 @@ async def test_photoshop_plugin(client, key):
         body = await resp.json()
         assert resp.status == 422 and "alwayson_scripts.controlnet.args[0].model" in body["fields"]
         assert "control_v11p_sd15_canny" in body["detail"]
+
+
+def photoshop_upscale_settings(selection: int, **extras) -> dict:
+    """``UpscaleMode.getSettings``: the extras page's store (its defaults, then the user's choices)."""
+    store = {"upscaling_resize": 2, "upscaler_1": "", "upscaler_2": "", "resize_mode": 0, "show_extras_results": 0,
+             "gfpgan_visibility": 0, "codeformer_visibility": 0, "codeformer_weight": 0, "upscaling_crop": True,
+             "extras_upscaler_2_visibility": 0, "upscale_first": False, **extras}
+    return {
+        "resize_mode": store["resize_mode"], "show_extras_results": store["show_extras_results"],
+        "gfpgan_visibility": store["gfpgan_visibility"], "codeformer_visibility": store["codeformer_visibility"],
+        "codeformer_weight": store["codeformer_weight"], "upscaling_resize": store["upscaling_resize"],
+        "upscaling_resize_w": selection * store["upscaling_resize"], "upscaling_resize_h": selection * store["upscaling_resize"],
+        "upscaling_crop": store["upscaling_crop"], "upscaler_1": store["upscaler_1"] or "None",
+        "upscaler_2": store["upscaler_2"] or "None", "extras_upscaler_2_visibility": store["extras_upscaler_2_visibility"],
+        "upscale_first": store["upscale_first"], "image": b64png(selection, selection),
+    }
+
+
+async def test_photoshop_plugin_upscale(client, key):
+    if key is not None:  # no credentials: refused in JSON (its request.json() works, then r['image'] is undefined)
+        resp = await client.post("/sdapi/v1/extra-single-image", json=photoshop_upscale_settings(32), headers=PHOTOSHOP_HEADERS)
+        assert resp.status == 401
+        return
+    for extras, size in (({"upscaler_1": "tiny-compact-2x", "upscaling_resize": 2.5}, (80, 80)),
+                         ({"upscaler_1": "Nearest", "resize_mode": 1, "upscaling_resize": 1.5}, (48, 48)),
+                         ({}, (32, 32))):  # no upscaler chosen: "None", the image as it was
+        resp = await client.post("/sdapi/v1/extra-single-image", json=photoshop_upscale_settings(32, **extras),
+                                 headers=PHOTOSHOP_HEADERS)
+        r = await resp.json()
+        assert resp.status == 200 and decoded(r["image"]).size == size, (extras, r)
 
 
 # --- stable-gimpfusion ------------------------------------------------------------------------

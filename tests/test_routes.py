@@ -61,7 +61,8 @@ def test_what_the_table_declares_for_limits_and_cost():
     image_routes = {route.path for route in ROUTES if route.limit is BodyLimit.IMAGE}
     assert image_routes == {"/api/v1/generate", "/api/v1/jobs", "/sdapi/v1/img2img", "/v1/images/edits",
                             "/v1/images/variations", "/sdapi/v1/png-info", "/sdapi/v1/interrogate", "/api/v1/preprocess",
-                            "/controlnet/detect"}
+                            "/controlnet/detect", "/api/v1/upscale",
+                            "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images"}
     assert all(route.method == "POST" for route in ROUTES if route.limit is BodyLimit.IMAGE)
     queueing = {route.path for route in ROUTES if route.cost > 0}
     unqueued = {"/sdapi/v1/png-info", "/sdapi/v1/interrogate", "/api/v1/preprocess", "/controlnet/detect"}

@@ -3,9 +3,9 @@
 ``txt2img`` is translated into our own request and validated by the same schema, so limits,
 queue and outputs are shared; ``progress`` reports the caller's running job; ``interrupt`` stops it.
 ``refiner_checkpoint`` (any name: the server has one refiner, REFINER_ID) with ``refiner_switch_at``
-runs the refiner as an ensemble; ``styles`` come from STYLES_FILE (:mod:`.styles`). Hires fix,
-scripts, face restoration and the like are not supported: their fields are accepted, and when sent
-with a value that would change the image they are named in ``info["warnings"]`` (see
+runs the refiner as an ensemble; ``styles`` come from STYLES_FILE (:mod:`.styles`); hires fix
+(``enable_hr``...) is read by :mod:`.a1111_hires`. Scripts, face restoration and the like are not
+supported: their fields are accepted, and when sent with a value that would change the image they are named in ``info["warnings"]`` (see
 :mod:`.applied`); fields A1111 does not know are ignored.
 Never imports torch.
 """
@@ -27,6 +27,7 @@ from ..jobs.outputs import parameters_text
 from ..params import SCHEDULERS, GenerationParams
 from . import keys
 from .a1111_controlnet import WHERE, a1111_units, detected_maps
+from .a1111_hires import HIRES_NAMES, hires_group, hires_info
 from .applied import A1111_TXT2IMG, a1111_warnings
 from .a1111_options import OptionsSchema, default_clip_skip, get_options, request_clip_skip, set_options  # noqa: F401 (routes, openapi)
 from .batches import generate_images
@@ -73,7 +74,7 @@ NEAREST_SAMPLER = {
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
          "refiner": "refiner_checkpoint", "model": "override_settings", "controlnet": WHERE,
-         "ip_adapter": WHERE}
+         "ip_adapter": WHERE, **HIRES_NAMES}
 
 
 class Number(fields.Field):
@@ -159,7 +160,7 @@ def request_schema_for_spec(settings) -> Schema:
     return Schema.from_dict(spec_fields, name="Txt2ImgRequest")(unknown=EXCLUDE)
 
 
-def _scheduler(sampler: str | None, schedule: str | None, notes: list[str]) -> str:
+def sampler_of(sampler: str | None, schedule: str | None, notes: list[str]) -> str:
     if not sampler:
         return "default"
     name = sampler.strip().lower()
@@ -188,7 +189,7 @@ def core_request(body: dict[str, Any], settings, clip_skip: int = 1) -> tuple[di
         "prompt": request["prompt"],
         "negative_prompt": request["negative_prompt"],
         "seed": -1 if request["seed"] is None else request["seed"],
-        "scheduler": _scheduler(request["sampler_name"] or request["sampler_index"], request["scheduler"], notes),
+        "scheduler": sampler_of(request["sampler_name"] or request["sampler_index"], request["scheduler"], notes),
         "num_images": min(request["batch_size"] * request["n_iter"], settings.max_batch),
         "clip_skip": request_clip_skip(body, clip_skip),
         "styles": request["styles"] or [],
@@ -232,6 +233,7 @@ async def txt2img(request: web.Request) -> web.Response:
     core, original, notes = core_request(body, app[keys.SETTINGS], default_clip_skip(app))
     warnings = a1111_warnings(A1111_TXT2IMG, body)
     control = await a1111_units(app, body, None, notes, warnings)
+    core.update(hires_group(body, core["scheduler"], notes))
     given = [name for name in ("width", "height") if original[name] is not None]
     async with stored_inputs(app, _validated(app, control.into(core)), given, names=NAMES) as data:
         return await respond(request, to_params(data), original, notes, warnings, control.maps)
@@ -278,7 +280,8 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
 def _info(params: GenerationParams, original: dict[str, Any], metas: list[dict[str, Any]], first: dict[str, Any],
           notes: list[str], warnings: list[str], created: float) -> dict[str, Any]:
     """A1111's ``info`` (sent as JSON text): what was made, as A1111 reports it."""
-    return {
+    hires = hires_info(params)
+    info = {
         "prompt": params.prompt,
         "all_prompts": [params.prompt] * len(metas),
         "negative_prompt": params.negative_prompt,
@@ -300,7 +303,8 @@ def _info(params: GenerationParams, original: dict[str, Any], metas: list[dict[s
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": params.image.strength if params.mode != "txt2img" else 0,
-        "extra_generation_params": {"Server notes": "; ".join(notes)} if notes else {},
+        "extra_generation_params": {**hires.pop("extra_generation_params", {}),
+                                    **({"Server notes": "; ".join(notes)} if notes else {})},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
         "styles": list(params.styles),
@@ -311,6 +315,7 @@ def _info(params: GenerationParams, original: dict[str, Any], metas: list[dict[s
         "version": "sdxl_server",
         "warnings": warnings,
     }
+    return {**info, **hires}
 
 
 def progress_polled_recently(app: web.Application) -> bool:

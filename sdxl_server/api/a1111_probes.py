@@ -2,8 +2,8 @@
 
 SillyTavern, Open WebUI and ``webuiapi`` list upscalers, VAEs, scripts and embeddings, read
 ``cmd-flags`` and ``memory``, ping ``/internal/ping`` and read a PNG's parameters with
-``png-info``. This server has no upscalers (only ``None``), no hires fix (no latent upscale
-modes), no scripts or modules: those lists are empty, never invented. Embeddings are the running
+``png-info``. The upscalers are listed by :mod:`.a1111_extras`; the latent upscale modes are hires
+fix's; there are no scripts or modules: those lists are empty, never invented. Embeddings are the running
 model's, from EMBEDDINGS_DIR. Never imports torch (CUDA figures come from the engine's ``describe``).
 """
 
@@ -22,18 +22,14 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from ..errors import NotAvailable, ValidationFailed
 from ..jobs import images
+from ..params import LATENT_UPSCALERS
 from . import keys
 from .validation import read_json_object, validate
 
 
-async def upscalers(request: web.Request) -> web.Response:
-    """``GET /sdapi/v1/upscalers``: only ``None`` (this server does not upscale)."""
-    return web.json_response([{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}])
-
-
 async def latent_upscale_modes(request: web.Request) -> web.Response:
-    """``GET /sdapi/v1/latent-upscale-modes``: none (no hires fix here)."""
-    return web.json_response([])
+    """``GET /sdapi/v1/latent-upscale-modes``: hires fix's latent modes, in A1111's names."""
+    return web.json_response([{"name": name} for name in LATENT_UPSCALERS])
 
 
 async def sd_vae(request: web.Request) -> web.Response:

@@ -9,8 +9,8 @@ no hint why. So each field is listed here, per route, with what happens to it:
   named in ``info["warnings"]``, in the images' metadata (``warnings``) and in a WARNING log line;
 - ``REFUSED`` (OpenAI, whose answer has no place for a warning): a 400 naming it, when its value
   asks for what this server cannot make (``background: "transparent"``);
-- ``NO_EFFECT``: accepted; the image is the same whatever it says (``user``, ``save_images``, the
-  hires-fix details without ``enable_hr``...): OpenAI's are logged (INFO) when sent.
+- ``NO_EFFECT``: accepted; the image is the same whatever it says (``user``, ``save_images``,
+  ``firstphase_width``...): OpenAI's are logged (INFO) when sent.
 
 Field lists: A1111's ``modules/api/models.py`` (008a8e75) over ``modules/processing.py``
 (0027ce1f, with 1.9's ``scheduler`` and ``hr_scheduler``); openai-python's
@@ -127,10 +127,12 @@ A1111_COMMON: dict[str, Rule] = {
 }
 A1111_TXT2IMG: dict[str, Rule] = {
     **A1111_COMMON,
-    "enable_hr": Rule(WARNED, "hires fix is not supported: the image is made at width x height"),
-    **_rules(NO_EFFECT, "denoising_strength firstphase_width firstphase_height hr_scale hr_upscaler hr_second_pass_steps "
-                        "hr_resize_x hr_resize_y hr_checkpoint_name hr_sampler_name hr_scheduler hr_prompt hr_negative_prompt",
-             "only used with enable_hr"),
+    # hires fix (api/a1111_hires.py); the hr_ fields and denoising_strength act with enable_hr
+    **_rules(APPLIED, "enable_hr denoising_strength hr_scale hr_upscaler hr_second_pass_steps hr_resize_x hr_resize_y "
+                      "hr_sampler_name hr_scheduler hr_prompt hr_negative_prompt"),
+    "hr_checkpoint_name": Rule(WARNED, "the second pass runs on the first pass's model",
+                               lambda value, body: str(value or "").strip().lower() not in ("", "none", "use same checkpoint")),
+    **_rules(NO_EFFECT, "firstphase_width firstphase_height", "A1111 ignores them since 1.0 (hr_scale, hr_resize_x/y)"),
 }
 A1111_IMG2IMG: dict[str, Rule] = {
     **A1111_COMMON,
@@ -144,6 +146,17 @@ A1111_IMG2IMG: dict[str, Rule] = {
     "mask_round": Rule(WARNED, "the mask is always rounded", lambda value, body: value is False),
     "initial_noise_multiplier": Rule(WARNED, "the initial noise is not scaled", _other_than(1)),
     "latent_mask": Rule(WARNED, "a separate latent mask is not supported"),
+}
+
+_FACES = "face restoration is not available (no GFPGAN or CodeFormer here)"
+A1111_EXTRAS: dict[str, Rule] = {  # extra-single-image and extra-batch-images (api/a1111_extras.py)
+    **_rules(APPLIED, "image imageList resize_mode upscaling_resize upscaling_resize_w upscaling_resize_h upscaling_crop "
+                      "upscaler_1 upscaler_2 extras_upscaler_2_visibility"),
+    "gfpgan_visibility": Rule(WARNED, _FACES, _above(0)),
+    "codeformer_visibility": Rule(WARNED, _FACES, _above(0)),
+    "codeformer_weight": Rule(WARNED, _FACES, lambda value, body: (_number(body.get("codeformer_visibility")) or 0) > 0),
+    "show_extras_results": Rule(NO_EFFECT, "the images are always answered, as A1111 does for these routes"),
+    "upscale_first": Rule(NO_EFFECT, "without face restoration there is nothing to order the upscale against"),
 }
 
 _OPENAI_ANSWER: dict[str, Rule] = {
@@ -167,6 +180,7 @@ OPENAI_VARIATIONS: dict[str, Rule] = {
 TABLES: dict[str, dict[str, Rule]] = {
     "/sdapi/v1/txt2img": A1111_TXT2IMG, "/sdapi/v1/img2img": A1111_IMG2IMG, "/v1/images/generations": OPENAI_GENERATIONS,
     "/v1/images/edits": OPENAI_EDITS, "/v1/images/variations": OPENAI_VARIATIONS,
+    "/sdapi/v1/extra-single-image": A1111_EXTRAS, "/sdapi/v1/extra-batch-images": A1111_EXTRAS,
 }
 
 

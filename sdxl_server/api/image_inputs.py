@@ -25,6 +25,7 @@ from ..params import INPUT_ROLES, GenerationParams, denoising_steps
 from . import keys
 from .identity import IDENTITY
 from .control_units import check_units, has_units, store_control_maps
+from .hires import check_hires, hires_upscalers
 
 IMAGE_FIELDS = tuple(role.field for role in INPUT_ROLES.values() if role.listed)
 REFINER_HINT = (
@@ -145,6 +146,8 @@ async def submit(
         if params.refiner.mode != "none" and app[keys.STATUS].latest.described.get("refiner") is None:
             raise ValidationFailed(REFINER_HINT, fields={"refiner": [REFINER_HINT]})
         _check_steps(params.to_dict())
+        if params.hires.enabled:
+            check_hires(params, app[keys.SETTINGS], await hires_upscalers(app))
     except ApiError as exc:
         raise exc.renamed(names) from None
     return await app[keys.QUEUE].submit(params, owner=request[IDENTITY].name, **idempotency)

@@ -18,7 +18,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from ..config import Settings
-from . import a1111, a1111_img2img, a1111_probes, controlnets, openai, openai_edits, responses, schemas
+from . import a1111, a1111_extras, a1111_img2img, a1111_probes, controlnets, openai, openai_edits, responses, schemas, upscale
 from .route_table import EVENT_STREAM, JSON, Family, Route, Scope
 
 ERRORS = {
@@ -65,6 +65,11 @@ def components(settings: Settings) -> list[tuple[str, Schema | type[Schema]]]:
         ("OpenAIImageVariationRequest", openai_edits.variations_schema_for_spec(settings)),
         ("ControlNetList", responses.ControlNetListSchema), ("IpAdapterList", responses.IpAdapterListSchema), ("PreprocessorList", responses.PreprocessorListSchema),
         ("PreprocessRequest", controlnets.PreprocessRequestSchema), ("PreprocessResponse", responses.PreprocessResponseSchema),
+        ("UpscaleRequest", upscale.upscale_request_schema()), ("UpscalerList", responses.UpscalerListSchema),
+        ("ExtrasSingleImageRequest", a1111_extras.SingleImageSchema),
+        ("ExtrasSingleImageResponse", responses.ExtrasSingleImageResponseSchema),
+        ("ExtrasBatchImagesRequest", a1111_extras.BatchImagesSchema),
+        ("ExtrasBatchImagesResponse", responses.ExtrasBatchImagesResponseSchema),
     ]
 
 

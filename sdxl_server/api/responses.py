@@ -36,6 +36,21 @@ class ModeFieldsSchema(Schema):
     refiner = fields.String(validate=validate.OneOf(REFINER_MODES))
     refiner_switch_at = fields.Float()
     refiner_strength = fields.Float()
+    hires = fields.Boolean(metadata={"description": "Hires fix ran (its fields below; absent from metadata without it)."})
+    hires_scale = fields.Float()
+    hires_width = fields.Integer(metadata={"description": "0: from hires_scale (or from hires_height)."})
+    hires_height = fields.Integer()
+    hires_upscaler = fields.String()
+    hires_steps = fields.Integer(metadata={"description": "0: the request's steps."})
+    hires_denoise = fields.Float()
+    hires_prompt = fields.String()
+    hires_negative_prompt = fields.String()
+    hires_scheduler = fields.String(metadata={"description": "Empty: the request's."})
+    upscaler = fields.String()
+    upscaler_2 = fields.String()
+    upscaler_2_visibility = fields.Float()
+    upscale_crop_width = fields.Integer()
+    upscale_crop_height = fields.Integer()
     clip_skip = fields.Integer(metadata={"description": "1: the text encoders' usual layer; N: N-1 layers earlier."})
     styles = fields.List(fields.String(), metadata={"description": "The prompt styles applied (STYLES_FILE), in order."})
     controlnet = fields.List(fields.Dict(), metadata={
@@ -82,8 +97,12 @@ class MetaSchema(ModeFieldsSchema, UnitHashesSchema):
     loras = fields.List(fields.Nested(LoraChoiceSchema))
     lora_hashes = fields.Dict(keys=fields.String(), values=fields.String(),
                               metadata={"description": "A1111's short hash of each LoRA file, by name."})
-    mode = fields.String(validate=validate.OneOf(["txt2img", "img2img", "inpaint"]))
+    mode = fields.String(validate=validate.OneOf(["txt2img", "img2img", "inpaint", "upscale"]))
     refiner_id = fields.String(metadata={"description": "The refiner that ran (with refiner 'ensemble' or 'image')."})
+    hires_sampler_name = fields.String(metadata={"description": "Hires fix: the second pass's sampler."})
+    image_width = fields.Integer(metadata={"description": "Hires fix: the image's width (width is the first pass's)."})
+    image_height = fields.Integer(metadata={"description": "Hires fix: the image's height."})
+    upscale_image_sha256 = fields.String(metadata={"description": "Upscale jobs: SHA-256 of the image upscaled (PNG)."})
     interrupted_at_step = fields.Integer(metadata={
         "description": "Present when A1111's /sdapi/v1/interrupt or skip stopped the job: the step its image was made at."})
     warnings = fields.List(fields.String(), metadata={
@@ -120,6 +139,7 @@ class ParamsSchema(ModeFieldsSchema, UnitImagesSchema):
     loras = fields.List(fields.Nested(LoraChoiceSchema))
     init_image = fields.String(allow_none=True, metadata={"description": "SHA-256 of the input image (null: text to image)."})
     mask = fields.String(allow_none=True, metadata={"description": "SHA-256 of the mask (null: no inpainting)."})
+    upscale_image = fields.String(allow_none=True, metadata={"description": "Upscale jobs: SHA-256 of the image (null: a generation)."})
 
 
 class WebhookDeliverySchema(Schema):
@@ -454,3 +474,27 @@ class IpAdapterSchema(Schema):
 class IpAdapterListSchema(Schema):
     ip_adapter_dir = fields.String()
     ip_adapters = fields.List(fields.Nested(IpAdapterSchema))
+
+class UpscalerSchema(Schema):
+    name = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["builtin", "model"]))
+    scale = fields.Integer(allow_none=True, metadata={"description": "The model's own scale (null: a resampler, any scale)."})
+    architecture = fields.String(allow_none=True, metadata={"description": "As spandrel detects it (ESRGAN, SwinIR, ...)."})
+    file = fields.String(allow_none=True)
+    size = fields.Integer(allow_none=True)
+    broken = fields.String(allow_none=True, metadata={"description": "Why the file cannot be used (null: usable)."})
+
+
+class UpscalerListSchema(Schema):
+    upscalers_dir = fields.String(required=True)
+    upscalers = fields.List(fields.Nested(UpscalerSchema), required=True)
+
+
+class ExtrasSingleImageResponseSchema(Schema):
+    html_info = fields.String(required=True, metadata={"description": "What was done (A1111's infotext as HTML), and warnings."})
+    image = fields.String(required=True, metadata={"description": "The PNG, base64."})
+
+
+class ExtrasBatchImagesResponseSchema(Schema):
+    html_info = fields.String(required=True)
+    images = fields.List(fields.String(), required=True, metadata={"description": "The PNGs, base64, in the request's order."})

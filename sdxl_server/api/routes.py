@@ -10,7 +10,8 @@ from functools import partial
 from aiohttp import web
 
 from . import (
-    a1111, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, views, websocket,
+    a1111, a1111_extras, a1111_img2img, a1111_probes, keys, loras, models, openai, openai_edits, schemas, tokens, upscale,
+    views, websocket,
 )
 from . import a1111_controlnet, controlnets, styles, usage
 from .route_table import (
@@ -93,10 +94,10 @@ ROUTES: tuple[Route, ...] = (
                 "AUTOMATIC1111 API: stop the running request (its txt2img answers 200 with what it made)", _done()),
     a1111_route("POST", "/sdapi/v1/skip", a1111.skip, GENERATE,
                 "AUTOMATIC1111 API: stop the running pipeline call; its request goes on", _done()),
-    _a1111_probe("/sdapi/v1/upscalers", a1111_probes.upscalers,
-                 "upscalers (only None: this server does not upscale)", "array"),
+    _a1111_probe("/sdapi/v1/upscalers", a1111_extras.upscalers,
+                 "upscalers: None, Lanczos, Nearest and the usable models of UPSCALERS_DIR", "array"),
     _a1111_probe("/sdapi/v1/latent-upscale-modes", a1111_probes.latent_upscale_modes,
-                 "latent upscale modes (none: no hires fix)", "array"),
+                 "hires fix's latent upscale modes", "array"),
     _a1111_probe("/sdapi/v1/sd-vae", a1111_probes.sd_vae, "the model's separate VAE, if it has one", "array"),
     _a1111_probe("/sdapi/v1/sd-modules", a1111_probes.empty_list, "text-encoder/VAE modules (none)", "array"),
     _a1111_probe("/sdapi/v1/face-restorers", a1111_probes.empty_list, "face restorers (none)", "array"),
@@ -176,6 +177,20 @@ ROUTES: tuple[Route, ...] = (
     _a1111_probe("/controlnet/settings", a1111_controlnet.settings, "ControlNet extension: units per request", "object"),
     a1111_route("POST", "/controlnet/detect", a1111_controlnet.detect, GENERATE, "ControlNet extension: preprocess images", {
         200: (JSON, "As the extension answers: {images, info}", {"type": "object"}), **errors(*BODY_ERRORS)}, limit=IMAGE),
+    Route("POST", "/api/v1/upscale", upscale.upscale, GENERATE,
+          "Upscale an image (a built-in or a model of UPSCALERS_DIR): queue the job; answer at once", {
+              202: "Job", **errors(*BODY_ERRORS, 429, 503)}, body="UpscaleRequest", tags=("upscale",), limit=IMAGE, cost=1),
+    Route("GET", "/api/v1/upscalers", upscale.list_upscalers, READ,
+          "Every upscaler: built-ins and UPSCALERS_DIR's files with scale and architecture, unusable ones with why", {
+              200: "UpscalerList"}, tags=("upscale",)),
+    a1111_route("POST", "/sdapi/v1/extra-single-image", a1111_extras.extra_single_image, GENERATE,
+                "AUTOMATIC1111 API: upscale one image (extras)", {
+                    200: "ExtrasSingleImageResponse", **errors(*BODY_ERRORS, *GENERATION_ERRORS)},
+                body="ExtrasSingleImageRequest", limit=IMAGE, cost=1),
+    a1111_route("POST", "/sdapi/v1/extra-batch-images", a1111_extras.extra_batch_images, GENERATE,
+                "AUTOMATIC1111 API: upscale several images (extras), one job each", {
+                    200: "ExtrasBatchImagesResponse", **errors(*BODY_ERRORS, *GENERATION_ERRORS)},
+                body="ExtrasBatchImagesRequest", limit=IMAGE, cost=1),
     # --- files -------------------------------------------------------------------------------
     Route("GET", "/outputs/images/{filename}", views.output_image, READ, "A generated image: `{id}.png`", {
         200: ("image/png", "The PNG, with a `parameters` text chunk", None), **errors(404)},

@@ -23,6 +23,7 @@ from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 from ..pipeline.model_catalog import MAX_MODEL_NAME
 from ..pipeline.preprocessors import AVAILABLE, PREPROCESSORS, threshold_problem
+from .hires import flatten, hires_request_fields
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 MAX_REQUEST_STYLES = 20
@@ -145,6 +146,7 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         **refiner_request_fields(),
         **webhook_request_fields(),
         **control_request_fields(settings.max_controlnets),
+        **hires_request_fields(settings),
     }
 
 
@@ -345,7 +347,7 @@ def generate_request_schema(settings: Settings) -> Schema:
 
 def to_params(data: dict[str, Any], rng: random.Random | None = None) -> GenerationParams:
     """Turn a loaded request into :class:`GenerationParams`, drawing a seed if none was given."""
-    values = dict(data)
+    values = flatten(dict(data))
     if values.get("seed") in (None, -1):
         values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
     return GenerationParams.from_dict(values)

@@ -19,6 +19,7 @@ from ..pipeline.controlnet_files import ControlNetCatalog  # plain file logic, n
 from ..pipeline.ip_adapter_files import IpAdapterCatalog  # plain file logic, no torch
 from ..pipeline.lora_files import LoraCatalog  # plain file logic, no torch
 from ..pipeline.model_catalog import ModelCatalog
+from ..pipeline.upscaler_catalog import UpscalerCatalog
 
 
 class RuntimeFacts(Protocol):
@@ -70,6 +71,7 @@ class Backend(Protocol):
     lora_files: LoraCatalog  # the LoRA files: likewise, one catalog for both
     controlnet_files: ControlNetCatalog  # the ControlNets in CONTROLNET_DIR: likewise
     ip_adapter_files: IpAdapterCatalog  # the IP-Adapters in IP_ADAPTER_DIR: likewise
+    upscaler_catalog: UpscalerCatalog  # the upscalers: likewise
 
     @property
     def runtime(self) -> RuntimeFacts: ...
@@ -112,3 +114,9 @@ class InProcessBackend(Backend, Protocol):
         inputs: Mapping[str, Any] | None = None, stop_early: Callable[[], bool] = lambda: False,
     ) -> Generated:
         """Run one job's generation, reporting each step; raises ``JobCancelled`` once ``cancelled()``."""
+
+    def upscale(
+        self, params: GenerationParams, on_step: Callable[[int, int, Any], None], cancelled: Callable[[], bool],
+        inputs: Mapping[str, Any],
+    ) -> Generated:
+        """Run one upscale job (``params.mode == "upscale"``), reporting tiles as steps."""

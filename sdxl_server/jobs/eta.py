@@ -35,27 +35,34 @@ class ThroughputEstimate:
     def _blend(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
 
-    def record_step(self, params: GenerationParams, seconds: float) -> None:
-        self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / self._mpx(params))
+    def record_step(self, params: GenerationParams, seconds: float, step: int = 1, total: int = 0) -> None:
+        """One step's time; ``step`` of ``total`` says its size (hires fix's second pass runs larger).
+        An upscale job's steps are tiles, not denoising steps: they teach nothing here."""
+        if params.mode == "upscale":
+            return
+        mpx = params.step_megapixels(step, total) if total else self._mpx(params)
+        self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / (mpx or self._mpx(params)))
 
     def record_job(self, params: GenerationParams, seconds: float, steps_done: int) -> None:
-        if self.step_s_per_mpx is None:
+        if self.step_s_per_mpx is None or params.mode == "upscale":
             return
-        overhead = max(0.0, seconds - steps_done * self.step_s_per_mpx * self._mpx(params))
+        done_mpx = params.megapixel_steps(0, params.total_steps) - params.megapixel_steps(steps_done, params.total_steps)
+        overhead = max(0.0, seconds - self.step_s_per_mpx * done_mpx)
         self.overhead_s_per_mpx = self._blend(self.overhead_s_per_mpx, overhead / self._mpx(params))
 
     def job_seconds(self, params: GenerationParams) -> float | None:
         if self.step_s_per_mpx is None:
             return None
         mpx = self._mpx(params)
-        return params.total_steps * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+        return params.megapixel_steps(0, params.total_steps) * self.step_s_per_mpx + (self.overhead_s_per_mpx or 0.0) * mpx
 
     def remaining_seconds(self, job: Job, now: float) -> float | None:
         """Seconds until ``job`` (running) finishes."""
         if self.step_s_per_mpx is None:
             return None
         mpx = self._mpx(job.params)
-        left = (job.total_steps - job.step) * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+        left = (job.params.megapixel_steps(job.step, job.total_steps) * self.step_s_per_mpx
+                + (self.overhead_s_per_mpx or 0.0) * mpx)
         if job.step == 0 and job.started_at is not None:
             left -= now - job.started_at  # still encoding the prompt: part of the overhead is spent
         return max(0.0, left)

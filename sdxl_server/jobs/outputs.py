@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
-from ..params import CONTROL_MODE_LABELS, CONTROL_RESIZE_LABELS, INPUT_ROLES, GenerationParams
+from ..params import CONTROL_MODE_LABELS, CONTROL_RESIZE_LABELS, FLAT_FIELDS, INPUT_ROLES, GenerationParams
 from .blobs import Blobs, LocalBlobs
 from .inputs import InputStore
 from .locking import hold_lock
@@ -44,15 +44,17 @@ _MODE_FIELDS = {
     "txt2img": (),
     "img2img": ("strength", "resize_mode"),
     "inpaint": ("strength", "resize_mode", "mask_blur", "inpaint_area", "mask_padding", "inpainting_fill"),
+    "upscale": ("upscaler", "upscaler_2", "upscaler_2_visibility", "upscale_crop_width", "upscale_crop_height"),
 }
 _REFINER_FIELDS = {"none": (), "ensemble": ("refiner", "refiner_switch_at"), "image": ("refiner", "refiner_strength")}
-_OPTIONAL_FIELDS = {name for names in (*_MODE_FIELDS.values(), *_REFINER_FIELDS.values()) for name in names}
+_HIRES_FIELDS = tuple(name for name in FLAT_FIELDS if name.startswith("hires"))
+_OPTIONAL_FIELDS = {name for names in (*_MODE_FIELDS.values(), *_REFINER_FIELDS.values(), _HIRES_FIELDS) for name in names}
 
 
 def params_meta(params: GenerationParams) -> dict[str, Any]:
     """The parameters as the metadata records them: the mode, only the options it uses, and each
     input by role as ``{field}_sha256`` (``init_image_sha256``, ``mask_sha256``)."""
-    used = {*_MODE_FIELDS[params.mode], *_REFINER_FIELDS[params.refiner.mode]}
+    used = {*_MODE_FIELDS[params.mode], *_REFINER_FIELDS[params.refiner.mode], *(_HIRES_FIELDS if params.hires.enabled else ())}
     inputs = {role.field for role in INPUT_ROLES.values()}
     meta = {name: value for name, value in params.to_dict().items()
             if name not in inputs and (name not in _OPTIONAL_FIELDS or name in used)}
@@ -72,6 +74,27 @@ def _refiner_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     if meta["refiner"] == "ensemble":
         return [("Refiner", meta.get("refiner_id")), ("Refiner switch at", meta["refiner_switch_at"])]
     return [("Refiner", meta.get("refiner_id")), ("Refiner strength", meta["refiner_strength"])]
+
+
+def _hires_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A1111's wording for hires fix (its denoise is "Denoising strength" after text to image, as
+    A1111 writes it; after image to image, whose strength has that name, "Hires denoising strength")."""
+    if not meta.get("hires"):
+        return []
+    denoise = "Denoising strength" if meta.get("mode", "txt2img") == "txt2img" else "Hires denoising strength"
+    details: list[tuple[str, Any]] = [(denoise, meta["hires_denoise"])]
+    if meta["hires_width"] or meta["hires_height"]:
+        details.append(("Hires resize", f"{meta['hires_width']}x{meta['hires_height']}"))
+    else:
+        details.append(("Hires upscale", f"{meta['hires_scale']:g}"))
+    if meta["hires_steps"]:
+        details.append(("Hires steps", meta["hires_steps"]))
+    details.append(("Hires upscaler", meta["hires_upscaler"]))
+    if meta.get("hires_sampler_name") and meta["hires_sampler_name"] != meta.get("sampler_name"):
+        details.append(("Hires sampler", meta["hires_sampler_name"]))
+    details += [(label, json.dumps(meta[name], ensure_ascii=False)) for label, name in
+                (("Hires prompt", "hires_prompt"), ("Hires negative prompt", "hires_negative_prompt")) if meta[name]]
+    return details
 
 
 def _image_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -110,8 +133,23 @@ def _control_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     return details
 
 
+def _upscale_text(meta: dict[str, Any]) -> str:
+    """An upscale job's parameters in A1111's extras wording."""
+    details: list[tuple[str, Any]] = [("Postprocess upscale to", f"{meta['width']}x{meta['height']}"),
+                                      ("Postprocess upscaler", meta["upscaler"])]
+    if meta.get("upscaler_2", "None") != "None" and meta.get("upscaler_2_visibility"):
+        details += [("Postprocess upscaler 2", meta["upscaler_2"]),
+                    ("Postprocess upscaler 2 visibility", meta["upscaler_2_visibility"])]
+    if meta.get("upscale_crop_width") and meta.get("upscale_crop_height"):
+        details.append(("Postprocess crop to", f"{meta['upscale_crop_width']}x{meta['upscale_crop_height']}"))
+    details.append(("Upscale image hash", meta.get("upscale_image_sha256")))
+    return ", ".join(f"{key}: {value}" for key, value in details)
+
+
 def parameters_text(meta: dict[str, Any]) -> str:
     """The generation parameters in the common "parameters" text-chunk format (A1111 and others read it)."""
+    if meta.get("mode") == "upscale":
+        return _upscale_text(meta)
     lines = [meta["prompt"]]
     if meta.get("negative_prompt"):
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
@@ -126,6 +164,7 @@ def parameters_text(meta: dict[str, Any]) -> str:
         *_image_details(meta),
         *_refiner_details(meta),
         *_control_details(meta),
+        *_hires_details(meta),
     ]
     if meta.get("lora_hashes"):  # A1111's form, so its "PNG info" and civitai read the LoRAs back
         details.append(("Lora hashes", '"' + ", ".join(f"{k}: {v}" for k, v in meta["lora_hashes"].items()) + '"'))

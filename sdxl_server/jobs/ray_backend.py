@@ -28,6 +28,7 @@ from ..pipeline.controlnet_files import ControlNetCatalog
 from ..pipeline.ip_adapter_files import IpAdapterCatalog
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
+from ..pipeline.upscaler_catalog import UpscalerCatalog
 from ..pipeline.sources import resolve_model_source
 from .backend import RuntimeInfo
 from .job import Job, Save, StepReporter
@@ -82,6 +83,7 @@ class RayCluster:
         self.lora_files = LoraCatalog(settings.lora_dir)
         self.controlnet_files = ControlNetCatalog(settings.controlnet_dir)
         self.ip_adapter_files = IpAdapterCatalog(settings.ip_adapter_dir)
+        self.upscaler_catalog = UpscalerCatalog(settings.upscalers_dir)  # the replicas read the same folder
         self.options: dict[str, Any] = {}
         self.state = "not_loaded"  # not_loaded -> loading -> ready | failed
         self.error: str | None = None

@@ -43,16 +43,25 @@ class GenerationWork:
         """Generate the job's images (worker thread); return how to save them (encoder thread)."""
         params = job.params
         started = time.time()
+        if params.mode == "upscale":  # no model, no steps: the upscaler's tiles
+            generation = self.engine.upscale(params, lambda step, total, _: on_step(step, total, None), cancelled,
+                                             load_inputs(self.store.inputs, params))
+            return self._saver(job, generation, self._common_meta(job, generation), self._timings(job, started, generation))
         self._switch_model(params.model, params.steps, on_step)
         inputs = load_inputs(self.store.inputs, params)
         generation = self.engine.generate(params, self._step_reporter(job, on_step), cancelled,
                                           stop_early=job.stop_early_requested, **({"inputs": inputs} if inputs else {}))
-        timings = {
+        return self._saver(job, generation, self._common_meta(job, generation), self._timings(job, started, generation))
+
+    @staticmethod
+    def _timings(job: Job, started: float, generation: Generated) -> dict[str, Any]:
+        hires = generation.info.get("hires") or {}
+        return {
             "queue_s": round(started - job.created_at, 4),
             "inference_s": generation.info.get("inference_s"),
             "decode_s": generation.info.get("decode_s"),
+            **{f"hires_{name}": hires[name] for name in ("upscale_s", "second_pass_s") if name in hires},
         }
-        return self._saver(job, generation, self._common_meta(job, generation), timings)
 
     def _step_reporter(self, job: Job, on_step: StepReporter) -> Callable[[int, int, Any], None]:
         """The engine's step callback: progress, and a preview every few steps for a client that wants one."""
@@ -95,6 +104,8 @@ class GenerationWork:
             "vae_upcast": info.get("vae_upcast", False),
             "lora_hashes": info.get("lora_hashes", {}),
             **({"refiner_id": info["refiner"]} if "refiner" in info else {}),
+            **({"hires_sampler_name": info["hires"]["sampler"], "image_width": info["hires"]["width"],
+                "image_height": info["hires"]["height"]} if "hires" in info else {}),
             **({"warnings": list(job.warnings)} if job.warnings else {}),
             "created_at": datetime.fromtimestamp(job.created_at, timezone.utc).isoformat(timespec="milliseconds"),
         }

@@ -231,7 +231,7 @@ class Worker:
             return
         took = job.advance(step, total, at)
         if took is not None:
-            self.source.estimate.record_step(job.params, took)
+            self.source.estimate.record_step(job.params, took, step, total)
         eta = self.source.estimate.remaining_seconds(job, at)
         self.source.announce(
             job, "progress", step=step, total_steps=total, progress=job.progress,

@@ -25,10 +25,11 @@ from .controlnet_files import ControlNetCatalog
 from .controlnets import ControlNetCache
 from .ip_adapter_files import IpAdapterCatalog
 from .ip_adapters import IpAdapters
-from .decode import decode_latents
+from .decode import decode_latents, is_out_of_memory
 from .embedding_files import EmbeddingCatalog
 from .embeddings import empty_listing, load_embeddings
 from .embeddings import listing as embedding_listing
+from .hires_upscale import center_crop
 from .loading import apply_memory_options, load_pipeline
 from .lora_files import LoraCatalog
 from .loras import LoraAdapters
@@ -41,9 +42,11 @@ from .prompt_encoding import count_prompt_tokens, encode_request_prompts
 from .refiner import Refiner
 from .switching import LoadedModel, ModelCache
 from .runtime import Runtime, resolve_runtime
-from .schedulers import make_scheduler, sampler_label
+from .schedulers import sampler_label, scheduler_named
 from .sources import fix_hint, resolve_model_source
 from .text_encoders import text_encoders_on
+from .upscale_job import run_upscale_job
+from .upscalers import engine_upscalers
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +58,6 @@ def _seconds(start: Any, end: Any) -> float:
         return end - start
     end.synchronize()
     return start.elapsed_time(end) / 1000.0
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class Engine:
@@ -94,6 +93,10 @@ class Engine:
         self.memory_plan: MemoryPlan | None = None
         self._modes: ModePipelines | None = None
         self.refiner = Refiner(settings, self.runtime)
+        # Upscaler models: on the GPU between jobs only under the `high` profile (one model at a time otherwise).
+        self.upscalers = engine_upscalers(settings, self.runtime.device, self.runtime.dtype, self.source.kind == "tiny",
+                                          lambda: self.memory_plan is None or self.memory_plan.profile == "high")
+        self.upscaler_catalog = self.upscalers.catalog
 
     # -- loading ----------------------------------------------------------------
 
@@ -156,7 +159,7 @@ class Engine:
             return None
         return torch.cuda.get_device_properties(torch.device(self.runtime.device).index or 0).total_memory
 
-    def _prompt_arguments(self, params: GenerationParams) -> dict[str, Any]:
+    def prompt_embeddings(self, params: GenerationParams) -> dict[str, Any]:
         """The prompts as embeddings (A1111 syntax, any length); with TEXT_ENCODER_OFFLOAD the text
         encoders visit the device only for this."""
         with self.text_encoders_on(self.pipe):
@@ -198,6 +201,7 @@ class Engine:
         made) is not worth paying at every shutdown."""
         if self.pipe is not None:
             self._free(collect=self.runtime.device != "cpu")
+        self.upscalers.close()
         self.state = "not_loaded"
 
     # -- several models ---------------------------------------------------------
@@ -262,12 +266,23 @@ class Engine:
 
     # -- generation -------------------------------------------------------------
 
-    def _scheduler(self, name: str):
-        if name == "default":
-            return self._default_scheduler
-        if name not in self._schedulers:
-            self._schedulers[name] = make_scheduler(name, self._default_scheduler.config)
-        return self._schedulers[name]
+    def scheduler_for(self, name: str) -> Any:
+        """The running model's scheduler for the sampler ``name`` (one instance per name)."""
+        return scheduler_named(name, self._default_scheduler, self._schedulers)
+
+    def sampler_name(self, name: str, scheduler: Any) -> str:
+        return sampler_label(name, scheduler)
+
+    def mode_pipeline(self, mode: str) -> Any:
+        return self._mode_pipelines().pipeline(mode)
+
+    def decode(self, latents: Any) -> list[Any]:
+        return decode_latents(self.pipe, latents)[0]
+
+    def upscale_image(self, image: Any, upscaler: str, cover: tuple[int, int], size: tuple[int, int],
+                      cancelled: Callable[[], bool]) -> Any:
+        upscaled = self.upscalers.upscale(image, upscaler, 1.0, lambda done, total: None, cancelled, size=cover)
+        return center_crop(upscaled, size)
 
     def generate(
         self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
@@ -291,6 +306,13 @@ class Engine:
         generation.info["lora_hashes"] = lora_hashes
         return generation
 
+    def upscale(
+        self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool], inputs: Mapping[str, Any],
+    ) -> Generation:
+        """An upscale job (no generation: the model need not be loaded); progress counts tiles."""
+        with self._failures_translated(params):
+            return run_upscale_job(self.upscalers, params, inputs, on_step, cancelled)
+
     def _run(
         self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
         inputs: Mapping[str, Any] | None, stop_early: Callable[[], bool] = lambda: False,
@@ -298,10 +320,10 @@ class Engine:
         """Build the request's plan on the running model and run it."""
         with self._failures_translated(params):
             mode = prepare_run(self._mode_pipelines(), params, inputs, self.controlnets)
-            mode.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
+            mode.pipe.scheduler = self.scheduler_for(params.scheduler)  # on the pipeline that actually runs
             sampler = sampler_label(params.scheduler, mode.pipe.scheduler)
             plan = build_plan(PassContext(params, mode.pipe.scheduler, self, inputs or {}), mode, sampler)
-        runner = PlanRunner(self._prompt_arguments, lambda latents: decode_latents(self.pipe, latents),
+        runner = PlanRunner(self.prompt_embeddings, lambda latents: decode_latents(self.pipe, latents),
                             self._clock, _seconds, self._failures_translated)
         return runner.run(plan, params, on_step, cancelled, stop_early)
 
@@ -319,7 +341,7 @@ class Engine:
         except ApiError:  # already what the client should see (cancelled, out of memory, a misfit LoRA)
             raise
         except Exception as exc:
-            if _is_out_of_memory(exc):
+            if is_out_of_memory(exc):
                 self._recover_memory()
                 raise OutOfMemory(
                     f"the {self.runtime.device} device ran out of memory at {params.width}x{params.height}"

@@ -94,6 +94,19 @@ def plan_memory(settings: Settings, total_bytes: int | None, dtype: str) -> Memo
     return MemoryPlan(profile=profile, reason=reason, overrides=overrides, **chosen)
 
 
+UNTILED_DECODE_GIB_PER_MPX = 3.0  # float16: an untiled VAE decode's peak per megapixel decoded
+
+
+def decode_needs_tiling(pixels: int, free_bytes: int | None, dtype: str) -> bool:
+    """Whether a VAE decode of ``pixels`` (the whole batch) should be tiled with ``free_bytes``
+    free on the GPU (None: no GPU, where host memory is not measured): hires fix's large images
+    on a card whose profile keeps the decode untiled."""
+    if free_bytes is None:
+        return False
+    scale = 2.0 if dtype == "float32" else 1.0
+    return pixels / 1e6 * UNTILED_DECODE_GIB_PER_MPX * scale * GIB > free_bytes * 0.9
+
+
 REFINER_UNET_GIB = 4.2  # float16: SDXL refiner 1.0's UNet (its text encoder 2 and VAE are the base's)
 
 

@@ -22,6 +22,7 @@ from ..params import MAX_SEED, GenerationParams
 from .modes import ModeRun
 from .passes import Batch, Pass, PassContext, PassFactory, StepReport
 from .passes.base import BasePass
+from .passes.hires import hires_pass
 from .passes.refiner import refiner_pass
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[int, int, Any], None]
 """``on_step(step, total_steps, latents)``; ``step`` counts completed steps from 1."""
 
-# The passes after the base, in the order they run: a new pass is one factory here.
-LATER_PASSES: list[PassFactory] = [refiner_pass]
+# The passes after the base, in the order they run: a new pass is one factory here. The refiner
+# belongs to the first pass (as in A1111): hires fix upscales and repaints what it made.
+LATER_PASSES: list[PassFactory] = [refiner_pass, hires_pass]
 
 
 @dataclass
@@ -129,7 +131,7 @@ class PlanRunner:
             batch = Batch(seeds[len(images):len(images) + size], prompts, {
                 "num_inference_steps": params.steps, "guidance_scale": params.guidance_scale,
                 "num_images_per_prompt": size, "output_type": "latent",
-            })
+            }, cancelled)
             started = self.clock()
             with self.translated(params), torch.inference_mode():
                 latents = self._passes(plan, batch, progress, len(images))

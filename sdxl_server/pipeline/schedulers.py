@@ -42,6 +42,16 @@ def make_scheduler(name: str, config: Any) -> Any:
     return cls.from_config(config, **overrides)
 
 
+def scheduler_named(name: str, default: Any, made: dict[str, Any]) -> Any:
+    """The scheduler for the sampler ``name`` of a request (either pass's): ``default`` (the
+    model's own) for "default", else one made from its config, kept in ``made`` by name."""
+    if name == "default":
+        return default
+    if name not in made:
+        made[name] = make_scheduler(name, default.config)
+    return made[name]
+
+
 def sampler_label(name: str, scheduler: Any) -> str:
     """A1111-style sampler name for the metadata ("Euler", "DPM++ 2M Karras", ...): for
     "default", the label of the first named sampler that uses the model's scheduler class."""

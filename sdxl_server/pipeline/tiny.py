@@ -249,3 +249,33 @@ def write_tiny_ip_adapter(folder: Path, name: str = "tiny-ip-adapter", seed: int
             tensors[f"ip_adapter.{2 * index + 1}.{kind}.weight"] = torch.randn_like(linear.weight) * 0.5
     save_file({key: value.contiguous() for key, value in tensors.items()}, str(folder / f"{name}.safetensors"))
     return folder / f"{name}.safetensors"
+
+TINY_UPSCALER = "tiny-compact-2x"  # the offline demo's upscaler (MODEL_ID=tiny), beside UPSCALERS_DIR's
+
+
+def write_tiny_upscaler(path: Path, scale: int = 2, features: int = 8, convs: int = 1, seed: int = 0) -> Path:
+    """A random-weights Real-ESRGAN Compact (SRVGG) upscaler saved as ``.safetensors`` (or ``.pth``):
+    a few 3x3 convolutions and a pixel shuffle, whose state dict spandrel recognises like any real
+    one. Its reach is ``convs + 2`` pixels, so tiles with that much overlap match the whole image."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = [torch.nn.Conv2d(3, features, 3, 1, 1), torch.nn.PReLU(features)]
+    for _ in range(convs):
+        layers += [torch.nn.Conv2d(features, features, 3, 1, 1), torch.nn.PReLU(features)]
+    layers.append(torch.nn.Conv2d(features, 3 * scale * scale, 3, 1, 1))
+    state = {f"body.{key}": value.contiguous() for key, value in torch.nn.Sequential(*layers).state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".pth":
+        torch.save(state, staging)
+    else:
+        save_file(state, str(staging))
+    staging.replace(path)  # atomic: a reader never sees half a file
+    return path
+
+
+def ensure_tiny_upscaler(cache_root: Path | None = None) -> Path:
+    """The tiny upscaler's file, written first if needed."""
+    path = (cache_root or cache_home()) / f"{TINY_UPSCALER}-v{TINY_VERSION}.safetensors"
+    return path if path.is_file() else write_tiny_upscaler(path)

@@ -8,6 +8,7 @@ import { describeError } from "./format.js";
 import { refreshHealth } from "./health.js";
 import { initControlNet, loadControlNets, readControlFields } from "./controlnet.js";
 import { applyImageInfo, readImageFields } from "./img2img.js";
+import { loadUpscalers, readHiresFields, restoreHires } from "./hires.js";
 import { hasInfo, loadInfo } from "./info.js";
 import { following, followJob, showSubmitting, submitFailed } from "./job.js";
 import { initChoices, loadLoras, loadModels, readChoices, restoreChoices } from "./choices.js";
@@ -73,7 +74,7 @@ function applyInfo(info) {
 export async function loadSettings() {
   try {
     applyInfo(await loadInfo());
-    await Promise.all([loadModels(), loadLoras(), loadStyles(), loadControlNets()]);
+    await Promise.all([loadModels(), loadLoras(), loadStyles(), loadControlNets(), loadUpscalers()]);
     scheduleCount(form);
   } catch (err) {
     if (err.code !== "unauthorized") { // a 401 opens the API key panel instead
@@ -109,7 +110,7 @@ function readForm() {
   body.seed = seed === undefined ? null : seed; // empty: the server draws one
   body.scheduler = scheduler.value || "default";
   Object.assign(body, readChoices(), readStyles());
-  Object.assign(body, readImageFields(), readControlFields());
+  Object.assign(body, readImageFields(), readControlFields(), readHiresFields());
   if (Object.keys(problems).length) {
     showFieldErrors(problems);
     return null;
@@ -130,6 +131,7 @@ export function restoreParams(params) {
     scheduler.value = params.scheduler;
   }
   restoreChoices(params);
+  restoreHires(params);
   clearStyles();
   form.dataset.filled = "restored";
   syncPreset();

@@ -4,11 +4,16 @@ import { api, outputUrl } from "./api.js";
 import { $, h } from "./dom.js";
 import { describeError } from "./format.js";
 import { knowsLastSeed, rememberSeed } from "./seed.js";
+import { upscale } from "./upscale.js";
 
 const GALLERY_URL = "/api/v1/jobs?status=succeeded&limit=24";
 const list = $("gallery");
 const message = $("gallery-message");
 let onPick = () => {};
+
+function title(params) {
+  return params.upscale_image ? `Upscaled with ${params.upscaler}` : params.prompt || "untitled";
+}
 
 function thumbnail(job) {
   const params = job.params || {};
@@ -19,14 +24,17 @@ function thumbnail(job) {
   }
   const caption = h(
     "span", { className: "thumb-caption" },
-    h("span", { className: "thumb-prompt", textContent: params.prompt || "untitled" }),
+    h("span", { className: "thumb-prompt", textContent: title(params) }),
     h("span", { className: "thumb-details", textContent: `${params.width} × ${params.height} · seed ${params.seed}` }),
   );
   const action = h("span", { className: "visually-hidden", textContent: "Use the settings of: " });
   const button = h("button", { type: "button", className: "thumb" }, action, img, caption);
   button.dataset.jobId = job.id;
   button.addEventListener("click", () => onPick(job));
-  return h("li", {}, button);
+  const upscaling = h("button", { type: "button", className: "secondary thumb-upscale", textContent: "Upscale" });
+  upscaling.setAttribute("aria-label", `Upscale the ${params.width} × ${params.height} image, seed ${params.seed}`);
+  upscaling.addEventListener("click", () => upscale(job.image_url));
+  return h("li", {}, button, upscaling);
 }
 
 export function setGalleryMessage(text) {

@@ -3,6 +3,7 @@
 
 import { $ } from "./dom.js";
 import { seconds } from "./format.js";
+import { passOf } from "./hires.js";
 import { hideResult, showPlaceholder } from "./result.js";
 
 const el = {
@@ -110,7 +111,9 @@ function renderRunning(job) {
   el.progress.max = total;
   el.progress.value = step;
   el.progress.setAttribute("aria-valuetext", `step ${step} of ${total}`);
-  el.progressText.textContent = `step ${step}/${total}${eta ? ` · about ${eta} left` : step ? "" : " · starting…"}`;
+  const pass = passOf(job.params, Math.max(step, 1), total);
+  el.progressText.textContent = `step ${step}/${total}${pass ? ` (${pass})` : ""}`
+    + `${eta ? ` · about ${eta} left` : step ? "" : " · starting…"}`;
 }
 
 /** Show where a job under way stands: queued (position, ETA) or running (step, ETA). */

@@ -9,19 +9,28 @@ import { focusPrompt, initForm, loadSettings, restoreParams } from "./form.js";
 import { clearGallery, initGallery, loadGallery, setGalleryMessage } from "./gallery.js";
 import { startHealth } from "./health.js";
 import { initImageInput, useAsInput } from "./img2img.js";
+import { initHires } from "./hires.js";
 import { hasInfo, infoLoading } from "./info.js";
 import { initJob, resumeJob, resumeWithKey, showPastResult } from "./job.js";
+import { resultUrl } from "./result.js";
+import { initUpscale, loadUpscalers } from "./upscale.js";
 
 /** Read the server's settings; then the gallery and the job this tab followed before a reload. */
 async function connect() {
   if (!(await loadSettings())) return false;
   loadGallery();
+  loadUpscalers();
   resumeJob();
   return true;
 }
 
 function pick(job) {
   const params = job.params || {};
+  if (params.upscale_image) { // an upscale job has no generation settings to load
+    showPastResult(job);
+    setNote(`Showing an image upscaled with ${params.upscaler}.`);
+    return;
+  }
   restoreParams(params);
   showPastResult(job);
   setNote(`Loaded the settings of “${params.prompt}” (seed ${params.seed}) into the form.`);
@@ -39,11 +48,13 @@ async function start() {
   initAuth({ verify: loadSettings, onSaved: keySaved, onForgotten: clearGallery });
   initForm();
   initImageInput();
+  initHires();
   document.getElementById("use-as-input").addEventListener("click", () => {
     useAsInput(document.getElementById("result-image").src);
     focusPrompt();
   });
   initJob();
+  initUpscale(resultUrl);
   initGallery(pick);
   startHealth(async () => {
     if (!hasInfo() && !infoLoading()) await connect(); // the server came up after the page

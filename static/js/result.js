@@ -11,6 +11,14 @@ const paramList = $("result-params");
 const download = $("download-link");
 const metaLink = $("meta-link");
 const placeholder = $("output-empty");
+let shownUrl = null; // the image_url of the result shown
+
+/** The shown result's image URL (what its Upscale button upscales). */
+export function resultUrl() {
+  return shownUrl;
+}
+
+const MODES = { img2img: "image to image", inpaint: "inpainting", upscale: "upscale" };
 
 function addParam(name, value) {
   if (value === undefined || value === null || value === "") return;
@@ -26,7 +34,8 @@ function listParams(params) {
   addParam("Guidance", params.guidance_scale);
   addParam("Seed", params.seed);
   addParam("Scheduler", params.sampler_name || schedulerLabel(params.scheduler));
-  if (params.mode && params.mode !== "txt2img") addParam("Mode", params.mode === "inpaint" ? "inpainting" : "image to image");
+  if (params.mode && params.mode !== "txt2img") addParam("Mode", MODES[params.mode] || params.mode);
+  if (params.mode === "upscale") addParam("Upscaler", params.upscaler);
   if (params.init_image || params.init_image_sha256) addParam("Strength", params.strength);
   if (params.refiner && params.refiner !== "none") addParam("Refiner", params.refiner);
   addParam("Model", params.model_id);
@@ -38,6 +47,7 @@ export function showResult(job) {
   const params = { ...(job.params || {}), ...(job.meta || {}) };
   placeholder.hidden = true;
   figure.hidden = false;
+  shownUrl = job.image_url;
   image.src = outputUrl(job.image_url);
   image.alt = `Generated image: ${params.prompt || "untitled"}`;
   if (params.width && params.height) {

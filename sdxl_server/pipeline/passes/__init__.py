@@ -1,4 +1,4 @@
-"""The passes of one generation: the base, then optional passes (the refiner today).
+"""The passes of one generation: the base, then optional passes (the refiner, hires fix).
 
 A pass is a small class that declares its steps before anything runs (so the job's progress has
 one true total from the first step), takes the latents the previous pass made (None for the
@@ -29,6 +29,7 @@ class Batch:
     seeds: list[int]
     prompts: dict[str, Any]
     common: dict[str, Any]
+    cancelled: Callable[[], bool] = lambda: False  # for a pass's work between steps (hires fix's upscale)
 
     def generators(self) -> list[Any]:
         """Fresh noise generators for the batch's seeds (each pass draws its noise anew, as the
@@ -65,6 +66,25 @@ class PassHost(Protocol):
 
     def text_encoders_on(self, pipe: Any) -> AbstractContextManager[None]:
         """``pipe``'s text encoders on the device while a prompt is encoded."""
+
+    def prompt_embeddings(self, params: GenerationParams) -> dict[str, Any]:
+        """``params``' prompts as the pipeline's embeddings (A1111 syntax, any length)."""
+
+    def mode_pipeline(self, mode: str) -> Any:
+        """The running model's pipeline for ``mode`` (``img2img``: hires fix's second pass)."""
+
+    def scheduler_for(self, name: str) -> Any:
+        """The running model's scheduler for a sampler name of the request."""
+
+    def sampler_name(self, name: str, scheduler: Any) -> str:
+        """The sampler's label for the metadata."""
+
+    def decode(self, latents: Any) -> list[Any]:
+        """Latents to PIL images with the running model's VAE (tiled where memory is short)."""
+
+    def upscale_image(self, image: Any, upscaler: str, cover: tuple[int, int], size: tuple[int, int],
+                      cancelled: Callable[[], bool]) -> Any:
+        """A PIL image upscaled by a pixel upscaler to ``cover``, cropped to ``size`` at the centre."""
 
 
 @dataclass

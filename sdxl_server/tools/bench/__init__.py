@@ -21,6 +21,10 @@ client and server see them:
     Resident memory of this process over ``--memory-jobs`` small generations through the
     server, growth per job (least-squares slope), and on CUDA the peak GPU memory of one
     generation at the benchmark size; it/s at that size everywhere.
+``hires``
+    Hires fix at x2 with a latent upscaler, Lanczos and an upscaler model (if the server has
+    one): the whole request and its phases (first pass, upscale, second pass, decode), the
+    steps, resident memory and on CUDA the peak GPU memory.
 ``coldstart``
     A fresh Python process, timed from its start: interpreter, imports (torch, diffusers and
     the server's modules), model load, first and second generation.

@@ -164,13 +164,20 @@ def refiner_section(base: Settings, factory: Callable[[], Any], opts: BenchOptio
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=opts.timeout_s)) as session:
             return await section_modes(Client(server, session, opts), only=REFINER_CASES)
 
+    return in_profiles(base, factory, cuda, modes, refiner_id=refiner_id)
+
+
+def in_profiles(base: Settings, factory: Callable[[], Any], cuda: bool, measure: Callable[[InProcessServer], Any],
+                **changes: Any) -> dict[str, Any]:
+    """``measure(server)`` (a coroutine's result) on a server of its own in the default (high) and
+    8 GB profiles, each with ``changes`` to ``base``; on CUDA with the context's memory beside it."""
     results: dict[str, Any] = {}
     for profile in ("high", "8gb"):
-        settings = base.replace(attention="sdpa", memory_profile=profile, refiner_id=refiner_id)
+        settings = base.replace(attention="sdpa", memory_profile=profile, **changes)
         engine = TimedEngine(settings, pipeline_factory=factory)
         server = InProcessServer(settings, engine).start()
         try:
-            result = asyncio.run(modes(server))
+            result = asyncio.run(measure(server))
             if cuda:  # the CUDA context and libraries, beside what torch reserved
                 free, total = torch.cuda.mem_get_info()
                 result["cuda_context_bytes"] = (total - free) - torch.cuda.memory_reserved()

@@ -14,7 +14,7 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the bench's own ser
 
 SECTIONS = (
     "overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "storage", "webhooks",
-    "admission", "controlnet",
+    "admission", "controlnet", "upscale", "hires",
 )
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"

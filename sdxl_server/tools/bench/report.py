@@ -7,8 +7,10 @@ from typing import Any
 
 from .admission import admission_rows
 from .controlnet import controlnet_rows
+from .hires import hires_rows
 from .modes import modes_rows
 from .storage import storage_rows
+from .upscaling import upscale_rows
 
 
 def _ms(value: float | None) -> str:
@@ -190,6 +192,8 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "webhooks": _webhook_rows,
     "admission": admission_rows,
     "controlnet": lambda result: controlnet_rows(result, _s, _gib),
+    "upscale": lambda result: upscale_rows(result, _s, _gib),
+    "hires": lambda result: hires_rows(result, _s, _gib),
 }
 
 

@@ -22,6 +22,7 @@ from .client import Client
 from .admission import section_admission
 from .coldstart import section_coldstart
 from .controlnet import section_controlnet
+from .hires import section_hires
 from .modes import section_modes
 from .options import BenchOptions, prepare_settings
 from .sections import section_loop, section_memory, section_overhead, section_progress
@@ -29,6 +30,7 @@ from .speed import section_batch, section_png
 from .storage import section_storage
 from .server import InProcessServer
 from .switching import section_switching
+from .upscaling import section_upscale
 from .timed import TimedEngine
 from .webhooks import section_webhooks
 
@@ -68,6 +70,7 @@ async def run_server_sections(
         "overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory,
         "batch": section_batch, "png": section_png, "modes": section_modes, "storage": section_storage,
         "webhooks": section_webhooks, "controlnet": section_controlnet,
+        "upscale": section_upscale, "hires": section_hires,
     }
     connector = aiohttp.TCPConnector(limit=0)  # 100 websockets and the HTTP calls at once
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
