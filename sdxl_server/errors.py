@@ -51,10 +51,12 @@ class ApiError(Exception):
 
 
 def _renamed(name: str, names: Mapping[str, str]) -> str:
-    for ours, theirs in names.items():
-        if name == ours or name.startswith((f"{ours}[", f"{ours}.")):
-            return theirs + name[len(ours):]
-    return name
+    """``name`` under the client's name: its own entry, else that of the longest field holding it."""
+    if name in names:
+        return names[name]
+    holders = [ours for ours in names if name.startswith((f"{ours}[", f"{ours}."))]
+    ours = max(holders, key=len, default=None)
+    return name if ours is None else names[ours] + name[len(ours):]
 
 
 class InvalidBody(ApiError):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .client import Client
-from .modes import GIB, _peak, _reset_peak, _steps_run, in_profiles
+from .modes import GIB, peak_memory, reset_peak, steps_run, in_profiles
 from .stats import percentile, rss_bytes, summarize
 
 HIRES_SCALE = 2.0
@@ -38,15 +38,15 @@ async def _case(client: Client, upscaler: str) -> dict[str, Any]:
     opts = client.opts
     body = opts.body(client.fresh_seed(), hires={"scale": HIRES_SCALE, "upscaler": upscaler, "denoise": DENOISE})
     await client.generate(body)  # warm-up: the image-to-image pipeline, the upscaler model
-    await _reset_peak(client)
+    await reset_peak(client)
     seconds, rss, phases, steps = [], [], [], 0
     for _ in range(opts.runs):
         elapsed, data = await client.generate({**body, "seed": client.fresh_seed()})
         seconds.append(elapsed)
         rss.append((rss_bytes() or 0) / 2**20)
         phases.append(_phases(data["meta"]))
-        steps = await _steps_run(client, data["id"])
-    peak, reserved = _peak() if client.engine.runtime.on_cuda else (None, None)
+        steps = await steps_run(client, data["id"])
+    peak, reserved = peak_memory() if client.engine.runtime.on_cuda else (None, None)
     return {
         "s": summarize(seconds),
         "phases_s": {name: round(percentile([p[name] for p in phases], 50), 4) for name in phases[0]},

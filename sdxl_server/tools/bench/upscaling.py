@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from .client import Client
-from .modes import _peak, _reset_peak
+from .modes import peak_memory, reset_peak
 from .options import BenchError
 from .stats import percentile, summarize
 
@@ -82,13 +82,13 @@ async def section_upscale(client: Client, scale: float = 4.0) -> dict[str, Any]:
         for name in await asyncio.to_thread(_upscalers, client, Path(scratch)):
             body = {"image": image, "upscaler": name, "scale": scale}
             await _upscale(client, body)  # warm-up: reads the model's file once
-            await _reset_peak(client)
+            await reset_peak(client)
             seconds, worker, job = [], [], {}
             for _ in range(opts.runs):
                 elapsed, job = await _upscale(client, body)
                 seconds.append(elapsed)
                 worker.append(job["meta"]["timings"]["inference_s"])
-            peak, reserved = _peak() if client.engine.runtime.on_cuda else (None, None)
+            peak, reserved = peak_memory() if client.engine.runtime.on_cuda else (None, None)
             results[name] = {
                 "s": summarize(seconds), "upscale_s": percentile(worker, 50), "tiles": job["total_steps"],
                 "output": f"{job['meta']['width']}x{job['meta']['height']}",
