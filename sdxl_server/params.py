@@ -14,20 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Sampler names a request may give; the engine maps each onto a diffusers scheduler.
-# "default" keeps the model's own scheduler (Euler for SDXL base).
-SCHEDULERS: dict[str, str] = {
-    "default": "the model's own scheduler",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "dpmpp_2m_sde": "DPM++ 2M SDE",
-    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
-    "ddim": "DDIM",
-    "unipc": "UniPC",
-    "deis": "DEIS",
-}
+from .sampling import AUTOMATIC, DEFAULT_SAMPLER, split_combined
 
 MAX_SEED = 2**32 - 1
 # CLIP skip as A1111 counts it: 1 is the model's usual layer; 12 reaches CLIP-L's first (SDXL's
@@ -118,7 +105,8 @@ class GenerationParams:
     steps: int
     guidance_scale: float
     seed: int
-    scheduler: str = "default"
+    sampler: str = DEFAULT_SAMPLER  # a name of sampling.SAMPLERS
+    schedule: str = AUTOMATIC  # a name of sampling.SCHEDULES the sampler takes
     num_images: int = 1
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight), checked against LORA_DIR
     model: str = ""  # a name from the model catalog; "" is the default model
@@ -147,6 +135,8 @@ class GenerationParams:
     def from_dict(cls, values: Mapping[str, Any]) -> GenerationParams:
         """From the flat form (a validated request, a job record, a Ray request)."""
         core = {name: value for name, value in values.items() if name in _CORE_FIELDS}
+        if "scheduler" in values and "sampler" not in values:  # a record of before the split
+            core["sampler"], core["schedule"] = split_combined(values["scheduler"])
         groups: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
         for name, (group, attribute) in FLAT_FIELDS.items():
             if name in values:

@@ -39,7 +39,7 @@ MAX_PROMPT = 4000  # DALL·E 3's limit; what exceeds MAX_PROMPT_LENGTH is cut (a
 # Documented fields that mean nothing here; accepted and ignored so clients need no change.
 IGNORED = ("style", "user", "moderation")
 # Our own fields a client may add (an extension): passed through to the core request.
-EXTENSIONS = ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler")
+EXTENSIONS = ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "sampler", "schedule")
 
 
 class ImagesRequestSchema(Schema):

@@ -43,7 +43,7 @@ _TYPED: dict[str, Callable[[str], Any]] = {
     "n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float, "output_compression": int,
     "partial_images": int,
 }
-_TEXT = ("prompt", "size", "negative_prompt", "scheduler", "stream", *ANSWER_FIELDS)
+_TEXT = ("prompt", "size", "negative_prompt", "scheduler", "sampler", "schedule", "stream", *ANSWER_FIELDS)
 _FILES = ("image", "image[]", "mask")
 _IGNORED = (*IGNORED, "input_fidelity")
 
@@ -113,7 +113,7 @@ def _core(values: dict[str, Any], prompt: str, settings: Any) -> tuple[dict[str,
     answer = validate_fields(ImagesRequestSchema(only=read), {k: values[k] for k in read if k in values})
     core: dict[str, Any] = {"prompt": prompt, "num_images": values.get("n", 1), "model": openai_model(values.get("model"))}
     core.update({name: values[name] for name in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler",
-                                                 "strength") if name in values})
+                                                 "sampler", "schedule", "strength") if name in values})
     given: list[str] = []
     size = values.get("size", "auto")
     if size != "auto":
@@ -184,7 +184,8 @@ def _form_schema(name: str, settings: Any, *, prompt: bool, mask: bool) -> Schem
                               metadata={"description": "'WIDTHxHEIGHT' (fitted into the limits, keeping its shape), "
                                                        "or 'auto' (the image's size)."}),
         **{field: ImagesRequestSchema().fields[field] for field in (*ANSWER_FIELDS, "stream", "partial_images")},
-        **{field: core[field] for field in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "strength")},
+        **{field: core[field] for field in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "sampler",
+                                            "schedule", "strength")},
     }
     if prompt:
         spec["prompt"] = core["prompt"]

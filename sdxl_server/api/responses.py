@@ -49,8 +49,10 @@ class MetaSchema(ModeFieldsSchema):
     steps = fields.Integer()
     guidance_scale = fields.Float()
     seed = fields.Integer()
-    scheduler = fields.String()
-    sampler_name = fields.String()
+    sampler = fields.String()
+    schedule = fields.String()
+    sampler_name = fields.String(metadata={"description": "A1111's word for the sampler that ran."})
+    schedule_type = fields.String(metadata={"description": "A1111's word for the schedule type."})
     device = fields.String()
     dtype = fields.String()
     attention = fields.String(allow_none=True)
@@ -96,7 +98,8 @@ class ParamsSchema(ModeFieldsSchema):
     steps = fields.Integer(required=True)
     guidance_scale = fields.Float(required=True)
     seed = fields.Integer(required=True)
-    scheduler = fields.String(required=True)
+    sampler = fields.String(required=True)
+    schedule = fields.String(required=True)
     num_images = fields.Integer(required=True)
     model = fields.String(metadata={"description": "The model the job runs on."})
     loras = fields.List(fields.Nested(LoraChoiceSchema))
@@ -203,7 +206,12 @@ class InfoSchema(Schema):
     refiner = fields.Dict(required=True, allow_none=True, metadata={"description": "The refiner (id, state, defaults); null: none configured."})
     limits = fields.Dict(required=True)
     defaults = fields.Dict(required=True)
-    schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
+                             metadata={"description": "Every name the older scheduler field takes -> its label."})
+    samplers = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True,
+                           metadata={"description": "sampler -> {label, schedules: the schedule types it takes}."})
+    schedules = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True,
+                            metadata={"description": "schedule type -> {label, description}."})
     job_statuses = fields.List(fields.String(), required=True, metadata={"description": "Every status a job can have."})
     terminal_statuses = fields.List(
         fields.String(), required=True, metadata={"description": "The statuses a job ends in (it never changes again)."}

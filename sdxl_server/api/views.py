@@ -18,7 +18,8 @@ from .. import __version__
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.describe import describe
 from ..jobs.states import JOB_STATUSES, JobStatus
-from ..params import MAX_SEED, SCHEDULERS, GenerationParams
+from ..params import MAX_SEED, GenerationParams
+from ..sampling import AUTOMATIC, DEFAULT_SAMPLER, SAMPLERS, SCHEDULES, combined_label, sampler_names
 from . import image_inputs, keys
 from .image_inputs import stored_inputs
 from .loras import with_loras
@@ -186,13 +187,23 @@ async def server_info(request: web.Request) -> web.Response:
                 "height": settings.default_height,
                 "steps": settings.default_steps,
                 "guidance_scale": settings.default_guidance,
-                "scheduler": "default",
+                "sampler": DEFAULT_SAMPLER,
+                "schedule": AUTOMATIC,
             },
-            "schedulers": SCHEDULERS,
+            **_sampling_info(),
             "job_statuses": JOB_STATUSES,
             "terminal_statuses": [status.value for status in JobStatus if status.terminal],
         }
     )
+
+
+def _sampling_info() -> dict[str, Any]:
+    """The samplers and schedule types (and the older field's names) for GET /api/v1/info."""
+    return {
+        "schedulers": {name: combined_label(name) for name in sampler_names()},
+        "samplers": {name: {"label": s.label, "schedules": list(s.schedules)} for name, s in SAMPLERS.items()},
+        "schedules": {name: {"label": s.label, "description": s.description} for name, s in SCHEDULES.items()},
+    }
 
 
 def _refiner_summary(refiner: dict[str, Any] | None) -> dict[str, Any] | None:

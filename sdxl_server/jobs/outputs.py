@@ -96,7 +96,8 @@ def parameters_text(meta: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
     details = [
         ("Steps", meta["steps"]),
-        ("Sampler", meta.get("sampler_name") or meta["scheduler"]),
+        ("Sampler", meta.get("sampler_name") or meta.get("sampler") or meta.get("scheduler")),
+        *([("Schedule type", meta["schedule_type"])] if meta.get("schedule_type") else []),
         ("CFG scale", meta["guidance_scale"]),
         ("Seed", meta["seed"]),
         ("Size", f"{meta['width']}x{meta['height']}"),

@@ -69,7 +69,7 @@ class Engine:
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.options: dict[str, Any] = {}
-        self._schedulers: dict[str, Any] = {}
+        self._schedulers: dict[tuple[str, str], Any] = {}
         self._default_scheduler: Any = None
         # The catalogs the API checks requests against too (one each, see api/contexts.py).
         self.models = ModelCatalog(settings)
@@ -251,12 +251,11 @@ class Engine:
 
     # -- generation -------------------------------------------------------------
 
-    def _scheduler(self, name: str):
-        if name == "default":
-            return self._default_scheduler
-        if name not in self._schedulers:
-            self._schedulers[name] = make_scheduler(name, self._default_scheduler.config)
-        return self._schedulers[name]
+    def _scheduler(self, sampler: str, schedule: str):
+        """The running model's scheduler for the pair (made once per model and pair)."""
+        if (sampler, schedule) not in self._schedulers:
+            self._schedulers[(sampler, schedule)] = make_scheduler(sampler, schedule, self._default_scheduler)
+        return self._schedulers[(sampler, schedule)]
 
     def generate(
         self, params: GenerationParams, on_step: StepCallback, cancelled: Callable[[], bool],
@@ -283,8 +282,8 @@ class Engine:
         """Build the request's plan on the running model and run it."""
         with self._failures_translated(params):
             mode = prepare_run(self._mode_pipelines(), params, inputs)
-            mode.pipe.scheduler = self._scheduler(params.scheduler)  # on the pipeline that actually runs
-            sampler = sampler_label(params.scheduler, mode.pipe.scheduler)
+            mode.pipe.scheduler = self._scheduler(params.sampler, params.schedule)  # on the pipeline that actually runs
+            sampler = sampler_label(params.sampler, mode.pipe.scheduler)
             plan = build_plan(PassContext(params, mode.pipe.scheduler, self, inputs or {}), mode, sampler)
         runner = PlanRunner(self._prompt_arguments, lambda latents: decode_latents(self.pipe, latents),
                             self._clock, _seconds, self._failures_translated)
