@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sampling import AUTOMATIC, DEFAULT_SAMPLER, split_combined
+from .sampling import AUTOMATIC, DEFAULT_SAMPLER, split_combined, timesteps_run
 
 MAX_SEED = 2**32 - 1
 # CLIP skip as A1111 counts it: 1 is the model's usual layer; 12 reaches CLIP-L's first (SDXL's
@@ -170,8 +170,14 @@ class GenerationParams:
         image skips the first ``1 - strength`` of them; the refiner's steps are added."""
         base = self.steps if self.mode == "txt2img" else denoising_steps(self.steps, self.image.strength)
         if self.refiner.mode == "image":
-            return base + denoising_steps(self.steps, self.refiner.strength)
-        return base  # ensemble: the same schedule, split between the two models
+            base += denoising_steps(self.steps, self.refiner.strength)
+        return timesteps_run(self.sampler, base)  # ensemble: the same schedule, split between the two models
+
+    @property
+    def unet_passes(self) -> int:
+        """UNet passes per step: 2 with classifier-free guidance (the prompt and the negative one),
+        1 at guidance 1 or below, where diffusers runs the prompt alone."""
+        return 2 if self.guidance_scale > 1 else 1
 
     @property
     def pixels(self) -> int:

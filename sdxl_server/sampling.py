@@ -44,21 +44,23 @@ _SIGMAS = (*_SPACINGS, "karras", "exponential", "beta")
 
 @dataclass(frozen=True)
 class Sampler:
-    """A sampler: its A1111 label, the aliases A1111 clients send, and the schedule types it takes."""
+    """A sampler: its A1111 label, the aliases A1111 clients send, the schedule types it takes, and
+    whether it is second order (two model evaluations, so ``2 * steps - 1`` timesteps, per step)."""
 
     label: str
     aliases: tuple[str, ...]
     schedules: tuple[str, ...]
+    second_order: bool = False
 
 
 SAMPLERS: dict[str, Sampler] = {
     DEFAULT_SAMPLER: Sampler("the model's own scheduler", (), _SPACINGS),
     "euler": Sampler("Euler", ("k_euler",), (*_SIGMAS, "align_your_steps")),
     "euler_a": Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), _SPACINGS),
-    "heun": Sampler("Heun", ("k_heun",), _SIGMAS),
+    "heun": Sampler("Heun", ("k_heun",), _SIGMAS, second_order=True),
     "lms": Sampler("LMS", ("k_lms",), _SIGMAS),
-    "dpm2": Sampler("DPM2", ("k_dpm_2",), _SIGMAS),
-    "dpm2_a": Sampler("DPM2 a", ("k_dpm_2_a",), _SIGMAS),
+    "dpm2": Sampler("DPM2", ("k_dpm_2",), _SIGMAS, second_order=True),
+    "dpm2_a": Sampler("DPM2 a", ("k_dpm_2_a",), _SIGMAS, second_order=True),
     "dpmpp_2m": Sampler("DPM++ 2M", ("k_dpmpp_2m",), _SIGMAS),
     "dpmpp_2m_sde": Sampler("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), _SIGMAS),
     "ddim": Sampler("DDIM", ("ddim",), _SPACINGS),
@@ -73,6 +75,11 @@ COMBINED: dict[str, tuple[str, str]] = {
     "dpmpp_2m_karras": ("dpmpp_2m", "karras"),
     "dpmpp_2m_sde_karras": ("dpmpp_2m_sde", "karras"),
 }
+
+
+def timesteps_run(sampler: str, steps: int) -> int:
+    """The model evaluations (progress steps) ``steps`` of ``sampler`` take."""
+    return 2 * steps - 1 if SAMPLERS[sampler].second_order and steps > 1 else steps
 
 
 def split_combined(name: str) -> tuple[str, str]:

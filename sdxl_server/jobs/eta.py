@@ -10,8 +10,9 @@ from .job import Job
 
 
 class ThroughputEstimate:
-    """Seconds per denoising step per megapixel, and fixed seconds per job per megapixel
-    (text encoding, decoding, saving), each a moving average measured on this machine."""
+    """Seconds per denoising step per megapixel (per UNet pass: a step at guidance 1 or below costs
+    half of one with classifier-free guidance), and fixed seconds per job per megapixel (text
+    encoding, decoding, saving), each a moving average measured on this machine."""
 
     def __init__(self, alpha: float = 0.3) -> None:
         self.alpha = alpha
@@ -29,30 +30,35 @@ class ThroughputEstimate:
     def _mpx(params: GenerationParams) -> float:
         return params.pixels / 1e6
 
+    @staticmethod
+    def _step_work(params: GenerationParams) -> float:
+        """What one step costs in units of one UNet pass over a megapixel."""
+        return params.pixels / 1e6 * params.unet_passes / 2
+
     def _blend(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
 
     def record_step(self, params: GenerationParams, seconds: float) -> None:
-        self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / self._mpx(params))
+        self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / self._step_work(params))
 
     def record_job(self, params: GenerationParams, seconds: float, steps_done: int) -> None:
         if self.step_s_per_mpx is None:
             return
-        overhead = max(0.0, seconds - steps_done * self.step_s_per_mpx * self._mpx(params))
+        overhead = max(0.0, seconds - steps_done * self.step_s_per_mpx * self._step_work(params))
         self.overhead_s_per_mpx = self._blend(self.overhead_s_per_mpx, overhead / self._mpx(params))
 
     def job_seconds(self, params: GenerationParams) -> float | None:
         if self.step_s_per_mpx is None:
             return None
-        mpx = self._mpx(params)
-        return params.total_steps * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+        return (params.total_steps * self.step_s_per_mpx * self._step_work(params)
+                + (self.overhead_s_per_mpx or 0.0) * self._mpx(params))
 
     def remaining_seconds(self, job: Job, now: float) -> float | None:
         """Seconds until ``job`` (running) finishes."""
         if self.step_s_per_mpx is None:
             return None
-        mpx = self._mpx(job.params)
-        left = (job.total_steps - job.step) * self.step_s_per_mpx * mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+        left = ((job.total_steps - job.step) * self.step_s_per_mpx * self._step_work(job.params)
+                + (self.overhead_s_per_mpx or 0.0) * self._mpx(job.params))
         if job.step == 0 and job.started_at is not None:
             left -= now - job.started_at  # still encoding the prompt: part of the overhead is spent
         return max(0.0, left)
