@@ -117,6 +117,8 @@ class GenerationParams:
     # role -> the SHA-256 of the input as stored (it waits in OUTPUT_DIR/inputs until the job
     # ends; see jobs/inputs.py): the roles of INPUT_ROLES.
     inputs: Mapping[str, str] = field(default_factory=dict)
+    # field -> where a preset gave its value ("model", "lora:<name>"): the fields the request left out.
+    presets: Mapping[str, str] = field(default_factory=dict)
     image: ImageOptions = ImageOptions()
     inpaint: InpaintOptions = InpaintOptions()
     refiner: RefinerOptions = RefinerOptions()
@@ -126,6 +128,7 @@ class GenerationParams:
         pairs = [(item["name"], item["weight"]) if isinstance(item, dict) else item for item in self.loras]
         object.__setattr__(self, "loras", tuple((str(name), float(weight)) for name, weight in pairs))
         object.__setattr__(self, "styles", tuple(str(name) for name in self.styles))
+        object.__setattr__(self, "presets", {str(name): str(source) for name, source in (self.presets or {}).items()})
         unknown = set(self.inputs) - set(INPUT_ROLES)
         if unknown:
             raise ValueError(f"unknown input roles: {sorted(unknown)}")

@@ -28,11 +28,12 @@ from ..params import GenerationParams
 from ..sampling import SAMPLERS, SCHEDULES
 from . import keys
 from .applied import A1111_TXT2IMG, a1111_warnings
-from .a1111_samplers import a1111_pair, sampler_choices, samplers, schedulers  # noqa: F401 (routes)
+from .a1111_samplers import a1111_given, a1111_pair, sampler_choices, samplers, schedulers  # noqa: F401 (routes)
 from .a1111_options import OptionsSchema, default_clip_skip, get_options, request_clip_skip, set_options  # noqa: F401 (routes, openapi)
 from .batches import generate_images
 from .loras import with_loras
 from .models import usable_entries, with_model
+from .presets import with_presets
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .sizes import fit_size
 from .validation import read_json_object, validate
@@ -188,6 +189,7 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
     app = request.app
     warnings = warnings or []
     params = await with_model(app, await with_loras(app, params), "override_settings")
+    params = await with_presets(app, params, a1111_given(original), notes)
     count = original["batch_size"] * original["n_iter"]
     most = app[keys.SETTINGS].max_request_images
     if count > most:

@@ -12,6 +12,8 @@ Never imports torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from ..errors import ValidationFailed
@@ -67,19 +69,27 @@ def _schedule(given: str | None, notes: list[str]) -> str | None:
 
 def a1111_pair(sampler_name: str | None, scheduler: str | None, notes: list[str]) -> tuple[str, str]:
     """Our (sampler, schedule) for A1111's ``sampler_name`` and ``scheduler``; what was changed is
-    appended to ``notes``."""
+    appended to ``notes``. A schedule the sampler does not take is made Automatic (with a note)
+    by :func:`.presets.with_presets`, once a preset may have named the sampler."""
     schedule = _schedule(scheduler, notes)
     if not sampler_name:
         sampler = DEFAULT_SAMPLER
     else:
         sampler, carried = _sampler(sampler_name, notes)
         schedule = schedule or carried or A1111_AUTOMATIC.get(sampler)
-    schedule = schedule or AUTOMATIC
-    if schedule not in SAMPLERS[sampler].schedules:
-        notes.append(f"schedule type {SCHEDULES[schedule].label!r} does not run faithfully with "
-                     f"{SAMPLERS[sampler].label!r} here: used Automatic")
-        schedule = AUTOMATIC
-    return sampler, schedule
+    return sampler, schedule or AUTOMATIC  # whether the sampler takes it: once presets are in (api/presets.py)
+
+
+def a1111_given(request: dict[str, Any]) -> set[str]:
+    """Our fields an A1111 request (as loaded) gives, for presets: its CLIP skip is always given (the
+    server's option when the request has none, as in A1111); ``Automatic`` leaves the schedule to a preset."""
+    given = {ours for theirs, ours in (("steps", "steps"), ("cfg_scale", "guidance_scale"), ("width", "width"),
+                                       ("height", "height")) if request.get(theirs) is not None}
+    if request.get("sampler_name") or request.get("sampler_index"):
+        given.add("sampler")
+    if (request.get("scheduler") or "automatic").strip().lower() != "automatic":
+        given.add("schedule")
+    return {*given, "clip_skip"}
 
 
 def sampler_choices() -> list[str]:

@@ -27,6 +27,7 @@ from .forwarded import public_base
 from .image_formats import FORMATS, reencode
 from .loras import prompt_as_used, with_loras
 from .models import openai_model, usable_entries, with_model
+from .presets import given_fields, with_presets
 from .schemas import StrictInteger, generate_request_fields, to_params
 from .sizes import fit_size, parse_size
 from .validation import read_json_object
@@ -179,6 +180,7 @@ async def images_generations(request: web.Request) -> web.StreamResponse:
     app = request.app
     asked = _read_request(await read_json_object(request), app[keys.SETTINGS])
     params = await with_model(app, await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], asked.core, SIZE_NAMES))))
+    params = await with_presets(app, params, given_fields(asked.core))
     if asked.stream:
         from .openai_stream import stream_images  # which imports this module's helpers
 

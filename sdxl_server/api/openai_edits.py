@@ -33,6 +33,7 @@ from .openai import (
     ANSWER_FIELDS, IGNORED, SIZE_NAMES, STREAM_FIELDS, ImagesAsk, ImagesRequestSchema, how_to_answer, images_response,
 )
 from .openai_stream import stream_images
+from .presets import given_fields, with_presets
 from .schemas import generate_request_fields, to_params
 from .sizes import fit_size, parse_size
 from .validation import validate as validate_fields
@@ -135,6 +136,7 @@ async def _run(request: web.Request, core: dict[str, Any], given: list[str], ima
     data.update(init_image=image, mask=mask, prompt=prompt)
     async with stored_inputs(app, data, given, names={"init_image": "image", **SIZE_NAMES}, alpha_mask=True) as data:
         params = await with_model(app, await with_loras(app, to_params(data)))
+        params = await with_presets(app, params, given_fields(core))
         asked = ImagesAsk(core=data, count=params.num_images, **answer)
         if asked.stream:
             return await stream_images(request, params, asked, "image_edit")

@@ -53,6 +53,8 @@ class MetaSchema(ModeFieldsSchema):
     schedule = fields.String()
     sampler_name = fields.String(metadata={"description": "A1111's word for the sampler that ran."})
     schedule_type = fields.String(metadata={"description": "A1111's word for the schedule type."})
+    presets = fields.Dict(keys=fields.String(), values=fields.String(),
+                          metadata={"description": "field -> the preset that gave it ('model', 'lora:NAME')."})
     device = fields.String()
     dtype = fields.String()
     attention = fields.String(allow_none=True)
@@ -100,6 +102,8 @@ class ParamsSchema(ModeFieldsSchema):
     seed = fields.Integer(required=True)
     sampler = fields.String(required=True)
     schedule = fields.String(required=True)
+    presets = fields.Dict(keys=fields.String(), values=fields.String(),
+                          metadata={"description": "field -> the preset that gave it ('model', 'lora:NAME')."})
     num_images = fields.Integer(required=True)
     model = fields.String(metadata={"description": "The model the job runs on."})
     loras = fields.List(fields.Nested(LoraChoiceSchema))

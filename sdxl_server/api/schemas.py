@@ -161,8 +161,8 @@ def sampler_request_fields() -> dict[str, fields.Field]:
 
 def sampler_pair(values: dict[str, Any]) -> tuple[str, str]:
     """The request's (sampler, schedule) from ``sampler``, ``schedule`` and the older ``scheduler``
-    (popped from ``values``); 422 naming the field when they disagree or the sampler does not take
-    the schedule."""
+    (popped from ``values``); 422 naming the field when they disagree. Whether the sampler takes
+    the schedule is checked once the presets are in (:func:`check_sampler_pair`)."""
     sampler, schedule = values.pop("sampler", None), values.pop("schedule", None)
     older = values.pop("scheduler", None)
     if older is not None:
@@ -171,11 +171,16 @@ def sampler_pair(values: dict[str, Any]) -> tuple[str, str]:
             raise ValidationFailed("scheduler and sampler/schedule disagree: send sampler and schedule only",
                                    fields={"scheduler": ["Disagrees with sampler or schedule."]})
         sampler, schedule = old_sampler, schedule or old_schedule
-    sampler, schedule = sampler or DEFAULT_SAMPLER, schedule or AUTOMATIC
-    problem = schedule_problem(sampler, schedule)
+    return sampler or DEFAULT_SAMPLER, schedule or AUTOMATIC
+
+
+def check_sampler_pair(params: GenerationParams) -> GenerationParams:
+    """``params``, once its sampler is known to take its schedule (after the presets: a preset may
+    name the sampler a request's schedule needs); else 422 naming ``schedule``."""
+    problem = schedule_problem(params.sampler, params.schedule)
     if problem:
         raise ValidationFailed(problem, fields={"schedule": [problem[0].upper() + problem[1:] + "."]})
-    return sampler, schedule
+    return params
 
 
 def conditioning_request_fields(settings: Settings) -> dict[str, fields.Field]:

@@ -25,6 +25,7 @@ from .image_inputs import stored_inputs
 from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
+from .presets import given_fields, with_presets
 from .openapi import with_local_names
 from .route_table import Scope
 from .identity import IDENTITY
@@ -233,24 +234,25 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
 
 
 @contextlib.asynccontextmanager
-async def _generation_request(request: web.Request) -> AsyncIterator[dict[str, Any]]:
+async def _generation_request(request: web.Request) -> AsyncIterator[tuple[dict[str, Any], set[str]]]:
     """The validated request, its images (if any) decoded and stored (named by SHA-256), held
-    until the block ends."""
+    until the block ends, and the fields it gave (presets fill the others)."""
     body = await read_json_object(request)
     async with stored_inputs(request.app, validate(request.app[keys.GENERATE_SCHEMA], body), body) as data:
-        yield data
+        yield data, given_fields(body)
 
 
-async def _checked_params(request: web.Request, data: dict[str, Any]) -> GenerationParams:
-    """The job's parameters for a validated request, its LoRAs and model checked."""
-    return await with_model(request.app, await with_loras(request.app, to_params(data)))
+async def _checked_params(request: web.Request, data: dict[str, Any], given: set[str]) -> GenerationParams:
+    """The job's parameters for a validated request, its LoRAs and model checked, the presets applied."""
+    params = await with_model(request.app, await with_loras(request.app, to_params(data)))
+    return await with_presets(request.app, params, given)
 
 
 async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
-    async with _generation_request(request) as data:
-        job, _ = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
+    async with _generation_request(request) as (data, given):
+        job, _ = await image_inputs.submit(request.app, await _checked_params(request, data, given), **_idempotency(request, data))
     await job.wait()
     return web.json_response(job.outcome())
 
@@ -258,8 +260,9 @@ async def generate(request: web.Request) -> web.Response:
 async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
     queue = request.app[keys.QUEUE]
-    async with _generation_request(request) as data:
-        job, replayed = await image_inputs.submit(request.app, await _checked_params(request, data), **_idempotency(request, data))
+    async with _generation_request(request) as (data, given):
+        job, replayed = await image_inputs.submit(request.app, await _checked_params(request, data, given),
+                                                  **_idempotency(request, data))
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
