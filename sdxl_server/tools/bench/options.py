@@ -10,7 +10,7 @@ from typing import Any
 from ...config import Settings, settings_fields
 from ...params import GenerationParams
 
-SECTIONS = ("overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes")
+SECTIONS = ("overhead", "loop", "progress", "memory", "steps", "batch", "png", "coldstart", "switching", "modes")
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
 
@@ -40,6 +40,7 @@ class BenchOptions:
     memory_jobs: int = 300
     memory_size: int = 64
     memory_steps: int = 1
+    memory_fullsize: bool = False  # memory: also the full-size random UNet with and without float8 (GBs of RAM)
     coldstart_runs: int = 1
     batch_size: int = 4
     batch_runs: int = 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .fewstep_report import fp8_rows, steps_rows
 from .modes import modes_rows
 
 
@@ -108,7 +109,7 @@ def _memory_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                     f" (no CUDA: {result['device']})")
                  + f"; {'-' if result['it_per_s'] is None else format(result['it_per_s'], '.2f')} it/s, "
                  f"{_s(result['s_per_image'])}/image"))
-    return rows
+    return rows + fp8_rows(result)
 
 
 def _coldstart_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -168,6 +169,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "loop": _loop_rows,
     "progress": _progress_rows,
     "memory": _memory_rows,
+    "steps": lambda result: steps_rows(result, _s),
     "batch": _batch_rows,
     "png": _png_rows,
     "coldstart": _coldstart_rows,

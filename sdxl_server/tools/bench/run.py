@@ -20,6 +20,7 @@ from ... import package_version
 from ...config import Settings
 from .client import Client
 from .coldstart import section_coldstart
+from .fewstep import section_steps
 from .modes import section_modes
 from .options import BenchOptions, prepare_settings
 from .sections import section_loop, section_memory, section_overhead, section_progress
@@ -61,6 +62,7 @@ async def run_server_sections(
     """Run the in-process sections against a started server, reporting each as it ends."""
     runners = {
         "overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory,
+        "steps": section_steps,
         "batch": section_batch, "png": section_png, "modes": section_modes,
     }
     connector = aiohttp.TCPConnector(limit=0)  # 100 websockets and the HTTP calls at once
