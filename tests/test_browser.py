@@ -129,7 +129,7 @@ def open_page(page) -> None:
 
 
 def wait_for_form(page) -> None:
-    expect(page.locator("#scheduler option")).not_to_have_count(1)
+    expect(page.locator("#sampler option")).not_to_have_count(1)
     expect(page.get_by_label("Width", exact=True)).not_to_have_value("")
 
 

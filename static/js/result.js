@@ -25,7 +25,11 @@ function listParams(params) {
   addParam("Steps", params.steps);
   addParam("Guidance", params.guidance_scale);
   addParam("Seed", params.seed);
-  addParam("Scheduler", params.sampler_name || schedulerLabel(params.scheduler));
+  addParam("Sampler", params.sampler_name || schedulerLabel(params.sampler || params.scheduler));
+  addParam("Schedule type", params.schedule_type);
+  if (params.presets && Object.keys(params.presets).length) {
+    addParam("From presets", Object.entries(params.presets).map(([field, where]) => `${field} (${where})`).join(", "));
+  }
   if (params.mode && params.mode !== "txt2img") addParam("Mode", params.mode === "inpaint" ? "inpainting" : "image to image");
   if (params.init_image || params.init_image_sha256) addParam("Strength", params.strength);
   if (params.refiner && params.refiner !== "none") addParam("Refiner", params.refiner);

@@ -10,7 +10,7 @@ from typing import Any
 from ...config import Settings, settings_fields
 from ...params import GenerationParams
 
-SECTIONS = ("overhead", "loop", "progress", "memory", "steps", "batch", "png", "coldstart", "switching", "modes")
+SECTIONS = ("overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "steps")
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
 
