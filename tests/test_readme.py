@@ -17,7 +17,7 @@ API = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
 def _table_rows() -> dict[str, list[str]]:
     rows = {}
     for line in CONFIGURATION.splitlines():
-        match = re.match(r"^\| `([A-Z_]+)` \| `(--[a-z-]+)` \| (.+?) \| (.+) \|$", line)
+        match = re.match(r"^\| `([A-Z0-9_]+)` \| `(--[a-z0-9-]+)` \| (.+?) \| (.+) \|$", line)
         if match:
             rows[match.group(1)] = [match.group(2), match.group(3)]
     return rows
