@@ -129,3 +129,19 @@ def test_the_refiner_unet_stays_beside_the_base_only_where_both_fit(card, dtype,
     where, why = refiner_placement(CARDS[card], dtype, offload)
     assert where == placement and why
     assert refiner_placement(None, "float32", "none")[0] == "cpu"
+
+
+async def test_loras_apply_on_top_of_fp8_weights(make_client, settings, tiny_model_dir, tmp_path):
+    """PEFT makes a LoRA's layers in its base layer's dtype; beside float8 weights they are lifted to DTYPE."""
+    from lora_builder import lora_weights, save_diffusers_layout
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    save_diffusers_layout(lora_weights(tiny_model_dir, seed=1), loras / "ink.safetensors")
+    client = await make_client(settings.replace(fp8_weights="unet", lora_dir=loras))
+    body = {"prompt": "a lighthouse", "seed": 21}
+    plain = await _image(client, body)
+    inked = await _image(client, {**body, "loras": [{"name": "ink", "weight": 1.0}]})
+    assert inked != plain
+    unet = client.app[keys.ENGINE].pipe.unet
+    assert {p.dtype for n, p in unet.named_parameters() if ".lora_" in n} == {torch.float32}

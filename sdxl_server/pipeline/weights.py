@@ -41,6 +41,22 @@ def store_in_fp8(pipe: Any, which: str, compute_dtype: torch.dtype) -> list[str]
     return stored
 
 
+def lift_lora_weights(pipe: Any) -> int:
+    """LoRA layers made beside float8-stored weights in the compute precision: PEFT creates them
+    in their base layer's dtype, and float8 cannot be multiplied. How many were lifted."""
+    lifted = 0
+    for model in (getattr(pipe, name, None) for name in ("unet", "text_encoder", "text_encoder_2")):
+        if model is None:
+            continue
+        params = dict(model.named_parameters())
+        compute = next((p.dtype for p in params.values() if p.dtype != STORAGE_DTYPE), None)
+        for name, param in params.items():
+            if param.dtype == STORAGE_DTYPE and ".lora_" in name and compute is not None:
+                param.data = param.data.to(compute)
+                lifted += 1
+    return lifted
+
+
 def group_offload(pipe: Any, device: str) -> None:
     """Every model of ``pipe`` offloaded by groups of layers with CUDA streams (its VAE too)."""
     pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
