@@ -158,3 +158,33 @@ def test_schedules_change_the_image(engine):
               for schedule in ("automatic", "karras", "exponential", "sgm_uniform")}
     assert len({image.tobytes() for image in images.values()}) == len(images)
     assert set(SCHEDULES) == {s for spec in SAMPLERS.values() for s in spec.schedules}  # each listed one runs somewhere
+
+
+async def test_every_api_takes_the_pair(client):
+    """Ours (sampler + schedule), OpenAI's (the same as extensions) and A1111's (sampler_name + scheduler)."""
+    import json
+
+    resp = await client.post("/api/v1/generate", json={"prompt": "a fox", "steps": 2, "sampler": "euler",
+                                                        "schedule": "align_your_steps"})
+    meta = (await resp.json())["meta"]
+    assert (meta["sampler_name"], meta["schedule_type"]) == ("Euler", "Align Your Steps")
+
+    resp = await client.post("/v1/images/generations", json={"prompt": "a fox", "size": "64x64", "steps": 2,
+                                                               "sampler": "tcd", "guidance_scale": 1.0})
+    assert resp.status == 200, await resp.text()
+    job = (await (await client.get("/api/v1/jobs")).json())["jobs"][0]
+    assert (job["params"]["sampler"], job["params"]["schedule"], job["total_steps"]) == ("tcd", "automatic", 2)
+
+    body = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64}
+    for sampler, scheduler, expected, note in (
+        ("Euler", "Align Your Steps", ("Euler", "Align Your Steps"), None),
+        ("DPM++ 2M", None, ("DPM++ 2M", "Karras"), None),  # A1111 1.9's Automatic for DPM++ 2M
+        ("DPM++ 2M", "Align Your Steps", ("DPM++ 2M", "Automatic"), "does not run faithfully"),
+        ("Euler a", "normal", ("Euler a", "Uniform"), "'normal' is not available here"),
+        ("k_lcm", "sgm_uniform", ("LCM", "Automatic"), "does not run faithfully"),
+    ):
+        answer = await (await client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": sampler, "scheduler": scheduler})).json()
+        info = json.loads(answer["info"])
+        extra = info["extra_generation_params"]
+        assert (info["sampler_name"], extra["Schedule type"]) == expected, (sampler, scheduler)
+        assert (note is None and "Server notes" not in extra) or note in extra["Server notes"], extra
