@@ -53,7 +53,7 @@ async def test_seed_request_returns_png_and_metadata(client, settings):
     assert image.size == (128, 64)
     parameters = image.text["parameters"]
     assert parameters.startswith(SEED_REQUEST["prompt"] + "\nNegative prompt: blurry")
-    assert "Steps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0, Seed: 42, Size: 128x64, Model: tiny" in parameters
+    assert "Steps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 42, Size: 128x64, Model: tiny" in parameters  # Automatic: unsaid, as A1111
 
     resp = await client.get(body["meta_url"])
     assert resp.status == 200

@@ -241,7 +241,8 @@ def _info(params: GenerationParams, original: dict[str, Any], metas: list[dict[s
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": params.image.strength if params.mode != "txt2img" else 0,
-        "extra_generation_params": {**({"Schedule type": first["schedule_type"]} if first.get("schedule_type") else {}),
+        "extra_generation_params": {**({"Schedule type": first["schedule_type"]}
+                                       if first.get("schedule_type", "Automatic") != "Automatic" else {}),
                                     **({"Server notes": "; ".join(notes)} if notes else {})},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
