@@ -3,7 +3,9 @@
 What JSON Schema cannot say about a request with images or the refiner: ``init_image`` and
 ``mask`` must be real images (any string is schema-valid), a mask needs an image, and every model
 must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``), which the
-test server's few steps only allow at ``strength`` 1, two steps split at 0.5, ``refiner_strength`` 1. Wherever a generated body holds a schema-valid value for these
+test server's few steps only allow at ``strength`` 1, two steps split at 0.5, ``refiner_strength`` 1;
+a sampler runs only the schedules it lists, and the older ``scheduler`` must agree with ``sampler`` and
+``schedule`` (both checked in tests/test_validation.py). Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
 generated, so the negative checks keep their teeth.
 """
@@ -15,6 +17,8 @@ import io
 
 import schemathesis
 from PIL import Image, ImageDraw
+
+from sdxl_server.sampling import SAMPLERS, SCHEDULES, sampler_names, split_combined
 
 
 def _b64(image: Image.Image) -> str:
@@ -36,8 +40,20 @@ def _valid_strength(value) -> bool:
 @schemathesis.hook.apply_to(method="POST", path_regex=r"^/api/v1/(generate|jobs)$")
 def map_case(context, case):
     if isinstance(case.body, dict):
-        case.body = _with_images(case.body)
+        case.body = _with_sampling(_with_images(case.body))
     return case
+
+
+def _with_sampling(body: dict) -> dict:
+    """A schema-valid sampler and schedule made a pair the sampler runs."""
+    older, sampler, schedule = (value if isinstance(value, str) else None
+                                for value in (body.get("scheduler"), body.get("sampler"), body.get("schedule")))
+    if older in sampler_names() and (body.get("sampler") is not None or body.get("schedule") is not None):
+        body.pop("scheduler")
+    sampler = sampler or (split_combined(older)[0] if older in sampler_names() else "default")
+    if schedule in SCHEDULES and sampler in SAMPLERS and schedule not in SAMPLERS[sampler].schedules:
+        body["schedule"] = "automatic"
+    return body
 
 
 def _with_images(body: dict) -> dict:

@@ -34,7 +34,7 @@ expect = sync_api.expect
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-FIELD_LABELS = ["Prompt", "Negative prompt", "Width", "Height", "Steps", "Guidance", "Seed", "Scheduler"]
+FIELD_LABELS = ["Prompt", "Negative prompt", "Width", "Height", "Steps", "Guidance", "Seed", "Sampler", "Schedule type"]
 SHORT = 10_000  # ms: the page's own reactions
 LONG = 60_000  # ms: a generation on a slow CI CPU
 

@@ -322,6 +322,13 @@ class LoraSchema(Schema):
     base_model = fields.String(allow_none=True, metadata={"description": "Family from the file's metadata (sdxl, sd1, ...), null if not stated."})
     usable = fields.Boolean()
     problem = fields.String(allow_none=True, metadata={"description": "Why it cannot be used (not a LoRA, another family, unreadable)."})
+    preset = fields.Dict(allow_none=True, metadata={"description": "Recommended settings from its A1111 card file (name.json)."})
+    preset_problem = fields.String(allow_none=True, metadata={"description": "Why its card file's settings are not used."})
+    activation_text = fields.String(metadata={"description": "A1111's card: words that call it up (shown, not applied)."})
+    preferred_weight = fields.Float(metadata={"description": "A1111's card: the weight it is made for."})
+    notes = fields.String(metadata={"description": "A1111's card: notes."})
+    sd_version = fields.String(metadata={"description": "A1111's card: the model family it says."})
+    negative_text = fields.String(metadata={"description": "A1111's card: its negative words."})
 
 
 class LoraListSchema(Schema):
@@ -349,6 +356,8 @@ class ModelSchema(Schema):
     default = fields.Boolean()
     loaded = fields.String(allow_none=True, metadata={"description": "Where it is loaded (a device, or cpu for the RAM cache); null: not loaded."})
     broken = fields.String(allow_none=True, metadata={"description": "Why it cannot be loaded; null: usable."})
+    preset = fields.Dict(allow_none=True, metadata={"description": "Recommended settings from <name>.preset.json."})
+    preset_problem = fields.String(allow_none=True, metadata={"description": "Why its sidecar's settings are not used."})
 
 
 class ModelListSchema(Schema):
