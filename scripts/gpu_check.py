@@ -12,15 +12,17 @@ batch 1, interleaving ``Engine.generate`` called directly and ``POST /api/v1/gen
 ``fp16_sdpa_channels_last_fused``   + ``CHANNELS_LAST`` and ``FUSE_QKV``
 ``fp16_sdpa_compile``               + ``COMPILE`` (``--compile``, on by default on CUDA): the
                                     server compiles and warms up at load, as it does in service
-``fp16_8gb``                        ``MEMORY_PROFILE=8gb``: VAE tiling, text encoders on the CPU
-``fp16_low``                        ``MEMORY_PROFILE=low``: model CPU offload
+``fp16_8gb``                        ``MEMORY_PROFILE=8gb``: float8 UNet weights, VAE tiling
+``fp16_6gb``                        ``MEMORY_PROFILE=6gb``: float8 UNet and text encoders, VAE
+                                    tiling, text encoders on the CPU between prompts
+``fp16_low``                        ``MEMORY_PROFILE=low``: group offload with CUDA streams
 ==================================  ==========================================================
 
 Each reports s/image, it/s (steady denoising rate), peak GPU memory (``max_memory_allocated``,
 and the peak with the CUDA context: what ``nvidia-smi`` would show) and the server overhead
 ratio (the direct path saves a PNG as a plain script would). The first configuration also
-measures the event loop, progress latency with 1 and 100 websocket clients, and a batch of 4
-against 1 (images/s); then, if time is left, the base with the full-size random SDXL refiner
+measures the event loop, progress latency with 1 and 100 websocket clients, a batch of 4
+against 1 (images/s) and images/s at 1, 2, 4, 8 and 25 steps (the bench's ``steps``); then, if time is left, the base with the full-size random SDXL refiner
 (ensemble at 0.8, saved to a folder and loaded with ``REFINER_ID``) against the base alone, in the
 default and 8 GB profiles (``--no-refiner`` to skip); then hires fix x2 (``Latent``, 1024² to
 2048²) in the same two profiles: time, phases, peak memory (``--no-hires``); last, if time is left, a cold start from the
@@ -65,6 +67,7 @@ from sdxl_server.config import Settings  # noqa: E402
 from sdxl_server.tools.bench.client import Client  # noqa: E402
 from sdxl_server.tools.bench.coldstart import coldstart_once  # noqa: E402
 from sdxl_server.tools.bench.hires import hires_profile_lines, hires_profiles  # noqa: E402
+from sdxl_server.tools.bench.fewstep import section_steps  # noqa: E402
 from sdxl_server.tools.bench.modes import refiner_lines, refiner_section  # noqa: E402
 from sdxl_server.tools.bench.options import BenchOptions  # noqa: E402
 from sdxl_server.tools.bench.sections import section_loop, section_overhead, section_progress  # noqa: E402
@@ -164,8 +167,9 @@ def configurations(args: argparse.Namespace, cuda: bool) -> list[dict[str, Any]]
         {"name": "fp16_sdpa_compile", "settings": {**high, "compile": args.compile_mode},
          "skip": None if args.compile else "torch.compile not asked for (--compile)", "needs_s": args.compile_budget_s},
         {"name": "fp16_8gb", "settings": {"attention": "sdpa", "memory_profile": "8gb"}},
+        {"name": "fp16_6gb", "settings": {"attention": "sdpa", "memory_profile": "6gb"}},
         {"name": "fp16_low", "settings": {"attention": "sdpa", "memory_profile": "low"},
-         "skip": None if cuda else "model CPU offload needs CUDA"},
+         "skip": None if cuda else "group offload needs CUDA"},
     ]
     if not cuda:  # the CPU smoke run keeps float32 (half precision on a CPU is slow and unusual)
         for config in configs:
@@ -192,6 +196,8 @@ async def measure(server: InProcessServer, opts: BenchOptions, extras: bool, bud
                     result["progress"] = await section_progress(client)
                     if budget.allows(per_image * (2 + 2 * opts.batch_size) + 60):
                         result["batch"] = await section_batch(client)
+                    if budget.allows(per_image * 2 * (1 + opts.runs) + 60):  # 25 steps dominate the steps section
+                        result["steps"] = await section_steps(client)
                 except Exception as exc:  # noqa: BLE001
                     result["extras_error"] = f"{type(exc).__name__}: {exc}"
             else:

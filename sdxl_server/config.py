@@ -110,12 +110,16 @@ class Settings:
     )
     vae_slicing: bool = _setting("VAE_SLICING", True, _bool, "decode a batch one image at a time")
     cpu_offload: str = _setting(
-        "CPU_OFFLOAD", "auto", _choice("auto", "none", "model", "sequential"),
-        "move idle sub-models to CPU (CUDA only; auto: as MEMORY_PROFILE says)",
+        "CPU_OFFLOAD", "auto", _choice("auto", "none", "model", "group", "sequential"),
+        "move idle weights to CPU (CUDA only; group: by blocks, with CUDA streams; auto: as MEMORY_PROFILE says)",
     )
     memory_profile: str = _setting(
-        "MEMORY_PROFILE", "auto", _choice("auto", "high", "8gb", "low"),
-        "memory settings for the GPU's size (auto: read it); VAE_TILING, CPU_OFFLOAD, TEXT_ENCODER_OFFLOAD override",
+        "MEMORY_PROFILE", "auto", _choice("auto", "high", "8gb", "6gb", "low"),
+        "memory settings for the GPU's size (auto: read it); VAE_TILING, CPU_OFFLOAD, TEXT_ENCODER_OFFLOAD, FP8_WEIGHTS override",
+    )
+    fp8_weights: str = _setting(
+        "FP8_WEIGHTS", "auto", _choice("auto", "off", "unet", "all"),
+        "store the UNet's (all: and the text encoders') weights in float8, computed in DTYPE (auto: as MEMORY_PROFILE says)",
     )
     text_encoder_offload: str = _setting(
         "TEXT_ENCODER_OFFLOAD", "auto", _choice("auto", "on", "off"),

@@ -14,20 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Sampler names a request may give; the engine maps each onto a diffusers scheduler.
-# "default" keeps the model's own scheduler (Euler for SDXL base).
-SCHEDULERS: dict[str, str] = {
-    "default": "the model's own scheduler",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "dpmpp_2m_sde": "DPM++ 2M SDE",
-    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
-    "ddim": "DDIM",
-    "unipc": "UniPC",
-    "deis": "DEIS",
-}
+from .sampling import AUTOMATIC, DEFAULT_SAMPLER, split_combined, timesteps_run
 
 MAX_SEED = 2**32 - 1
 # CLIP skip as A1111 counts it: 1 is the model's usual layer; 12 reaches CLIP-L's first (SDXL's
@@ -196,7 +183,8 @@ class HiresOptions:
     denoise: float = 0.7
     prompt: str = ""
     negative_prompt: str = ""
-    scheduler: str = ""
+    scheduler: str = ""  # the second pass's sampler, or an older combined name ("": the first pass's)
+    schedule: str = ""  # its schedule type ("": the sampler's own, or the combined name's)
 
     def target(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """(the size the first pass's result is upscaled to, the final size after the centre
@@ -243,7 +231,7 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "upscale_crop_height": ("upscale", "crop_height"),
     "hires": ("hires", "enabled"),
     **{f"hires_{name}": ("hires", name) for name in ("scale", "width", "height", "upscaler", "steps", "denoise",
-                                                      "prompt", "negative_prompt", "scheduler")},
+                                                      "prompt", "negative_prompt", "scheduler", "schedule")},
 }
 GROUPS: dict[str, type] = {
     "image": ImageOptions, "inpaint": InpaintOptions, "refiner": RefinerOptions, "control": ControlOptions,
@@ -269,7 +257,8 @@ class GenerationParams:
     steps: int
     guidance_scale: float
     seed: int
-    scheduler: str = "default"
+    sampler: str = DEFAULT_SAMPLER  # a name of sampling.SAMPLERS
+    schedule: str = AUTOMATIC  # a name of sampling.SCHEDULES the sampler takes
     num_images: int = 1
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight), checked against LORA_DIR
     model: str = ""  # a name from the model catalog; "" is the default model
@@ -280,6 +269,8 @@ class GenerationParams:
     # role -> the SHA-256 of the input as stored (it waits in OUTPUT_DIR/inputs until the job
     # ends; see jobs/inputs.py): the roles of INPUT_ROLES.
     inputs: Mapping[str, str] = field(default_factory=dict)
+    # field -> where a preset gave its value ("model", "lora:<name>"): the fields the request left out.
+    presets: Mapping[str, str] = field(default_factory=dict)
     image: ImageOptions = ImageOptions()
     inpaint: InpaintOptions = InpaintOptions()
     refiner: RefinerOptions = RefinerOptions()
@@ -293,6 +284,7 @@ class GenerationParams:
         pairs = [(item["name"], item["weight"]) if isinstance(item, dict) else item for item in self.loras]
         object.__setattr__(self, "loras", tuple((str(name), float(weight)) for name, weight in pairs))
         object.__setattr__(self, "styles", tuple(str(name) for name in self.styles))
+        object.__setattr__(self, "presets", {str(name): str(source) for name, source in (self.presets or {}).items()})
         unknown = set(self.inputs) - set(INPUT_ROLES)
         if unknown:
             raise ValueError(f"unknown input roles: {sorted(unknown)}")
@@ -302,6 +294,8 @@ class GenerationParams:
     def from_dict(cls, values: Mapping[str, Any]) -> GenerationParams:
         """From the flat form (a validated request, a job record, a Ray request)."""
         core = {name: value for name, value in values.items() if name in _CORE_FIELDS}
+        if "scheduler" in values and "sampler" not in values:  # a record of before the split
+            core["sampler"], core["schedule"] = split_combined(values["scheduler"])
         groups: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
         for name, (group, attribute) in FLAT_FIELDS.items():
             if name in values:
@@ -339,7 +333,7 @@ class GenerationParams:
         base = self.steps if self.mode == "txt2img" else denoising_steps(self.steps, self.image.strength)
         if self.refiner.mode == "image":
             base += denoising_steps(self.steps, self.refiner.strength)
-        return base + self.hires_steps  # ensemble: the same schedule, split between the two models
+        return timesteps_run(self.sampler, base) + self.hires_steps  # ensemble: the same schedule, split between the two models
 
     @property
     def hires_steps(self) -> int:
@@ -363,6 +357,12 @@ class GenerationParams:
     def step_megapixels(self, step: int, total: int) -> float:
         """The megapixels step ``step`` (from 1) of ``total`` runs at."""
         return self.megapixel_steps(step - 1, total) - self.megapixel_steps(step, total)
+
+    @property
+    def unet_passes(self) -> int:
+        """UNet passes per step: 2 with classifier-free guidance (the prompt and the negative one),
+        1 at guidance 1 or below, where diffusers runs the prompt alone."""
+        return 2 if self.guidance_scale > 1 else 1
 
     @property
     def pixels(self) -> int:

@@ -5,7 +5,9 @@ What JSON Schema cannot say about a request with images or the refiner: ``init_i
 must run at least a step (``steps`` x ``strength``; the refiner's share of ``steps``; hires fix's
 ``denoise``), which the test server's few steps only allow at ``strength`` 1, two steps split at
 0.5, ``refiner_strength`` 1, ``denoise`` 1; hires fix's upscaler must be one the server has, its
-size within ``MAX_OUTPUT_PIXELS``, and it takes no mask. Wherever a generated body holds a schema-valid value for these
+size within ``MAX_OUTPUT_PIXELS``, and it takes no mask;
+a sampler runs only the schedules it lists, and the older ``scheduler`` must agree with ``sampler`` and
+``schedule`` (both checked in tests/test_validation.py). Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
 generated, so the negative checks keep their teeth. An upscale's image, upscalers and size are
 mapped the same way (``_upscale``).
@@ -18,6 +20,8 @@ import io
 
 import schemathesis
 from PIL import Image, ImageDraw
+
+from sdxl_server.sampling import SAMPLERS, SCHEDULES, sampler_names, split_combined
 
 
 def _b64(image: Image.Image) -> str:
@@ -44,7 +48,7 @@ def map_case(context, case):
         elif case.path == "/api/v1/upscale":
             case.body = _upscale(case.body)
         else:
-            case.body = _with_images(case.body)
+            case.body = _with_sampling(_with_images(case.body))
     return case
 
 
@@ -56,6 +60,18 @@ def _preprocess(body: dict) -> dict:
     numbers = {name: None for name in ("threshold_a", "threshold_b")
                if isinstance(body.get(name), (int, float)) and not isinstance(body.get(name), bool)}
     return {**body, "image": _IMAGE, **numbers}
+
+
+def _with_sampling(body: dict) -> dict:
+    """A schema-valid sampler and schedule made a pair the sampler runs."""
+    older, sampler, schedule = (value if isinstance(value, str) else None
+                                for value in (body.get("scheduler"), body.get("sampler"), body.get("schedule")))
+    if older in sampler_names() and (body.get("sampler") is not None or body.get("schedule") is not None):
+        body.pop("scheduler")
+    sampler = sampler or (split_combined(older)[0] if older in sampler_names() else "default")
+    if schedule in SCHEDULES and sampler in SAMPLERS and schedule not in SAMPLERS[sampler].schedules:
+        body["schedule"] = "automatic"
+    return body
 
 
 def _with_images(body: dict) -> dict:

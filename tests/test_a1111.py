@@ -55,16 +55,21 @@ async def test_txt2img_returns_images_parameters_and_info(client, settings):
     assert body["parameters"]["seed"] == info["seed"] and body["parameters"]["prompt"] == TXT2IMG["prompt"]
     # The same queue and outputs as our own API.
     jobs = await (await client.get("/api/v1/jobs")).json()
-    assert jobs["jobs"][0]["params"]["scheduler"] == "euler_a" and jobs["jobs"][0]["params"]["num_images"] == 2
+    assert jobs["jobs"][0]["params"]["sampler"] == "euler_a" and jobs["jobs"][0]["params"]["num_images"] == 2
     assert len(list((settings.output_dir / "images").iterdir())) == 2
 
 
 async def test_samplers_karras_and_seed(client):
     body = {**TXT2IMG, "batch_size": 1, "seed": 1234, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
     info = json.loads((await (await client.post("/sdapi/v1/txt2img", json=body)).json())["info"])
-    assert info["seed"] == 1234 and info["sampler_name"] == "DPM++ 2M Karras"
+    assert info["seed"] == 1234 and info["sampler_name"] == "DPM++ 2M"
+    assert info["extra_generation_params"]["Schedule type"] == "Karras"  # A1111 1.9+'s split
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in info["infotexts"][0]
+    old = {**body, "sampler_name": "DPM++ 2M Karras", "scheduler": None}  # the combined name of A1111 before 1.9
+    info = json.loads((await (await client.post("/sdapi/v1/txt2img", json=old)).json())["info"])
+    assert (info["sampler_name"], info["extra_generation_params"]["Schedule type"]) == ("DPM++ 2M", "Karras")
     samplers = await (await client.get("/sdapi/v1/samplers")).json()
-    assert {"Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"} <= {s["name"] for s in samplers}
+    assert {"Euler", "Euler a", "Heun", "LMS", "DPM2", "DPM++ 2M", "DDIM", "UniPC", "LCM", "TCD"} <= {s["name"] for s in samplers}
     for sampler in samplers:
         resp = await client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": sampler["name"], "scheduler": None, "steps": 1})
         assert resp.status == 200, sampler
@@ -106,7 +111,8 @@ async def test_models_options_and_interrupt_when_idle(client):
     idle = await (await client.get("/sdapi/v1/progress")).json()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
     schedulers = await (await client.get("/sdapi/v1/schedulers")).json()
-    assert [s["label"] for s in schedulers] == ["Automatic", "Karras"]
+    assert [s["label"] for s in schedulers] == ["Automatic", "Uniform", "SGM Uniform", "Karras", "Exponential",
+                                                "Beta", "Align Your Steps"]
 
 
 async def test_progress_while_a_job_runs_then_interrupt(make_client, settings):
@@ -192,10 +198,11 @@ async def test_a1111_leniency_strings_nulls_clamps_and_samplers(client, settings
     result = await resp.json()
     info = json.loads(result["info"])
     assert info["steps"] == settings.max_steps and info["cfg_scale"] == 7 and info["seed"] == 12 and info["prompt"] == ""
-    assert info["sampler_name"] == "DPM++ 2M SDE Karras" and len(result["images"]) == 1
+    assert info["sampler_name"] == "DPM++ 2M SDE" and len(result["images"]) == 1
+    assert info["extra_generation_params"]["Schedule type"] == "Karras"
     notes = info["extra_generation_params"]["Server notes"]
     assert "steps 500 lowered to" in notes and "'DPM++ SDE Karras' is not available here" in notes
-    for sampler, ours in (("Heun", "Euler"), ("LMS", "Euler"), ("LCM", "Euler a"), ("DPM2", "DPM++ 2M"), ("DPM++ 2M SDE Heun", "DPM++ 2M SDE")):
+    for sampler, ours in (("Heun", "Heun"), ("LMS", "LMS"), ("LCM", "LCM"), ("DPM2", "DPM2"), ("DPM++ 2M SDE Heun", "DPM++ 2M SDE")):
         resp = await client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "sampler_name": sampler, "width": 64, "height": 64})
         assert json.loads((await resp.json())["info"])["sampler_name"] == ours, sampler
     for field, value in (("cfg_scale", "seven"), ("steps", True), ("width", "NaN")):

@@ -43,7 +43,8 @@ async def test_seed_request_returns_png_and_metadata(client, settings):
         assert meta[key] == value
     assert meta["model_id"] == "tiny"
     assert meta["device"] == "cpu" and meta["dtype"] == "float32"
-    assert meta["scheduler"] == "default" and meta["sampler_name"] == "Euler"
+    assert meta["sampler"] == "default" and meta["schedule"] == "automatic"
+    assert meta["sampler_name"] == "Euler" and meta["schedule_type"] == "Automatic"
     assert meta["vae_upcast"] is False
     assert meta["created_at"].endswith("+00:00")
     assert meta["timings"]["inference_s"] > 0 and meta["timings"]["total_s"] >= meta["timings"]["inference_s"]
@@ -52,7 +53,7 @@ async def test_seed_request_returns_png_and_metadata(client, settings):
     assert image.size == (128, 64)
     parameters = image.text["parameters"]
     assert parameters.startswith(SEED_REQUEST["prompt"] + "\nNegative prompt: blurry")
-    assert "Steps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 42, Size: 128x64, Model: tiny" in parameters
+    assert "Steps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 42, Size: 128x64, Model: tiny" in parameters  # Automatic: unsaid, as A1111
 
     resp = await client.get(body["meta_url"])
     assert resp.status == 200
@@ -87,19 +88,21 @@ async def test_same_seed_same_pixels_and_missing_seed_is_drawn(client):
     assert random_again["meta"]["seed"] >= 0
 
 
-async def test_every_scheduler_generates(client):
-    from sdxl_server.params import SCHEDULERS
+async def test_the_older_scheduler_field_still_takes_every_name(client):
+    """Before samplers and schedules were two fields, ``scheduler`` took both ("dpmpp_2m_karras")."""
+    from sdxl_server.sampling import combined_label, sampler_names, split_combined
 
     images = {}
-    for name, label in SCHEDULERS.items():
+    for name in sampler_names():
         status, body = await generate(client, prompt="samplers", scheduler=name, seed=3, steps=2)
         assert status == 200, body
-        assert body["meta"]["scheduler"] == name
+        assert (body["meta"]["sampler"], body["meta"]["schedule"]) == split_combined(name)
         if name != "default":
-            assert body["meta"]["sampler_name"] == label
+            assert f'{body["meta"]["sampler_name"]} {body["meta"]["schedule_type"]}'.removesuffix(" Automatic") == combined_label(name)
         images[name] = (await fetch_png(client, body["image_url"])).tobytes()
     assert images["euler"] == images["default"]  # SDXL's own scheduler is Euler
     assert images["euler_a"] != images["euler"]
+    assert images["dpmpp_2m_karras"] != images["dpmpp_2m"]
 
 
 async def test_health_reports_model_device_and_queue(client):
@@ -160,8 +163,11 @@ async def test_info_gives_what_a_form_needs(client, settings):
     assert info["limits"]["max_width"] == settings.max_width == 512
     assert info["limits"]["max_steps"] == settings.max_steps
     assert info["limits"]["min_size"] == 64 and info["limits"]["size_multiple"] == 8
-    assert info["defaults"] == {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.0, "scheduler": "default"}
-    assert info["schedulers"]["euler_a"] == "Euler a"
+    assert info["defaults"] == {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.0,
+                                "sampler": "default", "schedule": "automatic"}
+    assert info["schedulers"]["euler_a"] == "Euler a" and info["schedulers"]["dpmpp_2m_karras"] == "DPM++ 2M Karras"
+    assert info["samplers"]["lcm"] == {"label": "LCM", "schedules": ["automatic"]}
+    assert "align_your_steps" in info["samplers"]["euler"]["schedules"] and info["schedules"]["karras"]["label"] == "Karras"
     assert info["job_statuses"] == ["queued", "running", "succeeded", "failed", "cancelled"]
     assert info["terminal_statuses"] == ["succeeded", "failed", "cancelled"]
 

@@ -65,7 +65,7 @@ BASES = {"/sdapi/v1/txt2img": BASE, "/sdapi/v1/img2img": {**BASE, "init_images":
 # field -> (its value, what the baseline needs beside it for the field to matter)
 A1111_APPLIED = {
     "prompt": ("a cat", {}), "negative_prompt": ("blurry", {}), "seed": (6, {}), "sampler_name": ("DDIM", {}),
-    "sampler_index": ("DDIM", {}), "scheduler": ("Karras", {"sampler_name": "DPM++ 2M"}), "batch_size": (2, {}),
+    "sampler_index": ("DDIM", {}), "scheduler": ("Exponential", {"sampler_name": "DPM++ 2M"}), "batch_size": (2, {}),
     "n_iter": (2, {}), "steps": (3, {}), "cfg_scale": (5, {}), "width": (128, {}), "height": (128, {}),
     "refiner_checkpoint": ("refiner", {}), "refiner_switch_at": (0.5, {"refiner_checkpoint": "r", "steps": 4}),
     "send_images": (False, {}), "override_settings": ({"sd_model_checkpoint": "other"}, {}),

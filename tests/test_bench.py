@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sdxl_server.config import Settings, load_settings
 from sdxl_server.tools.bench.options import SECTIONS, settings_environment
@@ -167,6 +168,15 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     assert memory["rss_mb"]["start"] > 0 and memory["rss_mb"]["max"] >= memory["rss_mb"]["end"] > 0
     assert math.isfinite(memory["growth_kb_per_job"])
     assert memory["peak_gpu_bytes"] is None and memory["it_per_s"] > 0
+    fp8 = memory["fp8_tiny"]  # float8 weights change the tiny model's image, a little
+    assert 0 < fp8["mean_abs_diff"] < 10 and fp8["max_abs_diff"] > 0 and fp8["psnr_db"] > 20
+    assert "float8 weights, tiny model" in table and "fp8_fullsize" not in memory  # only with --memory-fullsize
+
+    steps = report["sections"]["steps"]
+    assert list(steps["by_steps"]) == ["1", "2", "4", "8", "25"]
+    assert [r["unet_passes"] for r in steps["by_steps"].values()] == [1, 2, 4, 8, 50]
+    assert all(r["images_per_s"] > 0 and r["served_s"]["n"] == 3 for r in steps["by_steps"].values())
+    assert steps["speedup_4_vs_25"] > 1 and "4 steps against 25" in table
 
     batch = report["sections"]["batch"]
     assert set(batch["by_batch"]) == {"1", "4"} and batch["by_batch"]["4"]["s_per_call"]["n"] == 2
@@ -229,8 +239,8 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     assert report["check"]["mode"] == "cpu-smoke"
     configs = report["configs"]
     assert set(configs) == {"fp32_sdpa", "fp32_xformers", "fp32_sdpa_channels_last_fused", "fp32_sdpa_compile",
-                            "fp32_8gb", "fp32_low"}
-    for name in ("fp32_sdpa", "fp32_sdpa_channels_last_fused", "fp32_8gb"):
+                            "fp32_8gb", "fp32_6gb", "fp32_low"}
+    for name in ("fp32_sdpa", "fp32_sdpa_channels_last_fused", "fp32_8gb", "fp32_6gb"):
         result = configs[name]
         assert "error" not in result, result
         assert result["s_per_image"] > 0 and result["it_per_s"] > 0 and math.isfinite(result["ratio"])
@@ -238,7 +248,10 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     fused = configs["fp32_sdpa_channels_last_fused"]["options"]
     assert fused["channels_last"] is True and fused["fuse_qkv"] is True
     eight = configs["fp32_8gb"]["options"]
-    assert eight["vae_tiling"] is True and eight["text_encoder_offload"] is True
+    assert eight["vae_tiling"] is True and eight["text_encoder_offload"] is False and eight["fp8_weights"] == ["unet"]
+    six = configs["fp32_6gb"]["options"]
+    assert six["text_encoder_offload"] is True and six["fp8_weights"] == ["unet", "text_encoder", "text_encoder_2"]
+    assert configs["fp32_sdpa"]["steps"]["by_steps"]["4"]["images_per_s"] > 0
     assert configs["fp32_sdpa"]["progress"]["by_clients"]["10"]["progress_events"]["received"] > 0
     assert configs["fp32_sdpa"]["batch"]["by_batch"]["4"]["images_per_s"] > 0
     assert 0 < report["8gb_profile"]["time_vs_high"]
@@ -310,3 +323,24 @@ def test_bench_upscale_section(tiny_cache, tmp_path):
     model = result["upscalers"]["tiny-compact-2x"]
     assert model["output"] == "384x256" and model["tiles"] == 2 + 6  # 96x64, then 192x128, in 64 px tiles
     assert 0 < model["upscale_s"] <= model["s"]["median"] and result["upscalers"]["Lanczos"]["tiles"] == 1
+
+
+def test_fp8_storage_halves_a_unets_weights_and_the_profiles_follow():
+    """What the memory section measures on the full-size random UNet (--memory-fullsize), on a small one."""
+    from diffusers import UNet2DConditionModel
+
+    from sdxl_server.tools.bench.fewstep import _measure_fp8, profile_weights
+
+    def unet():
+        with torch.device("cpu"):
+            return UNet2DConditionModel(block_out_channels=(32, 64), cross_attention_dim=32, layers_per_block=1,
+                                        norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).to(torch.float16)
+
+    measured = _measure_fp8(unet, torch.float16)
+    assert 0.45 < measured["ratio"] < 0.6 and measured["fp8_bytes"] < measured["bytes"]
+    gib = 2**30
+    profiles = profile_weights({"unet": {"bytes": 4.8 * gib, "fp8_bytes": 2.4 * gib},
+                                "text_encoder_2": {"bytes": 1.3 * gib, "fp8_bytes": 0.7 * gib, "ratio": 0.54}})
+    assert profiles["high"] > profiles["8gb"] > profiles["6gb"] > profiles["low"] == 0
+    assert profiles["high"] - profiles["8gb"] == pytest.approx(2.4, abs=0.01)  # the UNet's half

@@ -7,6 +7,7 @@ A screenshot of the finished page is saved to ``test-artifacts/web-page.png`` fo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ expect = sync_api.expect
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-FIELD_LABELS = ["Prompt", "Negative prompt", "Width", "Height", "Steps", "Guidance", "Seed", "Scheduler"]
+FIELD_LABELS = ["Prompt", "Negative prompt", "Width", "Height", "Steps", "Guidance", "Seed", "Sampler", "Schedule type"]
 SHORT = 10_000  # ms: the page's own reactions
 LONG = 60_000  # ms: a generation on a slow CI CPU
 
@@ -67,6 +68,8 @@ def _hash(key: str) -> str:
 
     return hash_text(key)
 
+TINY_B_PRESET = {"steps": 2, "guidance_scale": 1.0, "sampler": "euler", "schedule": "sgm_uniform"}
+
 
 def _models_and_loras(root: Path, tiny_model_dir: Path) -> dict[str, str]:
     """A second tiny model, a LoRA and a ControlNet, for the pickers."""
@@ -78,6 +81,9 @@ def _models_and_loras(root: Path, tiny_model_dir: Path) -> dict[str, str]:
     build_tiny_pipeline(seed=1).save_pretrained(root / "models" / "tiny-b")
     (root / "loras").mkdir(parents=True)
     save_diffusers_layout(lora_weights(tiny_model_dir, seed=1), root / "loras" / "ink.safetensors")
+    (root / "models" / "tiny-b.preset.json").write_text(json.dumps(TINY_B_PRESET))
+    (root / "loras" / "ink.json").write_text(json.dumps({"activation text": "inked lines", "preferred weight": 0.7,
+                                                         "sd version": "SDXL", "sampler": "lcm"}))
     (root / "styles.csv").write_text('name,prompt,negative_prompt\nFilm,"{prompt}, 35mm film",grainless\nDusk,at dusk,\n')
     return {"MODELS_DIR": str(root / "models"), "LORA_DIR": str(root / "loras"), "STYLES_FILE": str(root / "styles.csv"),
             "CONTROLNET_DIR": str(root / "controlnet")}
@@ -157,7 +163,7 @@ def open_page(page) -> None:
 
 
 def wait_for_form(page) -> None:
-    expect(page.locator("#scheduler option")).not_to_have_count(1)
+    expect(page.locator("#sampler option")).not_to_have_count(1)
     expect(page.get_by_label("Width", exact=True)).not_to_have_value("")
 
 
@@ -277,7 +283,7 @@ def make_image(server, **params) -> dict:
 def test_gallery_survives_a_reload_and_restores_settings(page, server):
     make_image(server, prompt="gallery: an earlier one")
     made = make_image(server, prompt="gallery: a red fox", width=128, height=96, steps=3, seed=4242,
-                      guidance_scale=5.5, scheduler="euler_a", negative_prompt="fog")
+                      guidance_scale=5.5, scheduler="dpmpp_2m_karras", negative_prompt="fog")
 
     open_page(page)
     page.reload()
@@ -296,7 +302,8 @@ def test_gallery_survives_a_reload_and_restores_settings(page, server):
     expect(page.get_by_label("Steps", exact=True)).to_have_value("3")
     expect(page.get_by_label("Guidance", exact=True)).to_have_value("5.5")
     expect(page.get_by_label("Seed", exact=True)).to_have_value("4242")
-    expect(page.get_by_label("Scheduler", exact=True)).to_have_value("euler_a")
+    expect(page.get_by_label("Sampler", exact=True)).to_have_value("dpmpp_2m")  # the older field's name, split
+    expect(page.get_by_label("Schedule type", exact=True)).to_have_value("karras")
     expect(page.locator("#result-image")).to_have_attribute("src", made["image_url"])
 
 
@@ -594,6 +601,37 @@ def test_model_and_lora_pickers_and_the_token_counter(choices_page):
     page.reload()
     wait_for_form(page)
     expect(model.locator("option").nth(1)).to_contain_text("tiny-b · loaded on cpu")
+
+
+def test_sampler_schedule_pickers_and_presets(choices_page):
+    page = choices_page
+    open_page(page)
+    sampler, schedule = page.get_by_label("Sampler", exact=True), page.get_by_label("Schedule type", exact=True)
+    sampler.select_option("euler")
+    expect(schedule.locator("option")).to_have_count(7)
+    schedule.select_option("karras")
+    sampler.select_option("lcm")  # LCM runs its own schedule only
+    expect(schedule.locator("option")).to_have_count(1)
+    expect(schedule).to_have_value("automatic")
+
+    page.get_by_label("Model", exact=True).select_option("tiny-b")  # its preset fills the form, and is named
+    expect(page.locator("#model-preset")).to_have_text("Recommended: 2 steps, guidance 1, Euler, SGM Uniform")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("2")
+    expect(page.get_by_label("Guidance", exact=True)).to_have_value("1")
+    expect(sampler).to_have_value("euler")
+    expect(schedule).to_have_value("sgm_uniform")
+
+    page.get_by_label("LoRAs", exact=True).select_option("ink")  # A1111's card: its weight, words and preset
+    expect(page.locator(".lora-weight")).to_have_text("0.70")
+    expect(page.locator(".lora-row")).to_contain_text("activation text: inked lines")
+    expect(sampler).to_have_value("lcm")
+    expect(schedule).to_have_value("automatic")
+    page.get_by_label("Prompt", exact=True).fill("presets")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
+    assert (meta["sampler"], meta["schedule"], meta["steps"], meta["sampler_name"]) == ("lcm", "automatic", 2, "LCM")
+    expect(page.locator("#result-params")).to_contain_text("LCM")
 
 
 def test_image_to_image_with_a_painted_mask_changes_only_the_masked_region(page, server, tmp_path):

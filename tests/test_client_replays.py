@@ -174,7 +174,8 @@ async def test_sillytavern_connect_lists_set_model_generate(client, key):
         data = await resp.json()
         assert Image.open(io.BytesIO(base64.b64decode(data["images"][0]))).size == size  # format: 'png', data: images[0]
     info = json.loads(data["info"])
-    assert info["seed"] == 5 and info["steps"] == 25 and info["sampler_name"] == "DPM++ 2M SDE Karras"
+    assert info["seed"] == 5 and info["steps"] == 25 and info["sampler_name"] == "DPM++ 2M SDE"
+    assert info["extra_generation_params"]["Schedule type"] == "Karras"
 
 
 async def test_sillytavern_interrupts_when_its_client_disconnects(make_client, settings, key):
@@ -262,4 +263,4 @@ async def test_librechat_stable_diffusion_tool(client, key, version):
     generation_info = info["infotexts"][0].split("\n").pop()
     assert generation_info.startswith("Steps: 22, ") and "CFG scale: 4.5" in generation_info
     if version == "2024":
-        assert "Sampler: DPM++ 2M Karras" in generation_info
+        assert "Sampler: DPM++ 2M, Schedule type: Karras" in generation_info

@@ -63,7 +63,7 @@ def test_every_setting_has_a_flag_and_a_variable():
         ({"BACKEND": "dask"}, "BACKEND='dask' is not valid: expected one of local, ray"),
         ({"DEFAULT_GUIDANCE": "nan"}, "DEFAULT_GUIDANCE='nan' is not valid: expected a number from 0 to 30"),
         ({"PRELOAD": "maybe"}, "PRELOAD='maybe' is not valid: expected true or false"),
-        ({"CPU_OFFLOAD": "all"}, "CPU_OFFLOAD='all' is not valid: expected one of auto, none, model, sequential"),
+        ({"CPU_OFFLOAD": "all"}, "CPU_OFFLOAD='all' is not valid: expected one of auto, none, model, group, sequential"),
         ({"DEFAULT_WIDTH": "2048"}, "DEFAULT_WIDTH=2048 is above MAX_WIDTH=1280"),
         ({"MAX_WIDTH": "1300"}, "MAX_WIDTH=1300 is not a multiple of 8"),
         ({"TRUSTED_PROXIES": "10.0.0.0/8,proxy.lan"}, "TRUSTED_PROXIES='10.0.0.0/8,proxy.lan' is not valid: expected"),

@@ -27,7 +27,8 @@ import pytest
 
 import sdxl_server
 
-SHARED = ["sdxl_server", "sdxl_server.config", "sdxl_server.setting_values", "sdxl_server.errors", "sdxl_server.params"]
+SHARED = ["sdxl_server", "sdxl_server.config", "sdxl_server.setting_values", "sdxl_server.errors", "sdxl_server.params",
+          "sdxl_server.sampling"]
 
 
 def modules_of(package: str) -> list[str]:

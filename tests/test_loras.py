@@ -87,7 +87,8 @@ async def test_metadata_records_loras_and_hashes(lora_client, lora_dir):
 async def test_listings_ours_and_a1111s(lora_client, lora_dir):
     ours = {entry["name"]: entry for entry in (await (await lora_client.get("/api/v1/loras")).json())["loras"]}
     assert ours["ink"] == {"name": "ink", "file": "ink.safetensors", "size": (lora_dir / "ink.safetensors").stat().st_size,
-                           "layout": "diffusers", "base_model": None, "usable": True, "problem": None}
+                           "layout": "diffusers", "base_model": None, "usable": True, "problem": None,
+                           "preset": None, "preset_problem": None}  # no card file beside it
     assert ours["film_grain"]["layout"] == "kohya" and ours["film_grain"]["base_model"] == "sdxl"
     assert ours["old"]["usable"] is False and "sd1" in ours["old"]["problem"]
     assert ours["not_a_lora"]["problem"].startswith("not a LoRA") and ours["broken"]["usable"] is False

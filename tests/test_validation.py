@@ -57,7 +57,9 @@ INVALID_FIELDS = [
     ({**GOOD, "seed": 4.2}, "seed"),
     ({**GOOD, "scheduler": "k_euler_magic"}, "scheduler"),
     ({**GOOD, "scheduler": 1}, "scheduler"),
-    ({**GOOD, "sampler": "euler"}, "sampler"),
+    ({**GOOD, "sampler": "k_euler_magic"}, "sampler"),
+    ({**GOOD, "sampler": "lcm", "schedule": "karras"}, "schedule"),
+    ({**GOOD, "sampler": "euler", "scheduler": "euler_a"}, "scheduler"),
     ({**GOOD, "n_images": 2}, "n_images"),
 ]
 

@@ -24,55 +24,27 @@ from marshmallow import validate as validate_
 
 from ..errors import Conflict, ValidationFailed
 from ..jobs.outputs import parameters_text
-from ..params import SCHEDULERS, GenerationParams
+from ..params import GenerationParams
+from ..sampling import SAMPLERS, SCHEDULES
 from . import keys
 from .a1111_controlnet import WHERE, a1111_units, detected_maps
 from .a1111_hires import HIRES_NAMES, hires_group, hires_info
 from .applied import A1111_TXT2IMG, a1111_warnings
+from .a1111_samplers import a1111_given, a1111_pair, sampler_choices, samplers, schedulers  # noqa: F401 (routes)
 from .a1111_options import OptionsSchema, default_clip_skip, get_options, request_clip_skip, set_options  # noqa: F401 (routes, openapi)
 from .batches import generate_images
 from .image_inputs import stored_inputs
 from .loras import with_loras
 from .models import usable_entries, with_model
 from .ownership import own_active
+from .presets import with_presets
 from .schemas import StrictFloat, StrictInteger, generate_request_fields, to_params
 from .sizes import fit_size
 from .validation import read_json_object, validate
 
 PROGRESS_PREVIEW_WINDOW_S = 30.0  # previews are made while someone polled /progress this recently
 
-# The k-diffusion aliases A1111 clients may send for each of our schedulers; the A1111 sampler
-# name is the scheduler's label in SCHEDULERS.
-SAMPLER_ALIASES: dict[str, tuple[str, ...]] = {
-    "euler": ("k_euler",),
-    "euler_a": ("k_euler_a", "k_euler_ancestral"),
-    "dpmpp_2m": ("k_dpmpp_2m",),
-    "dpmpp_2m_karras": ("k_dpmpp_2m_ka",),
-    "dpmpp_2m_sde": ("k_dpmpp_2m_sde",),
-    "dpmpp_2m_sde_karras": ("k_dpmpp_2m_sde_ka",),
-    "ddim": ("ddim",),
-    "unipc": ("unipc",),
-    "deis": ("deis",),
-}
-# A1111 sampler name -> (our scheduler, its aliases)
-SAMPLERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    SCHEDULERS[name]: (name, aliases) for name, aliases in SAMPLER_ALIASES.items()
-}
-_BY_NAME = {
-    key.lower(): scheduler
-    for label, (scheduler, aliases) in SAMPLERS.items()
-    for key in (label, scheduler, *aliases)
-}
-# A1111 samplers this server lacks -> the nearest it has (same family: ancestral, SDE, multistep),
-# used with a note in ``info`` rather than refused, as clients offer A1111's whole list.
-NEAREST_SAMPLER = {
-    "dpm++ sde": "dpmpp_2m_sde", "dpm++ 2m sde heun": "dpmpp_2m_sde", "dpm++ 2m sde gpu": "dpmpp_2m_sde",
-    "dpm++ 3m sde": "dpmpp_2m_sde", "dpm++ 2s a": "euler_a", "dpm2": "dpmpp_2m", "dpm2 a": "euler_a",
-    "dpm fast": "dpmpp_2m", "dpm adaptive": "dpmpp_2m", "heun": "euler", "lms": "euler", "lcm": "euler_a",
-    "restart": "euler", "plms": "ddim", "ipndm": "deis", "ipndm_v": "deis", "ddim cfg++": "ddim",
-}
-SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
-NAMES = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
+NAMES = {"guidance_scale": "cfg_scale", "sampler": "sampler_name", "schedule": "scheduler", "num_images": "batch_size",
          "refiner": "refiner_checkpoint", "model": "override_settings", "controlnet": WHERE,
          "ip_adapter": WHERE, **HIRES_NAMES}
 
@@ -115,7 +87,7 @@ class Txt2ImgSchema(Schema):
     seed = Number(load_default=-1, metadata={"description": "-1 or null: random."})
     sampler_name = fields.String(load_default=None, allow_none=True)
     sampler_index = fields.String(load_default=None, allow_none=True, metadata={"description": "Older name of sampler_name."})
-    scheduler = fields.String(load_default=None, allow_none=True, metadata={"description": "'Automatic' or 'Karras'."})
+    scheduler = fields.String(load_default=None, allow_none=True, metadata={"description": "Schedule type: a name or label of GET /sdapi/v1/schedulers; 'Automatic' or absent: the sampler's own."})
     batch_size = Number(load_default=1, validate=validate_.Range(min=1))
     n_iter = Number(load_default=1, validate=validate_.Range(min=1))
     send_images = fields.Boolean(load_default=True, allow_none=True)
@@ -154,30 +126,10 @@ def request_schema_for_spec(settings) -> Schema:
         "batch_size": StrictInteger(load_default=1, validate=validate_.Range(min=1, max=settings.max_batch)),
         "n_iter": StrictInteger(load_default=1, validate=validate_.Range(min=1, max=settings.max_batch)),
         "sampler_name": fields.String(
-            load_default=None, allow_none=True, validate=validate_.OneOf([*SAMPLERS, *_BY_NAME]),
+            load_default=None, allow_none=True, validate=validate_.OneOf(sampler_choices()),
         ),
     }
     return Schema.from_dict(spec_fields, name="Txt2ImgRequest")(unknown=EXCLUDE)
-
-
-def sampler_of(sampler: str | None, schedule: str | None, notes: list[str]) -> str:
-    if not sampler:
-        return "default"
-    name = sampler.strip().lower()
-    if name.endswith(" karras") and name not in _BY_NAME:  # older A1111 names carry the schedule
-        name, schedule = name.removesuffix(" karras"), "karras"
-    scheduler = _BY_NAME.get(name)
-    if scheduler is None and name in NEAREST_SAMPLER:
-        scheduler = NEAREST_SAMPLER[name]
-        notes.append(f"sampler {sampler!r} is not available here: used {SCHEDULERS[scheduler]!r}, the nearest")
-    if scheduler is None:
-        raise ValidationFailed(
-            f"unknown sampler {sampler[:60]!r}: use one of {', '.join(SAMPLERS)} (GET /sdapi/v1/samplers)",
-            fields={"sampler_name": ["Unknown sampler."]},
-        )
-    if (schedule or "").strip().lower() == "karras" and f"{scheduler}_karras" in SCHEDULERS:
-        scheduler = f"{scheduler}_karras"
-    return scheduler
 
 
 def core_request(body: dict[str, Any], settings, clip_skip: int = 1) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
@@ -189,7 +141,7 @@ def core_request(body: dict[str, Any], settings, clip_skip: int = 1) -> tuple[di
         "prompt": request["prompt"],
         "negative_prompt": request["negative_prompt"],
         "seed": -1 if request["seed"] is None else request["seed"],
-        "scheduler": sampler_of(request["sampler_name"] or request["sampler_index"], request["scheduler"], notes),
+        **dict(zip(("sampler", "schedule"), a1111_pair(request["sampler_name"] or request["sampler_index"], request["scheduler"], notes))),
         "num_images": min(request["batch_size"] * request["n_iter"], settings.max_batch),
         "clip_skip": request_clip_skip(body, clip_skip),
         "styles": request["styles"] or [],
@@ -233,7 +185,7 @@ async def txt2img(request: web.Request) -> web.Response:
     core, original, notes = core_request(body, app[keys.SETTINGS], default_clip_skip(app))
     warnings = a1111_warnings(A1111_TXT2IMG, body)
     control = await a1111_units(app, body, None, notes, warnings)
-    core.update(hires_group(body, core["scheduler"], notes))
+    core.update(hires_group(body, notes))
     given = [name for name in ("width", "height") if original[name] is not None]
     async with stored_inputs(app, _validated(app, control.into(core)), given, names=NAMES) as data:
         return await respond(request, to_params(data), original, notes, warnings, control.maps)
@@ -250,6 +202,7 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
     app = request.app
     warnings = warnings or []
     params = await with_model(app, await with_loras(app, params), "override_settings")
+    params = await with_presets(app, params, a1111_given(original), notes)
     count = original["batch_size"] * original["n_iter"]
     most = app[keys.SETTINGS].max_request_images
     if count > most:
@@ -265,7 +218,8 @@ async def respond(request: web.Request, params: GenerationParams, original: dict
     encoded = await app[keys.STORE].images_base64([i["id"] for i in made.images]) if original["send_images"] else []
     if original["send_images"] and detected:
         encoded += await detected_maps(app, [params.inputs[f"control{index}"] for index in detected])
-    first = metas[0] if metas else {"seed": params.seed, "sampler_name": SCHEDULERS.get(params.scheduler, params.scheduler),
+    first = metas[0] if metas else {"seed": params.seed, "sampler_name": SAMPLERS[params.sampler].label,
+                                    "schedule_type": SCHEDULES[params.schedule].label,
                                     "model_id": params.model or app[keys.MODELS].default_name}
     created = (await app[keys.QUEUE].find(made.first_job)).created_at
     info = _info(params, original, metas, first, notes, warnings, created)
@@ -304,6 +258,8 @@ def _info(params: GenerationParams, original: dict[str, Any], metas: list[dict[s
         "seed_resize_from_h": -1,
         "denoising_strength": params.image.strength if params.mode != "txt2img" else 0,
         "extra_generation_params": {**hires.pop("extra_generation_params", {}),
+                                    **({"Schedule type": first["schedule_type"]}
+                                       if first.get("schedule_type", "Automatic") != "Automatic" else {}),
                                     **({"Server notes": "; ".join(notes)} if notes else {})},
         "index_of_first_image": 0,
         "infotexts": [parameters_text(meta) for meta in metas],
@@ -393,16 +349,3 @@ async def skip(request: web.Request) -> web.Response:
 async def sd_models(request: web.Request) -> web.Response:
     """``GET /sdapi/v1/sd-models``: every usable local model (``title`` is what options take)."""
     return web.json_response([entry.a1111() for entry in usable_entries(request.app)])
-
-
-async def samplers(request: web.Request) -> web.Response:
-    return web.json_response(
-        [{"name": label, "aliases": [scheduler, *aliases], "options": {}} for label, (scheduler, aliases) in SAMPLERS.items()]
-    )
-
-
-async def schedulers(request: web.Request) -> web.Response:
-    return web.json_response(
-        [{"name": name, "label": label, "aliases": None, "default_rho": None, "need_inner_model": False}
-         for name, label in SCHEDULE_TYPES.items()]
-    )

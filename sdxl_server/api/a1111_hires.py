@@ -19,6 +19,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields
 
+from .a1111_samplers import a1111_pair
 from ..params import GenerationParams
 
 SAME = ("", "none", "use same sampler", "use same scheduler", "use same checkpoint")
@@ -59,10 +60,11 @@ def _upscaler(name: str | None) -> str:
     return "Lanczos" if name.strip() == "None" else name
 
 
-def hires_group(body: dict[str, Any], first_scheduler: str, notes: list[str]) -> dict[str, Any]:
-    """``{"hires": {...}}`` for a txt2img body with ``enable_hr``, else ``{}``; ``first_scheduler``:
-    the first pass's sampler (ours), for an ``hr_scheduler`` without a sampler of its own."""
-    from .a1111 import sampler_of, validate_a1111
+def hires_group(body: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """``{"hires": {...}}`` for a txt2img body with ``enable_hr``, else ``{}``: ``hr_sampler_name``
+    and ``hr_scheduler`` the second pass's sampler and schedule type (unset or "Use same ...": the
+    first pass's)."""
+    from .a1111 import validate_a1111
 
     asked = validate_a1111(_hires_schema(), body)
     if not asked["enable_hr"]:
@@ -79,12 +81,11 @@ def hires_group(body: dict[str, Any], first_scheduler: str, notes: list[str]) ->
         group["scale"] = asked["hr_scale"]
     sampler, schedule = asked["hr_sampler_name"], asked["hr_scheduler"]
     if not _same(sampler) or not _same(schedule):
-        from ..params import SCHEDULERS
-
-        base = SCHEDULERS.get(first_scheduler) if _same(sampler) and first_scheduler != "default" else None
-        group["scheduler"] = sampler_of(sampler if not _same(sampler) else base, None if _same(schedule) else schedule, notes)
-        if group["scheduler"] == "default":
-            del group["scheduler"]
+        ours, ours_schedule = a1111_pair(None if _same(sampler) else sampler, None if _same(schedule) else schedule, notes)
+        if not _same(sampler):
+            group["scheduler"] = ours
+        if not _same(schedule) or not _same(sampler):
+            group["schedule"] = ours_schedule
     return {"hires": group}
 
 

@@ -18,7 +18,8 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from ..config import Settings
 from ..errors import ValidationFailed
-from ..params import HIRES_SCALE_MAX, LATENT_UPSCALERS, SCHEDULERS, GenerationParams, HiresOptions
+from ..params import HIRES_SCALE_MAX, LATENT_UPSCALERS, GenerationParams, HiresOptions
+from ..sampling import SCHEDULES, sampler_names
 from ..pipeline.upscaler_catalog import NONE
 from . import keys
 
@@ -59,8 +60,11 @@ def hires_schema(settings: Settings) -> Schema:
             "description": "The second pass's prompt (empty: the request's).", "pattern": TEXT_PATTERN}),
         "negative_prompt": StrictString(load_default="", validate=text, metadata={
             "description": "The second pass's negative prompt (empty: the request's).", "pattern": TEXT_PATTERN}),
-        "scheduler": fields.String(load_default="", validate=validate.OneOf(["", *SCHEDULERS]),
+        "scheduler": fields.String(load_default="", validate=validate.OneOf(["", *sampler_names()]),
                                    metadata={"description": "The second pass's sampler (empty: the request's)."}),
+        "schedule": fields.String(load_default="", validate=validate.OneOf(["", *SCHEDULES]), metadata={
+            "description": "The second pass's schedule type (empty: the sampler's own; one the sampler does not "
+                           "take runs as automatic)."}),
     }, name="HiresRequest")
     return cls(unknown=RAISE)
 

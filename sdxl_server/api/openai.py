@@ -28,6 +28,7 @@ from .ownership import present
 from .image_formats import FORMATS, reencode
 from .loras import prompt_as_used, with_loras
 from .models import openai_model, usable_entries, with_model
+from .presets import given_fields, with_presets
 from .schemas import StrictInteger, generate_request_fields, to_params
 from .sizes import fit_size, parse_size
 from .validation import read_json_object
@@ -40,7 +41,7 @@ MAX_PROMPT = 4000  # DALL·E 3's limit; what exceeds MAX_PROMPT_LENGTH is cut (a
 # Documented fields that mean nothing here; accepted and ignored so clients need no change.
 IGNORED = ("style", "user", "moderation")
 # Our own fields a client may add (an extension): passed through to the core request.
-EXTENSIONS = ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler")
+EXTENSIONS = ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "sampler", "schedule")
 
 
 class ImagesRequestSchema(Schema):
@@ -180,6 +181,7 @@ async def images_generations(request: web.Request) -> web.StreamResponse:
     app = request.app
     asked = _read_request(await read_json_object(request), app[keys.SETTINGS])
     params = await with_model(app, await with_loras(app, to_params(validate_fields(app[keys.GENERATE_SCHEMA], asked.core, SIZE_NAMES))))
+    params = await with_presets(app, params, given_fields(asked.core))
     if asked.stream:
         from .openai_stream import stream_images  # which imports this module's helpers
 

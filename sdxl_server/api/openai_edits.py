@@ -33,6 +33,7 @@ from .openai import (
     ANSWER_FIELDS, IGNORED, SIZE_NAMES, STREAM_FIELDS, ImagesAsk, ImagesRequestSchema, how_to_answer, images_response,
 )
 from .openai_stream import stream_images
+from .presets import given_fields, with_presets
 from .schemas import generate_request_fields, to_params
 from .sizes import fit_size, parse_size
 from .validation import validate as validate_fields
@@ -43,7 +44,7 @@ _TYPED: dict[str, Callable[[str], Any]] = {
     "n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float, "output_compression": int,
     "partial_images": int,
 }
-_TEXT = ("prompt", "size", "negative_prompt", "scheduler", "stream", *ANSWER_FIELDS)
+_TEXT = ("prompt", "size", "negative_prompt", "scheduler", "sampler", "schedule", "stream", *ANSWER_FIELDS)
 _FILES = ("image", "image[]", "mask")
 _IGNORED = (*IGNORED, "input_fidelity")
 
@@ -113,7 +114,7 @@ def _core(values: dict[str, Any], prompt: str, settings: Any) -> tuple[dict[str,
     answer = validate_fields(ImagesRequestSchema(only=read), {k: values[k] for k in read if k in values})
     core: dict[str, Any] = {"prompt": prompt, "num_images": values.get("n", 1), "model": openai_model(values.get("model"))}
     core.update({name: values[name] for name in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler",
-                                                 "strength") if name in values})
+                                                 "sampler", "schedule", "strength") if name in values})
     given: list[str] = []
     size = values.get("size", "auto")
     if size != "auto":
@@ -135,6 +136,7 @@ async def _run(request: web.Request, core: dict[str, Any], given: list[str], ima
     data.update(init_image=image, mask=mask, prompt=prompt)
     async with stored_inputs(app, data, given, names={"init_image": "image", **SIZE_NAMES}, alpha_mask=True) as data:
         params = await with_model(app, await with_loras(app, to_params(data)))
+        params = await with_presets(app, params, given_fields(core))
         asked = ImagesAsk(core=data, count=params.num_images, **answer)
         if asked.stream:
             return await stream_images(request, params, asked, "image_edit")
@@ -184,7 +186,8 @@ def _form_schema(name: str, settings: Any, *, prompt: bool, mask: bool) -> Schem
                               metadata={"description": "'WIDTHxHEIGHT' (fitted into the limits, keeping its shape), "
                                                        "or 'auto' (the image's size)."}),
         **{field: ImagesRequestSchema().fields[field] for field in (*ANSWER_FIELDS, "stream", "partial_images")},
-        **{field: core[field] for field in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "strength")},
+        **{field: core[field] for field in ("negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "sampler",
+                                            "schedule", "strength")},
     }
     if prompt:
         spec["prompt"] = core["prompt"]

@@ -82,8 +82,12 @@ class MetaSchema(ModeFieldsSchema, UnitHashesSchema):
     steps = fields.Integer()
     guidance_scale = fields.Float()
     seed = fields.Integer()
-    scheduler = fields.String()
-    sampler_name = fields.String()
+    sampler = fields.String()
+    schedule = fields.String()
+    sampler_name = fields.String(metadata={"description": "A1111's word for the sampler that ran."})
+    schedule_type = fields.String(metadata={"description": "A1111's word for the schedule type."})
+    presets = fields.Dict(keys=fields.String(), values=fields.String(),
+                          metadata={"description": "field -> the preset that gave it ('model', 'lora:NAME')."})
     device = fields.String()
     dtype = fields.String()
     attention = fields.String(allow_none=True)
@@ -133,7 +137,10 @@ class ParamsSchema(ModeFieldsSchema, UnitImagesSchema):
     steps = fields.Integer(required=True)
     guidance_scale = fields.Float(required=True)
     seed = fields.Integer(required=True)
-    scheduler = fields.String(required=True)
+    sampler = fields.String(required=True)
+    schedule = fields.String(required=True)
+    presets = fields.Dict(keys=fields.String(), values=fields.String(),
+                          metadata={"description": "field -> the preset that gave it ('model', 'lora:NAME')."})
     num_images = fields.Integer(required=True)
     model = fields.String(metadata={"description": "The model the job runs on."})
     loras = fields.List(fields.Nested(LoraChoiceSchema))
@@ -263,7 +270,12 @@ class InfoSchema(Schema):
     refiner = fields.Dict(required=True, allow_none=True, metadata={"description": "The refiner (id, state, defaults); null: none configured."})
     limits = fields.Dict(required=True)
     defaults = fields.Dict(required=True)
-    schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    schedulers = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
+                             metadata={"description": "Every name the older scheduler field takes -> its label."})
+    samplers = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True,
+                           metadata={"description": "sampler -> {label, schedules: the schedule types it takes}."})
+    schedules = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True,
+                            metadata={"description": "schedule type -> {label, description}."})
     job_statuses = fields.List(fields.String(), required=True, metadata={"description": "Every status a job can have."})
     terminal_statuses = fields.List(
         fields.String(), required=True, metadata={"description": "The statuses a job ends in (it never changes again)."}
@@ -370,6 +382,13 @@ class LoraSchema(Schema):
     base_model = fields.String(allow_none=True, metadata={"description": "Family from the file's metadata (sdxl, sd1, ...), null if not stated."})
     usable = fields.Boolean()
     problem = fields.String(allow_none=True, metadata={"description": "Why it cannot be used (not a LoRA, another family, unreadable)."})
+    preset = fields.Dict(allow_none=True, metadata={"description": "Recommended settings from its A1111 card file (name.json)."})
+    preset_problem = fields.String(allow_none=True, metadata={"description": "Why its card file's settings are not used."})
+    activation_text = fields.String(metadata={"description": "A1111's card: words that call it up (shown, not applied)."})
+    preferred_weight = fields.Float(metadata={"description": "A1111's card: the weight it is made for."})
+    notes = fields.String(metadata={"description": "A1111's card: notes."})
+    sd_version = fields.String(metadata={"description": "A1111's card: the model family it says."})
+    negative_text = fields.String(metadata={"description": "A1111's card: its negative words."})
 
 
 class LoraListSchema(Schema):
@@ -397,6 +416,8 @@ class ModelSchema(Schema):
     default = fields.Boolean()
     loaded = fields.String(allow_none=True, metadata={"description": "Where it is loaded (a device, or cpu for the RAM cache); null: not loaded."})
     broken = fields.String(allow_none=True, metadata={"description": "Why it cannot be loaded; null: usable."})
+    preset = fields.Dict(allow_none=True, metadata={"description": "Recommended settings from <name>.preset.json."})
+    preset_problem = fields.String(allow_none=True, metadata={"description": "Why its sidecar's settings are not used."})
 
 
 class ModelListSchema(Schema):

@@ -14,11 +14,13 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from ..config import Settings
 from ..jobs.states import JOB_STATUSES
+from ..errors import ValidationFailed
 from ..jobs.webhooks import EVENTS as WEBHOOK_EVENTS
 from ..params import (
     CLIP_SKIP_MAX, CONTROL_MODES, CONTROL_WEIGHT_MAX, INPAINT_AREAS, INPAINTING_FILLS, IP_ADAPTER_WEIGHT_MAX, MAX_IP_ADAPTERS,
-    MAX_SEED, REFINER_MODES, RESIZE_MODES, SCHEDULERS, GenerationParams,
+    MAX_SEED, REFINER_MODES, RESIZE_MODES, GenerationParams,
 )
+from ..sampling import AUTOMATIC, DEFAULT_SAMPLER, SAMPLERS, SCHEDULES, sampler_names, schedule_problem, split_combined
 from ..pipeline.lora_files import WEIGHT_MAX as LORA_WEIGHT_MAX
 from ..pipeline.lora_files import WEIGHT_MIN as LORA_WEIGHT_MIN
 from ..pipeline.model_catalog import MAX_MODEL_NAME
@@ -133,10 +135,7 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
             load_default=None, allow_none=True, validate=validate.Range(min=-1, max=MAX_SEED),
             metadata={"description": f"0 to {MAX_SEED}; null, -1 or absent draws one at random (returned in meta)."},
         ),
-        "scheduler": fields.String(
-            load_default="default", validate=validate.OneOf(list(SCHEDULERS)),
-            metadata={"description": "Sampler; 'default' keeps the model's own."},
-        ),
+        **sampler_request_fields(),
         "num_images": StrictInteger(
             load_default=1, validate=validate.Range(min=1, max=settings.max_batch),
             metadata={"description": f"Images to make in one pipeline call (1 to {settings.max_batch}); image i uses seed + i."},
@@ -148,6 +147,51 @@ def generate_request_fields(settings: Settings) -> dict[str, fields.Field]:
         **control_request_fields(settings.max_controlnets),
         **hires_request_fields(settings),
     }
+
+
+def sampler_request_fields() -> dict[str, fields.Field]:
+    """The sampler and its schedule type (GET /api/v1/info lists both, and which schedules each
+    sampler takes); ``scheduler``, the older field, takes a sampler or an old combined name."""
+    return {
+        "sampler": fields.String(
+            load_default=None, allow_none=True, validate=validate.OneOf(list(SAMPLERS)),
+            metadata={"description": "Sampler (GET /api/v1/info's samplers); 'default' keeps the model's own."},
+        ),
+        "schedule": fields.String(
+            load_default=None, allow_none=True, validate=validate.OneOf(list(SCHEDULES)),
+            metadata={"description": "Schedule type (A1111's 'Schedule type'): one the sampler takes; "
+                                     "'automatic' keeps the model's own spacing."},
+        ),
+        "scheduler": fields.String(
+            load_default=None, allow_none=True, validate=validate.OneOf(sampler_names()),
+            metadata={"description": "Older name of sampler; also takes 'dpmpp_2m_karras' and "
+                                     "'dpmpp_2m_sde_karras' (sampler and Karras schedule)."},
+        ),
+    }
+
+
+def sampler_pair(values: dict[str, Any]) -> tuple[str, str]:
+    """The request's (sampler, schedule) from ``sampler``, ``schedule`` and the older ``scheduler``
+    (popped from ``values``); 422 naming the field when they disagree. Whether the sampler takes
+    the schedule is checked once the presets are in (:func:`check_sampler_pair`)."""
+    sampler, schedule = values.pop("sampler", None), values.pop("schedule", None)
+    older = values.pop("scheduler", None)
+    if older is not None:
+        old_sampler, old_schedule = split_combined(older)
+        if sampler not in (None, old_sampler) or (old_schedule != AUTOMATIC and schedule not in (None, old_schedule)):
+            raise ValidationFailed("scheduler and sampler/schedule disagree: send sampler and schedule only",
+                                   fields={"scheduler": ["Disagrees with sampler or schedule."]})
+        sampler, schedule = old_sampler, schedule or old_schedule
+    return sampler or DEFAULT_SAMPLER, schedule or AUTOMATIC
+
+
+def check_sampler_pair(params: GenerationParams) -> GenerationParams:
+    """``params``, once its sampler is known to take its schedule (after the presets: a preset may
+    name the sampler a request's schedule needs); else 422 naming ``schedule``."""
+    problem = schedule_problem(params.sampler, params.schedule)
+    if problem:
+        raise ValidationFailed(problem, fields={"schedule": [problem[0].upper() + problem[1:] + "."]})
+    return params
 
 
 def conditioning_request_fields(settings: Settings) -> dict[str, fields.Field]:
@@ -348,6 +392,7 @@ def generate_request_schema(settings: Settings) -> Schema:
 def to_params(data: dict[str, Any], rng: random.Random | None = None) -> GenerationParams:
     """Turn a loaded request into :class:`GenerationParams`, drawing a seed if none was given."""
     values = flatten(dict(data))
+    values["sampler"], values["schedule"] = sampler_pair(values)
     if values.get("seed") in (None, -1):
         values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
     return GenerationParams.from_dict(values)

@@ -18,12 +18,14 @@ from .. import __version__
 from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..jobs.states import JOB_STATUSES, JobStatus
 from ..jobs.webhooks import delivery_state
-from ..params import MAX_SEED, SCHEDULERS, GenerationParams
+from ..params import MAX_SEED, GenerationParams
+from ..sampling import AUTOMATIC, DEFAULT_SAMPLER, SAMPLERS, SCHEDULES, combined_label, sampler_names
 from . import image_inputs, keys
 from .image_inputs import stored_inputs
 from .loras import with_loras
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .models import with_model
+from .presets import given_fields, with_presets
 from .openapi import with_local_names
 from .ownership import job_view, may_see, own_job, present
 from .route_table import Scope
@@ -199,13 +201,23 @@ async def server_info(request: web.Request) -> web.Response:
                 "height": settings.default_height,
                 "steps": settings.default_steps,
                 "guidance_scale": settings.default_guidance,
-                "scheduler": "default",
+                "sampler": DEFAULT_SAMPLER,
+                "schedule": AUTOMATIC,
             },
-            "schedulers": SCHEDULERS,
+            **_sampling_info(),
             "job_statuses": JOB_STATUSES,
             "terminal_statuses": [status.value for status in JobStatus if status.terminal],
         }
     )
+
+
+def _sampling_info() -> dict[str, Any]:
+    """The samplers and schedule types (and the older field's names) for GET /api/v1/info."""
+    return {
+        "schedulers": {name: combined_label(name) for name in sampler_names()},
+        "samplers": {name: {"label": s.label, "schedules": list(s.schedules)} for name, s in SAMPLERS.items()},
+        "schedules": {name: {"label": s.label, "description": s.description} for name, s in SCHEDULES.items()},
+    }
 
 
 def _refiner_summary(refiner: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -237,25 +249,26 @@ def _idempotency(request: web.Request, data: dict[str, Any]) -> dict[str, str | 
 
 
 @contextlib.asynccontextmanager
-async def _generation_request(request: web.Request) -> AsyncIterator[dict[str, Any]]:
+async def _generation_request(request: web.Request) -> AsyncIterator[tuple[dict[str, Any], set[str]]]:
     """The validated request, its images (if any) decoded and stored (named by SHA-256), held
-    until the block ends."""
+    until the block ends, and the fields it gave (presets fill the others)."""
     body = await read_json_object(request)
     async with stored_inputs(request.app, validate(request.app[keys.GENERATE_SCHEMA], body), body) as data:
-        yield data
+        yield data, given_fields(body)
 
 
-async def _checked_params(request: web.Request, data: dict[str, Any]) -> GenerationParams:
-    """The job's parameters for a validated request, its LoRAs and model checked."""
-    return await with_model(request.app, await with_loras(request.app, to_params(data)))
+async def _checked_params(request: web.Request, data: dict[str, Any], given: set[str]) -> GenerationParams:
+    """The job's parameters for a validated request, its LoRAs and model checked, the presets applied."""
+    params = await with_model(request.app, await with_loras(request.app, to_params(data)))
+    return await with_presets(request.app, params, given)
 
 
 async def generate(request: web.Request) -> web.Response:
     """Validate, queue, wait for the image to be saved, and return ``{id, image_url, meta_url, meta}``.
     With an ``Idempotency-Key``, a retry returns the first request's job instead of a new one."""
-    async with _generation_request(request) as data:
+    async with _generation_request(request) as (data, given):
         job, _ = await image_inputs.submit(
-            request, await _checked_params(request, data), **_idempotency(request, data), webhook=job_webhook(request, data)
+            request, await _checked_params(request, data, given), **_idempotency(request, data), webhook=job_webhook(request, data)
         )
     await job.wait()
     return web.json_response(present(request.app, job.outcome()))
@@ -263,9 +276,9 @@ async def generate(request: web.Request) -> web.Response:
 
 async def submit_job(request: web.Request) -> web.Response:
     """Queue a job and answer at once: 202 with the job and its ``Location``."""
-    async with _generation_request(request) as data:
+    async with _generation_request(request) as (data, given):
         job, replayed = await image_inputs.submit(
-            request, await _checked_params(request, data), **_idempotency(request, data), webhook=job_webhook(request, data)
+            request, await _checked_params(request, data, given), **_idempotency(request, data), webhook=job_webhook(request, data)
         )
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     if replayed:

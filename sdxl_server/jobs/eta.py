@@ -13,8 +13,9 @@ RunningLimit = Callable[[str | None], int | None]  # an owner's jobs that may ru
 
 
 class ThroughputEstimate:
-    """Seconds per denoising step per megapixel, and fixed seconds per job per megapixel
-    (text encoding, decoding, saving), each a moving average measured on this machine."""
+    """Seconds per denoising step per megapixel (per UNet pass: a step at guidance 1 or below costs
+    half of one with classifier-free guidance), and fixed seconds per job per megapixel (text
+    encoding, decoding, saving), each a moving average measured on this machine."""
 
     def __init__(self, alpha: float = 0.3) -> None:
         self.alpha = alpha
@@ -32,6 +33,11 @@ class ThroughputEstimate:
     def _mpx(params: GenerationParams) -> float:
         return params.pixels / 1e6
 
+    @staticmethod
+    def _passes(params: GenerationParams) -> float:
+        """What one step costs against a step with guidance (two UNet passes): 1, or 0.5 without."""
+        return params.unet_passes / 2
+
     def _blend(self, old: float | None, new: float) -> float:
         return new if old is None else old + self.alpha * (new - old)
 
@@ -41,27 +47,28 @@ class ThroughputEstimate:
         if params.mode == "upscale":
             return
         mpx = params.step_megapixels(step, total) if total else self._mpx(params)
-        self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / (mpx or self._mpx(params)))
+        self.step_s_per_mpx = self._blend(self.step_s_per_mpx, seconds / ((mpx or self._mpx(params)) * self._passes(params)))
 
     def record_job(self, params: GenerationParams, seconds: float, steps_done: int) -> None:
         if self.step_s_per_mpx is None or params.mode == "upscale":
             return
         done_mpx = params.megapixel_steps(0, params.total_steps) - params.megapixel_steps(steps_done, params.total_steps)
-        overhead = max(0.0, seconds - self.step_s_per_mpx * done_mpx)
+        overhead = max(0.0, seconds - self.step_s_per_mpx * done_mpx * self._passes(params))
         self.overhead_s_per_mpx = self._blend(self.overhead_s_per_mpx, overhead / self._mpx(params))
 
     def job_seconds(self, params: GenerationParams) -> float | None:
         if self.step_s_per_mpx is None:
             return None
         mpx = self._mpx(params)
-        return params.megapixel_steps(0, params.total_steps) * self.step_s_per_mpx + (self.overhead_s_per_mpx or 0.0) * mpx
+        return (params.megapixel_steps(0, params.total_steps) * self.step_s_per_mpx * self._passes(params)
+                + (self.overhead_s_per_mpx or 0.0) * mpx)
 
     def remaining_seconds(self, job: Job, now: float) -> float | None:
         """Seconds until ``job`` (running) finishes."""
         if self.step_s_per_mpx is None:
             return None
         mpx = self._mpx(job.params)
-        left = (job.params.megapixel_steps(job.step, job.total_steps) * self.step_s_per_mpx
+        left = (job.params.megapixel_steps(job.step, job.total_steps) * self.step_s_per_mpx * self._passes(job.params)
                 + (self.overhead_s_per_mpx or 0.0) * mpx)
         if job.step == 0 and job.started_at is not None:
             left -= now - job.started_at  # still encoding the prompt: part of the overhead is spent

@@ -155,7 +155,9 @@ def parameters_text(meta: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
     details = [
         ("Steps", meta["steps"]),
-        ("Sampler", meta.get("sampler_name") or meta["scheduler"]),
+        ("Sampler", meta.get("sampler_name") or meta.get("sampler") or meta.get("scheduler")),
+        # As A1111 1.9+ writes it: only when a schedule other than the sampler's own ran.
+        *([("Schedule type", meta["schedule_type"])] if meta.get("schedule_type", "Automatic") != "Automatic" else []),
         ("CFG scale", meta["guidance_scale"]),
         ("Seed", meta["seed"]),
         ("Size", f"{meta['width']}x{meta['height']}"),

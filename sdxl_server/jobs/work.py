@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from ..params import SCHEDULERS
+from ..sampling import SAMPLERS, SCHEDULES
 from .backend import Generated, InProcessBackend
 from .inputs import load_inputs
 from .job import Job, ModelLoading, Save, StepReporter
@@ -97,7 +97,8 @@ class GenerationWork:
         return {
             "model_id": self.engine.model_id,
             **params_meta(params),
-            "sampler_name": info.get("sampler", SCHEDULERS[params.scheduler]),
+            "sampler_name": info.get("sampler", SAMPLERS[params.sampler].label),
+            "schedule_type": SCHEDULES[params.schedule].label,
             "device": runtime.device,
             "dtype": runtime.dtype,
             "attention": self.engine.options.get("attention"),

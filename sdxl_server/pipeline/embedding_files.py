@@ -90,3 +90,4 @@ class EmbeddingCatalog(LoraCatalog):
     requests name embeddings in their prompts' words, not in a field to check."""
 
     reader = staticmethod(inspect)
+    sidecar_reader = None

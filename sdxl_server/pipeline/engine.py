@@ -42,7 +42,7 @@ from .prompt_encoding import count_prompt_tokens, encode_request_prompts
 from .refiner import Refiner
 from .switching import LoadedModel, ModelCache
 from .runtime import Runtime, resolve_runtime
-from .schedulers import sampler_label, scheduler_named
+from .schedulers import make_scheduler, sampler_label
 from .sources import fix_hint, resolve_model_source
 from .text_encoders import text_encoders_on
 from .upscale_job import run_upscale_job
@@ -72,7 +72,7 @@ class Engine:
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.options: dict[str, Any] = {}
-        self._schedulers: dict[str, Any] = {}
+        self._schedulers: dict[tuple[str, str], Any] = {}
         self._default_scheduler: Any = None
         # The catalogs the API checks requests against too (one each, see api/contexts.py).
         self.models = ModelCatalog(settings)
@@ -266,12 +266,14 @@ class Engine:
 
     # -- generation -------------------------------------------------------------
 
-    def scheduler_for(self, name: str) -> Any:
-        """The running model's scheduler for the sampler ``name`` (one instance per name)."""
-        return scheduler_named(name, self._default_scheduler, self._schedulers)
+    def scheduler_for(self, sampler: str, schedule: str) -> Any:
+        """The running model's scheduler for the pair (made once per model and pair)."""
+        if (sampler, schedule) not in self._schedulers:
+            self._schedulers[(sampler, schedule)] = make_scheduler(sampler, schedule, self._default_scheduler)
+        return self._schedulers[(sampler, schedule)]
 
-    def sampler_name(self, name: str, scheduler: Any) -> str:
-        return sampler_label(name, scheduler)
+    def sampler_name(self, sampler: str, scheduler: Any) -> str:
+        return sampler_label(sampler, scheduler)
 
     def mode_pipeline(self, mode: str) -> Any:
         return self._mode_pipelines().pipeline(mode)
@@ -320,8 +322,8 @@ class Engine:
         """Build the request's plan on the running model and run it."""
         with self._failures_translated(params):
             mode = prepare_run(self._mode_pipelines(), params, inputs, self.controlnets)
-            mode.pipe.scheduler = self.scheduler_for(params.scheduler)  # on the pipeline that actually runs
-            sampler = sampler_label(params.scheduler, mode.pipe.scheduler)
+            mode.pipe.scheduler = self.scheduler_for(params.sampler, params.schedule)  # on the pipeline that actually runs
+            sampler = sampler_label(params.sampler, mode.pipe.scheduler)
             plan = build_plan(PassContext(params, mode.pipe.scheduler, self, inputs or {}), mode, sampler)
         runner = PlanRunner(self.prompt_embeddings, lambda latents: decode_latents(self.pipe, latents),
                             self._clock, _seconds, self._failures_translated)

@@ -16,6 +16,7 @@ from .runtime import Runtime, xformers_importable
 from .sources import ModelSource
 from .text_encoders import park_text_encoders
 from .tiny import ensure_tiny_model, ensure_tiny_refiner
+from .weights import group_offload, store_in_fp8
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def load_pipeline(settings: Settings, runtime: Runtime, source: ModelSource):
 
 
 def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime, plan: MemoryPlan) -> dict[str, Any]:
-    """Attention, then ``plan``'s VAE tiling, offload or device placement and text encoders, and
-    VAE slicing; returns what was chosen."""
+    """Attention, then ``plan``'s VAE tiling, float8 storage, offload or device placement and text
+    encoders, and VAE slicing; returns what was chosen."""
     attention = settings.attention
     if attention == "auto":
         attention = "xformers" if runtime.on_cuda and xformers_importable() else "sdpa"
@@ -92,10 +93,12 @@ def apply_memory_options(pipe: Any, settings: Settings, runtime: Runtime, plan: 
     if settings.vae_slicing:
         pipe.vae.enable_slicing()
 
+    fp8 = store_in_fp8(pipe, plan.fp8, runtime.torch_dtype)  # before placing: the hooks move with the weights
     _place(pipe, plan.cpu_offload, runtime)
     if plan.cpu_offload == "none" and plan.text_encoder_offload:
         park_text_encoders(pipe)
     return {
+        "fp8_weights": fp8,
         "attention": attention,
         "vae_tiling": tiling,
         "vae_tile_px": VAE_TILE_PX if tiling else None,
@@ -141,6 +144,8 @@ def _place(pipe: Any, cpu_offload: str, runtime: Runtime) -> None:
     CPU_OFFLOAD); no progress bars."""
     if cpu_offload == "model":
         pipe.enable_model_cpu_offload(device=runtime.device)
+    elif cpu_offload == "group":
+        group_offload(pipe, runtime.device)
     elif cpu_offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=runtime.device)
     else:

@@ -10,6 +10,7 @@ The API lists and checks requests with this module; the worker loads the files
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Unusable
+from .presets import NO_SIDECAR, Sidecar, read_lora_sidecar
 
 WEIGHT_MIN, WEIGHT_MAX = -5.0, 5.0
 _MAX_HEADER = 100 * 1024 * 1024
@@ -41,12 +43,13 @@ class LoraFile:
     metadata: dict[str, str] = field(default_factory=dict)
     problem: str | None = None
     context_width: int | None = None  # what its cross-attention keys read: 2048 for SDXL, 768 for SD 1.x
-
+    sidecar: Sidecar = NO_SIDECAR  # A1111's name.json: its card fields and recommended settings (presets.py)
 
     def describe(self, root: Path) -> dict[str, Any]:
         return {
             "name": self.name, "file": str(self.path.relative_to(root)), "size": self.size,
             "layout": self.layout, "base_model": self.family, "usable": self.problem is None, "problem": self.problem,
+            **self.sidecar.describe(),
         }
 
     def a1111(self) -> dict[str, Any]:
@@ -173,6 +176,8 @@ class LoraCatalog:
 
     # What one file is (a staticmethod): :mod:`.embedding_files` scans its folder the same way.
     reader = staticmethod(inspect)
+    # A file's sidecar, read at every scan (it may change while the file does not).
+    sidecar_reader: Any = staticmethod(read_lora_sidecar)
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -208,6 +213,8 @@ class LoraCatalog:
         cached = self._inspected.get(path)
         file = cached[1] if cached is not None and cached[0] == key else self.reader(path, stat)
         seen[path] = (key, file)
+        if self.sidecar_reader is not None:
+            file = dataclasses.replace(file, sidecar=self.sidecar_reader(path))
         return file
 
     def files(self) -> list[LoraFile]:

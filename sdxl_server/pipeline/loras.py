@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import GenerationFailed, Unusable, short_message
 from .lora_files import LoraCatalog, LoraFile, a1111_hash
+from .weights import lift_lora_weights
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class LoraAdapters:
             with warnings.catch_warnings():  # PEFT warns on every adapter after the first: expected here
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 pipe.load_lora_weights(str(file.path), adapter_name=adapter)
+            lift_lora_weights(pipe)  # beside float8 weights (FP8_WEIGHTS), PEFT made them float8 too
         except Exception as exc:  # noqa: BLE001 - a file diffusers cannot apply is the request's problem
             self._delete_quietly(pipe, adapter)
             raise self._misfit(file, short_message(exc)) from exc

@@ -3,16 +3,22 @@
 A pure function of the GPU's size and the settings (no torch here), so it is tested with any
 size. SDXL in float16 holds about 6.5 GiB of weights: the UNet 4.8 GiB, the two text encoders
 1.5 GiB, the VAE 0.2 GiB. At 1024x1024 the UNet's activations add about 1 GiB and an untiled VAE
-decode about 3 GiB at its peak, and the CUDA context itself takes 0.3-0.5 GiB.
+decode about 3 GiB at its peak, and the CUDA context itself takes 0.3-0.5 GiB. Stored in float8
+(diffusers' layerwise casting: each layer's weights are cast to DTYPE just for its forward), the
+UNet takes 2.4 GiB and the text encoders 0.75 GiB.
 
-- ``high``: everything resident, no tiling: the fastest, for cards from 14 GiB (16 GB cards up).
-- ``8gb``: VAE tiling (the decode's peak falls to a fraction) and the text encoders kept on the
-  CPU, visiting the GPU only to encode a prompt (1.5 GiB less resident, for about 0.1-0.2 s of
-  transfers per job): for 7-14 GiB (8, 10 and 12 GB cards).
-- ``low``: whole-model CPU offload and tiling: below 7 GiB; slower, but it fits.
+- ``high``: everything resident in DTYPE, no tiling: the fastest, for cards from 14 GiB.
+- ``8gb``: the UNet stored in float8 and VAE tiling; the text encoders stay resident (no transfers
+  per job, which the float8 UNet makes room for): for 7-14 GiB (8, 10 and 12 GB cards).
+- ``6gb``: the UNet and text encoders stored in float8, VAE tiling, and the text encoders kept on
+  the CPU, visiting the GPU only to encode a prompt: for 5-7 GiB (6 GB cards).
+- ``low``: group offloading with CUDA streams (the weights wait on the CPU in groups of layers,
+  each copied to the GPU ahead of its use while the one before computes), float8 storage and
+  tiling: below 5 GiB; slower, but it fits.
 
 Float32 weights take twice the memory, so the thresholds double with them. Explicit
-``VAE_TILING``, ``CPU_OFFLOAD`` and ``TEXT_ENCODER_OFFLOAD`` override what the profile says.
+``VAE_TILING``, ``CPU_OFFLOAD``, ``TEXT_ENCODER_OFFLOAD`` and ``FP8_WEIGHTS`` override what the
+profile says.
 """
 
 from __future__ import annotations
@@ -23,12 +29,26 @@ from ..config import Settings
 
 GIB = 1024**3
 HIGH_MIN_GIB = 14.0  # float16; weights 6.5 + activations 1 + untiled decode 3 + context and margin
-EIGHT_GB_MIN_GIB = 7.0  # float16; UNet and VAE 5 resident + activations 1 + tiled decode + context
+EIGHT_GB_MIN_GIB = 7.0  # float16; float8 UNet 2.4 + text encoders 1.5 + VAE 0.2 + activations 1 + tiled decode + context
+SIX_GB_MIN_GIB = 5.0  # float16; float8 UNet 2.4 + VAE 0.2 + activations 1 + tiled decode + context
 
 PROFILES = {
-    "high": {"vae_tiling": False, "text_encoder_offload": False, "cpu_offload": "none"},
-    "8gb": {"vae_tiling": True, "text_encoder_offload": True, "cpu_offload": "none"},
-    "low": {"vae_tiling": True, "text_encoder_offload": False, "cpu_offload": "model"},
+    "high": {"vae_tiling": False, "text_encoder_offload": False, "cpu_offload": "none", "fp8": "off"},
+    "8gb": {"vae_tiling": True, "text_encoder_offload": False, "cpu_offload": "none", "fp8": "unet"},
+    "6gb": {"vae_tiling": True, "text_encoder_offload": True, "cpu_offload": "none", "fp8": "all"},
+    "low": {"vae_tiling": True, "text_encoder_offload": False, "cpu_offload": "group", "fp8": "all"},
+}
+_NOTHING = {"vae_tiling": False, "text_encoder_offload": False, "cpu_offload": "none", "fp8": "off"}
+# What each choice does, for /health.
+EXPLAINED = {
+    "vae_tiling": "the VAE decodes in 512 px tiles (its peak falls from about 3 GiB to a fraction)",
+    "text_encoder_offload": "the text encoders wait on the CPU and visit the GPU only to encode a prompt",
+    "fp8": {"unet": "the UNet's weights are stored in float8 and each layer computed in DTYPE (half its memory)",
+            "all": "the UNet's and text encoders' weights are stored in float8 and computed in DTYPE (half their memory)"},
+    "cpu_offload": {"model": "each sub-model is on the GPU only while it runs",
+                    "group": "the weights wait on the CPU in groups of layers, each copied to the GPU with CUDA streams "
+                             "ahead of its use",
+                    "sequential": "every layer is copied to the GPU as it runs (the least memory, the slowest)"},
 }
 
 
@@ -41,14 +61,23 @@ class MemoryPlan:
     vae_tiling: bool
     text_encoder_offload: bool
     cpu_offload: str
+    fp8: str = "off"  # off, unet, all: which weights are stored in float8
     overrides: list[str] = field(default_factory=list)  # explicit settings that won over the profile
 
     def describe(self) -> dict[str, object]:
         return {
             "profile": self.profile, "reason": self.reason, "vae_tiling": self.vae_tiling,
             "text_encoder_offload": self.text_encoder_offload, "cpu_offload": self.cpu_offload,
-            "overrides": self.overrides,
+            "fp8_weights": self.fp8, "overrides": self.overrides, "explained": self.explained(),
         }
+
+    def explained(self) -> list[str]:
+        """What each choice in effect does, in words."""
+        said = [EXPLAINED["vae_tiling"]] if self.vae_tiling else []
+        said += [EXPLAINED["text_encoder_offload"]] if self.text_encoder_offload else []
+        said += [EXPLAINED["fp8"][self.fp8]] if self.fp8 != "off" else []
+        said += [EXPLAINED["cpu_offload"][self.cpu_offload]] if self.cpu_offload != "none" else []
+        return said or ["everything resident in DTYPE, no tiling"]
 
 
 def profile_for(total_bytes: int, dtype: str) -> tuple[str, str]:
@@ -59,11 +88,12 @@ def profile_for(total_bytes: int, dtype: str) -> tuple[str, str]:
     if total >= HIGH_MIN_GIB * scale:
         return "high", f"{size} (>= {HIGH_MIN_GIB * scale:g}): everything resident, no tiling"
     if total >= EIGHT_GB_MIN_GIB * scale:
-        return "8gb", (
-            f"{size} (>= {EIGHT_GB_MIN_GIB * scale:g}, < {HIGH_MIN_GIB * scale:g}): "
-            "VAE tiling, text encoders on the CPU between prompts"
-        )
-    return "low", f"{size} (< {EIGHT_GB_MIN_GIB * scale:g}): model CPU offload and VAE tiling"
+        return "8gb", (f"{size} (>= {EIGHT_GB_MIN_GIB * scale:g}, < {HIGH_MIN_GIB * scale:g}): "
+                       "float8 UNet weights, VAE tiling")
+    if total >= SIX_GB_MIN_GIB * scale:
+        return "6gb", (f"{size} (>= {SIX_GB_MIN_GIB * scale:g}, < {EIGHT_GB_MIN_GIB * scale:g}): "
+                       "float8 UNet and text encoder weights, VAE tiling, text encoders on the CPU between prompts")
+    return "low", f"{size} (< {SIX_GB_MIN_GIB * scale:g}): group offload with CUDA streams, float8 weights, VAE tiling"
 
 
 def plan_memory(settings: Settings, total_bytes: int | None, dtype: str) -> MemoryPlan:
@@ -75,7 +105,7 @@ def plan_memory(settings: Settings, total_bytes: int | None, dtype: str) -> Memo
         profile, reason = "cpu", "no GPU: everything in memory"
     else:
         profile, reason = profile_for(total_bytes, dtype)
-    chosen = dict(PROFILES.get(profile, {"vae_tiling": False, "text_encoder_offload": False, "cpu_offload": "none"}))
+    chosen = dict(PROFILES.get(profile, _NOTHING))
     if total_bytes is None and chosen["cpu_offload"] != "none":
         chosen["cpu_offload"] = "none"
         reason += " (no CPU offload without a GPU)"
@@ -83,7 +113,8 @@ def plan_memory(settings: Settings, total_bytes: int | None, dtype: str) -> Memo
     explicit = {
         "vae_tiling": (settings.vae_tiling, "VAE_TILING", {"on": True, "off": False}),
         "text_encoder_offload": (settings.text_encoder_offload, "TEXT_ENCODER_OFFLOAD", {"on": True, "off": False}),
-        "cpu_offload": (settings.cpu_offload, "CPU_OFFLOAD", {v: v for v in ("none", "model", "sequential")}),
+        "cpu_offload": (settings.cpu_offload, "CPU_OFFLOAD", {v: v for v in ("none", "model", "group", "sequential")}),
+        "fp8": (settings.fp8_weights, "FP8_WEIGHTS", {v: v for v in ("off", "unet", "all")}),
     }
     for name, (raw, env, values) in explicit.items():
         if raw != "auto":

@@ -9,6 +9,7 @@ without its parts, a file without UNet weights).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import Unusable
 from .lora_files import header_problem, read_header
+from .presets import NO_SIDECAR, Sidecar, read_model_sidecar
 from .sources import ModelSource, resolve_model_source
 
 # The longest model name a request may send: a path in MODELS_DIR with A1111's " [hash]" fits.
@@ -34,6 +36,7 @@ class ModelEntry:
     size: int | None  # bytes on disk; None for a Hub model
     default: bool = False
     broken: str | None = None
+    sidecar: Sidecar = NO_SIDECAR  # its recommended settings (presets.py)
 
     @property
     def kind(self) -> str:
@@ -43,6 +46,7 @@ class ModelEntry:
         return {
             "name": self.name, "kind": self.kind, "source": self.source.location, "origin": self.source.origin,
             "size": self.size, "default": self.default, "loaded": loaded.get(self.name), "broken": self.broken,
+            **self.sidecar.describe(),
         }
 
     def a1111(self) -> dict[str, Any]:
@@ -99,8 +103,22 @@ def _default_name(source: ModelSource) -> str:
     return path.stem if path.suffix == ".safetensors" else path.name
 
 
+def _with_sidecar(entry: ModelEntry) -> ModelEntry:
+    """``entry`` with the preset of its sidecar (a local model's only); its ``vae`` is loaded with it."""
+    if entry.kind not in ("folder", "single_file"):
+        return entry
+    sidecar = read_model_sidecar(Path(entry.source.location))
+    source = dataclasses.replace(entry.source, vae=sidecar.vae) if sidecar.vae else entry.source
+    return dataclasses.replace(entry, source=source, sidecar=sidecar)
+
+
 def scan(settings: Settings, file_problem: Callable[[Path], str | None] = _file_problem) -> list[ModelEntry]:
-    """The default model first, then ``MODELS_DIR``'s, sorted by name (a clash keeps the first)."""
+    """The default model first, then ``MODELS_DIR``'s, sorted by name (a clash keeps the first),
+    each with its sidecar's preset."""
+    return [_with_sidecar(entry) for entry in _scan(settings, file_problem)]
+
+
+def _scan(settings: Settings, file_problem: Callable[[Path], str | None]) -> list[ModelEntry]:
     source = resolve_model_source(settings)
     location = Path(source.location)
     size = None
@@ -156,7 +174,7 @@ class ModelCatalog:
     def entries(self) -> list[ModelEntry]:
         with self._lock:
             default = self.default_name
-            return [ModelEntry(e.name, e.source, e.size, e.name == default, e.broken) for e in self._entries.values()]
+            return [dataclasses.replace(e, default=e.name == default) for e in self._entries.values()]
 
     def get(self, name: str) -> ModelEntry | None:
         with self._lock:

@@ -27,7 +27,7 @@ class Refiner:
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.placement: tuple[str, str] | None = None  # where its UNet lives, and why
-        self._schedulers: dict[str, Any] = {}
+        self._schedulers: dict[tuple[str, str], Any] = {}
 
     def ensure(self, base: Any, options: dict[str, Any]) -> Any:
         """The loaded refiner; raises :class:`Unusable` when none is configured and
@@ -112,8 +112,8 @@ class Refiner:
             self.pipe.unet.to("cpu")
             base.unet.to(self.runtime.device)
 
-    def scheduler(self, name: str, base_scheduler: Any) -> Any:
-        """A scheduler of the request's kind for the refiner (its own instance: they keep state)."""
+    def scheduler(self, name: tuple[str, str], base_scheduler: Any) -> Any:
+        """A scheduler of the request's (sampler, schedule) for the refiner (its own instance: they keep state)."""
         if name not in self._schedulers:
             self._schedulers[name] = type(base_scheduler).from_config(base_scheduler.config)
         return self._schedulers[name]

@@ -26,7 +26,7 @@ class LoadedModel:
     loras: LoraAdapters
     pipe: Any = None
     default_scheduler: Any = None
-    schedulers: dict[str, Any] = field(default_factory=dict)
+    schedulers: dict[tuple[str, str], Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     load_seconds: float | None = None
     state: str = "not_loaded"

@@ -1,15 +1,19 @@
 // The model picker (GET /api/v1/models, with where each is loaded) and the LoRA picker
-// (GET /api/v1/loras): each chosen LoRA gets a weight slider and goes into the request's `loras`,
-// never into the prompt text.
+// (GET /api/v1/loras): each chosen LoRA gets a weight slider (starting at its card's preferred
+// weight) and goes into the request's `loras`, never into the prompt text. Picking a model or a
+// LoRA with a preset puts its recommended settings into the form, and says so.
 
 import { api } from "./api.js";
 import { $, h } from "./dom.js";
+import { applyPreset, presetText } from "./sampling.js";
 
 const model = $("model");
 const modelHint = $("model-hint");
 const loraAdd = $("lora-add");
 const loraList = $("lora-list");
 const loraHint = $("lora-hint");
+const modelPreset = $("model-preset");
+const presets = { models: {}, loras: {} }; // name -> its listing entry (preset, card fields)
 const LORA_MIN = -5;
 const LORA_MAX = 5;
 
@@ -26,8 +30,16 @@ export async function loadModels(wanted) {
     ...data.models.map((entry) => Object.assign(new Option(modelLabel(entry), entry.name), { disabled: Boolean(entry.broken) })),
   );
   const names = data.models.filter((m) => !m.broken).map((m) => m.name);
+  presets.models = Object.fromEntries(data.models.map((m) => [m.name, m]));
   model.value = names.includes(keep) ? keep : data.default;
   modelHint.textContent = names.length > 1 ? "Switching models takes a while the first time." : "";
+  showModelPreset();
+}
+
+function showModelPreset() {
+  const entry = presets.models[model.value] || {};
+  modelPreset.textContent = entry.preset ? `Recommended: ${presetText(entry.preset)}`
+    : entry.preset_problem ? `Preset not used: ${entry.preset_problem}` : "";
 }
 
 function weightRow(name, weight) {
@@ -37,7 +49,11 @@ function weightRow(name, weight) {
   slider.addEventListener("input", () => { shown.textContent = Number(slider.value).toFixed(2); });
   const remove = h("button", { type: "button", className: "secondary", textContent: "Remove" });
   remove.setAttribute("aria-label", `Remove LoRA ${name}`);
-  const row = h("li", { className: "lora-row" }, h("label", { htmlFor: id, textContent: name }), slider, shown, remove);
+  const card = presets.loras[name] || {};
+  const about = [card.activation_text && `activation text: ${card.activation_text}`,
+    card.preset && `recommended: ${presetText(card.preset)}`, card.notes].filter(Boolean).join(" · ");
+  const row = h("li", { className: "lora-row" }, h("label", { htmlFor: id, textContent: name }), slider, shown, remove,
+    ...(about ? [h("p", { className: "hint", textContent: about })] : []));
   row.dataset.name = name;
   remove.addEventListener("click", () => { row.remove(); syncAddable(); });
   return row;
@@ -57,6 +73,7 @@ function syncAddable() {
 export async function loadLoras() {
   const { data } = await api("/api/v1/loras");
   const usable = data.loras.filter((l) => l.usable);
+  presets.loras = Object.fromEntries(data.loras.map((l) => [l.name, l]));
   loraAdd.replaceChildren(new Option(usable.length ? "Add a LoRA…" : "No LoRAs in LORA_DIR", ""), ...usable.map((l) => new Option(l.name, l.name)));
   const broken = data.loras.filter((l) => !l.usable);
   loraHint.textContent = broken.length ? `Not usable: ${broken.map((l) => `${l.name} (${l.problem})`).join("; ")}` : "";
@@ -81,7 +98,13 @@ export function restoreChoices(params) {
 export function initChoices() {
   loraAdd.addEventListener("change", () => {
     if (!loraAdd.value) return;
-    loraList.append(weightRow(loraAdd.value, 1));
+    const card = presets.loras[loraAdd.value] || {};
+    loraList.append(weightRow(loraAdd.value, card.preferred_weight || 1));
+    applyPreset(card.preset);
     syncAddable();
+  });
+  model.addEventListener("change", () => {
+    showModelPreset();
+    applyPreset((presets.models[model.value] || {}).preset);
   });
 }

@@ -3,7 +3,7 @@
 import { $ } from "./dom.js";
 import { sentence } from "./format.js";
 
-export const FIELDS = ["prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler"];
+export const FIELDS = ["prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "sampler", "schedule"];
 
 const form = $("generate-form");
 const alertLine = $("form-message");

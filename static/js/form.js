@@ -16,11 +16,11 @@ import { clearStyles, loadStyles, readStyles } from "./styles.js";
 import { fillPresets, initPresets, syncPreset } from "./presets.js";
 import { initSeed, rememberSeed } from "./seed.js";
 import { initTokens, scheduleCount } from "./tokens.js";
+import { fillSampling, initSampling, readSampling, restoreSampling } from "./sampling.js";
 
 const NUMBERS = ["width", "height", "steps", "guidance_scale", "seed"];
 
 const form = $("generate-form");
-const scheduler = $("scheduler");
 let settingsFailed = false;
 let submitting = false;
 
@@ -43,27 +43,15 @@ function applyLimits(limits) {
   }
 }
 
-/** The scheduler choices are the server's names and labels (info.schedulers). */
-function fillSchedulers(schedulers) {
-  const selected = scheduler.value;
-  scheduler.replaceChildren(
-    ...Object.entries(schedulers || {}).map(
-      ([name, label]) => new Option(name === "default" ? `Default (${label})` : label, name),
-    ),
-  );
-  if (selected && form.dataset.filled) scheduler.value = selected;
-}
-
 function applyInfo(info) {
   applyLimits(info.limits);
-  fillSchedulers(info.schedulers);
+  fillSampling(info, !form.dataset.filled);
   if (!form.dataset.filled) {
     const { defaults } = info;
     form.width.value = defaults.width;
     form.height.value = defaults.height;
     form.steps.value = defaults.steps;
     form.guidance_scale.value = defaults.guidance_scale;
-    scheduler.value = defaults.scheduler;
     form.dataset.filled = "defaults";
   }
   fillPresets(info.limits);
@@ -108,7 +96,7 @@ function readForm() {
   }
   const seed = intValue("seed", problems);
   body.seed = seed === undefined ? null : seed; // empty: the server draws one
-  body.scheduler = scheduler.value || "default";
+  Object.assign(body, readSampling());
   Object.assign(body, readChoices(), readStyles());
   Object.assign(body, readImageFields(), readControlFields(), readHiresFields());
   if (Object.keys(problems).length) {
@@ -127,9 +115,7 @@ export function restoreParams(params) {
   for (const name of NUMBERS) {
     if (params[name] !== undefined && params[name] !== null) fieldInput(name).value = params[name];
   }
-  if (params.scheduler && [...scheduler.options].some((o) => o.value === params.scheduler)) {
-    scheduler.value = params.scheduler;
-  }
+  restoreSampling(params);
   restoreChoices(params);
   restoreHires(params);
   clearStyles();
@@ -203,6 +189,7 @@ export function initForm() {
   initSeed();
   initChoices();
   initControlNet();
+  initSampling();
   initTokens(form);
   enterSubmits(form.prompt);
   enterSubmits(form.negative_prompt);

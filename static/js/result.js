@@ -33,7 +33,11 @@ function listParams(params) {
   addParam("Steps", params.steps);
   addParam("Guidance", params.guidance_scale);
   addParam("Seed", params.seed);
-  addParam("Scheduler", params.sampler_name || schedulerLabel(params.scheduler));
+  addParam("Sampler", params.sampler_name || schedulerLabel(params.sampler || params.scheduler));
+  addParam("Schedule type", params.schedule_type);
+  if (params.presets && Object.keys(params.presets).length) {
+    addParam("From presets", Object.entries(params.presets).map(([field, where]) => `${field} (${where})`).join(", "));
+  }
   if (params.mode && params.mode !== "txt2img") addParam("Mode", MODES[params.mode] || params.mode);
   if (params.mode === "upscale") addParam("Upscaler", params.upscaler);
   if (params.init_image || params.init_image_sha256) addParam("Strength", params.strength);

@@ -73,10 +73,10 @@ class PassHost(Protocol):
     def mode_pipeline(self, mode: str) -> Any:
         """The running model's pipeline for ``mode`` (``img2img``: hires fix's second pass)."""
 
-    def scheduler_for(self, name: str) -> Any:
-        """The running model's scheduler for a sampler name of the request."""
+    def scheduler_for(self, sampler: str, schedule: str) -> Any:
+        """The running model's scheduler for a sampler and schedule type of the request."""
 
-    def sampler_name(self, name: str, scheduler: Any) -> str:
+    def sampler_name(self, sampler: str, scheduler: Any) -> str:
         """The sampler's label for the metadata."""
 
     def decode(self, latents: Any) -> list[Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ...sampling import AUTOMATIC, schedule_problem, split_combined
 from ...errors import JobCancelled
 from ...params import GenerationParams, HiresOptions
 from ..hires_upscale import is_latent, upscale_latents
@@ -88,13 +89,24 @@ def hires_pass(context: PassContext) -> HiresPass | None:
     if not options.enabled:
         return None
     cover, size = options.target(params.width, params.height)
-    scheduler_name = options.scheduler or params.scheduler
-    scheduler = host.scheduler_for(scheduler_name)
+    sampler, schedule = second_pass_sampler(params)
+    scheduler = host.scheduler_for(sampler, schedule)
     prompts = None
     if options.prompt or options.negative_prompt:
         prompts = host.prompt_embeddings(_second_prompts(params))
     return HiresPass(host, options, params.hires_steps, scheduler, cover, size, prompts,
-                     host.sampler_name(scheduler_name, scheduler))
+                     host.sampler_name(sampler, scheduler))
+
+
+def second_pass_sampler(params: GenerationParams) -> tuple[str, str]:
+    """The second pass's sampler and schedule type: the request's, or those hires fix names (an
+    older combined name carries its schedule; one the sampler does not take runs as automatic)."""
+    options = params.hires
+    if not options.scheduler and not options.schedule:
+        return params.sampler, params.schedule
+    sampler, carried = split_combined(options.scheduler) if options.scheduler else (params.sampler, params.schedule)
+    schedule = options.schedule or carried
+    return sampler, schedule if schedule_problem(sampler, schedule) is None else AUTOMATIC
 
 
 def _second_prompts(params: GenerationParams) -> GenerationParams:

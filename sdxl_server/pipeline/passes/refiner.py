@@ -46,7 +46,7 @@ def refiner_pass(context: PassContext) -> RefinerPass | None:
     if options.mode == "none":
         return None
     pipe = host.refiner.ensure(host.pipe, host.options)
-    pipe.scheduler = host.refiner.scheduler(params.scheduler, context.scheduler)
+    pipe.scheduler = host.refiner.scheduler((params.sampler, params.schedule), context.scheduler)
     if options.mode == "ensemble":
         cutoff = cutoff_timestep(context.scheduler, options.switch_at)
         steps = sum(1 for t in schedule_timesteps(context.scheduler, params.steps) if t < cutoff)

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--memory-jobs", type=_positive, default=300, help="memory: small generations (default 300)")
     b.add_argument("--memory-size", type=int, default=64, help="memory: their width and height (default 64)")
     b.add_argument("--memory-steps", type=_positive, default=1, help="memory: their steps (default 1)")
+    b.add_argument("--memory-fullsize", action="store_true",
+                   help="memory: also the full-size random UNet and text encoder 2 with and without float8 (about 5 GB of RAM)")
     b.add_argument("--batch-size", type=_positive, default=4, help="batch: images per request against 1 (default 4)")
     b.add_argument("--batch-runs", type=_positive, default=2, help="batch: runs of each (default 2)")
     b.add_argument("--png-levels", type=_levels, default=(0, 1, 3, 6, 9), help="png: zlib levels to time (default 0,1,3,6,9)")

@@ -14,7 +14,7 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the bench's own ser
 
 SECTIONS = (
     "overhead", "loop", "progress", "memory", "batch", "png", "coldstart", "switching", "modes", "storage", "webhooks",
-    "admission", "controlnet", "upscale", "hires",
+    "admission", "controlnet", "upscale", "hires", "steps",
 )
 PROMPT = "a lighthouse on a cliff at dusk, waves, dramatic sky, highly detailed"
 NEGATIVE = "blurry, low quality"
@@ -45,6 +45,7 @@ class BenchOptions:
     memory_jobs: int = 300
     memory_size: int = 64
     memory_steps: int = 1
+    memory_fullsize: bool = False  # memory: also the full-size random UNet with and without float8 (GBs of RAM)
     coldstart_runs: int = 1
     batch_size: int = 4
     batch_runs: int = 2

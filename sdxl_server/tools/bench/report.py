@@ -8,6 +8,7 @@ from typing import Any
 from .admission import admission_rows
 from .controlnet import controlnet_rows
 from .hires import hires_rows
+from .fewstep_report import fp8_rows, steps_rows
 from .modes import modes_rows
 from .storage import storage_rows
 from .upscaling import upscale_rows
@@ -113,7 +114,7 @@ def _memory_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                     f" (no CUDA: {result['device']})")
                  + f"; {'-' if result['it_per_s'] is None else format(result['it_per_s'], '.2f')} it/s, "
                  f"{_s(result['s_per_image'])}/image"))
-    return rows
+    return rows + fp8_rows(result)
 
 
 def _coldstart_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -183,6 +184,7 @@ _SECTION_ROWS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "loop": _loop_rows,
     "progress": _progress_rows,
     "memory": _memory_rows,
+    "steps": lambda result: steps_rows(result, _s),
     "batch": _batch_rows,
     "png": _png_rows,
     "coldstart": _coldstart_rows,

@@ -23,6 +23,7 @@ from .admission import section_admission
 from .coldstart import section_coldstart
 from .controlnet import section_controlnet
 from .hires import section_hires
+from .fewstep import section_steps
 from .modes import section_modes
 from .options import BenchOptions, prepare_settings
 from .sections import section_loop, section_memory, section_overhead, section_progress
@@ -70,7 +71,7 @@ async def run_server_sections(
         "overhead": section_overhead, "loop": section_loop, "progress": section_progress, "memory": section_memory,
         "batch": section_batch, "png": section_png, "modes": section_modes, "storage": section_storage,
         "webhooks": section_webhooks, "controlnet": section_controlnet,
-        "upscale": section_upscale, "hires": section_hires,
+        "upscale": section_upscale, "hires": section_hires, "steps": section_steps,
     }
     connector = aiohttp.TCPConnector(limit=0)  # 100 websockets and the HTTP calls at once
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)

@@ -12,6 +12,7 @@ import torch
 
 from ...jobs.states import TERMINAL_EVENTS
 from .client import Client
+from .fewstep import fullsize_weights, tiny_fp8_difference
 from .options import BenchError, params_from_body
 from .stats import linear_fit, percentile, rss_bytes, summarize
 
@@ -213,5 +214,21 @@ async def section_memory(client: Client) -> dict[str, Any]:
         "it_per_s": None if record.it_per_s() is None else round(record.it_per_s(), 3),
         "s_per_image": round(seconds_big, 4),
         "size": {"width": opts.width, "height": opts.height, "steps": opts.steps},
+        **await _fp8_figures(client),
     }
+
+
+async def _fp8_figures(client: Client) -> dict[str, Any]:
+    """Float8 storage: the tiny model's image difference (MODEL_ID=tiny) and, with
+    ``--memory-fullsize``, the full-size random UNet's and text encoder 2's resident sizes."""
+    figures: dict[str, Any] = {}
+    engine = client.engine
+    if engine.source.kind == "tiny":
+        from ...pipeline.tiny import ensure_tiny_model
+
+        folder = str(ensure_tiny_model(engine.settings.tiny_cache))
+        figures["fp8_tiny"] = await asyncio.to_thread(tiny_fp8_difference, folder)
+    if client.opts.memory_fullsize:
+        figures["fp8_fullsize"] = await asyncio.to_thread(fullsize_weights, torch.float16)
+    return figures
 

@@ -80,10 +80,7 @@ def section_switching(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         for index, name in enumerate(("bench-a", "bench-b")):
             save_diffusers_layout(lora_weights_for(engine.pipe.unet, seed=index), scratch / "loras" / f"{name}.safetensors")
         engine.lora_files.refresh()
-        params = GenerationParams(
-            prompt=opts.prompt, negative_prompt=opts.negative_prompt, width=opts.width, height=opts.height,
-            steps=opts.steps, guidance_scale=opts.guidance_scale, seed=opts.seed, scheduler=opts.scheduler,
-        )
+        params = GenerationParams.from_dict(opts.body())  # the older scheduler field: split by from_dict
         apply = engine.loras.apply
         lora = {
             "load_s": round(_timed(lambda: apply(engine.pipe, (("bench-a", 1.0),))), 4),
