@@ -77,7 +77,7 @@ A1111_APPLIED = {
     "enable_hr": (True, {"hr_scale": 1.5}), "hr_scale": (1.5, {"enable_hr": True}),
     "hr_upscaler": ("Lanczos", {"enable_hr": True}), "hr_second_pass_steps": (3, {"enable_hr": True}),
     "hr_resize_x": (128, {"enable_hr": True, "hr_scale": 1.5}), "hr_resize_y": (128, {"enable_hr": True, "hr_scale": 1.5}),
-    "hr_sampler_name": ("DDIM", {"enable_hr": True}), "hr_scheduler": ("Karras", {"enable_hr": True, "sampler_name": "DPM++ 2M"}),
+    "hr_sampler_name": ("DDIM", {"enable_hr": True}), "hr_scheduler": ("Exponential", {"enable_hr": True, "sampler_name": "DPM++ 2M"}),
     "hr_prompt": ("a dog", {"enable_hr": True}), "hr_negative_prompt": ("blurry", {"enable_hr": True}),
 }
 # denoising_strength acts on image to image, and on text to image with enable_hr

@@ -24,6 +24,7 @@ from PIL import Image, PngImagePlugin
 
 from ..errors import StorageFailed
 from ..params import CONTROL_MODE_LABELS, CONTROL_RESIZE_LABELS, FLAT_FIELDS, INPUT_ROLES, GenerationParams
+from ..sampling import SCHEDULES
 from .blobs import Blobs, LocalBlobs
 from .inputs import InputStore
 from .locking import hold_lock
@@ -92,6 +93,8 @@ def _hires_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     details.append(("Hires upscaler", meta["hires_upscaler"]))
     if meta.get("hires_sampler_name") and meta["hires_sampler_name"] != meta.get("sampler_name"):
         details.append(("Hires sampler", meta["hires_sampler_name"]))
+    if meta.get("hires_schedule"):
+        details.append(("Hires schedule type", SCHEDULES[meta["hires_schedule"]].label))
     details += [(label, json.dumps(meta[name], ensure_ascii=False)) for label, name in
                 (("Hires prompt", "hires_prompt"), ("Hires negative prompt", "hires_negative_prompt")) if meta[name]]
     return details
