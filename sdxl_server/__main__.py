@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from .config import ConfigError, parse_args
+from .config import ConfigError, Settings, add_arguments, load_settings, settings_fields
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +56,21 @@ def _settings_or_exit(argv: Sequence[str] | None):
     except ConfigError as exc:
         print(f"sdxl-server: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[argparse.Namespace, Settings]:
+    """Parse the command line; return the namespace (for non-setting flags) and the settings."""
+    parser = argparse.ArgumentParser(
+        prog="sdxl-server", description="Self-hosted Stable Diffusion XL text-to-image server."
+    )
+    parser.add_argument(
+        "--check-model", action="store_true",
+        help="say which model would be loaded and from where, load it once, report and exit",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    flags = {f.name: getattr(args, f.name) for f in settings_fields()}
+    return args, load_settings(environ, flags)
 
 
 if __name__ == "__main__":

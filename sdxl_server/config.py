@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,18 +440,3 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
             accepts = getattr(f.metadata["parse"], "accepts", None) or str(exc)
             raise ConfigError(f"{source}={raw!r} is not valid: expected {accepts}") from None
     return Settings(**values)
-
-
-def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[argparse.Namespace, Settings]:
-    """Parse the command line; return the namespace (for non-setting flags) and the settings."""
-    parser = argparse.ArgumentParser(
-        prog="sdxl-server", description="Self-hosted Stable Diffusion XL text-to-image server."
-    )
-    parser.add_argument(
-        "--check-model", action="store_true",
-        help="say which model would be loaded and from where, load it once, report and exit",
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    flags = {f.name: getattr(args, f.name) for f in settings_fields()}
-    return args, load_settings(environ, flags)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_server.config import ConfigError, Settings, load_settings, parse_args
+from sdxl_server.__main__ import parse_args
+from sdxl_server.config import ConfigError, Settings, load_settings
 from sdxl_server.pipeline.runtime import resolve_runtime
 
 

@@ -111,6 +111,27 @@ async def test_the_server_default_reaches_the_openai_and_a1111_routes(make_clien
     assert {d.path for d in receiver.received} == {"/default"}
 
 
+async def test_a_keys_own_webhook_comes_before_the_servers(make_client, hooked, receiver, tmp_path):
+    """A key of KEYS_FILE may name its own default webhook: its jobs on every route report there;
+    another key's go to the server's WEBHOOK_URL; a request's own webhook still wins."""
+    from sdxl_server.api.key_file import hash_text
+
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(
+        f'[keys.bot]\nhash = "{hash_text("bot-secret-key")}"\nwebhook = "{receiver.url}/bot"\n'
+        f'[keys.app]\nhash = "{hash_text("app-secret-key")}"\n'
+    )
+    client = await make_client(hooked.replace(keys_file=keys_file, webhook_url=receiver.url + "/server"))
+    bot, app = ({"Authorization": f"Bearer {key}"} for key in ("bot-secret-key", "app-secret-key"))
+    body = {"prompt": "x", "steps": 2, "width": 64, "height": 64}
+    assert (await client.post("/sdapi/v1/txt2img", json=body, headers=bot)).status == 200
+    assert (await receiver.next()).path == "/bot"
+    assert (await client.post("/api/v1/jobs", json=body, headers=app)).status == 202
+    assert (await receiver.next()).path == "/server"
+    answer = await client.post("/api/v1/jobs", json={**body, "webhook": receiver.url + "/own"}, headers=bot)
+    assert answer.status == 202 and (await receiver.next()).path == "/own"
+
+
 @pytest.mark.parametrize("url, reason", [
     ("not a url", "not an http"),
     ("ftp://example.com/hook", "not an http"),

@@ -46,7 +46,8 @@ DEFAULT_SCOPES = ("generate", "read")
 _INT_LIMITS = {"requests_per_minute": 1, "running": 1, "waiting": 0, "images_per_day": 0, "weight": 1}
 _NAME_LISTS = ("models", "loras")
 LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
-KEY_FIELDS = ("hash", "scopes", "revoked", *LIMIT_FIELDS)
+KEY_FIELDS = ("hash", "scopes", "revoked", "webhook", *LIMIT_FIELDS)
+MAX_WEBHOOK_URL = 2048
 MAX_WEIGHT = 100
 
 
@@ -63,6 +64,7 @@ class KeyEntry:
     scopes: frozenset[Scope]
     limits: Limits
     revoked: bool = False
+    webhook: str | None = None  # where its jobs' events go when a request names no webhook
 
 
 def new_secret() -> str:
@@ -119,7 +121,16 @@ def _entry(name: str, table: Any) -> KeyEntry:
     if not isinstance(revoked, bool):
         raise KeyFileError(f"key {name!r}: revoked must be true or false")
     return KeyEntry(name, _digest(name, table.get("hash")), _scopes(name, table.get("scopes", list(DEFAULT_SCOPES))),
-                    parse_limits(name, table), revoked)
+                    parse_limits(name, table), revoked, _webhook(name, table.get("webhook")))
+
+
+def _webhook(name: str, value: Any) -> str | None:
+    """A key's default webhook: an http(s) URL (the SSRF guard checks where it leads when used)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or len(value) > MAX_WEBHOOK_URL:
+        raise KeyFileError(f"key {name!r}: webhook must be an http:// or https:// URL of at most {MAX_WEBHOOK_URL} characters")
+    return value
 
 
 def _digest(name: str, value: Any) -> bytes:

@@ -37,6 +37,7 @@ class KeyRing:
         self.path = path
         self._entries: dict[bytes, tuple[KeyEntry, Identity]] = {}
         self._limits: dict[str, Limits] = {}  # name -> its limits (revoked keys' too: their jobs may still wait)
+        self._webhooks: dict[str, str] = {}  # name -> its default webhook (usable keys that name one)
         self._stamp: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
         self.problem: str | None = None  # why the file as it is now is not in use
@@ -101,6 +102,7 @@ class KeyRing:
     def _use(self, entries: dict[str, KeyEntry], stamp: tuple[int, int, int]) -> None:
         self._entries = {e.digest: (e, Identity(e.name, e.scopes, e.limits)) for e in entries.values()}  # digests are unique
         self._limits = {e.name: e.limits for e in entries.values()}
+        self._webhooks = {e.name: e.webhook for e in entries.values() if e.webhook and not e.revoked}
         self._stamp, self.problem, self.loaded_at = stamp, None, time.time()
 
     def match(self, presented: Sequence[str]) -> Identity | None:
@@ -123,6 +125,10 @@ class KeyRing:
     def limits_of(self, name: str) -> Limits:
         """The limits of the key ``name`` as the file says now (none for a name it lacks)."""
         return self._limits.get(name, UNLIMITED)
+
+    def webhook_of(self, name: str) -> str | None:
+        """The key ``name``'s default webhook as the file says now (None: it names none)."""
+        return self._webhooks.get(name)
 
     def describe(self) -> dict[str, object]:
         """For ``/health`` (admin keys): the file, its usable keys, and why a change was refused."""

@@ -18,7 +18,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from ..config import Settings
-from . import a1111, a1111_extras, a1111_img2img, a1111_probes, controlnets, openai, openai_edits, responses, schemas, upscale
+from . import a1111, a1111_extras, a1111_img2img, a1111_probes, controlnets, openai, openai_edits, responses, responses_catalogs, schemas, upscale
 from .route_table import EVENT_STREAM, JSON, Family, Route, Scope
 
 ERRORS = {
@@ -63,13 +63,13 @@ def components(settings: Settings) -> list[tuple[str, Schema | type[Schema]]]:
         ("Img2ImgRequest", a1111_img2img.img2img_schema_for_spec(settings)),
         ("OpenAIImageEditRequest", openai_edits.edits_schema_for_spec(settings)),
         ("OpenAIImageVariationRequest", openai_edits.variations_schema_for_spec(settings)),
-        ("ControlNetList", responses.ControlNetListSchema), ("IpAdapterList", responses.IpAdapterListSchema), ("PreprocessorList", responses.PreprocessorListSchema),
-        ("PreprocessRequest", controlnets.PreprocessRequestSchema), ("PreprocessResponse", responses.PreprocessResponseSchema),
-        ("UpscaleRequest", upscale.upscale_request_schema()), ("UpscalerList", responses.UpscalerListSchema),
+        ("ControlNetList", responses_catalogs.ControlNetListSchema), ("IpAdapterList", responses_catalogs.IpAdapterListSchema), ("PreprocessorList", responses_catalogs.PreprocessorListSchema),
+        ("PreprocessRequest", controlnets.PreprocessRequestSchema), ("PreprocessResponse", responses_catalogs.PreprocessResponseSchema),
+        ("UpscaleRequest", upscale.upscale_request_schema()), ("UpscalerList", responses_catalogs.UpscalerListSchema),
         ("ExtrasSingleImageRequest", a1111_extras.SingleImageSchema),
-        ("ExtrasSingleImageResponse", responses.ExtrasSingleImageResponseSchema),
+        ("ExtrasSingleImageResponse", responses_catalogs.ExtrasSingleImageResponseSchema),
         ("ExtrasBatchImagesRequest", a1111_extras.BatchImagesSchema),
-        ("ExtrasBatchImagesResponse", responses.ExtrasBatchImagesResponseSchema),
+        ("ExtrasBatchImagesResponse", responses_catalogs.ExtrasBatchImagesResponseSchema),
     ]
 
 

@@ -16,13 +16,16 @@ from ..errors import ValidationFailed
 from ..jobs.webhooks import webhook_spec
 from . import keys
 from .forwarded import public_base
+from .identity import IDENTITY
 from .webhook_guard import AddressGuard
 
 
 def default_webhook(request: web.Request) -> str | None:
-    """The caller's default webhook URL: the one place it is chosen. Today the server's
-    ``WEBHOOK_URL``; a key's own default (its entry in the keys file) belongs here, before it."""
-    return request.app[keys.SETTINGS].webhook_url
+    """The caller's default webhook URL, the one place it is chosen: its key's own (``webhook`` in
+    its ``KEYS_FILE`` entry), else the server's ``WEBHOOK_URL``."""
+    name, ring = request[IDENTITY].name, request.app.get(keys.KEY_RING)
+    own = ring.webhook_of(name) if name is not None and ring is not None else None
+    return own or request.app[keys.SETTINGS].webhook_url
 
 
 def job_webhook(request: web.Request, data: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -37,7 +40,11 @@ def job_webhook(request: web.Request, data: Mapping[str, Any] | None = None) -> 
         reason = AddressGuard(request.app[keys.SETTINGS].webhook_allow).check_url(url)
         if reason is not None:
             raise ValidationFailed(f"webhook cannot be used: {reason}", fields={"webhook": [f"Refused: {reason}."]})
-    url = url or default_webhook(request)
+    if url is None:
+        url = default_webhook(request)
+        reason = None if url is None else AddressGuard(request.app[keys.SETTINGS].webhook_allow).check_url(url)
+        if reason is not None:  # a key's default, which start-up has not checked
+            raise ValidationFailed(f"the default webhook cannot be used: {reason}", fields={"webhook": [f"Refused: {reason}."]})
     if url is None:
         if events is not None:
             message = "webhook_events needs a webhook (this request names none and the server has no WEBHOOK_URL)"
