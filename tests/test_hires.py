@@ -294,3 +294,22 @@ async def test_loras_and_another_model_run_both_passes(make_client, settings, tm
     other, meta = await made(model="tiny-b")
     assert other != plain and meta["model"] == "tiny-b" and meta["image_width"] == 128
     assert (await made())[0] == plain  # the default model again, LoRA off: as before
+
+
+def test_the_second_pass_sampler_and_schedule_type():
+    """Hires fix's second pass runs the request's pair unless it names its own: an older combined
+    name carries its schedule type, a schedule the sampler does not take runs as automatic."""
+    from sdxl_server.params import GenerationParams
+    from sdxl_server.pipeline.passes.hires import second_pass_sampler
+
+    def pair(**hires):
+        params = GenerationParams.from_dict({"prompt": "x", "negative_prompt": "", "width": 64, "height": 64, "steps": 4,
+                                             "guidance_scale": 5.0, "seed": 1, "sampler": "euler", "schedule": "karras", "hires": True,
+                                             **{f"hires_{name}": value for name, value in hires.items()}})
+        return second_pass_sampler(params)
+
+    assert pair() == ("euler", "karras")
+    assert pair(scheduler="dpmpp_2m_karras") == ("dpmpp_2m", "karras")
+    assert pair(scheduler="ddim") == ("ddim", "automatic")
+    assert pair(schedule="exponential") == ("euler", "exponential")
+    assert pair(scheduler="lcm", schedule="karras") == ("lcm", "automatic")  # LCM takes only its own spacing
