@@ -70,6 +70,10 @@ class AnnotatorCatalog:
             return str(exc)
         return None
 
+    def usable(self) -> list[str]:
+        """The preprocessors whose model is here."""
+        return [name for name in TASKS if self.problem(name) is None]
+
     def model(self, name: str) -> AnnotatorModel:
         """The usable model of preprocessor ``name``; ``LookupError`` says why there is none."""
         task = TASKS[name]
