@@ -783,6 +783,8 @@ def test_controlnet_units_previewed_and_an_ip_adapter_guide_the_image(choices_pa
         ("tiny-canny", "canny", 1.0, 0.0, 1.0), ("tiny-lineart", "invert", 0.5, 0.2, 0.5)]
     assert (meta["controlnet"][0]["threshold_a"], meta["controlnet"][0]["threshold_b"]) == (50, 150)
     assert [(u["name"], u["weight"]) for u in meta["ip_adapter"]] == [("tiny-ip-adapter", 0.6)]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-page-controlnet.png"), full_page=True)
 
     page.get_by_role("button", name="Remove ControlNet unit 1").click()
     expect(page.get_by_role("group", name="ControlNet unit 2")).to_have_count(0)

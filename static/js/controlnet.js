@@ -33,15 +33,17 @@ export async function loadControlNets() {
   for (const unit of units.units()) fillChoices(unit);
 }
 
+/** The choices from the listings, keeping the unit's own where they are still offered. */
 function fillChoices(unit) {
   fillSelect(units.control(unit, "model"), nets.map((n) => [n.name, n.type ? `${n.name} (${n.type})` : n.name]));
   fillSelect(units.control(unit, "module"), Object.values(modules).map((p) => [p.name, `${p.name}: ${p.description}`]));
-  syncType(unit, true);
+  syncType(unit);
   syncThresholds(unit);
 }
 
 function setupUnit(unit) {
   fillChoices(unit);
+  syncType(unit, true);
   units.control(unit, "model").addEventListener("change", () => syncType(unit, true));
   units.control(unit, "module").addEventListener("change", () => {
     showMap(unit, null);
@@ -69,8 +71,9 @@ function syncThresholds(unit) {
   box.dataset.module = value(unit, "module");
   box.replaceChildren(...declared.map((t, index) => {
     const key = ["threshold_a", "threshold_b"][index];
-    const input = h("input", { type: "number", inputmode: "decimal", min: t.min, max: t.max, step: "any", value: t.default });
+    const input = h("input", { type: "number", inputMode: "decimal", min: t.min, max: t.max, step: "any", value: t.default });
     input.dataset.key = key;
+    input.addEventListener("input", () => showMap(unit, null)); // a preview shown is of other thresholds
     const label = h("label", { textContent: t.name });
     label.dataset.for = key;
     return h("div", { className: "field" }, label, input);
