@@ -789,10 +789,17 @@ def test_controlnet_units_previewed_and_an_ip_adapter_guide_the_image(choices_pa
     page.get_by_role("button", name="Remove ControlNet unit 1").click()
     expect(page.get_by_role("group", name="ControlNet unit 2")).to_have_count(0)
     expect(page.get_by_role("group", name="ControlNet unit 1").get_by_label("Preprocessor")).to_have_value("invert")
+    add = page.get_by_role("button", name="Add a ControlNet unit")
+    add.click()
+    add.click()
+    expect(add).to_be_disabled()  # MAX_CONTROLNETS (3) units
+    page.get_by_role("button", name="Add a reference image").click()
+    expect(page.get_by_role("group", name="IP-Adapter unit 2")).to_be_visible()
     with page.expect_request(_jobs_request) as sent:
         page.get_by_role("button", name="Generate", exact=True).click()
-    units = sent.value.post_data_json["controlnet"]
-    assert [(u["model"], u["module"]) for u in units] == [("tiny-lineart", "invert")]
+    body = sent.value.post_data_json  # units without an image are not sent
+    assert [(u["model"], u["module"]) for u in body["controlnet"]] == [("tiny-lineart", "invert")]
+    assert [u["name"] for u in body["ip_adapter"]] == ["tiny-ip-adapter"]
     expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
 
 
