@@ -17,6 +17,7 @@ from marshmallow import RAISE, Schema, validate, validates_schema
 from ..config import Settings
 from ..jobs import images
 from ..jobs.inputs import png_bytes
+from ..params import MAX_IP_ADAPTERS
 from ..pipeline.preprocessors import PREPROCESSORS, Annotate
 from . import keys
 from .control_units import check_module, preprocessed
@@ -40,7 +41,8 @@ async def list_ip_adapters(request: web.Request) -> web.Response:
     """``GET /api/v1/ip-adapters``: every IP-Adapter in IP_ADAPTER_DIR, usable or not (and why)."""
     catalog = request.app[keys.IP_ADAPTERS]
     entries = await asyncio.to_thread(catalog.files)
-    return web.json_response({"ip_adapter_dir": str(catalog.root), "ip_adapters": [e.describe(catalog.root) for e in entries]})
+    return web.json_response({"ip_adapter_dir": str(catalog.root), "max_ip_adapters": MAX_IP_ADAPTERS,
+                              "ip_adapters": [e.describe(catalog.root) for e in entries]})
 
 
 async def list_preprocessors(request: web.Request) -> web.Response:

@@ -65,7 +65,9 @@ class IpAdapterSchema(Schema):
 
 class IpAdapterListSchema(Schema):
     ip_adapter_dir = fields.String()
+    max_ip_adapters = fields.Integer(metadata={"description": "Most IP-Adapter units one request may use."})
     ip_adapters = fields.List(fields.Nested(IpAdapterSchema))
+
 
 class UpscalerSchema(Schema):
     name = fields.String(required=True)

@@ -6,10 +6,6 @@ import { api } from "./api.js";
 import { fillSelect } from "./dom.js";
 import { UnitList } from "./units.js";
 
-// The server's limit on units (a longer list is refused with 422, shown in the section) unless
-// the listing names its own.
-const MAX_IP_ADAPTERS = 4;
-
 let names = []; // the usable IP-Adapters
 
 const units = new UnitList({
@@ -23,7 +19,7 @@ const units = new UnitList({
 export async function loadIpAdapters() {
   const { data } = await api("/api/v1/ip-adapters");
   names = data.ip_adapters.filter((a) => a.usable).map((a) => a.name);
-  units.offer(data.max_ip_adapters ?? MAX_IP_ADAPTERS, names.length > 0, `none usable in IP_ADAPTER_DIR (${data.ip_adapter_dir})`);
+  units.offer(data.max_ip_adapters, names.length > 0, `none usable in IP_ADAPTER_DIR (${data.ip_adapter_dir})`);
   for (const unit of units.units()) units.setup(unit);
 }
 
