@@ -198,3 +198,12 @@ async def test_a_model_that_does_not_load_or_is_missing_is_a_422_naming_the_modu
     detect = await client.post("/controlnet/detect", json={"controlnet_module": "depth_zoe",
                                                            "controlnet_input_images": [png_b64(_photo())]})
     assert detect.status == 422 and "depth_zoe" in await detect.text()
+
+
+def test_the_offline_demo_gets_tiny_controlnets_an_ip_adapter_and_annotators(tmp_path, capsys):
+    from sdxl_server.tools.tiny_extras import main
+
+    assert main([str(tmp_path / "models")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "controlnet: tiny-canny, tiny-union" and printed[1] == "ip-adapter: tiny-ip-adapter"
+    assert printed[2].startswith("annotators: depth_midas, depth_anything_v2, normal_midas, openpose, seg_ofade20k")
