@@ -5,8 +5,9 @@ checks with this module; :mod:`.annotators` loads and runs them).
 
 A folder is usable when its config names a transformers model of the preprocessor's task (its
 ``architectures`` end in ``ForDepthEstimation``, ``ForSemanticSegmentation`` or
-``ForPoseEstimation``), its weights are safetensors, and, for the ADE20K segmentation
-preprocessors, it has ADE20K's 150 classes (the ControlNet seg models read their colours).
+``ForPoseEstimation``), its weights are safetensors, and it has the outputs the map is drawn
+from: ADE20K's 150 classes for segmentation (the ControlNet seg models read their colours),
+COCO's 17 keypoints for pose.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ CONFIG_LIMIT = 1 << 20  # a config.json larger than this is not a model's config
 @dataclass(frozen=True)
 class AnnotatorTask:
     """What a preprocessor's folder must hold: a model of ``task`` (``example``: one that works,
-    on the Hugging Face Hub), of ``labels`` classes (0: any)."""
+    on the Hugging Face Hub), with ``labels`` outputs (0: any; ``labels_are`` names them)."""
 
     folder: str
     task: str  # "depth", "segmentation" or "pose"
     example: str
     labels: int = 0
+    labels_are: str = ""
 
 
 _SUFFIXES = {"depth": "ForDepthEstimation", "segmentation": "ForSemanticSegmentation", "pose": "ForPoseEstimation"}
 ADE20K_CLASSES = 150
+COCO_KEYPOINTS = 17
 _ADE20K_EXAMPLE = "nvidia/segformer-b5-finetuned-ade-640-640 or openmmlab/upernet-convnext-small"
 
 # Each preprocessor that runs an annotator model, and the folder of ANNOTATOR_DIR it reads
@@ -41,9 +44,9 @@ TASKS: dict[str, AnnotatorTask] = {
     "depth_anything": AnnotatorTask("depth_anything", "depth", "LiheYoung/depth-anything-small-hf"),
     "depth_anything_v2": AnnotatorTask("depth_anything_v2", "depth", "depth-anything/Depth-Anything-V2-Small-hf"),
     "normal_midas": AnnotatorTask("depth_midas", "depth", "Intel/dpt-hybrid-midas"),
-    "openpose": AnnotatorTask("openpose", "pose", "usyd-community/vitpose-base-simple"),
-    "seg_ofade20k": AnnotatorTask("seg_ofade20k", "segmentation", _ADE20K_EXAMPLE, ADE20K_CLASSES),
-    "seg_ufade20k": AnnotatorTask("seg_ufade20k", "segmentation", _ADE20K_EXAMPLE, ADE20K_CLASSES),
+    "openpose": AnnotatorTask("openpose", "pose", "usyd-community/vitpose-base-simple", COCO_KEYPOINTS, "COCO's 17 keypoints"),
+    "seg_ofade20k": AnnotatorTask("seg_ofade20k", "segmentation", _ADE20K_EXAMPLE, ADE20K_CLASSES, "ADE20K's 150 classes"),
+    "seg_ufade20k": AnnotatorTask("seg_ufade20k", "segmentation", _ADE20K_EXAMPLE, ADE20K_CLASSES, "ADE20K's 150 classes"),
 }
 
 
@@ -87,9 +90,10 @@ class AnnotatorCatalog:
         architecture = architectures[0] if architectures and isinstance(architectures[0], str) else ""
         if not architecture.endswith(_SUFFIXES[task.task]):
             raise LookupError(f"{folder} holds {architecture or 'a model of no stated class'}, not {wanted}")
-        labels = len(config.get("id2label") or {}) or int(config.get("num_labels") or 0)
+        named, counted = config.get("id2label"), config.get("num_labels")
+        labels = len(named) if isinstance(named, (dict, list)) else counted if isinstance(counted, int) else 0
         if task.labels and labels != task.labels:
-            raise LookupError(f"{folder} holds a model of {labels} classes, not ADE20K's {task.labels} ({wanted})")
+            raise LookupError(f"{folder} holds a model of {labels} outputs, not {task.labels_are} ({wanted})")
         if not any(folder.glob("*.safetensors")):
             raise LookupError(f"{folder} has no .safetensors weights (other weight formats are not loaded)")
         return AnnotatorModel(folder, architecture, str(config.get("model_type") or ""))

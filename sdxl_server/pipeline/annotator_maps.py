@@ -94,6 +94,8 @@ STICK_WIDTH = 4
 
 def openpose_points(keypoints: np.ndarray, scores: np.ndarray) -> list[tuple[float, float] | None]:
     """COCO's 17 keypoints (x, y) of one person as OpenPose's 18 (None: below the threshold)."""
+    if len(keypoints) != len(scores) or len(keypoints) != 17:
+        raise ValueError(f"a pose model of {len(keypoints)} keypoints, not COCO's 17")
     seen = [tuple(map(float, point)) if score >= KEYPOINT_THRESHOLD else None for point, score in zip(keypoints, scores)]
     points: list[tuple[float, float] | None] = []
     for coco in _FROM_COCO:
