@@ -11,6 +11,7 @@ each decoded image afterwards (inpainting's overlay).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 from ..params import GenerationParams
 from .controlnets import check_fits, check_union, control_arguments, control_modes, union_types
 from .inpaint import Inpainting
+from .ip_adapters import ScaleSchedule
 
 
 class ControlNetSource(Protocol):
@@ -49,12 +51,15 @@ def _identity(image: Any) -> Any:
 @dataclass
 class ModeRun:
     """What runs for one request: the pipeline, its mode's arguments, each image's post-processing,
-    and what is held around the pipeline call (the ControlNet units' control modes)."""
+    what is held around the pipeline call (the ControlNet units' control modes, the IP-Adapters'
+    first scales) and what is done after each step (``step_end(pipe, index)``: the IP-Adapters'
+    scales of the next step, see :class:`.ip_adapters.ScaleSchedule`)."""
 
     pipe: Any
     arguments: dict[str, Any]
     finish: Callable[[Any], Any] = _identity
     around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    step_end: Callable[[Any, int], None] | None = None
 
 
 @dataclass
@@ -167,10 +172,16 @@ def prepare_run(
     if params.ip.units:  # the reference images of the IP-Adapters loaded for this job (see .ip_adapters)
         made.arguments["ip_adapter_image"] = [inputs[f"ip{index}"] for index in range(len(params.ip.units))]  # type: ignore[index]
     if not params.control.units:
-        return ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
-    if controlnets is None:
+        run = ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
+    elif controlnets is None:
         raise ValueError("this engine has no ControlNets")
-    return _control_run(pipelines, params, made, controlnets, inputs or {})
+    else:
+        run = _control_run(pipelines, params, made, controlnets, inputs or {})
+    schedule = ScaleSchedule.of(params.ip.units)
+    if schedule is None:
+        return run
+    around = run.around
+    return dataclasses.replace(run, around=lambda: _held(around(), schedule.held(run.pipe)), step_end=schedule.step_end)
 
 
 def _control_run(pipelines: ModePipelines, params: GenerationParams, made: ModeArguments, controlnets: ControlNetSource,
