@@ -26,8 +26,9 @@ from .ip_adapters import ScaleSchedule
 class ControlNetSource(Protocol):
     """Where a run finds a unit's loaded ControlNet (:class:`.controlnets.ControlNetCache`)."""
 
-    def get(self, name: str, index: int = 0) -> Any:
-        """The ControlNet ``name`` (unit ``index`` names it), loaded."""
+    def get(self, name: str, index: int = 0, base: Mapping[str, Any] | None = None) -> Any:
+        """The ControlNet ``name`` (unit ``index`` names it), loaded; ``base`` is the running
+        UNet's config (a single file's config is completed from it)."""
 
     def on_device(self, nets: Any) -> contextlib.AbstractContextManager[None]:
         """``nets`` on the device while the block runs."""
@@ -189,7 +190,7 @@ def _control_run(pipelines: ModePipelines, params: GenerationParams, made: ModeA
     """The run of a request with ControlNet units: their ControlNets loaded and checked against the
     running model, their control maps fitted to the pipeline's image, their arguments."""
     mode, units = params.mode, params.control.units
-    nets = [controlnets.get(unit.model, index) for index, unit in enumerate(units)]
+    nets = [controlnets.get(unit.model, index, pipelines.base.unet.config) for index, unit in enumerate(units)]
     check_fits(nets, pipelines.base.unet)
     union = check_union(nets, units)
     maps = [made.fit(inputs[f"control{index}"]) for index in range(len(units))]
