@@ -135,3 +135,14 @@ async def test_a1111_guidance_start_and_end_are_applied(make_client, ip_settings
     refused = await client.post("/sdapi/v1/txt2img", json={
         **body, "alwayson_scripts": {"controlnet": {"args": [{**unit, "guidance_start": 0.6, "guidance_end": 0.4}]}}})
     assert refused.status == 422 and "guidance_start" in await refused.text()
+
+
+async def test_hires_fix_second_pass_takes_the_adapter_over_its_own_steps(make_client, ip_settings):
+    client = await make_client(ip_settings)
+    hires = {"width": 64, "height": 64, "hires": {"scale": 1.5, "upscaler": "Latent", "denoise": 0.6, "steps": 3}}
+    unit = {"name": "tiny-ip-adapter", "image": b64(_reference())}
+    plain = await _generate(client, **hires)
+    adapted = await _generate(client, **hires, ip_adapter=[unit])
+    nowhere = await _generate(client, **hires, ip_adapter=[{**unit, "start": 0.99}])
+    assert adapted.shape == (96, 96, 3) and np.abs(adapted - plain).mean() > 1
+    assert np.array_equal(nowhere, plain)

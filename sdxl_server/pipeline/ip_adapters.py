@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ValidationFailed
-from ..params import IpAdapterUnit
+from ..params import GenerationParams, IpAdapterUnit
 from .ip_adapter_files import ENCODER_FOLDER, IpAdapterCatalog
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,14 @@ class IpAdapters:
     def forget(self) -> None:
         """The pipeline is gone (a reload): nothing is loaded."""
         self.loaded, self._processors = (), None
+
+
+def reference_images(params: GenerationParams, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """diffusers' ``ip_adapter_image`` argument for every pass of a job with IP-Adapter units (their
+    reference images, input roles ``ip0``...): ``{}`` for a job without."""
+    if not params.ip.units:
+        return {}
+    return {"ip_adapter_image": [inputs[f"ip{index}"] for index in range(len(params.ip.units))]}
 
 
 def scales_at(units: Sequence[IpAdapterUnit], fraction: float) -> list[float]:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..params import GenerationParams
 from .controlnets import check_fits, check_union, control_arguments, control_modes, union_types
 from .inpaint import Inpainting
-from .ip_adapters import ScaleSchedule
+from .ip_adapters import ScaleSchedule, reference_images
 
 
 class ControlNetSource(Protocol):
@@ -170,8 +170,7 @@ def prepare_run(
     if missing:
         raise ValueError(f"an {mode} job needs its input images: {', '.join(missing)}")
     made = MODES[mode].arguments(params, inputs or {})
-    if params.ip.units:  # the reference images of the IP-Adapters loaded for this job (see .ip_adapters)
-        made.arguments["ip_adapter_image"] = [inputs[f"ip{index}"] for index in range(len(params.ip.units))]  # type: ignore[index]
+    made.arguments.update(reference_images(params, inputs or {}))  # of the IP-Adapters loaded for this job
     if not params.control.units:
         run = ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
     elif controlnets is None:
