@@ -1,6 +1,7 @@
 """IP-Adapter on the tiny model with a tiny IP-Adapter and image encoder built by the project: it
 changes the image, the next job without it is a fresh server's image, the listing, the A1111
-extension's ip-adapter units, and the refusals."""
+extension's ip-adapter units, start/end (and A1111's guidance_start/guidance_end) choosing the
+steps it acts on, hires fix's second pass, and the refusals."""
 
 from __future__ import annotations
 
