@@ -130,3 +130,26 @@ async def test_a_file_that_is_no_sdxl_controlnet_is_refused(client, name, words)
     assert response.status == 422
     body = await response.text()
     assert "controlnet[0].model" in body and words in body
+
+
+@pytest.mark.parametrize("depths", [(0, 2, 10), (0, 0, 1), (0, 0, 0)])  # the full, mid and small SDXL canny ControlNets
+def test_full_size_sdxl_controlnets_config_is_read_from_their_tensors(depths):
+    """Full-size shapes (no weights: on the meta device): the config worked out from an SDXL
+    ControlNet's tensors and the SDXL UNet's config makes a model with exactly its tensors."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from sdxl_server.pipeline.controlnet_single import config_of
+
+    sdxl = {"block_out_channels": (320, 640, 1280), "layers_per_block": 2, "cross_attention_dim": 2048,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "attention_head_dim": (5, 10, 20), "use_linear_projection": True, "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sdxl, transformer_layers_per_block=(1, 2, 10),
+                                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+        controlnet = ControlNetModel(**sdxl, transformer_layers_per_block=depths)
+        shapes = {key: tuple(value.shape) for key, value in controlnet.state_dict().items()}
+        made = ControlNetModel.from_config(config_of(controlnet.state_dict(), dict(unet.config), {}))
+    assert {key: tuple(value.shape) for key, value in made.state_dict().items()} == shapes
+    assert made.config.attention_head_dim == unet.config.attention_head_dim and made.config.cross_attention_dim == 2048

@@ -73,7 +73,7 @@ def _text_width(state: dict[str, torch.Tensor], keys: list[str], base: dict[str,
     return int(state[key].shape[1]) if key else int(base["cross_attention_dim"])
 
 
-def _config(state: dict[str, torch.Tensor], base: dict[str, Any], metadata: dict[str, str]) -> dict[str, Any]:
+def config_of(state: dict[str, torch.Tensor], base: dict[str, Any], metadata: dict[str, str]) -> dict[str, Any]:
     """The diffusers config of the ControlNet ``state`` holds (``base``: the running UNet's config)."""
     keys = list(state)
     levels = [_level(state, keys, level) for level in _indices(keys, r"down_blocks\.(\d+)\.")]
@@ -116,7 +116,7 @@ def load_single_file(path: Path, union: bool, dtype: torch.dtype, base: dict[str
     state, metadata = read_state(path)
     state = _to_diffusers(state, int(base.get("layers_per_block", 2)))
     try:
-        config = _config(state, dict(base), metadata)
+        config = config_of(state, dict(base), metadata)
     except (KeyError, IndexError) as exc:
         raise ValueError(f"its tensors do not make an SDXL ControlNet (no {exc})") from exc
     kind = diffusers.ControlNetUnionModel if union else diffusers.ControlNetModel
