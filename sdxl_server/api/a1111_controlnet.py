@@ -149,7 +149,7 @@ class A1111Units:
         return {**core, "controlnet": self.units, "ip_adapter": self.adapters}
 
 
-def _ip_adapter(unit: Mapping[str, Any], where: str, init_image: str | None, warnings: list[str]) -> dict[str, Any]:
+def _ip_adapter(unit: Mapping[str, Any], where: str, init_image: str | None) -> dict[str, Any]:
     """An ``ip-adapter_*`` unit as our IP-Adapter unit: the model names the adapter in IP_ADAPTER_DIR."""
     model = unit.get("model")
     if not isinstance(model, str) or model.strip() in ("", "None", "none"):
@@ -157,9 +157,20 @@ def _ip_adapter(unit: Mapping[str, Any], where: str, init_image: str | None, war
     weight = _number(unit, "weight", where, 1.0)
     if not 0 <= weight <= CONTROL_WEIGHT_MAX:
         raise _refused(f"{where}.weight", f"Must be from 0 to {CONTROL_WEIGHT_MAX:g}.")
-    if _number(unit, "guidance_start", where, 0.0) != 0 or _number(unit, "guidance_end", where, 1.0) != 1:
-        warnings.append(f"{where}.guidance_start/guidance_end: not applied (an IP-Adapter acts on every step here)")
-    return {"name": _HASH_SUFFIX.sub("", model.strip()), "image": _image(unit, where, init_image), "weight": weight}
+    start, end = _guidance(unit, where)
+    return {"name": _HASH_SUFFIX.sub("", model.strip()), "image": _image(unit, where, init_image), "weight": weight,
+            "start": start, "end": end}
+
+
+def _guidance(unit: Mapping[str, Any], where: str) -> tuple[float, float]:
+    """A unit's ``guidance_start`` and ``guidance_end``: the fractions of the steps it acts on."""
+    start, end = _number(unit, "guidance_start", where, 0.0), _number(unit, "guidance_end", where, 1.0)
+    for name, value in (("guidance_start", start), ("guidance_end", end)):
+        if not 0 <= value <= 1:
+            raise _refused(f"{where}.{name}", "Must be from 0 to 1.")
+    if start >= end:
+        raise _refused(f"{where}.guidance_start", "Must be below guidance_end (the unit must act on some steps).")
+    return start, end
 
 
 def _union_type(unit: Mapping[str, Any], module: str, where: str) -> str:
@@ -186,12 +197,7 @@ def _unit(unit: Mapping[str, Any], where: str, init_image: str | None, notes: li
     weight = _number(unit, "weight", where, 1.0)
     if not 0 <= weight <= CONTROL_WEIGHT_MAX:
         raise _refused(f"{where}.weight", f"Must be from 0 to {CONTROL_WEIGHT_MAX:g}.")
-    start, end = _number(unit, "guidance_start", where, 0.0), _number(unit, "guidance_end", where, 1.0)
-    for name, value in (("guidance_start", start), ("guidance_end", end)):
-        if not 0 <= value <= 1:
-            raise _refused(f"{where}.{name}", "Must be from 0 to 1.")
-    if start >= end:
-        raise _refused(f"{where}.guidance_start", "Must be below guidance_end (the unit must act on some steps).")
+    start, end = _guidance(unit, where)
     mask = unit.get("mask") or unit.get("mask_image") or (unit["image"].get("mask") if isinstance(unit.get("image"), dict) else None)
     if mask:
         warnings.append(f"{where}.mask: not applied (a unit's own mask is not supported; the control map covers the image)")
@@ -238,7 +244,7 @@ async def a1111_units(
         if not _enabled(unit):
             continue
         if str(unit.get("module") or "").lower().startswith("ip-adapter"):
-            found.adapters.append(_ip_adapter(unit, where, init_image, warnings))
+            found.adapters.append(_ip_adapter(unit, where, init_image))
             continue
         if unit.get("save_detected_map", True) not in (False, "false", 0):
             found.maps.append(len(found.units))
