@@ -15,6 +15,7 @@ import pytest
 from images import b64
 from PIL import Image
 
+from sdxl_server.params import MAX_IP_ADAPTERS
 from sdxl_server.pipeline.tiny import write_tiny_ip_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -61,7 +62,9 @@ async def test_ip_adapter_changes_the_image_and_the_next_job_is_untouched(make_c
 
 async def test_listing_and_refusals(make_client, ip_settings):
     client = await make_client(ip_settings)
-    listed = {e["name"]: e for e in (await (await client.get("/api/v1/ip-adapters")).json())["ip_adapters"]}
+    listing = await (await client.get("/api/v1/ip-adapters")).json()
+    listed = {e["name"]: e for e in listing["ip_adapters"]}
+    assert listing["max_ip_adapters"] == MAX_IP_ADAPTERS
     assert listed["tiny-ip-adapter"]["usable"] and not listed["not-an-adapter"]["usable"]
     for unit, words in (({"name": "nope"}, "tiny-ip-adapter"), ({"name": "not-an-adapter"}, "cannot be used"),
                         ({"name": "tiny-ip-adapter", "weight": 9}, "weight")):
