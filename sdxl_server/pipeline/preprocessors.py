@@ -6,8 +6,9 @@ control map already), ``canny``, ``invert``, ``tile_resample``, ``lineart_standa
 ``binary``. The depth, normal, pose and segmentation ones run an annotator model of
 ``ANNOTATOR_DIR`` (:mod:`.annotators`, reached through the :class:`Annotate` protocol, so this
 module needs no torch) and are listed as unavailable, with the reason, while their folder has no
-model; the rest are listed with the reason they cannot run. Each takes the image as RGB, optionally brought to ``resolution`` pixels on its
-short side first (the extension's ``processor_res``), and returns an RGB map.
+model; the rest are listed with the reason they cannot run. Each takes the image as RGB,
+optionally brought to ``resolution`` pixels on its short side first (the extension's
+``processor_res``), and returns an RGB map.
 """
 
 from __future__ import annotations
