@@ -114,7 +114,7 @@ def test_settings_survive_the_environment(tmp_path):
 # --------------------------------------------------------------------------- the CLI
 
 
-@pytest.mark.slow
+@pytest.mark.slow(120)
 def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     report_path = tmp_path / "bench.json"
     done = subprocess.run(
@@ -227,7 +227,7 @@ def test_bench_refuses_bad_options(tiny_cache, tmp_path):
 # --------------------------------------------------------------------------- the GPU check
 
 
-@pytest.mark.slow
+@pytest.mark.slow(80)
 def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     report_path = tmp_path / "gpu_check.json"
     done = subprocess.run(
@@ -273,6 +273,7 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     assert "GPU check (cpu-smoke" in done.stdout
 
 
+@pytest.mark.slow(30)
 def test_bench_switching_section(tiny_cache, tmp_path):
     report_path = tmp_path / "switching.json"
     done = subprocess.run(
@@ -309,6 +310,7 @@ def test_the_admission_section_times_the_real_key_check(tmp_path):
     assert "a wrong key (401)" in "\n".join(label for label, _ in admission_rows(result))
 
 
+@pytest.mark.slow(20)
 def test_bench_upscale_section(tiny_cache, tmp_path):
     report_path = tmp_path / "upscale.json"
     done = subprocess.run(
