@@ -38,10 +38,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
-    """Where the tiny model is built once for the whole session (or ``TINY_CACHE`` if set)."""
+    """Where the tiny model is built once for the whole session (or ``TINY_CACHE`` if set). Under
+    xdist the processes share it, so the models built on first use (the refiner, upscalers...) are
+    built once for the run (each appears whole, by a rename: two processes may build one at once)."""
     from sdxl_server.pipeline.tiny import ensure_tiny_model
 
-    root = Path(os.environ["TINY_CACHE"]) if os.environ.get("TINY_CACHE") else tmp_path_factory.mktemp("tiny")
+    if os.environ.get("TINY_CACHE"):
+        root = Path(os.environ["TINY_CACHE"])
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent / "tiny"  # the run's folder, above each process's own
+    else:
+        root = tmp_path_factory.mktemp("tiny")
     ensure_tiny_model(root)
     return root
 
