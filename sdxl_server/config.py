@@ -217,6 +217,11 @@ class Settings:
         "folder of SDXL IP-Adapter weights (.safetensors) with their CLIP image encoder in image_encoder/; absent: none",
     )
     controlnet_cache: int = _setting("CONTROLNET_CACHE", 2, _int_range(1, 64), "ControlNets kept loaded (least recently used unloaded first)")
+    annotator_dir: Path = _setting(
+        "ANNOTATOR_DIR", Path("models/annotators"), _path,
+        "folder of the depth, pose and segmentation models (transformers folders) the preprocessors of those names run",
+    )
+    annotator_device: str = _setting("ANNOTATOR_DEVICE", "cpu", _device, "where the annotator models run: cpu (default), auto, cuda, cuda:N or mps")
 
     # Progress
     preview_every: int = _setting(

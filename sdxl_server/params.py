@@ -136,11 +136,14 @@ class ControlOptions:
 
 @dataclass(frozen=True)
 class IpAdapterUnit:
-    """One IP-Adapter unit: the adapter (a weights file's name in IP_ADAPTER_DIR) and its scale;
-    its reference image is input role ``ip{index}``."""
+    """One IP-Adapter unit: the adapter (a weights file's name in IP_ADAPTER_DIR), its scale, and
+    the fraction of the steps it acts on (``start`` to ``end``; 0 elsewhere); its reference image
+    is input role ``ip{index}``."""
 
     name: str
     weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
 
 
 @dataclass(frozen=True)

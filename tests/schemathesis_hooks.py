@@ -10,7 +10,9 @@ a sampler runs only the schedules it lists, and the older ``scheduler`` must agr
 ``schedule`` (both checked in tests/test_validation.py). Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
 generated, so the negative checks keep their teeth. An upscale's image, upscalers and size are
-mapped the same way (``_upscale``).
+mapped the same way (``_upscale``). A preprocessor that runs an annotator model needs it in
+ANNOTATOR_DIR, where the test server has the tiny set: one whose folder that set lacks becomes
+one of the same task that it has.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import io
 import schemathesis
 from PIL import Image, ImageDraw
 
+from sdxl_server.pipeline.annotator_files import TASKS
+from sdxl_server.pipeline.tiny_annotators import TINY_FOLDERS
 from sdxl_server.sampling import SAMPLERS, SCHEDULES, sampler_names, split_combined
 
 
@@ -34,6 +38,16 @@ _IMAGE = _b64(Image.new("RGB", (64, 64), (120, 40, 200)))
 _mask = Image.new("L", (64, 64), 0)
 ImageDraw.Draw(_mask).rectangle((16, 16, 47, 47), fill=255)
 _MASK = _b64(_mask)
+
+
+_MAPPED = ("/api/v1/generate", "/api/v1/jobs", "/api/v1/preprocess", "/api/v1/upscale")
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    """The stateful phase's requests (built from links, past the generation hooks) mapped as ``map_case`` maps."""
+    if case.method.upper() == "POST" and case.path in _MAPPED:
+        map_case(context, case)
 
 
 def _valid_strength(value) -> bool:
@@ -59,7 +73,10 @@ def _preprocess(body: dict) -> dict:
         return body
     numbers = {name: None for name in ("threshold_a", "threshold_b")
                if isinstance(body.get(name), (int, float)) and not isinstance(body.get(name), bool)}
-    return {**body, "image": _IMAGE, **numbers}
+    module = body.get("module")
+    if isinstance(module, str) and module in TASKS and TASKS[module].folder not in TINY_FOLDERS:  # one the tiny set has
+        module = next(name for name, task in TASKS.items() if task.folder in TINY_FOLDERS and task.task == TASKS[module].task)
+    return {**body, "image": _IMAGE, **numbers, **({"module": module} if module is not None else {})}
 
 
 def _with_sampling(body: dict) -> dict:

@@ -143,7 +143,8 @@ async def test_disabled_units_change_nothing(client):
 
 @pytest.mark.parametrize(("change", "field", "words"), [
     ({"model": "control_v11p_sd15_canny [d14c016b]"}, "args[0].model", "tiny-canny"),
-    ({"module": "depth_midas"}, "args[0].module", "weights"),
+    ({"module": "depth_midas"}, "args[0].module", "depth_midas, which has none"),
+    ({"module": "mlsd"}, "args[0].module", "does not load"),
     ({"module": "sharpen"}, "args[0].module", "canny"),
     ({"weight": "heavy"}, "args[0].weight", "number"),
     ({"weight": 5}, "args[0].weight", "0 to 2"),

@@ -222,6 +222,11 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
         assert all(seconds >= 0 for seconds in case["phases_s"].values()) and case["phases_s"]["second_pass_s"] > 0
     assert "hires: 64x64 x2" in table
 
+    preprocess = report["sections"]["controlnet"]["preprocess"]  # no annotator models here: the tiny ones
+    assert preprocess["tiny_annotators"] and {"canny", "depth_midas", "openpose", "seg_ofade20k"} <= set(preprocess["modules"])
+    assert all(times["first_s"] > 0 and times["s"]["n"] == 3 for times in preprocess["modules"].values())
+    assert "preprocess at 64x64 (the tiny random-weights annotators, on cpu)" in table
+
     _check_switching(report["sections"]["switching"], table)
 
     cold = report["sections"]["coldstart"]

@@ -72,12 +72,17 @@ TINY_B_PRESET = {"steps": 2, "guidance_scale": 1.0, "sampler": "euler", "schedul
 
 
 def _models_and_loras(root: Path, tiny_model_dir: Path) -> dict[str, str]:
-    """A second tiny model, a LoRA and a ControlNet, for the pickers."""
+    """A second tiny model, a LoRA, two ControlNets and a Union one, and an IP-Adapter, for the pickers."""
     from lora_builder import lora_weights, save_diffusers_layout
 
-    from sdxl_server.pipeline.tiny import build_tiny_pipeline, ensure_tiny_controlnet
+    from sdxl_server.pipeline.tiny import (
+        build_tiny_pipeline, ensure_tiny_controlnet, ensure_tiny_union_controlnet, write_tiny_ip_adapter,
+    )
 
     ensure_tiny_controlnet(root / "controlnet" / "tiny-canny")
+    ensure_tiny_controlnet(root / "controlnet" / "tiny-lineart", seed=5)
+    ensure_tiny_union_controlnet(root / "controlnet" / "tiny-union")
+    write_tiny_ip_adapter(root / "ip-adapters")
     build_tiny_pipeline(seed=1).save_pretrained(root / "models" / "tiny-b")
     (root / "loras").mkdir(parents=True)
     save_diffusers_layout(lora_weights(tiny_model_dir, seed=1), root / "loras" / "ink.safetensors")
@@ -86,7 +91,7 @@ def _models_and_loras(root: Path, tiny_model_dir: Path) -> dict[str, str]:
                                                          "sd version": "SDXL", "sampler": "lcm"}))
     (root / "styles.csv").write_text('name,prompt,negative_prompt\nFilm,"{prompt}, 35mm film",grainless\nDusk,at dusk,\n')
     return {"MODELS_DIR": str(root / "models"), "LORA_DIR": str(root / "loras"), "STYLES_FILE": str(root / "styles.csv"),
-            "CONTROLNET_DIR": str(root / "controlnet")}
+            "CONTROLNET_DIR": str(root / "controlnet"), "IP_ADAPTER_DIR": str(root / "ip-adapters")}
 
 
 @pytest.fixture(scope="module")
@@ -705,28 +710,106 @@ def test_the_styles_picker_styles_the_prompt(choices_page):
     assert meta["styles"] == ["Film", "Dusk"]
 
 
-def test_a_control_image_with_its_map_previewed_guides_the_image(choices_page, tmp_path):
+def _square_png(path: Path, shade: int) -> str:
+    """A 64x64 PNG of a lit square (edges to find) at ``path``; returns it as base64."""
+    import base64
+
     import numpy as np
     from PIL import Image
 
     pixels = np.zeros((64, 64, 3), np.uint8)
-    pixels[16:48, 16:48] = 230
-    Image.fromarray(pixels).save(tmp_path / "edges.png")
+    pixels[16:48, 12:40] = shade
+    Image.fromarray(pixels).save(path)
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _jobs_request(request) -> bool:
+    return request.method == "POST" and request.url.endswith("/api/v1/jobs")
+
+
+def test_controlnet_units_previewed_and_an_ip_adapter_guide_the_image(choices_page, tmp_path):
+    edges = _square_png(tmp_path / "edges.png", 230)
+    _square_png(tmp_path / "lines.png", 90)
     page = choices_page
     open_page(page)
-    expect(page.locator("#control-field")).to_be_visible()
-    expect(page.get_by_label("ControlNet", exact=True).locator("option")).to_have_text(["tiny-canny (canny)"])
-    page.locator("#control-file").set_input_files(str(tmp_path / "edges.png"))
-    page.get_by_label("Preprocessor", exact=True).select_option("canny")
-    page.get_by_role("button", name="Preview the control map").click()
-    expect(page.get_by_alt_text("Its control map")).to_be_visible()
-    expect(page.locator("#control-status")).to_have_text("The canny map, 64x64.")
-    page.get_by_label("ControlNet weight").fill("0.8")
+    page.locator("#control-section > summary").click()  # the section opens
+    first = page.get_by_role("group", name="ControlNet unit 1")
+    expect(first.get_by_label("ControlNet", exact=True).locator("option")).to_have_text(
+        ["tiny-canny (canny)", "tiny-lineart (lineart)", "tiny-union (union)"])
+    expect(first.get_by_label("Preprocessor").locator("option")).not_to_contain_text([re.compile("^depth_midas")])
+    first.locator("input[type=file]").set_input_files(str(tmp_path / "edges.png"))
+    first.get_by_label("Preprocessor").select_option("canny")
+    low, high = first.get_by_label("Canny Low Threshold"), first.get_by_label("Canny High Threshold")
+    expect(low).to_have_value("100")  # the defaults and ranges GET /api/v1/preprocessors declares
+    assert (low.get_attribute("min"), low.get_attribute("max"), high.get_attribute("min")) == ("1", "255", "1")
+    low.fill("50")
+    high.fill("150")
+    first.get_by_role("button", name="Preview the control map").click()
+    expect(first.get_by_alt_text("Its control map")).to_be_visible()
+    expect(first.locator("[data-status]")).to_have_text("The canny map, 64x64.")
+    made = page.request.post("/api/v1/preprocess", data={"image": edges, "module": "canny", "threshold_a": 50, "threshold_b": 150})
+    assert first.get_by_alt_text("Its control map").get_attribute("src") == f"data:image/png;base64,{made.json()['image']}"
+
+    page.get_by_role("button", name="Add a ControlNet unit").click()
+    second = page.get_by_role("group", name="ControlNet unit 2")
+    second.locator("input[type=file]").set_input_files(str(tmp_path / "lines.png"))
+    second.get_by_label("ControlNet", exact=True).select_option("tiny-union")
+    expect(second.get_by_label("Control type").locator("option")).to_have_count(8)  # a Union model's types
+    second.get_by_label("ControlNet", exact=True).select_option("tiny-lineart")
+    expect(second.get_by_label("Control type")).to_be_hidden()
+    second.get_by_label("Preprocessor").select_option("invert")
+    expect(second.get_by_label("Canny Low Threshold")).to_have_count(0)  # invert has no thresholds
+    second.get_by_label("Weight").fill("0.5")
+    second.get_by_label("Starting step").fill("0.9")
+    second.get_by_label("Ending step").fill("0.5")
+
+    page.locator("#ip-section > summary").click()
+    adapter = page.get_by_role("group", name="IP-Adapter unit 1")
+    expect(adapter.get_by_label("IP-Adapter", exact=True)).to_have_value("tiny-ip-adapter")
+    adapter.locator("input[type=file]").set_input_files(str(tmp_path / "lines.png"))
+    adapter.get_by_label("Weight").fill("0.6")
     fill_form(page, prompt="a box", width=64, height=64, steps=2, seed=4)
     page.get_by_role("button", name="Generate", exact=True).click()
+    expect(second.locator(".field-error")).to_contain_text("Starting step: start must be below end")  # the server's 422
+    expect(second.get_by_label("Starting step")).to_have_attribute("aria-invalid", "true")
+    expect(first.locator(".field-error")).to_be_empty()
+
+    second.get_by_label("Starting step").fill("0.2")
+    page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+    expect(second.locator(".field-error")).to_be_empty()
     meta = page.request.get(page.get_by_role("link", name="Metadata (JSON)").get_attribute("href")).json()
-    assert [(u["model"], u["module"], u["weight"]) for u in meta["controlnet"]] == [("tiny-canny", "canny", 0.8)]
+    assert [(u["model"], u["module"], u["weight"], u["start"], u["end"]) for u in meta["controlnet"]] == [
+        ("tiny-canny", "canny", 1.0, 0.0, 1.0), ("tiny-lineart", "invert", 0.5, 0.2, 0.5)]
+    assert (meta["controlnet"][0]["threshold_a"], meta["controlnet"][0]["threshold_b"]) == (50, 150)
+    assert [(u["name"], u["weight"]) for u in meta["ip_adapter"]] == [("tiny-ip-adapter", 0.6)]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-page-controlnet.png"), full_page=True)
+
+    page.get_by_role("button", name="Remove ControlNet unit 1").click()
+    expect(page.get_by_role("group", name="ControlNet unit 2")).to_have_count(0)
+    expect(page.get_by_role("group", name="ControlNet unit 1").get_by_label("Preprocessor")).to_have_value("invert")
+    add = page.get_by_role("button", name="Add a ControlNet unit")
+    add.click()
+    add.click()
+    expect(add).to_be_disabled()  # MAX_CONTROLNETS (3) units
+    page.get_by_role("button", name="Add a reference image").click()
+    expect(page.get_by_role("group", name="IP-Adapter unit 2")).to_be_visible()
+    with page.expect_request(_jobs_request) as sent:
+        page.get_by_role("button", name="Generate", exact=True).click()
+    body = sent.value.post_data_json  # units without an image are not sent
+    assert [(u["model"], u["module"]) for u in body["controlnet"]] == [("tiny-lineart", "invert")]
+    assert [u["name"] for u in body["ip_adapter"]] == ["tiny-ip-adapter"]
+    expect(page.locator("#job-status")).to_contain_text("Done", timeout=LONG)
+
+
+def test_a_server_without_controlnets_or_ip_adapters_says_so(page, server):
+    open_page(page)
+    expect(page.locator("#control-section summary")).to_contain_text("none usable in CONTROLNET_DIR")
+    expect(page.locator("#ip-section summary")).to_contain_text("none usable in IP_ADAPTER_DIR")
+    page.locator("#control-section > summary").click()
+    expect(page.get_by_role("button", name="Add a ControlNet unit")).to_be_hidden()
+    expect(page.get_by_role("group", name=re.compile("ControlNet unit"))).to_have_count(0)
 
 
 def test_the_hires_toggle_makes_a_larger_image_with_progress_over_both_passes(page, server):

@@ -125,13 +125,15 @@ async def test_listings(cn_client):
     assert not by_name["notes"]["usable"]
     preprocessors = {p["name"]: p for p in (await (await cn_client.get("/api/v1/preprocessors")).json())["preprocessors"]}
     assert preprocessors["canny"]["available"] and not preprocessors["depth_midas"]["available"]
-    assert "weights" in preprocessors["depth_midas"]["problem"]
+    assert "annotators/depth_midas, which has none" in preprocessors["depth_midas"]["problem"]
+    assert not preprocessors["mlsd"]["available"] and "does not load" in preprocessors["mlsd"]["problem"]
 
 
 @pytest.mark.parametrize(("unit", "field", "words"), [
     ({"model": "nope"}, "controlnet[0].model", "tiny-canny"),
     ({"model": "sd15-depth"}, "controlnet[0].model", "not an SDXL ControlNet"),
-    ({"module": "depth_midas"}, "module", "weights"),
+    ({"module": "depth_midas"}, "module", "depth_midas, which has none"),
+    ({"module": "mlsd"}, "module", "does not load"),
     ({"module": "sharpen"}, "module", "canny"),
     ({"weight": 3}, "weight", ""),
     ({"start": 0.6, "end": 0.4}, "start", "below end"),

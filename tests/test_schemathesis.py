@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from live_server import LiveServer
 
+from sdxl_server.pipeline.tiny_annotators import write_tiny_annotators
+
 COMPAT = r"^/(v1|sdapi|controlnet)/"
 RUNS = {
     "own-api": ["--exclude-checks", "use_after_free", "--exclude-path", "/api/v1/ws", "--exclude-path-regex", COMPAT],
@@ -33,10 +35,11 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def server(tiny_cache, tmp_path_factory):
+    root = tmp_path_factory.mktemp("schemathesis")
     live = LiveServer(
-        tiny_cache, tmp_path_factory.mktemp("schemathesis") / "outputs",
+        tiny_cache, root / "outputs",
         MAX_WIDTH="64", MAX_HEIGHT="64", MAX_STEPS="2", DEFAULT_STEPS="1", MAX_BATCH="2", QUEUE_SIZE="4",
-        REFINER_ID="tiny",
+        REFINER_ID="tiny", ANNOTATOR_DIR=str(write_tiny_annotators(root / "annotators")),
     ).wait_ready()
     yield live
     live.stop()

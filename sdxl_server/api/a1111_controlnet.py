@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ..errors import ValidationFailed
 from ..params import CONTROL_MODE_LABELS, CONTROL_MODES, CONTROL_RESIZE_LABELS, CONTROL_WEIGHT_MAX
-from ..pipeline.preprocessors import ALIASES, AVAILABLE, PREPROCESSORS
+from ..pipeline.preprocessors import ALIASES, AVAILABLE, PREPROCESSORS, runnable
 from . import keys
 from .controlnets import detect_map
 from .schemas import PROCESSOR_RES_MAX, PROCESSOR_RES_MIN
@@ -149,7 +149,7 @@ class A1111Units:
         return {**core, "controlnet": self.units, "ip_adapter": self.adapters}
 
 
-def _ip_adapter(unit: Mapping[str, Any], where: str, init_image: str | None, warnings: list[str]) -> dict[str, Any]:
+def _ip_adapter(unit: Mapping[str, Any], where: str, init_image: str | None) -> dict[str, Any]:
     """An ``ip-adapter_*`` unit as our IP-Adapter unit: the model names the adapter in IP_ADAPTER_DIR."""
     model = unit.get("model")
     if not isinstance(model, str) or model.strip() in ("", "None", "none"):
@@ -157,9 +157,20 @@ def _ip_adapter(unit: Mapping[str, Any], where: str, init_image: str | None, war
     weight = _number(unit, "weight", where, 1.0)
     if not 0 <= weight <= CONTROL_WEIGHT_MAX:
         raise _refused(f"{where}.weight", f"Must be from 0 to {CONTROL_WEIGHT_MAX:g}.")
-    if _number(unit, "guidance_start", where, 0.0) != 0 or _number(unit, "guidance_end", where, 1.0) != 1:
-        warnings.append(f"{where}.guidance_start/guidance_end: not applied (an IP-Adapter acts on every step here)")
-    return {"name": _HASH_SUFFIX.sub("", model.strip()), "image": _image(unit, where, init_image), "weight": weight}
+    start, end = _guidance(unit, where)
+    return {"name": _HASH_SUFFIX.sub("", model.strip()), "image": _image(unit, where, init_image), "weight": weight,
+            "start": start, "end": end}
+
+
+def _guidance(unit: Mapping[str, Any], where: str) -> tuple[float, float]:
+    """A unit's ``guidance_start`` and ``guidance_end``: the fractions of the steps it acts on."""
+    start, end = _number(unit, "guidance_start", where, 0.0), _number(unit, "guidance_end", where, 1.0)
+    for name, value in (("guidance_start", start), ("guidance_end", end)):
+        if not 0 <= value <= 1:
+            raise _refused(f"{where}.{name}", "Must be from 0 to 1.")
+    if start >= end:
+        raise _refused(f"{where}.guidance_start", "Must be below guidance_end (the unit must act on some steps).")
+    return start, end
 
 
 def _union_type(unit: Mapping[str, Any], module: str, where: str) -> str:
@@ -186,12 +197,7 @@ def _unit(unit: Mapping[str, Any], where: str, init_image: str | None, notes: li
     weight = _number(unit, "weight", where, 1.0)
     if not 0 <= weight <= CONTROL_WEIGHT_MAX:
         raise _refused(f"{where}.weight", f"Must be from 0 to {CONTROL_WEIGHT_MAX:g}.")
-    start, end = _number(unit, "guidance_start", where, 0.0), _number(unit, "guidance_end", where, 1.0)
-    for name, value in (("guidance_start", start), ("guidance_end", end)):
-        if not 0 <= value <= 1:
-            raise _refused(f"{where}.{name}", "Must be from 0 to 1.")
-    if start >= end:
-        raise _refused(f"{where}.guidance_start", "Must be below guidance_end (the unit must act on some steps).")
+    start, end = _guidance(unit, where)
     mask = unit.get("mask") or unit.get("mask_image") or (unit["image"].get("mask") if isinstance(unit.get("image"), dict) else None)
     if mask:
         warnings.append(f"{where}.mask: not applied (a unit's own mask is not supported; the control map covers the image)")
@@ -238,7 +244,7 @@ async def a1111_units(
         if not _enabled(unit):
             continue
         if str(unit.get("module") or "").lower().startswith("ip-adapter"):
-            found.adapters.append(_ip_adapter(unit, where, init_image, warnings))
+            found.adapters.append(_ip_adapter(unit, where, init_image))
             continue
         if unit.get("save_detected_map", True) not in (False, "false", 0):
             found.maps.append(len(found.units))
@@ -268,7 +274,7 @@ async def model_list(request: web.Request) -> web.Response:
 def _module_detail(name: str) -> dict[str, Any]:
     preprocessor = PREPROCESSORS[name]
     sliders: list[dict[str, Any]] = []
-    if preprocessor.run is not None:
+    if name != "none":
         sliders.append({"name": "Preprocessor Resolution", "value": DEFAULT_PROCESSOR_RES, "min": PROCESSOR_RES_MIN,
                         "max": PROCESSOR_RES_MAX})
     sliders += [{"name": t.name, "value": t.default, "min": t.minimum, "max": t.maximum} for t in preprocessor.thresholds]
@@ -277,19 +283,22 @@ def _module_detail(name: str) -> dict[str, Any]:
 
 async def module_list(request: web.Request) -> web.Response:
     """``GET /controlnet/module_list``: the preprocessors that run here, with their sliders."""
-    return web.json_response({"module_list": list(AVAILABLE), "module_detail": {name: _module_detail(name) for name in AVAILABLE}})
+    names = await asyncio.to_thread(runnable, request.app[keys.ANNOTATORS])
+    return web.json_response({"module_list": list(names), "module_detail": {name: _module_detail(name) for name in names}})
 
 
 async def control_types(request: web.Request) -> web.Response:
     """``GET /controlnet/control_types``: "All" and each type a ControlNet's name states, with its models."""
     entries = [entry for entry in await asyncio.to_thread(request.app[keys.CONTROLNETS].files) if entry.problem is None]
+    names = await asyncio.to_thread(runnable, request.app[keys.ANNOTATORS])
     kinds = sorted({entry.control_type for entry in entries if entry.control_type})
-    types = {"All": (list(AVAILABLE), [entry.name for entry in entries])}
+    types = {"All": (list(names), [entry.name for entry in entries])}
     for kind in kinds:
-        modules = [name for name in AVAILABLE if name in (kind, "none")] or ["none"]
+        modules = [name for name in names if name == "none" or name.startswith(kind)] or ["none"]
         types[kind.capitalize()] = (modules, [entry.name for entry in entries if entry.control_type == kind])
     return web.json_response({"control_types": {
-        label: {"module_list": modules, "model_list": ["None", *models], "default_option": modules[-1] if len(modules) > 1 else "none",
+        label: {"module_list": modules, "model_list": ["None", *models],
+                "default_option": next((module for module in modules if module != "none"), "none"),
                 "default_model": models[0] if models else "None"}
         for label, (modules, models) in types.items()
     }})
@@ -313,8 +322,9 @@ async def detect(request: web.Request) -> web.Response:
     resolution = _number(body, "controlnet_processor_res", "", -1)
     data = {"module": module, "processor_res": int(min(max(resolution, PROCESSOR_RES_MIN), PROCESSOR_RES_MAX)) if resolution > 0 else None,
             **_thresholds(unit, module, "", notes)}
-    settings_ = request.app[keys.SETTINGS]
+    settings_, annotate = request.app[keys.SETTINGS], request.app[keys.ANNOTATORS]
     loop = asyncio.get_running_loop()
-    made = [await loop.run_in_executor(None, detect_map, settings_, {**data, "image": image}, f"controlnet_input_images[{index}]")
+    made = [await loop.run_in_executor(None, detect_map, settings_, annotate, {**data, "image": image},
+                                       f"controlnet_input_images[{index}]", "controlnet_module")
             for index, image in enumerate(images)]
     return web.json_response({"images": [base64.b64encode(png).decode("ascii") for png, _ in made], "info": "Success"})

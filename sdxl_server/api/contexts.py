@@ -99,7 +99,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.EXECUTOR], app[keys.ENGINE], app[keys.STATUS] = executor, engine, StatusBoard(engine)
     app[keys.MODELS], app[keys.LORAS] = engine.models, engine.lora_files  # one catalog each, the engine's
     app[keys.CONTROLNETS], app[keys.IP_ADAPTERS] = engine.controlnet_files, engine.ip_adapter_files
-    app[keys.UPSCALERS] = engine.upscaler_catalog
+    app[keys.UPSCALERS], app[keys.ANNOTATORS] = engine.upscaler_catalog, engine.annotators
     await asyncio.get_running_loop().run_in_executor(executor, app[keys.STATUS].take)
     yield
     try:  # behind a generation that ignored its cancel, this could wait for ever: it may not

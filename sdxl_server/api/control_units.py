@@ -13,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..errors import ValidationFailed
 from ..jobs import images
 from ..jobs.inputs import InputHold
-from ..pipeline.preprocessors import control_map
+from ..pipeline.preprocessors import PREPROCESSORS, Annotate, control_map
 from . import keys
 
 FIELD = "controlnet"
@@ -34,19 +35,46 @@ async def check_units(app: web.Application, data: Mapping[str, Any]) -> None:
     units = data.get(FIELD) or []
     if units:
         await asyncio.to_thread(app[keys.CONTROLNETS].check, [(unit["model"], unit.get("type", "")) for unit in units])
+        await asyncio.to_thread(_check_modules, app[keys.ANNOTATORS], units)
     adapters = data.get(IP_FIELD) or []
     if adapters:
         await asyncio.to_thread(app[keys.IP_ADAPTERS].check, [unit["name"] for unit in adapters])
 
 
-def _unit_map(unit: Mapping[str, Any], index: int, size: tuple[int, int], max_pixels: int) -> Any:
+def check_module(annotate: Annotate, module: str, where: str) -> None:
+    """422 naming ``where`` when preprocessor ``module`` cannot run here (its annotator model is missing)."""
+    problem = PREPROCESSORS[module].why_not(annotate)
+    if problem is not None:
+        _refuse(where, f"Preprocessor {module!r} {problem}.")
+
+
+def _check_modules(annotate: Annotate, units: list[Mapping[str, Any]]) -> None:
+    for index, unit in enumerate(units):
+        check_module(annotate, unit["module"], f"{FIELD}[{index}].module")
+
+
+def _unit_map(unit: Mapping[str, Any], index: int, size: tuple[int, int], max_pixels: int, annotate: Annotate | None) -> Any:
     where = f"{FIELD}[{index}].image"
     image = images.to_rgb(images.open_image(images.image_bytes(unit["image"], where), where, max_pixels))
     image = images.resize(image, size, unit["resize_mode"])
-    return control_map(image, unit["module"], size, unit["processor_res"], unit["threshold_a"], unit["threshold_b"])
+    return preprocessed(image, unit, size, annotate, f"{FIELD}[{index}].module")
 
 
-def store_control_maps(hold: InputHold, data: dict[str, Any], size: tuple[int, int], max_pixels: int) -> dict[str, Any]:
+def preprocessed(image: Any, unit: Mapping[str, Any], size: tuple[int, int], annotate: Annotate | None, where: str) -> Any:
+    """``image`` through the unit's preprocessor; 422 naming ``where`` when it cannot run (its
+    annotator model missing, unloadable, or failing on this image)."""
+    try:
+        return control_map(image, unit["module"], size, unit["processor_res"], unit["threshold_a"], unit["threshold_b"], annotate)
+    except LookupError as exc:
+        _refuse(where, str(exc))
+
+
+def _refuse(where: str, message: str) -> Any:
+    raise ValidationFailed(f"{where}: {message}", fields={where: [message]})
+
+
+def store_control_maps(hold: InputHold, data: dict[str, Any], size: tuple[int, int], max_pixels: int,
+                       annotate: Annotate | None) -> dict[str, Any]:
     """On a worker thread: each unit's image decoded, brought to ``size``, preprocessed and stored
     (held by ``hold``) as input role ``control{i}``; the units keep their settings, not their images.
     The IP-Adapter units' reference images are stored as they are (role ``ip{i}``).
@@ -55,7 +83,7 @@ def store_control_maps(hold: InputHold, data: dict[str, Any], size: tuple[int, i
     out = {**data, **{name: [{k: v for k, v in unit.items() if k != "image"} for unit in data.get(name) or []]
                       for name in (FIELD, IP_FIELD)}}
     for index, unit in enumerate(units):
-        out[f"control{index}_image"] = hold.put(_unit_map(unit, index, size, max_pixels))
+        out[f"control{index}_image"] = hold.put(_unit_map(unit, index, size, max_pixels, annotate))
     for index, unit in enumerate(adapters):
         where = f"{IP_FIELD}[{index}].image"
         out[f"ip_adapter{index}_image"] = hold.put(

@@ -22,6 +22,7 @@ from ..jobs import images
 from ..jobs.inputs import InputHold
 from ..jobs.job import Job
 from ..params import INPUT_ROLES, GenerationParams, denoising_steps
+from ..pipeline.preprocessors import Annotate
 from . import keys
 from .identity import IDENTITY
 from .control_units import check_units, has_units, store_control_maps
@@ -86,15 +87,16 @@ def decode_inputs(
 
 def decode_all(
     settings: Settings, hold: InputHold, data: dict[str, Any], given: Collection[str], alpha_mask: bool = False,
-    invert_mask: bool = False,
+    invert_mask: bool = False, annotate: Annotate | None = None,
 ) -> dict[str, Any]:
     """On a worker thread: the input image and mask (when given), then the ControlNet units'
-    control maps at the size the job runs at; return the request with their hashes."""
+    control maps at the size the job runs at (``annotate``: the annotator models some
+    preprocessors run); return the request with their hashes."""
     if data.get("init_image") is not None:
         data = decode_inputs(settings, hold, data, given, alpha_mask, invert_mask)
     else:
         data = {**data, "init_image": None, "mask": None}
-    return store_control_maps(hold, data, (data["width"], data["height"]), settings.max_input_pixels)
+    return store_control_maps(hold, data, (data["width"], data["height"]), settings.max_input_pixels, annotate)
 
 
 def _output_size(settings: Settings, data: Mapping[str, Any], given: Collection[str], size: tuple[int, int]) -> tuple[int, int]:
@@ -125,7 +127,8 @@ async def stored_inputs(
                     stored = {**data, **{name: None for name in IMAGE_FIELDS}}
                 else:
                     stored = await loop.run_in_executor(
-                        None, decode_all, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask
+                        None, decode_all, app[keys.SETTINGS], hold, data, given, alpha_mask, invert_mask,
+                        app[keys.ANNOTATORS],
                     )
             except ApiError as exc:
                 raise exc.renamed(names) from None

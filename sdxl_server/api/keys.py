@@ -25,6 +25,7 @@ from ..pipeline.controlnet_files import ControlNetCatalog
 from ..pipeline.ip_adapter_files import IpAdapterCatalog
 from ..pipeline.lora_files import LoraCatalog
 from ..pipeline.model_catalog import ModelCatalog
+from ..pipeline.preprocessors import Annotate
 from ..pipeline.upscaler_catalog import UpscalerCatalog
 from .key_ring import KeyRing
 from .metrics import Metrics
@@ -73,6 +74,7 @@ LORAS = web.AppKey("loras", LoraCatalog)  # the files in LORA_DIR (read without 
 CONTROLNETS = web.AppKey("controlnets", ControlNetCatalog)  # the ControlNets in CONTROLNET_DIR (read without torch)
 IP_ADAPTERS = web.AppKey("ip_adapters", IpAdapterCatalog)  # the IP-Adapters in IP_ADAPTER_DIR (read without torch)
 MODELS = web.AppKey("models", ModelCatalog)  # the default model and MODELS_DIR's (read without torch)
+ANNOTATORS = web.AppKey("annotators", Annotate)  # the annotator models some preprocessors run (loaded on first use)
 UPSCALERS = web.AppKey("upscalers", UpscalerCatalog)  # the built-ins and UPSCALERS_DIR's files (spandrel reads new ones)
 
 

@@ -56,7 +56,7 @@ class ModeFieldsSchema(Schema):
     styles = fields.List(fields.String(), metadata={"description": "The prompt styles applied (STYLES_FILE), in order."})
     controlnet = fields.List(fields.Dict(), metadata={
         "description": "The ControlNet units as run (their fields as in the request, without the image)."})
-    ip_adapter = fields.List(fields.Dict(), metadata={"description": "The IP-Adapter units as run ({name, weight})."})
+    ip_adapter = fields.List(fields.Dict(), metadata={"description": "The IP-Adapter units as run ({name, weight, start, end})."})
 
 
 # The unit roles' images (control0..., ip0...), present only when used: SHA-256s in a job's params

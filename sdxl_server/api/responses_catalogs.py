@@ -37,11 +37,13 @@ class PreprocessorSchema(Schema):
     name = fields.String()
     description = fields.String()
     available = fields.Boolean()
+    annotator = fields.Boolean(metadata={"description": "Whether it runs an annotator model of ANNOTATOR_DIR (depth, pose, segmentation)."})
     problem = fields.String(allow_none=True, metadata={"description": "Why it cannot run here; null: it can."})
     thresholds = fields.List(fields.Nested(ThresholdSchema), metadata={"description": "What threshold_a and threshold_b mean for it."})
 
 
 class PreprocessorListSchema(Schema):
+    annotator_dir = fields.String(metadata={"description": "ANNOTATOR_DIR: where the annotator models are looked for."})
     preprocessors = fields.List(fields.Nested(PreprocessorSchema))
 
 
@@ -63,7 +65,9 @@ class IpAdapterSchema(Schema):
 
 class IpAdapterListSchema(Schema):
     ip_adapter_dir = fields.String()
+    max_ip_adapters = fields.Integer(metadata={"description": "Most IP-Adapter units one request may use."})
     ip_adapters = fields.List(fields.Nested(IpAdapterSchema))
+
 
 class UpscalerSchema(Schema):
     name = fields.String(required=True)

@@ -348,9 +348,14 @@ class ControlUnitSchema(Schema):
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
-        if data["start"] >= data["end"]:
-            raise ValidationError("start must be below end (the unit must act on some steps).", "start")
+        check_span(data)
         check_preprocessor(data)
+
+
+def check_span(data: dict[str, Any]) -> None:
+    """A unit's ``start`` is below its ``end`` (else the error on ``start``)."""
+    if data["start"] >= data["end"]:
+        raise ValidationError("start must be below end (the unit must act on some steps).", "start")
 
 
 def check_preprocessor(data: dict[str, Any]) -> None:
@@ -369,6 +374,14 @@ class IpAdapterUnitSchema(Schema):
         "description": "The reference image whose style or subject the image takes: PNG, JPEG or WebP, base64."})
     weight = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=IP_ADAPTER_WEIGHT_MAX), metadata={
         "description": f"0 to {IP_ADAPTER_WEIGHT_MAX:g} (diffusers' IP-Adapter scale); 0 leaves the image as without it."})
+    start = StrictFloat(load_default=0.0, validate=validate.Range(min=0, max=1), metadata={
+        "description": "The fraction of the steps done when the adapter starts acting (its scale is 0 before)."})
+    end = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=1), metadata={
+        "description": "The fraction of the steps done when it stops (after start; 0 from there)."})
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        check_span(data)
 
 
 def control_request_fields(max_units: int) -> dict[str, fields.Field]:

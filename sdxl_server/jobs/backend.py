@@ -19,6 +19,7 @@ from ..pipeline.controlnet_files import ControlNetCatalog  # plain file logic, n
 from ..pipeline.ip_adapter_files import IpAdapterCatalog  # plain file logic, no torch
 from ..pipeline.lora_files import LoraCatalog  # plain file logic, no torch
 from ..pipeline.model_catalog import ModelCatalog
+from ..pipeline.preprocessors import Annotate  # a protocol, no torch
 from ..pipeline.upscaler_catalog import UpscalerCatalog
 
 
@@ -72,6 +73,7 @@ class Backend(Protocol):
     controlnet_files: ControlNetCatalog  # the ControlNets in CONTROLNET_DIR: likewise
     ip_adapter_files: IpAdapterCatalog  # the IP-Adapters in IP_ADAPTER_DIR: likewise
     upscaler_catalog: UpscalerCatalog  # the upscalers: likewise
+    annotators: Annotate  # the annotator models of ANNOTATOR_DIR some preprocessors run (in this process)
 
     @property
     def runtime(self) -> RuntimeFacts: ...

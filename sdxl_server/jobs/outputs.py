@@ -132,7 +132,8 @@ def _control_details(meta: dict[str, Any]) -> list[tuple[str, Any]]:
         ]
         details.append((f"ControlNet {index}", '"' + ", ".join(f"{k}: {v}" for k, v in parts) + '"'))
     for index, unit in enumerate(meta.get("ip_adapter") or []):
-        details.append((f"IP-Adapter {index}", f'"Model: {unit["name"]}, Weight: {unit["weight"]:g}"'))
+        details.append((f"IP-Adapter {index}", f'"Model: {unit["name"]}, Weight: {unit["weight"]:g}, '
+                                               f'Guidance Start: {unit.get("start", 0):g}, Guidance End: {unit.get("end", 1):g}"'))
     return details
 
 

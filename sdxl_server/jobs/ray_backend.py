@@ -24,6 +24,8 @@ from typing import Any
 
 from ..config import ConfigError, Settings
 from ..errors import ApiError, GenerationFailed, Interrupted, JobCancelled, ModelUnavailable, StoredError, short_message
+from ..pipeline.annotator_files import AnnotatorCatalog
+from ..pipeline.annotators import Annotators
 from ..pipeline.controlnet_files import ControlNetCatalog
 from ..pipeline.ip_adapter_files import IpAdapterCatalog
 from ..pipeline.lora_files import LoraCatalog
@@ -84,6 +86,7 @@ class RayCluster:
         self.controlnet_files = ControlNetCatalog(settings.controlnet_dir)
         self.ip_adapter_files = IpAdapterCatalog(settings.ip_adapter_dir)
         self.upscaler_catalog = UpscalerCatalog(settings.upscalers_dir)  # the replicas read the same folder
+        self.annotators = Annotators(AnnotatorCatalog(settings.annotator_dir), settings.annotator_device)  # run here
         self.options: dict[str, Any] = {}
         self.state = "not_loaded"  # not_loaded -> loading -> ready | failed
         self.error: str | None = None

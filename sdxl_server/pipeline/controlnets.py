@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,19 +25,26 @@ import torch
 from ..errors import ValidationFailed
 from ..params import ControlUnit, GenerationParams
 from .controlnet_files import UNION_TYPES, ControlNetCatalog, ControlNetFile
+from .controlnet_single import load_single_file
 
 log = logging.getLogger(__name__)
 
 SOFT_INJECTION = 0.825  # the extension's per-layer factor for the soft control modes
 
 
-def _load(entry: ControlNetFile, dtype: torch.dtype) -> Any:
+def _load(entry: ControlNetFile, dtype: torch.dtype, base: Mapping[str, Any], index: int) -> Any:
+    """A diffusers folder with ``from_pretrained``; a single file by :mod:`.controlnet_single`
+    (its config from its tensors and the running UNet's config ``base``), 422 when it does not fit."""
     import diffusers
 
-    kind = diffusers.ControlNetUnionModel if entry.union else diffusers.ControlNetModel
     if entry.layout == "folder":
+        kind = diffusers.ControlNetUnionModel if entry.union else diffusers.ControlNetModel
         return kind.from_pretrained(str(entry.path), dtype=dtype)
-    return kind.from_single_file(str(entry.path), dtype=dtype)
+    try:
+        return load_single_file(entry.path, entry.union, dtype, base)
+    except (ValueError, RuntimeError, OSError) as exc:
+        message = f"ControlNet {entry.name!r} cannot be loaded: {str(exc)[:300]}."
+        raise ValidationFailed(message, fields={f"controlnet[{index}].model": [message]}) from exc
 
 
 class ControlNetCache:
@@ -52,8 +59,9 @@ class ControlNetCache:
         self._lock = threading.Lock()
         self.load_seconds: dict[str, float] = {}
 
-    def get(self, name: str, index: int = 0) -> Any:
-        """The ControlNet ``name``, loaded (and moved to the device) if it is not."""
+    def get(self, name: str, index: int = 0, base: Mapping[str, Any] | None = None) -> Any:
+        """The ControlNet ``name``, loaded (and moved to the device) if it is not; ``base``, the
+        running UNet's config, completes a single file's (see :mod:`.controlnet_single`)."""
         with self._lock:
             if name in self._loaded:
                 self._loaded.move_to_end(name)
@@ -63,7 +71,7 @@ class ControlNetCache:
             message = f"ControlNet {name!r} cannot be used: {entry.problem if entry else 'no longer in CONTROLNET_DIR'}."
             raise ValidationFailed(message, fields={f"controlnet[{index}].model": [message]})
         started = time.perf_counter()
-        model = _load(entry, self.dtype).to("cpu" if self.park else self.device).eval()
+        model = _load(entry, self.dtype, base or {}, index).to("cpu" if self.park else self.device).eval()
         self.load_seconds[name] = time.perf_counter() - started
         log.info("loaded ControlNet %s in %.2fs", name, self.load_seconds[name])
         with self._lock:

@@ -21,6 +21,8 @@ from ..config import Settings
 from ..errors import ApiError, GenerationFailed, ModelUnavailable, OutOfMemory, short_message
 from ..params import GenerationParams
 from .compiling import Compilation, apply_layout_options
+from .annotator_files import AnnotatorCatalog
+from .annotators import Annotators
 from .controlnet_files import ControlNetCatalog
 from .controlnets import ControlNetCache
 from .ip_adapter_files import IpAdapterCatalog
@@ -82,6 +84,7 @@ class Engine:
         self.controlnet_files = ControlNetCatalog(settings.controlnet_dir)
         self.ip_adapter_files = IpAdapterCatalog(settings.ip_adapter_dir)
         self.ip_adapters = IpAdapters(self.ip_adapter_files)
+        self.annotators = Annotators(AnnotatorCatalog(settings.annotator_dir), settings.annotator_device)
         self.controlnets = ControlNetCache(self.controlnet_files, settings.controlnet_cache, self.runtime.device,
                                            self.runtime.torch_dtype)
         self.active = self.models.default_name

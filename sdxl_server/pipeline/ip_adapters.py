@@ -1,16 +1,22 @@
 """IP-Adapters on the pipeline through diffusers (``load_ip_adapter`` / ``set_ip_adapter_scale``):
 the job's adapters loaded before it runs, and unloaded when the next job uses none, so that job's
 image is the one a server that never loaded one makes (the UNet's own attention processors are
-put back, whatever the memory options chose)."""
+put back, whatever the memory options chose).
+
+A unit's ``start``/``end`` (fractions of the steps) are applied between steps: its scale is its
+weight on step ``i`` of ``n`` when ``start <= i / n < end`` and 0 elsewhere (diffusers skips an
+adapter at scale 0), set by :class:`ScaleSchedule` from the pipeline's step-end callback."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ValidationFailed
-from ..params import IpAdapterUnit
+from ..params import GenerationParams, IpAdapterUnit
 from .ip_adapter_files import ENCODER_FOLDER, IpAdapterCatalog
 
 log = logging.getLogger(__name__)
@@ -62,3 +68,51 @@ class IpAdapters:
     def forget(self) -> None:
         """The pipeline is gone (a reload): nothing is loaded."""
         self.loaded, self._processors = (), None
+
+
+def reference_images(params: GenerationParams, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """diffusers' ``ip_adapter_image`` argument for every pass of a job with IP-Adapter units (their
+    reference images, input roles ``ip0``...): ``{}`` for a job without."""
+    if not params.ip.units:
+        return {}
+    return {"ip_adapter_image": [inputs[f"ip{index}"] for index in range(len(params.ip.units))]}
+
+
+def scales_at(units: Sequence[IpAdapterUnit], fraction: float) -> list[float]:
+    """Each unit's scale on the step that starts at ``fraction`` of the steps: its weight inside
+    ``[start, end)``, else 0."""
+    return [unit.weight if unit.start <= fraction < unit.end else 0.0 for unit in units]
+
+
+@dataclass
+class ScaleSchedule:
+    """The adapters' scales step by step, for units that act on part of the steps only."""
+
+    units: tuple[IpAdapterUnit, ...]
+    _set: list[float] = field(default_factory=list)  # the scales the UNet has now
+
+    @classmethod
+    def of(cls, units: Sequence[IpAdapterUnit]) -> ScaleSchedule | None:
+        """The schedule of ``units``; None when every unit acts on every step (its weight, set by
+        :meth:`IpAdapters.apply`, stays)."""
+        if all(unit.start <= 0 and unit.end >= 1 for unit in units):
+            return None
+        return cls(tuple(units))
+
+    @contextlib.contextmanager
+    def held(self, pipe: Any) -> Iterator[None]:
+        """The first step's scales while the pipeline runs; the weights again after it."""
+        self._scale(pipe, scales_at(self.units, 0.0))
+        try:
+            yield
+        finally:
+            self._scale(pipe, [unit.weight for unit in self.units])
+
+    def step_end(self, pipe: Any, index: int) -> None:
+        """After step ``index`` of the running call: the next step's scales."""
+        self._scale(pipe, scales_at(self.units, (index + 1) / max(int(pipe.num_timesteps), 1)))
+
+    def _scale(self, pipe: Any, scales: list[float]) -> None:
+        if scales != self._set:  # only when a unit starts or stops (a compiled UNet sees few changes)
+            pipe.set_ip_adapter_scale(scales)
+            self._set = scales

@@ -11,6 +11,7 @@ each decoded image afterwards (inpainting's overlay).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,13 +20,15 @@ from typing import Any, Protocol
 from ..params import GenerationParams
 from .controlnets import check_fits, check_union, control_arguments, control_modes, union_types
 from .inpaint import Inpainting
+from .ip_adapters import ScaleSchedule, reference_images
 
 
 class ControlNetSource(Protocol):
     """Where a run finds a unit's loaded ControlNet (:class:`.controlnets.ControlNetCache`)."""
 
-    def get(self, name: str, index: int = 0) -> Any:
-        """The ControlNet ``name`` (unit ``index`` names it), loaded."""
+    def get(self, name: str, index: int = 0, base: Mapping[str, Any] | None = None) -> Any:
+        """The ControlNet ``name`` (unit ``index`` names it), loaded; ``base`` is the running
+        UNet's config (a single file's config is completed from it)."""
 
     def on_device(self, nets: Any) -> contextlib.AbstractContextManager[None]:
         """``nets`` on the device while the block runs."""
@@ -49,12 +52,15 @@ def _identity(image: Any) -> Any:
 @dataclass
 class ModeRun:
     """What runs for one request: the pipeline, its mode's arguments, each image's post-processing,
-    and what is held around the pipeline call (the ControlNet units' control modes)."""
+    what is held around the pipeline call (the ControlNet units' control modes, the IP-Adapters'
+    first scales) and what is done after each step (``step_end(pipe, index)``: the IP-Adapters'
+    scales of the next step, see :class:`.ip_adapters.ScaleSchedule`)."""
 
     pipe: Any
     arguments: dict[str, Any]
     finish: Callable[[Any], Any] = _identity
     around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    step_end: Callable[[Any, int], None] | None = None
 
 
 @dataclass
@@ -164,13 +170,18 @@ def prepare_run(
     if missing:
         raise ValueError(f"an {mode} job needs its input images: {', '.join(missing)}")
     made = MODES[mode].arguments(params, inputs or {})
-    if params.ip.units:  # the reference images of the IP-Adapters loaded for this job (see .ip_adapters)
-        made.arguments["ip_adapter_image"] = [inputs[f"ip{index}"] for index in range(len(params.ip.units))]  # type: ignore[index]
+    made.arguments.update(reference_images(params, inputs or {}))  # of the IP-Adapters loaded for this job
     if not params.control.units:
-        return ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
-    if controlnets is None:
+        run = ModeRun(pipelines.pipeline(mode), made.arguments, made.finish)
+    elif controlnets is None:
         raise ValueError("this engine has no ControlNets")
-    return _control_run(pipelines, params, made, controlnets, inputs or {})
+    else:
+        run = _control_run(pipelines, params, made, controlnets, inputs or {})
+    schedule = ScaleSchedule.of(params.ip.units)
+    if schedule is None:
+        return run
+    around = run.around
+    return dataclasses.replace(run, around=lambda: _held(around(), schedule.held(run.pipe)), step_end=schedule.step_end)
 
 
 def _control_run(pipelines: ModePipelines, params: GenerationParams, made: ModeArguments, controlnets: ControlNetSource,
@@ -178,7 +189,7 @@ def _control_run(pipelines: ModePipelines, params: GenerationParams, made: ModeA
     """The run of a request with ControlNet units: their ControlNets loaded and checked against the
     running model, their control maps fitted to the pipeline's image, their arguments."""
     mode, units = params.mode, params.control.units
-    nets = [controlnets.get(unit.model, index) for index, unit in enumerate(units)]
+    nets = [controlnets.get(unit.model, index, pipelines.base.unet.config) for index, unit in enumerate(units)]
     check_fits(nets, pipelines.base.unet)
     union = check_union(nets, units)
     maps = [made.fit(inputs[f"control{index}"]) for index in range(len(units))]

@@ -6,7 +6,8 @@ import { $ } from "./dom.js";
 import { clearErrors, fieldInput, setError, showFieldErrors } from "./feedback.js";
 import { describeError } from "./format.js";
 import { refreshHealth } from "./health.js";
-import { initControlNet, loadControlNets, readControlFields } from "./controlnet.js";
+import { loadControlNets, readControlFields } from "./controlnet.js";
+import { loadIpAdapters, readIpAdapterFields } from "./ip-adapter.js";
 import { applyImageInfo, readImageFields } from "./img2img.js";
 import { loadUpscalers, readHiresFields, restoreHires } from "./hires.js";
 import { hasInfo, loadInfo } from "./info.js";
@@ -62,7 +63,7 @@ function applyInfo(info) {
 export async function loadSettings() {
   try {
     applyInfo(await loadInfo());
-    await Promise.all([loadModels(), loadLoras(), loadStyles(), loadControlNets(), loadUpscalers()]);
+    await Promise.all([loadModels(), loadLoras(), loadStyles(), loadControlNets(), loadIpAdapters(), loadUpscalers()]);
     scheduleCount(form);
   } catch (err) {
     if (err.code !== "unauthorized") { // a 401 opens the API key panel instead
@@ -98,7 +99,7 @@ function readForm() {
   body.seed = seed === undefined ? null : seed; // empty: the server draws one
   Object.assign(body, readSampling());
   Object.assign(body, readChoices(), readStyles());
-  Object.assign(body, readImageFields(), readControlFields(), readHiresFields());
+  Object.assign(body, readImageFields(), readControlFields(), readIpAdapterFields(), readHiresFields());
   if (Object.keys(problems).length) {
     showFieldErrors(problems);
     return null;
@@ -188,7 +189,6 @@ export function initForm() {
   initPresets();
   initSeed();
   initChoices();
-  initControlNet();
   initSampling();
   initTokens(form);
   enterSubmits(form.prompt);

@@ -52,3 +52,21 @@ export function describeError(err) {
       return "Something went wrong.";
   }
 }
+
+/** A nested error (a list's items: `{controlnet: {0: {weight: [...]}}}`) as `[path, messages]` pairs. */
+function flatError(name, messages) {
+  if (messages && typeof messages === "object" && !Array.isArray(messages)) {
+    return Object.entries(messages).flatMap(([key, inner]) => flatError(/^\d+$/.test(key) ? `${name}[${key}]` : `${name}.${key}`, inner));
+  }
+  return [[name, messages]];
+}
+
+/** The server's field errors (`fields` of a 422) as `[path, messages]` pairs: `controlnet[1].weight`. */
+export function flatErrors(fields) {
+  return Object.entries(fields || {}).flatMap(([key, value]) => flatError(key, value));
+}
+
+/** The server's field errors as sentences: "threshold_a: Must be between 1 and 255." */
+export function fieldMessages(fields) {
+  return flatErrors(fields).map(([name, messages]) => `${name}: ${[messages].flat().map(sentence).join(" ")}`);
+}

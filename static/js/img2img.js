@@ -3,7 +3,7 @@
 // pointer events) and the refiner choice when the server has one. readImageFields() adds them to
 // the request: the image and mask as PNG data URLs, the mask white where painted on a clear layer.
 
-import { $ } from "./dom.js";
+import { $, imageFileUrl } from "./dom.js";
 
 const editor = $("init-editor");
 const dropZone = $("drop-zone");
@@ -56,17 +56,15 @@ function removeImage() {
   fileInput.value = "";
 }
 
-function readFile(file) {
-  if (!file || !file.type.startsWith("image/")) return;
-  const reader = new FileReader();
-  reader.onload = () => setInputImage(reader.result);
-  reader.readAsDataURL(file);
+async function readFile(file) {
+  const url = await imageFileUrl(file);
+  if (url) setInputImage(url);
 }
 
 /** "Use as input": fetch an image the page shows (a result) and start from it. */
 export async function useAsInput(src) {
   const blob = await (await fetch(src)).blob();
-  readFile(new File([blob], "input.png", { type: blob.type || "image/png" }));
+  await readFile(new File([blob], "input.png", { type: blob.type || "image/png" }));
 }
 
 function clearMask() {

@@ -119,12 +119,15 @@ def cutoff_timestep(scheduler: Any, fraction: float) -> int:
     return int(round(train - fraction * train))
 
 
-def diffusers_step_end(report: StepReport) -> Callable[..., dict[str, Any]]:
+def diffusers_step_end(report: StepReport, between: Callable[[Any, int], None] | None = None) -> Callable[..., dict[str, Any]]:
     """``report`` as diffusers' ``callback_on_step_end``; when it answers True the pipeline
-    skips its remaining steps and returns the latents so far. The one place a diffusers private
+    skips its remaining steps and returns the latents so far. ``between(pipeline, index)``, when
+    given, runs first (what changes before the next step). The one place a diffusers private
     attribute is touched: diffusers has no public way to stop a running call early."""
 
     def step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if between is not None:
+            between(pipeline, index)
         if report(index, tensors["latents"]):
             pipeline._interrupt = True
         return {}

@@ -35,7 +35,7 @@ class BasePass:
         with self.mode.around():
             return self.mode.pipe(
                 **batch.prompts, **batch.common, **self.mode.arguments, **self.until,
-                generator=batch.generators(), callback_on_step_end=diffusers_step_end(report),
+                generator=batch.generators(), callback_on_step_end=diffusers_step_end(report, self.mode.step_end),
             ).images
 
     def info(self) -> dict[str, Any]:

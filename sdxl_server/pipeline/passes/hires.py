@@ -10,6 +10,7 @@ and prompts; cancel is checked before and after the upscale as at every step.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from ...sampling import AUTOMATIC, schedule_problem, split_combined
 from ...errors import JobCancelled
 from ...params import GenerationParams, HiresOptions
 from ..hires_upscale import is_latent, upscale_latents
+from ..ip_adapters import ScaleSchedule, reference_images
 from . import Batch, PassContext, PassHost, StepReport, diffusers_step_end
 
 
@@ -36,6 +38,8 @@ class HiresPass:
     timings: dict[str, float] = field(default_factory=lambda: {"upscale_s": 0.0, "second_pass_s": 0.0})
     name: str = "hires"
     takes_over_at: float | None = None
+    references: dict[str, Any] = field(default_factory=dict)  # the IP-Adapters' reference images (``ip_adapter_image``)
+    schedule: ScaleSchedule | None = None  # their start/end over this pass's steps
 
     def run(self, batch: Batch, latents: Any, report: StepReport) -> Any:
         _check(batch)
@@ -47,10 +51,12 @@ class HiresPass:
         first_scheduler, pipe.scheduler = pipe.scheduler, self.scheduler
         try:
             steps = self.options.steps or batch.common["num_inference_steps"]
-            result = pipe(
-                **(self.prompts or batch.prompts), **{**batch.common, "num_inference_steps": steps},
-                image=image, strength=self.options.denoise, generator=batch.generators(), callback_on_step_end=diffusers_step_end(report),
-            ).images
+            with self.schedule.held(pipe) if self.schedule else contextlib.nullcontext():
+                result = pipe(
+                    **(self.prompts or batch.prompts), **{**batch.common, "num_inference_steps": steps}, **self.references,
+                    image=image, strength=self.options.denoise, generator=batch.generators(),
+                    callback_on_step_end=diffusers_step_end(report, self.schedule.step_end if self.schedule else None),
+                ).images
         finally:
             pipe.scheduler = first_scheduler  # the first pass may run on the same pipeline (image to image)
         self.timings["upscale_s"] += upscaled - started
@@ -95,7 +101,8 @@ def hires_pass(context: PassContext) -> HiresPass | None:
     if options.prompt or options.negative_prompt:
         prompts = host.prompt_embeddings(_second_prompts(params))
     return HiresPass(host, options, params.hires_steps, scheduler, cover, size, prompts,
-                     host.sampler_name(sampler, scheduler))
+                     host.sampler_name(sampler, scheduler), references=reference_images(params, context.inputs),
+                     schedule=ScaleSchedule.of(params.ip.units))
 
 
 def second_pass_sampler(params: GenerationParams) -> tuple[str, str]:

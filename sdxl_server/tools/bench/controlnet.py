@@ -1,6 +1,8 @@
 """The ``controlnet`` section: generation time per step with 0, 1 and 2 ControlNet units through
 ``POST /api/v1/generate`` at the bench's size (median of ``runs``), the ControlNet's load time
-and, on CUDA, each case's peak GPU memory.
+and, on CUDA, each case's peak GPU memory; then the time of ``POST /api/v1/preprocess`` for
+``canny`` and each annotator preprocessor whose model is in ANNOTATOR_DIR (the first call, which
+loads the model, and the median of the rest; the project's tiny annotators where there are none).
 
 The ControlNet is made from the running model's own UNet (diffusers' ``ControlNetModel.from_unet``:
 the shapes of an SDXL ControlNet for that model, full size on a GPU, tiny on the CPU smoke run),
@@ -67,7 +69,30 @@ async def section_controlnet(client: Client) -> dict[str, Any]:
         "size": {"width": opts.width, "height": opts.height, "steps": opts.steps}, "runs": opts.runs,
         "device": engine.runtime.device, "made_s": round(saved_s, 3),
         "load_s": round(engine.controlnets.load_seconds.get(NAME, 0.0), 3), "cases": results,
+        "preprocess": await _preprocess_times(client),
     }
+
+
+async def _preprocess_times(client: Client) -> dict[str, Any]:
+    """Each preprocessor's preview timed: its first call (the annotator's load) and the median of ``runs`` more."""
+    opts, catalog = client.opts, client.engine.annotators.catalog
+    tiny = not catalog.usable()
+    if tiny:
+        from ...pipeline.tiny_annotators import write_tiny_annotators
+
+        await asyncio.to_thread(write_tiny_annotators, catalog.root)
+    body = {"image": _control_image(opts.width, opts.height)}
+    times: dict[str, Any] = {}
+    for module in ["canny", *catalog.usable()]:
+        seconds = []
+        for _ in range(opts.runs + 1):
+            started = time.perf_counter()
+            async with client.session.post(f"{client.url}/api/v1/preprocess", json={**body, "module": module},
+                                           headers=client.headers) as response:
+                await response.read()
+            seconds.append(time.perf_counter() - started)
+        times[module] = {"first_s": round(seconds[0], 3), "s": summarize(seconds[1:])}
+    return {"tiny_annotators": tiny, "device": client.engine.settings.annotator_device, "modules": times}
 
 
 def controlnet_rows(result: dict[str, Any], seconds, gib) -> list[tuple[str, str]]:
@@ -79,4 +104,10 @@ def controlnet_rows(result: dict[str, Any], seconds, gib) -> list[tuple[str, str
     for name, case in result["cases"].items():
         gpu = f"; peak GPU {gib(case['peak_gpu_bytes'])}" if case["peak_gpu_bytes"] else ""
         rows.append((f"  {name}", f"{seconds(case['s']['median'])} ({case['ms_per_step']} ms/step){gpu}"))
+    made = result.get("preprocess") or {}
+    if made:
+        which = "the tiny random-weights annotators" if made["tiny_annotators"] else "ANNOTATOR_DIR's annotators"
+        rows.append((f"  preprocess at {size['width']}x{size['height']} ({which}, on {made['device']})", "first call / median"))
+        rows += [(f"    {module}", f"{seconds(times['first_s'])} / {seconds(times['s']['median'])}")
+                 for module, times in made["modules"].items()]
     return rows

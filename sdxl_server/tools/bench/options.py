@@ -9,6 +9,7 @@ from typing import Any
 
 from ...config import Settings, settings_fields
 from ...params import GenerationParams
+from ...pipeline.annotator_files import AnnotatorCatalog
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the bench's own server signs its webhooks with it
 
@@ -84,6 +85,8 @@ def prepare_settings(settings: Settings, opts: BenchOptions, output_dir: Path) -
         webhook_secret=WEBHOOK_SECRET,  # the webhooks section's receiver verifies with it
         webhook_allow=",".join(filter(None, (str(settings.webhook_allow), "127.0.0.1"))),
         controlnet_dir=output_dir.parent / "controlnet",  # the controlnet section saves its ControlNet here
+        annotator_dir=settings.annotator_dir if AnnotatorCatalog(settings.annotator_dir).usable()
+        else output_dir.parent / "annotators",  # where the controlnet section writes the tiny ones
     )
 
 
