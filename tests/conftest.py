@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,41 @@ from sdxl_server.config import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
+SLOW_S = 10.0  # what a test marked ``slow`` without its own figure is expected to take
+QUICK_S = 1.0  # any other test: an app, a model load, a few tiny images
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return QUICK_S
+    return float(mark.args[0]) if mark.args else SLOW_S
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first (by their tests' ``slow(seconds)`` figures), each file's tests in their
+    order: xdist (``--dist loadfile --no-loadscope-reorder``) hands out whole files in this order, so a
+    long file starts at once rather than at the tail, where one process would run it while the other
+    has nothing left."""
+    expected: defaultdict[Path, float] = defaultdict(float)
+    for item in items:
+        expected[item.path] += _expected_seconds(item)
+    items.sort(key=lambda item: -expected[item.path])  # stable: files stay whole, equal ones in their order
+
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
-    """Where the tiny model is built once for the whole session (or ``TINY_CACHE`` if set)."""
+    """Where the tiny model is built once for the whole session (or ``TINY_CACHE`` if set). Under
+    xdist the processes share it, so the models built on first use (the refiner, upscalers...) are
+    built once for the run (each appears whole, by a rename: two processes may build one at once)."""
     from sdxl_server.pipeline.tiny import ensure_tiny_model
 
-    root = Path(os.environ["TINY_CACHE"]) if os.environ.get("TINY_CACHE") else tmp_path_factory.mktemp("tiny")
+    if os.environ.get("TINY_CACHE"):
+        root = Path(os.environ["TINY_CACHE"])
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent / "tiny"  # the run's folder, above each process's own
+    else:
+        root = tmp_path_factory.mktemp("tiny")
     ensure_tiny_model(root)
     return root
 

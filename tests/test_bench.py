@@ -114,13 +114,25 @@ def test_settings_survive_the_environment(tmp_path):
 # --------------------------------------------------------------------------- the CLI
 
 
-@pytest.mark.slow
+def _check_switching(result: dict, table: str) -> None:
+    """The switching section: LoRA load, switch and per-step costs, and a model switch from disk and back from RAM."""
+    for label in ("LoRA load", "LoRA switch", "per step, two fused", "switch to tiny-b from disk", "from RAM"):
+        assert label in table, table
+    lora, model = result["lora"], result["model"]
+    assert lora["load_s"] > 0 and lora["switch_s"] > 0 and lora["off_s"] > 0
+    assert set(lora["step_s"]) == {"none", "one_unfused", "two_unfused", "one_fused", "two_fused"}
+    assert all(value > 0 for value in lora["step_s"].values())
+    assert model["other"] == "tiny-b" and model["switch_from_disk_s"] > 0
+    assert model["switch_back_from_ram_s"] < model["switch_from_disk_s"]  # the RAM cache skips the load
+
+
+@pytest.mark.slow(90)
 def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     report_path = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "sdxl_server.tools.bench", "--runs", "3", "--memory-jobs", "20", "--clients", "10",
          "--progress-runs", "2", "--previews", "--health-flood", "--idle-samples", "20", "--width", "64", "--height", "64", "--steps", "3", "--webhook-jobs", "5",
-         "--json", str(report_path)],
+         "--admission-keys", "20", "--admission-samples", "50", "--json", str(report_path)],
         cwd=tmp_path, env=_env(tiny_cache, REFINER_ID="tiny"), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -215,6 +227,8 @@ def test_bench_cli_end_to_end(tiny_cache, tmp_path):
     assert all(times["first_s"] > 0 and times["s"]["n"] == 3 for times in preprocess["modules"].values())
     assert "preprocess at 64x64 (the tiny random-weights annotators, on cpu)" in table
 
+    _check_switching(report["sections"]["switching"], table)
+
     cold = report["sections"]["coldstart"]
     for key in ("interpreter_s", "imports_s", "model_load_s", "first_generation_s", "ready_s", "first_image_s"):
         assert cold[key] > 0, key
@@ -232,7 +246,7 @@ def test_bench_refuses_bad_options(tiny_cache, tmp_path):
 # --------------------------------------------------------------------------- the GPU check
 
 
-@pytest.mark.slow
+@pytest.mark.slow(50)
 def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     report_path = tmp_path / "gpu_check.json"
     done = subprocess.run(
@@ -278,25 +292,6 @@ def test_gpu_check_cpu_smoke(tiny_cache, tmp_path):
     assert "GPU check (cpu-smoke" in done.stdout
 
 
-def test_bench_switching_section(tiny_cache, tmp_path):
-    report_path = tmp_path / "switching.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "sdxl_server.tools.bench", "--only", "switching", "--width", "64", "--height", "64",
-         "--steps", "2", "--runs", "1", "--json", str(report_path)],
-        cwd=tmp_path, env=_env(tiny_cache), capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for label in ("LoRA load", "LoRA switch", "per step, two fused", "switch to tiny-b from disk", "from RAM"):
-        assert label in done.stdout, done.stdout
-    result = json.loads(report_path.read_text())["sections"]["switching"]
-    lora, model = result["lora"], result["model"]
-    assert lora["load_s"] > 0 and lora["switch_s"] > 0 and lora["off_s"] > 0
-    assert set(lora["step_s"]) == {"none", "one_unfused", "two_unfused", "one_fused", "two_fused"}
-    assert all(value > 0 for value in lora["step_s"].values())
-    assert model["other"] == "tiny-b" and model["switch_from_disk_s"] > 0
-    assert model["switch_back_from_ram_s"] < model["switch_from_disk_s"]  # the RAM cache skips the load
-
-
 # --------------------------------------------------------------------------- admission
 
 
@@ -314,6 +309,7 @@ def test_the_admission_section_times_the_real_key_check(tmp_path):
     assert "a wrong key (401)" in "\n".join(label for label, _ in admission_rows(result))
 
 
+@pytest.mark.slow(20)
 def test_bench_upscale_section(tiny_cache, tmp_path):
     report_path = tmp_path / "upscale.json"
     done = subprocess.run(

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.slow  # the first compile takes minutes on a small CPU
+pytestmark = pytest.mark.slow(180)  # the first compile takes minutes on a small CPU
 
 
 async def test_compiled_pipeline_generates_every_size_from_one_compile(make_client, settings, tmp_path):

@@ -9,9 +9,12 @@ import signal
 import sqlite3
 
 import aiohttp
+import pytest
 from live_server import LiveServer
 from PIL import Image
 from wsclient import events_until
+
+pytestmark = pytest.mark.slow(25)  # each test runs one or two real servers
 
 LONG_JOB = {"prompt": "long", "steps": 40, "width": 256, "height": 256}
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import aiohttp
+import pytest
 from files import output_files
 from live_server import LiveServer, free_port
 from PIL import Image
@@ -52,6 +53,7 @@ async def _crash_with_jobs_in_flight(tiny_cache, output_dir, **env):
     return done, running, waiting
 
 
+@pytest.mark.slow(30)
 async def test_sigkill_then_restart_loses_nothing_and_repeats_nothing(tiny_cache, tmp_path):
     output_dir = tmp_path / "outputs"
     done, running, waiting = await _crash_with_jobs_in_flight(tiny_cache, output_dir)
@@ -89,6 +91,7 @@ async def test_sigkill_then_restart_loses_nothing_and_repeats_nothing(tiny_cache
     assert len(files) == 2 * 5  # one image and one metadata file per job, nothing twice
 
 
+@pytest.mark.slow(25)
 async def test_the_running_job_can_be_marked_failed_instead(tiny_cache, tmp_path):
     output_dir = tmp_path / "outputs"
     _, running, waiting = await _crash_with_jobs_in_flight(tiny_cache, output_dir)
@@ -222,6 +225,7 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path, tiny_cache):
     assert done.returncode == 2 and "is from a newer release" in done.stderr
 
 
+@pytest.mark.slow(10)
 def test_a_database_locked_by_another_program_is_a_clear_error(tmp_path, tiny_cache):
     output_dir = tmp_path / "outputs"
     output_dir.mkdir()

@@ -14,6 +14,7 @@ from sdxl_server.tools.loadtest_keys import run_keys
 SMALL = {"prompt": "a cat", "width": 64, "height": 64, "steps": 1}
 
 
+@pytest.mark.slow(15)
 async def test_one_keys_burst_delays_anothers_job_by_at_most_one(tiny_cache, tmp_path):
     path = keys_file(tmp_path / "keys.toml", "")
     server = LiveServer(tiny_cache, tmp_path / "outputs", KEYS_FILE=str(path), QUEUE_SIZE="60").wait_ready()
@@ -38,6 +39,7 @@ def test_the_multi_key_mode_needs_two_keys(capsys):
     assert "at least two --key" in capsys.readouterr().err
 
 
+@pytest.mark.slow(20)
 def test_usage_and_the_daily_limit_survive_a_restart(tiny_cache, tmp_path):
     path = keys_file(tmp_path / "keys.toml", "images_per_day = 1")
     settings = {"KEYS_FILE": str(path), "JOBS_DB": str(tmp_path / "jobs.sqlite3")}

@@ -9,8 +9,9 @@ by walking the packages, so a new module is covered the day it is added):
 - between the packages, every import (those inside functions too) is one that the ``imports``
   list of docs/architecture.md allows.
 
-Each check imports the modules in a fresh interpreter, so what an earlier test imported cannot hide
-a violation.
+Each check imports each module alone in a fresh interpreter (forked from one that holds only
+third-party libraries bringing nothing forbidden: ``import_probe.py``), so what an earlier test or
+module imported cannot hide a violation.
 """
 
 from __future__ import annotations
@@ -40,19 +41,19 @@ def modules_of(package: str) -> list[str]:
     return sorted(found)
 
 
+PROBE = Path(__file__).with_name("import_probe.py")
+
+
 def imported_by(modules: list[str], forbidden: list[str]) -> dict[str, list[str]]:
     """For each of ``modules`` imported alone in a fresh interpreter, which of ``forbidden`` came with it."""
-    code = (
-        "import importlib, json, sys\n"
-        f"name = sys.argv[1]; forbidden = {forbidden!r}\n"
-        "importlib.import_module(name)\n"
-        "print(json.dumps(sorted(f for f in forbidden if f in sys.modules)))"
-    )
-    found = {}
-    for name in modules:
-        done = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"importing {name} failed: {done.stderr[-2000:]}"
-        found[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    code = f"import runpy; runpy.run_path({str(PROBE)!r}, run_name='__main__')"  # sys.path as for any -c
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(forbidden), *modules],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    failed = {name: result["error"][-2000:] for name, result in found.items() if isinstance(result, dict)}
+    assert not failed, f"importing failed: {failed}"
+    assert sorted(found) == sorted(modules)
     return {name: bad for name, bad in found.items() if bad}
 
 

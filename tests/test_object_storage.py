@@ -213,6 +213,7 @@ async def test_retention_deletes_the_objects(make_client, settings, seaweed, buc
     assert (await fetch(client, old["image_url"]))[0] == 404
 
 
+@pytest.mark.slow(10)
 async def test_storage_down_mid_job_fails_the_job_and_serves_nothing(make_client, settings, aws_env, tmp_path):
     from doubles import GatedEngine
 
@@ -278,6 +279,7 @@ def test_a_storage_server_down_at_start_up_exits_2_with_a_clear_line(tiny_cache,
 
 
 @pytest.mark.ray
+@pytest.mark.slow(30)
 async def test_ray_replicas_write_straight_to_the_bucket(make_client, settings, seaweed, bucket):
     pytest.importorskip("ray.serve", reason="BACKEND=ray needs the ray extra: pip install -e '.[ray]'")
     import ray

@@ -26,7 +26,7 @@ from wsclient import TERMINAL, events_until, next_event
 from sdxl_server.api import keys
 from sdxl_server.jobs.ray_backend import RayCluster
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow(25)]
 
 HOLD_AT = 2  # held jobs wait after this step until the gate file exists
 

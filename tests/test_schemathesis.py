@@ -45,6 +45,7 @@ def server(tiny_cache, tmp_path_factory):
     live.stop()
 
 
+@pytest.mark.slow(80)
 @pytest.mark.parametrize("run", list(RUNS))
 def test_schemathesis_finds_nothing(server, run, tmp_path):
     done = subprocess.run(

@@ -43,6 +43,7 @@ async def _rest(ws) -> tuple[list[dict], int | None]:
             return events, ws.close_code
 
 
+@pytest.mark.slow(25)
 @pytest.mark.parametrize("server", [{"SHUTDOWN_GRACE": "120"}], indirect=True)
 async def test_sigterm_lets_the_running_job_finish(server):
     async with aiohttp.ClientSession() as session:
@@ -59,6 +60,7 @@ async def test_sigterm_lets_the_running_job_finish(server):
     assert _files(server.output_dir) == [f"images/{first['id']}.png", f"metadata/{first['id']}.json"]
 
 
+@pytest.mark.slow(30)
 @pytest.mark.parametrize("server", [{"SHUTDOWN_GRACE": "0"}], indirect=True)
 async def test_sigterm_without_grace_stops_cleanly_and_the_jobs_resume(server, tiny_cache):
     async with aiohttp.ClientSession() as session:

@@ -217,6 +217,7 @@ def test_the_payload_is_json_of_the_job(settings):
     assert json.loads(json.dumps(fixed)) == fixed
 
 
+@pytest.mark.slow(15)
 async def test_a_delivery_cut_by_sigkill_is_made_after_the_restart(tiny_cache, tmp_path, receiver):
     """The server is killed after the job has ended, while its webhook is being sent (the receiver
     has the request and has not answered): the next start sends it again, with the same id."""

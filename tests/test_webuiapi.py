@@ -23,6 +23,7 @@ def server(tiny_cache, tiny_model_dir, tmp_path):
     live.stop()
 
 
+@pytest.mark.slow(30)
 def test_webuiapi_models_switch_loras_and_txt2img(server):
     api = webuiapi.WebUIApi(baseurl=f"{server.url}/sdapi/v1", steps=2)
     assert [m["title"] for m in api.get_sd_models()] == ["tiny", "tiny-b"]
@@ -42,6 +43,7 @@ def test_webuiapi_models_switch_loras_and_txt2img(server):
     assert api.txt2img(prompt="a lighthouse", seed=3, width=64, height=64).image.tobytes() == plain.image.tobytes()
 
 
+@pytest.mark.slow(25)
 def test_webuiapi_with_api_key_sends_basic_auth(tiny_cache, tmp_path):
     # webuiapi can only send HTTP Basic auth (set_auth): API_KEY as its password opens the API.
     live = LiveServer(tiny_cache, tmp_path / "outputs", API_KEY="sk-local").wait_ready()

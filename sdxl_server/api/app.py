@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sysconfig
@@ -106,7 +107,7 @@ def create_app(settings: Settings, engine_factory: keys.EngineFactory | None = N
     app[keys.ENGINE_FACTORY] = engine_factory or default_engine_factory
     app[keys.GENERATE_SCHEMA] = generate_request_schema(settings)
     app[keys.STATIC_DIR] = find_static_dir()
-    app[keys.OPENAPI] = build_spec(settings, __version__, ROUTES)
+    app[keys.OPENAPI] = keys.OpenApiDocument(functools.partial(build_spec, settings, __version__, ROUTES))
     app[keys.RATES] = RateWindow()
     app[keys.A1111_PROGRESS_POLL] = keys.LastPoll()
     app[keys.A1111_SKIPPED] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,6 @@ STATIC_DIR = web.AppKey("static_dir", Path)
 HUB = web.AppKey("hub", EventHub)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
 METRICS = web.AppKey("metrics", Metrics)
-OPENAPI = web.AppKey("openapi", dict)
 OUTBOX = web.AppKey("outbox", Outbox)  # the webhook outbox's letters (jobs/webhooks.py), written by the queue's recorder
 RATES = web.AppKey("rates", RateWindow)  # each key's requests of the last minute (api/rates.py)
 USAGE = web.AppKey("usage", UsageLedger)  # each key's jobs, images and GPU-seconds per day (jobs/usage.py)
@@ -89,3 +89,20 @@ class Receiving:
 
 
 RECEIVING = web.AppKey("receiving_bodies", Receiving)  # requests whose bodies are arriving (api/slow_bodies.py)
+
+
+class OpenApiDocument:
+    """The application's OpenAPI document (api/openapi.py builds it), built on its first request, in a
+    thread: ~0.1 s of apispec work that an application never asked for it need not pay at start-up."""
+
+    def __init__(self, build: Callable[[], dict]) -> None:
+        self._build = build
+        self._built: dict | None = None
+
+    async def get(self) -> dict:
+        if self._built is None:  # two first requests at once build it twice, alike
+            self._built = await asyncio.to_thread(self._build)
+        return self._built
+
+
+OPENAPI = web.AppKey("openapi", OpenApiDocument)

@@ -122,13 +122,13 @@ async def openapi(request: web.Request) -> web.Response:
     them (``/api/v1/models`` and ``/api/v1/loras`` need the key when one is set)."""
     app = request.app
     if not _may_read(request):
-        return web.json_response(app[keys.OPENAPI], headers=_by_caller(app))
+        return web.json_response(await app[keys.OPENAPI].get(), headers=_by_caller(app))
     loras = [f.name for f in await asyncio.to_thread(app[keys.LORAS].files) if f.problem is None]
     models = [entry.name for entry in app[keys.MODELS].entries() if not entry.broken]
     styles = list((await current_styles(app)).styles)
     controlnets = [f.name for f in await asyncio.to_thread(app[keys.CONTROLNETS].files) if f.problem is None]
     adapters = [f.name for f in await asyncio.to_thread(app[keys.IP_ADAPTERS].files) if f.problem is None]
-    return web.json_response(with_local_names(app[keys.OPENAPI], models, loras, styles, controlnets, adapters),
+    return web.json_response(with_local_names(await app[keys.OPENAPI].get(), models, loras, styles, controlnets, adapters),
                              headers=_by_caller(app))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -266,7 +267,7 @@ def write_tiny_upscaler(path: Path, scale: int = 2, features: int = 8, convs: in
     layers.append(torch.nn.Conv2d(features, 3 * scale * scale, 3, 1, 1))
     state = {f"body.{key}": value.contiguous() for key, value in torch.nn.Sequential(*layers).state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes sharing a cache never share it
     if path.suffix == ".pth":
         torch.save(state, staging)
     else:
