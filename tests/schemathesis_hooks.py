@@ -10,9 +10,8 @@ a sampler runs only the schedules it lists, and the older ``scheduler`` must agr
 ``schedule`` (both checked in tests/test_validation.py). Wherever a generated body holds a schema-valid value for these
 fields, a real image (mask, strength) takes its place; values that break the schema are left as
 generated, so the negative checks keep their teeth. An upscale's image, upscalers and size are
-mapped the same way (``_upscale``). A preprocessor that runs an annotator model needs it in
-ANNOTATOR_DIR, where the test server has the tiny set: one whose folder that set lacks becomes
-one of the same task that it has.
+mapped the same way (``_upscale``). The preprocessors the document offers are those that run
+(the test server has the tiny annotators in ANNOTATOR_DIR), so ``module`` needs no mapping.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ import io
 import schemathesis
 from PIL import Image, ImageDraw
 
-from sdxl_server.pipeline.annotator_files import TASKS
-from sdxl_server.pipeline.tiny_annotators import TINY_FOLDERS
 from sdxl_server.sampling import SAMPLERS, SCHEDULES, sampler_names, split_combined
 
 
@@ -73,10 +70,7 @@ def _preprocess(body: dict) -> dict:
         return body
     numbers = {name: None for name in ("threshold_a", "threshold_b")
                if isinstance(body.get(name), (int, float)) and not isinstance(body.get(name), bool)}
-    module = body.get("module")
-    if isinstance(module, str) and module in TASKS and TASKS[module].folder not in TINY_FOLDERS:  # one the tiny set has
-        module = next(name for name, task in TASKS.items() if task.folder in TINY_FOLDERS and task.task == TASKS[module].task)
-    return {**body, "image": _IMAGE, **numbers, **({"module": module} if module is not None else {})}
+    return {**body, "image": _IMAGE, **numbers}
 
 
 def _with_sampling(body: dict) -> dict:

@@ -209,3 +209,12 @@ def test_the_offline_demo_gets_tiny_controlnets_an_ip_adapter_and_annotators(tmp
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "controlnet: tiny-canny, tiny-union" and printed[1] == "ip-adapter: tiny-ip-adapter"
     assert printed[2].startswith("annotators: depth_midas, depth_anything_v2, normal_midas, openpose, seg_ofade20k")
+
+
+async def test_the_openapi_document_offers_the_preprocessors_that_run(client):
+    spec = await (await client.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    for offered in (schemas["PreprocessRequest"]["properties"]["module"]["enum"],
+                    spec["components"]["schemas"]["GenerateRequest"]["properties"]["controlnet"]["items"]["properties"]["module"]["enum"]):
+        assert "depth_midas" in offered and "canny" in offered
+        assert "depth_zoe" not in offered and "mlsd" not in offered

@@ -136,10 +136,11 @@ def build_spec(settings: Settings, version: str, routes: Iterable[Route]) -> dic
 
 
 def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], styles: list[str],
-                     controlnets: list[str] = (), ip_adapters: list[str] = ()) -> dict[str, Any]:
+                     controlnets: list[str] = (), ip_adapters: list[str] = (), modules: list[str] | None = None) -> dict[str, Any]:
     """The document with the names a request may use now (they change with MODELS_DIR, LORA_DIR,
-    STYLES_FILE, CONTROLNET_DIR, IP_ADAPTER_DIR and their rescans): ``model``, each LoRA's,
-    ControlNet unit's and IP-Adapter unit's name and each style as enums (no units without any)."""
+    STYLES_FILE, CONTROLNET_DIR, IP_ADAPTER_DIR, ANNOTATOR_DIR and their rescans): ``model``, each
+    LoRA's, ControlNet unit's and IP-Adapter unit's name, each style and the preprocessors that run
+    (``modules``) as enums (no units without any)."""
     spec = copy.deepcopy(spec)
     properties = spec["components"]["schemas"]["GenerateRequest"]["properties"]
     properties["model"]["enum"] = ["", *models]
@@ -154,7 +155,11 @@ def with_local_names(spec: dict[str, Any], models: list[str], loras: list[str], 
         if names:
             unit = copy.deepcopy(spec["components"]["schemas"]["ControlUnit" if field == "controlnet" else "IpAdapterUnit"])
             unit["properties"][key]["enum"] = list(names)
+            if field == "controlnet" and modules is not None:
+                unit["properties"]["module"]["enum"] = list(modules)
             properties[field]["items"] = unit
         else:
             properties[field]["maxItems"] = 0
+    if modules is not None:
+        spec["components"]["schemas"]["PreprocessRequest"]["properties"]["module"]["enum"] = list(modules)
     return spec

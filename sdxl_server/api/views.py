@@ -19,6 +19,7 @@ from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..jobs.states import JOB_STATUSES, JobStatus
 from ..jobs.webhooks import delivery_state
 from ..params import MAX_SEED, GenerationParams
+from ..pipeline.preprocessors import runnable
 from ..sampling import AUTOMATIC, DEFAULT_SAMPLER, SAMPLERS, SCHEDULES, combined_label, sampler_names
 from . import image_inputs, keys
 from .image_inputs import stored_inputs
@@ -128,7 +129,8 @@ async def openapi(request: web.Request) -> web.Response:
     styles = list((await current_styles(app)).styles)
     controlnets = [f.name for f in await asyncio.to_thread(app[keys.CONTROLNETS].files) if f.problem is None]
     adapters = [f.name for f in await asyncio.to_thread(app[keys.IP_ADAPTERS].files) if f.problem is None]
-    return web.json_response(with_local_names(await app[keys.OPENAPI].get(), models, loras, styles, controlnets, adapters),
+    modules = list(await asyncio.to_thread(runnable, app[keys.ANNOTATORS]))
+    return web.json_response(with_local_names(await app[keys.OPENAPI].get(), models, loras, styles, controlnets, adapters, modules),
                              headers=_by_caller(app))
 
 

@@ -140,6 +140,7 @@ class Engine:
         self._default_scheduler = pipe.scheduler
         self._compile_and_warm_up()
         self.load_seconds = time.perf_counter() - started
+        self.upscaler_catalog.entries()  # the upscaler files read (spandrel imported) now, not by the page's first listing
         self.state = "ready"
         log.info("model ready in %.1fs: %s", self.load_seconds, self.options)
         if self.settings.preload and self.refiner.source is not None:
