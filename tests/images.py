@@ -23,6 +23,14 @@ def b64(data: bytes | Image.Image, fmt: str = "PNG") -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def edges(size: int = 64) -> Image.Image:
+    """A picture with edges (a control image): a bright square and a stripe on a dark ground."""
+    pixels = np.zeros((size, size, 3), np.uint8)
+    pixels[size // 4: size // 2, size // 4: size // 2] = 230
+    pixels[:, size * 3 // 4: size * 3 // 4 + 4] = (40, 200, 90)
+    return Image.fromarray(pixels)
+
+
 def picture(width: int = 96, height: int = 64) -> Image.Image:
     """A picture with structure (gradients and a square), so a repaint shows."""
     x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from images import b64 as png_b64
+from images import b64 as png_b64, edges
 from PIL import Image
 
 from sdxl_server.pipeline.tiny import ensure_tiny_controlnet, ensure_tiny_union_controlnet
@@ -36,14 +36,6 @@ async def cn_client(make_client, settings, controlnet_dir):
     return await make_client(dataclasses.replace(settings, controlnet_dir=controlnet_dir))
 
 
-def _pattern(size: int = 64) -> Image.Image:
-    """A picture with edges: a bright square and a stripe on a dark ground."""
-    pixels = np.zeros((size, size, 3), np.uint8)
-    pixels[size // 4: size // 2, size // 4: size // 2] = 230
-    pixels[:, size * 3 // 4: size * 3 // 4 + 4] = (40, 200, 90)
-    return Image.fromarray(pixels)
-
-
 async def _generate(client, **fields) -> tuple[np.ndarray, dict]:
     body = {"prompt": "a house", "seed": 7, "steps": 4, **fields}
     response = await client.post("/api/v1/generate", json=body)
@@ -54,7 +46,7 @@ async def _generate(client, **fields) -> tuple[np.ndarray, dict]:
 
 
 def _unit(**fields):
-    return {"model": "tiny-canny", "image": png_b64(_pattern()), "module": "none", **fields}
+    return {"model": "tiny-canny", "image": png_b64(edges()), "module": "none", **fields}
 
 
 async def test_a_unit_changes_the_image_and_weight_zero_equals_none(cn_client):
@@ -77,7 +69,7 @@ async def test_start_end_and_two_units(cn_client):
 
 
 async def test_inpainting_with_a_unit_keeps_unmasked_pixels(cn_client):
-    source = _pattern()
+    source = edges()
     mask = np.zeros((64, 64), np.uint8)
     mask[:32, :32] = 255
     body = {"init_image": png_b64(source), "mask": png_b64(Image.fromarray(mask)), "mask_blur": 0, "strength": 0.9}
@@ -90,7 +82,7 @@ async def test_inpainting_with_a_unit_keeps_unmasked_pixels(cn_client):
 
 
 async def test_image_to_image_with_a_unit(cn_client):
-    body = {"init_image": png_b64(_pattern()), "strength": 0.8}
+    body = {"init_image": png_b64(edges()), "strength": 0.8}
     guided, meta = await _generate(cn_client, **body, controlnet=[_unit(module="canny")])
     plain, _ = await _generate(cn_client, **body)
     assert meta["mode"] == "img2img" and np.abs(guided - plain).mean() > 1
@@ -106,7 +98,7 @@ async def test_metadata_in_the_extensions_words(cn_client):
 async def test_canny_map_equals_opencvs(cn_client):
     import cv2
 
-    picture = _pattern(96)
+    picture = edges(96)
     response = await cn_client.post("/api/v1/preprocess", json={
         "image": png_b64(picture), "module": "canny", "threshold_a": 60, "threshold_b": 180})
     assert response.status == 200, await response.text()

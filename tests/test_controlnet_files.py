@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 import pytest
-from images import b64
+from images import b64, edges
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -80,16 +80,9 @@ async def client(make_client, settings, controlnet_dir):
     return await make_client(dataclasses.replace(settings, controlnet_dir=controlnet_dir))
 
 
-def _pattern(size: int = 64) -> Image.Image:
-    pixels = np.zeros((size, size, 3), np.uint8)
-    pixels[size // 4: size // 2, size // 4: size // 2] = 230
-    pixels[:, size * 3 // 4: size * 3 // 4 + 4] = (40, 200, 90)
-    return Image.fromarray(pixels)
-
-
 async def _generate(client, *units) -> np.ndarray:
     body = {"prompt": "a house", "seed": 7, "steps": 3, "width": 64, "height": 64,
-            "controlnet": [{"image": b64(_pattern()), **unit} for unit in units]}
+            "controlnet": [{"image": b64(edges()), **unit} for unit in units]}
     response = await client.post("/api/v1/generate", json=body)
     assert response.status == 200, await response.text()
     png = await (await client.get((await response.json())["image_url"])).read()
@@ -126,7 +119,7 @@ async def test_a_union_single_file_makes_the_image_its_folder_makes(client):
 async def test_a_file_that_is_no_sdxl_controlnet_is_refused(client, name, words):
     response = await client.post("/api/v1/generate", json={
         "prompt": "x", "steps": 2, "width": 64, "height": 64,
-        "controlnet": [{"model": name, "image": b64(_pattern())}]})
+        "controlnet": [{"model": name, "image": b64(edges())}]})
     assert response.status == 422
     body = await response.text()
     assert "controlnet[0].model" in body and words in body
