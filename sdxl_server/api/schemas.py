@@ -317,6 +317,12 @@ def preprocessor_field(**kwargs: Any) -> fields.String:
                                                 "image is a control map already."}, **kwargs)
 
 
+def span_fields(starts: str, stops: str) -> tuple[fields.Float, fields.Float]:
+    """A unit's ``start`` and ``end``: the fractions of the steps done when it ``starts`` and ``stops`` acting."""
+    return tuple(StrictFloat(load_default=default, validate=validate.Range(min=0, max=1), metadata={
+        "description": f"The fraction of the steps done when {when}."}) for default, when in ((0.0, starts), (1.0, stops)))  # type: ignore[return-value]
+
+
 class ControlUnitSchema(Schema):
     """One ControlNet unit of a request."""
 
@@ -328,10 +334,7 @@ class ControlUnitSchema(Schema):
     module = preprocessor_field(load_default="none")
     weight = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=CONTROL_WEIGHT_MAX), metadata={
         "description": f"0 to {CONTROL_WEIGHT_MAX:g}; 0 leaves the image as without the unit."})
-    start = StrictFloat(load_default=0.0, validate=validate.Range(min=0, max=1), metadata={
-        "description": "The fraction of the steps done when the unit starts acting."})
-    end = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=1), metadata={
-        "description": "The fraction of the steps done when it stops (after start)."})
+    start, end = span_fields("the unit starts acting", "it stops (after start)")
     control_mode = fields.String(load_default="balanced", validate=validate.OneOf(list(CONTROL_MODES.values())), metadata={
         "description": "balanced; prompt (the prompt matters more); controlnet (the ControlNet matters more)."})
     resize_mode = StrictInteger(load_default=1, validate=validate.OneOf(list(RESIZE_MODES)), metadata={
@@ -374,10 +377,7 @@ class IpAdapterUnitSchema(Schema):
         "description": "The reference image whose style or subject the image takes: PNG, JPEG or WebP, base64."})
     weight = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=IP_ADAPTER_WEIGHT_MAX), metadata={
         "description": f"0 to {IP_ADAPTER_WEIGHT_MAX:g} (diffusers' IP-Adapter scale); 0 leaves the image as without it."})
-    start = StrictFloat(load_default=0.0, validate=validate.Range(min=0, max=1), metadata={
-        "description": "The fraction of the steps done when the adapter starts acting (its scale is 0 before)."})
-    end = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=1), metadata={
-        "description": "The fraction of the steps done when it stops (after start; 0 from there)."})
+    start, end = span_fields("the adapter starts acting (its scale is 0 before)", "it stops (after start; 0 from there)")
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
